@@ -1,0 +1,49 @@
+package qmp
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Error classes QEMU 7.2 reports. Almost everything is GenericError; the
+// others exist for compatibility with old clients that match on them.
+const (
+	ClassGeneric         = "GenericError"
+	ClassCommandNotFound = "CommandNotFound"
+	ClassDeviceNotActive = "DeviceNotActive"
+	ClassDeviceNotFound  = "DeviceNotFound"
+	ClassKVMMissingCap   = "KVMMissingCap"
+)
+
+// Error is the one error type of qbmond's command layer: handlers return it
+// (or any error, which becomes a GenericError), transports render it. Its
+// fields are QMP's "class" and "desc".
+type Error struct {
+	Class string `json:"class"`
+	Desc  string `json:"desc"`
+}
+
+func (e *Error) Error() string { return e.Desc }
+
+// Errorf returns a GenericError with a formatted description.
+func Errorf(format string, a ...any) *Error {
+	return &Error{Class: ClassGeneric, Desc: fmt.Sprintf(format, a...)}
+}
+
+// NewError returns an error of the given class.
+func NewError(class, format string, a ...any) *Error {
+	return &Error{Class: class, Desc: fmt.Sprintf(format, a...)}
+}
+
+// AsError converts any error into a *Error: a *Error anywhere in the chain is
+// returned as it is, anything else becomes a GenericError with its text.
+func AsError(err error) *Error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return &Error{Class: ClassGeneric, Desc: err.Error()}
+}
