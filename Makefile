@@ -1,0 +1,55 @@
+# qbmond: `make run` builds and starts the daemon, `make test` installs what
+# the tests need and runs them all.
+
+GO       ?= go
+BIN      := bin/qbmond
+# Tools the tests run, and the Debian packages that provide them.
+TOOLS    := qemu-storage-daemon qemu-img qemu-io socat nbdinfo nbdcopy
+DEBS     := qemu-system-common qemu-utils socat libnbd-bin
+FUZZTIME ?= 10s
+SOCK     := $(if $(XDG_RUNTIME_DIR),$(XDG_RUNTIME_DIR)/qbmond/qmp.sock,/tmp/qbmond-$(shell id -u)/qmp.sock)
+
+.PHONY: all build run test deps vet unit fuzz bench perf clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/qbmond
+
+# Start qbmond on the default socket (pass more options with ARGS=...).
+run: build
+	@echo "qbmond: connect with:  socat READLINE UNIX-CONNECT:$(SOCK)"
+	@echo "qbmond: then type:     {\"execute\": \"qmp_capabilities\"}"
+	./$(BIN) $(ARGS)
+
+# Install the external tools the tests drive, if any is missing.
+deps:
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (Debian: $(DEBS))"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y $(DEBS); \
+	fi
+	$(GO) mod download
+
+test: deps vet unit fuzz
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+# Run every fuzz target briefly (FUZZTIME each); longer: make fuzz FUZZTIME=10m
+fuzz:
+	scripts/fuzz.sh $(FUZZTIME)
+
+bench:
+	$(GO) test -run=NONE -bench=. -benchmem ./...
+
+# Side-by-side runs against qemu-storage-daemon; see docs/PERFORMANCE.md.
+perf: deps build
+	$(GO) run ./tests/perf -qbmond $(BIN)
+
+clean:
+	rm -rf bin
