@@ -1,0 +1,525 @@
+package blockdev
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+
+	"github.com/rs/zerolog"
+)
+
+// Graph is the node graph: every open node by name, in opening order, and
+// the edges between them. One lock, the graph lock, guards its structure:
+// command handlers (and, later, jobs changing the graph) hold it; I/O does
+// not take it. Methods documented "caller holds the graph lock" expect
+// Lock to be held.
+type Graph struct {
+	mu  sync.Mutex
+	log zerolog.Logger
+
+	names      map[string]*Node
+	head, tail *Node // opening order, oldest first (QEMU's graph_bdrv_states)
+	count      int
+	autoSeq    uint64 // counter of auto node-names
+	closed     bool
+}
+
+// NewGraph returns an empty graph.
+func NewGraph(log zerolog.Logger) *Graph {
+	return &Graph{log: log, names: map[string]*Node{}}
+}
+
+// Lock takes the graph lock.
+func (g *Graph) Lock() { g.mu.Lock() }
+
+// Unlock releases the graph lock.
+func (g *Graph) Unlock() { g.mu.Unlock() }
+
+// Lookup returns the open node called name, or nil. Caller holds the graph
+// lock.
+func (g *Graph) Lookup(name string) *Node {
+	if n := g.names[name]; n != nil && n.listed {
+		return n
+	}
+	return nil
+}
+
+// Find is Lookup with QEMU's error for an unknown node.
+func (g *Graph) Find(name string) (*Node, error) {
+	if n := g.Lookup(name); n != nil {
+		return n, nil
+	}
+	return nil, fmt.Errorf("Failed to find node with node-name='%s'", name)
+}
+
+// Nodes returns the open nodes in opening order, oldest first. Caller holds
+// the graph lock.
+func (g *Graph) Nodes() []*Node {
+	ns := make([]*Node, 0, g.count)
+	for n := g.head; n != nil; n = n.next {
+		ns = append(ns, n)
+	}
+	return ns
+}
+
+// Len returns the number of open nodes. Caller holds the graph lock.
+func (g *Graph) Len() int { return g.count }
+
+func (g *Graph) listAppend(n *Node) {
+	n.prev, n.next = g.tail, nil
+	if g.tail != nil {
+		g.tail.next = n
+	} else {
+		g.head = n
+	}
+	g.tail = n
+	n.listed = true
+	g.count++
+}
+
+func (g *Graph) listRemove(n *Node) {
+	if !n.listed {
+		return
+	}
+	if n.prev != nil {
+		n.prev.next = n.next
+	} else {
+		g.head = n.next
+	}
+	if n.next != nil {
+		n.next.prev = n.prev
+	} else {
+		g.tail = n.prev
+	}
+	n.prev, n.next, n.listed = nil, nil, false
+	g.count--
+}
+
+// CheckNodeName applies QEMU's node-name rules: a letter first, then
+// letters, digits, '-', '.' and '_', at most 31 characters.
+func CheckNodeName(name string) error {
+	if name == "" || !isLetter(name[0]) {
+		return fmt.Errorf("Invalid node-name: '%s'", name)
+	}
+	for i := 1; i < len(name); i++ {
+		c := name[i]
+		if !isLetter(c) && !(c >= '0' && c <= '9') && c != '-' && c != '.' && c != '_' {
+			return fmt.Errorf("Invalid node-name: '%s'", name)
+		}
+	}
+	if len(name) > 31 {
+		return errors.New("Node name too long")
+	}
+	return nil
+}
+
+func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
+
+// autoName returns the next "#block" name: a counter followed by two random
+// digits, as QEMU's id_generate does (so clients cannot rely on the names).
+func (g *Graph) autoName() string {
+	for {
+		name := fmt.Sprintf("#block%d%02d", g.autoSeq, rand.IntN(100))
+		g.autoSeq++
+		if _, taken := g.names[name]; !taken {
+			return name
+		}
+	}
+}
+
+// openTx records what one blockdev-add opened, so a failure can undo it.
+type openTx struct {
+	created  []*Node
+	attached []*Child
+}
+
+// inherited carries the options an inline child takes from its parent
+// unless it sets them itself.
+type inherited struct {
+	readOnly, autoReadOnly, cacheDirect, noFlush bool
+	discard                                      string
+}
+
+// Add opens a tree of nodes from blockdev-add options and gives the monitor
+// a reference to its root. It is all-or-nothing: when any node of the tree
+// fails to open, every node it opened is closed and every edge it attached
+// is detached again. Caller holds the graph lock.
+func (g *Graph) Add(ctx context.Context, opts Options) (*Node, error) {
+	if g.closed {
+		return nil, errors.New("the block layer is shutting down")
+	}
+	if !opts.Has("node-name") {
+		return nil, errors.New("'node-name' must be specified for the root node")
+	}
+	tx := &openTx{}
+	n, err := g.open(ctx, tx, opts, inherited{})
+	if err != nil {
+		g.rollback(tx)
+		return nil, err
+	}
+	n.monitor = true
+	g.log.Debug().Str("node", n.name).Str("driver", n.drvName).Msg("node added")
+	return n, nil
+}
+
+var genericOptions = []string{
+	"driver", "node-name", "read-only", "auto-read-only", "cache",
+	"discard", "detect-zeroes", "force-share",
+}
+
+func (g *Graph) open(ctx context.Context, tx *openTx, opts Options, inh inherited) (*Node, error) {
+	drvName, _, err := opts.String("driver")
+	if err != nil {
+		return nil, err
+	}
+	if drvName == "" {
+		return nil, errors.New("Parameter 'driver' is missing")
+	}
+	factory, err := lookupDriver(drvName)
+	if err != nil {
+		return nil, err
+	}
+	name, named, err := opts.String("node-name")
+	if err != nil {
+		return nil, err
+	}
+	if named {
+		if err := CheckNodeName(name); err != nil {
+			return nil, err
+		}
+		if _, dup := g.names[name]; dup {
+			return nil, fmt.Errorf("Duplicate nodes with node-name='%s'", name)
+		}
+	}
+
+	n := &Node{g: g, name: name, drvName: drvName, opts: opts}
+	ro, err := opts.Bool("read-only", inh.readOnly)
+	if err != nil {
+		return nil, err
+	}
+	n.readOnly.Store(ro)
+	if n.autoReadOnly, err = opts.Bool("auto-read-only", inh.autoReadOnly); err != nil {
+		return nil, err
+	}
+	n.cacheDirect, n.noFlush = inh.cacheDirect, inh.noFlush
+	cache, err := opts.Object("cache")
+	if err != nil {
+		return nil, err
+	}
+	if cache != nil {
+		if n.cacheDirect, err = cache.Bool("direct", n.cacheDirect); err != nil {
+			return nil, err
+		}
+		if n.noFlush, err = cache.Bool("no-flush", n.noFlush); err != nil {
+			return nil, err
+		}
+	}
+	defDiscard := inh.discard
+	if defDiscard == "" {
+		defDiscard = "ignore"
+	}
+	if n.discard, err = enumOption(opts, "discard", defDiscard, "ignore", "unmap", "off", "on"); err != nil {
+		return nil, err
+	}
+	switch n.discard {
+	case "off":
+		n.discard = "ignore"
+	case "on":
+		n.discard = "unmap"
+	}
+	if n.detectZeroes, err = enumOption(opts, "detect-zeroes", "off", "off", "on", "unmap"); err != nil {
+		return nil, err
+	}
+	if n.detectZeroes == "unmap" && n.discard != "unmap" {
+		return nil, errors.New("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap")
+	}
+
+	if !named {
+		n.name = g.autoName()
+		n.implicit = true
+	}
+	g.names[n.name] = n
+	tx.created = append(tx.created, n)
+
+	n.drvOpts = make(Options, len(opts))
+	for k, v := range opts {
+		n.drvOpts[k] = v
+	}
+	for _, k := range genericOptions {
+		delete(n.drvOpts, k)
+	}
+	n.drv = factory()
+	if wf, ok := n.drv.(WriteFlagger); ok {
+		n.writeFlags = wf.SupportedWriteFlags()
+	}
+	oc := &OpenContext{g: g, tx: tx, node: n, opts: n.drvOpts}
+	if err := n.drv.Open(ctx, oc); err != nil {
+		return nil, err
+	}
+	n.opened = true
+	if err := n.refreshLength(ctx); err != nil {
+		return nil, err
+	}
+	n.refreshFilename()
+	g.listAppend(n)
+	return n, nil
+}
+
+func enumOption(o Options, key, def string, values ...string) (string, error) {
+	s, ok, err := o.String(key)
+	if err != nil || !ok {
+		return def, err
+	}
+	for _, v := range values {
+		if s == v {
+			return s, nil
+		}
+	}
+	return "", fmt.Errorf("Parameter '%s' does not accept value '%s'", key, s)
+}
+
+// rollback undoes a failed Add: edges first, newest first, then nodes.
+func (g *Graph) rollback(tx *openTx) {
+	for i := len(tx.attached) - 1; i >= 0; i-- {
+		g.detach(tx.attached[i])
+	}
+	for i := len(tx.created) - 1; i >= 0; i-- {
+		n := tx.created[i]
+		n.children = nil
+		if n.opened {
+			n.closeDriver(context.Background())
+		}
+		g.listRemove(n)
+		delete(g.names, n.name)
+	}
+}
+
+// OpenContext is what a driver's Open gets: its options and a way to open
+// its children within the same all-or-nothing blockdev-add.
+type OpenContext struct {
+	g    *Graph
+	tx   *openTx
+	node *Node
+	opts Options
+}
+
+// Options returns the driver's options (the generic blockdev options such
+// as node-name, read-only and cache removed; child definitions included).
+func (oc *OpenContext) Options() Options { return oc.opts }
+
+// Node returns the node being opened (not yet in the graph).
+func (oc *OpenContext) Node() *Node { return oc.node }
+
+// ReadOnly tells whether the node is opened read-only.
+func (oc *OpenContext) ReadOnly() bool { return oc.node.ReadOnly() }
+
+// SetReadOnly switches the node being opened to read-only (auto-read-only
+// fallbacks).
+func (oc *OpenContext) SetReadOnly() { oc.node.readOnly.Store(true) }
+
+// AutoReadOnly tells whether auto-read-only was requested.
+func (oc *OpenContext) AutoReadOnly() bool { return oc.node.autoReadOnly }
+
+// CacheDirect tells whether cache.direct is on.
+func (oc *OpenContext) CacheDirect() bool { return oc.node.cacheDirect }
+
+// NoFlush tells whether cache.no-flush is on.
+func (oc *OpenContext) NoFlush() bool { return oc.node.noFlush }
+
+// OpenChild opens the child defined by the option called name (a
+// BlockdevRef: either the node-name of an existing node or an inline
+// definition, which becomes an implicit node that closes with its last
+// parent) and attaches it with the given role. The permissions of the new
+// edge come from the driver's ChildPerm (or DefaultChildPerm); a conflict
+// with the node's other users fails before anything changes.
+func (oc *OpenContext) OpenChild(ctx context.Context, name string, role Role) (*Child, error) {
+	g, parent := oc.g, oc.node
+	v, ok := oc.opts[name]
+	if !ok {
+		return nil, fmt.Errorf("A block device must be specified for \"%s\"", name)
+	}
+	var child *Node
+	switch ref := v.(type) {
+	case string:
+		child = g.Lookup(ref)
+		if child == nil {
+			return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", ref, ref)
+		}
+	case map[string]any, Options:
+		var def Options
+		if m, isMap := ref.(map[string]any); isMap {
+			def = Options(m)
+		} else {
+			def = ref.(Options)
+		}
+		inh := inherited{
+			readOnly:     parent.ReadOnly(),
+			autoReadOnly: parent.autoReadOnly,
+			cacheDirect:  parent.cacheDirect,
+			noFlush:      parent.noFlush,
+		}
+		if role&RoleCOW == 0 {
+			inh.discard = parent.discard
+		}
+		var err error
+		child, err = g.open(ctx, oc.tx, def, inh)
+		if err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("Invalid parameter type for '%s', expected: BlockdevRef", name)
+	}
+	c, err := g.attach(parent, child, name, role)
+	if err != nil {
+		return nil, err
+	}
+	oc.tx.attached = append(oc.tx.attached, c)
+	return c, nil
+}
+
+// attach adds the edge parent -name-> child after checking permissions.
+func (g *Graph) attach(parent, child *Node, name string, role Role) (*Child, error) {
+	c := &Child{name: name, role: role, parent: parent, node: child}
+	perm, shared := parent.cumulative(nil)
+	p, s := parent.childPerm(c, perm, shared)
+	if err := g.addEdge(c, p, s); err != nil {
+		return nil, err
+	}
+	parent.children = append(parent.children, c)
+	return c, nil
+}
+
+// AttachRoot gives a user that is not a node (an export, a job, a test) an
+// edge to n with the given permissions. user names it in permission errors
+// (QEMU style: "block device 'x'", "export 'e0'"). Caller holds the graph
+// lock.
+func (g *Graph) AttachRoot(n *Node, user string, perm, shared Perm) (*Child, error) {
+	c := &Child{name: "root", role: RoleData | RoleMetadata | RolePrimary, user: user, node: n}
+	if err := g.addEdge(c, perm, shared); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// DetachRoot removes an edge AttachRoot created; the node stays if
+// something else holds it, and closes otherwise. Caller holds the graph
+// lock.
+func (g *Graph) DetachRoot(c *Child) {
+	if c.parent != nil {
+		panic("blockdev: DetachRoot of a node's child")
+	}
+	g.detach(c)
+	g.release(c.node)
+}
+
+// addEdge links c into its node's parents with the given permissions, or
+// fails without changing anything.
+func (g *Graph) addEdge(c *Child, perm, shared Perm) error {
+	n := c.node
+	n.parents = append(n.parents, c)
+	tx := permTx{c: {perm, shared}}
+	if err := g.refreshPerms(n, tx); err != nil {
+		n.parents = n.parents[:len(n.parents)-1]
+		return err
+	}
+	tx.apply()
+	return nil
+}
+
+// detach unlinks c from its node's parents and its parent's children and
+// relaxes the permissions below.
+func (g *Graph) detach(c *Child) {
+	n := c.node
+	for i, p := range n.parents {
+		if p == c {
+			n.parents = append(n.parents[:i], n.parents[i+1:]...)
+			break
+		}
+	}
+	if c.parent != nil {
+		ch := c.parent.children
+		for i, p := range ch {
+			if p == c {
+				c.parent.children = append(ch[:i], ch[i+1:]...)
+				break
+			}
+		}
+	}
+	tx := permTx{}
+	_ = g.refreshPerms(n, tx) // relaxing cannot conflict
+	tx.apply()
+}
+
+// Delete drops the monitor's reference to a node (blockdev-del): the node
+// and the implicit children only it held close. Caller holds the graph
+// lock.
+func (g *Graph) Delete(ctx context.Context, name string) error {
+	n, err := g.Find(name)
+	if err != nil {
+		return err
+	}
+	if !n.monitor {
+		return fmt.Errorf("Node %s is not owned by the monitor", name)
+	}
+	if len(n.parents) > 0 {
+		return fmt.Errorf("Block device %s is in use", name)
+	}
+	n.monitor = false
+	g.release(n)
+	g.log.Debug().Str("node", name).Msg("node deleted")
+	return nil
+}
+
+// release closes n if nothing holds it any more, then its children.
+func (g *Graph) release(n *Node) {
+	if n.monitor || len(n.parents) > 0 || !n.listed {
+		return
+	}
+	if err := n.closeDriver(context.Background()); err != nil {
+		g.log.Warn().Str("node", n.name).Err(err).Msg("closing node")
+	}
+	g.listRemove(n)
+	delete(g.names, n.name)
+	children := n.children
+	n.children = nil
+	for i := len(children) - 1; i >= 0; i-- {
+		c := children[i]
+		g.detach(c)
+		g.release(c.node)
+	}
+}
+
+// closeDriver waits for requests in flight, flushes and closes the driver.
+func (n *Node) closeDriver(ctx context.Context) error {
+	n.io.Lock()
+	defer n.io.Unlock()
+	if n.closed {
+		return nil
+	}
+	n.closed = true
+	var ferr error
+	if !n.noFlush && !n.ReadOnly() {
+		ferr = n.drv.Flush(ctx)
+	}
+	return errors.Join(ferr, n.drv.Close())
+}
+
+// Close flushes and closes every node, parents before children (quit,
+// SIGTERM). It takes the graph lock itself. The graph accepts no new nodes
+// afterwards; requests still holding a Child get ErrClosed.
+func (g *Graph) Close() error {
+	g.Lock()
+	defer g.Unlock()
+	g.closed = true
+	var errs []error
+	for n := g.tail; n != nil; n = g.tail {
+		if err := n.closeDriver(context.Background()); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", n.name, err))
+		}
+		g.listRemove(n)
+		delete(g.names, n.name)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,75 @@
+package blockdev
+
+import (
+	"bytes"
+	"encoding/json"
+	"sort"
+	"strings"
+)
+
+func decodeJSON(raw []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	return dec.Decode(v)
+}
+
+// qdictBucket returns the bucket QEMU's QDict puts a key in (its tdb-style
+// string hash modulo 512 buckets). QEMU prints dictionaries bucket by
+// bucket, so ordering keys this way reproduces the member order of the
+// "json:{...}" pseudo file names QEMU shows.
+func qdictBucket(key string) uint32 {
+	v := uint32(0x238F13AF) * uint32(len(key))
+	for i := 0; i < len(key); i++ {
+		v += uint32(key[i]) << (uint(i) * 5 % 24)
+	}
+	return (1103515243*v + 12345) % 512
+}
+
+// writeQEMUJSON writes v the way QEMU's qobject_to_json does for a file
+// name: ", " and ": " separators and QDict member order.
+func writeQEMUJSON(b *strings.Builder, v any) {
+	switch x := v.(type) {
+	case map[string]any:
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		sort.Slice(keys, func(i, j int) bool {
+			bi, bj := qdictBucket(keys[i]), qdictBucket(keys[j])
+			if bi != bj {
+				return bi < bj
+			}
+			return keys[i] < keys[j]
+		})
+		b.WriteByte('{')
+		for i, k := range keys {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			writeQEMUJSON(b, k)
+			b.WriteString(": ")
+			writeQEMUJSON(b, x[k])
+		}
+		b.WriteByte('}')
+	case Options:
+		writeQEMUJSON(b, map[string]any(x))
+	case []any:
+		b.WriteByte('[')
+		for i, e := range x {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			writeQEMUJSON(b, e)
+		}
+		b.WriteByte(']')
+	default:
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(x); err != nil {
+			b.WriteString("null")
+			return
+		}
+		b.Write(bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
+	}
+}

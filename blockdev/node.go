@@ -1,0 +1,215 @@
+package blockdev
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+)
+
+// Node is one block node of the graph: a driver instance with its options,
+// its children (the nodes it uses) and its parents (the users of this node).
+//
+// Structural fields (children, parents, names, ownership) belong to the
+// graph lock. The fields the I/O path reads (length, read-only, child
+// permissions) are atomics, so I/O never takes the graph lock.
+type Node struct {
+	g        *Graph
+	name     string
+	implicit bool // auto-named: created for an inline child definition
+	drvName  string
+	drv      Driver
+	opts     Options // the options as given, generic ones included
+	drvOpts  Options // the options handed to the driver
+
+	readOnly     atomic.Bool
+	autoReadOnly bool
+	cacheDirect  bool
+	noFlush      bool
+	detectZeroes string
+	discard      string
+	writeFlags   ReqFlags // flags the driver honours itself
+
+	monitor  bool     // a blockdev-add reference holds the node
+	children []*Child // in attach order
+	parents  []*Child // in attach order; QEMU reports the newest first
+	opened   bool     // the driver's Open succeeded
+	listed   bool     // in the graph's node list (fully open)
+
+	prev, next *Node // the graph's node list, oldest first
+
+	length atomic.Int64 // rounded up to 512 bytes, as QEMU 7.2 reports it
+
+	exactFilename string
+	filename      string
+	fullOpts      map[string]any
+
+	// io is held shared by every request in flight and exclusively by
+	// Close, so a node is never closed under a request.
+	io     sync.RWMutex
+	closed bool // under io
+}
+
+// Name returns the node-name (auto-generated names start with '#').
+func (n *Node) Name() string { return n.name }
+
+// DriverName returns the QMP name of the node's driver.
+func (n *Node) DriverName() string { return n.drvName }
+
+// Driver returns the node's driver instance.
+func (n *Node) Driver() Driver { return n.drv }
+
+// Options returns the options the node was opened with. Do not modify.
+func (n *Node) Options() Options { return n.opts }
+
+// ReadOnly tells whether the node is read-only.
+func (n *Node) ReadOnly() bool { return n.readOnly.Load() }
+
+// CacheDirect tells whether cache.direct is on.
+func (n *Node) CacheDirect() bool { return n.cacheDirect }
+
+// Length returns the node's length in bytes. Like QEMU 7.2 it is the
+// driver's length rounded up to a multiple of 512.
+func (n *Node) Length() int64 { return n.length.Load() }
+
+// RequestAlignment returns the alignment the node's driver wants requests
+// in (1 when it has no preference).
+func (n *Node) RequestAlignment() int64 {
+	if a, ok := n.drv.(Aligner); ok {
+		if v := a.RequestAlignment(); v > 0 {
+			return v
+		}
+	}
+	return 1
+}
+
+// Filename returns the node's file name as query views show it: a plain
+// name when one describes the node, else a "json:{...}" pseudo file name.
+func (n *Node) Filename() string { return n.filename }
+
+// MonitorOwned tells whether a blockdev-add reference holds the node.
+// Caller holds the graph lock.
+func (n *Node) MonitorOwned() bool { return n.monitor }
+
+// Children returns the node's children in attach order. Caller holds the
+// graph lock.
+func (n *Node) Children() []*Child { return append([]*Child(nil), n.children...) }
+
+// Parents returns the edges that point at the node, newest first (QEMU's
+// order). Caller holds the graph lock.
+func (n *Node) Parents() []*Child {
+	ps := make([]*Child, len(n.parents))
+	for i, c := range n.parents {
+		ps[len(ps)-1-i] = c
+	}
+	return ps
+}
+
+// Child returns the child attached under name, or nil. Caller holds the
+// graph lock.
+func (n *Node) Child(name string) *Child {
+	for _, c := range n.children {
+		if c.name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+func (n *Node) primaryChild() *Child {
+	for _, c := range n.children {
+		if c.role&RolePrimary != 0 {
+			return c
+		}
+	}
+	return nil
+}
+
+func roundUp512(x int64) int64 { return (x + 511) &^ 511 }
+
+// refreshLength asks the driver for its length.
+func (n *Node) refreshLength(ctx context.Context) error {
+	l, err := n.drv.Length(ctx)
+	if err != nil {
+		return err
+	}
+	n.length.Store(roundUp512(l))
+	return nil
+}
+
+// Child is an edge of the graph: a parent's use of a node under a name
+// ("file", "backing", or a root user's name), with a role and the
+// permissions the parent holds (Perm) and lets other users hold (Shared).
+// All I/O a parent issues to a child goes through the Child, which is how
+// the node checks the caller's permissions.
+type Child struct {
+	name   string
+	role   Role
+	parent *Node  // nil for a root (export, job, test)
+	user   string // how a root parent is named in errors
+	node   *Node
+
+	perm   atomic.Uint64
+	shared atomic.Uint64
+}
+
+// Name returns the child's name ("file", "backing", ...).
+func (c *Child) Name() string { return c.name }
+
+// Role returns the child's role.
+func (c *Child) Role() Role { return c.role }
+
+// Node returns the node the child points at.
+func (c *Child) Node() *Node { return c.node }
+
+// Parent returns the parent node, nil for a root child.
+func (c *Child) Parent() *Node { return c.parent }
+
+// Perm returns the permissions the parent holds on the node.
+func (c *Child) Perm() Perm { return Perm(c.perm.Load()) }
+
+// Shared returns the permissions the parent lets other users hold.
+func (c *Child) Shared() Perm { return Perm(c.shared.Load()) }
+
+// Length returns the child node's length.
+func (c *Child) Length() int64 { return c.node.Length() }
+
+// Read reads from the child node through its entry point.
+func (c *Child) Read(ctx context.Context, off int64, p []byte) error {
+	return c.node.Read(ctx, c, off, p)
+}
+
+// Write writes to the child node through its entry point.
+func (c *Child) Write(ctx context.Context, off int64, p []byte, flags ReqFlags) error {
+	return c.node.Write(ctx, c, off, p, flags)
+}
+
+// WriteZeroes zeroes a range of the child node.
+func (c *Child) WriteZeroes(ctx context.Context, off, n int64, flags ReqFlags) error {
+	return c.node.WriteZeroes(ctx, c, off, n, flags)
+}
+
+// Discard discards a range of the child node.
+func (c *Child) Discard(ctx context.Context, off, n int64) error {
+	return c.node.Discard(ctx, c, off, n)
+}
+
+// Flush flushes the child node.
+func (c *Child) Flush(ctx context.Context) error { return c.node.Flush(ctx, c) }
+
+// BlockStatus queries the child node.
+func (c *Child) BlockStatus(ctx context.Context, off, n int64) (BlockStatus, error) {
+	return c.node.BlockStatus(ctx, c, off, n)
+}
+
+// Truncate resizes the child node.
+func (c *Child) Truncate(ctx context.Context, size int64, exact bool) error {
+	return c.node.Truncate(ctx, c, size, exact)
+}
+
+// parentDesc names the parent of c in permission errors, as QEMU does.
+func (c *Child) parentDesc() string {
+	if c.parent != nil {
+		return "node '" + c.parent.name + "'"
+	}
+	return c.user
+}

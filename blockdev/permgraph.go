@@ -1,0 +1,113 @@
+package blockdev
+
+import (
+	"errors"
+	"fmt"
+)
+
+// permTx holds the tentative permissions of the edges a graph change
+// touches. Nothing is stored on the edges until every node below the change
+// has been checked; then apply publishes them.
+type permTx map[*Child]permPair
+
+type permPair struct{ perm, shared Perm }
+
+func (tx permTx) apply() {
+	for c, p := range tx {
+		c.perm.Store(uint64(p.perm))
+		c.shared.Store(uint64(p.shared))
+	}
+}
+
+// perms returns c's permissions, tentative ones first.
+func (c *Child) perms(tx permTx) (Perm, Perm) {
+	if p, ok := tx[c]; ok {
+		return p.perm, p.shared
+	}
+	return c.Perm(), c.Shared()
+}
+
+// cumulative returns what n's users hold together and let others hold.
+func (n *Node) cumulative(tx permTx) (perm, shared Perm) {
+	shared = PermAll
+	for _, c := range n.parents {
+		p, s := c.perms(tx)
+		perm |= p
+		shared &= s
+	}
+	return perm, shared
+}
+
+// childPerm asks the driver (or QEMU's defaults) what n needs on c.
+func (n *Node) childPerm(c *Child, perm, shared Perm) (Perm, Perm) {
+	if cp, ok := n.drv.(ChildPermer); ok {
+		return cp.ChildPerm(c, c.role, perm, shared)
+	}
+	return DefaultChildPerm(c.role, !n.ReadOnly(), perm, shared)
+}
+
+// refreshPerms recomputes, into tx, the permissions of every edge below n
+// after n's parent edges changed, checking each node on the way. It stops at
+// the first conflict.
+func (g *Graph) refreshPerms(n *Node, tx permTx) error {
+	if err := n.checkParents(tx); err != nil {
+		return err
+	}
+	perm, shared := n.cumulative(tx)
+	if perm&(PermWrite|PermWriteUnchanged) != 0 && n.ReadOnly() {
+		return errors.New("Block node is read-only")
+	}
+	for _, c := range n.children {
+		p, s := n.childPerm(c, perm, shared)
+		if op, os := c.perms(tx); op == p && os == s {
+			continue
+		}
+		tx[c] = permPair{p, s}
+		if err := g.refreshPerms(c.node, tx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkParents checks that no user of n holds a permission another user of
+// n does not share. Only pairs with a changed edge are checked, so a node
+// with many users costs O(users) per change. The conflict reported is the
+// one QEMU finds first: it walks the users newest first, asking of each
+// whether it tolerates every other.
+func (n *Node) checkParents(tx permTx) error {
+	ps := n.parents
+	last := len(ps) - 1
+	bestA, bestB := -1, -1 // positions in newest-first order
+	consider := func(a, b int) {
+		if a == b {
+			return
+		}
+		_, as := ps[a].perms(tx)
+		bp, _ := ps[b].perms(tx)
+		if bp&^as == 0 {
+			return
+		}
+		pa, pb := last-a, last-b
+		if bestA < 0 || pa < bestA || pa == bestA && pb < bestB {
+			bestA, bestB = pa, pb
+		}
+	}
+	for i, c := range ps {
+		if _, changed := tx[c]; !changed {
+			continue
+		}
+		for j := range ps {
+			consider(i, j)
+			consider(j, i)
+		}
+	}
+	if bestA < 0 {
+		return nil
+	}
+	a, b := ps[last-bestA], ps[last-bestB]
+	_, as := a.perms(tx)
+	bp, _ := b.perms(tx)
+	return fmt.Errorf("Permission conflict on node '%s': permissions '%s' are both required by %s (uses node '%s' as '%s' child) and unshared by %s (uses node '%s' as '%s' child).",
+		n.name, bp&^as, b.parentDesc(), n.name, b.name, a.parentDesc(), n.name, a.name)
+}

@@ -1,0 +1,71 @@
+package blockdev
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/qbmond/qbmond/qmp"
+)
+
+// RegisterCommands installs the block graph's QMP commands: blockdev-add,
+// blockdev-del, query-named-block-nodes, query-block and
+// x-debug-query-block-graph. Every handler holds the graph lock.
+func RegisterCommands(d *qmp.Dispatcher, g *Graph) {
+	d.Register("blockdev-add", g.qmpBlockdevAdd)
+	d.Register("blockdev-del", g.qmpBlockdevDel)
+	d.Register("query-named-block-nodes", g.qmpQueryNamedBlockNodes)
+	d.Register("query-block", g.qmpQueryBlock)
+	d.Register("x-debug-query-block-graph", g.qmpQueryBlockGraph)
+}
+
+func (g *Graph) qmpBlockdevAdd(ctx context.Context, args json.RawMessage) (any, error) {
+	opts, err := DecodeOptions(args)
+	if err != nil {
+		return nil, qmp.Errorf("%v", err)
+	}
+	g.Lock()
+	defer g.Unlock()
+	if _, err := g.Add(ctx, opts); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+func (g *Graph) qmpBlockdevDel(ctx context.Context, args json.RawMessage) (any, error) {
+	var a struct {
+		NodeName string `json:"node-name"`
+	}
+	if err := json.Unmarshal(args, &a); err != nil {
+		return nil, qmp.Errorf("%v", err)
+	}
+	g.Lock()
+	defer g.Unlock()
+	if err := g.Delete(ctx, a.NodeName); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+func (g *Graph) qmpQueryNamedBlockNodes(ctx context.Context, args json.RawMessage) (any, error) {
+	var a struct {
+		Flat bool `json:"flat"`
+	}
+	if err := json.Unmarshal(args, &a); err != nil {
+		return nil, qmp.Errorf("%v", err)
+	}
+	g.Lock()
+	defer g.Unlock()
+	return g.QueryNamedBlockNodes(ctx, a.Flat), nil
+}
+
+// query-block lists BlockBackends; qbmond, like qemu-storage-daemon, has no
+// named ones, so the answer is always empty.
+func (g *Graph) qmpQueryBlock(ctx context.Context, args json.RawMessage) (any, error) {
+	return []struct{}{}, nil
+}
+
+func (g *Graph) qmpQueryBlockGraph(ctx context.Context, args json.RawMessage) (any, error) {
+	g.Lock()
+	defer g.Unlock()
+	return g.QueryBlockGraph(), nil
+}

@@ -1,0 +1,239 @@
+package blockdev
+
+import (
+	"context"
+	"slices"
+	"strings"
+)
+
+// refreshFilename works out the node's file name the way QEMU's
+// bdrv_refresh_filename does: the driver's own exact name if it has one; a
+// format node over a protocol node without strong options of its own takes
+// the protocol node's name; anything else becomes "json:" followed by the
+// options that recreate the node (driver, strong options, children).
+func (n *Node) refreshFilename() {
+	full := map[string]any{"driver": n.drvName}
+	strong := false
+	if v, ok := n.drvOpts["filename"]; ok {
+		full["filename"] = v
+	}
+	if so, ok := n.drv.(StrongOptioner); ok {
+		for _, k := range so.StrongOptions() {
+			if v, ok := n.drvOpts[k]; ok {
+				full[k] = v
+				strong = true
+			}
+		}
+	}
+	for _, c := range n.children {
+		full[c.name] = c.node.fullOpts
+	}
+	exact := ""
+	if fr, ok := n.drv.(FilenameRefresher); ok {
+		exact = fr.ExactFilename()
+	} else if pc := n.primaryChild(); pc != nil && !strong && len(n.children) == 1 {
+		if _, proto := pc.node.drv.(ProtocolDriver); proto {
+			exact = pc.node.exactFilename
+		}
+	}
+	n.fullOpts, n.exactFilename = full, exact
+	if exact != "" {
+		n.filename = exact
+		return
+	}
+	var b strings.Builder
+	b.WriteString("json:")
+	writeQEMUJSON(&b, full)
+	n.filename = b.String()
+}
+
+// BlockDeviceInfo is QEMU's BlockDeviceInfo, one element of
+// query-named-block-nodes.
+type BlockDeviceInfo struct {
+	File             string            `json:"file"`
+	NodeName         string            `json:"node-name,omitempty"`
+	Ro               bool              `json:"ro"`
+	Drv              string            `json:"drv"`
+	BackingFile      string            `json:"backing_file,omitempty"`
+	BackingFileDepth int64             `json:"backing_file_depth"`
+	Encrypted        bool              `json:"encrypted"`
+	DetectZeroes     string            `json:"detect_zeroes"`
+	Bps              int64             `json:"bps"`
+	BpsRd            int64             `json:"bps_rd"`
+	BpsWr            int64             `json:"bps_wr"`
+	Iops             int64             `json:"iops"`
+	IopsRd           int64             `json:"iops_rd"`
+	IopsWr           int64             `json:"iops_wr"`
+	Image            *ImageInfo        `json:"image"`
+	Cache            BlockdevCacheInfo `json:"cache"`
+	WriteThreshold   int64             `json:"write_threshold"`
+}
+
+// BlockdevCacheInfo is QEMU's BlockdevCacheInfo.
+type BlockdevCacheInfo struct {
+	Writeback bool `json:"writeback"`
+	Direct    bool `json:"direct"`
+	NoFlush   bool `json:"no-flush"`
+}
+
+// ImageInfo is QEMU's ImageInfo as query-named-block-nodes fills it.
+type ImageInfo struct {
+	Filename              string     `json:"filename"`
+	Format                string     `json:"format"`
+	DirtyFlag             *bool      `json:"dirty-flag,omitempty"`
+	ActualSize            *int64     `json:"actual-size,omitempty"`
+	VirtualSize           int64      `json:"virtual-size"`
+	ClusterSize           *int64     `json:"cluster-size,omitempty"`
+	BackingFilename       string     `json:"backing-filename,omitempty"`
+	FullBackingFilename   string     `json:"full-backing-filename,omitempty"`
+	BackingFilenameFormat string     `json:"backing-filename-format,omitempty"`
+	BackingImage          *ImageInfo `json:"backing-image,omitempty"`
+	FormatSpecific        any        `json:"format-specific,omitempty"`
+}
+
+// backing returns the node's COW child, if any.
+func (n *Node) backing() *Child {
+	for _, c := range n.children {
+		if c.role&RoleCOW != 0 {
+			return c
+		}
+	}
+	return nil
+}
+
+// allocatedSize is ImageInfo's actual-size: the driver's own answer, else
+// its primary child's; ok is false when nobody knows.
+func (n *Node) allocatedSize(ctx context.Context) (int64, bool) {
+	if as, ok := n.drv.(AllocatedSizer); ok {
+		s, err := as.AllocatedSize(ctx)
+		return s, err == nil
+	}
+	if pc := n.primaryChild(); pc != nil {
+		return pc.node.allocatedSize(ctx)
+	}
+	return 0, false
+}
+
+// imageInfo builds the node's ImageInfo (without backing-image).
+func (n *Node) imageInfo(ctx context.Context) *ImageInfo {
+	ii := &ImageInfo{Filename: n.filename, Format: n.drvName, VirtualSize: n.Length()}
+	if s, ok := n.allocatedSize(ctx); ok {
+		ii.ActualSize = &s
+	}
+	if di, err := n.drv.Info(ctx); err == nil {
+		dirty := di.Dirty
+		ii.DirtyFlag = &dirty
+		if di.ClusterSize > 0 {
+			cs := di.ClusterSize
+			ii.ClusterSize = &cs
+		}
+	}
+	if b := n.backing(); b != nil {
+		ii.BackingFilename = b.node.filename
+		ii.FullBackingFilename = b.node.filename
+		ii.BackingFilenameFormat = b.node.drvName
+	}
+	if fi, ok := n.drv.(FormatInfoer); ok {
+		if spec, err := fi.FormatSpecific(ctx); err == nil && spec != nil {
+			ii.FormatSpecific = spec
+		}
+	}
+	return ii
+}
+
+// Info builds the node's BlockDeviceInfo. Unless flat, the image nests the
+// backing chain's images (backing-image). Caller holds the graph lock.
+func (n *Node) Info(ctx context.Context, flat bool) BlockDeviceInfo {
+	info := BlockDeviceInfo{
+		File:         n.filename,
+		NodeName:     n.name,
+		Ro:           n.ReadOnly(),
+		Drv:          n.drvName,
+		DetectZeroes: n.detectZeroes,
+		Image:        n.imageInfo(ctx),
+		Cache:        BlockdevCacheInfo{Writeback: true, Direct: n.cacheDirect, NoFlush: n.noFlush},
+	}
+	if b := n.backing(); b != nil {
+		info.BackingFile = b.node.filename
+	}
+	img := info.Image
+	for b := n.backing(); b != nil; b = b.node.backing() {
+		info.BackingFileDepth++
+		if !flat {
+			img.BackingImage = b.node.imageInfo(ctx)
+			img = img.BackingImage
+		}
+	}
+	return info
+}
+
+// QueryNamedBlockNodes is query-named-block-nodes: every node, newest
+// first, as QEMU lists them. Caller holds the graph lock.
+func (g *Graph) QueryNamedBlockNodes(ctx context.Context, flat bool) []BlockDeviceInfo {
+	out := make([]BlockDeviceInfo, 0, g.count)
+	for n := g.tail; n != nil; n = n.prev {
+		out = append(out, n.Info(ctx, flat))
+	}
+	return out
+}
+
+// XDbgBlockGraph is x-debug-query-block-graph's reply.
+type XDbgBlockGraph struct {
+	Nodes []XDbgBlockGraphNode `json:"nodes"`
+	Edges []XDbgBlockGraphEdge `json:"edges"`
+}
+
+// XDbgBlockGraphNode is one vertex of XDbgBlockGraph.
+type XDbgBlockGraphNode struct {
+	ID   uint64 `json:"id"`
+	Type string `json:"type"`
+	Name string `json:"name"`
+}
+
+// XDbgBlockGraphEdge is one edge of XDbgBlockGraph.
+type XDbgBlockGraphEdge struct {
+	Parent     uint64   `json:"parent"`
+	Child      uint64   `json:"child"`
+	Name       string   `json:"name"`
+	Perm       []string `json:"perm"`
+	SharedPerm []string `json:"shared-perm"`
+}
+
+// permList names permissions as x-debug-query-block-graph lists them
+// (QEMU builds the list back to front: resize first).
+func permList(p Perm) []string {
+	names := p.Names()
+	slices.Reverse(names)
+	return names
+}
+
+// QueryBlockGraph is x-debug-query-block-graph. Node ids are numbered in
+// the order QEMU meets them (walking nodes oldest first, each node then its
+// children), and both lists come newest first as QEMU prints them. Caller
+// holds the graph lock.
+func (g *Graph) QueryBlockGraph() XDbgBlockGraph {
+	ids := make(map[*Node]uint64, g.count)
+	id := func(n *Node) uint64 {
+		if v, ok := ids[n]; ok {
+			return v
+		}
+		v := uint64(len(ids) + 1)
+		ids[n] = v
+		return v
+	}
+	var out XDbgBlockGraph
+	out.Nodes = make([]XDbgBlockGraphNode, 0, g.count)
+	out.Edges = []XDbgBlockGraphEdge{}
+	for n := g.head; n != nil; n = n.next {
+		out.Nodes = append(out.Nodes, XDbgBlockGraphNode{ID: id(n), Type: "block-driver", Name: n.name})
+		for _, c := range n.children {
+			out.Edges = append(out.Edges, XDbgBlockGraphEdge{
+				Parent: id(n), Child: id(c.node), Name: c.name,
+				Perm: permList(c.Perm()), SharedPerm: permList(c.Shared()),
+			})
+		}
+	}
+	slices.Reverse(out.Nodes)
+	slices.Reverse(out.Edges)
+	return out
+}

@@ -1,0 +1,11 @@
+// Package all registers every block driver qbmond has. Import it for its
+// side effects:
+//
+//	import _ "github.com/qbmond/qbmond/drivers/all"
+package all
+
+import (
+	_ "github.com/qbmond/qbmond/drivers/file" // file
+	_ "github.com/qbmond/qbmond/drivers/null" // null-co, null-aio
+	_ "github.com/qbmond/qbmond/drivers/raw"  // raw
+)

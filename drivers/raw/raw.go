@@ -1,0 +1,133 @@
+// Package raw implements the raw format driver: the image is the content of
+// its "file" child, optionally a window of it (offset, size).
+package raw
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/qbmond/qbmond/blockdev"
+)
+
+func init() {
+	blockdev.RegisterDriver("raw", func() blockdev.Driver { return new(Driver) })
+}
+
+// Driver is one raw node.
+type Driver struct {
+	file    *blockdev.Child
+	offset  int64
+	size    int64
+	hasSize bool
+	window  bool // offset or size given: the node is not a pure pass-through
+}
+
+// Open attaches the file child and checks offset and size against it.
+func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
+	o := oc.Options()
+	off, hasOff, err := o.Int("offset")
+	if err != nil {
+		return err
+	}
+	size, hasSize, err := o.Int("size")
+	if err != nil {
+		return err
+	}
+	if off < 0 {
+		return errors.New("Parameter 'offset' expects a non-negative number below 2^64")
+	}
+	if size < 0 {
+		return errors.New("Parameter 'size' expects a non-negative number below 2^64")
+	}
+	d.offset, d.size, d.hasSize = off, size, hasSize
+	d.window = hasOff || hasSize
+	role := blockdev.RoleFiltered | blockdev.RolePrimary
+	if d.window {
+		role = blockdev.RoleData | blockdev.RolePrimary
+	}
+	d.file, err = oc.OpenChild(ctx, "file", role)
+	if err != nil {
+		return err
+	}
+	real := d.file.Length()
+	if off > real {
+		return fmt.Errorf("Offset (%d) cannot be greater than size of the containing file (%d)", off, real)
+	}
+	if hasSize && real-off < size {
+		return fmt.Errorf("The sum of offset (%d) and size (%d) has to be smaller or equal to the  actual size of the containing file (%d)", off, size, real)
+	}
+	if hasSize && size%512 != 0 {
+		return errors.New("Specified size is not multiple of 512")
+	}
+	return nil
+}
+
+// Close does nothing: the graph detaches the child.
+func (d *Driver) Close() error { return nil }
+
+// Read reads from the file child.
+func (d *Driver) Read(ctx context.Context, off int64, p []byte) error {
+	return d.file.Read(ctx, d.offset+off, p)
+}
+
+// Write writes to the file child.
+func (d *Driver) Write(ctx context.Context, off int64, p []byte, flags blockdev.ReqFlags) error {
+	return d.file.Write(ctx, d.offset+off, p, flags)
+}
+
+// WriteZeroes zeroes on the file child.
+func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.ReqFlags) error {
+	return d.file.WriteZeroes(ctx, d.offset+off, n, flags)
+}
+
+// Discard discards on the file child.
+func (d *Driver) Discard(ctx context.Context, off, n int64) error {
+	return d.file.Discard(ctx, d.offset+off, n)
+}
+
+// Flush flushes the file child.
+func (d *Driver) Flush(ctx context.Context) error { return d.file.Flush(ctx) }
+
+// BlockStatus is the file child's status.
+func (d *Driver) BlockStatus(ctx context.Context, off, n int64) (blockdev.BlockStatus, error) {
+	return d.file.BlockStatus(ctx, d.offset+off, n)
+}
+
+// Length is size, or what the file child has after offset.
+func (d *Driver) Length(ctx context.Context) (int64, error) {
+	if d.hasSize {
+		return d.size, nil
+	}
+	return max(d.file.Length()-d.offset, 0), nil
+}
+
+// Info is the file child's.
+func (d *Driver) Info(ctx context.Context) (blockdev.DriverInfo, error) {
+	return d.file.Node().Driver().Info(ctx)
+}
+
+// SupportedWriteFlags: raw passes every flag on to its child.
+func (d *Driver) SupportedWriteFlags() blockdev.ReqFlags {
+	return blockdev.ReqFUA | blockdev.ReqMayUnmap | blockdev.ReqNoFallback | blockdev.ReqWriteUnchanged
+}
+
+// Truncate resizes the file child; a window (offset or size) cannot be
+// resized.
+func (d *Driver) Truncate(ctx context.Context, size int64, exact bool) error {
+	if d.window {
+		return fmt.Errorf("cannot resize fixed-size raw disks: %w", blockdev.ErrNotSupported)
+	}
+	return d.file.Truncate(ctx, size, exact)
+}
+
+// ChildPerm takes QEMU's defaults for the role but asks for write and
+// resize only when raw's own users need them, to avoid needless conflicts.
+func (d *Driver) ChildPerm(c *blockdev.Child, role blockdev.Role, perm, shared blockdev.Perm) (blockdev.Perm, blockdev.Perm) {
+	p, s := blockdev.DefaultChildPerm(role, true, perm, shared)
+	const wr = blockdev.PermWrite | blockdev.PermResize
+	return p&^wr | perm&wr, s
+}
+
+// StrongOptions: offset and size change what the node presents.
+func (d *Driver) StrongOptions() []string { return []string{"offset", "size"} }
