@@ -200,6 +200,13 @@ func (g *Graph) open(ctx context.Context, tx *openTx, opts Options, inh inherite
 		return nil, err
 	}
 	n.readOnly.Store(ro)
+	forceShare, err := opts.Bool("force-share", false)
+	if err != nil {
+		return nil, err
+	}
+	if forceShare && !ro {
+		return nil, errors.New("force-share=on can only be used with read-only images")
+	}
 	if n.autoReadOnly, err = opts.Bool("auto-read-only", inh.autoReadOnly); err != nil {
 		return nil, err
 	}

@@ -71,7 +71,13 @@ func (o Options) Int(key string) (n int64, ok bool, err error) {
 	case json.Number:
 		n, err := strconv.ParseInt(string(x), 10, 64)
 		if err != nil {
-			return 0, true, bad
+			// QAPI's unsigned members hold up to 2^64-1; QEMU's drivers
+			// read them into signed integers, so large values wrap.
+			u, uerr := strconv.ParseUint(string(x), 10, 64)
+			if uerr != nil {
+				return 0, true, bad
+			}
+			return int64(u), true, nil
 		}
 		return n, true, nil
 	case string:

@@ -39,6 +39,10 @@ type Request struct {
 	ID   any // echoed by the transport; used here only for logging
 	// Keyval marks arguments that came from command-line keyval syntax.
 	Keyval bool
+	// Origin names the transport ("qmp", "jsonrpc", "cli") for the logs.
+	// Failures of command-line requests are logged at debug only: the
+	// command line reports them itself and exits.
+	Origin string
 }
 
 // Event is one QMP event. Data is marshalled with encoding/json.
@@ -119,13 +123,17 @@ func (d *Dispatcher) Execute(ctx context.Context, req Request) (any, *Error) {
 	start := time.Now()
 	res, err := d.execute(ctx, req)
 	if err != nil {
-		d.log.Warn().Str("command", req.Name).Interface("id", req.ID).
+		lvl := d.log.Warn()
+		if req.Origin == "cli" {
+			lvl = d.log.Debug()
+		}
+		lvl.Str("command", req.Name).Str("origin", req.Origin).Interface("id", req.ID).
 			Str("class", err.Class).Str("error", err.Desc).
 			Dur("duration", time.Since(start)).Msg("command failed")
 		return nil, err
 	}
 	if e := d.log.Debug(); e.Enabled() {
-		e.Str("command", req.Name).Interface("id", req.ID).
+		e.Str("command", req.Name).Str("origin", req.Origin).Interface("id", req.ID).
 			Dur("duration", time.Since(start)).Msg("command done")
 	}
 	return res, nil

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -91,7 +92,7 @@ func startDaemon(t testing.TB, k kind, dir string, extra ...string) *daemon {
 	d.cmd = exec.Command(bin, args...)
 	d.cmd.Dir = dir
 	d.cmd.Stderr = d.stderr
-	d.cmd.Stdout = d.stderr
+	d.cmd.Stdout = io.Discard
 	if err := d.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", k, err)
 	}

@@ -1,0 +1,226 @@
+// Command qbmond is a block-node daemon that speaks QMP like
+// qemu-storage-daemon 7.2, plus JSON-RPC 2.0 over the same commands.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/qbmond/qbmond/blockdev"
+	_ "github.com/qbmond/qbmond/drivers/all"
+	"github.com/qbmond/qbmond/keyval"
+	"github.com/qbmond/qbmond/qmp"
+	"github.com/qbmond/qbmond/schema"
+)
+
+// version is qbmond's own version; the QMP greeting reports QEMU 7.2.0 as
+// the dialect spoken and "qbmond <version>" as the package.
+const version = "0.1.0"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseArgs(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "qbmond: %v\n", err)
+		return 1
+	}
+	if cfg.version {
+		fmt.Fprintf(stdout, "qbmond %s (QMP dialect of QEMU 7.2)\n", version)
+		return 0
+	}
+	// Catch the signals before anything is created, so that a SIGTERM
+	// arriving during start-up still removes what was created.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sig)
+	log, err := newLogger(cfg, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "qbmond: %v\n", err)
+		return 1
+	}
+	d, err := newDaemon(cfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "qbmond: %v\n", err)
+		return 1
+	}
+	for _, a := range d.addrs {
+		fmt.Fprintf(stdout, "qbmond: %s\n", a)
+	}
+	d.wait(sig)
+	if err := d.shutdown(); err != nil {
+		log.Error().Err(err).Msg("shutdown")
+		return 1
+	}
+	return 0
+}
+
+func newLogger(cfg *config, stderr io.Writer) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(cfg.logLevel)
+	if err != nil || cfg.logLevel == "" {
+		return zerolog.Nop(), fmt.Errorf("invalid --log-level '%s'", cfg.logLevel)
+	}
+	var w io.Writer
+	switch cfg.logFormat {
+	case "json":
+		w = stderr
+	case "console":
+		w = zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.RFC3339}
+	default:
+		return zerolog.Nop(), fmt.Errorf("invalid --log-format '%s' (console or json)", cfg.logFormat)
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// daemon is one running qbmond: the dispatcher, the graph and the
+// transports serving them.
+type daemon struct {
+	log      zerolog.Logger
+	disp     *qmp.Dispatcher
+	graph    *blockdev.Graph
+	qmpSrv   *qmp.Server
+	rpcSrv   *qmp.JSONRPCServer
+	addrs    []string
+	pidfile  string
+	quit     chan struct{}
+	quitOnce sync.Once
+	serving  sync.WaitGroup
+}
+
+func newDaemon(cfg *config, log zerolog.Logger) (*daemon, error) {
+	s, err := schema.Load()
+	if err != nil {
+		return nil, fmt.Errorf("schema: %w", err)
+	}
+	d := &daemon{log: log, quit: make(chan struct{})}
+	d.disp = qmp.NewDispatcher(s, log)
+	vi := qmp.VersionInfo{Major: 7, Minor: 2, Micro: 0, Package: "qbmond " + version}
+	qmp.RegisterCore(d.disp, vi, d.requestQuit)
+	schema.RegisterCommands(d.disp, s)
+	d.graph = blockdev.NewGraph(log)
+	blockdev.RegisterCommands(d.disp, d.graph)
+
+	ok := false
+	defer func() {
+		if !ok {
+			d.shutdown()
+		}
+	}()
+	for _, b := range cfg.blockdevs {
+		if err := d.commandLine("blockdev-add", "driver", b); err != nil {
+			return nil, fmt.Errorf("--blockdev %s: %w", b, err)
+		}
+	}
+	d.qmpSrv = qmp.NewServer(d.disp, vi, log)
+	d.rpcSrv = qmp.NewJSONRPCServer(d.disp, log)
+	for _, a := range cfg.qmp {
+		if err := d.listen(a, d.qmpSrv.Serve, "QMP"); err != nil {
+			return nil, err
+		}
+	}
+	for _, a := range cfg.jsonrpc {
+		if err := d.listen(a, d.rpcSrv.Serve, "JSON-RPC"); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.pidfile != "" {
+		if err := os.WriteFile(cfg.pidfile, fmt.Appendf(nil, "%d\n", os.Getpid()), 0o644); err != nil {
+			return nil, err
+		}
+		d.pidfile = cfg.pidfile
+	}
+	ok = true
+	return d, nil
+}
+
+// commandLine runs a command given on the command line, as JSON when it
+// starts with '{' and as keyval otherwise (QSD's rule); implied is the key a
+// first keyval element without '=' stands for.
+func (d *daemon) commandLine(cmd, implied, arg string) error {
+	var tree any
+	kv := false
+	if strings.HasPrefix(strings.TrimSpace(arg), "{") {
+		t, err := qmp.ParseJSON([]byte(arg))
+		if err != nil {
+			return err
+		}
+		tree = t
+	} else {
+		t, err := keyval.Parse(arg, implied)
+		if err != nil {
+			return err
+		}
+		tree, kv = t, true
+	}
+	_, qerr := d.disp.Execute(context.Background(), qmp.Request{Name: cmd, Args: tree, Keyval: kv, Origin: "cli"})
+	if qerr != nil {
+		return qerr
+	}
+	return nil
+}
+
+func (d *daemon) listen(addr string, serve func(net.Listener) error, what string) error {
+	l, err := qmp.Listen(addr)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", what, addr, err)
+	}
+	d.addrs = append(d.addrs, what+" on "+addr)
+	d.log.Info().Str("addr", addr).Msg(what + " listening")
+	d.serving.Add(1)
+	go func() {
+		defer d.serving.Done()
+		if err := serve(l); err != nil {
+			d.log.Error().Err(err).Str("addr", addr).Msg(what + " listener failed")
+		}
+	}()
+	return nil
+}
+
+func (d *daemon) requestQuit() { d.quitOnce.Do(func() { close(d.quit) }) }
+
+// wait blocks until quit or a signal.
+func (d *daemon) wait(sig <-chan os.Signal) {
+	select {
+	case s := <-sig:
+		d.log.Info().Str("signal", s.String()).Msg("terminating")
+	case <-d.quit:
+		d.log.Info().Msg("quit")
+	}
+}
+
+// shutdown stops the transports (removing socket files), then flushes and
+// closes every node.
+func (d *daemon) shutdown() error {
+	var errs []error
+	if d.qmpSrv != nil {
+		errs = append(errs, d.qmpSrv.Close())
+	}
+	if d.rpcSrv != nil {
+		errs = append(errs, d.rpcSrv.Close())
+	}
+	d.serving.Wait()
+	if d.graph != nil {
+		d.graph.Close()
+	}
+	if d.pidfile != "" {
+		os.Remove(d.pidfile)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,79 @@
+package qmp
+
+import (
+	"context"
+	"encoding/json"
+)
+
+// VersionInfo is what the greeting and query-version report: the QEMU
+// version whose dialect is spoken, and the package that speaks it.
+type VersionInfo struct {
+	Major, Minor, Micro int
+	Package             string
+}
+
+// versionReply is query-version's return value, members in QEMU's order.
+type versionReply struct {
+	Qemu struct {
+		Micro int `json:"micro"`
+		Minor int `json:"minor"`
+		Major int `json:"major"`
+	} `json:"qemu"`
+	Package string `json:"package"`
+}
+
+func (v VersionInfo) reply() versionReply {
+	var r versionReply
+	r.Qemu.Micro, r.Qemu.Minor, r.Qemu.Major = v.Micro, v.Minor, v.Major
+	r.Package = v.Package
+	return r
+}
+
+// negotiator is what a QMP session puts in a command's context so that
+// qmp_capabilities can act on it.
+type negotiator interface {
+	negotiate(enable []string) *Error
+}
+
+type negotiatorKey struct{}
+
+// afterReplyKey carries a function that a transport runs once the reply to
+// the current command has been written (quit uses it).
+type afterReplyKey struct{}
+
+// AfterReply registers f to run after the reply to the command running in
+// ctx has been sent; without a transport that supports it, f runs at once.
+func AfterReply(ctx context.Context, f func()) {
+	if set, ok := ctx.Value(afterReplyKey{}).(func(func())); ok {
+		set(f)
+		return
+	}
+	f()
+}
+
+// RegisterCore registers the commands every QMP server has:
+// qmp_capabilities, query-version and quit (which calls quit after its
+// reply is on its way).
+func RegisterCore(d *Dispatcher, v VersionInfo, quit func()) {
+	d.Register("qmp_capabilities", func(ctx context.Context, args json.RawMessage) (any, error) {
+		var a struct {
+			Enable []string `json:"enable"`
+		}
+		if err := json.Unmarshal(args, &a); err != nil {
+			return nil, err
+		}
+		if n, ok := ctx.Value(negotiatorKey{}).(negotiator); ok {
+			if err := n.negotiate(a.Enable); err != nil {
+				return nil, err
+			}
+		}
+		return nil, nil
+	})
+	d.Register("query-version", func(context.Context, json.RawMessage) (any, error) {
+		return v.reply(), nil
+	})
+	d.Register("quit", func(ctx context.Context, _ json.RawMessage) (any, error) {
+		AfterReply(ctx, quit)
+		return nil, nil
+	})
+}

@@ -1,0 +1,370 @@
+package qmp
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/rs/zerolog"
+)
+
+// Server serves QMP on any number of listeners, each with any number of
+// concurrent connections, all sharing one Dispatcher.
+type Server struct {
+	d   *Dispatcher
+	v   VersionInfo
+	log zerolog.Logger
+
+	mu        sync.Mutex
+	closed    bool
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{}
+	wg        sync.WaitGroup
+}
+
+// NewServer returns a QMP server for d that greets with v.
+func NewServer(d *Dispatcher, v VersionInfo, log zerolog.Logger) *Server {
+	return &Server{d: d, v: v, log: log,
+		listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}}
+}
+
+// Serve accepts connections on l until l fails or the server is closed
+// (then it returns nil).
+func (s *Server) Serve(l net.Listener) error {
+	return serve(&s.mu, &s.closed, s.listeners, s.conns, &s.wg, l, func(c net.Conn) {
+		newSession(s, c).run()
+	})
+}
+
+// Close stops every listener (removing unix socket files), closes every
+// connection and waits for their goroutines.
+func (s *Server) Close() error {
+	return closeAll(&s.mu, &s.closed, s.listeners, s.conns, &s.wg)
+}
+
+// serve and closeAll are shared by the QMP and JSON-RPC servers.
+func serve(mu *sync.Mutex, closed *bool, ls map[net.Listener]struct{}, conns map[net.Conn]struct{},
+	wg *sync.WaitGroup, l net.Listener, handle func(net.Conn)) error {
+	mu.Lock()
+	if *closed {
+		mu.Unlock()
+		l.Close()
+		return nil
+	}
+	ls[l] = struct{}{}
+	wg.Add(1)
+	mu.Unlock()
+	defer wg.Done()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			mu.Lock()
+			stop := *closed
+			mu.Unlock()
+			if stop {
+				return nil
+			}
+			return err
+		}
+		mu.Lock()
+		if *closed {
+			mu.Unlock()
+			c.Close()
+			return nil
+		}
+		conns[c] = struct{}{}
+		wg.Add(1)
+		mu.Unlock()
+		go func() {
+			defer wg.Done()
+			handle(c)
+			c.Close()
+			mu.Lock()
+			delete(conns, c)
+			mu.Unlock()
+		}()
+	}
+}
+
+func closeAll(mu *sync.Mutex, closed *bool, ls map[net.Listener]struct{}, conns map[net.Conn]struct{}, wg *sync.WaitGroup) error {
+	mu.Lock()
+	*closed = true
+	var first error
+	for l := range ls {
+		if err := l.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	for c := range conns {
+		c.Close()
+	}
+	mu.Unlock()
+	wg.Wait()
+	return first
+}
+
+// session is one QMP connection: greeting, negotiation, requests in order,
+// out-of-band requests at once, events once negotiated.
+type session struct {
+	srv  *Server
+	conn net.Conn
+	log  zerolog.Logger
+
+	wmu sync.Mutex
+	w   *bufio.Writer
+
+	negotiated atomic.Bool
+	oob        atomic.Bool
+	events     sync.WaitGroup
+	unsub      func()
+}
+
+// request is one parsed request, or the error that replaces it.
+type request struct {
+	name  string
+	args  any
+	id    any
+	hasID bool
+	err   *Error
+}
+
+func newSession(s *Server, c net.Conn) *session {
+	return &session{srv: s, conn: c, w: bufio.NewWriterSize(c, 64<<10),
+		log: s.log.With().Str("remote", c.RemoteAddr().String()).Logger()}
+}
+
+func (s *session) run() {
+	s.log.Debug().Msg("QMP connection opened")
+	defer s.log.Debug().Msg("QMP connection closed")
+	s.greet()
+	inband := make(chan request, 64)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for r := range inband {
+			s.execute(r)
+		}
+	}()
+	dec := NewDecoder(s.conn)
+	for {
+		v, err := dec.Next()
+		if err != nil {
+			if IsParseError(err) {
+				inband <- request{err: AsError(err)}
+				continue
+			}
+			break
+		}
+		r, oob := s.check(v)
+		if oob && r.err == nil {
+			s.executeOOB(r)
+			continue
+		}
+		inband <- r
+	}
+	close(inband)
+	<-done
+	if s.unsub != nil {
+		s.unsub()
+	}
+	s.events.Wait()
+}
+
+func (s *session) greet() {
+	v := s.srv.v
+	b := []byte(`{"QMP": {"version": {"qemu": {"micro": `)
+	b = appendInt(b, v.Micro)
+	b = append(b, `, "minor": `...)
+	b = appendInt(b, v.Minor)
+	b = append(b, `, "major": `...)
+	b = appendInt(b, v.Major)
+	b = append(b, `}, "package": `...)
+	b, _ = appendValue(b, v.Package)
+	b = append(b, `}, "capabilities": ["oob"]}}`...)
+	s.writeLine(b)
+}
+
+func appendInt(b []byte, n int) []byte {
+	out, _ := appendValue(b, n)
+	return out
+}
+
+// check turns a parsed value into a request, with QEMU's errors for
+// requests of the wrong shape. oob reports an exec-oob request.
+func (s *session) check(v any) (r request, oob bool) {
+	m, ok := v.(map[string]any)
+	if !ok {
+		return request{err: Errorf("QMP input must be a JSON object")}, false
+	}
+	r.id, r.hasID = m["id"]
+	fail := func(format string, a ...any) (request, bool) {
+		r.err = Errorf(format, a...)
+		return r, false
+	}
+	oobOK := s.oob.Load()
+	exec, hasExec := m["execute"]
+	execOOB, hasOOB := m["exec-oob"]
+	if hasExec {
+		if _, ok := exec.(string); !ok {
+			return fail("QMP input member 'execute' must be a string")
+		}
+	}
+	if hasOOB && oobOK {
+		if _, ok := execOOB.(string); !ok {
+			return fail("QMP input member 'exec-oob' must be a string")
+		}
+	}
+	if a, ok := m["arguments"]; ok {
+		if _, ok := a.(map[string]any); !ok {
+			return fail("QMP input member 'arguments' must be an object")
+		}
+		r.args = a
+	}
+	var unexpected []string
+	for k := range m {
+		switch k {
+		case "execute", "arguments", "id":
+		case "exec-oob":
+			if !oobOK {
+				unexpected = append(unexpected, k)
+			}
+		default:
+			unexpected = append(unexpected, k)
+		}
+	}
+	if len(unexpected) > 0 {
+		sort.Strings(unexpected)
+		return fail("QMP input member '%s' is unexpected", unexpected[0])
+	}
+	switch {
+	case hasExec && hasOOB:
+		return fail("QMP input member 'execute' clashes with 'exec-oob'")
+	case hasOOB:
+		r.name = execOOB.(string)
+		return r, true
+	case hasExec:
+		r.name = exec.(string)
+		return r, false
+	}
+	return fail("QMP input lacks member 'execute'")
+}
+
+// negotiate implements qmp_capabilities for this session.
+func (s *session) negotiate(enable []string) *Error {
+	if s.negotiated.Load() {
+		return NewError(ClassCommandNotFound, "Capabilities negotiation is already complete, command ignored")
+	}
+	for _, c := range enable {
+		if c == "oob" {
+			s.oob.Store(true)
+		}
+	}
+	s.negotiated.Store(true)
+	ch, cancel := s.srv.d.Subscribe(1024)
+	s.unsub = cancel
+	s.events.Add(1)
+	go func() {
+		defer s.events.Done()
+		for ev := range ch {
+			s.writeEvent(ev)
+		}
+	}()
+	return nil
+}
+
+func (s *session) execute(r request) {
+	if r.err != nil {
+		s.reply(r, nil, r.err)
+		return
+	}
+	if !s.negotiated.Load() && r.name != "qmp_capabilities" {
+		s.reply(r, nil, NewError(ClassCommandNotFound, "Expecting capabilities negotiation with 'qmp_capabilities'"))
+		return
+	}
+	var after []func()
+	ctx := context.WithValue(context.Background(), negotiatorKey{}, negotiator(s))
+	ctx = context.WithValue(ctx, afterReplyKey{}, func(f func()) { after = append(after, f) })
+	res, err := s.srv.d.Execute(ctx, Request{Name: r.name, Args: r.args, ID: r.id, Origin: "qmp"})
+	s.reply(r, res, err)
+	for _, f := range after {
+		f()
+	}
+}
+
+func (s *session) executeOOB(r request) {
+	d := s.srv.d
+	switch {
+	case !d.HasCommand(r.name):
+		s.reply(r, nil, NewError(ClassCommandNotFound, "The command %s has not been found", r.name))
+	case !d.AllowOOB(r.name):
+		s.reply(r, nil, Errorf("The command %s does not support OOB", r.name))
+	default:
+		res, err := d.Execute(context.Background(), Request{Name: r.name, Args: r.args, ID: r.id, Origin: "qmp"})
+		s.reply(r, res, err)
+	}
+}
+
+// reply writes a reply with members in QEMU's order.
+func (s *session) reply(r request, res any, e *Error) {
+	var b []byte
+	var err error
+	if e != nil {
+		b = append(b, '{')
+		if r.hasID {
+			b = append(b, `"id": `...)
+			if b, err = appendValue(b, qemuID(r.id)); err != nil {
+				return
+			}
+			b = append(b, ", "...)
+		}
+		b = append(b, `"error": {"class": `...)
+		b, _ = appendValue(b, e.Class)
+		b = append(b, `, "desc": `...)
+		b, _ = appendValue(b, e.Desc)
+		b = append(b, "}}"...)
+	} else {
+		b = append(b, `{"return": `...)
+		if b, err = appendValue(b, res); err != nil {
+			s.log.Error().Err(err).Str("command", r.name).Msg("cannot encode reply")
+			b = append(b[:0], `{"return": `...)
+			b = append(b, "{}"...)
+		}
+		if r.hasID {
+			b = append(b, `, "id": `...)
+			b, _ = appendValue(b, qemuID(r.id))
+		}
+		b = append(b, '}')
+	}
+	s.writeLine(b)
+}
+
+func (s *session) writeEvent(ev Event) {
+	us := ev.Time.UnixMicro()
+	b := []byte(`{"timestamp": {"seconds": `)
+	b = appendInt(b, int(us/1e6))
+	b = append(b, `, "microseconds": `...)
+	b = appendInt(b, int(us%1e6))
+	b = append(b, `}, "event": `...)
+	b, _ = appendValue(b, ev.Name)
+	b = append(b, `, "data": `...)
+	var err error
+	if b, err = appendValue(b, ev.Data); err != nil {
+		s.log.Error().Err(err).Str("event", ev.Name).Msg("cannot encode event")
+		return
+	}
+	b = append(b, '}')
+	s.writeLine(b)
+}
+
+func (s *session) writeLine(b []byte) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.w.Write(b)
+	s.w.WriteString("\r\n")
+	if err := s.w.Flush(); err != nil {
+		s.conn.Close() // the reader notices and ends the session
+	}
+}
