@@ -130,15 +130,37 @@ func newDaemon(cfg *config, log zerolog.Logger) (*daemon, error) {
 	}
 	d.qmpSrv = qmp.NewServer(d.disp, vi, log)
 	d.rpcSrv = qmp.NewJSONRPCServer(d.disp, log)
-	for _, a := range cfg.qmp {
-		if err := d.listen(a, d.qmpSrv.Serve, "QMP"); err != nil {
-			return nil, err
+	// Open every listener before serving any, QMP sockets last: once a
+	// client sees the QMP socket, the whole daemon is up.
+	type pending struct {
+		l     net.Listener
+		addr  string
+		what  string
+		serve func(net.Listener) error
+	}
+	var ls []pending
+	defer func() {
+		if !ok {
+			for _, p := range ls {
+				p.l.Close()
+			}
+		}
+	}()
+	for _, group := range []struct {
+		addrs []string
+		what  string
+		serve func(net.Listener) error
+	}{{cfg.jsonrpc, "JSON-RPC", d.rpcSrv.Serve}, {cfg.qmp, "QMP", d.qmpSrv.Serve}} {
+		for _, a := range group.addrs {
+			l, err := qmp.Listen(a)
+			if err != nil {
+				return nil, fmt.Errorf("%s %s: %w", group.what, a, err)
+			}
+			ls = append(ls, pending{l, a, group.what, group.serve})
 		}
 	}
-	for _, a := range cfg.jsonrpc {
-		if err := d.listen(a, d.rpcSrv.Serve, "JSON-RPC"); err != nil {
-			return nil, err
-		}
+	for _, p := range ls {
+		d.serve(p.l, p.addr, p.what, p.serve)
 	}
 	if cfg.pidfile != "" {
 		if err := os.WriteFile(cfg.pidfile, fmt.Appendf(nil, "%d\n", os.Getpid()), 0o644); err != nil {
@@ -176,11 +198,7 @@ func (d *daemon) commandLine(cmd, implied, arg string) error {
 	return nil
 }
 
-func (d *daemon) listen(addr string, serve func(net.Listener) error, what string) error {
-	l, err := qmp.Listen(addr)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", what, addr, err)
-	}
+func (d *daemon) serve(l net.Listener, addr, what string, serve func(net.Listener) error) {
 	d.addrs = append(d.addrs, what+" on "+addr)
 	d.log.Info().Str("addr", addr).Msg(what + " listening")
 	d.serving.Add(1)
@@ -190,7 +208,6 @@ func (d *daemon) listen(addr string, serve func(net.Listener) error, what string
 			d.log.Error().Err(err).Str("addr", addr).Msg(what + " listener failed")
 		}
 	}()
-	return nil
 }
 
 func (d *daemon) requestQuit() { d.quitOnce.Do(func() { close(d.quit) }) }
