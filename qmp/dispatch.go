@@ -173,10 +173,9 @@ func (d *Dispatcher) execute(ctx context.Context, req Request) (any, *Error) {
 // Emit sends an event to every subscriber. A subscriber whose buffer is full
 // loses the event rather than stalling the emitter (QEMU drops nothing, but a
 // stuck client must not stall jobs; buffers are sized generously).
+//
+// data nil means an event without data: QEMU leaves "data" out then.
 func (d *Dispatcher) Emit(name string, data any) {
-	if data == nil {
-		data = struct{}{}
-	}
 	ev := Event{Name: name, Data: data, Time: time.Now()}
 	d.mu.RLock()
 	defer d.mu.RUnlock()

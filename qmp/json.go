@@ -239,13 +239,11 @@ func (l *lexer) feed(c byte) {
 				continue
 			}
 		case lxRecover:
-			// Resume at a structural bracket, a control character (a
-			// line end, typically) or an impossible UTF-8 byte.
-			if c == '{' || c == '}' || c == '[' || c == ']' || (c < 0x20 && c != '\t') || c >= 0xFE {
+			// Resume, re-reading the byte, at a structural character, a
+			// control character other than tab (a line end, typically)
+			// or an impossible UTF-8 byte (which is then reported).
+			if _, ok := structuralKind(c); ok || (c < 0x20 && c != '\t') || c >= 0xFE {
 				l.state = lxStart
-				if c >= 0xFE {
-					return // swallowed: it only forces resynchronisation
-				}
 				continue
 			}
 		}
@@ -452,13 +450,11 @@ func (p *parser) array() (any, error) {
 	}
 }
 
-// decodeString decodes a quoted token (either quote kind).
+// decodeString decodes a quoted token (either quote kind). Like QEMU, it
+// takes modified UTF-8 (C0 80 is U+0000) and refuses noncharacters.
 func decodeString(s string) (string, error) {
 	body := s[1 : len(s)-1]
-	if !strings.ContainsRune(body, '\\') {
-		if !utf8.ValidString(body) {
-			return "", parseError("JSON parse error, invalid UTF-8 sequence in string")
-		}
+	if isPlainASCII(body) {
 		return body, nil
 	}
 	var b strings.Builder
@@ -466,8 +462,18 @@ func decodeString(s string) (string, error) {
 	for i := 0; i < len(body); {
 		c := body[i]
 		if c != '\\' {
+			if c < 0x80 {
+				b.WriteByte(c)
+				i++
+				continue
+			}
+			if c == 0xC0 && i+1 < len(body) && body[i+1] == 0x80 {
+				b.WriteByte(0)
+				i += 2
+				continue
+			}
 			r, n := utf8.DecodeRuneInString(body[i:])
-			if r == utf8.RuneError && n <= 1 {
+			if (r == utf8.RuneError && n <= 1) || !validCodepoint(r) {
 				return "", parseError("JSON parse error, invalid UTF-8 sequence in string")
 			}
 			b.WriteString(body[i : i+n])
@@ -506,11 +512,39 @@ func decodeString(s string) (string, error) {
 	return b.String(), nil
 }
 
+// isPlainASCII tells whether a string body needs no decoding.
+func isPlainASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 || s[i] == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
+// validCodepoint refuses what QEMU refuses in strings: surrogates, code
+// points past U+10FFFF and the noncharacters (U+FDD0..U+FDEF and every
+// code point ending in FFFE or FFFF).
+func validCodepoint(r rune) bool {
+	switch {
+	case r < 0 || r > 0x10FFFF:
+		return false
+	case r >= 0xD800 && r < 0xE000:
+		return false
+	case r >= 0xFDD0 && r <= 0xFDEF:
+		return false
+	case r&0xFFFE == 0xFFFE:
+		return false
+	}
+	return true
+}
+
 // decodeUnicode decodes \uXXXX (and a following low surrogate) at s[at:],
-// returning the rune and how many bytes it used.
+// returning the rune and how many bytes it used. The error quotes the
+// escape (both escapes of a pair) as QEMU does.
 func decodeUnicode(s string, at int) (rune, int, error) {
-	bad := func() (rune, int, error) {
-		end := min(at+6, len(s))
+	bad := func(n int) (rune, int, error) {
+		end := min(at+n, len(s))
 		return 0, 0, parseError("JSON parse error, %s is not a valid Unicode character", s[at:end])
 	}
 	hex4 := func(i int) (rune, bool) {
@@ -521,18 +555,22 @@ func decodeUnicode(s string, at int) (rune, int, error) {
 		return rune(v), err == nil
 	}
 	r, ok := hex4(at)
-	if !ok || r == 0 {
-		return bad()
+	if !ok {
+		return bad(6)
 	}
 	switch {
 	case r >= 0xD800 && r < 0xDC00:
 		lo, ok := hex4(at + 6)
 		if !ok || lo < 0xDC00 || lo >= 0xE000 {
-			return bad()
+			return bad(6)
 		}
-		return 0x10000 + (r-0xD800)<<10 + (lo - 0xDC00), 12, nil
-	case r >= 0xDC00 && r < 0xE000:
-		return bad()
+		r = 0x10000 + (r-0xD800)<<10 + (lo - 0xDC00)
+		if !validCodepoint(r) {
+			return bad(12)
+		}
+		return r, 12, nil
+	case !validCodepoint(r):
+		return bad(6)
 	}
 	return r, 6, nil
 }

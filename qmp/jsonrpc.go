@@ -48,7 +48,7 @@ func (s *JSONRPCServer) Close() error {
 
 type rpcEvent struct {
 	Event     string `json:"event"`
-	Data      any    `json:"data"`
+	Data      any    `json:"data,omitempty"`
 	Timestamp struct {
 		Seconds      int64 `json:"seconds"`
 		Microseconds int64 `json:"microseconds"`

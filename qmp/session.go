@@ -122,7 +122,14 @@ type session struct {
 	unsub      func()
 }
 
-// request is one parsed request, or the error that replaces it.
+// queued is one parsed value, or the parse error that stands for it,
+// waiting for the in-band worker.
+type queued struct {
+	v   any
+	err *Error
+}
+
+// request is one checked request, or the error that replaces it.
 type request struct {
 	name  string
 	args  any
@@ -140,12 +147,26 @@ func (s *session) run() {
 	s.log.Debug().Msg("QMP connection opened")
 	defer s.log.Debug().Msg("QMP connection closed")
 	s.greet()
-	inband := make(chan request, 64)
+	// As QEMU's monitor does, the reader runs a request at once only when
+	// it has exec-oob and out-of-band execution is already enabled;
+	// everything else, parse errors included, is queued and fully checked
+	// when its turn comes, so that a request sent right behind
+	// qmp_capabilities sees the capabilities it enabled.
+	inband := make(chan queued, 64)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for r := range inband {
-			s.execute(r)
+		for q := range inband {
+			if q.err != nil {
+				s.reply(request{}, nil, q.err)
+				continue
+			}
+			r, oob := s.check(q.v)
+			if oob && r.err == nil {
+				s.executeOOB(r)
+			} else {
+				s.execute(r)
+			}
 		}
 	}()
 	dec := NewDecoder(s.conn)
@@ -153,17 +174,23 @@ func (s *session) run() {
 		v, err := dec.Next()
 		if err != nil {
 			if IsParseError(err) {
-				inband <- request{err: AsError(err)}
+				inband <- queued{err: AsError(err)}
 				continue
 			}
 			break
 		}
-		r, oob := s.check(v)
-		if oob && r.err == nil {
-			s.executeOOB(r)
-			continue
+		if m, ok := v.(map[string]any); ok && s.oob.Load() {
+			if _, ok := m["exec-oob"]; ok {
+				r, oob := s.check(v)
+				if oob && r.err == nil {
+					s.executeOOB(r)
+				} else {
+					s.reply(r, nil, r.err)
+				}
+				continue
+			}
 		}
-		inband <- r
+		inband <- queued{v: v}
 	}
 	close(inband)
 	<-done
@@ -310,14 +337,11 @@ func (s *session) executeOOB(r request) {
 // reply writes a reply with members in QEMU's order.
 func (s *session) reply(r request, res any, e *Error) {
 	var b []byte
-	var err error
 	if e != nil {
 		b = append(b, '{')
 		if r.hasID {
 			b = append(b, `"id": `...)
-			if b, err = appendValue(b, qemuID(r.id)); err != nil {
-				return
-			}
+			b = appendID(b, r.id)
 			b = append(b, ", "...)
 		}
 		b = append(b, `"error": {"class": `...)
@@ -327,6 +351,7 @@ func (s *session) reply(r request, res any, e *Error) {
 		b = append(b, "}}"...)
 	} else {
 		b = append(b, `{"return": `...)
+		var err error
 		if b, err = appendValue(b, res); err != nil {
 			s.log.Error().Err(err).Str("command", r.name).Msg("cannot encode reply")
 			b = append(b[:0], `{"return": `...)
@@ -334,11 +359,22 @@ func (s *session) reply(r request, res any, e *Error) {
 		}
 		if r.hasID {
 			b = append(b, `, "id": `...)
-			b, _ = appendValue(b, qemuID(r.id))
+			b = appendID(b, r.id)
 		}
 		b = append(b, '}')
 	}
 	s.writeLine(b)
+}
+
+// appendID appends an echoed id. An id that cannot be printed (it came
+// from the parser, so this does not happen) becomes null rather than
+// costing the client its reply.
+func appendID(b []byte, id any) []byte {
+	out, err := appendValue(b, qemuID(id))
+	if err != nil {
+		return append(b, "null"...)
+	}
+	return out
 }
 
 func (s *session) writeEvent(ev Event) {
@@ -349,11 +385,13 @@ func (s *session) writeEvent(ev Event) {
 	b = appendInt(b, int(us%1e6))
 	b = append(b, `}, "event": `...)
 	b, _ = appendValue(b, ev.Name)
-	b = append(b, `, "data": `...)
-	var err error
-	if b, err = appendValue(b, ev.Data); err != nil {
-		s.log.Error().Err(err).Str("event", ev.Name).Msg("cannot encode event")
-		return
+	if ev.Data != nil {
+		b = append(b, `, "data": `...)
+		var err error
+		if b, err = appendValue(b, ev.Data); err != nil {
+			s.log.Error().Err(err).Str("event", ev.Name).Msg("cannot encode event")
+			return
+		}
 	}
 	b = append(b, '}')
 	s.writeLine(b)

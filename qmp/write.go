@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -81,15 +82,17 @@ func qemuID(id any) any {
 	}
 	s := string(n)
 	if !strings.ContainsAny(s, ".eE") {
-		if _, err := strconv.ParseInt(s, 10, 64); err == nil {
-			return n
+		if i, err := strconv.ParseInt(s, 10, 64); err == nil {
+			return json.Number(strconv.FormatInt(i, 10)) // -0 is 0
 		}
 		if _, err := strconv.ParseUint(s, 10, 64); err == nil {
 			return n
 		}
 	}
 	f, err := strconv.ParseFloat(s, 64)
-	if err != nil && f == 0 {
+	if (err != nil && f == 0) || math.IsInf(f, 0) {
+		// Out of a double's range QEMU prints "inf", which is not JSON;
+		// the literal as it was sent is.
 		return n
 	}
 	return json.Number(strconv.FormatFloat(f, 'g', 17, 64))

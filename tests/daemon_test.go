@@ -99,9 +99,11 @@ func startDaemon(t testing.TB, k kind, dir string, extra ...string) *daemon {
 	go func() { d.err = d.cmd.Wait(); close(d.exited) }()
 	t.Cleanup(d.stop)
 	deadline := time.Now().Add(20 * time.Second)
+	// Wait for the socket file rather than connecting: QSD serves one
+	// client per monitor socket, and a probe connection's hang-up can race
+	// with the test's own connection under load.
 	for {
-		if c, err := net.Dial("unix", d.sock); err == nil {
-			c.Close()
+		if fi, err := os.Stat(d.sock); err == nil && fi.Mode()&os.ModeSocket != 0 {
 			break
 		}
 		select {
@@ -161,6 +163,7 @@ func (d *daemon) waitExit(timeout time.Duration) error {
 // reader keeps events aside so replies can be matched in order.
 type client struct {
 	t      testing.TB
+	d      *daemon
 	conn   net.Conn
 	dec    *json.Decoder
 	events []map[string]any
@@ -174,7 +177,7 @@ func (d *daemon) dial() (*client, map[string]any) {
 		d.t.Fatalf("dial %s: %v", d.sock, err)
 	}
 	d.t.Cleanup(func() { conn.Close() })
-	c := &client{t: d.t, conn: conn, dec: json.NewDecoder(bufio.NewReader(conn))}
+	c := &client{t: d.t, d: d, conn: conn, dec: json.NewDecoder(bufio.NewReader(conn))}
 	c.dec.UseNumber()
 	g := c.readAny()
 	if _, ok := g["QMP"]; !ok {
@@ -198,6 +201,14 @@ func (c *client) readAny() map[string]any {
 	c.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
 	var v map[string]any
 	if err := c.dec.Decode(&v); err != nil {
+		if c.d != nil {
+			select {
+			case <-c.d.exited:
+				c.t.Fatalf("read QMP: %v; %s exited: %v\n%s", err, c.d.kind, c.d.err, c.d.stderr)
+			case <-time.After(time.Second):
+			}
+			c.t.Fatalf("read QMP: %v (%s still running)\n%s", err, c.d.kind, c.d.stderr)
+		}
 		c.t.Fatalf("read QMP: %v", err)
 	}
 	return v
