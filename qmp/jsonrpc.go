@@ -3,7 +3,6 @@ package qmp
 import (
 	"context"
 	"net"
-	"sync"
 
 	"github.com/rs/zerolog"
 	"github.com/sourcegraph/jsonrpc2"
@@ -22,28 +21,22 @@ const (
 type JSONRPCServer struct {
 	d   *Dispatcher
 	log zerolog.Logger
-
-	mu        sync.Mutex
-	closed    bool
-	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{}
-	wg        sync.WaitGroup
+	acc acceptor
 }
 
 // NewJSONRPCServer returns a JSON-RPC server for d.
 func NewJSONRPCServer(d *Dispatcher, log zerolog.Logger) *JSONRPCServer {
-	return &JSONRPCServer{d: d, log: log,
-		listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}}
+	return &JSONRPCServer{d: d, log: log}
 }
 
 // Serve accepts connections on l until it fails or the server is closed.
 func (s *JSONRPCServer) Serve(l net.Listener) error {
-	return serve(&s.mu, &s.closed, s.listeners, s.conns, &s.wg, l, s.handleConn)
+	return s.acc.serve(l, s.handleConn)
 }
 
 // Close stops every listener and connection.
 func (s *JSONRPCServer) Close() error {
-	return closeAll(&s.mu, &s.closed, s.listeners, s.conns, &s.wg)
+	return s.acc.close()
 }
 
 type rpcEvent struct {

@@ -17,7 +17,28 @@ type Server struct {
 	d   *Dispatcher
 	v   VersionInfo
 	log zerolog.Logger
+	acc acceptor
+}
 
+// NewServer returns a QMP server for d that greets with v.
+func NewServer(d *Dispatcher, v VersionInfo, log zerolog.Logger) *Server {
+	return &Server{d: d, v: v, log: log}
+}
+
+// Serve accepts connections on l until l fails or the server is closed
+// (then it returns nil).
+func (s *Server) Serve(l net.Listener) error {
+	return s.acc.serve(l, func(c net.Conn) { newSession(s, c).run() })
+}
+
+// Close stops every listener (removing unix socket files), closes every
+// connection and waits for their goroutines.
+func (s *Server) Close() error { return s.acc.close() }
+
+// acceptor accepts connections on any number of listeners, runs a handler
+// for each in its own goroutine and keeps track of them all so that close
+// can end everything. The QMP and JSON-RPC servers share it.
+type acceptor struct {
 	mu        sync.Mutex
 	closed    bool
 	listeners map[net.Listener]struct{}
@@ -25,84 +46,62 @@ type Server struct {
 	wg        sync.WaitGroup
 }
 
-// NewServer returns a QMP server for d that greets with v.
-func NewServer(d *Dispatcher, v VersionInfo, log zerolog.Logger) *Server {
-	return &Server{d: d, v: v, log: log,
-		listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}}
-}
-
-// Serve accepts connections on l until l fails or the server is closed
-// (then it returns nil).
-func (s *Server) Serve(l net.Listener) error {
-	return serve(&s.mu, &s.closed, s.listeners, s.conns, &s.wg, l, func(c net.Conn) {
-		newSession(s, c).run()
-	})
-}
-
-// Close stops every listener (removing unix socket files), closes every
-// connection and waits for their goroutines.
-func (s *Server) Close() error {
-	return closeAll(&s.mu, &s.closed, s.listeners, s.conns, &s.wg)
-}
-
-// serve and closeAll are shared by the QMP and JSON-RPC servers.
-func serve(mu *sync.Mutex, closed *bool, ls map[net.Listener]struct{}, conns map[net.Conn]struct{},
-	wg *sync.WaitGroup, l net.Listener, handle func(net.Conn)) error {
-	mu.Lock()
-	if *closed {
-		mu.Unlock()
+func (a *acceptor) serve(l net.Listener, handle func(net.Conn)) error {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
 		l.Close()
 		return nil
 	}
-	ls[l] = struct{}{}
-	wg.Add(1)
-	mu.Unlock()
-	defer wg.Done()
+	if a.listeners == nil {
+		a.listeners, a.conns = map[net.Listener]struct{}{}, map[net.Conn]struct{}{}
+	}
+	a.listeners[l] = struct{}{}
+	a.wg.Add(1)
+	a.mu.Unlock()
+	defer a.wg.Done()
 	for {
 		c, err := l.Accept()
-		if err != nil {
-			mu.Lock()
-			stop := *closed
-			mu.Unlock()
-			if stop {
-				return nil
+		a.mu.Lock()
+		if a.closed {
+			a.mu.Unlock()
+			if c != nil {
+				c.Close()
 			}
-			return err
-		}
-		mu.Lock()
-		if *closed {
-			mu.Unlock()
-			c.Close()
 			return nil
 		}
-		conns[c] = struct{}{}
-		wg.Add(1)
-		mu.Unlock()
+		if err != nil {
+			a.mu.Unlock()
+			return err
+		}
+		a.conns[c] = struct{}{}
+		a.wg.Add(1)
+		a.mu.Unlock()
 		go func() {
-			defer wg.Done()
+			defer a.wg.Done()
 			handle(c)
 			c.Close()
-			mu.Lock()
-			delete(conns, c)
-			mu.Unlock()
+			a.mu.Lock()
+			delete(a.conns, c)
+			a.mu.Unlock()
 		}()
 	}
 }
 
-func closeAll(mu *sync.Mutex, closed *bool, ls map[net.Listener]struct{}, conns map[net.Conn]struct{}, wg *sync.WaitGroup) error {
-	mu.Lock()
-	*closed = true
+func (a *acceptor) close() error {
+	a.mu.Lock()
+	a.closed = true
 	var first error
-	for l := range ls {
+	for l := range a.listeners {
 		if err := l.Close(); err != nil && first == nil {
 			first = err
 		}
 	}
-	for c := range conns {
+	for c := range a.conns {
 		c.Close()
 	}
-	mu.Unlock()
-	wg.Wait()
+	a.mu.Unlock()
+	a.wg.Wait()
 	return first
 }
 
