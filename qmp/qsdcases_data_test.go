@@ -551,6 +551,34 @@ var negotiatedCases = []qsdCase{
 	}},
 }
 
+// orderCases depend on QEMU's member order (see qdict.go).
+var orderCases = []qsdCase{
+	{in: "{\"execute\":1,\"bar\":2}", want: []string{
+		"{\"error\": {\"class\": \"GenericError\", \"desc\": \"QMP input member 'bar' is unexpected\"}}",
+		"{\"return\": VERSION, \"id\": \"MARK\"}",
+	}},
+	{in: "{\"arguments\":1,\"bar\":1,\"execute\":\"x\"}", want: []string{
+		"{\"error\": {\"class\": \"GenericError\", \"desc\": \"QMP input member 'bar' is unexpected\"}}",
+		"{\"return\": VERSION, \"id\": \"MARK\"}",
+	}},
+	{in: "{\"execute\":\"query-version\",\"bar\":1,\"x\":2}", want: []string{
+		"{\"error\": {\"class\": \"GenericError\", \"desc\": \"QMP input member 'x' is unexpected\"}}",
+		"{\"return\": VERSION, \"id\": \"MARK\"}",
+	}},
+	{in: "{\"execute\":\"query-version\",\"id\":{\"zz\":1,\"x\":2,\"bar\":3}}", want: []string{
+		"{\"return\": VERSION, \"id\": {\"x\": 2, \"bar\": 3, \"zz\": 1}}",
+		"{\"return\": VERSION, \"id\": \"MARK\"}",
+	}},
+	{in: "{\"execute\":\"query-version\",\"id\":{\"execute\":1,\"exec-oob\":2,\"control\":3,\"id\":4,\"foo\":5}}", want: []string{
+		"{\"return\": VERSION, \"id\": {\"exec-oob\": 2, \"control\": 3, \"execute\": 1, \"id\": 4, \"foo\": 5}}",
+		"{\"return\": VERSION, \"id\": \"MARK\"}",
+	}},
+	{in: "{\"execute\":\"query-version\",\"control\":1,\"exec-oob\":1}", want: []string{
+		"{\"error\": {\"class\": \"GenericError\", \"desc\": \"QMP input member 'exec-oob' is unexpected\"}}",
+		"{\"return\": VERSION, \"id\": \"MARK\"}",
+	}},
+}
+
 // rawCases run on a connection that has not negotiated.
 var rawCases = []qsdCase{
 	{in: "{\"execute\":\"query-version\",\"id\":1}", want: []string{

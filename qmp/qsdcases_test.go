@@ -77,3 +77,4 @@ func runCases(t *testing.T, cases []qsdCase, negotiate bool) {
 
 func TestQSDCasesNegotiated(t *testing.T) { runCases(t, negotiatedCases, true) }
 func TestQSDCasesRaw(t *testing.T)        { runCases(t, rawCases, false) }
+func TestQSDCasesOrder(t *testing.T)      { runCases(t, orderCases, true) }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"net"
-	"sort"
 	"sync"
 	"sync/atomic"
 
@@ -230,52 +229,36 @@ func (s *session) check(v any) (r request, oob bool) {
 		r.err = Errorf(format, a...)
 		return r, false
 	}
+	// Members are checked in QEMU's order (see qdictOrder), so a request
+	// with several faults is blamed for the same one as by QEMU.
 	oobOK := s.oob.Load()
-	exec, hasExec := m["execute"]
-	execOOB, hasOOB := m["exec-oob"]
-	if hasExec {
-		if _, ok := exec.(string); !ok {
-			return fail("QMP input member 'execute' must be a string")
-		}
-	}
-	if hasOOB && oobOK {
-		if _, ok := execOOB.(string); !ok {
-			return fail("QMP input member 'exec-oob' must be a string")
-		}
-	}
-	if a, ok := m["arguments"]; ok {
-		if _, ok := a.(map[string]any); !ok {
-			return fail("QMP input member 'arguments' must be an object")
-		}
-		r.args = a
-	}
-	var unexpected []string
-	for k := range m {
-		switch k {
-		case "execute", "arguments", "id":
-		case "exec-oob":
-			if !oobOK {
-				unexpected = append(unexpected, k)
+	var execKey string
+	for _, k := range qdictOrder(m) {
+		v := m[k]
+		switch {
+		case k == "execute" || (k == "exec-oob" && oobOK):
+			name, ok := v.(string)
+			if !ok {
+				return fail("QMP input member '%s' must be a string", k)
 			}
+			if execKey != "" {
+				return fail("QMP input member '%s' clashes with '%s'", k, execKey)
+			}
+			execKey, r.name = k, name
+		case k == "arguments":
+			if _, ok := v.(map[string]any); !ok {
+				return fail("QMP input member 'arguments' must be an object")
+			}
+			r.args = v
+		case k == "id":
 		default:
-			unexpected = append(unexpected, k)
+			return fail("QMP input member '%s' is unexpected", k)
 		}
 	}
-	if len(unexpected) > 0 {
-		sort.Strings(unexpected)
-		return fail("QMP input member '%s' is unexpected", unexpected[0])
+	if execKey == "" {
+		return fail("QMP input lacks member 'execute'")
 	}
-	switch {
-	case hasExec && hasOOB:
-		return fail("QMP input member 'execute' clashes with 'exec-oob'")
-	case hasOOB:
-		r.name = execOOB.(string)
-		return r, true
-	case hasExec:
-		r.name = exec.(string)
-		return r, false
-	}
-	return fail("QMP input lacks member 'execute'")
+	return r, execKey == "exec-oob"
 }
 
 // negotiate implements qmp_capabilities for this session.
@@ -365,11 +348,11 @@ func (s *session) reply(r request, res any, e *Error) {
 	s.writeLine(b)
 }
 
-// appendID appends an echoed id. An id that cannot be printed (it came
-// from the parser, so this does not happen) becomes null rather than
-// costing the client its reply.
+// appendID appends an echoed id as QEMU prints it. An id that cannot be
+// printed (it came from the parser, so this does not happen) becomes null
+// rather than costing the client its reply.
 func appendID(b []byte, id any) []byte {
-	out, err := appendValue(b, qemuID(id))
+	out, err := appendTree(b, id)
 	if err != nil {
 		return append(b, "null"...)
 	}
