@@ -65,7 +65,7 @@ type Dispatcher struct {
 }
 
 type subscriber struct {
-	ch chan Event
+	f func(Event)
 }
 
 // NewDispatcher returns a dispatcher that validates against s.
@@ -170,9 +170,10 @@ func (d *Dispatcher) execute(ctx context.Context, req Request) (any, *Error) {
 	return res, nil
 }
 
-// Emit sends an event to every subscriber. A subscriber whose buffer is full
-// loses the event rather than stalling the emitter (QEMU drops nothing, but a
-// stuck client must not stall jobs; buffers are sized generously).
+// Emit sends an event to every subscriber, synchronously: when Emit
+// returns, every subscriber has it. A transport therefore writes an event
+// emitted while a command runs before that command's reply, as QEMU does.
+// Subscribers must not block (they queue the event and return).
 //
 // data nil means an event without data: QEMU leaves "data" out then.
 func (d *Dispatcher) Emit(name string, data any) {
@@ -180,29 +181,56 @@ func (d *Dispatcher) Emit(name string, data any) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	for s := range d.subs {
-		select {
-		case s.ch <- ev:
-		default:
-			d.log.Warn().Str("event", name).Msg("event dropped for a slow client")
-		}
+		s.f(ev)
 	}
 	d.log.Debug().Str("event", name).Msg("event")
 }
 
-// Subscribe returns a channel of events and a function that ends the
-// subscription (and closes the channel).
-func (d *Dispatcher) Subscribe(buffer int) (<-chan Event, func()) {
-	s := &subscriber{ch: make(chan Event, buffer)}
+// SubscribeFunc calls f with every event from now on, synchronously from
+// Emit, until the returned function is called.
+func (d *Dispatcher) SubscribeFunc(f func(Event)) func() {
+	s := &subscriber{f: f}
 	d.mu.Lock()
 	d.subs[s] = struct{}{}
 	d.mu.Unlock()
 	var once sync.Once
-	return s.ch, func() {
+	return func() {
 		once.Do(func() {
 			d.mu.Lock()
 			delete(d.subs, s)
 			d.mu.Unlock()
-			close(s.ch)
+		})
+	}
+}
+
+// Subscribe returns a channel of events and a function that ends the
+// subscription (and closes the channel). A subscriber whose buffer is full
+// loses events rather than stalling the emitter: a stuck client must not
+// stall jobs.
+func (d *Dispatcher) Subscribe(buffer int) (<-chan Event, func()) {
+	ch := make(chan Event, buffer)
+	var mu sync.Mutex
+	closed := false
+	cancel := d.SubscribeFunc(func(ev Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		if closed {
+			return
+		}
+		select {
+		case ch <- ev:
+		default:
+			d.log.Warn().Str("event", ev.Name).Msg("event dropped for a slow client")
+		}
+	})
+	var once sync.Once
+	return ch, func() {
+		once.Do(func() {
+			cancel()
+			mu.Lock()
+			closed = true
+			close(ch)
+			mu.Unlock()
 		})
 	}
 }

@@ -111,12 +111,14 @@ type session struct {
 	conn net.Conn
 	log  zerolog.Logger
 
-	wmu sync.Mutex
-	w   *bufio.Writer
+	// out is the session's one output queue, replies and events in the
+	// order they happened; writer drains it.
+	out     chan []byte
+	wdone   chan struct{}
+	dropped atomic.Bool // the client is gone or too slow: stop queueing
 
 	negotiated atomic.Bool
 	oob        atomic.Bool
-	events     sync.WaitGroup
 	unsub      func()
 }
 
@@ -137,13 +139,14 @@ type request struct {
 }
 
 func newSession(s *Server, c net.Conn) *session {
-	return &session{srv: s, conn: c, w: bufio.NewWriterSize(c, 64<<10),
+	return &session{srv: s, conn: c, out: make(chan []byte, 1024), wdone: make(chan struct{}),
 		log: s.log.With().Str("remote", c.RemoteAddr().String()).Logger()}
 }
 
 func (s *session) run() {
 	s.log.Debug().Msg("QMP connection opened")
 	defer s.log.Debug().Msg("QMP connection closed")
+	go s.writer()
 	s.greet()
 	// As QEMU's monitor does, the reader runs a request at once only when
 	// it has exec-oob and out-of-band execution is already enabled;
@@ -195,7 +198,28 @@ func (s *session) run() {
 	if s.unsub != nil {
 		s.unsub()
 	}
-	s.events.Wait()
+	close(s.out)
+	<-s.wdone
+}
+
+// writer writes queued lines, flushing whenever the queue runs dry, so a
+// burst of replies or events costs few system calls.
+func (s *session) writer() {
+	defer close(s.wdone)
+	w := bufio.NewWriterSize(s.conn, 64<<10)
+	for line := range s.out {
+		if s.dropped.Load() {
+			continue
+		}
+		w.Write(line)
+		w.WriteString("\r\n")
+		if len(s.out) == 0 {
+			if err := w.Flush(); err != nil {
+				s.dropped.Store(true)
+				s.conn.Close() // the reader notices and ends the session
+			}
+		}
+	}
 }
 
 func (s *session) greet() {
@@ -272,15 +296,7 @@ func (s *session) negotiate(enable []string) *Error {
 		}
 	}
 	s.negotiated.Store(true)
-	ch, cancel := s.srv.d.Subscribe(1024)
-	s.unsub = cancel
-	s.events.Add(1)
-	go func() {
-		defer s.events.Done()
-		for ev := range ch {
-			s.writeEvent(ev)
-		}
-	}()
+	s.unsub = s.srv.d.SubscribeFunc(s.writeEvent)
 	return nil
 }
 
@@ -376,15 +392,27 @@ func (s *session) writeEvent(ev Event) {
 		}
 	}
 	b = append(b, '}')
-	s.writeLine(b)
+	s.queueEvent(b, ev.Name)
 }
 
+// writeLine queues a reply. It blocks while the queue is full (the client
+// reads slowly), which holds back this session's next command only.
 func (s *session) writeLine(b []byte) {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	s.w.Write(b)
-	s.w.WriteString("\r\n")
-	if err := s.w.Flush(); err != nil {
-		s.conn.Close() // the reader notices and ends the session
+	if s.dropped.Load() {
+		return
+	}
+	s.out <- b
+}
+
+// queueEvent queues an event without ever blocking the emitter: a client
+// too slow to take 1024 queued lines loses the event, and a warning says so.
+func (s *session) queueEvent(b []byte, name string) {
+	if s.dropped.Load() {
+		return
+	}
+	select {
+	case s.out <- b:
+	default:
+		s.log.Warn().Str("event", name).Msg("event dropped for a slow client")
 	}
 }
