@@ -225,8 +225,12 @@ type WriteFlagger interface {
 }
 
 // Aligner is a driver with a request alignment (the logical block size
-// for O_DIRECT files). Node.RequestAlignment reports it; the node's entry
-// points will use it for read-modify-write.
+// for O_DIRECT files). Node.RequestAlignment reports it, and the node's
+// entry points honour it: the driver's Read, Write and WriteZeroes only
+// get offsets and lengths that are multiples of it (reads are widened
+// through bounce blocks, partial blocks of writes are read-modify-written
+// under serialising tracked requests). Buffers are not aligned in memory,
+// and Discard is passed on unwidened.
 type Aligner interface {
 	RequestAlignment() int64
 }

@@ -266,6 +266,7 @@ func (g *Graph) open(ctx context.Context, tx *openTx, opts Options, inh inherite
 		return nil, err
 	}
 	n.opened = true
+	n.align = driverAlignment(n.drv)
 	if err := n.refreshLength(ctx); err != nil {
 		return nil, err
 	}

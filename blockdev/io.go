@@ -5,10 +5,22 @@ import "context"
 // The I/O entry points. Every request to a node passes one of them: a
 // parent's request through its Child, an export's through its root Child.
 // Each one brackets the driver call with begin and end, which is where the
-// generic request processing lives: today bounds, read-only and permission
-// checks and the drain guard; later alignment (read-modify-write), tracked
-// requests (serialisation of overlapping writes), before-write hooks (dirty
-// bitmaps, copy-before-write) and accounting, all in begin/end.
+// generic request processing lives:
+//
+//   - begin: the drain guard (a node never closes under a request), bounds,
+//     read-only and permission checks; refused requests count as invalid.
+//   - alignment: on a node whose driver wants aligned requests (Aligner,
+//     O_DIRECT files), reads are widened to whole blocks through bounce
+//     buffers and partial blocks of writes and write-zeroes are written by
+//     read-modify-write, so the driver only ever sees aligned offsets and
+//     lengths (buffers are not aligned in memory).
+//   - tracked requests: on such a node writes, write-zeroes and discards
+//     are tracked; read-modify-write requests are serialising (see
+//     tracker), so concurrent unaligned writes never lose data.
+//   - detect-zeroes: an all-zero write becomes write-zeroes (may-unmap with
+//     detect-zeroes=unmap).
+//   - before-write hooks, with the aligned range, before the driver runs.
+//   - end: accounting (query-blockstats) and the drain guard.
 
 type opKind uint8
 
@@ -30,6 +42,7 @@ type request struct {
 	offset int64
 	bytes  int64
 	flags  ReqFlags
+	start  int64 // monoNow() at begin, for counted requests
 }
 
 // begin admits a request: it takes the node's drain guard and checks the
@@ -42,7 +55,11 @@ func (n *Node) begin(r *request) error {
 	n.io.RLock()
 	if err := n.check(r); err != nil {
 		n.io.RUnlock()
+		n.stats.refused(r)
 		return err
+	}
+	if r.counted() {
+		r.start = monoNow()
 	}
 	return nil
 }
@@ -86,37 +103,179 @@ func (n *Node) check(r *request) error {
 	return nil
 }
 
-// end finishes a request admitted by begin.
-func (n *Node) end(r *request) { n.io.RUnlock() }
+// end finishes a request admitted by begin, counting its outcome.
+func (n *Node) end(r *request, err error) {
+	n.stats.done(r, err)
+	n.io.RUnlock()
+}
+
+// span splits [off, off+length) at the node's alignment: an optional
+// partial head block, an aligned middle [lo, hi) and an optional partial
+// tail block. When the range lies inside one block, that block is the head
+// and there is no middle or tail.
+type span struct {
+	a                int64 // alignment
+	off, end         int64 // the request
+	lo, hi           int64 // aligned middle (empty when lo >= hi)
+	hasHead, hasTail bool
+	headBlock        int64 // start of the head block
+}
+
+func (n *Node) span(off, length int64) span {
+	a := n.align
+	if a < 1 {
+		a = 1
+	}
+	s := span{a: a, off: off, end: off + length}
+	s.lo = (off + a - 1) / a * a
+	s.hi = s.end / a * a
+	s.hasHead = off < s.lo || s.lo > s.hi
+	s.headBlock = off / a * a
+	s.hasTail = s.hi < s.end && s.hi >= s.lo
+	return s
+}
+
+// aligned reports whether the request needs no read-modify-write.
+func (s span) aligned() bool { return !s.hasHead && !s.hasTail }
+
+// outer is the aligned range the request touches.
+func (s span) outer() (start, end int64) {
+	return s.headBlock, (s.end + s.a - 1) / s.a * s.a
+}
+
+// headEnd is where the head block's part of the request ends.
+func (s span) headEnd() int64 { return min(s.headBlock+s.a, s.end) }
 
 // Read reads len(p) bytes at off into p on behalf of the parent edge from.
-func (n *Node) Read(ctx context.Context, from *Child, off int64, p []byte) error {
+func (n *Node) Read(ctx context.Context, from *Child, off int64, p []byte) (err error) {
 	r := request{node: n, from: from, op: opRead, offset: off, bytes: int64(len(p))}
 	if err := n.begin(&r); err != nil {
 		return err
 	}
-	defer n.end(&r)
+	defer func() { n.end(&r, err) }()
 	if len(p) == 0 {
 		return nil
 	}
-	return n.drv.Read(ctx, off, p)
+	if n.align <= 1 {
+		return n.drv.Read(ctx, off, p)
+	}
+	return n.readAligned(ctx, n.span(off, int64(len(p))), p)
+}
+
+// readAligned reads through bounce blocks for the partial head and tail
+// and straight into p for the aligned middle.
+func (n *Node) readAligned(ctx context.Context, s span, p []byte) error {
+	if s.aligned() {
+		return n.drv.Read(ctx, s.off, p)
+	}
+	var block []byte
+	if s.hasHead {
+		block = make([]byte, s.a)
+		if err := n.drv.Read(ctx, s.headBlock, block); err != nil {
+			return err
+		}
+		copy(p, block[s.off-s.headBlock:s.headEnd()-s.headBlock])
+	}
+	if s.lo < s.hi {
+		if err := n.drv.Read(ctx, s.lo, p[s.lo-s.off:s.hi-s.off]); err != nil {
+			return err
+		}
+	}
+	if s.hasTail {
+		if block == nil {
+			block = make([]byte, s.a)
+		}
+		if err := n.drv.Read(ctx, s.hi, block); err != nil {
+			return err
+		}
+		copy(p[s.hi-s.off:], block[:s.end-s.hi])
+	}
+	return nil
 }
 
 // Write writes p at off on behalf of from. ReqFUA is passed to drivers that
 // honour it and emulated with a flush for the others.
-func (n *Node) Write(ctx context.Context, from *Child, off int64, p []byte, flags ReqFlags) error {
+func (n *Node) Write(ctx context.Context, from *Child, off int64, p []byte, flags ReqFlags) (err error) {
 	r := request{node: n, from: from, op: opWrite, offset: off, bytes: int64(len(p)), flags: flags}
 	if err := n.begin(&r); err != nil {
 		return err
 	}
-	defer n.end(&r)
+	defer func() { n.end(&r, err) }()
 	if len(p) == 0 {
 		return nil
 	}
-	if err := n.drv.Write(ctx, off, p, flags&n.writeFlags); err != nil {
+	if n.detectZeroes != "off" && flags&ReqWriteUnchanged == 0 && isZero(p) {
+		zf := flags & ReqFUA
+		if n.detectZeroes == "unmap" {
+			zf |= ReqMayUnmap
+		}
+		return n.writeZeroes(ctx, off, int64(len(p)), zf)
+	}
+	s := n.span(off, int64(len(p)))
+	start, end := s.outer()
+	if n.align > 1 {
+		defer n.trk.leave(n.trk.enter(start, end, !s.aligned()))
+	}
+	if err := n.runHooks(ctx, start, end-start, WriteOpWrite); err != nil {
+		return err
+	}
+	wf := flags & n.writeFlags
+	if s.aligned() {
+		err = n.drv.Write(ctx, off, p, wf)
+	} else {
+		err = n.rmw(ctx, s, wf, func(dst []byte, at int64) { copy(dst, p[at-off:]) })
+		if err == nil && s.lo < s.hi {
+			err = n.drv.Write(ctx, s.lo, p[s.lo-off:s.hi-off], wf)
+		}
+	}
+	n.stats.wrote(end)
+	if err != nil {
 		return err
 	}
 	return n.emulateFUA(ctx, flags)
+}
+
+// rmw rewrites the partial head and tail blocks of s: each block is read,
+// fill puts the request's part in (dst is the part of the block the
+// request covers, at its offset at), and the block is written back. The
+// caller holds a serialising tracked request over the blocks.
+func (n *Node) rmw(ctx context.Context, s span, flags ReqFlags, fill func(dst []byte, at int64)) error {
+	block := make([]byte, s.a)
+	if s.hasHead {
+		if err := n.drv.Read(ctx, s.headBlock, block); err != nil {
+			return err
+		}
+		fill(block[s.off-s.headBlock:s.headEnd()-s.headBlock], s.off)
+		if err := n.drv.Write(ctx, s.headBlock, block, flags); err != nil {
+			return err
+		}
+	}
+	if s.hasTail {
+		if err := n.drv.Read(ctx, s.hi, block); err != nil {
+			return err
+		}
+		fill(block[:s.end-s.hi], s.hi)
+		if err := n.drv.Write(ctx, s.hi, block, flags); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// isZero tells whether p holds only zero bytes.
+func isZero(p []byte) bool {
+	for len(p) >= 8 {
+		if p[0]|p[1]|p[2]|p[3]|p[4]|p[5]|p[6]|p[7] != 0 {
+			return false
+		}
+		p = p[8:]
+	}
+	for _, b := range p {
+		if b != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func (n *Node) emulateFUA(ctx context.Context, flags ReqFlags) error {
@@ -127,46 +286,89 @@ func (n *Node) emulateFUA(ctx context.Context, flags ReqFlags) error {
 }
 
 // WriteZeroes makes [off, off+length) read as zeroes on behalf of from.
-func (n *Node) WriteZeroes(ctx context.Context, from *Child, off, length int64, flags ReqFlags) error {
+func (n *Node) WriteZeroes(ctx context.Context, from *Child, off, length int64, flags ReqFlags) (err error) {
 	r := request{node: n, from: from, op: opWriteZeroes, offset: off, bytes: length, flags: flags}
 	if err := n.begin(&r); err != nil {
 		return err
 	}
-	defer n.end(&r)
+	defer func() { n.end(&r, err) }()
 	if length == 0 {
 		return nil
 	}
+	return n.writeZeroes(ctx, off, length, flags)
+}
+
+// writeZeroes is WriteZeroes after admission (also used by detect-zeroes).
+func (n *Node) writeZeroes(ctx context.Context, off, length int64, flags ReqFlags) error {
 	if n.discard != "unmap" {
 		// QEMU drops MAY_UNMAP unless the node was opened with discard=unmap.
 		flags &^= ReqMayUnmap
 	}
-	if err := n.drv.WriteZeroes(ctx, off, length, flags&^ReqFUA|flags&n.writeFlags); err != nil {
+	s := n.span(off, length)
+	if !s.aligned() && flags&ReqNoFallback != 0 {
+		// The partial blocks could only be zeroed by writing buffers.
+		return ErrNotSupported
+	}
+	start, end := s.outer()
+	if n.align > 1 {
+		defer n.trk.leave(n.trk.enter(start, end, !s.aligned()))
+	}
+	if err := n.runHooks(ctx, start, end-start, WriteOpWriteZeroes); err != nil {
+		return err
+	}
+	zf := flags&^ReqFUA | flags&n.writeFlags
+	var err error
+	if s.aligned() {
+		err = n.drv.WriteZeroes(ctx, off, length, zf)
+	} else {
+		err = n.rmw(ctx, s, flags&n.writeFlags, func(dst []byte, _ int64) { clear(dst) })
+		if err == nil && s.lo < s.hi {
+			err = n.drv.WriteZeroes(ctx, s.lo, s.hi-s.lo, zf)
+		}
+	}
+	n.stats.wrote(end)
+	if err != nil {
 		return err
 	}
 	return n.emulateFUA(ctx, flags)
 }
 
 // Discard discards [off, off+length) on behalf of from. Nodes opened with
-// discard=ignore (the default) ignore it, as QEMU does.
-func (n *Node) Discard(ctx context.Context, from *Child, off, length int64) error {
+// discard=ignore (the default) ignore it, as QEMU does. Discards are not
+// widened to the alignment: they are advisory and passed on as asked.
+func (n *Node) Discard(ctx context.Context, from *Child, off, length int64) (err error) {
 	r := request{node: n, from: from, op: opDiscard, offset: off, bytes: length}
 	if err := n.begin(&r); err != nil {
 		return err
 	}
-	defer n.end(&r)
+	defer func() { n.end(&r, err) }()
 	if length == 0 || n.discard != "unmap" {
 		return nil
 	}
-	return n.drv.Discard(ctx, off, length)
+	if n.align > 1 {
+		s := n.span(off, length)
+		start, end := s.outer()
+		defer n.trk.leave(n.trk.enter(start, end, false))
+	}
+	if err := n.runHooks(ctx, off, length, WriteOpDiscard); err != nil {
+		return err
+	}
+	if err := n.drv.Discard(ctx, off, length); err != nil {
+		n.stats.discardFailed.Add(1)
+		return err
+	}
+	n.stats.discardOK.Add(1)
+	n.stats.discardBytesOK.Add(length)
+	return nil
 }
 
 // Flush makes completed writes stable (nothing with cache.no-flush).
-func (n *Node) Flush(ctx context.Context, from *Child) error {
+func (n *Node) Flush(ctx context.Context, from *Child) (err error) {
 	r := request{node: n, from: from, op: opFlush}
 	if err := n.begin(&r); err != nil {
 		return err
 	}
-	defer n.end(&r)
+	defer func() { n.end(&r, err) }()
 	if n.noFlush {
 		return nil
 	}
@@ -175,16 +377,16 @@ func (n *Node) Flush(ctx context.Context, from *Child) error {
 
 // BlockStatus reports the status of a prefix of [off, off+length).
 // Protocol nodes report everything they have as allocated.
-func (n *Node) BlockStatus(ctx context.Context, from *Child, off, length int64) (BlockStatus, error) {
+func (n *Node) BlockStatus(ctx context.Context, from *Child, off, length int64) (st BlockStatus, err error) {
 	r := request{node: n, from: from, op: opBlockStatus, offset: off, bytes: length}
 	if err := n.begin(&r); err != nil {
 		return BlockStatus{}, err
 	}
-	defer n.end(&r)
+	defer func() { n.end(&r, err) }()
 	if length == 0 {
 		return BlockStatus{}, nil
 	}
-	st, err := n.drv.BlockStatus(ctx, off, length)
+	st, err = n.drv.BlockStatus(ctx, off, length)
 	if err != nil {
 		return BlockStatus{}, err
 	}
@@ -198,7 +400,7 @@ func (n *Node) BlockStatus(ctx context.Context, from *Child, off, length int64) 
 }
 
 // Truncate resizes the node on behalf of from, which must hold PermResize.
-func (n *Node) Truncate(ctx context.Context, from *Child, size int64, exact bool) error {
+func (n *Node) Truncate(ctx context.Context, from *Child, size int64, exact bool) (err error) {
 	t, ok := n.drv.(Truncater)
 	if !ok {
 		return ErrNotSupported
@@ -207,7 +409,7 @@ func (n *Node) Truncate(ctx context.Context, from *Child, size int64, exact bool
 	if err := n.begin(&r); err != nil {
 		return err
 	}
-	defer n.end(&r)
+	defer func() { n.end(&r, err) }()
 	if size < 0 {
 		return ErrOutOfRange
 	}

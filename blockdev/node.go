@@ -47,6 +47,16 @@ type Node struct {
 	// Close, so a node is never closed under a request.
 	io     sync.RWMutex
 	closed bool // under io
+
+	// align is the request alignment, fixed when the driver has opened.
+	align int64
+	// trk tracks the modifying requests in flight (nodes with align > 1).
+	trk tracker
+	// hooks is the current list of before-write hooks (copy on write).
+	hooks  atomic.Pointer[[]*hookEntry]
+	hookMu sync.Mutex // serialises changes of hooks
+	// stats are the node's I/O statistics (query-blockstats).
+	stats ioStats
 }
 
 // Name returns the node-name (auto-generated names start with '#').
@@ -74,7 +84,14 @@ func (n *Node) Length() int64 { return n.length.Load() }
 // RequestAlignment returns the alignment the node's driver wants requests
 // in (1 when it has no preference).
 func (n *Node) RequestAlignment() int64 {
-	if a, ok := n.drv.(Aligner); ok {
+	if n.align > 0 {
+		return n.align
+	}
+	return driverAlignment(n.drv)
+}
+
+func driverAlignment(d Driver) int64 {
+	if a, ok := d.(Aligner); ok {
 		if v := a.RequestAlignment(); v > 0 {
 			return v
 		}

@@ -8,7 +8,7 @@ import (
 )
 
 // RegisterCommands installs the block graph's QMP commands: blockdev-add,
-// blockdev-del, query-named-block-nodes, query-block and
+// blockdev-del, query-named-block-nodes, query-block, query-blockstats and
 // x-debug-query-block-graph. Every handler holds the graph lock.
 func RegisterCommands(d *qmp.Dispatcher, g *Graph) {
 	d.Register("blockdev-add", g.qmpBlockdevAdd)
@@ -16,6 +16,21 @@ func RegisterCommands(d *qmp.Dispatcher, g *Graph) {
 	d.Register("query-named-block-nodes", g.qmpQueryNamedBlockNodes)
 	d.Register("query-block", g.qmpQueryBlock)
 	d.Register("x-debug-query-block-graph", g.qmpQueryBlockGraph)
+	d.Register("query-blockstats", g.qmpQueryBlockStats)
+}
+
+func (g *Graph) qmpQueryBlockStats(ctx context.Context, args json.RawMessage) (any, error) {
+	var a struct {
+		QueryNodes bool `json:"query-nodes"`
+	}
+	if len(args) > 0 {
+		if err := json.Unmarshal(args, &a); err != nil {
+			return nil, qmp.Errorf("%v", err)
+		}
+	}
+	g.Lock()
+	defer g.Unlock()
+	return g.QueryBlockStats(a.QueryNodes), nil
 }
 
 func (g *Graph) qmpBlockdevAdd(ctx context.Context, args json.RawMessage) (any, error) {

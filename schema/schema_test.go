@@ -27,7 +27,7 @@ func loadTest(tb testing.TB, src string) *Schema {
 
 func TestLoadCommands(t *testing.T) {
 	s := mustLoad(t)
-	want := []string{"query-block", "query-named-block-nodes", "x-debug-query-block-graph",
+	want := []string{"query-block", "query-named-block-nodes", "x-debug-query-block-graph", "query-blockstats",
 		"blockdev-add", "blockdev-del", "nbd-server-start", "nbd-server-stop",
 		"block-export-add", "block-export-del", "nbd-server-add", "nbd-server-remove",
 		"query-block-exports", "qmp_capabilities", "query-version",
