@@ -468,6 +468,11 @@ func (g *Graph) Delete(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	for _, c := range n.parents {
+		if c.parent == nil { // an export or another root user holds it
+			return fmt.Errorf("Node %s is in use", name)
+		}
+	}
 	if !n.monitor {
 		return fmt.Errorf("Node %s is not owned by the monitor", name)
 	}

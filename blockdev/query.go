@@ -224,11 +224,27 @@ func (g *Graph) QueryBlockGraph() XDbgBlockGraph {
 	var out XDbgBlockGraph
 	out.Nodes = make([]XDbgBlockGraphNode, 0, g.count)
 	out.Edges = []XDbgBlockGraphEdge{}
+	next := uint64(0)
 	for n := g.head; n != nil; n = n.next {
 		out.Nodes = append(out.Nodes, XDbgBlockGraphNode{ID: id(n), Type: "block-driver", Name: n.name})
 		for _, c := range n.children {
 			out.Edges = append(out.Edges, XDbgBlockGraphEdge{
 				Parent: id(n), Child: id(c.node), Name: c.name,
+				Perm: permList(c.Perm()), SharedPerm: permList(c.Shared()),
+			})
+		}
+		// Root users (exports, jobs) appear as QEMU shows its
+		// BlockBackends: an unnamed "block-backend" node with a "root"
+		// edge. Their ids come after every node's.
+		for _, c := range n.parents {
+			if c.parent != nil {
+				continue
+			}
+			next++
+			rid := uint64(1<<32) + next
+			out.Nodes = append(out.Nodes, XDbgBlockGraphNode{ID: rid, Type: "block-backend", Name: ""})
+			out.Edges = append(out.Edges, XDbgBlockGraphEdge{
+				Parent: rid, Child: id(n), Name: c.name,
 				Perm: permList(c.Perm()), SharedPerm: permList(c.Shared()),
 			})
 		}

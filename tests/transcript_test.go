@@ -288,7 +288,23 @@ func (n *normalizer) value(v any) any {
 // of the nodes list, and sorts nodes and edges so that the hash order in
 // which QEMU lists them does not matter.
 func (n *normalizer) graphIDs(nodes, edges []any) {
-	key := func(m map[string]any) string { return fmt.Sprint(m["type"], "/", n.text(fmt.Sprint(m["name"]))) }
+	// Unnamed block-backend nodes are told apart by the nodes they use.
+	names := map[string]string{}
+	for _, x := range nodes {
+		m := x.(map[string]any)
+		names[fmt.Sprint(m["id"])] = n.text(fmt.Sprint(m["name"]))
+	}
+	uses := map[string][]string{}
+	for _, x := range edges {
+		m := x.(map[string]any)
+		p := fmt.Sprint(m["parent"])
+		uses[p] = append(uses[p], names[fmt.Sprint(m["child"])])
+	}
+	key := func(m map[string]any) string {
+		u := uses[fmt.Sprint(m["id"])]
+		sort.Strings(u)
+		return fmt.Sprint(m["type"], "/", n.text(fmt.Sprint(m["name"])), "/", u)
+	}
 	sort.SliceStable(nodes, func(i, j int) bool {
 		return key(nodes[i].(map[string]any)) < key(nodes[j].(map[string]any))
 	})

@@ -1,0 +1,53 @@
+package blockdev_test
+
+import (
+	"testing"
+
+	"github.com/qbmond/qbmond/blockdev"
+)
+
+// A root user (an export) keeps its node from blockdev-del with QEMU's
+// message, and shows in x-debug-query-block-graph as an unnamed
+// block-backend with a "root" edge.
+func TestRootUser(t *testing.T) {
+	g := newGraph(t)
+	mustAdd(t, g, blockdev.Options{"driver": "null-co", "node-name": "n0"})
+	g.Lock()
+	n := g.Lookup("n0")
+	root, err := g.AttachRoot(n, "block device 'e0'", blockdev.PermConsistentRead|blockdev.PermWrite,
+		blockdev.PermConsistentRead|blockdev.PermWrite|blockdev.PermWriteUnchanged)
+	g.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantErr(t, del(g, "n0"), "Node n0 is in use")
+
+	g.Lock()
+	gr := g.QueryBlockGraph()
+	g.Unlock()
+	var backends int
+	for _, x := range gr.Nodes {
+		if x.Type == "block-backend" && x.Name == "" {
+			backends++
+			found := false
+			for _, e := range gr.Edges {
+				if e.Parent == x.ID && e.Name == "root" && len(e.Perm) == 2 {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("no root edge from the block-backend: %+v", gr.Edges)
+			}
+		}
+	}
+	if backends != 1 {
+		t.Errorf("%d block-backend nodes, want 1: %+v", backends, gr.Nodes)
+	}
+
+	g.Lock()
+	g.DetachRoot(root)
+	g.Unlock()
+	if err := del(g, "n0"); err != nil {
+		t.Fatalf("blockdev-del after the export went: %v", err)
+	}
+}
