@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -28,12 +27,9 @@ type Driver struct {
 	filename string
 	direct   bool
 	// align is the request alignment the file needs: 1 without O_DIRECT,
-	// the logical block size with it.
+	// the logical block size with it. The node's entry points align every
+	// request to it (reporting it through Aligner).
 	align int64
-	// rmw serialises read-modify-write cycles of misaligned O_DIRECT
-	// writes against other writes (tracked requests in the node's entry
-	// points will replace it).
-	rmw sync.RWMutex
 }
 
 // strerror renders an errno as C's strerror does ("No such file or
@@ -207,55 +203,47 @@ func (d *Driver) pwrite(p []byte, off int64) error {
 	return nil
 }
 
-func (d *Driver) alignDown(x int64) int64 { return x - x%d.align }
-func (d *Driver) alignUp(x int64) int64   { return d.alignDown(x + d.align - 1) }
+// checkAligned enforces the contract with the node's entry points: with
+// O_DIRECT they hand the driver only requests aligned to d.align.
+func (d *Driver) checkAligned(off int64, n int) error {
+	if off%d.align != 0 || int64(n)%d.align != 0 {
+		return fmt.Errorf("unaligned O_DIRECT request (%d+%d, alignment %d): %w", off, n, d.align, unix.EINVAL)
+	}
+	return nil
+}
 
-// Read reads p at off.
+// Read reads p at off. With O_DIRECT, off and len(p) are aligned already
+// and only the memory needs an aligned bounce buffer.
 func (d *Driver) Read(ctx context.Context, off int64, p []byte) error {
 	if !d.direct {
 		return d.pread(p, off)
 	}
+	if err := d.checkAligned(off, len(p)); err != nil {
+		return err
+	}
 	for len(p) > 0 {
-		start := d.alignDown(off)
-		end := min(d.alignUp(off+int64(len(p))), start+maxBounce)
-		buf := alignedBuf(int(end - start))
-		if err := d.pread(buf, start); err != nil {
+		buf := alignedBuf(min(len(p), maxBounce))
+		if err := d.pread(buf, off); err != nil {
 			return err
 		}
-		n := copy(p, buf[off-start:])
+		n := copy(p, buf)
 		p, off = p[n:], off+int64(n)
 	}
 	return nil
 }
 
-// Write writes p at off.
+// Write writes p at off (aligned with O_DIRECT, as for Read).
 func (d *Driver) Write(ctx context.Context, off int64, p []byte, flags blockdev.ReqFlags) error {
 	if !d.direct {
 		return d.pwrite(p, off)
 	}
+	if err := d.checkAligned(off, len(p)); err != nil {
+		return err
+	}
 	for len(p) > 0 {
-		start := d.alignDown(off)
-		end := min(d.alignUp(off+int64(len(p))), start+maxBounce)
-		buf := alignedBuf(int(end - start))
-		head, tail := off-start, min(end, off+int64(len(p)))
-		partial := head != 0 || tail != end
-		if partial {
-			d.rmw.Lock()
-			if err := d.pread(buf, start); err != nil {
-				d.rmw.Unlock()
-				return err
-			}
-		} else {
-			d.rmw.RLock()
-		}
-		n := copy(buf[head:], p[:tail-off])
-		err := d.pwrite(buf, start)
-		if partial {
-			d.rmw.Unlock()
-		} else {
-			d.rmw.RUnlock()
-		}
-		if err != nil {
+		buf := alignedBuf(min(len(p), maxBounce))
+		n := copy(buf, p)
+		if err := d.pwrite(buf, off); err != nil {
 			return err
 		}
 		p, off = p[n:], off+int64(n)
