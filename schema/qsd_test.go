@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os/exec"
 	"slices"
 	"strings"
@@ -25,29 +26,40 @@ func qsdSchema(t *testing.T) []any {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "--chardev", "stdio,id=m0", "--monitor", "chardev=m0")
-	cmd.Stdin = strings.NewReader(`{"execute":"qmp_capabilities"}` + "\n" +
-		`{"execute":"query-qmp-schema"}` + "\n" + `{"execute":"quit"}` + "\n")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		t.Fatalf("qemu-storage-daemon: %v\n%s", err, stderr.Bytes())
+		t.Fatal(err)
 	}
-	dec := json.NewDecoder(bytes.NewReader(out))
-	for dec.More() {
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Read the reply before ending the daemon: a quit sent along could end
+	// it before the long reply is fully written.
+	defer func() {
+		stdin.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	io.WriteString(stdin, `{"execute":"qmp_capabilities"}`+"\n"+`{"execute":"query-qmp-schema"}`+"\n")
+	dec := json.NewDecoder(stdout)
+	for {
 		var msg struct {
 			Return json.RawMessage `json:"return"`
 		}
 		if err := dec.Decode(&msg); err != nil {
-			t.Fatalf("reading qemu-storage-daemon's replies: %v", err)
+			t.Fatalf("reading qemu-storage-daemon's replies: %v\n%s", err, stderr.Bytes())
 		}
 		var list []any
 		if json.Unmarshal(msg.Return, &list) == nil && len(list) > 0 {
 			return list
 		}
 	}
-	t.Fatalf("no query-qmp-schema reply in:\n%s", out)
-	return nil
 }
 
 func indexInfo(t *testing.T, list []any) map[string]map[string]any {
