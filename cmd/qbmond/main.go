@@ -20,6 +20,7 @@ import (
 
 	"github.com/qbmond/qbmond/blockdev"
 	_ "github.com/qbmond/qbmond/drivers/all"
+	"github.com/qbmond/qbmond/exports"
 	"github.com/qbmond/qbmond/keyval"
 	"github.com/qbmond/qbmond/qmp"
 	"github.com/qbmond/qbmond/schema"
@@ -95,6 +96,7 @@ type daemon struct {
 	log      zerolog.Logger
 	disp     *qmp.Dispatcher
 	graph    *blockdev.Graph
+	exports  *exports.Manager
 	qmpSrv   *qmp.Server
 	rpcSrv   *qmp.JSONRPCServer
 	addrs    []string
@@ -116,6 +118,8 @@ func newDaemon(cfg *config, log zerolog.Logger) (*daemon, error) {
 	schema.RegisterCommands(d.disp, s)
 	d.graph = blockdev.NewGraph(log)
 	blockdev.RegisterCommands(d.disp, d.graph)
+	d.exports = exports.New(d.graph, d.disp, log)
+	d.exports.RegisterCommands()
 
 	ok := false
 	defer func() {
@@ -233,6 +237,9 @@ func (d *daemon) shutdown() error {
 		errs = append(errs, d.rpcSrv.Close())
 	}
 	d.serving.Wait()
+	if d.exports != nil {
+		d.exports.Close()
+	}
 	if d.graph != nil {
 		d.graph.Close()
 	}

@@ -1,0 +1,93 @@
+package exports
+
+import (
+	"context"
+
+	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/nbd"
+)
+
+// nodeBackend serves a node through an export's root edge: every request
+// passes the node's I/O entry points with the export's permissions.
+type nodeBackend struct {
+	node         *blockdev.Node
+	root         *blockdev.Child
+	writable     bool
+	writethrough bool // every write is FUA (the export's write cache is off)
+}
+
+var _ nbd.Backend = (*nodeBackend)(nil)
+
+func (b *nodeBackend) Size() int64    { return b.node.Length() }
+func (b *nodeBackend) ReadOnly() bool { return !b.writable }
+
+func (b *nodeBackend) ReadAt(ctx context.Context, p []byte, off int64) error {
+	return b.node.Read(ctx, b.root, off, p)
+}
+
+func (b *nodeBackend) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	var f blockdev.ReqFlags
+	if fua || b.writethrough {
+		f |= blockdev.ReqFUA
+	}
+	return b.node.Write(ctx, b.root, off, p, f)
+}
+
+func (b *nodeBackend) WriteZeroes(ctx context.Context, off, length int64, mayTrim, fastZero bool) error {
+	var f blockdev.ReqFlags
+	if mayTrim {
+		f |= blockdev.ReqMayUnmap
+	}
+	if fastZero {
+		f |= blockdev.ReqNoFallback
+	}
+	if b.writethrough {
+		f |= blockdev.ReqFUA
+	}
+	return b.node.WriteZeroes(ctx, b.root, off, length, f)
+}
+
+func (b *nodeBackend) Trim(ctx context.Context, off, length int64) error {
+	return b.node.Discard(ctx, b.root, off, length)
+}
+
+func (b *nodeBackend) Flush(ctx context.Context) error { return b.node.Flush(ctx, b.root) }
+
+// Cache is advisory; the node has no cache to fill that reads would not.
+func (b *nodeBackend) Cache(context.Context, int64, int64) error { return nil }
+
+func (b *nodeBackend) BlockStatus(ctx context.Context, off, length int64) (nbd.Extent, error) {
+	st, err := b.node.BlockStatus(ctx, b.root, off, length)
+	if err != nil {
+		return nbd.Extent{}, err
+	}
+	return nbd.Extent{
+		Length: st.Length,
+		Hole:   st.Flags&blockdev.StatusData == 0,
+		Zero:   st.Flags&blockdev.StatusZero != 0,
+	}, nil
+}
+
+// AllocationDepth reports 1 where the node itself holds the data and 0
+// elsewhere; backing chains (a later driver) add deeper layers.
+func (b *nodeBackend) AllocationDepth(ctx context.Context, off, length int64) (uint32, int64, error) {
+	st, err := b.node.BlockStatus(ctx, b.root, off, length)
+	if err != nil {
+		return 0, 0, err
+	}
+	if st.Flags&blockdev.StatusAllocated != 0 {
+		return 1, st.Length, nil
+	}
+	return 0, st.Length, nil
+}
+
+// BlockSizes advertises the node's request alignment as the minimum, as
+// QEMU does, 4 KiB as preferred and 32 MiB as the largest request.
+func (b *nodeBackend) BlockSizes() (minimum, preferred, maximum uint32) {
+	minimum = uint32(max(b.node.RequestAlignment(), 1))
+	return minimum, max(4096, minimum), 32 << 20
+}
+
+// CanMultiConn: QEMU 7.2 advertises multi-conn only on read-only exports,
+// where several connections cannot see each other's writes out of order.
+func (b *nodeBackend) CanMultiConn() bool { return !b.writable }

@@ -1,0 +1,383 @@
+// Package exports manages block exports and the NBD server behind them:
+// the QMP commands nbd-server-start/-stop, block-export-add/-del, the
+// legacy nbd-server-add/-remove, query-block-exports and the
+// BLOCK_EXPORT_DELETED event. An export is a root user of its node (an
+// edge with the export's permissions) served through package nbd.
+package exports
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+
+	"github.com/rs/zerolog"
+
+	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/nbd"
+	"github.com/qbmond/qbmond/qmp"
+)
+
+// Manager owns the NBD server and the exports.
+type Manager struct {
+	g   *blockdev.Graph
+	d   *qmp.Dispatcher
+	log zerolog.Logger
+
+	mu      sync.Mutex
+	gone    sync.Map // export name → chan struct{} closed when its last client left
+	srv     *nbd.Server
+	serving chan struct{} // closed when the server's Serve returns
+	exports []*export     // newest first, as QEMU lists them
+}
+
+type export struct {
+	id, name     string
+	node         *blockdev.Node
+	root         *blockdev.Child
+	shuttingDown bool
+	finished     bool
+}
+
+// New returns a manager for graph g that emits events through d.
+func New(g *blockdev.Graph, d *qmp.Dispatcher, log zerolog.Logger) *Manager {
+	return &Manager{g: g, d: d, log: log}
+}
+
+// RegisterCommands installs the export commands.
+func (m *Manager) RegisterCommands() {
+	m.d.Register("nbd-server-start", m.cmdServerStart)
+	m.d.Register("nbd-server-stop", m.cmdServerStop)
+	m.d.Register("block-export-add", m.cmdExportAdd)
+	m.d.Register("block-export-del", m.cmdExportDel)
+	m.d.Register("nbd-server-add", m.cmdServerAdd)
+	m.d.Register("nbd-server-remove", m.cmdServerRemove)
+	m.d.Register("query-block-exports", m.cmdQuery)
+}
+
+// Close stops the NBD server and removes every export (shutdown).
+func (m *Manager) Close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.stopLocked()
+}
+
+type socketAddress struct {
+	Type string `json:"type"`
+	Data struct {
+		Path string `json:"path"`
+		Host string `json:"host"`
+		Port string `json:"port"`
+		Str  string `json:"str"`
+	} `json:"data"`
+}
+
+func (m *Manager) cmdServerStart(_ context.Context, raw json.RawMessage) (any, error) {
+	var a struct {
+		Addr           socketAddress `json:"addr"`
+		TLSCreds       *string       `json:"tls-creds"`
+		TLSAuthz       *string       `json:"tls-authz"`
+		MaxConnections uint32        `json:"max-connections"`
+	}
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.srv != nil {
+		return nil, errors.New("NBD server already running")
+	}
+	if a.TLSCreds != nil {
+		// qbmond has no --object/object-add yet, so no credentials exist.
+		return nil, fmt.Errorf("No TLS credentials with id '%s'", *a.TLSCreds)
+	}
+	if a.TLSAuthz != nil {
+		return nil, errors.New("'tls-authz' is only supported with 'tls-creds'")
+	}
+	var l net.Listener
+	var err error
+	switch a.Addr.Type {
+	case "unix":
+		l, err = qmp.Listen("unix:" + a.Addr.Data.Path)
+	case "inet":
+		l, err = net.Listen("tcp", net.JoinHostPort(a.Addr.Data.Host, a.Addr.Data.Port))
+	case "fd":
+		return nil, fmt.Errorf("File descriptor named '%s' has not been found", a.Addr.Data.Str)
+	default:
+		return nil, fmt.Errorf("socket address type '%s' is not supported by qbmond", a.Addr.Type)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("Failed to bind socket: %v", err)
+	}
+	srv := nbd.NewServer(m.log)
+	srv.MaxConnections = int(a.MaxConnections)
+	srv.OnExportDeleted = m.onDeleted
+	m.srv, m.serving = srv, make(chan struct{})
+	go func(done chan struct{}) {
+		defer close(done)
+		if err := srv.Serve(l); err != nil {
+			m.log.Error().Err(err).Msg("NBD server stopped")
+		}
+	}(m.serving)
+	return nil, nil
+}
+
+func (m *Manager) cmdServerStop(context.Context, json.RawMessage) (any, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.srv == nil {
+		return nil, errors.New("NBD server not running")
+	}
+	m.stopLocked()
+	return nil, nil
+}
+
+// stopLocked removes every NBD export (disconnecting clients), waits for
+// their clients to go and stops the server, as QEMU's nbd-server-stop does.
+func (m *Manager) stopLocked() {
+	if m.srv == nil {
+		return
+	}
+	all := append([]*export(nil), m.exports...)
+	gones := make([]<-chan struct{}, len(all))
+	for i := len(all) - 1; i >= 0; i-- {
+		gones[i] = m.beginRemoval(all[i])
+	}
+	for i := len(all) - 1; i >= 0; i-- {
+		<-gones[i]
+		m.finishLocked(all[i])
+	}
+	m.srv.Close()
+	<-m.serving
+	m.srv, m.serving = nil, nil
+}
+
+type exportArgs struct {
+	Type            string  `json:"type"`
+	ID              string  `json:"id"`
+	NodeName        string  `json:"node-name"`
+	Writable        bool    `json:"writable"`
+	Writethrough    bool    `json:"writethrough"`
+	IOThread        *string `json:"iothread"`
+	Name            *string `json:"name"`
+	Description     string  `json:"description"`
+	AllocationDepth bool    `json:"allocation-depth"`
+	Bitmaps         []any   `json:"bitmaps"`
+}
+
+func (m *Manager) cmdExportAdd(_ context.Context, raw json.RawMessage) (any, error) {
+	var a exportArgs
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return nil, err
+	}
+	return nil, m.add(a)
+}
+
+// add creates an export, checking in QEMU's order: the id, the node, its
+// writability, the server, the export name.
+func (m *Manager) add(a exportArgs) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.find(a.ID) != nil {
+		return fmt.Errorf("Block export id '%s' is already in use", a.ID)
+	}
+	if a.IOThread != nil {
+		return fmt.Errorf("Cannot find iothread '%s'", *a.IOThread)
+	}
+	m.g.Lock()
+	defer m.g.Unlock()
+	node := m.g.Lookup(a.NodeName)
+	if node == nil {
+		return fmt.Errorf("Cannot find device='' nor node-name='%s'", a.NodeName)
+	}
+	if a.Writable && node.ReadOnly() {
+		return errors.New("Cannot export read-only node as writable")
+	}
+	if m.srv == nil {
+		return errors.New("NBD server not running")
+	}
+	name := a.NodeName
+	if a.Name != nil {
+		name = *a.Name
+	}
+	if len(name) > 4096 {
+		return fmt.Errorf("export name '%s' too long", name)
+	}
+	if len(a.Description) > 4096 {
+		return fmt.Errorf("description '%s' too long", a.Description)
+	}
+	for _, e := range m.exports {
+		if e.name == name {
+			return fmt.Errorf("NBD server already has export named '%s'", name)
+		}
+	}
+	if len(a.Bitmaps) > 0 {
+		return errors.New("exporting dirty bitmaps is not supported yet")
+	}
+	perm := blockdev.PermConsistentRead
+	if a.Writable {
+		perm |= blockdev.PermWrite
+	}
+	shared := blockdev.PermConsistentRead | blockdev.PermWrite | blockdev.PermWriteUnchanged
+	root, err := m.g.AttachRoot(node, fmt.Sprintf("block device '%s'", a.ID), perm, shared)
+	if err != nil {
+		return err
+	}
+	be := &nodeBackend{node: node, root: root, writable: a.Writable, writethrough: a.Writethrough}
+	err = m.srv.AddExport(&nbd.Export{Name: name, Description: a.Description, Backend: be,
+		Writable: a.Writable, AllocationDepth: a.AllocationDepth})
+	if err != nil {
+		m.g.DetachRoot(root)
+		return err
+	}
+	m.exports = append([]*export{{id: a.ID, name: name, node: node, root: root}}, m.exports...)
+	return nil
+}
+
+func (m *Manager) find(id string) *export {
+	for _, e := range m.exports {
+		if e.id == id {
+			return e
+		}
+	}
+	return nil
+}
+
+func (m *Manager) cmdExportDel(_ context.Context, raw json.RawMessage) (any, error) {
+	var a struct {
+		ID   string `json:"id"`
+		Mode string `json:"mode"`
+	}
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return nil, err
+	}
+	return nil, m.del(a.ID, a.Mode)
+}
+
+func (m *Manager) del(id, mode string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.find(id)
+	if e == nil {
+		return fmt.Errorf("Export '%s' is not found", id)
+	}
+	if e.shuttingDown {
+		return fmt.Errorf("Export '%s' is already shutting down", id)
+	}
+	if mode != "hard" && m.srv.Clients(e.name) > 0 {
+		return qmp.Errorf("export '%s' still in use", id)
+	}
+	gone := m.beginRemoval(e)
+	select {
+	case <-gone:
+		m.finishLocked(e) // no clients: the event precedes the reply
+	default:
+		// Clients are being disconnected; the export is listed as
+		// shutting down until the last one has gone.
+		go func() {
+			<-gone
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			m.finishLocked(e)
+		}()
+	}
+	return nil
+}
+
+// beginRemoval takes an export off the server, disconnecting its clients,
+// and returns a channel closed once the last of them has gone.
+func (m *Manager) beginRemoval(e *export) <-chan struct{} {
+	if ch, ok := m.gone.Load(e.name); ok && e.shuttingDown {
+		return ch.(chan struct{})
+	}
+	e.shuttingDown = true
+	gone := make(chan struct{})
+	m.gone.Store(e.name, gone)
+	if err := m.srv.RemoveExport(e.name, true); err != nil {
+		m.log.Warn().Err(err).Str("export", e.id).Msg("removing export")
+		m.onDeleted(e.name)
+	}
+	return gone
+}
+
+// onDeleted is the NBD server's word that an export's last client is gone.
+// It may run inside RemoveExport (with m.mu held) or on a connection's
+// goroutine, so it only signals.
+func (m *Manager) onDeleted(name string) {
+	if ch, ok := m.gone.LoadAndDelete(name); ok {
+		close(ch.(chan struct{}))
+	}
+}
+
+// finishLocked releases a removed export's node and emits
+// BLOCK_EXPORT_DELETED, once.
+func (m *Manager) finishLocked(e *export) {
+	if e.finished {
+		return
+	}
+	e.finished = true
+	m.g.Lock()
+	m.g.DetachRoot(e.root)
+	m.g.Unlock()
+	for i, x := range m.exports {
+		if x == e {
+			m.exports = append(m.exports[:i], m.exports[i+1:]...)
+			break
+		}
+	}
+	m.d.Emit("BLOCK_EXPORT_DELETED", map[string]string{"id": e.id})
+}
+
+func (m *Manager) cmdServerAdd(_ context.Context, raw json.RawMessage) (any, error) {
+	var a struct {
+		Device      string  `json:"device"`
+		Name        *string `json:"name"`
+		Description string  `json:"description"`
+		Writable    bool    `json:"writable"`
+		Bitmap      *string `json:"bitmap"`
+	}
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return nil, err
+	}
+	name := a.Device
+	if a.Name != nil {
+		name = *a.Name
+	}
+	ea := exportArgs{Type: "nbd", ID: name, NodeName: a.Device, Writable: a.Writable,
+		Name: &name, Description: a.Description}
+	if a.Bitmap != nil {
+		ea.Bitmaps = []any{*a.Bitmap}
+	}
+	return nil, m.add(ea)
+}
+
+func (m *Manager) cmdServerRemove(_ context.Context, raw json.RawMessage) (any, error) {
+	var a struct {
+		Name string `json:"name"`
+		Mode string `json:"mode"`
+	}
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return nil, err
+	}
+	return nil, m.del(a.Name, a.Mode)
+}
+
+// BlockExportInfo is one entry of query-block-exports.
+type BlockExportInfo struct {
+	ID           string `json:"id"`
+	Type         string `json:"type"`
+	NodeName     string `json:"node-name"`
+	ShuttingDown bool   `json:"shutting-down"`
+}
+
+func (m *Manager) cmdQuery(context.Context, json.RawMessage) (any, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]BlockExportInfo, 0, len(m.exports))
+	for _, e := range m.exports {
+		out = append(out, BlockExportInfo{ID: e.id, Type: "nbd", NodeName: e.node.Name(), ShuttingDown: e.shuttingDown})
+	}
+	return out, nil
+}
