@@ -9,7 +9,7 @@ DEBS     := qemu-system-common qemu-utils socat libnbd-bin
 FUZZTIME ?= 10s
 SOCK     := $(if $(XDG_RUNTIME_DIR),$(XDG_RUNTIME_DIR)/qbmond/qmp.sock,/tmp/qbmond-$(shell id -u)/qmp.sock)
 
-.PHONY: all build run test deps vet unit fuzz bench perf clean
+.PHONY: all build run test deps vet unit fuzz bench perf perf-nbd clean
 
 all: build
 
@@ -50,6 +50,10 @@ bench:
 # Side-by-side runs against qemu-storage-daemon; see docs/PERFORMANCE.md.
 perf: deps build
 	$(GO) run ./tests/perf -qbmond $(BIN)
+
+# Side-by-side nbdcopy throughput against qemu-storage-daemon (needs ~3 GiB in /tmp).
+perf-nbd: deps build
+	scripts/nbdperf.sh $(BIN)
 
 clean:
 	rm -rf bin
