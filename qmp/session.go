@@ -113,13 +113,20 @@ type session struct {
 
 	// out is the session's one output queue, replies and events in the
 	// order they happened; writer drains it.
-	out     chan []byte
+	out     chan outLine
 	wdone   chan struct{}
 	dropped atomic.Bool // the client is gone or too slow: stop queueing
 
 	negotiated atomic.Bool
 	oob        atomic.Bool
 	unsub      func()
+}
+
+// outLine is one line for the writer. done, when set, is closed once the
+// line has been flushed to the connection (or the connection is gone).
+type outLine struct {
+	b    []byte
+	done chan struct{}
 }
 
 // queued is one parsed value, or the parse error that stands for it,
@@ -139,7 +146,7 @@ type request struct {
 }
 
 func newSession(s *Server, c net.Conn) *session {
-	return &session{srv: s, conn: c, out: make(chan []byte, 1024), wdone: make(chan struct{}),
+	return &session{srv: s, conn: c, out: make(chan outLine, 1024), wdone: make(chan struct{}),
 		log: s.log.With().Str("remote", c.RemoteAddr().String()).Logger()}
 }
 
@@ -208,16 +215,18 @@ func (s *session) writer() {
 	defer close(s.wdone)
 	w := bufio.NewWriterSize(s.conn, 64<<10)
 	for line := range s.out {
-		if s.dropped.Load() {
-			continue
-		}
-		w.Write(line)
-		w.WriteString("\r\n")
-		if len(s.out) == 0 {
-			if err := w.Flush(); err != nil {
-				s.dropped.Store(true)
-				s.conn.Close() // the reader notices and ends the session
+		if !s.dropped.Load() {
+			w.Write(line.b)
+			w.WriteString("\r\n")
+			if len(s.out) == 0 || line.done != nil {
+				if err := w.Flush(); err != nil {
+					s.dropped.Store(true)
+					s.conn.Close() // the reader notices and ends the session
+				}
 			}
+		}
+		if line.done != nil {
+			close(line.done)
 		}
 	}
 }
@@ -233,7 +242,7 @@ func (s *session) greet() {
 	b = append(b, `}, "package": `...)
 	b, _ = appendValue(b, v.Package)
 	b = append(b, `}, "capabilities": ["oob"]}}`...)
-	s.writeLine(b)
+	s.writeLine(b, nil)
 }
 
 func appendInt(b []byte, n int) []byte {
@@ -313,7 +322,15 @@ func (s *session) execute(r request) {
 	ctx := context.WithValue(context.Background(), negotiatorKey{}, negotiator(s))
 	ctx = context.WithValue(ctx, afterReplyKey{}, func(f func()) { after = append(after, f) })
 	res, err := s.srv.d.Execute(ctx, Request{Name: r.name, Args: r.args, ID: r.id, Origin: "qmp"})
-	s.reply(r, res, err)
+	if len(after) == 0 {
+		s.reply(r, res, err)
+		return
+	}
+	// Work that must follow the reply (quit) waits until the reply is on
+	// the wire: shutting down closes the connection.
+	flushed := make(chan struct{})
+	s.replyThen(r, res, err, flushed)
+	<-flushed
 	for _, f := range after {
 		f()
 	}
@@ -332,8 +349,12 @@ func (s *session) executeOOB(r request) {
 	}
 }
 
-// reply writes a reply with members in QEMU's order.
-func (s *session) reply(r request, res any, e *Error) {
+// reply queues a reply with members in QEMU's order.
+func (s *session) reply(r request, res any, e *Error) { s.replyThen(r, res, e, nil) }
+
+// replyThen queues a reply; done (if not nil) is closed once it is
+// flushed to the connection.
+func (s *session) replyThen(r request, res any, e *Error, done chan struct{}) {
 	var b []byte
 	if e != nil {
 		b = append(b, '{')
@@ -361,7 +382,7 @@ func (s *session) reply(r request, res any, e *Error) {
 		}
 		b = append(b, '}')
 	}
-	s.writeLine(b)
+	s.writeLine(b, done)
 }
 
 // appendID appends an echoed id as QEMU prints it. An id that cannot be
@@ -397,11 +418,14 @@ func (s *session) writeEvent(ev Event) {
 
 // writeLine queues a reply. It blocks while the queue is full (the client
 // reads slowly), which holds back this session's next command only.
-func (s *session) writeLine(b []byte) {
+func (s *session) writeLine(b []byte, done chan struct{}) {
 	if s.dropped.Load() {
+		if done != nil {
+			close(done)
+		}
 		return
 	}
-	s.out <- b
+	s.out <- outLine{b: b, done: done}
 }
 
 // queueEvent queues an event without ever blocking the emitter: a client
@@ -411,7 +435,7 @@ func (s *session) queueEvent(b []byte, name string) {
 		return
 	}
 	select {
-	case s.out <- b:
+	case s.out <- outLine{b: b}:
 	default:
 		s.log.Warn().Str("event", name).Msg("event dropped for a slow client")
 	}
