@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -172,7 +173,17 @@ type client struct {
 // dial connects without negotiating and returns the greeting.
 func (d *daemon) dial() (*client, map[string]any) {
 	d.t.Helper()
-	conn, err := net.Dial("unix", d.sock)
+	// The socket file appears at bind(), a moment before listen(): a
+	// connection refused in between is retried (it was never accepted, so
+	// QSD's one-client monitor is not disturbed).
+	var conn net.Conn
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		conn, err = net.Dial("unix", d.sock)
+		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil {
 		d.t.Fatalf("dial %s: %v", d.sock, err)
 	}

@@ -34,6 +34,8 @@ func TestFuzzCorpusAgainstDaemon(t *testing.T) {
 		t.Fatalf("only %d corpus inputs found; the fuzz corpora should be in qmp/, schema/ and keyval/ testdata", len(inputs))
 	}
 	d := startDaemon(t, kindQbmond, "")
+	first, _ := d.dial() // waits until the daemon listens
+	first.conn.Close()
 	for _, in := range inputs {
 		conn, err := net.Dial("unix", d.sock)
 		if err != nil {
