@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"sort"
 	"strings"
+
+	"github.com/qbmond/qbmond/qmp"
 )
 
 func decodeJSON(raw []byte, v any) error {
@@ -13,20 +15,9 @@ func decodeJSON(raw []byte, v any) error {
 	return dec.Decode(v)
 }
 
-// qdictBucket returns the bucket QEMU's QDict puts a key in (its tdb-style
-// string hash modulo 512 buckets). QEMU prints dictionaries bucket by
-// bucket, so ordering keys this way reproduces the member order of the
-// "json:{...}" pseudo file names QEMU shows.
-func qdictBucket(key string) uint32 {
-	v := uint32(0x238F13AF) * uint32(len(key))
-	for i := 0; i < len(key); i++ {
-		v += uint32(key[i]) << (uint(i) * 5 % 24)
-	}
-	return (1103515243*v + 12345) % 512
-}
-
 // writeQEMUJSON writes v the way QEMU's qobject_to_json does for a file
-// name: ", " and ": " separators and QDict member order.
+// name: ", " and ": " separators and QDict member order (by bucket, see
+// qmp.QDictBucket).
 func writeQEMUJSON(b *strings.Builder, v any) {
 	switch x := v.(type) {
 	case map[string]any:
@@ -35,7 +26,7 @@ func writeQEMUJSON(b *strings.Builder, v any) {
 			keys = append(keys, k)
 		}
 		sort.Slice(keys, func(i, j int) bool {
-			bi, bj := qdictBucket(keys[i]), qdictBucket(keys[j])
+			bi, bj := qmp.QDictBucket(keys[i]), qmp.QDictBucket(keys[j])
 			if bi != bj {
 				return bi < bj
 			}

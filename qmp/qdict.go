@@ -10,9 +10,9 @@ import "sort"
 // first; the parsed tree no longer knows the input order, so ties fall back
 // to reverse alphabetical order, which is deterministic and rarely needed.)
 
-// qdictBucket is the bucket QEMU's QDict puts key in: the TDB hash modulo
-// 512.
-func qdictBucket(key string) uint32 {
+// QDictBucket is the bucket QEMU's QDict puts key in: the TDB hash modulo
+// 512. QEMU walks (prints, checks) objects bucket by bucket.
+func QDictBucket(key string) uint32 {
 	v := uint32(0x238F13AF) * uint32(len(key))
 	for i := 0; i < len(key); i++ {
 		v += uint32(key[i]) << (uint(i) * 5 % 24)
@@ -27,7 +27,7 @@ func qdictOrder(m map[string]any) []string {
 		keys = append(keys, k)
 	}
 	sort.Slice(keys, func(i, j int) bool {
-		bi, bj := qdictBucket(keys[i]), qdictBucket(keys[j])
+		bi, bj := QDictBucket(keys[i]), QDictBucket(keys[j])
 		if bi != bj {
 			return bi < bj
 		}
