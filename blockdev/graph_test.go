@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/qbmond/qbmond/blockdev"
 	_ "github.com/qbmond/qbmond/drivers/all"
+	"github.com/qbmond/qbmond/drivers/drivertest"
 )
 
 // testfmt is a format driver for the tests: its file child has the image
@@ -52,18 +52,6 @@ func newGraph(t testing.TB) *blockdev.Graph {
 	g := blockdev.NewGraph(zerolog.Nop())
 	t.Cleanup(func() { g.Close() })
 	return g
-}
-
-func image(t testing.TB, size int64) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "t1.img")
-	if err := os.WriteFile(p, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(p, size); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
 
 // add runs blockdev-add under the graph lock.
@@ -142,7 +130,7 @@ func TestNodeNames(t *testing.T) {
 
 func TestAutoNames(t *testing.T) {
 	g := newGraph(t)
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	auto := regexp.MustCompile(`^#block[0-9]{3,}$`)
 	seen := map[string]bool{}
 	for i := range 150 {
@@ -163,7 +151,7 @@ func TestAutoNames(t *testing.T) {
 
 func TestDeleteRules(t *testing.T) {
 	g := newGraph(t)
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "r0", "file": map[string]any{"driver": "file", "filename": img, "node-name": "ff"}})
 	// QSD 7.2: an implicit child is not the monitor's, whatever its name.
 	wantErr(t, del(g, "ff"), "Node ff is not owned by the monitor")
@@ -201,7 +189,7 @@ func TestDeleteRules(t *testing.T) {
 func TestImplicitChildSharedByReference(t *testing.T) {
 	// An implicit node referenced by another parent outlives its creator.
 	g := newGraph(t)
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "a", "file": map[string]any{"driver": "file", "filename": img}})
 	g.Lock()
 	auto := g.Lookup("a").Child("file").Node().Name()
@@ -223,7 +211,7 @@ func TestImplicitChildSharedByReference(t *testing.T) {
 
 func TestAtomicTree(t *testing.T) {
 	g := newGraph(t)
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	mustAdd(t, g, blockdev.Options{"driver": "file", "node-name": "shared", "filename": img})
 	// The innermost node fails: the two raw nodes above it and the edge
 	// to the existing node must all go.
@@ -251,7 +239,7 @@ func TestAtomicTree(t *testing.T) {
 
 func TestPermissionConflicts(t *testing.T) {
 	g := newGraph(t)
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	mustAdd(t, g, blockdev.Options{"driver": "file", "node-name": "f", "filename": img})
 	mustAdd(t, g, blockdev.Options{"driver": "testfmt", "node-name": "q1", "file": "f"})
 	// Texts from qemu-storage-daemon 7.2 with two qcow2 nodes (and a raw
@@ -293,7 +281,7 @@ func TestPermissionPropagationConflict(t *testing.T) {
 	// A user of a raw node that unshares write makes raw unshare it on
 	// the file node, which then conflicts with a writer of the file node.
 	g := newGraph(t)
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	mustAdd(t, g, blockdev.Options{"driver": "file", "node-name": "f", "filename": img})
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "r", "file": "f"})
 	g.Lock()
@@ -316,7 +304,7 @@ func TestPermissionPropagationConflict(t *testing.T) {
 func TestIOUnderGraphChanges(t *testing.T) {
 	// I/O runs without the graph lock while commands change the graph.
 	g := newGraph(t)
-	img := image(t, 4<<20)
+	img := drivertest.Image(t, 4<<20)
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "disk", "file": map[string]any{"driver": "file", "filename": img}})
 	g.Lock()
 	c, err := g.AttachRoot(g.Lookup("disk"), "block device 'io'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
@@ -363,7 +351,7 @@ func TestIOUnderGraphChanges(t *testing.T) {
 
 func TestCloseFlushesAndRefusesIO(t *testing.T) {
 	g := blockdev.NewGraph(zerolog.Nop())
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "disk", "file": map[string]any{"driver": "file", "filename": img}})
 	g.Lock()
 	c, err := g.AttachRoot(g.Lookup("disk"), "block device 'io'", blockdev.PermWrite, blockdev.PermAll)

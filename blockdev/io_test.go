@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/drivers/drivertest"
 )
 
 // memdrv is an in-memory protocol driver with a request alignment. It
@@ -490,7 +491,7 @@ const qsdZeroStats = `{"unmap_operations": 0, "unmap_merged": 0, "flush_total_ti
 
 func TestQueryBlockStatsLikeQSD(t *testing.T) {
 	d, g := newDispatcher(t)
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	mustExec(t, d, "blockdev-add", fmt.Sprintf(`{"driver":"raw","node-name":"disk","file":{"driver":"file","filename":%q}}`, img))
 	mustExec(t, d, "blockdev-add", `{"driver":"null-co","node-name":"nul"}`)
 	sameJSON(t, mustExec(t, d, "query-blockstats", ""), img, `[]`)
@@ -537,7 +538,7 @@ func TestQueryBlockStatsLikeQSD(t *testing.T) {
 }
 
 func TestFileDirectUnalignedWrites(t *testing.T) {
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	if !directOK(img) {
 		t.Skip("the file system has no O_DIRECT")
 	}

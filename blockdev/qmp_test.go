@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/drivers/drivertest"
 	"github.com/qbmond/qbmond/qmp"
 )
 
@@ -95,7 +96,7 @@ func sameJSON(t *testing.T, got any, img, qsd string) {
 
 func TestQueryNamedBlockNodesNullAndRawOverFile(t *testing.T) {
 	d, _ := newDispatcher(t)
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	mustExec(t, d, "blockdev-add", `{"driver":"null-co","node-name":"n0"}`)
 	mustExec(t, d, "blockdev-add", fmt.Sprintf(`{"driver":"raw","node-name":"r0","file":{"driver":"file","filename":%q}}`, img))
 	got := mustExec(t, d, "query-named-block-nodes", "")
@@ -116,7 +117,7 @@ func mustJSON(t *testing.T, v any) string {
 
 func TestQueryVariants(t *testing.T) {
 	d, _ := newDispatcher(t)
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	for _, a := range []string{
 		`{"driver":"file","node-name":"f1","filename":"/tmp/t1.img","read-only":true}`,
 		`{"driver":"raw","node-name":"r1","file":"f1"}`,
@@ -134,7 +135,7 @@ func TestQueryVariants(t *testing.T) {
 
 func TestQueryInheritanceAndJSONNames(t *testing.T) {
 	d, _ := newDispatcher(t)
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	for _, a := range []string{
 		`{"driver":"raw","node-name":"r","read-only":true,"cache":{"direct":true,"no-flush":true},"detect-zeroes":"on","file":{"driver":"file","filename":"/tmp/t1.img","node-name":"f"}}`,
 		`{"driver":"raw","node-name":"r2","file":{"driver":"file","filename":"/tmp/t1.img","node-name":"f2","read-only":true}}`,
@@ -190,7 +191,7 @@ func directOK(path string) bool {
 
 func TestQMPErrors(t *testing.T) {
 	d, _ := newDispatcher(t)
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	mustExec(t, d, "blockdev-add", fmt.Sprintf(`{"driver":"file","node-name":"f","filename":%q}`, img))
 	mustExec(t, d, "blockdev-add", `{"driver":"raw","node-name":"r","file":"f"}`)
 	for _, tc := range []struct{ cmd, args, want string }{
@@ -213,7 +214,7 @@ func TestQMPErrors(t *testing.T) {
 
 func TestGoQemuDecodes(t *testing.T) {
 	d, _ := newDispatcher(t)
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	mustExec(t, d, "blockdev-add", `{"driver":"null-co","node-name":"n0"}`)
 	mustExec(t, d, "blockdev-add", fmt.Sprintf(`{"driver":"raw","node-name":"r0","read-only":true,"file":{"driver":"file","filename":%q}}`, img))
 	res, qerr := d.Execute(context.Background(), qmp.Request{Name: "query-named-block-nodes"})

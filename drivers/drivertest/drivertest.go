@@ -17,6 +17,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 
@@ -362,4 +364,18 @@ func checkZeroExtents(ctx context.Context, t *testing.T, c *blockdev.Child, off,
 			t.Fatalf("range %d+%d is reported zero but byte %d is not", off, n, off+int64(i))
 		}
 	}
+}
+
+// Image creates an empty sparse file of size bytes in a temporary
+// directory of the test and returns its path.
+func Image(t testing.TB, size int64) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(p, size); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

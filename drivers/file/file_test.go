@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,23 +15,10 @@ import (
 	_ "github.com/qbmond/qbmond/drivers/file"
 )
 
-// image creates a sparse file of size bytes.
-func image(t testing.TB, size int64) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "disk.img")
-	if err := os.WriteFile(p, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(p, size); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 func TestConformance(t *testing.T) {
 	drivertest.Run(t, drivertest.Config{
 		Options: func(t *testing.T) blockdev.Options {
-			return blockdev.Options{"driver": "file", "filename": image(t, 4<<20)}
+			return blockdev.Options{"driver": "file", "filename": drivertest.Image(t, 4<<20)}
 		},
 		Stores: true,
 	})
@@ -41,7 +27,7 @@ func TestConformance(t *testing.T) {
 // directSupported tells whether the test directory takes O_DIRECT (tmpfs
 // does not).
 func directSupported(t *testing.T) bool {
-	p := image(t, 4096)
+	p := drivertest.Image(t, 4096)
 	fd, err := syscall.Open(p, syscall.O_RDONLY|syscall.O_DIRECT, 0)
 	if err != nil {
 		return false
@@ -56,7 +42,7 @@ func TestConformanceDirect(t *testing.T) {
 	}
 	drivertest.Run(t, drivertest.Config{
 		Options: func(t *testing.T) blockdev.Options {
-			return blockdev.Options{"driver": "file", "filename": image(t, 4<<20),
+			return blockdev.Options{"driver": "file", "filename": drivertest.Image(t, 4<<20),
 				"cache": map[string]any{"direct": true}, "aio": "native"}
 		},
 		Stores: true,
@@ -73,7 +59,7 @@ func add(t *testing.T, g *blockdev.Graph, o blockdev.Options) (*blockdev.Node, e
 func TestOpenErrors(t *testing.T) {
 	g := blockdev.NewGraph(zerolog.Nop())
 	defer g.Close()
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	dir := t.TempDir()
 	for _, tc := range []struct {
 		opts blockdev.Options
@@ -102,7 +88,7 @@ func TestOpenErrors(t *testing.T) {
 }
 
 func TestReadOnlyOpensReadOnly(t *testing.T) {
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	if err := os.Chmod(img, 0o400); err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +110,7 @@ func TestAutoReadOnly(t *testing.T) {
 	if os.Geteuid() == 0 {
 		t.Skip("root ignores file modes")
 	}
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	if err := os.Chmod(img, 0o400); err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +127,7 @@ func TestAutoReadOnly(t *testing.T) {
 
 func TestSparseStatusAndActualSize(t *testing.T) {
 	ctx := context.Background()
-	img := image(t, 4<<20)
+	img := drivertest.Image(t, 4<<20)
 	g, n, c := drivertest.Open(t, blockdev.Options{"driver": "file", "filename": img, "discard": "unmap"}, drivertest.RootPerm)
 	st, err := c.BlockStatus(ctx, 0, c.Length())
 	if err != nil {
@@ -179,7 +165,7 @@ func TestSparseStatusAndActualSize(t *testing.T) {
 
 func TestWriteZeroesNoFallback(t *testing.T) {
 	ctx := context.Background()
-	_, _, c := drivertest.Open(t, blockdev.Options{"driver": "file", "filename": image(t, 1<<20)}, drivertest.RootPerm)
+	_, _, c := drivertest.Open(t, blockdev.Options{"driver": "file", "filename": drivertest.Image(t, 1<<20)}, drivertest.RootPerm)
 	err := c.WriteZeroes(ctx, 0, 4096, blockdev.ReqNoFallback)
 	if err != nil && !errors.Is(err, blockdev.ErrNotSupported) {
 		t.Fatalf("write-zeroes without fallback: %v", err)
@@ -188,7 +174,7 @@ func TestWriteZeroesNoFallback(t *testing.T) {
 
 func TestTruncate(t *testing.T) {
 	ctx := context.Background()
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	_, n, c := drivertest.Open(t, blockdev.Options{"driver": "file", "filename": img}, drivertest.RootPerm)
 	if err := c.Truncate(ctx, 2<<20, true); err != nil {
 		t.Fatal(err)
@@ -212,7 +198,7 @@ func TestOddSizeFile(t *testing.T) {
 	// A 1000-byte file is a 1024-byte node (QEMU 7.2 rounds to sectors);
 	// the tail past EOF reads as zeroes.
 	ctx := context.Background()
-	img := image(t, 1000)
+	img := drivertest.Image(t, 1000)
 	if err := os.WriteFile(img, []byte(strings.Repeat("x", 1000)), 0o600); err != nil {
 		t.Fatal(err)
 	}

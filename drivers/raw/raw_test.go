@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -16,20 +15,8 @@ import (
 	_ "github.com/qbmond/qbmond/drivers/raw"
 )
 
-func image(t testing.TB, size int64) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "disk.img")
-	if err := os.WriteFile(p, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(p, size); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 func fileOpts(t *testing.T, size int64) map[string]any {
-	return map[string]any{"driver": "file", "filename": image(t, size)}
+	return map[string]any{"driver": "file", "filename": drivertest.Image(t, size)}
 }
 
 func TestConformanceOverFile(t *testing.T) {
@@ -60,7 +47,7 @@ func TestConformanceOverNull(t *testing.T) {
 
 func TestWindowMapsOffsets(t *testing.T) {
 	ctx := context.Background()
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	_, n, c := drivertest.Open(t, blockdev.Options{"driver": "raw", "offset": int64(4096), "size": int64(8192),
 		"file": map[string]any{"driver": "file", "filename": img}}, drivertest.RootPerm)
 	if n.Length() != 8192 {
@@ -87,7 +74,7 @@ func TestWindowMapsOffsets(t *testing.T) {
 func TestOffsetSizeErrors(t *testing.T) {
 	// Messages as qemu-storage-daemon 7.2 gives them (1 MiB file),
 	// including the double space.
-	img := image(t, 1<<20)
+	img := drivertest.Image(t, 1<<20)
 	g := blockdev.NewGraph(zerolog.Nop())
 	defer g.Close()
 	for _, tc := range []struct {
