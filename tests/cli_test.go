@@ -93,6 +93,7 @@ func dialNegotiate(t *testing.T, network, addr string) *client {
 	c := &client{t: t, conn: conn, dec: json.NewDecoder(bufio.NewReader(conn))}
 	c.dec.UseNumber()
 	c.readAny()
+	c.greeted = true
 	c.ok("qmp_capabilities", nil)
 	return c
 }
