@@ -214,3 +214,38 @@ func TestOddSizeFile(t *testing.T) {
 		t.Fatalf("tail read %q", buf)
 	}
 }
+
+// The block-status cache must forget a data extent once part of it is
+// zeroed with unmap or cut off by a truncate.
+func TestStatusCacheInvalidation(t *testing.T) {
+	ctx := context.Background()
+	img := drivertest.Image(t, 4<<20)
+	_, _, c := drivertest.Open(t, blockdev.Options{"driver": "file", "filename": img, "discard": "unmap"}, drivertest.RootPerm)
+	data := func(off int64) bool {
+		t.Helper()
+		st, err := c.BlockStatus(ctx, off, 4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Flags&blockdev.StatusData != 0
+	}
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = 1
+	}
+	if err := c.Write(ctx, 0, buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !data(0) || !data(512<<10) {
+		t.Fatal("written range not reported as data")
+	}
+	if err := c.WriteZeroes(ctx, 512<<10, 64<<10, blockdev.ReqMayUnmap); err != nil {
+		t.Fatal(err)
+	}
+	if data(512<<10) {
+		t.Fatal("range zeroed with unmap still reported as data")
+	}
+	if !data(0) {
+		t.Fatal("data before the zeroed range lost")
+	}
+}
