@@ -56,7 +56,7 @@ import (
 // Optional abilities are separate small interfaces found by type assertion:
 // Truncater, Reopener, BackingChanger, ChildPermer, FilenameRefresher,
 // FormatInfoer, AllocatedSizer, StrongOptioner, ProtocolDriver,
-// WriteFlagger, Aligner.
+// WriteFlagger, Aligner, FileMapper.
 type Driver interface {
 	// Open opens the node from its options (oc.Options(): the validated
 	// blockdev-add arguments for this driver, without the generic ones
@@ -233,6 +233,15 @@ type WriteFlagger interface {
 // and Discard is passed on unwidened.
 type Aligner interface {
 	RequestAlignment() int64
+}
+
+// FileMapper is a driver whose bytes are, unchanged, the bytes of a range
+// of an open file (file itself; raw over a file, shifted by its offset).
+// An export can then send them with sendfile instead of copying them
+// through a buffer (see Node.ReadFile). FileRange returns ok=false when the
+// range cannot be mapped (O_DIRECT, a format with its own layout).
+type FileMapper interface {
+	FileRange(off, n int64) (fd int, fileOff int64, ok bool)
 }
 
 // Factory returns a fresh, unopened driver instance.

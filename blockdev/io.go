@@ -43,6 +43,9 @@ type request struct {
 	bytes  int64
 	flags  ReqFlags
 	start  int64 // monoNow() at begin, for counted requests
+	// abandoned: the request did nothing after all (ReadFile found no
+	// file range) and is not counted.
+	abandoned bool
 }
 
 // begin admits a request: it takes the node's drain guard and checks the
@@ -105,7 +108,9 @@ func (n *Node) check(r *request) error {
 
 // end finishes a request admitted by begin, counting its outcome.
 func (n *Node) end(r *request, err error) {
-	n.stats.done(r, err)
+	if !r.abandoned {
+		n.stats.done(r, err)
+	}
 	n.io.RUnlock()
 }
 
@@ -160,6 +165,44 @@ func (n *Node) Read(ctx context.Context, from *Child, off int64, p []byte) (err 
 		return n.drv.Read(ctx, off, p)
 	}
 	return n.readAligned(ctx, n.span(off, int64(len(p))), p)
+}
+
+// FileSink receives the data of a read as a range of an open file
+// descriptor: n bytes at fileOff. The descriptor is valid only during the
+// call; bytes past the file's end read as zeroes.
+type FileSink func(fd int, fileOff, n int64) error
+
+// ReadFile reads [off, off+length) by handing sink the file range that
+// holds those bytes, when the node (and the nodes below it) map them to a
+// file unchanged. It reports false, having done and counted nothing, when
+// they do not; the caller then uses Read. The request is admitted and
+// counted like a Read, and the node cannot close while sink runs.
+func (n *Node) ReadFile(ctx context.Context, from *Child, off, length int64, sink FileSink) (ok bool, err error) {
+	r := request{node: n, from: from, op: opRead, offset: off, bytes: length}
+	if err := n.begin(&r); err != nil {
+		return true, err
+	}
+	defer func() { n.end(&r, err) }()
+	fd, foff, mapped := n.fileRange(off, length)
+	if !mapped {
+		r.abandoned = true
+		return false, nil
+	}
+	if length == 0 {
+		return true, nil
+	}
+	return true, sink(fd, foff, length)
+}
+
+// fileRange maps a range of the node to a file range (see FileMapper).
+// Nodes that align requests are not mapped: their reads go through bounce
+// blocks.
+func (n *Node) fileRange(off, length int64) (int, int64, bool) {
+	m, ok := n.drv.(FileMapper)
+	if !ok || n.align > 1 {
+		return 0, 0, false
+	}
+	return m.FileRange(off, length)
 }
 
 // readAligned reads through bounce blocks for the partial head and tail

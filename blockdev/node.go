@@ -213,6 +213,16 @@ func (c *Child) Discard(ctx context.Context, off, n int64) error {
 // Flush flushes the child node.
 func (c *Child) Flush(ctx context.Context) error { return c.node.Flush(ctx, c) }
 
+// FileRange maps a range of the child node to a file range, for a
+// FileMapper parent passing the mapping up. The parent's own request in
+// flight keeps the child, and so the descriptor, open.
+func (c *Child) FileRange(off, n int64) (fd int, fileOff int64, ok bool) {
+	if off < 0 || n < 0 || off > c.node.Length()-n {
+		return 0, 0, false
+	}
+	return c.node.fileRange(off, n)
+}
+
 // BlockStatus queries the child node.
 func (c *Child) BlockStatus(ctx context.Context, off, n int64) (BlockStatus, error) {
 	return c.node.BlockStatus(ctx, c, off, n)

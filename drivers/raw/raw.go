@@ -71,6 +71,11 @@ func (d *Driver) Read(ctx context.Context, off int64, p []byte) error {
 	return d.file.Read(ctx, d.offset+off, p)
 }
 
+// FileRange passes the file child's mapping on, shifted by offset.
+func (d *Driver) FileRange(off, n int64) (int, int64, bool) {
+	return d.file.FileRange(d.offset+off, n)
+}
+
 // Write writes to the file child.
 func (d *Driver) Write(ctx context.Context, off int64, p []byte, flags blockdev.ReqFlags) error {
 	return d.file.Write(ctx, d.offset+off, p, flags)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"syscall"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -134,5 +135,45 @@ func TestPermissionsPassThrough(t *testing.T) {
 	g.DetachRoot(w)
 	if fc.Perm() != blockdev.PermConsistentRead {
 		t.Fatalf("file perm after the writer left: %v", fc.Perm().Names())
+	}
+}
+
+// ReadFile maps a raw window over a file to the file's own range, so that
+// an export's sendfile sends the bytes a Read would return; over null-co
+// there is no file and nothing is mapped.
+func TestReadFileMapsWindow(t *testing.T) {
+	ctx := context.Background()
+	const off = 1<<20 + 512
+	_, n, c := drivertest.Open(t, blockdev.Options{"driver": "raw", "offset": int64(off), "size": int64(2 << 20),
+		"file": fileOpts(t, 4<<20)}, drivertest.RootPerm)
+	pat := make([]byte, 8192)
+	for i := range pat {
+		pat[i] = byte(i + 3)
+	}
+	if err := c.Write(ctx, 4096, pat, 0); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(pat))
+	ok, err := n.ReadFile(ctx, c, 4096, int64(len(pat)), func(fd int, foff, l int64) error {
+		if foff != off+4096 || l != int64(len(pat)) {
+			t.Errorf("mapped to %d+%d, want %d+%d", foff, l, off+4096, len(pat))
+		}
+		_, err := syscall.Pread(fd, got, foff)
+		return err
+	})
+	if !ok || err != nil {
+		t.Fatalf("ReadFile: %v %v", ok, err)
+	}
+	if string(got) != string(pat) {
+		t.Fatal("mapped bytes differ from what was written")
+	}
+	// Past the end: refused by the bounds check, before any mapping.
+	if ok, err := n.ReadFile(ctx, c, 2<<20-512, 1024, nil); !ok || !errors.Is(err, blockdev.ErrOutOfRange) {
+		t.Fatalf("read past the end: %v %v", ok, err)
+	}
+
+	_, nn, nc := drivertest.Open(t, blockdev.Options{"driver": "raw", "file": map[string]any{"driver": "null-co", "size": int64(1 << 20)}}, drivertest.RootPerm)
+	if ok, err := nn.ReadFile(ctx, nc, 0, 4096, func(int, int64, int64) error { t.Error("sink called over null-co"); return nil }); ok || err != nil {
+		t.Fatalf("null-co mapped: %v %v", ok, err)
 	}
 }
