@@ -16,13 +16,22 @@ type nodeBackend struct {
 	writethrough bool // every write is FUA (the export's write cache is off)
 }
 
-var _ nbd.Backend = (*nodeBackend)(nil)
+var (
+	_ nbd.Backend    = (*nodeBackend)(nil)
+	_ nbd.FileReader = (*nodeBackend)(nil)
+)
 
 func (b *nodeBackend) Size() int64    { return b.node.Length() }
 func (b *nodeBackend) ReadOnly() bool { return !b.writable }
 
 func (b *nodeBackend) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return b.node.Read(ctx, b.root, off, p)
+}
+
+// ReadFile lets the NBD server send data with sendfile when the node's
+// bytes are a file's (raw over file without O_DIRECT).
+func (b *nodeBackend) ReadFile(ctx context.Context, off, length int64, send func(fd int, fileOff, n int64) error) (bool, error) {
+	return b.node.ReadFile(ctx, b.root, off, length, send)
 }
 
 func (b *nodeBackend) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {

@@ -37,3 +37,13 @@ type Extent struct {
 	Hole   bool
 	Zero   bool
 }
+
+// FileReader is an optional Backend ability: a read whose bytes lie
+// unchanged in an open file. ReadFile calls send once with that file range
+// (the descriptor is valid only during the call), and the server writes the
+// reply with sendfile(2) instead of copying the data through a buffer. It
+// returns false, without calling send, when the range is not in a file; the
+// server then uses ReadAt. An error from send is returned as it is.
+type FileReader interface {
+	ReadFile(ctx context.Context, off, length int64, send func(fd int, fileOff, n int64) error) (bool, error)
+}

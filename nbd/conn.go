@@ -11,6 +11,8 @@ import (
 	"net"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // workersPerConn bounds the requests one connection processes at once.
@@ -34,7 +36,8 @@ type conn struct {
 	flags      uint16
 	maxBlock   uint32
 
-	wmu      sync.Mutex // serialises replies
+	raw      syscall.RawConn // for sendfile; nil when nc has no descriptor
+	wmu      sync.Mutex      // serialises replies
 	inflight sync.WaitGroup
 }
 
@@ -75,6 +78,11 @@ type request struct {
 // concurrently; it returns once all of them are answered.
 func (c *conn) transmit() error {
 	defer c.inflight.Wait()
+	if sc, ok := c.nc.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			c.raw = raw
+		}
+	}
 	sem := make(chan struct{}, workersPerConn)
 	var hdr [28]byte
 	for {
@@ -222,68 +230,143 @@ func (c *conn) handle(r *request) {
 // read answers NBD_CMD_READ; with structured replies, zero extents of the
 // backend go out as holes unless the client asked not to fragment.
 func (c *conn) read(r *request) {
-	b := c.export.Backend
-	off, end := int64(r.off), int64(r.off)+int64(r.length)
-	if !c.structured || r.flags&cmdFlagDF != 0 || r.length == 0 {
-		buf := getBuf(int(r.length))
-		defer putBuf(buf)
-		if r.length > 0 {
-			if err := b.ReadAt(c.ctx, buf, off); err != nil {
-				c.replyError(r, wireErrno(err), err.Error(), &off)
-				return
-			}
-		}
-		if !c.structured {
-			c.replySimple(r.handle, 0, buf)
-		} else if r.length == 0 {
-			c.chunk(r.handle, replyFlagDone, replyTypeNone, nil)
-		} else {
-			c.chunk(r.handle, replyFlagDone, replyTypeOffsetData, offsetPrefix(off), buf)
-		}
+	off, length := int64(r.off), int64(r.length)
+	if !c.structured {
+		h := simpleHeader(r.handle, 0)
+		c.replyData(r, off, length, func(data []byte) [][]byte { return [][]byte{h, data} })
 		return
 	}
-	// pending holds the last chunk built, sent once we know whether it is final.
-	type chunk struct {
-		typ  uint16
-		head []byte
-		data []byte
-	}
-	var pending *chunk
-	flush := func(flags uint16) {
-		if pending != nil {
-			c.chunk(r.handle, flags, pending.typ, pending.head, pending.data)
-			putBuf(pending.data)
-			pending = nil
+	if r.flags&cmdFlagDF != 0 || r.length == 0 {
+		if r.length == 0 {
+			c.chunk(r.handle, replyFlagDone, replyTypeNone, nil)
+			return
 		}
+		c.replyData(r, off, length, func(data []byte) [][]byte {
+			return chunkParts(r.handle, replyFlagDone, replyTypeOffsetData, offsetPrefix(off), length, data)
+		})
+		return
 	}
-	for pos := off; pos < end; {
+	// Map the range first, so that the last chunk is known when it goes
+	// out (it carries the done flag).
+	type extent struct {
+		off, n int64
+		zero   bool
+	}
+	var exts []extent
+	b := c.export.Backend
+	for pos, end := off, off+length; pos < end; {
 		n := end - pos
 		ext, err := b.BlockStatus(c.ctx, pos, n)
 		zero := err == nil && ext.Zero && ext.Length > 0
 		if err == nil && ext.Length > 0 && ext.Length < n {
 			n = ext.Length
 		}
-		var ch chunk
-		if zero {
-			h := offsetPrefix(pos)
-			h = be.AppendUint32(h, uint32(n))
-			ch = chunk{typ: replyTypeOffsetHole, head: h}
+		if k := len(exts) - 1; k >= 0 && exts[k].zero == zero {
+			exts[k].n += n
 		} else {
-			buf := getBuf(int(n))
-			if err := b.ReadAt(c.ctx, buf, pos); err != nil {
-				putBuf(buf)
-				flush(0)
-				p := pos
-				c.replyError(r, wireErrno(err), err.Error(), &p)
-				return
-			}
-			ch = chunk{typ: replyTypeOffsetData, head: offsetPrefix(pos), data: buf}
+			exts = append(exts, extent{pos, n, zero})
 		}
-		flush(0)
-		pending = &ch
 		pos += n
 	}
-	flush(replyFlagDone)
+	for i, e := range exts {
+		var flags uint16
+		if i == len(exts)-1 {
+			flags = replyFlagDone
+		}
+		if e.zero {
+			h := be.AppendUint32(offsetPrefix(e.off), uint32(e.n))
+			c.chunk(r.handle, flags, replyTypeOffsetHole, h)
+			continue
+		}
+		if !c.replyData(r, e.off, e.n, func(data []byte) [][]byte {
+			return chunkParts(r.handle, flags, replyTypeOffsetData, offsetPrefix(e.off), e.n, data)
+		}) {
+			return
+		}
+	}
+}
+
+// replyData sends n bytes of the export at off in the message parts
+// builds around them: with sendfile when the backend can name the file
+// they are in, else through a buffer. A failed read is answered with an
+// error reply; it returns false then, or when the connection broke.
+func (c *conn) replyData(r *request, off, n int64, parts func(data []byte) [][]byte) bool {
+	sent := false
+	if fr, ok := c.export.Backend.(FileReader); ok && c.raw != nil {
+		handled, err := fr.ReadFile(c.ctx, off, n, func(fd int, foff, n int64) error {
+			c.wmu.Lock()
+			defer c.wmu.Unlock()
+			sent = true
+			return c.sendFile(parts(nil), fd, foff, n)
+		})
+		switch {
+		case handled && err == nil:
+			return true
+		case handled && sent:
+			// The reply was under way: the stream is broken.
+			c.shutdown()
+			return false
+		case handled:
+			p := off
+			c.replyError(r, wireErrno(err), err.Error(), &p)
+			return false
+		}
+	}
+	buf := getBuf(int(n))
+	defer putBuf(buf)
+	if err := c.export.Backend.ReadAt(c.ctx, buf, off); err != nil {
+		p := off
+		c.replyError(r, wireErrno(err), err.Error(), &p)
+		return false
+	}
+	c.send(parts(buf)...)
+	return true
+}
+
+// sendFile writes head, then n bytes of fd at foff with sendfile(2); the
+// part past the end of the file goes out as zeroes. The caller holds wmu.
+func (c *conn) sendFile(head [][]byte, fd int, foff, n int64) error {
+	bufs := make(net.Buffers, 0, len(head))
+	for _, p := range head {
+		if len(p) > 0 {
+			bufs = append(bufs, p)
+		}
+	}
+	if _, err := bufs.WriteTo(c.nc); err != nil {
+		return err
+	}
+	var serr error
+	eof := false
+	err := c.raw.Write(func(s uintptr) bool {
+		for n > 0 && !eof {
+			w, err := unix.Sendfile(int(s), fd, &foff, int(min(n, 1<<30)))
+			switch {
+			case err == unix.EAGAIN:
+				return false
+			case err == unix.EINTR:
+			case err != nil:
+				serr = err
+				return true
+			case w == 0:
+				eof = true
+			default:
+				n -= int64(w)
+			}
+		}
+		return true
+	})
+	if err == nil {
+		err = serr
+	}
+	if err == nil && n > 0 {
+		zero := make([]byte, min(n, 64<<10))
+		for err == nil && n > 0 {
+			var w int
+			w, err = c.nc.Write(zero[:min(n, int64(len(zero)))])
+			n -= int64(w)
+		}
+	}
+	return err
 }
 
 func offsetPrefix(off int64) []byte {
@@ -362,11 +445,15 @@ func (c *conn) extents(id uint32, off, length int64, one bool) ([][2]uint32, err
 
 // replySimple sends a simple reply, with data for a successful read.
 func (c *conn) replySimple(handle uint64, errno uint32, data []byte) {
+	c.send(simpleHeader(handle, errno), data)
+}
+
+func simpleHeader(handle uint64, errno uint32) []byte {
 	h := make([]byte, 16)
 	be.PutUint32(h, simpleReplyMagic)
 	be.PutUint32(h[4:], errno)
 	be.PutUint64(h[8:], handle)
-	c.send(h, data)
+	return h
 }
 
 // chunk sends one structured reply chunk whose payload is head+data.
@@ -375,13 +462,24 @@ func (c *conn) chunk(handle uint64, flags, typ uint16, head []byte, data ...[]by
 	for _, d := range data {
 		n += len(d)
 	}
+	h := chunkHeader(handle, flags, typ, n)
+	c.send(append([][]byte{h, head}, data...)...)
+}
+
+// chunkParts is a structured chunk whose payload is head and dataLen bytes
+// of data (data itself, or nil when the data follows by sendfile).
+func chunkParts(handle uint64, flags, typ uint16, head []byte, dataLen int64, data []byte) [][]byte {
+	return [][]byte{chunkHeader(handle, flags, typ, len(head)+int(dataLen)), head, data}
+}
+
+func chunkHeader(handle uint64, flags, typ uint16, n int) []byte {
 	h := make([]byte, 20)
 	be.PutUint32(h, structReplyMagic)
 	be.PutUint16(h[4:], flags)
 	be.PutUint16(h[6:], typ)
 	be.PutUint64(h[8:], handle)
 	be.PutUint32(h[16:], uint32(n))
-	c.send(append([][]byte{h, head}, data...)...)
+	return h
 }
 
 // replyError reports a failed request: a final error chunk with structured
