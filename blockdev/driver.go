@@ -56,7 +56,7 @@ import (
 // Optional abilities are separate small interfaces found by type assertion:
 // Truncater, Reopener, BackingChanger, ChildPermer, FilenameRefresher,
 // FormatInfoer, AllocatedSizer, StrongOptioner, ProtocolDriver,
-// WriteFlagger, Aligner, FileMapper.
+// WriteFlagger, Aligner, FileMapper, PermLocker.
 type Driver interface {
 	// Open opens the node from its options (oc.Options(): the validated
 	// blockdev-add arguments for this driver, without the generic ones
@@ -242,6 +242,21 @@ type Aligner interface {
 // range cannot be mapped (O_DIRECT, a format with its own layout).
 type FileMapper interface {
 	FileRange(off, n int64) (fd int, fileOff int64, ok bool)
+}
+
+// PermLocker is a driver that holds its node's permissions outside the
+// process too, as the file driver does with QEMU-compatible byte-range
+// locks, so that other processes see them. Whenever the permissions its
+// users hold (perm) and share (shared) change, the graph calls CheckPerm
+// with the new ones, possibly several times in one change, and then either
+// SetPerm with the last values or AbortPerm, which restores what the last
+// SetPerm established. CheckPerm fails, with QEMU's message, when another
+// process holds what the node needs or needs what it would stop sharing.
+// They run under the graph lock.
+type PermLocker interface {
+	CheckPerm(perm, shared Perm) error
+	SetPerm(perm, shared Perm)
+	AbortPerm()
 }
 
 // Factory returns a fresh, unopened driver instance.

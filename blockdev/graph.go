@@ -427,8 +427,10 @@ func (g *Graph) DetachRoot(c *Child) {
 func (g *Graph) addEdge(c *Child, perm, shared Perm) error {
 	n := c.node
 	n.parents = append(n.parents, c)
-	tx := permTx{c: {perm, shared}}
+	tx := newPermTx()
+	tx.edges[c] = permPair{perm, shared}
 	if err := g.refreshPerms(n, tx); err != nil {
+		tx.abort()
 		n.parents = n.parents[:len(n.parents)-1]
 		return err
 	}
@@ -455,7 +457,7 @@ func (g *Graph) detach(c *Child) {
 			}
 		}
 	}
-	tx := permTx{}
+	tx := newPermTx()
 	_ = g.refreshPerms(n, tx) // relaxing cannot conflict
 	tx.apply()
 }

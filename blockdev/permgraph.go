@@ -7,28 +7,48 @@ import (
 
 // permTx holds the tentative permissions of the edges a graph change
 // touches. Nothing is stored on the edges until every node below the change
-// has been checked; then apply publishes them.
-type permTx map[*Child]permPair
+// has been checked; then apply publishes them (and abort forgets them).
+// Drivers that hold permissions outside the process (PermLocker: file
+// locks) are asked along the way and told the outcome.
+type permTx struct {
+	edges   map[*Child]permPair
+	lockers map[*Node]permPair
+}
 
 type permPair struct{ perm, shared Perm }
 
-func (tx permTx) apply() {
-	for c, p := range tx {
+func newPermTx() *permTx {
+	return &permTx{edges: map[*Child]permPair{}, lockers: map[*Node]permPair{}}
+}
+
+func (tx *permTx) apply() {
+	for c, p := range tx.edges {
 		c.perm.Store(uint64(p.perm))
 		c.shared.Store(uint64(p.shared))
+	}
+	for n, p := range tx.lockers {
+		n.drv.(PermLocker).SetPerm(p.perm, p.shared)
+	}
+}
+
+func (tx *permTx) abort() {
+	for n := range tx.lockers {
+		n.drv.(PermLocker).AbortPerm()
 	}
 }
 
 // perms returns c's permissions, tentative ones first.
-func (c *Child) perms(tx permTx) (Perm, Perm) {
-	if p, ok := tx[c]; ok {
-		return p.perm, p.shared
+func (c *Child) perms(tx *permTx) (Perm, Perm) {
+	if tx != nil {
+		if p, ok := tx.edges[c]; ok {
+			return p.perm, p.shared
+		}
 	}
 	return c.Perm(), c.Shared()
 }
 
 // cumulative returns what n's users hold together and let others hold.
-func (n *Node) cumulative(tx permTx) (perm, shared Perm) {
+func (n *Node) cumulative(tx *permTx) (perm, shared Perm) {
 	shared = PermAll
 	for _, c := range n.parents {
 		p, s := c.perms(tx)
@@ -49,7 +69,7 @@ func (n *Node) childPerm(c *Child, perm, shared Perm) (Perm, Perm) {
 // refreshPerms recomputes, into tx, the permissions of every edge below n
 // after n's parent edges changed, checking each node on the way. It stops at
 // the first conflict.
-func (g *Graph) refreshPerms(n *Node, tx permTx) error {
+func (g *Graph) refreshPerms(n *Node, tx *permTx) error {
 	if err := n.checkParents(tx); err != nil {
 		return err
 	}
@@ -57,12 +77,18 @@ func (g *Graph) refreshPerms(n *Node, tx permTx) error {
 	if perm&(PermWrite|PermWriteUnchanged) != 0 && n.ReadOnly() {
 		return errors.New("Block node is read-only")
 	}
+	if l, ok := n.drv.(PermLocker); ok && n.opened {
+		if err := l.CheckPerm(perm, shared); err != nil {
+			return err
+		}
+		tx.lockers[n] = permPair{perm, shared}
+	}
 	for _, c := range n.children {
 		p, s := n.childPerm(c, perm, shared)
 		if op, os := c.perms(tx); op == p && os == s {
 			continue
 		}
-		tx[c] = permPair{p, s}
+		tx.edges[c] = permPair{p, s}
 		if err := g.refreshPerms(c.node, tx); err != nil {
 			return err
 		}
@@ -75,7 +101,7 @@ func (g *Graph) refreshPerms(n *Node, tx permTx) error {
 // with many users costs O(users) per change. The conflict reported is the
 // one QEMU finds first: it walks the users newest first, asking of each
 // whether it tolerates every other.
-func (n *Node) checkParents(tx permTx) error {
+func (n *Node) checkParents(tx *permTx) error {
 	ps := n.parents
 	last := len(ps) - 1
 	bestA, bestB := -1, -1 // positions in newest-first order
@@ -94,7 +120,7 @@ func (n *Node) checkParents(tx permTx) error {
 		}
 	}
 	for i, c := range ps {
-		if _, changed := tx[c]; !changed {
+		if _, changed := tx.edges[c]; !changed {
 			continue
 		}
 		for j := range ps {
