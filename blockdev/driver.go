@@ -251,8 +251,10 @@ type FileMapper interface {
 // with the new ones, possibly several times in one change, and then either
 // SetPerm with the last values or AbortPerm, which restores what the last
 // SetPerm established. CheckPerm fails, with QEMU's message, when another
-// process holds what the node needs or needs what it would stop sharing.
-// They run under the graph lock.
+// process holds what the node needs or needs what it would stop sharing;
+// a failed CheckPerm leaves the driver as it was (AbortPerm follows only
+// when an earlier CheckPerm of the same change succeeded). All three run
+// under the graph lock.
 type PermLocker interface {
 	CheckPerm(perm, shared Perm) error
 	SetPerm(perm, shared Perm)

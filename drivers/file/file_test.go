@@ -242,7 +242,7 @@ func TestStatusCacheInvalidation(t *testing.T) {
 	if err := c.WriteZeroes(ctx, 512<<10, 64<<10, blockdev.ReqMayUnmap); err != nil {
 		t.Fatal(err)
 	}
-	if data(512<<10) {
+	if data(512 << 10) {
 		t.Fatal("range zeroed with unmap still reported as data")
 	}
 	if !data(0) {
