@@ -28,7 +28,9 @@ func loadTest(tb testing.TB, src string) *Schema {
 func TestLoadCommands(t *testing.T) {
 	s := mustLoad(t)
 	want := []string{"query-block", "query-named-block-nodes", "x-debug-query-block-graph", "query-blockstats",
-		"blockdev-add", "blockdev-del", "nbd-server-start", "nbd-server-stop",
+		"blockdev-add", "blockdev-del", "blockdev-create",
+		"job-pause", "job-resume", "job-cancel", "job-complete", "job-dismiss", "job-finalize", "query-jobs",
+		"nbd-server-start", "nbd-server-stop",
 		"block-export-add", "block-export-del", "nbd-server-add", "nbd-server-remove",
 		"query-block-exports", "qmp_capabilities", "query-version",
 		"query-commands", "quit", "query-qmp-schema"}
@@ -208,8 +210,8 @@ func TestIntrospect(t *testing.T) {
 	}
 	// Enums have values and members.
 	drv := byName[add["members"].([]any)[0].(map[string]any)["type"].(string)]
-	if marshal(t, drv["values"]) != `["file","null-aio","null-co","raw"]` ||
-		marshal(t, drv["members"]) != `[{"name":"file"},{"name":"null-aio"},{"name":"null-co"},{"name":"raw"}]` {
+	if marshal(t, drv["values"]) != `["file","null-aio","null-co","qcow2","raw"]` ||
+		marshal(t, drv["members"]) != `[{"name":"file"},{"name":"null-aio"},{"name":"null-co"},{"name":"qcow2"},{"name":"raw"}]` {
 		t.Errorf("BlockdevDriver = %v", drv)
 	}
 
