@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/rs/zerolog"
@@ -343,11 +345,27 @@ func (oc *OpenContext) NoFlush() bool { return oc.node.noFlush }
 // edge come from the driver's ChildPerm (or DefaultChildPerm); a conflict
 // with the node's other users fails before anything changes.
 func (oc *OpenContext) OpenChild(ctx context.Context, name string, role Role) (*Child, error) {
-	g, parent := oc.g, oc.node
 	v, ok := oc.opts[name]
 	if !ok {
 		return nil, fmt.Errorf("A block device must be specified for \"%s\"", name)
 	}
+	parent := oc.node
+	inh := inherited{
+		readOnly:     parent.ReadOnly(),
+		autoReadOnly: parent.autoReadOnly,
+		cacheDirect:  parent.cacheDirect,
+		noFlush:      parent.noFlush,
+	}
+	if role&RoleCOW == 0 {
+		inh.discard = parent.discard
+	}
+	return oc.openRef(ctx, name, v, role, inh)
+}
+
+// openRef opens (or looks up) the BlockdevRef v and attaches it as the
+// child called name.
+func (oc *OpenContext) openRef(ctx context.Context, name string, v any, role Role, inh inherited) (*Child, error) {
+	g, parent := oc.g, oc.node
 	var child *Node
 	switch ref := v.(type) {
 	case string:
@@ -361,15 +379,6 @@ func (oc *OpenContext) OpenChild(ctx context.Context, name string, role Role) (*
 			def = Options(m)
 		} else {
 			def = ref.(Options)
-		}
-		inh := inherited{
-			readOnly:     parent.ReadOnly(),
-			autoReadOnly: parent.autoReadOnly,
-			cacheDirect:  parent.cacheDirect,
-			noFlush:      parent.noFlush,
-		}
-		if role&RoleCOW == 0 {
-			inh.discard = parent.discard
 		}
 		var err error
 		child, err = g.open(ctx, oc.tx, def, inh)
@@ -385,6 +394,70 @@ func (oc *OpenContext) OpenChild(ctx context.Context, name string, role Role) (*
 	}
 	oc.tx.attached = append(oc.tx.attached, c)
 	return c, nil
+}
+
+// OpenBacking opens a format node's backing node and attaches it as its
+// "backing" child (the COW role), as QEMU does after the format driver has
+// read its header. The "backing" option decides:
+//
+//   - null: no backing node (nil, nil);
+//   - a node-name: that node, as it is;
+//   - an inline definition: a new implicit node, read-only unless the
+//     definition says otherwise;
+//   - absent: the file the image names (filename; "" for none), relative
+//     to the directory of the image's own file unless absolute, opened as
+//     a read-only implicit format node of the given format ("" probes the
+//     file's contents) over an implicit file node.
+//
+// Backing nodes inherit cache.direct and cache.no-flush, not discard.
+func (oc *OpenContext) OpenBacking(ctx context.Context, filename, format string) (*Child, error) {
+	parent := oc.node
+	inh := inherited{
+		readOnly:    true,
+		cacheDirect: parent.cacheDirect,
+		noFlush:     parent.noFlush,
+	}
+	v, given := oc.opts["backing"]
+	switch {
+	case given && v == nil:
+		return nil, nil
+	case given:
+		return oc.openRef(ctx, "backing", v, RoleCOW, inh)
+	case filename == "":
+		return nil, nil
+	}
+	path := filename
+	if !filepath.IsAbs(path) && !strings.HasPrefix(path, "json:") {
+		if base := oc.imageFilename(); base != "" {
+			path = filepath.Join(filepath.Dir(base), path)
+		}
+	}
+	if strings.HasPrefix(path, "json:") {
+		return nil, fmt.Errorf("Could not open backing file: json: backing file names are not supported")
+	}
+	if format == "" {
+		var err error
+		if format, err = probeFormat(path); err != nil {
+			return nil, fmt.Errorf("Could not open backing file: %w", err)
+		}
+	}
+	def := Options{"driver": format, "file": map[string]any{"driver": "file", "filename": path}}
+	c, err := oc.openRef(ctx, "backing", def, RoleCOW, inh)
+	if err != nil {
+		return nil, fmt.Errorf("Could not open backing file: %w", err)
+	}
+	return c, nil
+}
+
+// imageFilename is the file name of the node's primary child, which a
+// relative backing file name is relative to.
+func (oc *OpenContext) imageFilename() string {
+	for _, c := range oc.node.children {
+		if c.role&RolePrimary != 0 {
+			return c.node.Filename()
+		}
+	}
+	return ""
 }
 
 // attach adds the edge parent -name-> child after checking permissions.

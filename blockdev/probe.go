@@ -1,0 +1,67 @@
+package blockdev
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"syscall"
+)
+
+// ProbeFunc scores how likely the first bytes of a file (up to 512; fewer
+// for a short file) are an image of the driver's format: 0 for no, 100
+// for a certain match by magic number.
+type ProbeFunc func(head []byte) int
+
+var probes = map[string]ProbeFunc{}
+
+// RegisterProbe lets a format driver be found by content when a backing
+// file name comes without a format. raw matches anything, with score 1.
+func RegisterProbe(name string, f ProbeFunc) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	if _, dup := probes[name]; dup {
+		panic("blockdev: RegisterProbe called twice for driver " + name)
+	}
+	probes[name] = f
+}
+
+// probeFormat names the registered format that best matches the file's
+// first bytes, raw when none does.
+func probeFormat(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("Could not open '%s': %s", path, errnoText(err))
+	}
+	defer f.Close()
+	head := make([]byte, 512)
+	n, err := io.ReadFull(f, head)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return "", fmt.Errorf("Could not read image for determining its format: %s", errnoText(err))
+	}
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	best, score := "raw", 1
+	for name, p := range probes {
+		if s := p(head[:n]); s > score {
+			best, score = name, s
+		}
+	}
+	return best, nil
+}
+
+// errnoText renders an error as C's strerror does, with a capital letter.
+func errnoText(err error) string {
+	var errno syscall.Errno
+	if pe, ok := err.(*os.PathError); ok {
+		err = pe.Err
+	}
+	s := err.Error()
+	if e, ok := err.(syscall.Errno); ok {
+		errno = e
+		s = errno.Error()
+	}
+	if s != "" && s[0] >= 'a' && s[0] <= 'z' {
+		s = string(s[0]-'a'+'A') + s[1:]
+	}
+	return s
+}
