@@ -56,7 +56,7 @@ import (
 // Optional abilities are separate small interfaces found by type assertion:
 // Truncater, Reopener, BackingChanger, ChildPermer, FilenameRefresher,
 // FormatInfoer, AllocatedSizer, StrongOptioner, ProtocolDriver,
-// WriteFlagger, Aligner, FileMapper, PermLocker.
+// WriteFlagger, Aligner, FileMapper, PermLocker, BackingFiler.
 type Driver interface {
 	// Open opens the node from its options (oc.Options(): the validated
 	// blockdev-add arguments for this driver, without the generic ones
@@ -259,6 +259,15 @@ type PermLocker interface {
 	CheckPerm(perm, shared Perm) error
 	SetPerm(perm, shared Perm)
 	AbortPerm()
+}
+
+// BackingFiler is a format driver whose image records a backing file: the
+// name as the header has it (relative names are relative to the image's
+// own file) and the format ("" when not recorded). Both are "" when the
+// image names none. Query views report them as backing-filename and
+// backing-filename-format.
+type BackingFiler interface {
+	BackingFile() (filename, format string)
 }
 
 // Factory returns a fresh, unopened driver instance.

@@ -442,6 +442,46 @@ func (n *Node) BlockStatus(ctx context.Context, from *Child, off, length int64) 
 	return st, nil
 }
 
+// BlockStatusAbove reports the status of a prefix of [off, off+length)
+// through the backing chain, as an export shows it: where n has not
+// allocated the range itself, the status of its backing node counts, and
+// where no layer has it (or past the end of a shorter backing node) the
+// range reads as zeroes. depth is 1 when n allocated the prefix, 2 when
+// its backing node did, and so on, 0 when no layer did
+// (qemu:allocation-depth).
+func (n *Node) BlockStatusAbove(ctx context.Context, from *Child, off, length int64) (BlockStatus, int, error) {
+	st, err := n.BlockStatus(ctx, from, off, length)
+	if err != nil || length == 0 || st.Flags&StatusAllocated != 0 {
+		return st, 1, err
+	}
+	b := n.backingForIO()
+	if b == nil {
+		return BlockStatus{Flags: StatusZero, Length: st.Length}, 0, nil
+	}
+	bl := b.node.Length()
+	if off >= bl {
+		return BlockStatus{Flags: StatusZero, Length: st.Length}, 0, nil
+	}
+	bst, depth, err := b.node.BlockStatusAbove(ctx, b, off, min(st.Length, bl-off))
+	if err != nil {
+		return BlockStatus{}, 0, err
+	}
+	bst.Flags &^= StatusAllocated
+	if depth > 0 {
+		depth++
+	}
+	return bst, depth, nil
+}
+
+// backingForIO returns n's backing edge for a request path. Edges of an
+// open node change only in graph operations that drain the node first, so
+// reading them under the node's I/O guard is safe.
+func (n *Node) backingForIO() *Child {
+	n.io.RLock()
+	defer n.io.RUnlock()
+	return n.backing()
+}
+
 // Truncate resizes the node on behalf of from, which must hold PermResize.
 func (n *Node) Truncate(ctx context.Context, from *Child, size int64, exact bool) (err error) {
 	t, ok := n.drv.(Truncater)

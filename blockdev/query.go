@@ -2,6 +2,7 @@ package blockdev
 
 import (
 	"context"
+	"path/filepath"
 	"slices"
 	"strings"
 )
@@ -101,6 +102,18 @@ func (n *Node) backing() *Child {
 	return nil
 }
 
+// resolveBacking makes a backing file name recorded in n's image absolute:
+// relative names are relative to the directory of n's primary child.
+func (n *Node) resolveBacking(name string) string {
+	if filepath.IsAbs(name) || strings.HasPrefix(name, "json:") {
+		return name
+	}
+	if pc := n.primaryChild(); pc != nil && pc.node.filename != "" && !strings.HasPrefix(pc.node.filename, "json:") {
+		return filepath.Join(filepath.Dir(pc.node.filename), name)
+	}
+	return name
+}
+
 // allocatedSize is ImageInfo's actual-size: the driver's own answer, else
 // its primary child's; ok is false when nobody knows.
 func (n *Node) allocatedSize(ctx context.Context) (int64, bool) {
@@ -128,7 +141,13 @@ func (n *Node) imageInfo(ctx context.Context) *ImageInfo {
 			ii.ClusterSize = &cs
 		}
 	}
-	if b := n.backing(); b != nil {
+	if bf, ok := n.drv.(BackingFiler); ok {
+		if name, format := bf.BackingFile(); name != "" {
+			ii.BackingFilename = name
+			ii.FullBackingFilename = n.resolveBacking(name)
+			ii.BackingFilenameFormat = format
+		}
+	} else if b := n.backing(); b != nil {
 		ii.BackingFilename = b.node.filename
 		ii.FullBackingFilename = b.node.filename
 		ii.BackingFilenameFormat = b.node.drvName

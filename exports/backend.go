@@ -65,8 +65,10 @@ func (b *nodeBackend) Flush(ctx context.Context) error { return b.node.Flush(ctx
 // Cache is advisory; the node has no cache to fill that reads would not.
 func (b *nodeBackend) Cache(context.Context, int64, int64) error { return nil }
 
+// BlockStatus is the status through the backing chain (base:allocation
+// shows what a reader gets).
 func (b *nodeBackend) BlockStatus(ctx context.Context, off, length int64) (nbd.Extent, error) {
-	st, err := b.node.BlockStatus(ctx, b.root, off, length)
+	st, _, err := b.node.BlockStatusAbove(ctx, b.root, off, length)
 	if err != nil {
 		return nbd.Extent{}, err
 	}
@@ -77,17 +79,14 @@ func (b *nodeBackend) BlockStatus(ctx context.Context, off, length int64) (nbd.E
 	}, nil
 }
 
-// AllocationDepth reports 1 where the node itself holds the data and 0
-// elsewhere; backing chains (a later driver) add deeper layers.
+// AllocationDepth reports which layer of the backing chain holds the
+// data: 1 the node itself, 2 its backing node, ..., 0 none.
 func (b *nodeBackend) AllocationDepth(ctx context.Context, off, length int64) (uint32, int64, error) {
-	st, err := b.node.BlockStatus(ctx, b.root, off, length)
+	st, depth, err := b.node.BlockStatusAbove(ctx, b.root, off, length)
 	if err != nil {
 		return 0, 0, err
 	}
-	if st.Flags&blockdev.StatusAllocated != 0 {
-		return 1, st.Length, nil
-	}
-	return 0, st.Length, nil
+	return uint32(depth), st.Length, nil
 }
 
 // BlockSizes advertises the node's request alignment as the minimum, as
