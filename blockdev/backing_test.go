@@ -153,6 +153,9 @@ func TestBackingStatusAbove(t *testing.T) {
 	g.DetachRoot(bc)
 	g.DetachRoot(tc)
 	g.Unlock()
+	if err := del(g, "base"); err == nil || err.Error() != "Node 'base' is busy: node is used as backing hd of 'top'" {
+		t.Errorf("deleting a backing node: %v", err)
+	}
 	if info.BackingFileDepth != 1 || info.Image.BackingImage == nil || info.BackingFile != base.Filename() {
 		t.Errorf("info: depth %d backing %q image %+v", info.BackingFileDepth, info.BackingFile, info.Image.BackingImage)
 	}

@@ -427,10 +427,8 @@ func (oc *OpenContext) OpenBacking(ctx context.Context, filename, format string)
 		return nil, nil
 	}
 	path := filename
-	if !filepath.IsAbs(path) && !strings.HasPrefix(path, "json:") {
-		if base := oc.imageFilename(); base != "" {
-			path = filepath.Join(filepath.Dir(base), path)
-		}
+	if base := oc.imageFilename(); base != "" && !strings.HasPrefix(base, "json:") {
+		path = combinePath(base, filename)
 	}
 	if strings.HasPrefix(path, "json:") {
 		return nil, fmt.Errorf("Could not open backing file: json: backing file names are not supported")
@@ -447,6 +445,18 @@ func (oc *OpenContext) OpenBacking(ctx context.Context, filename, format string)
 		return nil, fmt.Errorf("Could not open backing file: %w", err)
 	}
 	return c, nil
+}
+
+// combinePath resolves name relative to the directory of base, without
+// cleaning the result ("dir/../x" stays so), as QEMU names backing files.
+func combinePath(base, name string) string {
+	if filepath.IsAbs(name) || strings.HasPrefix(name, "json:") {
+		return name
+	}
+	if i := strings.LastIndexByte(base, '/'); i >= 0 {
+		return base[:i+1] + name
+	}
+	return name
 }
 
 // imageFilename is the file name of the node's primary child, which a
@@ -546,6 +556,12 @@ func (g *Graph) Delete(ctx context.Context, name string) error {
 	for _, c := range n.parents {
 		if c.parent == nil { // an export or another root user holds it
 			return fmt.Errorf("Node %s is in use", name)
+		}
+	}
+	for _, c := range n.parents {
+		// A parent blocks most operations on its backing node.
+		if c.role&RoleCOW != 0 && c.name == "backing" {
+			return fmt.Errorf("Node '%s' is busy: node is used as backing hd of '%s'", name, c.parent.name)
 		}
 	}
 	if !n.monitor {

@@ -2,7 +2,6 @@ package blockdev
 
 import (
 	"context"
-	"path/filepath"
 	"slices"
 	"strings"
 )
@@ -105,11 +104,8 @@ func (n *Node) backing() *Child {
 // resolveBacking makes a backing file name recorded in n's image absolute:
 // relative names are relative to the directory of n's primary child.
 func (n *Node) resolveBacking(name string) string {
-	if filepath.IsAbs(name) || strings.HasPrefix(name, "json:") {
-		return name
-	}
-	if pc := n.primaryChild(); pc != nil && pc.node.filename != "" && !strings.HasPrefix(pc.node.filename, "json:") {
-		return filepath.Join(filepath.Dir(pc.node.filename), name)
+	if pc := n.primaryChild(); pc != nil && !strings.HasPrefix(pc.node.filename, "json:") {
+		return combinePath(pc.node.filename, name)
 	}
 	return name
 }
