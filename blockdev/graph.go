@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/rs/zerolog"
 )
@@ -26,6 +27,11 @@ type Graph struct {
 	count      int
 	autoSeq    uint64 // counter of auto node-names
 	closed     bool
+
+	// emit sends a QMP event (set by RegisterCommands; unset in tests
+	// that run without a monitor). Atomic: events come from request
+	// paths and from code that holds the graph lock.
+	emit atomic.Pointer[func(name string, data any)]
 }
 
 // NewGraph returns an empty graph.

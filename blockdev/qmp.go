@@ -11,6 +11,8 @@ import (
 // blockdev-del, query-named-block-nodes, query-block, query-blockstats and
 // x-debug-query-block-graph. Every handler holds the graph lock.
 func RegisterCommands(d *qmp.Dispatcher, g *Graph) {
+	emit := d.Emit
+	g.emit.Store(&emit)
 	d.Register("blockdev-add", g.qmpBlockdevAdd)
 	d.Register("blockdev-del", g.qmpBlockdevDel)
 	d.Register("query-named-block-nodes", g.qmpQueryNamedBlockNodes)

@@ -1,0 +1,35 @@
+package blockdev
+
+// ImageCorrupted is BLOCK_IMAGE_CORRUPTED's data.
+type ImageCorrupted struct {
+	// Device is the block backend's name; "" for nodes used through
+	// node-names only (always, in a storage daemon).
+	Device   string `json:"device"`
+	NodeName string `json:"node-name,omitempty"`
+	Msg      string `json:"msg"`
+	Offset   *int64 `json:"offset,omitempty"`
+	Size     *int64 `json:"size,omitempty"`
+	Fatal    bool   `json:"fatal"`
+}
+
+// ReportCorruption emits BLOCK_IMAGE_CORRUPTED for the node: a format
+// driver found its metadata inconsistent. offset and size locate the
+// damaged area in the image file (negative when unknown); fatal says the
+// node was marked corrupt and refuses further writes. Safe to call from
+// request paths.
+func (n *Node) ReportCorruption(msg string, offset, size int64, fatal bool) {
+	n.g.log.Error().Str("node", n.name).Str("msg", msg).Int64("offset", offset).Int64("size", size).
+		Bool("fatal", fatal).Msg("image corruption")
+	emit := n.g.emit.Load()
+	if emit == nil {
+		return
+	}
+	ev := ImageCorrupted{NodeName: n.name, Msg: msg, Fatal: fatal}
+	if offset >= 0 {
+		ev.Offset = &offset
+	}
+	if size >= 0 {
+		ev.Size = &size
+	}
+	(*emit)("BLOCK_IMAGE_CORRUPTED", ev)
+}
