@@ -282,3 +282,24 @@ func BenchmarkQueryNamedBlockNodes1000(b *testing.B) {
 		}
 	}
 }
+
+func TestReportCorruptionEvent(t *testing.T) {
+	d, g := newDispatcher(t)
+	var got []qmp.Event
+	cancel := d.SubscribeFunc(func(ev qmp.Event) { got = append(got, ev) })
+	defer cancel()
+	if _, qerr := exec(t, d, "blockdev-add", `{"driver":"null-co","node-name":"n0"}`); qerr != nil {
+		t.Fatal(qerr)
+	}
+	g.Lock()
+	n := g.Lookup("n0")
+	n.ReportCorruption("L2 table offset 0x5 unaligned", 5, -1, true) // under the graph lock too
+	g.Unlock()
+	if len(got) != 1 || got[0].Name != "BLOCK_IMAGE_CORRUPTED" {
+		t.Fatalf("events %v", got)
+	}
+	b, _ := json.Marshal(got[0].Data)
+	if want := `{"device":"","node-name":"n0","msg":"L2 table offset 0x5 unaligned","offset":5,"fatal":true}`; string(b) != want {
+		t.Fatalf("event data %s, want %s", b, want)
+	}
+}
