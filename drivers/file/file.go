@@ -32,6 +32,10 @@ type Driver struct {
 	// request to it (reporting it through Aligner).
 	align int64
 
+	// locks are the QEMU-compatible image locks of the node's users'
+	// permissions (lock.go).
+	locks lockState
+
 	// bsc remembers the last data extent SEEK_DATA/SEEK_HOLE found, so
 	// that sequential reads through an export (which ask for the status
 	// of every range they read) do not pay two lseek calls each.
@@ -177,10 +181,6 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	return nil
 }
 
-// lock is where OFD locks on the image will be taken (locking=auto|on),
-// like QEMU's permission bytes; a later issue implements them.
-func (d *Driver) lock(mode string) error { return nil }
-
 // probeAlignment finds the request alignment O_DIRECT needs: the logical
 // block size of a block device, or for a regular file the smallest read
 // size the file system accepts.
@@ -219,8 +219,11 @@ func (d *Driver) FileRange(off, n int64) (int, int64, bool) {
 	return d.fd, off, true
 }
 
-// Close closes the file.
-func (d *Driver) Close() error { return unix.Close(d.fd) }
+// Close closes the file, which releases its locks.
+func (d *Driver) Close() error {
+	d.locks = lockState{}
+	return unix.Close(d.fd)
+}
 
 // pread reads all of p at off; the part past the end of the file reads as
 // zeroes (QEMU's behaviour for the tail of a node rounded up to 512).
