@@ -9,7 +9,7 @@ DEBS     := qemu-system-common qemu-utils socat libnbd-bin
 FUZZTIME ?= 10s
 SOCK     := $(if $(XDG_RUNTIME_DIR),$(XDG_RUNTIME_DIR)/qbmond/qmp.sock,/tmp/qbmond-$(shell id -u)/qmp.sock)
 
-.PHONY: all build run test deps vet unit fuzz bench perf perf-nbd clean
+.PHONY: all build run test deps vet unit fuzz bench perf perf-nbd perf-qcow2 clean
 
 all: build
 
@@ -54,6 +54,9 @@ perf: deps build
 # Side-by-side nbdcopy throughput against qemu-storage-daemon (needs ~3 GiB in /tmp).
 perf-nbd: deps build
 	scripts/nbdperf.sh $(BIN)
+
+perf-qcow2: deps build
+	scripts/qcow2perf.sh $(BIN)
 
 clean:
 	rm -rf bin

@@ -36,6 +36,14 @@ type daemon struct {
 	stderr *lockedBuffer
 	exited chan struct{}
 	err    error // process exit status, valid after exited is closed
+	killed bool  // killed on purpose: its exit status and leftovers are expected
+}
+
+// kill ends the daemon with SIGKILL, as a crash would, and waits for it.
+func (d *daemon) kill() {
+	d.killed = true
+	d.cmd.Process.Kill()
+	<-d.exited
 }
 
 type lockedBuffer struct {
@@ -136,7 +144,7 @@ func (d *daemon) stop() {
 			return
 		}
 	}
-	if d.kind != kindQbmond {
+	if d.kind != kindQbmond || d.killed {
 		return
 	}
 	if d.err != nil {

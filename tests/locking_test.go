@@ -206,7 +206,7 @@ func TestLockingHeldByQEMU(t *testing.T) {
 		t.Fatalf("QSD's errors changed:\n%s", strings.Join(want, "\n"))
 	}
 	got := lockErrors(t, kindQbmond, img)
-	const noQcow2 = "GenericError: Parameter 'driver' does not accept value 'qcow2'"
+	const noQcow2 = "GenericError: Unknown driver 'qcow2'"
 	if got[2] == "qcow2 node: "+noQcow2 && got[3] == "read-only qcow2 node: "+noQcow2 {
 		// Until qbmond has a qcow2 driver, compare what it can open.
 		t.Logf("qbmond has no qcow2 driver: comparing the raw cases only")
