@@ -165,7 +165,7 @@ func TestBackingStatusAbove(t *testing.T) {
 // image's directory; a missing one fails with QEMU's message.
 func TestBackingFromHeader(t *testing.T) {
 	dir := t.TempDir()
-	for _, f := range []string{"base.img", "top.img"} {
+	for _, f := range []string{"base.img", "top.img", "bad.img"} {
 		if err := os.WriteFile(filepath.Join(dir, f), make([]byte, 64<<10), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -198,7 +198,7 @@ func TestBackingFromHeader(t *testing.T) {
 		t.Errorf("backing names: %q %q %q", info.Image.BackingFilename, info.Image.FullBackingFilename, info.BackingFile)
 	}
 	err = add(g, blockdev.Options{"driver": "testcow", "node-name": "bad",
-		"file":           map[string]any{"driver": "file", "filename": filepath.Join(dir, "top.img")},
+		"file":           map[string]any{"driver": "file", "filename": filepath.Join(dir, "bad.img")},
 		"x-backing-file": "missing.img", "x-backing-fmt": "raw", "read-only": true})
 	want := "Could not open backing file: Could not open '" + filepath.Join(dir, "missing.img") + "': No such file or directory"
 	if err == nil || err.Error() != want {

@@ -258,8 +258,8 @@ func TestPermissionConflicts(t *testing.T) {
 		got = append(got, c.Parent().Name()+":"+c.Perm().String()+"/"+c.Shared().String())
 	}
 	want := []string{
-		"r2:/consistent-read, write, write-unchanged, resize",
-		"q1:consistent-read, write, resize/consistent-read, write-unchanged",
+		"r2:/consistent read, write, write unchanged, resize",
+		"q1:consistent read, write, resize/consistent read, write unchanged",
 	}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Fatalf("edges on f:\n got %q\nwant %q", got, want)

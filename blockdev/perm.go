@@ -38,8 +38,11 @@ func (p Perm) Names() []string {
 	return names
 }
 
-// String joins the names as QEMU's error messages do: "write, resize".
-func (p Perm) String() string { return strings.Join(p.Names(), ", ") }
+// String names the permissions as QEMU's error messages do, in words
+// rather than QAPI names: "consistent read, write unchanged".
+func (p Perm) String() string {
+	return strings.ReplaceAll(strings.Join(p.Names(), ", "), "-", " ")
+}
 
 // Role describes what a child is to its parent, like QEMU's BdrvChildRole.
 type Role uint32
