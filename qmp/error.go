@@ -21,6 +21,9 @@ const (
 type Error struct {
 	Class string `json:"class"`
 	Desc  string `json:"desc"`
+	// Hint is QEMU's extra advice line ("Is another process using the
+	// image [PATH]?"): printed on the command line, never sent over QMP.
+	Hint string `json:"-"`
 }
 
 func (e *Error) Error() string { return e.Desc }
@@ -36,7 +39,8 @@ func NewError(class, format string, a ...any) *Error {
 }
 
 // AsError converts any error into a *Error: a *Error anywhere in the chain is
-// returned as it is, anything else becomes a GenericError with its text.
+// returned as it is, anything else becomes a GenericError with its text
+// (and the Hint of an error in the chain that has a Hint method).
 func AsError(err error) *Error {
 	if err == nil {
 		return nil
@@ -45,5 +49,10 @@ func AsError(err error) *Error {
 	if errors.As(err, &e) {
 		return e
 	}
-	return &Error{Class: ClassGeneric, Desc: err.Error()}
+	qe := &Error{Class: ClassGeneric, Desc: err.Error()}
+	var h interface{ Hint() string }
+	if errors.As(err, &h) {
+		qe.Hint = h.Hint()
+	}
+	return qe
 }

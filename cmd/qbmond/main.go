@@ -129,6 +129,11 @@ func newDaemon(cfg *config, log zerolog.Logger) (*daemon, error) {
 	}()
 	for _, b := range cfg.blockdevs {
 		if err := d.commandLine("blockdev-add", "driver", b); err != nil {
+			// As QSD, --blockdev errors carry QEMU's hint line.
+			var qe *qmp.Error
+			if errors.As(err, &qe) && qe.Hint != "" {
+				return nil, fmt.Errorf("--blockdev %s: %w\n%s", b, err, qe.Hint)
+			}
 			return nil, fmt.Errorf("--blockdev %s: %w", b, err)
 		}
 	}
