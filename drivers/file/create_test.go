@@ -146,8 +146,8 @@ func TestCreateLockConflicts(t *testing.T) {
 		off  int64
 		want string
 	}{
-		{201, `Failed to get "write" lock`},        // another user does not share write
-		{203, `Failed to get "resize" lock`},       // ... nor resize
+		{201, `Failed to get "write" lock`},         // another user does not share write
+		{203, `Failed to get "resize" lock`},        // ... nor resize
 		{103, `Failed to get shared "resize" lock`}, // another user resizes
 	} {
 		p := filepath.Join(t.TempDir(), "busy.img")
