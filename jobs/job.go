@@ -82,13 +82,14 @@ type Spec struct {
 var ErrCanceled = errors.New("Operation canceled")
 
 // Info is a snapshot of a job, what query-jobs lists of it (the members
-// tagged "-" serve query-block-jobs and block job events).
+// tagged "-" serve query-block-jobs and block job events). The members are
+// in the order QSD prints them.
 type Info struct {
-	ID              string `json:"id"`
-	Type            string `json:"type"`
-	Status          Status `json:"status"`
 	CurrentProgress uint64 `json:"current-progress"`
+	Status          Status `json:"status"`
 	TotalProgress   uint64 `json:"total-progress"`
+	Type            string `json:"type"`
+	ID              string `json:"id"`
 	Error           string `json:"error,omitempty"`
 
 	// Failed tells whether the job has an error (Error may be set then).

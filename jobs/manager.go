@@ -143,8 +143,14 @@ func (m *Manager) transitionLocked(j *Job, to Status) {
 	}
 	j.status = to
 	if to != from {
-		m.em.Emit("JOB_STATUS_CHANGE", map[string]any{"id": j.id, "status": to.String()})
+		m.em.Emit("JOB_STATUS_CHANGE", StatusChange{Status: to, ID: j.id})
 	}
+}
+
+// StatusChange is the data of JOB_STATUS_CHANGE, members in QSD's order.
+type StatusChange struct {
+	Status Status `json:"status"`
+	ID     string `json:"id"`
 }
 
 func (m *Manager) findLocked(id string) *Job {

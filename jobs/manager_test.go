@@ -20,8 +20,8 @@ func newRecorder() *recorder { return &recorder{ch: make(chan string, 4096)} }
 
 func (r *recorder) Emit(name string, data any) {
 	if name == "JOB_STATUS_CHANGE" {
-		m := data.(map[string]any)
-		r.ch <- fmt.Sprintf("%s:%s", m["id"], m["status"])
+		sc := data.(StatusChange)
+		r.ch <- fmt.Sprintf("%s:%s", sc.ID, sc.Status)
 		return
 	}
 	r.ch <- name
