@@ -21,6 +21,7 @@ import (
 	"github.com/qbmond/qbmond/blockdev"
 	_ "github.com/qbmond/qbmond/drivers/all"
 	"github.com/qbmond/qbmond/exports"
+	"github.com/qbmond/qbmond/jobs"
 	"github.com/qbmond/qbmond/keyval"
 	"github.com/qbmond/qbmond/qmp"
 	"github.com/qbmond/qbmond/schema"
@@ -97,6 +98,7 @@ type daemon struct {
 	disp     *qmp.Dispatcher
 	graph    *blockdev.Graph
 	exports  *exports.Manager
+	jobs     *jobs.Manager
 	qmpSrv   *qmp.Server
 	rpcSrv   *qmp.JSONRPCServer
 	addrs    []string
@@ -120,6 +122,8 @@ func newDaemon(cfg *config, log zerolog.Logger) (*daemon, error) {
 	blockdev.RegisterCommands(d.disp, d.graph)
 	d.exports = exports.New(d.graph, d.disp, log)
 	d.exports.RegisterCommands()
+	d.jobs = jobs.New(d.disp, log)
+	d.jobs.RegisterCommands(d.disp, d.graph)
 
 	ok := false
 	defer func() {
@@ -231,8 +235,8 @@ func (d *daemon) wait(sig <-chan os.Signal) {
 	}
 }
 
-// shutdown stops the transports (removing socket files), then flushes and
-// closes every node.
+// shutdown stops the transports (removing socket files), cancels the
+// jobs, then flushes and closes every node.
 func (d *daemon) shutdown() error {
 	var errs []error
 	if d.qmpSrv != nil {
@@ -242,6 +246,9 @@ func (d *daemon) shutdown() error {
 		errs = append(errs, d.rpcSrv.Close())
 	}
 	d.serving.Wait()
+	if d.jobs != nil {
+		d.jobs.CancelAll()
+	}
 	if d.exports != nil {
 		d.exports.Close()
 	}

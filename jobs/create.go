@@ -1,0 +1,45 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/qbmond/qbmond/blockdev"
+)
+
+// blockdevCreate is blockdev-create: a job of type "create", finalised
+// automatically but dismissed by the client, as in QEMU, whose progress
+// goes from 0 to 1 of 1 when the driver's create function returns
+// (successful or not).
+func (m *Manager) blockdevCreate(ctx context.Context, g *blockdev.Graph, raw json.RawMessage) error {
+	var a struct {
+		JobID   string          `json:"job-id"`
+		Options json.RawMessage `json:"options"`
+	}
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return err
+	}
+	opts, err := blockdev.DecodeOptions(a.Options)
+	if err != nil {
+		return err
+	}
+	driver, _, err := opts.String("driver")
+	if err != nil {
+		return err
+	}
+	delete(opts, "driver")
+	user := fmt.Sprintf("job '%s'", a.JobID)
+	_, err = m.Start(ctx, Spec{
+		ID:            a.JobID,
+		Type:          "create",
+		ManualDismiss: true,
+		Run: func(ctx context.Context, j *Job) error {
+			j.SetProgressRemaining(1)
+			err := g.Create(ctx, driver, opts, user)
+			j.ProgressUpdate(1)
+			return err
+		},
+	})
+	return err
+}

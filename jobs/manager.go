@@ -1,0 +1,512 @@
+// Package jobs runs background jobs the way QEMU does: the job state
+// machine (QAPI's JobStatus and JobVerb, QEMU's transition and verb
+// tables), the registry of jobs by id, JOB_STATUS_CHANGE events, the job-*
+// commands and query-jobs, and the kinds of job (blockdev-create here;
+// block jobs build on the same core).
+//
+// A job is started with Manager.Start and a Spec: its Body runs in a
+// goroutine, calling PausePoint/Sleep between steps and reporting progress;
+// when it returns, the manager moves the job through WAITING and PENDING
+// to CONCLUDED (or through ABORTING when it failed or was cancelled),
+// calling the kind's Hooks on the way, and job-dismiss (or auto-dismiss)
+// removes it:
+//
+//	created → running → waiting → pending → concluded → null
+//	                 ↘ (error or cancel) aborting → concluded → null
+//
+// Locking: the manager has a control lock, held by job commands and by
+// the processing of a finished body (QEMU does both under its big lock),
+// and a state lock for the fields the body reads and writes. The control
+// lock comes before the graph lock: hooks may take the graph lock, and
+// code holding the graph lock must not call the manager's commands.
+// Events are emitted with the state lock held, so they leave in the order
+// of the transitions.
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/rs/zerolog"
+
+	"github.com/qbmond/qbmond/qmp"
+)
+
+// Emitter sends QMP events; *qmp.Dispatcher is one.
+type Emitter interface {
+	Emit(name string, data any)
+}
+
+// Manager owns the jobs.
+type Manager struct {
+	em  Emitter
+	log zerolog.Logger
+
+	ctl sync.Mutex // serialises commands and completion processing
+
+	mu     sync.Mutex // guards the jobs' state and the list
+	jobs   []*Job     // newest first, as QEMU lists them
+	closed bool
+
+	wg sync.WaitGroup // bodies still running
+}
+
+// New returns a manager that emits events through em.
+func New(em Emitter, log zerolog.Logger) *Manager {
+	return &Manager{em: em, log: log}
+}
+
+// validID is QEMU's rule for ids: a letter, then letters, digits, '-', '.'
+// and '_'.
+func validID(id string) bool {
+	if id == "" || !isAlpha(id[0]) {
+		return false
+	}
+	for i := 1; i < len(id); i++ {
+		c := id[i]
+		if !isAlpha(c) && !(c >= '0' && c <= '9') && c != '-' && c != '.' && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+func isAlpha(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
+
+// Start creates a job and starts it: CREATED and RUNNING are emitted, and
+// the body runs in its own goroutine. Start returns once the body has gone
+// to the background (Job.Background) or the job has stopped running (it
+// has failed, or finished up to PENDING or CONCLUDED); the body goes on
+// from Background once the reply to the command running in ctx has been
+// sent (qmp.AfterReply), so that its events follow that reply as QSD's do.
+// The caller must not hold the graph lock.
+func (m *Manager) Start(ctx context.Context, spec Spec) (*Job, error) {
+	if !validID(spec.ID) {
+		return nil, fmt.Errorf("Invalid job ID '%s'", spec.ID)
+	}
+	if spec.Run == nil {
+		return nil, errors.New("jobs: Start without a body")
+	}
+	m.ctl.Lock()
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		m.ctl.Unlock()
+		return nil, errors.New("the job manager is shutting down")
+	}
+	if m.findLocked(spec.ID) != nil {
+		m.mu.Unlock()
+		m.ctl.Unlock()
+		return nil, fmt.Errorf("Job ID '%s' already in use", spec.ID)
+	}
+	j := &Job{m: m, id: spec.ID, typ: spec.Type, body: spec.Run, hooks: spec.Hooks, data: spec.Data,
+		autoFinalize: !spec.ManualFinalize, autoDismiss: !spec.ManualDismiss,
+		kick: make(chan struct{}, 1), bg: make(chan struct{}), release: make(chan struct{}),
+		concluded: make(chan struct{})}
+	j.ctx, j.cancel = context.WithCancel(context.WithValue(context.Background(), jobKey{}, j))
+	m.transitionLocked(j, StatusCreated)
+	m.jobs = append([]*Job{j}, m.jobs...)
+	m.transitionLocked(j, StatusRunning)
+	j.busy = true
+	m.wg.Add(1)
+	m.mu.Unlock()
+	m.ctl.Unlock()
+
+	qmp.AfterReply(ctx, j.releaseBody)
+	go m.run(j)
+	<-j.bg
+	return j, nil
+}
+
+// run is a job's goroutine: a pause point, the body, then the processing
+// of its result.
+func (m *Manager) run(j *Job) {
+	defer m.wg.Done()
+	var err error
+	if err = j.PausePoint(); err == nil {
+		err = j.body(j.ctx, j)
+	}
+	m.ctl.Lock()
+	m.completedLocked(j, err)
+	m.ctl.Unlock()
+	j.bgOnce.Do(func() { close(j.bg) })
+}
+
+// transitionLocked moves j to status to, emitting JOB_STATUS_CHANGE when
+// the status changes. A move QEMU's table forbids is a bug in this package.
+func (m *Manager) transitionLocked(j *Job, to Status) {
+	from := j.status
+	if !CanTransition(from, to) {
+		panic(fmt.Sprintf("jobs: job '%s' cannot go from %s to %s", j.id, from, to))
+	}
+	j.status = to
+	if to != from {
+		m.em.Emit("JOB_STATUS_CHANGE", StatusChange{Status: to, ID: j.id})
+	}
+}
+
+// StatusChange is the data of JOB_STATUS_CHANGE, members in QSD's order.
+type StatusChange struct {
+	Status Status `json:"status"`
+	ID     string `json:"id"`
+}
+
+func (m *Manager) findLocked(id string) *Job {
+	for _, j := range m.jobs {
+		if j.id == id {
+			return j
+		}
+	}
+	return nil
+}
+
+// Find returns the job with the given id, or nil.
+func (m *Manager) Find(id string) *Job {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.findLocked(id)
+}
+
+// Jobs returns the jobs, newest first.
+func (m *Manager) Jobs() []*Job {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]*Job(nil), m.jobs...)
+}
+
+// Query returns query-jobs' list, newest first.
+func (m *Manager) Query() []Info {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Info, 0, len(m.jobs))
+	for _, j := range m.jobs {
+		out = append(out, j.infoLocked())
+	}
+	return out
+}
+
+// verbErr is QEMU's refusal of a verb in the job's status.
+func verbErr(j *Job, v Verb) error {
+	return fmt.Errorf("Job '%s' in state '%s' cannot accept command verb '%s'", j.id, j.status, v)
+}
+
+// CheckVerb tells whether the job accepts verb v now, with QEMU's error if
+// not (block-job-set-speed asks it for set-speed).
+func (j *Job) CheckVerb(v Verb) error {
+	j.m.mu.Lock()
+	defer j.m.mu.Unlock()
+	if !VerbAllowed(v, j.status) {
+		return verbErr(j, v)
+	}
+	return nil
+}
+
+// errNotFound is QEMU's reply to a job-* command naming no job.
+var errNotFound = errors.New("Job not found")
+
+// withJob runs f on the job named id with the control lock held.
+func (m *Manager) withJob(id string, f func(j *Job) error) error {
+	m.ctl.Lock()
+	defer m.ctl.Unlock()
+	j := m.Find(id)
+	if j == nil {
+		return errNotFound
+	}
+	return f(j)
+}
+
+// Pause is job-pause.
+func (m *Manager) Pause(id string) error { return m.withJob(id, (*Job).userPauseCtl) }
+
+// Resume is job-resume.
+func (m *Manager) Resume(id string) error { return m.withJob(id, (*Job).userResumeCtl) }
+
+// Cancel is job-cancel (force) or a block-job-cancel.
+func (m *Manager) Cancel(id string, force bool) error {
+	return m.withJob(id, func(j *Job) error { return j.userCancelCtl(force) })
+}
+
+// Complete is job-complete.
+func (m *Manager) Complete(id string) error { return m.withJob(id, (*Job).userCompleteCtl) }
+
+// Finalize is job-finalize.
+func (m *Manager) Finalize(id string) error { return m.withJob(id, (*Job).userFinalizeCtl) }
+
+// Dismiss is job-dismiss.
+func (m *Manager) Dismiss(id string) error { return m.withJob(id, (*Job).userDismissCtl) }
+
+// UserPause, UserResume, UserCancel, UserComplete, UserFinalize and
+// UserDismiss are the client verbs on a job found by other means (the
+// block-job-* commands find jobs by device too).
+func (j *Job) UserPause() error { return j.ctlDo(j.userPauseCtl) }
+
+// UserResume is job-resume on j.
+func (j *Job) UserResume() error { return j.ctlDo(j.userResumeCtl) }
+
+// UserCancel is a client's cancel of j.
+func (j *Job) UserCancel(force bool) error {
+	return j.ctlDo(func() error { return j.userCancelCtl(force) })
+}
+
+// UserComplete is job-complete on j.
+func (j *Job) UserComplete() error { return j.ctlDo(j.userCompleteCtl) }
+
+// UserFinalize is job-finalize on j.
+func (j *Job) UserFinalize() error { return j.ctlDo(j.userFinalizeCtl) }
+
+// UserDismiss is job-dismiss on j.
+func (j *Job) UserDismiss() error { return j.ctlDo(j.userDismissCtl) }
+
+func (j *Job) ctlDo(f func() error) error {
+	j.m.ctl.Lock()
+	defer j.m.ctl.Unlock()
+	return f()
+}
+
+func (j *Job) userPauseCtl() error {
+	m := j.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !VerbAllowed(VerbPause, j.status) {
+		return verbErr(j, VerbPause)
+	}
+	if j.userPaused {
+		return errors.New("Job is already paused")
+	}
+	j.userPaused = true
+	j.pauseLocked()
+	return nil
+}
+
+func (j *Job) userResumeCtl() error {
+	m := j.m
+	m.mu.Lock()
+	if !j.userPaused || j.pauseCount <= 0 {
+		m.mu.Unlock()
+		return errors.New("Can't resume a job that was not paused")
+	}
+	if !VerbAllowed(VerbResume, j.status) {
+		defer m.mu.Unlock()
+		return verbErr(j, VerbResume)
+	}
+	m.mu.Unlock()
+	if j.hooks.UserResume != nil {
+		j.hooks.UserResume(j)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	j.userPaused = false
+	j.pauseCount--
+	if j.pauseCount == 0 {
+		j.kickLocked()
+	}
+	return nil
+}
+
+func (j *Job) userCancelCtl(force bool) error {
+	if err := j.CheckVerb(VerbCancel); err != nil {
+		return err
+	}
+	j.m.cancelCtl(j, force)
+	return nil
+}
+
+// cancelCtl cancels j (QEMU's job_cancel): a concluded job is dismissed;
+// a job whose body has finished is aborted at once when the cancel is
+// forced; a running body is told (ctx cancelled when forced) and woken.
+func (m *Manager) cancelCtl(j *Job, force bool) {
+	m.mu.Lock()
+	if j.status == StatusConcluded {
+		m.dismissLocked(j)
+		m.mu.Unlock()
+		return
+	}
+	m.mu.Unlock()
+	if j.hooks.Cancel != nil {
+		force = j.hooks.Cancel(j, force)
+	} else {
+		force = true
+	}
+	m.mu.Lock()
+	if j.userPaused {
+		if j.hooks.UserResume != nil {
+			m.mu.Unlock()
+			j.hooks.UserResume(j)
+			m.mu.Lock()
+		}
+		j.userPaused = false
+		j.pauseCount--
+	}
+	// A soft cancel of a job whose body is done changes nothing.
+	if force || !j.deferred {
+		j.cancelled = true
+		j.forceCancel = j.forceCancel || force
+	}
+	if j.deferred {
+		abort := j.forceCancel
+		m.mu.Unlock()
+		if abort {
+			m.finalizeOneCtl(j)
+		}
+		return
+	}
+	if j.forceCancel {
+		j.cancel()
+	}
+	j.kickLocked()
+	m.mu.Unlock()
+}
+
+func (j *Job) userCompleteCtl() error {
+	m := j.m
+	m.mu.Lock()
+	if !VerbAllowed(VerbComplete, j.status) {
+		defer m.mu.Unlock()
+		return verbErr(j, VerbComplete)
+	}
+	if j.cancelled || j.hooks.Complete == nil {
+		defer m.mu.Unlock()
+		return fmt.Errorf("The active block job '%s' cannot be completed", j.id)
+	}
+	m.mu.Unlock()
+	return j.hooks.Complete(j)
+}
+
+func (j *Job) userFinalizeCtl() error {
+	if err := j.CheckVerb(VerbFinalize); err != nil {
+		return err
+	}
+	j.m.finalizeCtl(j)
+	return nil
+}
+
+func (j *Job) userDismissCtl() error {
+	m := j.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !VerbAllowed(VerbDismiss, j.status) {
+		return verbErr(j, VerbDismiss)
+	}
+	m.dismissLocked(j)
+	return nil
+}
+
+// updateResultLocked is QEMU's job_update_rc: a forced cancel without
+// another error becomes ErrCanceled, and a job with an error is ABORTING.
+func (m *Manager) updateResultLocked(j *Job) {
+	if j.err == nil && j.forceCancel {
+		j.err = ErrCanceled
+	}
+	if j.err != nil {
+		m.transitionLocked(j, StatusAborting)
+	}
+}
+
+// completedLocked processes a body's result (control lock held): a failed
+// or cancelled job is aborted; a successful one goes through WAITING to
+// PENDING, and is finalised at once unless finalisation is manual.
+func (m *Manager) completedLocked(j *Job, err error) {
+	m.mu.Lock()
+	j.deferred, j.busy = true, false
+	if err != nil && j.forceCancel && errors.Is(err, context.Canceled) {
+		err = nil // the cancel, not a failure of its own
+	}
+	j.err = err
+	m.updateResultLocked(j)
+	if j.err != nil {
+		m.mu.Unlock()
+		m.finalizeOneCtl(j)
+		return
+	}
+	m.transitionLocked(j, StatusWaiting)
+	m.transitionLocked(j, StatusPending)
+	if !j.autoFinalize {
+		if j.hooks.OnPending != nil {
+			j.hooks.OnPending(j.infoLocked())
+		}
+		m.mu.Unlock()
+		return
+	}
+	m.mu.Unlock()
+	m.finalizeCtl(j)
+}
+
+// finalizeCtl is QEMU's job_do_finalize for a job on its own: prepare,
+// then commit or abort.
+func (m *Manager) finalizeCtl(j *Job) {
+	m.mu.Lock()
+	ok := j.err == nil
+	m.mu.Unlock()
+	if ok && j.hooks.Prepare != nil {
+		err := j.hooks.Prepare(j)
+		m.mu.Lock()
+		j.err = err
+		m.updateResultLocked(j)
+		m.mu.Unlock()
+	}
+	m.finalizeOneCtl(j)
+}
+
+// finalizeOneCtl commits or aborts a finished job, tells the kind, and
+// concludes the job (dismissing it when auto-dismiss is on).
+func (m *Manager) finalizeOneCtl(j *Job) {
+	m.mu.Lock()
+	m.updateResultLocked(j)
+	failed := j.err != nil
+	m.mu.Unlock()
+	if !failed && j.hooks.Commit != nil {
+		j.hooks.Commit(j)
+	}
+	if failed && j.hooks.Abort != nil {
+		j.hooks.Abort(j)
+	}
+	if j.hooks.Clean != nil {
+		j.hooks.Clean(j)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if j.hooks.OnFinalized != nil {
+		j.hooks.OnFinalized(j.infoLocked(), j.forceCancel)
+	}
+	m.transitionLocked(j, StatusConcluded)
+	close(j.concluded)
+	if j.autoDismiss {
+		m.dismissLocked(j)
+	}
+}
+
+// dismissLocked takes a concluded job out of the registry (NULL).
+func (m *Manager) dismissLocked(j *Job) {
+	j.busy, j.paused, j.deferred = false, false, true
+	m.transitionLocked(j, StatusNull)
+	for i, x := range m.jobs {
+		if x == j {
+			m.jobs = append(m.jobs[:i], m.jobs[i+1:]...)
+			break
+		}
+	}
+	j.cancel()
+}
+
+// CancelAll cancels every job with force and waits until they are gone
+// (daemon shutdown, QEMU's job_cancel_sync_all); no job starts after it.
+func (m *Manager) CancelAll() {
+	m.mu.Lock()
+	m.closed = true
+	m.mu.Unlock()
+	for {
+		m.ctl.Lock()
+		jobs := m.Jobs()
+		if len(jobs) == 0 {
+			m.ctl.Unlock()
+			break
+		}
+		j := jobs[0]
+		m.cancelCtl(j, true)
+		m.ctl.Unlock()
+		<-j.concluded
+	}
+	m.wg.Wait()
+}
