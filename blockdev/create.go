@@ -28,6 +28,13 @@ func RegisterCreate(name string, f CreateFunc) {
 	createRegistry[name] = f
 }
 
+// HasCreate tells whether blockdev-create can create images of driver.
+func HasCreate(driver string) bool {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	return createRegistry[driver] != nil
+}
+
 // CreateContext is what a CreateFunc gets: its options and a way to reach
 // the nodes it writes the new image into.
 type CreateContext struct {

@@ -3,6 +3,7 @@ package jobs
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/qbmond/qbmond/blockdev"
@@ -29,6 +30,10 @@ func (m *Manager) blockdevCreate(ctx context.Context, g *blockdev.Graph, raw jso
 		return err
 	}
 	delete(opts, "driver")
+	if !blockdev.HasCreate(driver) {
+		// Refused before any job exists, as QEMU does.
+		return errors.New("Driver does not support blockdev-create")
+	}
 	user := fmt.Sprintf("job '%s'", a.JobID)
 	_, err = m.Start(ctx, Spec{
 		ID:            a.JobID,

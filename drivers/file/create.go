@@ -35,16 +35,6 @@ type fsxattr struct {
 	Pad        [8]byte
 }
 
-// The create function's lock bytes: QEMU's image locking marks "uses
-// permission i" at byte 100+i and "does not share permission i" at byte
-// 200+i (bit 1 is write, bit 3 resize).
-const (
-	createPermWrite  = 1
-	createPermResize = 3
-)
-
-var createPermNames = map[int]string{createPermWrite: "write", createPermResize: "resize"}
-
 // create is blockdev-create for the file driver (BlockdevCreateOptionsFile:
 // filename, size, preallocation, nocow, extent-size-hint), in QEMU's
 // steps: open the file creating it but without truncating, take the
@@ -94,7 +84,7 @@ func create(ctx context.Context, cc *blockdev.CreateContext) (err error) {
 			err = fmt.Errorf("Could not close the new file: %s", strerror(cerr))
 		}
 	}()
-	if err = createLock(fd); err != nil {
+	if err = createLock(fd, name); err != nil {
 		return err
 	}
 	jobs.Background(ctx)
@@ -129,51 +119,13 @@ func ioctlPtr(fd int, req uintptr, p unsafe.Pointer) error {
 	return nil
 }
 
-// createLock takes the create function's locks on the new file and checks
-// that no other open file stands in the way (QEMU's messages). The locks
-// go with the descriptor.
-func createLock(fd int) error {
-	for _, off := range []int64{100 + createPermWrite, 100 + createPermResize, 200 + createPermResize} {
-		fl := unix.Flock_t{Type: unix.F_RDLCK, Start: off, Len: 1}
-		if err := createFcntl(fd, unix.F_OFD_SETLK, &fl); err != nil {
-			return fmt.Errorf("Failed to lock byte %d: %s", off, strerror(err))
-		}
-	}
-	taken := func(off int64) (bool, error) {
-		fl := unix.Flock_t{Type: unix.F_WRLCK, Start: off, Len: 1}
-		if err := createFcntl(fd, unix.F_OFD_GETLK, &fl); err != nil {
-			return false, err
-		}
-		return fl.Type != unix.F_UNLCK, nil
-	}
-	// Each permission used must not be unshared by another; the one not
-	// shared (resize) must not be in use by another.
-	for _, bit := range []int{createPermWrite, createPermResize} {
-		if t, err := taken(200 + int64(bit)); t || err != nil {
-			return createLockErr(err, `Failed to get "%s" lock`, createPermNames[bit])
-		}
-	}
-	if t, err := taken(100 + createPermResize); t || err != nil {
-		return createLockErr(err, `Failed to get shared "%s" lock`, createPermNames[createPermResize])
-	}
-	return nil
-}
-
-func createLockErr(err error, format string, a ...any) error {
-	msg := fmt.Sprintf(format, a...)
-	if err != nil {
-		msg += ": " + strerror(err)
-	}
-	return errors.New(msg)
-}
-
-func createFcntl(fd, cmd int, fl *unix.Flock_t) error {
-	for {
-		err := unix.FcntlFlock(uintptr(fd), cmd, fl)
-		if err != unix.EINTR {
-			return err
-		}
-	}
+// createLock takes the create function's image locks on the new file,
+// write and resize without sharing resize, as QEMU's file creation does,
+// and checks that no other open file stands in the way. The locks go
+// with the descriptor.
+func createLock(fd int, name string) error {
+	d := &Driver{fd: fd, filename: name, locks: lockState{on: true, shared: blockdev.PermAll}}
+	return d.CheckPerm(blockdev.PermWrite|blockdev.PermResize, blockdev.PermAll&^blockdev.PermResize)
 }
 
 // createResize grows the emptied file to size: sparse (off, with the first
