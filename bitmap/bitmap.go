@@ -43,6 +43,9 @@ const (
 	// topWords is the largest level that is scanned linearly; levels are
 	// stacked until one has at most this many words.
 	topWords = 64
+
+	// nShards is the number of shared-lock shards (see shard).
+	nShards = 16
 )
 
 // ErrGranularity is returned for a granularity that is not a power of two of
@@ -62,11 +65,51 @@ type Bitmap struct {
 	id    uint64
 	shift uint // log2 of the granularity
 
-	mu     sync.RWMutex // shared: Set, Merge and readers; exclusive: Reset, Clear, Resize
+	// shards hold the lock, split so that writers on different cores do
+	// not bounce one reader count between them: Set, Merge and readers
+	// take one shard's lock shared; Reset, Clear and Resize take every
+	// shard's lock exclusively, in order. The guarded fields follow.
+	shards [nShards]shard
 	size   int64
 	nbits  uint64
 	levels [][]atomic.Uint64 // levels[0]: the bits; levels[n+1]: summary of levels[n]
-	count  atomic.Int64      // number of set bits in levels[0]
+}
+
+// shard is one part of a Bitmap's lock, with a part of its count of set
+// bits (the count is the sum over shards), padded to its own cache lines.
+type shard struct {
+	mu    sync.RWMutex
+	count atomic.Int64
+	_     [128 - 32]byte
+}
+
+// rlock takes the shared lock of the shard picked by hint and returns it.
+func (b *Bitmap) rlock(hint uint64) *shard {
+	s := &b.shards[hint%nShards]
+	s.mu.RLock()
+	return s
+}
+
+// lock takes the lock exclusively.
+func (b *Bitmap) lock() {
+	for i := range b.shards {
+		b.shards[i].mu.Lock()
+	}
+}
+
+func (b *Bitmap) unlock() {
+	for i := len(b.shards) - 1; i >= 0; i-- {
+		b.shards[i].mu.Unlock()
+	}
+}
+
+// dirtyGranules is the number of set bits.
+func (b *Bitmap) dirtyGranules() int64 {
+	var n int64
+	for i := range b.shards {
+		n += b.shards[i].count.Load()
+	}
+	return n
 }
 
 // New returns an empty bitmap covering size bytes, one bit per granularity
@@ -126,8 +169,7 @@ func allocLevels(nbits uint64) [][]atomic.Uint64 {
 
 // Size is the number of bytes the bitmap covers.
 func (b *Bitmap) Size() int64 {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
+	defer b.rlock(0).mu.RUnlock()
 	return b.size
 }
 
@@ -139,7 +181,7 @@ func (b *Bitmap) Granularity() uint64 { return 1 << b.shift }
 // granule counts whole even when the node ends inside it (QSD reports 65536
 // for a dirty last granule of a 1 MiB+512 B node at 64 KiB granularity).
 func (b *Bitmap) Count() int64 {
-	return b.count.Load() << b.shift
+	return b.dirtyGranules() << b.shift
 }
 
 // byteRange converts the byte range [off, off+n) into the granules it
@@ -166,17 +208,20 @@ func (b *Bitmap) byteRange(off, n int64) (first, last uint64, ok bool) {
 // Set marks dirty every granule that the byte range [off, off+n) touches.
 // The part of the range outside [0, Size()) is ignored.
 func (b *Bitmap) Set(off, n int64) {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
+	// Neighbouring writes pick different shards.
+	s := b.rlock(uint64(off) >> (b.shift + 6))
+	defer s.mu.RUnlock()
 	if first, last, ok := b.byteRange(off, n); ok {
-		b.setBits(first, last)
+		b.setBits(s, first, last)
 	}
 }
 
-// setBits sets bits [first, last] and the summary bits above them. The
-// caller holds the lock (shared is enough).
-func (b *Bitmap) setBits(first, last uint64) {
-	b.count.Add(orRange(b.levels[0], first, last))
+// setBits sets bits [first, last] and the summary bits above them, counting
+// new bits in s. The caller holds s's lock (shared is enough).
+func (b *Bitmap) setBits(s *shard, first, last uint64) {
+	if added := orRange(b.levels[0], first, last); added != 0 {
+		s.count.Add(added)
+	}
 	for l := 1; l < len(b.levels); l++ {
 		first, last = first>>6, last>>6
 		orRange(b.levels[l], first, last)
@@ -215,8 +260,8 @@ func orRange(words []atomic.Uint64, first, last uint64) int64 {
 // ends exactly at the bitmap's size (a misaligned reset aborts QEMU). On
 // every range QEMU accepts, this rule clears the same granules.
 func (b *Bitmap) Reset(off, n int64) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.lock()
+	defer b.unlock()
 	if n <= 0 || off >= b.size {
 		return
 	}
@@ -257,7 +302,7 @@ func (b *Bitmap) clearBits(first, last uint64) {
 		}
 		removed += bits.OnesCount64(words[w].And(^mask) & mask)
 	}
-	b.count.Add(-int64(removed))
+	b.shards[0].count.Add(-int64(removed))
 	for l := 1; l < len(b.levels); l++ {
 		below := b.levels[l-1]
 		for w := fw; w <= lw; w++ {
@@ -274,21 +319,22 @@ func (b *Bitmap) clearBits(first, last uint64) {
 
 // Clear marks the whole bitmap clean.
 func (b *Bitmap) Clear() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.lock()
+	defer b.unlock()
 	for _, level := range b.levels {
 		for i := range level {
 			level[i].Store(0)
 		}
 	}
-	b.count.Store(0)
+	for i := range b.shards {
+		b.shards[i].count.Store(0)
+	}
 }
 
 // Get reports whether the granule holding byte off is dirty; bytes outside
 // [0, Size()) are clean.
 func (b *Bitmap) Get(off int64) bool {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
+	defer b.rlock(uint64(off) >> (b.shift + 6)).mu.RUnlock()
 	if off < 0 || off >= b.size {
 		return false
 	}
@@ -320,5 +366,8 @@ func (b *Bitmap) recount() {
 	for i := range b.levels[0] {
 		n += bits.OnesCount64(b.levels[0][i].Load())
 	}
-	b.count.Store(int64(n))
+	b.shards[0].count.Store(int64(n))
+	for i := 1; i < len(b.shards); i++ {
+		b.shards[i].count.Store(0)
+	}
 }

@@ -14,16 +14,14 @@ import (
 // NextDirty returns the first byte offset in [off, off+limit) whose granule
 // is dirty, or -1 if there is none.
 func (b *Bitmap) NextDirty(off, limit int64) int64 {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
+	defer b.rlock(uint64(max(off, 0)) >> (b.shift + 6)).mu.RUnlock()
 	return b.nextDirty(off, limit)
 }
 
 // NextClean returns the first byte offset in [off, off+limit) whose granule
 // is clean, or -1 if there is none.
 func (b *Bitmap) NextClean(off, limit int64) int64 {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
+	defer b.rlock(uint64(max(off, 0)) >> (b.shift + 6)).mu.RUnlock()
 	return b.nextClean(off, limit)
 }
 
@@ -33,8 +31,7 @@ func (b *Bitmap) NextClean(off, limit int64) int64 {
 // the range holds nothing dirty. This is what an NBD dirty-bitmap context
 // and an incremental backup iterate over.
 func (b *Bitmap) NextDirtyArea(off, limit int64) (start, length int64, ok bool) {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
+	defer b.rlock(uint64(max(off, 0)) >> (b.shift + 6)).mu.RUnlock()
 	return b.nextDirtyArea(off, limit)
 }
 

@@ -16,8 +16,7 @@ import (
 // af5570f5a1810b7af78caf4bc70a660f0df51e42baf91d4de5b2328de0e83dfc,
 // the SHA-256 of eight zero bytes.
 func (b *Bitmap) SHA256() string {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
+	defer b.rlock(0).mu.RUnlock()
 	h := sha256.New()
 	var buf [32 << 10]byte
 	words := b.levels[0]
@@ -36,8 +35,7 @@ func (b *Bitmap) SHA256() string {
 // significant first) of byte j is granule 8*j+k; the length is
 // ceil(granules/8) bytes.
 func (b *Bitmap) MarshalBits() []byte {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
+	defer b.rlock(0).mu.RUnlock()
 	out := make([]byte, (b.nbits+7)/8)
 	var w [8]byte
 	for i := range b.levels[0] {
@@ -94,8 +92,7 @@ func UnmarshalBits(size int64, granularity uint64, data []byte) (*Bitmap, error)
 // Copy returns an independent bitmap with the same size, granularity and
 // bits.
 func (b *Bitmap) Copy() *Bitmap {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
+	defer b.rlock(0).mu.RUnlock()
 	c := &Bitmap{id: lastID.Add(1), shift: b.shift, size: b.size, nbits: b.nbits}
 	c.levels = allocLevels(b.nbits)
 	for l, level := range b.levels {
@@ -123,17 +120,16 @@ func (b *Bitmap) Merge(src *Bitmap) error {
 	if src.id < b.id {
 		first, second = src, b
 	}
-	first.mu.RLock()
-	defer first.mu.RUnlock()
-	second.mu.RLock()
-	defer second.mu.RUnlock()
+	defer first.rlock(0).mu.RUnlock()
+	defer second.rlock(0).mu.RUnlock()
+	s := &b.shards[0]
 
 	if b.size != src.size {
 		return fmt.Errorf("Bitmaps are of different sizes (destination size is %d, source size is %d) and can't be merged", //nolint:staticcheck // QEMU's message
 			b.size, src.size)
 	}
 	if b.shift == src.shift {
-		b.orWords(src)
+		b.orWords(s, src)
 		return nil
 	}
 	forEachRun(src.levels[0], src.nbits, func(f, l uint64) {
@@ -141,7 +137,7 @@ func (b *Bitmap) Merge(src *Bitmap) error {
 		off := int64(f << src.shift)
 		end := min(int64((l+1)<<src.shift), src.size)
 		if first, last, ok := b.byteRange(off, end-off); ok {
-			b.setBits(first, last)
+			b.setBits(s, first, last)
 		}
 	})
 	return nil
@@ -149,7 +145,7 @@ func (b *Bitmap) Merge(src *Bitmap) error {
 
 // orWords ORs every level of src, which has the same shape, into b. The
 // bits go first so that a summary bit never announces an empty word.
-func (b *Bitmap) orWords(src *Bitmap) {
+func (b *Bitmap) orWords(s *shard, src *Bitmap) {
 	var added int64
 	for i := range src.levels[0] {
 		v := src.levels[0][i].Load()
@@ -159,7 +155,7 @@ func (b *Bitmap) orWords(src *Bitmap) {
 		old := b.levels[0][i].Or(v)
 		added += int64(bits.OnesCount64(v &^ old))
 	}
-	b.count.Add(added)
+	s.count.Add(added)
 	for l := 1; l < len(src.levels); l++ {
 		for i := range src.levels[l] {
 			if v := src.levels[l][i].Load(); v != 0 {
@@ -174,8 +170,8 @@ func (b *Bitmap) orWords(src *Bitmap) {
 // partial one keeps its bit when the bitmap grows); bits past the new end are
 // dropped; new granules are clean.
 func (b *Bitmap) Resize(size int64) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.lock()
+	defer b.unlock()
 	if size < 0 {
 		size = 0
 	}
