@@ -110,7 +110,7 @@ func TestBackingStatusAbove(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := add(g, blockdev.Options{"driver": "testcow", "node-name": "top",
-		"file": map[string]any{"driver": "testmem", "size": int64(64 << 10), "align": int64(1)},
+		"file":    map[string]any{"driver": "testmem", "size": int64(64 << 10), "align": int64(1)},
 		"backing": "base"}); err != nil {
 		t.Fatal(err)
 	}

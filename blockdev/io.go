@@ -247,6 +247,9 @@ func (n *Node) Write(ctx context.Context, from *Child, off int64, p []byte, flag
 	if len(p) == 0 {
 		return nil
 	}
+	// Marked once the request is over, failed or not (a failed write may
+	// have changed part of the range).
+	defer n.markDirty(off, int64(len(p)))
 	if n.detectZeroes != "off" && flags&ReqWriteUnchanged == 0 && isZero(p) {
 		zf := flags & ReqFUA
 		if n.detectZeroes == "unmap" {
@@ -338,6 +341,7 @@ func (n *Node) WriteZeroes(ctx context.Context, from *Child, off, length int64, 
 	if length == 0 {
 		return nil
 	}
+	defer n.markDirty(off, length)
 	return n.writeZeroes(ctx, off, length, flags)
 }
 
@@ -388,6 +392,7 @@ func (n *Node) Discard(ctx context.Context, from *Child, off, length int64) (err
 	if length == 0 || n.discard != "unmap" {
 		return nil
 	}
+	defer n.markDirty(off, length)
 	if n.align > 1 {
 		s := n.span(off, length)
 		start, end := s.outer()
@@ -499,5 +504,7 @@ func (n *Node) Truncate(ctx context.Context, from *Child, size int64, exact bool
 	if err := t.Truncate(ctx, size, exact); err != nil {
 		return err
 	}
-	return n.refreshLength(ctx)
+	err = n.refreshLength(ctx)
+	n.resizeBitmaps()
+	return err
 }

@@ -57,6 +57,8 @@ type Node struct {
 	hookMu sync.Mutex // serialises changes of hooks
 	// stats are the node's I/O statistics (query-blockstats).
 	stats ioStats
+	// bitmaps are the node's dirty bitmaps.
+	bitmaps bitmapList
 }
 
 // Name returns the node-name (auto-generated names start with '#').

@@ -19,6 +19,7 @@ func RegisterCommands(d *qmp.Dispatcher, g *Graph) {
 	d.Register("query-block", g.qmpQueryBlock)
 	d.Register("x-debug-query-block-graph", g.qmpQueryBlockGraph)
 	d.Register("query-blockstats", g.qmpQueryBlockStats)
+	registerBitmapCommands(d, g)
 }
 
 func (g *Graph) qmpQueryBlockStats(ctx context.Context, args json.RawMessage) (any, error) {

@@ -67,6 +67,18 @@ type BlockDeviceInfo struct {
 	Image            *ImageInfo        `json:"image"`
 	Cache            BlockdevCacheInfo `json:"cache"`
 	WriteThreshold   int64             `json:"write_threshold"`
+	DirtyBitmaps     []BlockDirtyInfo  `json:"dirty-bitmaps,omitempty"`
+}
+
+// BlockDirtyInfo is QEMU's BlockDirtyInfo, one bitmap in the query views.
+type BlockDirtyInfo struct {
+	Name         string `json:"name"`
+	Recording    bool   `json:"recording"`
+	Persistent   bool   `json:"persistent"`
+	Busy         bool   `json:"busy"`
+	Granularity  uint64 `json:"granularity"`
+	Count        int64  `json:"count"`
+	Inconsistent bool   `json:"inconsistent,omitempty"`
 }
 
 // BlockdevCacheInfo is QEMU's BlockdevCacheInfo.
@@ -170,6 +182,12 @@ func (n *Node) Info(ctx context.Context, flat bool) BlockDeviceInfo {
 	}
 	if b := n.backing(); b != nil {
 		info.BackingFile = b.node.filename
+	}
+	for _, b := range n.DirtyBitmaps() {
+		info.DirtyBitmaps = append(info.DirtyBitmaps, BlockDirtyInfo{
+			Name: b.name, Recording: b.Recording(), Persistent: b.persistent, Busy: b.Busy(),
+			Granularity: b.bits.Granularity(), Count: b.bits.Count(), Inconsistent: b.inconsistent,
+		})
 	}
 	img := info.Image
 	for b := n.backing(); b != nil; b = b.node.backing() {

@@ -28,7 +28,10 @@ func loadTest(tb testing.TB, src string) *Schema {
 func TestLoadCommands(t *testing.T) {
 	s := mustLoad(t)
 	want := []string{"query-block", "query-named-block-nodes", "x-debug-query-block-graph", "query-blockstats",
-		"blockdev-add", "blockdev-del", "blockdev-create",
+		"blockdev-add", "blockdev-del",
+		"block-dirty-bitmap-add", "block-dirty-bitmap-remove", "block-dirty-bitmap-clear",
+		"block-dirty-bitmap-enable", "block-dirty-bitmap-disable", "block-dirty-bitmap-merge",
+		"x-debug-block-dirty-bitmap-sha256", "blockdev-create",
 		"job-pause", "job-resume", "job-cancel", "job-complete", "job-dismiss", "job-finalize", "query-jobs",
 		"nbd-server-start", "nbd-server-stop",
 		"block-export-add", "block-export-del", "nbd-server-add", "nbd-server-remove",

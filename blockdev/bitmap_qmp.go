@@ -1,0 +1,166 @@
+package blockdev
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/qbmond/qbmond/qmp"
+)
+
+// The block-dirty-bitmap-* commands. Bitmaps are found by node name (QEMU
+// also accepts a device name; qbmond has no named devices).
+
+func registerBitmapCommands(d *qmp.Dispatcher, g *Graph) {
+	d.Register("block-dirty-bitmap-add", g.qmpBitmapAdd)
+	d.Register("block-dirty-bitmap-remove", g.bitmapCmd(func(n *Node, b *DirtyBitmap) error { return n.RemoveDirtyBitmap(b.name) }))
+	d.Register("block-dirty-bitmap-clear", g.bitmapCmd(func(_ *Node, b *DirtyBitmap) error { return b.Clear() }))
+	d.Register("block-dirty-bitmap-enable", g.bitmapCmd(func(_ *Node, b *DirtyBitmap) error { return b.SetRecording(true) }))
+	d.Register("block-dirty-bitmap-disable", g.bitmapCmd(func(_ *Node, b *DirtyBitmap) error { return b.SetRecording(false) }))
+	d.Register("block-dirty-bitmap-merge", g.qmpBitmapMerge)
+	d.Register("x-debug-block-dirty-bitmap-sha256", g.qmpBitmapSHA256)
+}
+
+// LookupBitmap finds a node's bitmap with QEMU's errors. Caller holds the
+// graph lock.
+func (g *Graph) LookupBitmap(node, name string) (*Node, *DirtyBitmap, error) {
+	n := g.Lookup(node)
+	if n == nil {
+		return nil, nil, fmt.Errorf("Node '%s' not found", node)
+	}
+	b := n.DirtyBitmap(name)
+	if b == nil {
+		return nil, nil, fmt.Errorf("Dirty bitmap '%s' not found", name)
+	}
+	return n, b, nil
+}
+
+type bitmapArgs struct {
+	Node string `json:"node"`
+	Name string `json:"name"`
+}
+
+func (g *Graph) bitmapCmd(f func(*Node, *DirtyBitmap) error) qmp.Handler {
+	return func(ctx context.Context, args json.RawMessage) (any, error) {
+		var a bitmapArgs
+		if err := json.Unmarshal(args, &a); err != nil {
+			return nil, qmp.Errorf("%v", err)
+		}
+		g.Lock()
+		defer g.Unlock()
+		n, b, err := g.LookupBitmap(a.Node, a.Name)
+		if err != nil {
+			return nil, err
+		}
+		if err := f(n, b); err != nil {
+			return nil, err
+		}
+		return struct{}{}, nil
+	}
+}
+
+func (g *Graph) qmpBitmapAdd(ctx context.Context, args json.RawMessage) (any, error) {
+	var a struct {
+		Node        string  `json:"node"`
+		Name        string  `json:"name"`
+		Granularity *uint64 `json:"granularity"`
+		Persistent  bool    `json:"persistent"`
+		Disabled    bool    `json:"disabled"`
+	}
+	if err := json.Unmarshal(args, &a); err != nil {
+		return nil, qmp.Errorf("%v", err)
+	}
+	o := BitmapOptions{Persistent: a.Persistent, Disabled: a.Disabled}
+	if a.Granularity != nil {
+		o.Granularity = *a.Granularity
+		if o.Granularity == 0 {
+			o.Granularity = 1 // given as 0: refused like any non-power of two
+		}
+	}
+	g.Lock()
+	defer g.Unlock()
+	n := g.Lookup(a.Node)
+	if n == nil {
+		return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.Node, a.Node)
+	}
+	if _, err := n.AddDirtyBitmap(a.Name, o); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+// bitmapRef is BlockDirtyBitmapOrStr: a name on the target's node, or
+// {node, name} anywhere.
+type bitmapRef struct {
+	local    string
+	external *bitmapArgs
+}
+
+func (r *bitmapRef) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		return json.Unmarshal(b, &r.local)
+	}
+	r.external = new(bitmapArgs)
+	return json.Unmarshal(b, r.external)
+}
+
+func (g *Graph) qmpBitmapMerge(ctx context.Context, args json.RawMessage) (any, error) {
+	var a struct {
+		Node    string      `json:"node"`
+		Target  string      `json:"target"`
+		Bitmaps []bitmapRef `json:"bitmaps"`
+	}
+	if err := json.Unmarshal(args, &a); err != nil {
+		return nil, qmp.Errorf("%v", err)
+	}
+	g.Lock()
+	defer g.Unlock()
+	n, dst, err := g.LookupBitmap(a.Node, a.Target)
+	if err != nil {
+		return nil, err
+	}
+	srcs, err := g.resolveBitmaps(n, a.Bitmaps)
+	if err != nil {
+		return nil, err
+	}
+	if err := dst.MergeInto(srcs); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+// resolveBitmaps finds merge sources, with QEMU's errors.
+func (g *Graph) resolveBitmaps(n *Node, refs []bitmapRef) ([]*DirtyBitmap, error) {
+	out := make([]*DirtyBitmap, 0, len(refs))
+	for _, r := range refs {
+		sn, name := n, r.local
+		if r.external != nil {
+			if sn = g.Lookup(r.external.Node); sn == nil {
+				return nil, fmt.Errorf("Node '%s' not found", r.external.Node)
+			}
+			name = r.external.Name
+		}
+		b := sn.DirtyBitmap(name)
+		if b == nil {
+			return nil, fmt.Errorf("Dirty bitmap '%s' not found", name)
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+func (g *Graph) qmpBitmapSHA256(ctx context.Context, args json.RawMessage) (any, error) {
+	var a bitmapArgs
+	if err := json.Unmarshal(args, &a); err != nil {
+		return nil, qmp.Errorf("%v", err)
+	}
+	g.Lock()
+	defer g.Unlock()
+	_, b, err := g.LookupBitmap(a.Node, a.Name)
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		SHA256 string `json:"sha256"`
+	}{b.bits.SHA256()}, nil
+}

@@ -1,0 +1,301 @@
+package blockdev
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/qbmond/qbmond/bitmap"
+)
+
+// DirtyBitmap is a named dirty bitmap of a node: while it records, every
+// write, write-zeroes and discard that passes the node's entry points
+// marks the granules it touches.
+type DirtyBitmap struct {
+	name       string
+	node       *Node
+	bits       *bitmap.Bitmap
+	recording  atomic.Bool
+	busy       atomic.Int32 // users such as exports and backup jobs
+	persistent bool
+	readOnly   bool // a persistent bitmap of a read-only node
+	// inconsistent: loaded from storage that was not closed cleanly; it
+	// can only be removed.
+	inconsistent bool
+}
+
+// Name is the bitmap's name.
+func (b *DirtyBitmap) Name() string { return b.name }
+
+// Node is the node the bitmap belongs to.
+func (b *DirtyBitmap) Node() *Node { return b.node }
+
+// Bits returns the bitmap's current bits.
+func (b *DirtyBitmap) Bits() *bitmap.Bitmap { return b.bits }
+
+// Recording tells whether writes mark the bitmap.
+func (b *DirtyBitmap) Recording() bool { return b.recording.Load() }
+
+// Busy tells whether an operation (an export, a job) uses the bitmap.
+func (b *DirtyBitmap) Busy() bool { return b.busy.Load() > 0 }
+
+// Persistent tells whether the node's driver stores the bitmap.
+func (b *DirtyBitmap) Persistent() bool { return b.persistent }
+
+// Inconsistent tells whether the bitmap was loaded in use (not saved).
+func (b *DirtyBitmap) Inconsistent() bool { return b.inconsistent }
+
+// Acquire marks the bitmap busy for an operation; Release undoes it.
+func (b *DirtyBitmap) Acquire() { b.busy.Add(1) }
+
+// Release ends a use Acquire began.
+func (b *DirtyBitmap) Release() { b.busy.Add(-1) }
+
+// BitmapCheck selects the conditions Check refuses, as QEMU's
+// BDRV_BITMAP_* flags do.
+type BitmapCheck uint8
+
+const (
+	// CheckBusy refuses a bitmap in use by another operation.
+	CheckBusy BitmapCheck = 1 << iota
+	// CheckReadOnly refuses a read-only bitmap.
+	CheckReadOnly
+	// CheckInconsistent refuses an inconsistent bitmap.
+	CheckInconsistent
+
+	// CheckDefault is for operations that change the bits.
+	CheckDefault = CheckBusy | CheckReadOnly | CheckInconsistent
+	// CheckAllowReadOnly is for operations that only read the bits or
+	// change the recording state.
+	CheckAllowReadOnly = CheckBusy | CheckInconsistent
+)
+
+// Check returns QEMU's error when the bitmap is in one of the states
+// flags select.
+func (b *DirtyBitmap) Check(flags BitmapCheck) error {
+	switch {
+	case flags&CheckBusy != 0 && b.Busy():
+		return fmt.Errorf("Bitmap '%s' is currently in use by another operation and cannot be used", b.name)
+	case flags&CheckReadOnly != 0 && b.readOnly:
+		return fmt.Errorf("Bitmap '%s' is readonly and cannot be modified", b.name)
+	case flags&CheckInconsistent != 0 && b.inconsistent:
+		return &hintError{
+			msg:  fmt.Sprintf("Bitmap '%s' is inconsistent and cannot be used", b.name),
+			hint: "Try block-dirty-bitmap-remove to delete this bitmap from disk",
+		}
+	}
+	return nil
+}
+
+// hintError is an error with QEMU's extra advice line.
+type hintError struct{ msg, hint string }
+
+func (e *hintError) Error() string { return e.msg }
+func (e *hintError) Hint() string  { return e.hint }
+
+// BitmapStore is a format driver that keeps persistent dirty bitmaps (qbm;
+// qcow2 would). The graph calls it under the graph lock.
+type BitmapStore interface {
+	// CanStoreBitmap fails, with the reason, when the driver cannot add a
+	// persistent bitmap of that name and granularity.
+	CanStoreBitmap(name string, granularity uint64) error
+	// StoreBitmap starts keeping b; RemoveBitmap forgets it and deletes
+	// what was stored.
+	StoreBitmap(b *DirtyBitmap) error
+	RemoveBitmap(name string) error
+}
+
+// bitmapList is a node's bitmaps, newest first (as QEMU lists them). The
+// slice is replaced, never changed, so the write path reads it without a
+// lock.
+type bitmapList struct {
+	mu   sync.Mutex // serialises changes
+	list atomic.Pointer[[]*DirtyBitmap]
+}
+
+func (l *bitmapList) load() []*DirtyBitmap {
+	if p := l.list.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// DirtyBitmaps returns the node's bitmaps, newest first.
+func (n *Node) DirtyBitmaps() []*DirtyBitmap { return n.bitmaps.load() }
+
+// DirtyBitmap returns the node's bitmap called name, or nil.
+func (n *Node) DirtyBitmap(name string) *DirtyBitmap {
+	for _, b := range n.bitmaps.load() {
+		if b.name == name {
+			return b
+		}
+	}
+	return nil
+}
+
+// markDirty records a modification of [off, off+length) in every
+// recording bitmap of the node.
+func (n *Node) markDirty(off, length int64) {
+	for _, b := range n.bitmaps.load() {
+		if b.recording.Load() {
+			b.bits.Set(off, length)
+		}
+	}
+}
+
+// resizeBitmaps follows a change of the node's length.
+func (n *Node) resizeBitmaps() {
+	for _, b := range n.bitmaps.load() {
+		b.bits.Resize(n.Length())
+	}
+}
+
+// BitmapOptions are block-dirty-bitmap-add's options.
+type BitmapOptions struct {
+	// Granularity in bytes; 0 for QEMU's default (from the cluster size).
+	Granularity uint64
+	Persistent  bool
+	Disabled    bool
+}
+
+// maxBitmapName is QEMU's limit on bitmap names, in bytes.
+const maxBitmapName = 1023
+
+// AddDirtyBitmap creates a bitmap on the node. Caller holds the graph lock.
+func (n *Node) AddDirtyBitmap(name string, o BitmapOptions) (*DirtyBitmap, error) {
+	if name == "" {
+		return nil, errors.New("Bitmap name cannot be empty")
+	}
+	if len(name) > maxBitmapName {
+		return nil, errors.New("Bitmap name is too long")
+	}
+	g := o.Granularity
+	if g == 0 {
+		var cluster int64
+		if di, err := n.drv.Info(context.Background()); err == nil {
+			cluster = di.ClusterSize
+		}
+		g = bitmap.DefaultGranularity(cluster)
+	} else if g < 512 || g&(g-1) != 0 {
+		return nil, errors.New("Granularity must be power of 2 and at least 512")
+	}
+	if n.DirtyBitmap(name) != nil {
+		return nil, fmt.Errorf("Bitmap already exists: %s", name)
+	}
+	var store BitmapStore
+	if o.Persistent {
+		var ok bool
+		if store, ok = n.drv.(BitmapStore); !ok {
+			return nil, fmt.Errorf("Can't store persistent bitmaps to %s: Operation not supported", n.name)
+		}
+		if err := store.CanStoreBitmap(name, g); err != nil {
+			return nil, err
+		}
+	}
+	bits, err := bitmap.New(n.Length(), g)
+	if err != nil {
+		return nil, err
+	}
+	b := &DirtyBitmap{name: name, node: n, bits: bits, persistent: o.Persistent}
+	b.recording.Store(!o.Disabled)
+	if store != nil {
+		if err := store.StoreBitmap(b); err != nil {
+			return nil, err
+		}
+	}
+	n.insertBitmap(b)
+	return b, nil
+}
+
+// LoadDirtyBitmap adds a bitmap a driver read from its storage when it
+// opened (persistent; inconsistent when it was not saved cleanly).
+func (oc *OpenContext) LoadDirtyBitmap(name string, bits *bitmap.Bitmap, recording, inconsistent bool) *DirtyBitmap {
+	n := oc.node
+	b := &DirtyBitmap{name: name, node: n, bits: bits, persistent: true, inconsistent: inconsistent, readOnly: n.ReadOnly()}
+	b.recording.Store(recording && !inconsistent)
+	n.insertBitmap(b)
+	return b
+}
+
+func (n *Node) insertBitmap(b *DirtyBitmap) {
+	n.bitmaps.mu.Lock()
+	defer n.bitmaps.mu.Unlock()
+	old := n.bitmaps.load()
+	list := make([]*DirtyBitmap, 0, len(old)+1)
+	list = append(append(list, b), old...)
+	n.bitmaps.list.Store(&list)
+}
+
+// RemoveDirtyBitmap deletes a bitmap (and what the driver stored of it).
+// Caller holds the graph lock.
+func (n *Node) RemoveDirtyBitmap(name string) error {
+	b := n.DirtyBitmap(name)
+	if b == nil {
+		return fmt.Errorf("Dirty bitmap '%s' not found", name)
+	}
+	if err := b.Check(CheckBusy | CheckReadOnly); err != nil {
+		return err
+	}
+	if b.persistent {
+		if store, ok := n.drv.(BitmapStore); ok {
+			if err := store.RemoveBitmap(name); err != nil {
+				return err
+			}
+		}
+	}
+	n.bitmaps.mu.Lock()
+	defer n.bitmaps.mu.Unlock()
+	old := n.bitmaps.load()
+	list := make([]*DirtyBitmap, 0, len(old))
+	for _, o := range old {
+		if o != b {
+			list = append(list, o)
+		}
+	}
+	n.bitmaps.list.Store(&list)
+	return nil
+}
+
+// ClearDirtyBitmap resets every bit. Caller holds the graph lock.
+func (b *DirtyBitmap) Clear() error {
+	if err := b.Check(CheckDefault); err != nil {
+		return err
+	}
+	b.bits.Clear()
+	return nil
+}
+
+// SetRecording enables or disables the bitmap.
+func (b *DirtyBitmap) SetRecording(on bool) error {
+	if err := b.Check(CheckAllowReadOnly); err != nil {
+		return err
+	}
+	b.recording.Store(on)
+	return nil
+}
+
+// MergeInto adds the bits of every source to b, all or nothing: every
+// source is checked before any bit changes. Caller holds the graph lock.
+func (b *DirtyBitmap) MergeInto(sources []*DirtyBitmap) error {
+	if err := b.Check(CheckDefault); err != nil {
+		return err
+	}
+	dst := b.bits
+	for _, s := range sources {
+		if err := s.Check(CheckAllowReadOnly); err != nil {
+			return err
+		}
+		if s.bits.Size() != dst.Size() {
+			return fmt.Errorf("Bitmaps are of different sizes (destination size is %d, source size is %d) and can't be merged",
+				dst.Size(), s.bits.Size())
+		}
+	}
+	for _, s := range sources {
+		if err := dst.Merge(s.bits); err != nil {
+			return err
+		}
+	}
+	return nil
+}

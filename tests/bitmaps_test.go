@@ -1,0 +1,97 @@
+package tests
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// bitmapState is what the test compares between daemons: sha256 and count
+// of every bitmap, in order.
+func bitmapState(t *testing.T, c *client, node string, names []string) string {
+	t.Helper()
+	var b strings.Builder
+	counts := map[string]string{}
+	for _, n := range c.ok("query-named-block-nodes", map[string]any{"flat": true}).([]any) {
+		m := n.(map[string]any)
+		if m["node-name"] != node {
+			continue
+		}
+		bms, _ := m["dirty-bitmaps"].([]any)
+		for _, bm := range bms {
+			bi := bm.(map[string]any)
+			counts[bi["name"].(string)] = fmt.Sprintf("count=%v granularity=%v recording=%v", bi["count"], bi["granularity"], bi["recording"])
+		}
+	}
+	for _, name := range names {
+		r := c.ok("x-debug-block-dirty-bitmap-sha256", map[string]any{"node": node, "name": name}).(map[string]any)
+		fmt.Fprintf(&b, "%s: %s %v\n", name, counts[name], r["sha256"])
+	}
+	return b.String()
+}
+
+// bitmapWorkload writes at aligned and unaligned offsets, across
+// granule boundaries, zeroes and discards (the node has discard=unmap, so
+// discards mark bitmaps too).
+var bitmapWorkload = []string{
+	"write -P 0xab 0 64k",
+	"write -P 0xcd 100001 3333",
+	"write -P 0x11 1m 1m",
+	"write -z 1m 4k",
+	"write -P 0x22 3m 512",
+	"write -P 0x33 4095 2",
+	"write -P 0x44 65535 65538",
+	"discard 2560k 64k",
+	"write -z 3000000 100",
+	"write -P 0x55 4194304 1536",
+	"flush",
+}
+
+// The same qemu-io workload through an NBD export marks the same bits in
+// qbmond's bitmaps as in QSD's, at several granularities, and the bitmap
+// commands (clear, disable, enable, merge) leave the same bits.
+func TestBitmapsLikeQSD(t *testing.T) {
+	names := []string{"g512", "g4k", "g64k", "g1m", "gdef", "off"}
+	steps := map[kind][]string{}
+	for _, k := range []kind{kindQSD, kindQbmond} {
+		dir := shortTempDir(t)
+		sparseImage(t, dir, 4<<20+1536)
+		d := startDaemon(t, k, dir)
+		c := d.connect()
+		c.ok("blockdev-add", map[string]any{"driver": "raw", "node-name": "d0", "discard": "unmap",
+			"file": map[string]any{"driver": "file", "filename": dir + "/disk.img"}})
+		for name, g := range map[string]int{"g512": 512, "g4k": 4096, "g64k": 65536, "g1m": 1 << 20} {
+			c.ok("block-dirty-bitmap-add", map[string]any{"node": "d0", "name": name, "granularity": g})
+		}
+		c.ok("block-dirty-bitmap-add", map[string]any{"node": "d0", "name": "gdef"})
+		c.ok("block-dirty-bitmap-add", map[string]any{"node": "d0", "name": "off", "disabled": true})
+		sock := dir + "/nbd.sock"
+		c.ok("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
+		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "d0", "writable": true})
+		uri := "nbd+unix:///d0?socket=" + sock
+		record := func(label string) {
+			steps[k] = append(steps[k], label+"\n"+bitmapState(t, c, "d0", names))
+		}
+		record("fresh")
+		qemuIO(t, uri, bitmapWorkload)
+		record("after workload")
+		c.ok("block-dirty-bitmap-clear", map[string]any{"node": "d0", "name": "g4k"})
+		c.ok("block-dirty-bitmap-disable", map[string]any{"node": "d0", "name": "g64k"})
+		c.ok("block-dirty-bitmap-enable", map[string]any{"node": "d0", "name": "off"})
+		qemuIO(t, uri, []string{"write -P 0x5 4194303 1", "write -z 2000000 70000", "discard 3m 4k", "write -P 0x6 0 1"})
+		record("after clear/disable/enable and more writes")
+		c.ok("block-dirty-bitmap-merge", map[string]any{"node": "d0", "target": "off",
+			"bitmaps": []any{"g512", map[string]any{"node": "d0", "name": "g1m"}}})
+		c.ok("block-dirty-bitmap-merge", map[string]any{"node": "d0", "target": "g1m", "bitmaps": []any{"g4k"}})
+		record("after merges")
+		d.stop()
+	}
+	for i := range steps[kindQSD] {
+		if steps[kindQSD][i] != steps[kindQbmond][i] {
+			t.Errorf("QSD:\n%s\nqbmond:\n%s", steps[kindQSD][i], steps[kindQbmond][i])
+		}
+	}
+	if !strings.Contains(steps[kindQbmond][1], "count=") || strings.Contains(steps[kindQbmond][1], "g4k: count=0 ") {
+		t.Errorf("the workload marked nothing:\n%s", steps[kindQbmond][1])
+	}
+}
