@@ -14,12 +14,35 @@ type nodeBackend struct {
 	root         *blockdev.Child
 	writable     bool
 	writethrough bool // every write is FUA (the export's write cache is off)
+	bitmaps      []*blockdev.DirtyBitmap
 }
 
 var (
-	_ nbd.Backend    = (*nodeBackend)(nil)
-	_ nbd.FileReader = (*nodeBackend)(nil)
+	_ nbd.Backend       = (*nodeBackend)(nil)
+	_ nbd.FileReader    = (*nodeBackend)(nil)
+	_ nbd.BitmapBackend = (*nodeBackend)(nil)
 )
+
+// DirtyStatus reports whether [off, ...) is dirty in the i-th exported
+// bitmap and for how long (whole granules, cut at length).
+func (b *nodeBackend) DirtyStatus(ctx context.Context, i int, off, length int64) (bool, int64, error) {
+	bits := b.bitmaps[i].Bits()
+	if off >= bits.Size() {
+		return false, length, nil
+	}
+	if bits.Get(off) {
+		end := bits.NextClean(off, length)
+		if end < 0 {
+			return true, length, nil
+		}
+		return true, end - off, nil
+	}
+	next := bits.NextDirty(off, length)
+	if next < 0 {
+		return false, length, nil
+	}
+	return false, next - off, nil
+}
 
 func (b *nodeBackend) Size() int64    { return b.node.Length() }
 func (b *nodeBackend) ReadOnly() bool { return !b.writable }
@@ -96,6 +119,7 @@ func (b *nodeBackend) BlockSizes() (minimum, preferred, maximum uint32) {
 	return minimum, max(4096, minimum), 32 << 20
 }
 
-// CanMultiConn: QEMU 7.2 advertises multi-conn only on read-only exports,
-// where several connections cannot see each other's writes out of order.
-func (b *nodeBackend) CanMultiConn() bool { return !b.writable }
+// CanMultiConn: QSD 7.2 advertises multi-conn on every export, writable
+// ones included: all connections reach the same node, whose writes are
+// visible to every reader at once and whose flush covers them all.
+func (b *nodeBackend) CanMultiConn() bool { return true }

@@ -37,6 +37,7 @@ type export struct {
 	id, name     string
 	node         *blockdev.Node
 	root         *blockdev.Child
+	bitmaps      []*blockdev.DirtyBitmap // exported, so busy until the export ends
 	shuttingDown bool
 	finished     bool
 }
@@ -213,9 +214,6 @@ func (m *Manager) add(a exportArgs) error {
 			return fmt.Errorf("NBD server already has export named '%s'", name)
 		}
 	}
-	if len(a.Bitmaps) > 0 {
-		return errors.New("exporting dirty bitmaps is not supported yet")
-	}
 	perm := blockdev.PermConsistentRead
 	if a.Writable {
 		perm |= blockdev.PermWrite
@@ -225,15 +223,65 @@ func (m *Manager) add(a exportArgs) error {
 	if err != nil {
 		return err
 	}
-	be := &nodeBackend{node: node, root: root, writable: a.Writable, writethrough: a.Writethrough}
-	err = m.srv.AddExport(&nbd.Export{Name: name, Description: a.Description, Backend: be,
-		Writable: a.Writable, AllocationDepth: a.AllocationDepth})
+	bitmaps, err := m.exportBitmaps(node, a.Bitmaps, a.Writable)
 	if err != nil {
 		m.g.DetachRoot(root)
 		return err
 	}
-	m.exports = append([]*export{{id: a.ID, name: name, node: node, root: root}}, m.exports...)
+	names := make([]string, len(bitmaps))
+	for i, b := range bitmaps {
+		names[i] = b.Name()
+	}
+	be := &nodeBackend{node: node, root: root, writable: a.Writable, writethrough: a.Writethrough, bitmaps: bitmaps}
+	err = m.srv.AddExport(&nbd.Export{Name: name, Description: a.Description, Backend: be,
+		Writable: a.Writable, AllocationDepth: a.AllocationDepth, Bitmaps: names})
+	if err != nil {
+		m.g.DetachRoot(root)
+		return err
+	}
+	for _, b := range bitmaps {
+		b.Acquire()
+	}
+	m.exports = append([]*export{{id: a.ID, name: name, node: node, root: root, bitmaps: bitmaps}}, m.exports...)
 	return nil
+}
+
+// exportBitmaps finds the bitmaps an export offers, as QEMU does: a name
+// is looked up on the node and down its backing chain, {node, name}
+// anywhere; none may be busy or inconsistent, and a read-only export of a
+// writable node only takes bitmaps that do not record (they would change
+// under the client). Caller holds the graph lock.
+func (m *Manager) exportBitmaps(node *blockdev.Node, refs []any, writable bool) ([]*blockdev.DirtyBitmap, error) {
+	var out []*blockdev.DirtyBitmap
+	for _, r := range refs {
+		var b *blockdev.DirtyBitmap
+		switch r := r.(type) {
+		case string:
+			for n := node; n != nil && b == nil; n = n.BackingNode() {
+				b = n.DirtyBitmap(r)
+			}
+			if b == nil {
+				return nil, fmt.Errorf("Bitmap '%s' is not found", r)
+			}
+		case map[string]any:
+			nn, _ := r["node"].(string)
+			name, _ := r["name"].(string)
+			var err error
+			if _, b, err = m.g.LookupBitmap(nn, name); err != nil {
+				return nil, err
+			}
+		default:
+			return nil, fmt.Errorf("Invalid parameter type for 'bitmaps', expected: BlockDirtyBitmapOrStr")
+		}
+		if err := b.Check(blockdev.CheckAllowReadOnly); err != nil {
+			return nil, err
+		}
+		if !writable && !node.ReadOnly() && b.Recording() {
+			return nil, fmt.Errorf("Enabled bitmap '%s' incompatible with readonly export", b.Name())
+		}
+		out = append(out, b)
+	}
+	return out, nil
 }
 
 func (m *Manager) find(id string) *export {
@@ -319,6 +367,9 @@ func (m *Manager) finishLocked(e *export) {
 	}
 	e.finished = true
 	m.g.Lock()
+	for _, b := range e.bitmaps {
+		b.Release()
+	}
 	m.g.DetachRoot(e.root)
 	m.g.Unlock()
 	for i, x := range m.exports {

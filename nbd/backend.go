@@ -47,3 +47,10 @@ type Extent struct {
 type FileReader interface {
 	ReadFile(ctx context.Context, off, length int64, send func(fd int, fileOff, n int64) error) (bool, error)
 }
+
+// BitmapBackend is a Backend that serves the dirty bitmaps an Export lists
+// (qemu:dirty-bitmap:NAME contexts). DirtyStatus describes a prefix of
+// [off, off+length) of the bitmap with that index in Export.Bitmaps.
+type BitmapBackend interface {
+	DirtyStatus(ctx context.Context, bitmap int, off, length int64) (dirty bool, n int64, err error)
+}

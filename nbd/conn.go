@@ -409,6 +409,16 @@ func (c *conn) extents(id uint32, off, length int64, one bool) ([][2]uint32, err
 			var depth uint32
 			depth, n, err = b.AllocationDepth(c.ctx, pos, end-pos)
 			flags = depth
+		} else if id >= idBitmapBase {
+			bb, ok := b.(BitmapBackend)
+			if !ok {
+				return nil, fmt.Errorf("export serves no bitmaps: %w", syscall.EINVAL)
+			}
+			var dirty bool
+			dirty, n, err = bb.DirtyStatus(c.ctx, int(id-idBitmapBase), pos, end-pos)
+			if dirty {
+				flags = stateDirty
+			}
 		} else {
 			var e Extent
 			e, err = b.BlockStatus(c.ctx, pos, end-pos)

@@ -244,11 +244,12 @@ func (c *conn) optMetaContext(opt uint32, data []byte) error {
 	}
 	ids := matchContexts(ex, queries, set)
 	for _, id := range ids {
-		p := make([]byte, 4, 4+len(ctxBaseAllocation)+8)
+		name := contextName(ex, id)
+		p := make([]byte, 4, 4+len(name))
 		if set {
 			be.PutUint32(p, id)
 		}
-		p = append(p, contextName(id)...)
+		p = append(p, name...)
 		if err := c.optReply(opt, repMetaContext, p); err != nil {
 			return err
 		}
@@ -259,19 +260,26 @@ func (c *conn) optMetaContext(opt uint32, data []byte) error {
 	return c.optReply(opt, repAck, nil)
 }
 
-func contextName(id uint32) string {
-	if id == idAllocDepth {
+func contextName(ex *export, id uint32) string {
+	switch {
+	case id == idAllocDepth:
 		return ctxAllocDepth
+	case id >= idBitmapBase && int(id-idBitmapBase) < len(ex.Bitmaps):
+		return ctxBitmapPrefix + ex.Bitmaps[id-idBitmapBase]
 	}
 	return ctxBaseAllocation
 }
 
 // matchContexts returns the IDs of the contexts of ex that the queries name
-// (for a list, a bare namespace "ns:" or no query at all match everything).
+// (for a list, a bare namespace "ns:", "qemu:dirty-bitmap:" for every
+// bitmap, or no query at all match more than one).
 func matchContexts(ex *export, queries []string, set bool) []uint32 {
 	avail := []uint32{idBaseAllocation}
 	if ex.AllocationDepth {
 		avail = append(avail, idAllocDepth)
+	}
+	for i := range ex.Bitmaps {
+		avail = append(avail, idBitmapBase+uint32(i))
 	}
 	if len(queries) == 0 {
 		if set {
@@ -281,10 +289,10 @@ func matchContexts(ex *export, queries []string, set bool) []uint32 {
 	}
 	var out []uint32
 	for _, id := range avail {
-		name := contextName(id)
+		name := contextName(ex, id)
 		ns := name[:strings.IndexByte(name, ':')+1]
 		for _, q := range queries {
-			if q == name || (!set && q == ns) {
+			if q == name || (!set && (q == ns || q == ctxBitmapPrefix && id >= idBitmapBase)) {
 				out = append(out, id)
 				break
 			}

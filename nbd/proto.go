@@ -120,8 +120,14 @@ const (
 const (
 	ctxBaseAllocation = "base:allocation"
 	ctxAllocDepth     = "qemu:allocation-depth"
+	ctxBitmapPrefix   = "qemu:dirty-bitmap:"
 	idBaseAllocation  = 1
 	idAllocDepth      = 2
+	// idBitmapBase + i is the context of the export's i-th bitmap.
+	idBitmapBase = 3
+
+	// stateDirty is qemu:dirty-bitmap's flag for a dirty extent.
+	stateDirty = 1
 )
 
 // wireErrno maps an error to the protocol's error values.

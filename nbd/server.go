@@ -23,7 +23,8 @@ type Export struct {
 	Writable bool
 	// AllocationDepth offers the qemu:allocation-depth metadata context.
 	AllocationDepth bool
-	// Bitmaps is reserved for qemu:dirty-bitmap:NAME contexts (not served yet).
+	// Bitmaps are offered as qemu:dirty-bitmap:NAME contexts; the Backend
+	// must be a BitmapBackend, asked by index into this list.
 	Bitmaps []string
 }
 

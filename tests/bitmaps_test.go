@@ -95,3 +95,40 @@ func TestBitmapsLikeQSD(t *testing.T) {
 		t.Errorf("the workload marked nothing:\n%s", steps[kindQbmond][1])
 	}
 }
+
+// Exported bitmaps show the same dirty extents through NBD as QSD's, to
+// nbdinfo and to qemu-img map with x-dirty-bitmap.
+func TestBitmapExportLikeQSD(t *testing.T) {
+	maps := map[kind]string{}
+	for _, k := range []kind{kindQSD, kindQbmond} {
+		dir := shortTempDir(t)
+		sparseImage(t, dir, 4<<20+1536)
+		d := startDaemon(t, k, dir)
+		c := d.connect()
+		c.ok("blockdev-add", map[string]any{"driver": "raw", "node-name": "d0", "discard": "unmap",
+			"file": map[string]any{"driver": "file", "filename": dir + "/disk.img"}})
+		c.ok("block-dirty-bitmap-add", map[string]any{"node": "d0", "name": "b64k"})
+		c.ok("block-dirty-bitmap-add", map[string]any{"node": "d0", "name": "b4k", "granularity": 4096})
+		sock := dir + "/nbd.sock"
+		c.ok("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
+		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "d0", "writable": true,
+			"bitmaps": []any{"b64k", "b4k"}})
+		uri := "nbd+unix:///d0?socket=" + sock
+		qemuIO(t, uri, bitmapWorkload)
+		var b strings.Builder
+		for _, bm := range []string{"b64k", "b4k"} {
+			b.WriteString(run(t, "nbdinfo", "--map=qemu:dirty-bitmap:"+bm, uri))
+			b.WriteString(run(t, "qemu-img", "map", "--output=json", "--image-opts",
+				"driver=nbd,export=d0,server.type=unix,server.path="+sock+",x-dirty-bitmap=qemu:dirty-bitmap:"+bm))
+		}
+		b.WriteString(run(t, "nbdinfo", "--list", uri))
+		maps[k] = strings.ReplaceAll(b.String(), dir, "DIR")
+		d.stop()
+	}
+	if maps[kindQSD] != maps[kindQbmond] {
+		t.Fatalf("QSD:\n%s\nqbmond:\n%s", maps[kindQSD], maps[kindQbmond])
+	}
+	if !strings.Contains(maps[kindQbmond], "dirty") {
+		t.Fatalf("no dirty extents:\n%s", maps[kindQbmond])
+	}
+}

@@ -150,7 +150,7 @@ func TestNBDCopy(t *testing.T) {
 		t.Fatal("bytes copied out differ from the bytes copied in")
 	}
 	info := run(t, "nbdinfo", uri)
-	if !strings.Contains(info, "export-size: 33554432") || !strings.Contains(info, "can_multi_conn: false") {
+	if !strings.Contains(info, "export-size: 33554432") || !strings.Contains(info, "can_multi_conn: true") {
 		t.Errorf("nbdinfo: %s", info)
 	}
 }
