@@ -104,10 +104,10 @@ type handle struct {
 }
 
 func (h *handle) close(t testing.TB) {
-	t.Helper()
 	if h.g == nil {
 		return
 	}
+	t.Helper()
 	if err := h.g.Close(); err != nil {
 		t.Fatalf("closing: %v", err)
 	}

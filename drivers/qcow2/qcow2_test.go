@@ -275,3 +275,16 @@ func TestRefcountGrowth(t *testing.T) {
 		equalBytes(t, fmt.Sprintf("MiB at %d", off), got[off:off+1<<20], data)
 	}
 }
+
+// A backing file named without a format is probed (qcow2 by its magic).
+func TestBackingProbed(t *testing.T) {
+	dir := t.TempDir()
+	base := qemuImgCreate(t, dir, "base.qcow2", "2M")
+	qemuIO(t, base, "write -P 0x21 0 2M")
+	top := mustCreate(t, blockdev.Options{"size": int64(2 << 20), "backing-file": base})
+	h := open(t, top, true)
+	if got := h.n.Child("backing"); got == nil || got.Node().DriverName() != "qcow2" {
+		t.Fatalf("backing node: %v", got)
+	}
+	equalBytes(t, "through a probed backing file", h.readAll(t), rawContent(t, base))
+}

@@ -214,6 +214,9 @@ func (d *Driver) allocClusters(ctx context.Context, n int64) (int64, error) {
 			// Metadata took clusters: look again.
 			continue
 		}
+		if err := d.overlapCheck(ctx, start*d.cs, n*d.cs); err != nil {
+			return 0, err
+		}
 		if err := d.ensureLen(ctx, (start+n)*d.cs); err != nil {
 			return 0, err
 		}
@@ -225,6 +228,25 @@ func (d *Driver) allocClusters(ctx context.Context, n int64) (int64, error) {
 		}
 		return start * d.cs, nil
 	}
+}
+
+// overlapCheck refuses to hand out clusters holding the header, the L1
+// table or the refcount table: refcounts that call them free are corrupt.
+func (d *Driver) overlapCheck(ctx context.Context, off, n int64) error {
+	areas := []struct {
+		name     string
+		off, len int64
+	}{
+		{"qcow2_header", 0, d.cs},
+		{"active L1 table", int64(d.h.l1Off), int64(len(d.l1)) * 8},
+		{"refcount table", int64(d.h.refTableOff), int64(d.h.refTableCluster) * d.cs},
+	}
+	for _, a := range areas {
+		if a.len > 0 && off < a.off+a.len && a.off < off+n {
+			return d.corruption(ctx, fmt.Sprintf("Preventing invalid allocation of metadata area (overlaps with %s)", a.name), off, n)
+		}
+	}
+	return nil
 }
 
 // maxAlloc is the largest run allocClusters handles.
@@ -249,6 +271,10 @@ func (d *Driver) freeEntry(ctx context.Context, e uint64, discard bool) error {
 // itself.
 func (d *Driver) newRefBlock(ctx context.Context, ti int64) error {
 	c := ti * d.rbn
+	if c == 0 {
+		// The header's own refcount is missing.
+		return d.corruption(ctx, "Refcount block for the image header is missing", 0, d.cs)
+	}
 	if err := d.ensureLen(ctx, (c+1)*d.cs); err != nil {
 		return err
 	}
