@@ -5,7 +5,8 @@
 package all
 
 import (
-	_ "github.com/qbmond/qbmond/drivers/file" // file
-	_ "github.com/qbmond/qbmond/drivers/null" // null-co, null-aio
-	_ "github.com/qbmond/qbmond/drivers/raw"  // raw
+	_ "github.com/qbmond/qbmond/drivers/file"  // file
+	_ "github.com/qbmond/qbmond/drivers/null"  // null-co, null-aio
+	_ "github.com/qbmond/qbmond/drivers/qcow2" // qcow2
+	_ "github.com/qbmond/qbmond/drivers/raw"   // raw
 )

@@ -1,0 +1,489 @@
+// Package qcow2 implements the qcow2 format driver, read-write, versions 2
+// and 3, written from QEMU's public specification (docs/interop/qcow2.txt).
+//
+// Metadata (L1, L2 and refcount tables, the header) is written through:
+// every change reaches the image file when the request that made it
+// completes, in an order that leaves at worst leaked clusters after a
+// crash (refcount increase, then data, then the L2 entry that points at
+// it; L2 entry cleared, then refcount decrease). A read-write lock guards
+// the metadata: reads and in-place writes of allocated clusters share it,
+// anything that changes metadata holds it exclusively.
+package qcow2
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/qbmond/qbmond/blockdev"
+)
+
+func init() {
+	blockdev.RegisterDriver("qcow2", func() blockdev.Driver { return new(Driver) })
+	blockdev.RegisterProbe("qcow2", probe)
+	blockdev.RegisterCreate("qcow2", create)
+}
+
+// probe recognises the magic number and a version of at least 2, as QEMU.
+func probe(head []byte) int {
+	if len(head) >= 8 && binary.BigEndian.Uint32(head) == magic && binary.BigEndian.Uint32(head[4:]) >= 2 {
+		return 100
+	}
+	return 0
+}
+
+// L1/L2 entry bits.
+const (
+	flagCopied     = uint64(1) << 63
+	flagCompressed = uint64(1) << 62
+	flagZero       = uint64(1)
+	offsetMask     = uint64(0x00fffffffffffe00)
+	refTableMask   = ^uint64(511)
+)
+
+// kind classifies a guest cluster.
+type kind uint8
+
+const (
+	kUnalloc    kind = iota // read from the backing file (or zeroes)
+	kZero                   // reads as zeroes (v3 zero flag)
+	kNormal                 // data in a host cluster
+	kCompressed             // compressed data
+)
+
+// CorruptionHandler is told when the driver finds corrupt metadata: msg in
+// QEMU's words, the offset and size of the affected range in the image
+// file (-1 when unknown), and whether the node now fails every request
+// (fatal, with the corrupt bit set in the image; only for writable nodes).
+// It is QEMU's BLOCK_IMAGE_CORRUPTED event.
+type CorruptionHandler func(msg string, offset, size int64, fatal bool)
+
+// Driver is one qcow2 node.
+type Driver struct {
+	file    *blockdev.Child
+	backing *blockdev.Child
+	ro      bool
+
+	mu       sync.RWMutex // metadata: the fields below and the caches' contents
+	h        *header
+	hdrUsed  int // bytes of the first cluster the header area occupies on disk
+	cb       uint
+	cs       int64
+	l2n      int64 // entries per L2 table
+	l1       []uint64
+	rt       []uint64 // refcount table
+	rcBits   uint
+	rbn      int64 // entries per refcount block
+	l2c      *tableCache
+	rbc      *tableCache
+	freeHint int64 // no free cluster below this index
+	lazy     bool
+	dirtyUs  bool // we set the dirty bit (lazy refcounts) and clear it on close
+
+	passReq, passOther bool
+
+	failed     atomic.Bool // fatal corruption: every request fails
+	corruptMu  sync.Mutex
+	onCorrupt  CorruptionHandler
+	reported   bool
+	decoderMu  sync.Mutex
+	decoders   []*zstdDecoder
+	closedOnce bool
+}
+
+// OnCorrupt installs the handler told about corruption found at run time
+// (the lead wires it to BLOCK_IMAGE_CORRUPTED). Only the first corruption
+// of a node is reported, as QEMU suppresses further events.
+func (d *Driver) OnCorrupt(f CorruptionHandler) {
+	d.corruptMu.Lock()
+	defer d.corruptMu.Unlock()
+	d.onCorrupt = f
+}
+
+// cx formats like C's "%#x": "0" for zero, "0x..." otherwise.
+func cx(v uint64) string {
+	if v == 0 {
+		return "0"
+	}
+	return fmt.Sprintf("%#x", v)
+}
+
+// corruption reports corrupt metadata and returns the error for the
+// request that found it. On a writable node it is fatal: the corrupt bit
+// is set in the image and the node fails all further I/O.
+func (d *Driver) corruption(ctx context.Context, msg string, off, size int64) error {
+	fatal := !d.ro
+	d.corruptMu.Lock()
+	first := !d.reported
+	d.reported = true
+	h := d.onCorrupt
+	d.corruptMu.Unlock()
+	if fatal && !d.failed.Swap(true) {
+		// Best effort, like QEMU: the image may be beyond repair anyway.
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], d.h.incompat|incCorrupt)
+		if d.h.version >= 3 {
+			_ = d.file.Write(ctx, offIncompat, b[:], 0)
+			_ = d.file.Flush(ctx)
+		}
+	}
+	if first && h != nil {
+		h(msg, off, size, fatal)
+	}
+	return fmt.Errorf("%s: %w", msg, syscall.EIO)
+}
+
+// check fails requests once the node hit fatal corruption.
+func (d *Driver) check() error {
+	if d.failed.Load() {
+		return fmt.Errorf("qcow2 image is corrupt: %w", syscall.EIO)
+	}
+	return nil
+}
+
+// readAt reads metadata from the image file, with zeroes past its end (as
+// QEMU's file driver returns them).
+func (d *Driver) readAt(ctx context.Context, off int64, p []byte) error {
+	end := d.file.Length()
+	if off >= end {
+		clear(p)
+		return nil
+	}
+	n := min(int64(len(p)), end-off)
+	if err := d.file.Read(ctx, off, p[:n]); err != nil {
+		return err
+	}
+	clear(p[n:])
+	return nil
+}
+
+// ensureLen grows the image file to at least end bytes.
+func (d *Driver) ensureLen(ctx context.Context, end int64) error {
+	if d.file.Length() >= end {
+		return nil
+	}
+	return d.file.Truncate(ctx, end, false)
+}
+
+// loadTable returns the table at off from cache c, reading it if needed.
+func (d *Driver) loadTable(ctx context.Context, c *tableCache, off int64) ([]byte, error) {
+	if t := c.get(off); t != nil {
+		return t, nil
+	}
+	t := make([]byte, d.cs)
+	if err := d.readAt(ctx, off, t); err != nil {
+		return nil, err
+	}
+	return c.put(off, t), nil
+}
+
+// l2Table returns the L2 table of L1 index i, nil when none is allocated.
+func (d *Driver) l2Table(ctx context.Context, i int64) ([]byte, int64, error) {
+	if i >= int64(len(d.l1)) {
+		return nil, 0, nil
+	}
+	off := int64(d.l1[i] & offsetMask)
+	if off == 0 {
+		return nil, 0, nil
+	}
+	if off&(d.cs-1) != 0 {
+		return nil, 0, d.corruption(ctx, fmt.Sprintf("L2 table offset %s unaligned (L1 index: %s)", cx(uint64(off)), cx(uint64(i))), -1, -1)
+	}
+	if off+d.cs > d.file.Length() {
+		return nil, 0, d.corruption(ctx, fmt.Sprintf("L2 table offset %s beyond the end of the image file (L1 index: %s)", cx(uint64(off)), cx(uint64(i))), -1, -1)
+	}
+	t, err := d.loadTable(ctx, d.l2c, off)
+	return t, off, err
+}
+
+// entry returns the L2 entry of guest cluster vc (0 when unallocated).
+func (d *Driver) entry(ctx context.Context, vc int64) (uint64, error) {
+	t, _, err := d.l2Table(ctx, vc/d.l2n)
+	if t == nil || err != nil {
+		return 0, err
+	}
+	return binary.BigEndian.Uint64(t[8*(vc%d.l2n):]), nil
+}
+
+// classify decodes an L2 entry of guest cluster vc.
+func (d *Driver) classify(ctx context.Context, vc int64, e uint64) (kind, int64, error) {
+	if e&flagCompressed != 0 {
+		return kCompressed, 0, nil
+	}
+	host := int64(e & offsetMask)
+	if d.h.version >= 3 && e&flagZero != 0 {
+		return kZero, host, nil
+	}
+	if host == 0 {
+		return kUnalloc, 0, nil
+	}
+	if host&(d.cs-1) != 0 {
+		l2off := d.l1[vc/d.l2n] & offsetMask
+		return 0, 0, d.corruption(ctx, fmt.Sprintf("Cluster allocation offset %s unaligned (L2 offset: %s, L2 index: %s)",
+			cx(uint64(host)), cx(l2off), cx(uint64(vc%d.l2n))), -1, -1)
+	}
+	return kNormal, host, nil
+}
+
+// extent finds the run starting at off of at most n bytes whose clusters
+// share a kind. With contiguous, normal clusters must also follow each
+// other in the image file. It returns the kind, the host offset of off
+// (normal clusters), the first cluster's entry and the run length.
+func (d *Driver) extent(ctx context.Context, off, n int64, contiguous bool) (kind, int64, uint64, int64, error) {
+	vc := off >> d.cb
+	in := off & (d.cs - 1)
+	e, err := d.entry(ctx, vc)
+	if err != nil {
+		return 0, 0, 0, 0, err
+	}
+	k, host, err := d.classify(ctx, vc, e)
+	if err != nil {
+		return 0, 0, 0, 0, err
+	}
+	l := min(n, d.cs-in)
+	if k == kCompressed {
+		return k, 0, e, l, nil
+	}
+	for l < n {
+		next := vc + (in+l)>>d.cb
+		e2, err := d.entry(ctx, next)
+		if err != nil {
+			return 0, 0, 0, 0, err
+		}
+		k2, h2, err := d.classify(ctx, next, e2)
+		if err != nil || k2 != k {
+			break
+		}
+		if contiguous && k == kNormal && h2 != host+(next-vc)*d.cs {
+			break
+		}
+		l += min(n-l, d.cs)
+	}
+	if k == kNormal {
+		host += in
+	}
+	return k, host, e, l, nil
+}
+
+// Read reads guest data.
+func (d *Driver) Read(ctx context.Context, off int64, p []byte) error {
+	if err := d.check(); err != nil {
+		return err
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.readLocked(ctx, off, p)
+}
+
+func (d *Driver) readLocked(ctx context.Context, off int64, p []byte) error {
+	for len(p) > 0 {
+		k, host, e, n, err := d.extent(ctx, off, int64(len(p)), true)
+		if err != nil {
+			return err
+		}
+		switch k {
+		case kUnalloc:
+			err = d.readBacking(ctx, off, p[:n])
+		case kZero:
+			clear(p[:n])
+		case kNormal:
+			err = d.file.Read(ctx, host, p[:n])
+		case kCompressed:
+			var data []byte
+			if data, err = d.decompress(ctx, e); err == nil {
+				copy(p[:n], data[off&(d.cs-1):])
+			}
+		}
+		if err != nil {
+			return err
+		}
+		p, off = p[n:], off+n
+	}
+	return nil
+}
+
+// readBacking reads guest data of unallocated clusters: from the backing
+// node where it has data, zeroes past its end or without one.
+func (d *Driver) readBacking(ctx context.Context, off int64, p []byte) error {
+	if d.backing == nil {
+		clear(p)
+		return nil
+	}
+	bl := d.backing.Length()
+	n := max(0, min(int64(len(p)), bl-off))
+	if n > 0 {
+		if err := d.backing.Read(ctx, off, p[:n]); err != nil {
+			return err
+		}
+	}
+	clear(p[n:])
+	return nil
+}
+
+// BlockStatus reports the status of this layer: clusters allocated here
+// are Allocated (with Data or Zero); unallocated ones are not, and read as
+// zeroes only when there is no backing node.
+func (d *Driver) BlockStatus(ctx context.Context, off, n int64) (blockdev.BlockStatus, error) {
+	if err := d.check(); err != nil {
+		return blockdev.BlockStatus{}, err
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	k, _, _, l, err := d.extent(ctx, off, n, false)
+	if err != nil {
+		return blockdev.BlockStatus{}, err
+	}
+	var f blockdev.StatusFlags
+	switch k {
+	case kUnalloc:
+		if d.backing == nil {
+			f = blockdev.StatusZero
+		}
+	case kZero:
+		f = blockdev.StatusZero | blockdev.StatusAllocated
+	default:
+		f = blockdev.StatusData | blockdev.StatusAllocated
+	}
+	return blockdev.BlockStatus{Flags: f, Length: l}, nil
+}
+
+// Length is the virtual disk size.
+func (d *Driver) Length(ctx context.Context) (int64, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return int64(d.h.size), nil
+}
+
+// Flush flushes the image file: metadata is already written through. It
+// works on a corrupt node too, so that closing it succeeds.
+func (d *Driver) Flush(ctx context.Context) error {
+	return d.file.Flush(ctx)
+}
+
+// Info reports the cluster size and the dirty bit.
+func (d *Driver) Info(ctx context.Context) (blockdev.DriverInfo, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return blockdev.DriverInfo{ClusterSize: d.cs, Dirty: d.h.incompat&incDirty != 0}, nil
+}
+
+// FormatSpecificInfo is ImageInfoSpecificQCow2, wrapped as QEMU's
+// ImageInfoSpecific union ({"type": "qcow2", "data": {...}}).
+type FormatSpecificInfo struct {
+	Type string              `json:"type"`
+	Data FormatSpecificQCow2 `json:"data"`
+}
+
+// FormatSpecificQCow2 is ImageInfoSpecificQCow2, members in QEMU's order.
+type FormatSpecificQCow2 struct {
+	Compat          string `json:"compat"`
+	CompressionType string `json:"compression-type"`
+	LazyRefcounts   *bool  `json:"lazy-refcounts,omitempty"`
+	RefcountBits    int    `json:"refcount-bits"`
+	Corrupt         *bool  `json:"corrupt,omitempty"`
+	ExtendedL2      *bool  `json:"extended-l2,omitempty"`
+}
+
+// FormatSpecific returns the qcow2 part of ImageInfo.
+func (d *Driver) FormatSpecific(ctx context.Context) (any, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	s := FormatSpecificQCow2{Compat: "0.10", CompressionType: "zlib", RefcountBits: 1 << d.h.refcountOrder}
+	if d.h.compressionType == 1 {
+		s.CompressionType = "zstd"
+	}
+	if d.h.version >= 3 {
+		lazy := d.h.compat&compatLazyRefcounts != 0
+		corrupt := d.h.incompat&incCorrupt != 0 || d.failed.Load()
+		ext := false
+		s.Compat, s.LazyRefcounts, s.Corrupt, s.ExtendedL2 = "1.1", &lazy, &corrupt, &ext
+	}
+	return FormatSpecificInfo{Type: "qcow2", Data: s}, nil
+}
+
+// BackingFileName returns the backing file name and format the image
+// header records ("" when none), as QEMU's backing-filename and
+// backing-filename-format show them.
+func (d *Driver) BackingFileName() (filename, format string) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.h.backingFile, d.h.backingFmt
+}
+
+// Close clears the dirty bit lazy refcounts set, after a flush.
+func (d *Driver) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closedOnce {
+		return nil
+	}
+	d.closedOnce = true
+	d.closeDecoders()
+	if d.ro || d.failed.Load() || !d.dirtyUs {
+		return nil
+	}
+	ctx := context.Background()
+	if err := d.file.Flush(ctx); err != nil {
+		return err
+	}
+	return d.setIncompat(ctx, d.h.incompat&^incDirty)
+}
+
+// setIncompat writes the incompatible feature field and flushes.
+func (d *Driver) setIncompat(ctx context.Context, v uint64) error {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	if err := d.file.Write(ctx, offIncompat, b[:], 0); err != nil {
+		return err
+	}
+	d.h.incompat = v
+	return d.file.Flush(ctx)
+}
+
+// markDirty sets the dirty bit before the first metadata change when lazy
+// refcounts are in use.
+func (d *Driver) markDirty(ctx context.Context) error {
+	if !d.lazy || d.dirtyUs || d.h.version < 3 {
+		return nil
+	}
+	if d.h.incompat&incDirty == 0 {
+		if err := d.setIncompat(ctx, d.h.incompat|incDirty); err != nil {
+			return err
+		}
+	}
+	d.dirtyUs = true
+	return nil
+}
+
+// writeHeader rewrites the header area of the first cluster.
+func (d *Driver) writeHeader(ctx context.Context) error {
+	buf, err := d.h.encode()
+	if err != nil {
+		return err
+	}
+	n := len(buf)
+	if d.hdrUsed > n {
+		buf = append(buf, make([]byte, d.hdrUsed-n)...)
+	}
+	if err := d.file.Write(ctx, 0, buf, 0); err != nil {
+		return err
+	}
+	d.hdrUsed = n
+	return d.file.Flush(ctx)
+}
+
+// writeEntries writes entries into the table at tblOff from index i,
+// updating the cached copy tbl.
+func (d *Driver) writeEntries(ctx context.Context, tbl []byte, tblOff int64, i int64, entries []uint64) error {
+	for j, e := range entries {
+		binary.BigEndian.PutUint64(tbl[8*(i+int64(j)):], e)
+	}
+	return d.file.Write(ctx, tblOff+8*i, tbl[8*i:8*(i+int64(len(entries)))], 0)
+}
+
+// errNoSnapshots refuses writes to images with internal snapshots.
+var errNoSnapshots = errors.New("qcow2 images with internal snapshots can only be opened read-only")

@@ -1,0 +1,572 @@
+package qcow2
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/qbmond/qbmond/blockdev"
+)
+
+// maxRunBytes bounds the buffer of one allocating write.
+const maxRunBytes = 4 << 20
+
+// Write writes guest data. Writes that only touch clusters allocated here
+// with refcount 1 run under the shared lock; the others allocate under
+// the exclusive one.
+func (d *Driver) Write(ctx context.Context, off int64, p []byte, flags blockdev.ReqFlags) error {
+	if err := d.check(); err != nil {
+		return err
+	}
+	d.mu.RLock()
+	done, err := d.writeInPlace(ctx, off, p)
+	d.mu.RUnlock()
+	if done || err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.writeLocked(ctx, off, p)
+}
+
+// writeInPlace writes p if every cluster it touches is a normal cluster
+// with the COPIED flag; done is false (and nothing written) otherwise.
+func (d *Driver) writeInPlace(ctx context.Context, off int64, p []byte) (bool, error) {
+	type run struct{ host, n int64 }
+	var runs []run
+	for o, end := off, off+int64(len(p)); o < end; {
+		vc := o >> d.cb
+		e, err := d.entry(ctx, vc)
+		if err != nil {
+			return false, err
+		}
+		k, host, err := d.classify(ctx, vc, e)
+		if err != nil {
+			return false, err
+		}
+		if k != kNormal || e&flagCopied == 0 {
+			return false, nil
+		}
+		in := o & (d.cs - 1)
+		n := min(end-o, d.cs-in)
+		if l := len(runs); l > 0 && runs[l-1].host+runs[l-1].n == host+in {
+			runs[l-1].n += n
+		} else {
+			runs = append(runs, run{host + in, n})
+		}
+		o += n
+	}
+	for _, r := range runs {
+		if err := d.file.Write(ctx, r.host, p[:r.n], 0); err != nil {
+			return true, err
+		}
+		p = p[r.n:]
+	}
+	return true, nil
+}
+
+// needsAlloc tells whether a write to the cluster with entry e must put
+// the data into a new cluster, after fixing a missing COPIED flag on an
+// unshared cluster.
+func (d *Driver) needsAlloc(ctx context.Context, vc int64, e uint64) (bool, error) {
+	k, host, err := d.classify(ctx, vc, e)
+	if err != nil {
+		return false, err
+	}
+	if k != kNormal {
+		return true, nil
+	}
+	if e&flagCopied != 0 {
+		return false, nil
+	}
+	rc, err := d.refcount(ctx, host/d.cs)
+	if err != nil || rc != 1 {
+		return true, err
+	}
+	tbl, tblOff, err := d.l2Table(ctx, vc/d.l2n)
+	if err != nil {
+		return false, err
+	}
+	return false, d.writeEntries(ctx, tbl, tblOff, vc%d.l2n, []uint64{e | flagCopied})
+}
+
+// writeLocked writes p at off under the exclusive lock, allocating.
+func (d *Driver) writeLocked(ctx context.Context, off int64, p []byte) error {
+	for len(p) > 0 {
+		vc := off >> d.cb
+		in := off & (d.cs - 1)
+		if _, _, err := d.ensureL2(ctx, vc/d.l2n); err != nil {
+			return err
+		}
+		e, err := d.entry(ctx, vc)
+		if err != nil {
+			return err
+		}
+		alloc, err := d.needsAlloc(ctx, vc, e)
+		if err != nil {
+			return err
+		}
+		if !alloc {
+			e, _ = d.entry(ctx, vc)
+			n := min(int64(len(p)), d.cs-in)
+			if err := d.file.Write(ctx, int64(e&offsetMask)+in, p[:n], 0); err != nil {
+				return err
+			}
+			p, off = p[n:], off+n
+			continue
+		}
+		// A run of clusters that all need new clusters, inside one L2
+		// table and the request.
+		old := []uint64{e}
+		last := (off + int64(len(p)) - 1) >> d.cb
+		limit := min(last, (vc/d.l2n+1)*d.l2n-1, vc+max(1, min(maxRunBytes/d.cs, d.maxAlloc()))-1)
+		for next := vc + 1; next <= limit; next++ {
+			e2, err := d.entry(ctx, next)
+			if err != nil {
+				return err
+			}
+			if a, err := d.needsAlloc(ctx, next, e2); err != nil {
+				return err
+			} else if !a {
+				break
+			}
+			old = append(old, e2)
+		}
+		m := int64(len(old))
+		covered := min(int64(len(p)), m*d.cs-in)
+		if err := d.allocWrite(ctx, vc, old, in, p[:covered]); err != nil {
+			return err
+		}
+		p, off = p[covered:], off+covered
+	}
+	return nil
+}
+
+// allocWrite writes data at byte in of guest cluster vc into newly
+// allocated clusters for the len(old) clusters from vc (whose entries were
+// old), filling partial clusters from their previous content, then points
+// the L2 entries at them and drops the old clusters.
+func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int64, data []byte) error {
+	m := int64(len(old))
+	host, err := d.allocClusters(ctx, m)
+	if err != nil {
+		return err
+	}
+	var buf []byte
+	if in == 0 && int64(len(data)) == m*d.cs {
+		buf = data
+	} else {
+		buf = make([]byte, m*d.cs)
+		if in > 0 || (m == 1 && int64(len(data)) < d.cs) {
+			if err := d.fillBase(ctx, vc, old[0], buf[:d.cs]); err != nil {
+				return err
+			}
+		}
+		if m > 1 && in+int64(len(data)) < m*d.cs {
+			if err := d.fillBase(ctx, vc+m-1, old[m-1], buf[(m-1)*d.cs:]); err != nil {
+				return err
+			}
+		}
+		copy(buf[in:], data)
+	}
+	if err := d.file.Write(ctx, host, buf, 0); err != nil {
+		return err
+	}
+	tbl, tblOff, err := d.l2Table(ctx, vc/d.l2n)
+	if err != nil {
+		return err
+	}
+	entries := make([]uint64, m)
+	for i := range entries {
+		entries[i] = uint64(host+int64(i)*d.cs) | flagCopied
+	}
+	if err := d.writeEntries(ctx, tbl, tblOff, vc%d.l2n, entries); err != nil {
+		return err
+	}
+	for _, e := range old {
+		if err := d.freeEntry(ctx, e, d.passOther); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fillBase fills dst with the current guest content of cluster vc, whose
+// entry is e: the backing file's data, zeroes, or the old cluster's data.
+func (d *Driver) fillBase(ctx context.Context, vc int64, e uint64, dst []byte) error {
+	k, host, err := d.classify(ctx, vc, e)
+	if err != nil {
+		return err
+	}
+	switch k {
+	case kUnalloc:
+		return d.readBacking(ctx, vc*d.cs, dst)
+	case kZero:
+		clear(dst)
+	case kCompressed:
+		data, err := d.decompress(ctx, e)
+		if err != nil {
+			return err
+		}
+		copy(dst, data)
+	case kNormal:
+		return d.readAt(ctx, host, dst)
+	}
+	return nil
+}
+
+// ensureL2 returns the L2 table for L1 index i, allocating an empty one.
+func (d *Driver) ensureL2(ctx context.Context, i int64) ([]byte, int64, error) {
+	if i >= int64(len(d.l1)) {
+		return nil, 0, fmt.Errorf("L1 index %d beyond the L1 table: %w", i, syscall.EIO)
+	}
+	tbl, off, err := d.l2Table(ctx, i)
+	if err != nil {
+		return nil, 0, err
+	}
+	if tbl != nil {
+		if d.l1[i]&flagCopied == 0 {
+			rc, err := d.refcount(ctx, off/d.cs)
+			if err != nil {
+				return nil, 0, err
+			}
+			if rc != 1 {
+				return nil, 0, fmt.Errorf("shared L2 tables (internal snapshots) cannot be written: %w", syscall.ENOTSUP)
+			}
+			if err := d.setL1(ctx, i, uint64(off)|flagCopied); err != nil {
+				return nil, 0, err
+			}
+		}
+		return tbl, off, nil
+	}
+	off, err = d.allocClusters(ctx, 1)
+	if err != nil {
+		return nil, 0, err
+	}
+	tbl = make([]byte, d.cs)
+	if err := d.file.Write(ctx, off, tbl, 0); err != nil {
+		return nil, 0, err
+	}
+	d.l2c.put(off, tbl)
+	if err := d.setL1(ctx, i, uint64(off)|flagCopied); err != nil {
+		return nil, 0, err
+	}
+	return tbl, off, nil
+}
+
+// setL1 writes L1 entry i.
+func (d *Driver) setL1(ctx context.Context, i int64, e uint64) error {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], e)
+	if err := d.file.Write(ctx, int64(d.h.l1Off)+8*i, b[:], 0); err != nil {
+		return err
+	}
+	d.l1[i] = e
+	return nil
+}
+
+// setEntry replaces the L2 entry of guest cluster vc (whose L2 table
+// exists) and drops what the old entry held.
+func (d *Driver) setEntry(ctx context.Context, vc int64, old, e uint64, discard bool) error {
+	if old == e {
+		return nil
+	}
+	if err := d.markDirty(ctx); err != nil {
+		return err
+	}
+	tbl, tblOff, err := d.ensureL2(ctx, vc/d.l2n)
+	if err != nil {
+		return err
+	}
+	if err := d.writeEntries(ctx, tbl, tblOff, vc%d.l2n, []uint64{e}); err != nil {
+		return err
+	}
+	if old&offsetMask != 0 && (e&offsetMask) != (old&offsetMask) || old&flagCompressed != 0 {
+		return d.freeEntry(ctx, old, discard)
+	}
+	return nil
+}
+
+// readsZero tells whether a cluster with entry e reads as zeroes.
+func (d *Driver) readsZero(ctx context.Context, vc int64, e uint64) (bool, error) {
+	k, _, err := d.classify(ctx, vc, e)
+	return k == kZero || k == kUnalloc && d.backing == nil, err
+}
+
+// WriteZeroes makes a range read as zeroes: whole clusters through the
+// zero flag (v3) or deallocation (v2 without backing file), partial ones
+// by writing zeroes.
+func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.ReqFlags) error {
+	if err := d.check(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	unmap := flags&blockdev.ReqMayUnmap != 0
+	end := off + n
+	// action returns how cluster vc is zeroed: by a new entry (ok), or by
+	// writing zeroes (explicit).
+	action := func(vc int64, whole bool) (e, ne uint64, skip, explicit bool, err error) {
+		if e, err = d.entry(ctx, vc); err != nil {
+			return
+		}
+		z, err := d.readsZero(ctx, vc, e)
+		if err != nil || z && (!whole || !unmap || e&offsetMask == 0) {
+			return e, e, true, false, err
+		}
+		if !whole {
+			return e, e, false, true, nil
+		}
+		k, _, _ := d.classify(ctx, vc, e)
+		switch {
+		case d.h.version >= 3 && !unmap && (k == kNormal || k == kZero) && e&flagCopied != 0:
+			return e, e | flagZero, false, false, nil
+		case d.h.version >= 3:
+			return e, flagZero, false, false, nil
+		case d.backing == nil && unmap:
+			return e, 0, false, false, nil
+		}
+		return e, e, false, true, nil
+	}
+	if flags&blockdev.ReqNoFallback != 0 {
+		for o := off; o < end; {
+			vc := o >> d.cb
+			ce := min(end, (vc+1)*d.cs)
+			_, _, _, explicit, err := action(vc, o == vc*d.cs && (ce-o == d.cs || ce == int64(d.h.size)))
+			if err != nil {
+				return err
+			}
+			if explicit {
+				return blockdev.ErrNotSupported
+			}
+			o = ce
+		}
+	}
+	var zeroes []byte
+	for o := off; o < end; {
+		vc := o >> d.cb
+		ce := min(end, (vc+1)*d.cs)
+		whole := o == vc*d.cs && (ce-o == d.cs || ce == int64(d.h.size))
+		e, ne, skip, explicit, err := action(vc, whole)
+		switch {
+		case err != nil:
+			return err
+		case skip:
+		case explicit:
+			if zeroes == nil {
+				zeroes = make([]byte, d.cs)
+			}
+			if err := d.writeLocked(ctx, o, zeroes[:ce-o]); err != nil {
+				return err
+			}
+		default:
+			if err := d.setEntry(ctx, vc, e, ne, d.passReq); err != nil {
+				return err
+			}
+		}
+		o = ce
+	}
+	return nil
+}
+
+// Discard drops whole clusters of the range: they read as zeroes
+// afterwards on v3 images (or when nothing is below), else from the
+// backing file. Partial clusters are ignored, as QEMU does.
+func (d *Driver) Discard(ctx context.Context, off, n int64) error {
+	if err := d.check(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	size := int64(d.h.size)
+	first := (off + d.cs - 1) >> d.cb
+	last := (off + n) >> d.cb // exclusive
+	if off+n == size && size&(d.cs-1) != 0 {
+		last = (size + d.cs - 1) >> d.cb
+	}
+	for vc := first; vc < last; vc++ {
+		e, err := d.entry(ctx, vc)
+		if err != nil {
+			return err
+		}
+		k, _, err := d.classify(ctx, vc, e)
+		if err != nil {
+			return err
+		}
+		var ne uint64
+		if d.h.version >= 3 && (d.backing != nil || k != kUnalloc) {
+			ne = flagZero
+		}
+		if k == kUnalloc && ne == 0 {
+			continue
+		}
+		if err := d.setEntry(ctx, vc, e, ne, d.passReq); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Truncate grows the disk (shrinking is not supported).
+func (d *Driver) Truncate(ctx context.Context, size int64, exact bool) error {
+	if err := d.check(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if size%512 != 0 {
+		return errors.New("The new size must be a multiple of 512")
+	}
+	if size < int64(d.h.size) {
+		return fmt.Errorf("qcow2 images cannot be shrunk: %w", blockdev.ErrNotSupported)
+	}
+	need, ok := l1Needed(uint64(size), d.cs)
+	if !ok || need*8 > maxL1Bytes {
+		return fmt.Errorf("Failed to grow the L1 table: %w", syscall.EFBIG)
+	}
+	if need > int64(len(d.l1)) {
+		if err := d.growL1(ctx, need); err != nil {
+			return fmt.Errorf("Failed to grow the L1 table: %w", err)
+		}
+	}
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(size))
+	if err := d.file.Write(ctx, offSize, b[:], 0); err != nil {
+		return err
+	}
+	d.h.size = uint64(size)
+	return d.file.Flush(ctx)
+}
+
+// growL1 makes the L1 table hold need entries, in place when its clusters
+// have room, else in new clusters.
+func (d *Driver) growL1(ctx context.Context, need int64) error {
+	if err := d.markDirty(ctx); err != nil {
+		return err
+	}
+	have := int64(len(d.l1))
+	oldClusters := (have*8 + d.cs - 1) / d.cs
+	newClusters := (need*8 + d.cs - 1) / d.cs
+	var hb [12]byte
+	if d.h.l1Off != 0 && newClusters <= oldClusters {
+		if err := d.ensureLen(ctx, int64(d.h.l1Off)+need*8); err != nil {
+			return err
+		}
+		if err := d.file.Write(ctx, int64(d.h.l1Off)+have*8, make([]byte, (need-have)*8), 0); err != nil {
+			return err
+		}
+		if err := d.file.Flush(ctx); err != nil {
+			return err
+		}
+		binary.BigEndian.PutUint32(hb[:], uint32(need))
+		if err := d.file.Write(ctx, offL1Size, hb[:4], 0); err != nil {
+			return err
+		}
+	} else {
+		off, err := d.allocClusters(ctx, newClusters)
+		if err != nil {
+			return err
+		}
+		tb := make([]byte, newClusters*d.cs)
+		for i, e := range d.l1 {
+			binary.BigEndian.PutUint64(tb[8*i:], e)
+		}
+		if err := d.file.Write(ctx, off, tb, 0); err != nil {
+			return err
+		}
+		if err := d.file.Flush(ctx); err != nil {
+			return err
+		}
+		binary.BigEndian.PutUint32(hb[0:], uint32(need))
+		binary.BigEndian.PutUint64(hb[4:], uint64(off))
+		if err := d.file.Write(ctx, offL1Size, hb[:], 0); err != nil {
+			return err
+		}
+		if err := d.file.Flush(ctx); err != nil {
+			return err
+		}
+		if d.h.l1Off != 0 && oldClusters > 0 {
+			if err := d.addRefcount(ctx, int64(d.h.l1Off)/d.cs, oldClusters, -1, d.passOther); err != nil {
+				return err
+			}
+		}
+		d.h.l1Off = uint64(off)
+	}
+	d.l1 = append(d.l1, make([]uint64, need-have)...)
+	d.h.l1Size = uint32(need)
+	return nil
+}
+
+// MakeEmpty drops every cluster mapping of the image, which then reads
+// from its backing file everywhere (block-commit's make-empty). The L1
+// table is cleared first, so a crash midway only leaks clusters.
+func (d *Driver) MakeEmpty(ctx context.Context) error {
+	if err := d.check(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ro {
+		return blockdev.ErrReadOnly
+	}
+	if err := d.markDirty(ctx); err != nil {
+		return err
+	}
+	old := append([]uint64(nil), d.l1...)
+	if len(old) > 0 {
+		if err := d.file.Write(ctx, int64(d.h.l1Off), make([]byte, 8*len(old)), 0); err != nil {
+			return err
+		}
+		if err := d.file.Flush(ctx); err != nil {
+			return err
+		}
+	}
+	clear(d.l1)
+	for _, l1e := range old {
+		off := int64(l1e & offsetMask)
+		if off == 0 {
+			continue
+		}
+		t := make([]byte, d.cs)
+		if off&(d.cs-1) == 0 {
+			if err := d.readAt(ctx, off, t); err != nil {
+				return err
+			}
+		}
+		for j := int64(0); j < d.l2n; j++ {
+			if err := d.freeEntry(ctx, binary.BigEndian.Uint64(t[8*j:]), d.passOther); err != nil {
+				return err
+			}
+		}
+		if err := d.addRefcount(ctx, off/d.cs, 1, -1, d.passOther); err != nil {
+			return err
+		}
+	}
+	d.l2c.clear()
+	return d.file.Flush(ctx)
+}
+
+// ChangeBackingFile rewrites the backing file name and format in the
+// header ("" removes them).
+func (d *Driver) ChangeBackingFile(ctx context.Context, filename, format string) error {
+	if err := d.check(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(filename) > maxBackingName {
+		return errors.New("Backing file name too long")
+	}
+	if filename == "" {
+		format = ""
+	}
+	oldName, oldFmt := d.h.backingFile, d.h.backingFmt
+	d.h.backingFile, d.h.backingFmt = filename, format
+	if err := d.writeHeader(ctx); err != nil {
+		d.h.backingFile, d.h.backingFmt = oldName, oldFmt
+		return err
+	}
+	return nil
+}
