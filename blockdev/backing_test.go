@@ -141,7 +141,7 @@ func TestBackingStatusAbove(t *testing.T) {
 		{0, 4 << 10, blockdev.StatusData, 2},
 		{4 << 10, 4 << 10, blockdev.StatusData | blockdev.StatusAllocated, 1},
 		{8 << 10, 24 << 10, blockdev.StatusZero, 0},  // in base, allocated nowhere
-		{32 << 10, 32 << 10, blockdev.StatusZero, 0}, // past base's end
+		{32 << 10, 32 << 10, blockdev.StatusZero, 2}, // past base's end: base's zeroes
 	} {
 		st, depth, err := top.BlockStatusAbove(ctx, tc, w.off, 64<<10-w.off)
 		if err != nil || st.Flags != w.flags || st.Length != w.len || depth != w.depth {

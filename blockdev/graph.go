@@ -279,7 +279,9 @@ func (g *Graph) open(ctx context.Context, tx *openTx, opts Options, inh inherite
 		return nil, err
 	}
 	n.refreshFilename()
-	g.listAppend(n)
+	if !n.listed {
+		g.listAppend(n)
+	}
 	return n, nil
 }
 
@@ -423,6 +425,12 @@ func (oc *OpenContext) OpenBacking(ctx context.Context, filename, format string)
 		cacheDirect: parent.cacheDirect,
 		noFlush:     parent.noFlush,
 	}
+	// QEMU lists a format node before its backing chain (the backing
+	// file opens after the node itself), but after its file child.
+	if !parent.listed {
+		oc.g.listAppend(parent)
+	}
+	parent.autoBackingFile = filename
 	v, given := oc.opts["backing"]
 	switch {
 	case given && v == nil:
@@ -450,6 +458,9 @@ func (oc *OpenContext) OpenBacking(ctx context.Context, filename, format string)
 	if err != nil {
 		return nil, fmt.Errorf("Could not open backing file: %w", err)
 	}
+	// A backing node opened from the image's own record is what the
+	// image says, whatever its file name looks like.
+	parent.autoBackingFile = c.node.filename
 	return c, nil
 }
 

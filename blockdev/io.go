@@ -453,7 +453,8 @@ func (n *Node) BlockStatus(ctx context.Context, from *Child, off, length int64) 
 // where no layer has it (or past the end of a shorter backing node) the
 // range reads as zeroes. depth is 1 when n allocated the prefix, 2 when
 // its backing node did, and so on, 0 when no layer did
-// (qemu:allocation-depth).
+// (qemu:allocation-depth); past the end of a shorter backing node the
+// zeroes count as that node's, as in QEMU.
 func (n *Node) BlockStatusAbove(ctx context.Context, from *Child, off, length int64) (BlockStatus, int, error) {
 	st, err := n.BlockStatus(ctx, from, off, length)
 	if err != nil || length == 0 || st.Flags&StatusAllocated != 0 {
@@ -465,7 +466,9 @@ func (n *Node) BlockStatusAbove(ctx context.Context, from *Child, off, length in
 	}
 	bl := b.node.Length()
 	if off >= bl {
-		return BlockStatus{Flags: StatusZero, Length: st.Length}, 0, nil
+		// Past the end of a shorter backing node: the zeroes read there
+		// count as allocated in that node, as QEMU reports the depth.
+		return BlockStatus{Flags: StatusZero, Length: st.Length}, 2, nil
 	}
 	bst, depth, err := b.node.BlockStatusAbove(ctx, b, off, min(st.Length, bl-off))
 	if err != nil {

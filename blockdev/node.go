@@ -42,6 +42,11 @@ type Node struct {
 	exactFilename string
 	filename      string
 	fullOpts      map[string]any
+	// autoBackingFile is what the image's header calls its backing file
+	// (the file name of the backing node when that was opened from the
+	// header); a backing node that differs is an override, which makes
+	// the file name a json: one (QEMU's auto_backing_file).
+	autoBackingFile string
 
 	// io is held shared by every request in flight and exclusively by
 	// Close, so a node is never closed under a request.

@@ -25,13 +25,24 @@ func (n *Node) refreshFilename() {
 			}
 		}
 	}
+	overridden := n.backingOverridden()
+	others := 0 // children besides the primary one and a backing node as recorded
 	for _, c := range n.children {
+		if c.role&RoleCOW != 0 && c.name == "backing" && !overridden {
+			continue
+		}
 		full[c.name] = c.node.fullOpts
+		if c.role&RolePrimary == 0 {
+			others++
+		}
+	}
+	if overridden && n.backing() == nil {
+		full["backing"] = nil
 	}
 	exact := ""
 	if fr, ok := n.drv.(FilenameRefresher); ok {
 		exact = fr.ExactFilename()
-	} else if pc := n.primaryChild(); pc != nil && !strong && len(n.children) == 1 {
+	} else if pc := n.primaryChild(); pc != nil && !strong && !overridden && others == 0 {
 		if _, proto := pc.node.drv.(ProtocolDriver); proto {
 			exact = pc.node.exactFilename
 		}
@@ -101,6 +112,25 @@ type ImageInfo struct {
 	BackingFilenameFormat string     `json:"backing-filename-format,omitempty"`
 	BackingImage          *ImageInfo `json:"backing-image,omitempty"`
 	FormatSpecific        any        `json:"format-specific,omitempty"`
+}
+
+// backingOverridden tells whether the node's backing node is not the one
+// its image records (QEMU's bdrv_backing_overridden): another node, or
+// none where the image names one.
+func (n *Node) backingOverridden() bool {
+	if b := n.backing(); b != nil {
+		return n.autoBackingFile != b.node.filename
+	}
+	return n.autoBackingFile != ""
+}
+
+// BackingNode returns the node's backing node (the COW child's node), or
+// nil. Caller holds the graph lock.
+func (n *Node) BackingNode() *Node {
+	if b := n.backing(); b != nil {
+		return b.node
+	}
+	return nil
 }
 
 // backing returns the node's COW child, if any.
@@ -189,13 +219,13 @@ func (n *Node) Info(ctx context.Context, flat bool) BlockDeviceInfo {
 			Granularity: b.bits.Granularity(), Count: b.bits.Count(), Inconsistent: b.inconsistent,
 		})
 	}
+	// As in QEMU, the chain is walked (and backing_file_depth counted)
+	// only for the full view.
 	img := info.Image
-	for b := n.backing(); b != nil; b = b.node.backing() {
+	for b := n.backing(); b != nil && !flat; b = b.node.backing() {
 		info.BackingFileDepth++
-		if !flat {
-			img.BackingImage = b.node.imageInfo(ctx)
-			img = img.BackingImage
-		}
+		img.BackingImage = b.node.imageInfo(ctx)
+		img = img.BackingImage
 	}
 	return info
 }
