@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/jobs"
 )
 
 // createOptions are BlockdevCreateOptionsQcow2, checked.
@@ -207,6 +208,9 @@ func create(ctx context.Context, cc *blockdev.CreateContext) error {
 	if err != nil {
 		return err
 	}
+	// Like QSD, blockdev-create replies once the target is open; the
+	// image is written in the background.
+	jobs.Background(ctx)
 	if err := c.Truncate(ctx, 0, false); err != nil {
 		return fmt.Errorf("Could not resize image: %w", err)
 	}

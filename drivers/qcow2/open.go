@@ -218,6 +218,8 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	if d.backing, err = oc.OpenBacking(ctx, h.backingFile, h.backingFmt); err != nil {
 		return err
 	}
+	// Corruption found at run time becomes BLOCK_IMAGE_CORRUPTED.
+	d.OnCorrupt(oc.Node().ReportCorruption)
 
 	if d.ro {
 		return nil

@@ -414,6 +414,10 @@ func (d *Driver) BackingFileName() (filename, format string) {
 	return d.h.backingFile, d.h.backingFmt
 }
 
+// BackingFile reports the header's backing file for the query views
+// (blockdev.BackingFiler).
+func (d *Driver) BackingFile() (filename, format string) { return d.BackingFileName() }
+
 // Close clears the dirty bit lazy refcounts set, after a flush.
 func (d *Driver) Close() error {
 	d.mu.Lock()
