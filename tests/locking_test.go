@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -206,12 +207,6 @@ func TestLockingHeldByQEMU(t *testing.T) {
 		t.Fatalf("QSD's errors changed:\n%s", strings.Join(want, "\n"))
 	}
 	got := lockErrors(t, kindQbmond, img)
-	const noQcow2 = "GenericError: Unknown driver 'qcow2'"
-	if got[2] == "qcow2 node: "+noQcow2 && got[3] == "read-only qcow2 node: "+noQcow2 {
-		// Until qbmond has a qcow2 driver, compare what it can open.
-		t.Logf("qbmond has no qcow2 driver: comparing the raw cases only")
-		got, want = got[:2], want[:2]
-	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("qbmond:\n%s\n\nQSD:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
@@ -269,5 +264,35 @@ func TestLockingOff(t *testing.T) {
 			t.Fatalf("%s: locks %v with locking=off, qemu-io alone holds %v", k, l, before)
 		}
 		d.stop()
+	}
+}
+
+// A --blockdev refused for a lock another process holds ends the daemon
+// with QEMU's two lines: the error and the hint, as QSD prints them.
+func TestLockingHintOnCommandLine(t *testing.T) {
+	outs := map[kind]string{}
+	for _, k := range []kind{kindQSD, kindQbmond} {
+		dir := shortTempDir(t)
+		img := filepath.Join(dir, "q.qcow2")
+		run(t, "qemu-img", "create", "-f", "qcow2", img, "4M")
+		stop := lockHolder(t, "qcow2", img, 201)
+		bin := qbmondBin
+		if k == kindQSD {
+			bin = requireTool(t, "qemu-storage-daemon")
+		}
+		cmd := exec.Command(bin, "--blockdev", "driver=qcow2,node-name=q,file.driver=file,file.filename="+img)
+		out, err := cmd.CombinedOutput()
+		stop()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+			t.Fatalf("%s: want exit 1, got %v\n%s", k, err, out)
+		}
+		outs[k] = daemonPrefix.ReplaceAllString(strings.ReplaceAll(string(out), dir, "DIR"), "")
+	}
+	if outs[kindQSD] != outs[kindQbmond] {
+		t.Fatalf("QSD:\n%s\nqbmond:\n%s", outs[kindQSD], outs[kindQbmond])
+	}
+	if !strings.Contains(outs[kindQbmond], "Is another process using the image [DIR/q.qcow2]?") {
+		t.Fatalf("no hint: %s", outs[kindQbmond])
 	}
 }
