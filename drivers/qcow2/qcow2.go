@@ -250,6 +250,18 @@ func (d *Driver) extent(ctx context.Context, off, n int64, contiguous bool) (kin
 	}
 	for l < n {
 		next := vc + (in+l)>>d.cb
+		if next%d.l2n == 0 {
+			// A new L2 table. Whole tables that do not exist are
+			// skipped at once when the run is unallocated; otherwise
+			// the run ends here, so that one call never walks more
+			// than one table (a huge sparse image would take forever).
+			t := next / d.l2n
+			if k != kUnalloc || t >= int64(len(d.l1)) || d.l1[t]&offsetMask != 0 {
+				break
+			}
+			l += min(n-l, d.l2n*d.cs)
+			continue
+		}
 		e2, err := d.entry(ctx, next)
 		if err != nil {
 			return 0, 0, 0, 0, err

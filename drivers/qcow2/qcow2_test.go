@@ -288,3 +288,28 @@ func TestBackingProbed(t *testing.T) {
 	}
 	equalBytes(t, "through a probed backing file", h.readAll(t), rawContent(t, base))
 }
+
+// Block status over a huge empty image skips missing L2 tables whole and
+// still reports one extent for the lot; with an allocated cluster the run
+// ends at its L2 table's boundary at the latest.
+func TestBlockStatusHugeSparse(t *testing.T) {
+	ctx := context.Background()
+	img := mustCreate(t, blockdev.Options{"size": int64(16 << 40)})
+	h := open(t, img, false)
+	defer h.close(t)
+	st, err := h.c.BlockStatus(ctx, 0, h.n.Length())
+	if err != nil || st.Length != 16<<40 || st.Flags&blockdev.StatusAllocated != 0 {
+		t.Fatalf("empty 16 TiB: %+v %v", st, err)
+	}
+	if err := h.c.Write(ctx, 8<<40, pattern(4096, 1), 0); err != nil {
+		t.Fatal(err)
+	}
+	st, err = h.c.BlockStatus(ctx, 0, h.n.Length())
+	if err != nil || st.Length != 8<<40 {
+		t.Fatalf("before the written cluster: %+v %v", st, err)
+	}
+	st, err = h.c.BlockStatus(ctx, 8<<40, h.n.Length()-8<<40)
+	if err != nil || st.Flags&blockdev.StatusData == 0 || st.Length != 65536 {
+		t.Fatalf("the written cluster: %+v %v", st, err)
+	}
+}
