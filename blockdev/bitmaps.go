@@ -24,6 +24,23 @@ type DirtyBitmap struct {
 	// inconsistent: loaded from storage that was not closed cleanly; it
 	// can only be removed.
 	inconsistent bool
+	// shadow, while a transaction may have to undo a change of the bits,
+	// records the writes made meanwhile so that the undo keeps them.
+	shadow atomic.Pointer[bitmap.Bitmap]
+}
+
+// startShadow makes writes also mark a fresh shadow bitmap and returns it;
+// own is false when a shadow was already running (and is returned).
+func (b *DirtyBitmap) startShadow() (shadow *bitmap.Bitmap, own bool) {
+	if s := b.shadow.Load(); s != nil {
+		return s, false
+	}
+	s, err := bitmap.New(b.bits.Size(), b.bits.Granularity())
+	if err != nil {
+		panic(err) // same size and granularity as a bitmap that exists
+	}
+	b.shadow.Store(s)
+	return s, true
 }
 
 // Name is the bitmap's name.
@@ -140,7 +157,12 @@ func (n *Node) DirtyBitmap(name string) *DirtyBitmap {
 func (n *Node) markDirty(off, length int64) {
 	for _, b := range n.bitmaps.load() {
 		if b.recording.Load() {
+			// The bits first, then the shadow: a shadow installed
+			// before a transaction copies the bits is always seen.
 			b.bits.Set(off, length)
+			if s := b.shadow.Load(); s != nil {
+				s.Set(off, length)
+			}
 		}
 	}
 }
@@ -238,9 +260,15 @@ func (n *Node) RemoveDirtyBitmap(name string) error {
 	if err := b.Check(CheckBusy | CheckReadOnly); err != nil {
 		return err
 	}
+	return n.dropBitmap(b, false)
+}
+
+// dropBitmap takes b off the node, first from the driver's storage for a
+// persistent bitmap; with force a storage failure does not keep it.
+func (n *Node) dropBitmap(b *DirtyBitmap, force bool) error {
 	if b.persistent {
 		if store, ok := n.drv.(BitmapStore); ok {
-			if err := store.RemoveBitmap(name); err != nil {
+			if err := store.RemoveBitmap(b.name); err != nil && !force {
 				return err
 			}
 		}

@@ -33,6 +33,7 @@ func TestLoadCommands(t *testing.T) {
 		"block-dirty-bitmap-enable", "block-dirty-bitmap-disable", "block-dirty-bitmap-merge",
 		"x-debug-block-dirty-bitmap-sha256", "blockdev-create",
 		"job-pause", "job-resume", "job-cancel", "job-complete", "job-dismiss", "job-finalize", "query-jobs",
+		"transaction",
 		"nbd-server-start", "nbd-server-stop",
 		"block-export-add", "block-export-del", "nbd-server-add", "nbd-server-remove",
 		"query-block-exports", "qmp_capabilities", "query-version",

@@ -52,6 +52,7 @@ var bitmapWorkload = []string{
 // commands (clear, disable, enable, merge) leave the same bits.
 func TestBitmapsLikeQSD(t *testing.T) {
 	names := []string{"g512", "g4k", "g64k", "g1m", "gdef", "off"}
+	allNames := append(names, "new")
 	steps := map[kind][]string{}
 	for _, k := range []kind{kindQSD, kindQbmond} {
 		dir := shortTempDir(t)
@@ -70,7 +71,11 @@ func TestBitmapsLikeQSD(t *testing.T) {
 		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "d0", "writable": true})
 		uri := "nbd+unix:///d0?socket=" + sock
 		record := func(label string) {
-			steps[k] = append(steps[k], label+"\n"+bitmapState(t, c, "d0", names))
+			have := names
+			if strings.Contains(label, "transaction") {
+				have = allNames
+			}
+			steps[k] = append(steps[k], label+"\n"+bitmapState(t, c, "d0", have))
 		}
 		record("fresh")
 		qemuIO(t, uri, bitmapWorkload)
@@ -84,6 +89,24 @@ func TestBitmapsLikeQSD(t *testing.T) {
 			"bitmaps": []any{"g512", map[string]any{"node": "d0", "name": "g1m"}}})
 		c.ok("block-dirty-bitmap-merge", map[string]any{"node": "d0", "target": "g1m", "bitmaps": []any{"g4k"}})
 		record("after merges")
+		act := func(typ string, data map[string]any) map[string]any {
+			return map[string]any{"type": typ, "data": data}
+		}
+		c.ok("transaction", map[string]any{"actions": []any{
+			act("block-dirty-bitmap-clear", map[string]any{"node": "d0", "name": "g1m"}),
+			act("block-dirty-bitmap-merge", map[string]any{"node": "d0", "target": "g1m", "bitmaps": []any{"gdef"}}),
+			act("block-dirty-bitmap-disable", map[string]any{"node": "d0", "name": "off"}),
+			act("block-dirty-bitmap-add", map[string]any{"node": "d0", "name": "new", "granularity": 16384}),
+		}})
+		qemuIO(t, uri, []string{"write -P 0x7 1234567 89012"})
+		record("after a transaction and a write")
+		c.fail("transaction", map[string]any{"actions": []any{
+			act("block-dirty-bitmap-clear", map[string]any{"node": "d0", "name": "g512"}),
+			act("block-dirty-bitmap-merge", map[string]any{"node": "d0", "target": "g4k", "bitmaps": []any{"g512"}}),
+			act("block-dirty-bitmap-enable", map[string]any{"node": "d0", "name": "off"}),
+			act("abort", map[string]any{}),
+		}})
+		record("after a transaction rolled back")
 		d.stop()
 	}
 	for i := range steps[kindQSD] {
