@@ -191,4 +191,3 @@ func (g *Graph) prepareAction(typ string, data json.RawMessage) (txAction, error
 	}
 	return nil, fmt.Errorf("Action '%s' is not supported", typ)
 }
-

@@ -229,7 +229,6 @@ func writes(t *testing.T, c *client, node string) int {
 	return 0
 }
 
-
 var actualSize = regexp.MustCompile(`\s*"actual-size": \d+,`)
 
 // runCreate runs blockdev-create and waits for the job to conclude; it

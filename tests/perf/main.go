@@ -178,6 +178,38 @@ func main() {
 			}
 		})
 
+	// Dirty bitmaps of 16 Mibit (1 TiB at 64 KiB), half of their bits set
+	// through NBD write-zeroes requests (qemu-io) on a null-co node.
+	bitmaps := func(d *daemon) {
+		sock := filepath.Join(dir, d.name+"-nbd.sock")
+		d.call(`{"execute":"blockdev-add","arguments":{"driver":"null-co","node-name":"b0","size":1099511627776}}`)
+		for _, n := range []string{"a", "b", "c"} {
+			d.call(`{"execute":"block-dirty-bitmap-add","arguments":{"node":"b0","name":"` + n + `","granularity":65536}}`)
+		}
+		d.call(`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"` + sock + `"}}}}`)
+		d.call(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e0","node-name":"b0","writable":true}}`)
+		var args []string
+		for off := int64(0); off < 1<<40; off += 4 << 30 {
+			// Every other 2 GiB: runs of set and clear bits.
+			args = append(args, "-c", fmt.Sprintf("write -z %d %d", off, int64(2<<30)))
+		}
+		args = append(args, "-f", "raw", "nbd+unix:///b0?socket="+sock)
+		if out, err := exec.Command("qemu-io", args...).CombinedOutput(); err != nil {
+			panic(fmt.Sprintf("%s: qemu-io: %v\n%s", d.name, err, out))
+		}
+		d.call(`{"execute":"block-dirty-bitmap-disable","arguments":{"node":"b0","name":"a"}}`)
+	}
+	measure("x-debug-block-dirty-bitmap-sha256, 16 Mibit, half set × 20", bitmaps, func(d *daemon) {
+		for i := 0; i < 20; i++ {
+			d.call(`{"execute":"x-debug-block-dirty-bitmap-sha256","arguments":{"node":"b0","name":"a"}}`)
+		}
+	})
+	measure("block-dirty-bitmap-merge, 16 Mibit, half set × 20", bitmaps, func(d *daemon) {
+		for i := 0; i < 20; i++ {
+			d.call(`{"execute":"block-dirty-bitmap-merge","arguments":{"node":"b0","target":"c","bitmaps":["a"]}}`)
+		}
+	})
+
 	// blockdev-add: each run adds fresh names; RSS after all of them.
 	r := result{workload: fmt.Sprintf("blockdev-add null-co × %d", *adds)}
 	for _, k := range []string{"qsd", "qbmond"} {
