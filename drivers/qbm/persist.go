@@ -266,3 +266,21 @@ func (d *Driver) RemoveBitmap(name string) error {
 	d.dirty.Store(&list)
 	return nil
 }
+
+// SetBitmapRecording stores "enabled" for a persistent dirty bitmap
+// (block-dirty-bitmap-enable/-disable), so that a bitmap-sync=write node
+// reloads it in the right state even after a crash.
+func (d *Driver) SetBitmapRecording(name string, on bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e := d.desc.Bitmap(name)
+	if e == nil || e.Type != TypeDirty || e.Enabled == on {
+		return nil
+	}
+	e.Enabled = on
+	if err := d.saveDescriptor(); err != nil {
+		e.Enabled = !on
+		return err
+	}
+	return nil
+}

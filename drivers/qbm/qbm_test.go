@@ -305,6 +305,9 @@ func TestPersistentBitmap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if readDesc(t, desc).Bitmap("back up/1").Enabled {
+		t.Fatal("disable did not reach the descriptor")
+	}
 	h.close(t)
 
 	e = readDesc(t, desc).Bitmap("back up/1")
