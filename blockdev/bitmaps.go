@@ -295,10 +295,25 @@ func (b *DirtyBitmap) Clear() error {
 	return nil
 }
 
-// SetRecording enables or disables the bitmap.
+// BitmapRecorder is a BitmapStore that also stores whether a persistent
+// bitmap records writes (qbm's "enabled"). SetRecording tells it before
+// the state changes; an error leaves the bitmap as it was.
+type BitmapRecorder interface {
+	SetBitmapRecording(name string, on bool) error
+}
+
+// SetRecording enables or disables the bitmap; a persistent bitmap of a
+// writable node has its driver store the new state first.
 func (b *DirtyBitmap) SetRecording(on bool) error {
 	if err := b.Check(CheckAllowReadOnly); err != nil {
 		return err
+	}
+	if b.persistent && !b.readOnly && b.Recording() != on {
+		if r, ok := b.node.drv.(BitmapRecorder); ok {
+			if err := r.SetBitmapRecording(b.name, on); err != nil {
+				return err
+			}
+		}
 	}
 	b.recording.Store(on)
 	return nil
