@@ -187,7 +187,7 @@ func (g *Graph) prepareAction(typ string, data json.RawMessage) (txAction, error
 		if err := b.SetRecording(typ == "block-dirty-bitmap-enable"); err != nil {
 			return nil, err
 		}
-		return txFunc{onAbort: func() { b.recording.Store(was) }}, nil
+		return txFunc{onAbort: func() { _ = b.SetRecording(was) }}, nil
 	}
 	return nil, fmt.Errorf("Action '%s' is not supported", typ)
 }
