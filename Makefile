@@ -9,7 +9,7 @@ DEBS     := qemu-system-common qemu-utils socat libnbd-bin
 FUZZTIME ?= 10s
 SOCK     := $(if $(XDG_RUNTIME_DIR),$(XDG_RUNTIME_DIR)/qbmond/qmp.sock,/tmp/qbmond-$(shell id -u)/qmp.sock)
 
-.PHONY: all build run test deps vet unit fuzz bench perf perf-nbd perf-qcow2 clean
+.PHONY: all build run test deps vet unit fuzz bench perf perf-nbd perf-qcow2 perf-bitmaps clean
 
 all: build
 
@@ -57,6 +57,9 @@ perf-nbd: deps build
 
 perf-qcow2: deps build
 	scripts/qcow2perf.sh $(BIN)
+
+perf-bitmaps: deps build
+	scripts/bitmapperf.sh $(BIN)
 
 clean:
 	rm -rf bin

@@ -178,7 +178,7 @@ func main() {
 			}
 		})
 
-	// Dirty bitmaps of 16 Mibit (1 TiB at 64 KiB), half of their bits set
+	// Dirty bitmaps of 16 Mibit (1 TiB at 64 KiB), one in 64 of their bits set, in 16 runs
 	// through NBD write-zeroes requests (qemu-io) on a null-co node.
 	bitmaps := func(d *daemon) {
 		sock := filepath.Join(dir, d.name+"-nbd.sock")
@@ -189,9 +189,9 @@ func main() {
 		d.call(`{"execute":"nbd-server-start","arguments":{"addr":{"type":"unix","data":{"path":"` + sock + `"}}}}`)
 		d.call(`{"execute":"block-export-add","arguments":{"type":"nbd","id":"e0","node-name":"b0","writable":true}}`)
 		var args []string
-		for off := int64(0); off < 1<<40; off += 4 << 30 {
-			// Every other 2 GiB: runs of set and clear bits.
-			args = append(args, "-c", fmt.Sprintf("write -z %d %d", off, int64(2<<30)))
+		for off := int64(0); off < 1<<40; off += 64 << 30 {
+			// 1 GiB of every 64 GiB: sixteen runs of set bits.
+			args = append(args, "-c", fmt.Sprintf("write -z %d %d", off, int64(1<<30)))
 		}
 		args = append(args, "-f", "raw", "nbd+unix:///b0?socket="+sock)
 		if out, err := exec.Command("qemu-io", args...).CombinedOutput(); err != nil {
@@ -199,12 +199,12 @@ func main() {
 		}
 		d.call(`{"execute":"block-dirty-bitmap-disable","arguments":{"node":"b0","name":"a"}}`)
 	}
-	measure("x-debug-block-dirty-bitmap-sha256, 16 Mibit, half set × 20", bitmaps, func(d *daemon) {
+	measure("x-debug-block-dirty-bitmap-sha256, 16 Mibit × 20", bitmaps, func(d *daemon) {
 		for i := 0; i < 20; i++ {
 			d.call(`{"execute":"x-debug-block-dirty-bitmap-sha256","arguments":{"node":"b0","name":"a"}}`)
 		}
 	})
-	measure("block-dirty-bitmap-merge, 16 Mibit, half set × 20", bitmaps, func(d *daemon) {
+	measure("block-dirty-bitmap-merge, 16 Mibit × 20", bitmaps, func(d *daemon) {
 		for i := 0; i < 20; i++ {
 			d.call(`{"execute":"block-dirty-bitmap-merge","arguments":{"node":"b0","target":"c","bitmaps":["a"]}}`)
 		}
