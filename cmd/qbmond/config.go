@@ -18,10 +18,19 @@ type config struct {
 	qmp       []string // listener addresses: unix:PATH or tcp:HOST:PORT
 	jsonrpc   []string
 	blockdevs []string // JSON or keyval, applied in order
+	// graphOpts are --blockdev, --nbd-server and --export in command-line
+	// order, which is the order QSD applies them in.
+	graphOpts []graphOpt
 	logLevel  string
 	logFormat string
 	pidfile   string
 	version   bool
+}
+
+// graphOpt is one option that acts on the daemon's state at start.
+type graphOpt struct {
+	name  string // blockdev, nbd-server, export
+	value string // JSON or keyval
 }
 
 // listFlag collects every occurrence of a repeatable option.
@@ -125,7 +134,19 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.SetOutput(stderr)
 	fs.Var(listFlag{&c.qmp}, "qmp", "QMP listener `unix:PATH|tcp:HOST:PORT` (repeatable)")
 	fs.Var(listFlag{&c.jsonrpc}, "jsonrpc", "JSON-RPC 2.0 listener `unix:PATH|tcp:HOST:PORT` (repeatable)")
-	fs.Var(listFlag{&c.blockdevs}, "blockdev", "add a block node at start: `JSON or keyval` as blockdev-add takes (repeatable)")
+	fs.Func("blockdev", "add a block node at start: `JSON or keyval` as blockdev-add takes (repeatable)", func(v string) error {
+		c.blockdevs = append(c.blockdevs, v)
+		c.graphOpts = append(c.graphOpts, graphOpt{"blockdev", v})
+		return nil
+	})
+	fs.Func("nbd-server", "QSD compatibility: start the NBD server, `addr.type=unix,addr.path=P` or addr.type=inet,addr.host=H,addr.port=N[,max-connections=N]", func(v string) error {
+		c.graphOpts = append(c.graphOpts, graphOpt{"nbd-server", v})
+		return nil
+	})
+	fs.Func("export", "QSD compatibility: add an export, `[type=]nbd,id=ID,node-name=N[,writable=on,...]` as block-export-add takes (repeatable)", func(v string) error {
+		c.graphOpts = append(c.graphOpts, graphOpt{"export", v})
+		return nil
+	})
 	fs.Func("chardev", "QSD compatibility: `socket,path=P,server=on,wait=off,id=X`", q.addChardev)
 	fs.Func("monitor", "QSD compatibility: `chardev=X` makes chardev X a QMP listener", q.addMonitor)
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: `trace|debug|info|warn|error`")

@@ -131,14 +131,23 @@ func newDaemon(cfg *config, log zerolog.Logger) (*daemon, error) {
 			d.shutdown()
 		}
 	}()
-	for _, b := range cfg.blockdevs {
-		if err := d.commandLine("blockdev-add", "driver", b); err != nil {
+	for _, o := range cfg.graphOpts {
+		var err error
+		switch o.name {
+		case "blockdev":
+			err = d.commandLine("blockdev-add", "driver", o.value)
+		case "nbd-server":
+			err = d.nbdServerOption(o.value)
+		case "export":
+			err = d.commandLine("block-export-add", "type", o.value)
+		}
+		if err != nil {
 			// As QSD, --blockdev errors carry QEMU's hint line.
 			var qe *qmp.Error
-			if errors.As(err, &qe) && qe.Hint != "" {
-				return nil, fmt.Errorf("--blockdev %s: %w\n%s", b, err, qe.Hint)
+			if o.name == "blockdev" && errors.As(err, &qe) && qe.Hint != "" {
+				return nil, fmt.Errorf("--%s %s: %w\n%s", o.name, o.value, err, qe.Hint)
 			}
-			return nil, fmt.Errorf("--blockdev %s: %w", b, err)
+			return nil, fmt.Errorf("--%s %s: %w", o.name, o.value, err)
 		}
 	}
 	d.qmpSrv = qmp.NewServer(d.disp, vi, log)
@@ -205,6 +214,66 @@ func (d *daemon) commandLine(cmd, implied, arg string) error {
 		tree, kv = t, true
 	}
 	_, qerr := d.disp.Execute(context.Background(), qmp.Request{Name: cmd, Args: tree, Keyval: kv, Origin: "cli"})
+	if qerr != nil {
+		return qerr
+	}
+	return nil
+}
+
+// nbdServerOption is --nbd-server: QSD's NbdServerOptions, whose addr is
+// a flat SocketAddress (addr.type=unix,addr.path=P), run as nbd-server-start,
+// whose addr is the legacy form ({"type": "unix", "data": {"path": P}}).
+func (d *daemon) nbdServerOption(arg string) error {
+	var tree any
+	kv := false
+	if strings.HasPrefix(strings.TrimSpace(arg), "{") {
+		t, err := qmp.ParseJSON([]byte(arg))
+		if err != nil {
+			return err
+		}
+		tree = t
+	} else {
+		t, err := keyval.Parse(arg, "")
+		if err != nil {
+			return err
+		}
+		tree, kv = t, true
+	}
+	opts, ok := tree.(map[string]any)
+	if !ok {
+		return errors.New("Invalid parameter type, expected: object")
+	}
+	addr, ok := opts["addr"].(map[string]any)
+	if !ok {
+		return errors.New("Parameter 'addr' is missing")
+	}
+	typ, _ := addr["type"].(string)
+	data := map[string]any{}
+	for k, v := range addr {
+		if k != "type" {
+			data[k] = v
+		}
+	}
+	switch typ {
+	case "unix":
+		if _, ok := data["path"]; !ok {
+			return errors.New("Parameter 'addr.path' is missing")
+		}
+	case "inet":
+		for _, k := range []string{"host", "port"} {
+			if _, ok := data[k]; !ok {
+				return fmt.Errorf("Parameter 'addr.%s' is missing", k)
+			}
+		}
+	case "":
+		return errors.New("Parameter 'addr.type' is missing")
+	}
+	args := map[string]any{}
+	for k, v := range opts {
+		args[k] = v
+	}
+	args["addr"] = map[string]any{"type": typ, "data": data}
+	_, qerr := d.disp.Execute(context.Background(), qmp.Request{Name: "nbd-server-start", Args: args, Keyval: kv, Origin: "cli"})
 	if qerr != nil {
 		return qerr
 	}
