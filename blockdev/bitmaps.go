@@ -292,6 +292,25 @@ func (b *DirtyBitmap) Clear() error {
 		return err
 	}
 	b.bits.Clear()
+	return b.saved()
+}
+
+// BitmapSaver is a BitmapStore told when a persistent bitmap's bits
+// changed other than by writes (clear, merge, a transaction's undo), so
+// that a store which keeps bits durable as they change (qbm's
+// bitmap-sync=write) saves them before the command returns.
+type BitmapSaver interface {
+	SaveBitmap(name string) error
+}
+
+// saved tells the driver of a persistent bitmap that its bits changed.
+func (b *DirtyBitmap) saved() error {
+	if !b.persistent || b.readOnly {
+		return nil
+	}
+	if s, ok := b.node.drv.(BitmapSaver); ok {
+		return s.SaveBitmap(b.name)
+	}
 	return nil
 }
 
@@ -340,5 +359,5 @@ func (b *DirtyBitmap) MergeInto(sources []*DirtyBitmap) error {
 			return err
 		}
 	}
-	return nil
+	return b.saved()
 }

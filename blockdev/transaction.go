@@ -146,6 +146,7 @@ func (g *Graph) prepareAction(typ string, data json.RawMessage) (txAction, error
 				if own {
 					dst.shadow.Store(nil)
 				}
+				g.logSave(dst)
 			},
 		}, nil
 	}
@@ -181,7 +182,10 @@ func (g *Graph) prepareAction(typ string, data json.RawMessage) (txAction, error
 		b.bits.Clear()
 		// Undoing a clear puts the old bits back beside those written
 		// since, which only adds bits.
-		return txFunc{onAbort: func() { _ = b.bits.Merge(backup) }}, nil
+		return txFunc{
+			onCommit: func() { g.logSave(b) },
+			onAbort:  func() { _ = b.bits.Merge(backup); g.logSave(b) },
+		}, nil
 	case "block-dirty-bitmap-enable", "block-dirty-bitmap-disable":
 		was := b.Recording()
 		if err := b.SetRecording(typ == "block-dirty-bitmap-enable"); err != nil {
@@ -190,4 +194,13 @@ func (g *Graph) prepareAction(typ string, data json.RawMessage) (txAction, error
 		return txFunc{onAbort: func() { _ = b.SetRecording(was) }}, nil
 	}
 	return nil, fmt.Errorf("Action '%s' is not supported", typ)
+}
+
+// logSave has a persistent bitmap's store save it after a transaction
+// changed it; a failure cannot undo the transaction any more, so it is
+// logged (the store marks what it could not save).
+func (g *Graph) logSave(b *DirtyBitmap) {
+	if err := b.saved(); err != nil {
+		g.log.Warn().Err(err).Str("bitmap", b.name).Msg("saving bitmap after transaction")
+	}
 }

@@ -284,3 +284,30 @@ func (d *Driver) SetBitmapRecording(name string, on bool) error {
 	}
 	return nil
 }
+
+// SaveBitmap, in bitmap-sync=write mode, writes a dirty bitmap's whole
+// file after its bits changed other than by a write (clear, merge, a
+// transaction's undo) and fsyncs it, so that the change survives a crash
+// as writes do. With bitmap-sync=close the bits are saved at close.
+func (d *Driver) SaveBitmap(name string) error {
+	if d.syncMode != SyncWrite || d.ro {
+		return nil
+	}
+	for _, bf := range d.dirtyFiles() {
+		if bf.db == nil || bf.entry.Name != name || bf.inconsistent() {
+			continue
+		}
+		bf.mu.Lock()
+		// The file becomes exactly the bits now; writes from here on
+		// add to it under bf.mu as before.
+		bf.disk = bf.bits.Copy()
+		err := bf.writeAll(bf.disk)
+		bf.lastCount = bf.bits.Count()
+		bf.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		return bf.sync()
+	}
+	return nil
+}

@@ -558,10 +558,35 @@ func (bf *bmFile) sync() error {
 	return nil
 }
 
-// Flush flushes the image, then makes the allocation bits durable and, in
-// bitmap-sync=write mode, the dirty bitmaps' files (bits that changed
-// without a write, by merge, are written first).
+// Flush makes everything durable in the order that keeps a crash safe:
+// in bitmap-sync=write mode the dirty bitmaps' files first (a bit on disk
+// for data that is not is harmless; the reverse would lose a change),
+// then the image, then the allocation bits (which must never claim data
+// the image does not have on disk).
 func (d *Driver) Flush(ctx context.Context) error {
+	if !d.ro && d.syncMode == SyncWrite {
+		for _, bf := range d.dirtyFiles() {
+			if bf.db == nil || bf.inconsistent() {
+				continue
+			}
+			if c := bf.bits.Count(); c != bf.lastCount {
+				// Bits that changed without a write reach the file.
+				bf.mu.Lock()
+				err := bf.disk.Merge(bf.bits)
+				if err == nil {
+					err = bf.writeAll(bf.disk)
+				}
+				bf.lastCount = c
+				bf.mu.Unlock()
+				if err != nil {
+					return err
+				}
+			}
+			if err := bf.sync(); err != nil {
+				return err
+			}
+		}
+	}
 	if err := d.image.Flush(ctx); err != nil {
 		return err
 	}
@@ -570,29 +595,6 @@ func (d *Driver) Flush(ctx context.Context) error {
 	}
 	if d.alloc != nil {
 		if err := d.alloc.sync(); err != nil {
-			return err
-		}
-	}
-	if d.syncMode != SyncWrite {
-		return nil
-	}
-	for _, bf := range d.dirtyFiles() {
-		if bf.db == nil || bf.inconsistent() {
-			continue
-		}
-		if c := bf.bits.Count(); c != bf.lastCount {
-			bf.mu.Lock()
-			err := bf.disk.Merge(bf.bits)
-			if err == nil {
-				err = bf.writeAll(bf.disk)
-			}
-			bf.lastCount = c
-			bf.mu.Unlock()
-			if err != nil {
-				return err
-			}
-		}
-		if err := bf.sync(); err != nil {
 			return err
 		}
 	}

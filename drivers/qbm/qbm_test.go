@@ -529,3 +529,48 @@ func TestMalformed(t *testing.T) {
 		t.Fatalf("backing loop: got %v\nwant %s", err, want)
 	}
 }
+
+// With bitmap-sync=write, a clear and a merge reach the bitmap files when
+// the command returns: a crash right after loses neither.
+func TestCrashAfterClearAndMerge(t *testing.T) {
+	dir := t.TempDir()
+	desc := create(t, dir, blockdev.Options{"size": int64(8 << 20), "dirty-bitmaps": int64(2)})
+	o := qbmOpts(desc)
+	o["bitmap-sync"] = "write"
+	h := mustOpen(t, o)
+	b0, b1 := h.n.DirtyBitmap("dirty.0"), h.n.DirtyBitmap("dirty.1")
+	h.write(t, 0, pattern(4096, 1))
+	h.g.Lock()
+	if err := b0.Clear(); err != nil {
+		h.g.Unlock()
+		t.Fatal(err)
+	}
+	h.g.Unlock()
+	h.write(t, 1<<20, pattern(4096, 2))
+	h.g.Lock()
+	err := b0.MergeInto([]*blockdev.DirtyBitmap{b1}) // b1 has both writes
+	h.g.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.g.Lock()
+	err = b1.Clear()
+	h.g.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want0, want1 := b0.Bits().SHA256(), b1.Bits().SHA256()
+	if b0.Bits().Count() != 2*65536 || b1.Bits().Count() != 0 {
+		t.Fatalf("counts before the crash: %d %d", b0.Bits().Count(), b1.Bits().Count())
+	}
+	crashed := copyDir(t, dir)
+	h.close(t)
+	h2 := mustOpen(t, qbmOpts(filepath.Join(crashed, "disk.qbm")))
+	defer h2.close(t)
+	if got := h2.n.DirtyBitmap("dirty.0"); got.Inconsistent() || got.Bits().SHA256() != want0 {
+		t.Fatalf("merged bitmap after crash: count %d", got.Bits().Count())
+	}
+	if got := h2.n.DirtyBitmap("dirty.1"); got.Inconsistent() || got.Bits().SHA256() != want1 {
+		t.Fatalf("cleared bitmap after crash: count %d", got.Bits().Count())
+	}
+}
