@@ -1,6 +1,7 @@
 package qcow2_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -311,5 +312,32 @@ func TestBlockStatusHugeSparse(t *testing.T) {
 	st, err = h.c.BlockStatus(ctx, 8<<40, h.n.Length()-8<<40)
 	if err != nil || st.Flags&blockdev.StatusData == 0 || st.Length != 65536 {
 		t.Fatalf("the written cluster: %+v %v", st, err)
+	}
+}
+
+// Growing an image over a longer backing node leaves the new area reading
+// as zeroes, not as the backing node's data.
+func TestGrowOverLongerBacking(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.raw")
+	if err := os.WriteFile(base, bytes.Repeat([]byte{0x77}, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	img := mustCreate(t, blockdev.Options{"size": int64(256 << 10), "backing-file": base, "backing-fmt": "raw"})
+	h := open(t, img, false)
+	defer h.close(t)
+	if err := h.c.Truncate(ctx, 768<<10, false); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 768<<10)
+	if err := h.c.Read(ctx, 0, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[:256<<10], bytes.Repeat([]byte{0x77}, 256<<10)) {
+		t.Fatal("the old area no longer reads the backing data")
+	}
+	if !bytes.Equal(got[256<<10:], make([]byte, 512<<10)) {
+		t.Fatal("the grown area shows the backing data")
 	}
 }

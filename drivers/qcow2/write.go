@@ -411,6 +411,28 @@ func (d *Driver) Discard(ctx context.Context, off, n int64) error {
 
 // Truncate grows the disk (shrinking is not supported).
 func (d *Driver) Truncate(ctx context.Context, size int64, exact bool) error {
+	old := d.virtualSize()
+	if err := d.grow(ctx, size); err != nil {
+		return err
+	}
+	// The grown area reads as zeroes even over a longer backing node,
+	// whose data must not show through (as QEMU does since 5.1).
+	if d.backing != nil && size > old {
+		if end := min(size, d.backing.Length()); end > old {
+			return d.WriteZeroes(ctx, old, end-old, 0)
+		}
+	}
+	return nil
+}
+
+func (d *Driver) virtualSize() int64 {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return int64(d.h.size)
+}
+
+// grow sets the virtual size, growing the L1 table as needed.
+func (d *Driver) grow(ctx context.Context, size int64) error {
 	if err := d.check(); err != nil {
 		return err
 	}
