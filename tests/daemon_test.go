@@ -85,6 +85,9 @@ func startDaemon(t testing.TB, k kind, dir string, extra ...string) *daemon {
 	}
 	d := &daemon{t: t, kind: k, dir: dir, sock: filepath.Join(dir, "qmp.sock"),
 		stderr: &lockedBuffer{}, exited: make(chan struct{})}
+	// A daemon killed earlier in the same directory leaves its socket
+	// file; waiting for "the" socket must not find that one.
+	os.Remove(d.sock)
 	args := []string{
 		"--chardev", "socket,path=" + d.sock + ",server=on,wait=off,id=mon0",
 		"--monitor", "chardev=mon0",
@@ -190,7 +193,10 @@ func (d *daemon) dial() (*client, map[string]any) {
 	var err error
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		conn, err = net.Dial("unix", d.sock)
-		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+		// Refused: bound but not yet listening. Not found: a stale
+		// socket file was just replaced.
+		retry := errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
+		if err == nil || !retry || time.Now().After(deadline) {
 			break
 		}
 	}
