@@ -5,9 +5,10 @@
 package all
 
 import (
-	_ "github.com/qbmond/qbmond/drivers/file"  // file
-	_ "github.com/qbmond/qbmond/drivers/null"  // null-co, null-aio
-	_ "github.com/qbmond/qbmond/drivers/qbm"   // qbm
-	_ "github.com/qbmond/qbmond/drivers/qcow2" // qcow2
-	_ "github.com/qbmond/qbmond/drivers/raw"   // raw
+	_ "github.com/qbmond/qbmond/drivers/blkdebug" // blkdebug
+	_ "github.com/qbmond/qbmond/drivers/file"     // file
+	_ "github.com/qbmond/qbmond/drivers/null"     // null-co, null-aio
+	_ "github.com/qbmond/qbmond/drivers/qbm"      // qbm
+	_ "github.com/qbmond/qbmond/drivers/qcow2"    // qcow2
+	_ "github.com/qbmond/qbmond/drivers/raw"      // raw
 )
