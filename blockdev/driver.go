@@ -56,7 +56,8 @@ import (
 // Optional abilities are separate small interfaces found by type assertion:
 // Truncater, Reopener, BackingChanger, ChildPermer, FilenameRefresher,
 // FormatInfoer, AllocatedSizer, StrongOptioner, ProtocolDriver,
-// WriteFlagger, Aligner, FileMapper, PermLocker, BackingFiler.
+// WriteFlagger, Aligner, FileMapper, PermLocker, BackingFiler,
+// DebugEventer.
 type Driver interface {
 	// Open opens the node from its options (oc.Options(): the validated
 	// blockdev-add arguments for this driver, without the generic ones
@@ -268,6 +269,13 @@ type PermLocker interface {
 // backing-filename-format.
 type BackingFiler interface {
 	BackingFile() (filename, format string)
+}
+
+// DebugEventer is a driver that reacts to QEMU's block debug events
+// (blkdebug: "read_aio", "write_aio", "flush_to_disk", ...), which a parent
+// fires on its child with Child.DebugEvent as QEMU's BLKDBG_EVENT does.
+type DebugEventer interface {
+	DebugEvent(event string)
 }
 
 // Factory returns a fresh, unopened driver instance.

@@ -230,6 +230,14 @@ func (c *Child) FileRange(off, n int64) (fd int, fileOff int64, ok bool) {
 	return c.node.fileRange(off, n)
 }
 
+// DebugEvent tells the child node's driver that the parent reached a
+// debug event point (only blkdebug listens).
+func (c *Child) DebugEvent(event string) {
+	if de, ok := c.node.drv.(DebugEventer); ok {
+		de.DebugEvent(event)
+	}
+}
+
 // BlockStatus queries the child node.
 func (c *Child) BlockStatus(ctx context.Context, off, n int64) (BlockStatus, error) {
 	return c.node.BlockStatus(ctx, c, off, n)

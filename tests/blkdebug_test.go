@@ -13,7 +13,7 @@ import (
 // with the given rules over a fresh 1 MiB raw file full of data, on a daemon of kind k,
 // and returns what qemu-io said about each request: the "read"/"wrote"
 // lines and the failures, without timings.
-func blkdebugIO(t *testing.T, k kind, rules map[string]any, cmds []string) []string {
+func blkdebugIO(t *testing.T, k kind, rules map[string]any, cmds []string, overRaw bool) []string {
 	t.Helper()
 	dir := shortTempDir(t)
 	// Data everywhere, so that NBD reads reach the driver rather than
@@ -25,6 +25,10 @@ func blkdebugIO(t *testing.T, k kind, rules map[string]any, cmds []string) []str
 	opts := map[string]any{"driver": "blkdebug", "image": map[string]any{"driver": "file", "filename": img}}
 	for key, v := range rules {
 		opts[key] = v
+	}
+	if overRaw {
+		// A format node above fires read_aio and write_aio.
+		opts = map[string]any{"driver": "raw", "file": opts}
 	}
 	d, _, uri := exportNode(t, k, dir, opts, true, false)
 	defer d.stop()
@@ -50,32 +54,38 @@ func blkdebugIO(t *testing.T, k kind, rules map[string]any, cmds []string) []str
 func TestBlkdebugLikeQSD(t *testing.T) {
 	requireTool(t, "qemu-storage-daemon")
 	for _, tc := range []struct {
-		name  string
-		rules []any
-		cmds  []string
+		name    string
+		rules   []any
+		cmds    []string
+		overRaw bool
 	}{
 		{"once", []any{map[string]any{"event": "pwritev", "once": true}},
-			[]string{"write 0 4k", "write 0 4k", "read 0 4k"}},
+			[]string{"write 0 4k", "write 0 4k", "read 0 4k"}, false},
 		{"enospc", []any{map[string]any{"event": "pwritev", "errno": 28, "iotype": "write"}},
-			[]string{"write 0 4k", "write 4k 4k", "read 0 4k"}},
+			[]string{"write 0 4k", "write 4k 4k", "read 0 4k"}, false},
 		{"sector", []any{map[string]any{"event": "pwritev", "sector": 8, "iotype": "write"}},
-			[]string{"write 0 4k", "write 4k 4k", "write 8k 4k", "write 4095 2", "read 0 8k"}},
+			[]string{"write 0 4k", "write 4k 4k", "write 8k 4k", "write 4095 2", "read 0 8k"}, false},
 		{"zeroes", []any{map[string]any{"event": "pwritev_zero", "iotype": "write-zeroes", "once": true}},
-			[]string{"write -z 0 4k", "write -z 0 4k", "write 0 4k"}},
+			[]string{"write -z 0 4k", "write -z 0 4k", "write 0 4k"}, false},
 		{"state", []any{map[string]any{"event": "pwritev", "state": 2, "iotype": "write"}},
-			[]string{"write 0 4k", "write 0 4k", "write 0 4k"}},
+			[]string{"write 0 4k", "write 0 4k", "write 0 4k"}, false},
 		// Without an iotype the active rule fails reads too. QSD drops the
 		// NBD connection after a failed read, so the read comes last.
 		{"default-iotype", []any{map[string]any{"event": "pwritev"}},
-			[]string{"read 0 4k", "write 0 4k", "read 0 4k"}},
+			[]string{"read 0 4k", "write 0 4k", "read 0 4k"}, false},
+		// Events a raw node above fires on its file child.
+		{"read_aio", []any{map[string]any{"event": "read_aio", "iotype": "read", "once": true}},
+			[]string{"write 0 4k", "read 0 4k"}, true},
+		{"write_aio", []any{map[string]any{"event": "write_aio", "iotype": "write", "errno": 28}},
+			[]string{"write 0 4k", "write 4k 4k", "read 0 4k"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rules := map[string]any{"inject-error": tc.rules}
 			if tc.name == "state" {
 				rules["set-state"] = []any{map[string]any{"event": "pwritev_done", "new_state": 2}}
 			}
-			want := blkdebugIO(t, kindQSD, rules, tc.cmds)
-			got := blkdebugIO(t, kindQbmond, rules, tc.cmds)
+			want := blkdebugIO(t, kindQSD, rules, tc.cmds, tc.overRaw)
+			got := blkdebugIO(t, kindQbmond, rules, tc.cmds, tc.overRaw)
 			if strings.Join(got, "\n") != strings.Join(want, "\n") {
 				t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 			}

@@ -68,6 +68,7 @@ func (d *Driver) Close() error { return nil }
 
 // Read reads from the file child.
 func (d *Driver) Read(ctx context.Context, off int64, p []byte) error {
+	d.file.DebugEvent("read_aio")
 	return d.file.Read(ctx, d.offset+off, p)
 }
 
@@ -78,6 +79,7 @@ func (d *Driver) FileRange(off, n int64) (int, int64, bool) {
 
 // Write writes to the file child.
 func (d *Driver) Write(ctx context.Context, off int64, p []byte, flags blockdev.ReqFlags) error {
+	d.file.DebugEvent("write_aio")
 	return d.file.Write(ctx, d.offset+off, p, flags)
 }
 
