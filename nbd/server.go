@@ -153,12 +153,14 @@ func (s *Server) Clients(name string) int {
 }
 
 // Serve accepts clients on l until l fails or the server is closed; after
-// Close it returns nil. Serve may be called for several listeners.
+// Close it returns nil, also when Close came first (l is closed then).
+// Serve may be called for several listeners.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return ErrServerClosed
+		l.Close()
+		return nil
 	}
 	s.listeners[l] = struct{}{}
 	s.mu.Unlock()

@@ -3,6 +3,8 @@ package nbd
 import (
 	"bytes"
 	"errors"
+	"net"
+	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
@@ -465,4 +467,21 @@ func TestMaxConnections(t *testing.T) {
 	}
 	first.request(cmdDisc, 0, 0, 0, 0, nil)
 	first.expectClosed()
+}
+
+// Serve on a server closed before it started returns nil and closes the
+// listener: a daemon that fails at start closes its NBD server at once.
+func TestServeAfterClose(t *testing.T) {
+	s := NewServer(zeroLog())
+	s.Close()
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Serve(l); err != nil {
+		t.Fatalf("Serve after Close: %v", err)
+	}
+	if _, err := l.Accept(); err == nil {
+		t.Fatal("listener still open")
+	}
 }
