@@ -334,29 +334,10 @@ func (d *Driver) growRefTable(ctx context.Context, minEntries int64) error {
 	for j := range m {
 		nt[old+j] = uint64((r + j) * d.cs)
 	}
-	tb := make([]byte, tc*d.cs)
-	for i, e := range nt {
-		binary.BigEndian.PutUint64(tb[8*i:], e)
-	}
-	tOff := (r + m) * d.cs
-	if err := d.file.Write(ctx, tOff, tb, 0); err != nil {
-		return err
-	}
-	if err := d.file.Flush(ctx); err != nil {
-		return err
-	}
-	var hb [12]byte
-	binary.BigEndian.PutUint64(hb[0:], uint64(tOff))
-	binary.BigEndian.PutUint32(hb[8:], uint32(tc))
-	if err := d.file.Write(ctx, offRefTable, hb[:], 0); err != nil {
-		return err
-	}
-	if err := d.file.Flush(ctx); err != nil {
-		return err
-	}
 	oldOff, oldClusters := int64(d.h.refTableOff), int64(d.h.refTableCluster)
-	d.h.refTableOff, d.h.refTableCluster = uint64(tOff), uint32(tc)
-	d.rt = nt
+	if err := d.installRefTable(ctx, nt, (r+m)*d.cs, tc); err != nil {
+		return err
+	}
 	for j := range m {
 		d.rbc.put((r+j)*d.cs, blocks[j])
 	}
@@ -462,11 +443,21 @@ func (d *Driver) rebuildRefcounts(ctx context.Context) error {
 		}
 		nt[j] = uint64((e + j) * d.cs)
 	}
+	if err := d.installRefTable(ctx, nt, (e+m)*d.cs, tc); err != nil {
+		return err
+	}
+	d.freeHint = 0
+	return nil
+}
+
+// installRefTable writes the refcount table nt (tc clusters) at tOff,
+// makes it durable, then points the header at it and makes that durable,
+// so that a crash leaves either the old table or the new one in force.
+func (d *Driver) installRefTable(ctx context.Context, nt []uint64, tOff, tc int64) error {
 	tb := make([]byte, tc*d.cs)
 	for i, v := range nt {
 		binary.BigEndian.PutUint64(tb[8*i:], v)
 	}
-	tOff := (e + m) * d.cs
 	if err := d.file.Write(ctx, tOff, tb, 0); err != nil {
 		return err
 	}
@@ -484,6 +475,5 @@ func (d *Driver) rebuildRefcounts(ctx context.Context) error {
 	}
 	d.h.refTableOff, d.h.refTableCluster = uint64(tOff), uint32(tc)
 	d.rt = nt
-	d.freeHint = 0
 	return nil
 }
