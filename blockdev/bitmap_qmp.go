@@ -41,15 +41,21 @@ type bitmapArgs struct {
 	Name string `json:"name"`
 }
 
+// lookupBitmapArgs finds the bitmap a BlockDirtyBitmap argument names.
+// Caller holds the graph lock.
+func (g *Graph) lookupBitmapArgs(args json.RawMessage) (*Node, *DirtyBitmap, error) {
+	var a bitmapArgs
+	if err := json.Unmarshal(args, &a); err != nil {
+		return nil, nil, qmp.Errorf("%v", err)
+	}
+	return g.LookupBitmap(a.Node, a.Name)
+}
+
 func (g *Graph) bitmapCmd(f func(*Node, *DirtyBitmap) error) qmp.Handler {
 	return func(ctx context.Context, args json.RawMessage) (any, error) {
-		var a bitmapArgs
-		if err := json.Unmarshal(args, &a); err != nil {
-			return nil, qmp.Errorf("%v", err)
-		}
 		g.Lock()
 		defer g.Unlock()
-		n, b, err := g.LookupBitmap(a.Node, a.Name)
+		n, b, err := g.lookupBitmapArgs(args)
 		if err != nil {
 			return nil, err
 		}
@@ -61,6 +67,18 @@ func (g *Graph) bitmapCmd(f func(*Node, *DirtyBitmap) error) qmp.Handler {
 }
 
 func (g *Graph) qmpBitmapAdd(ctx context.Context, args json.RawMessage) (any, error) {
+	g.Lock()
+	defer g.Unlock()
+	if _, _, err := g.addBitmapArgs(args); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+// addBitmapArgs adds the bitmap block-dirty-bitmap-add's arguments (as
+// the command or as a transaction action) describe. Caller holds the
+// graph lock.
+func (g *Graph) addBitmapArgs(args json.RawMessage) (*Node, *DirtyBitmap, error) {
 	var a struct {
 		Node        string  `json:"node"`
 		Name        string  `json:"name"`
@@ -69,25 +87,19 @@ func (g *Graph) qmpBitmapAdd(ctx context.Context, args json.RawMessage) (any, er
 		Disabled    bool    `json:"disabled"`
 	}
 	if err := json.Unmarshal(args, &a); err != nil {
-		return nil, qmp.Errorf("%v", err)
+		return nil, nil, qmp.Errorf("%v", err)
 	}
 	o := BitmapOptions{Persistent: a.Persistent, Disabled: a.Disabled}
 	if a.Granularity != nil {
-		o.Granularity = *a.Granularity
-		if o.Granularity == 0 {
-			o.Granularity = 1 // given as 0: refused like any non-power of two
-		}
+		// Given as 0: refused like any other non-power of two.
+		o.Granularity = max(*a.Granularity, 1)
 	}
-	g.Lock()
-	defer g.Unlock()
 	n := g.Lookup(a.Node)
 	if n == nil {
-		return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.Node, a.Node)
+		return nil, nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.Node, a.Node)
 	}
-	if _, err := n.AddDirtyBitmap(a.Name, o); err != nil {
-		return nil, err
-	}
-	return struct{}{}, nil
+	b, err := n.AddDirtyBitmap(a.Name, o)
+	return n, b, err
 }
 
 // bitmapRef is BlockDirtyBitmapOrStr: a name on the target's node, or
@@ -106,21 +118,9 @@ func (r *bitmapRef) UnmarshalJSON(b []byte) error {
 }
 
 func (g *Graph) qmpBitmapMerge(ctx context.Context, args json.RawMessage) (any, error) {
-	var a struct {
-		Node    string      `json:"node"`
-		Target  string      `json:"target"`
-		Bitmaps []bitmapRef `json:"bitmaps"`
-	}
-	if err := json.Unmarshal(args, &a); err != nil {
-		return nil, qmp.Errorf("%v", err)
-	}
 	g.Lock()
 	defer g.Unlock()
-	n, dst, err := g.LookupBitmap(a.Node, a.Target)
-	if err != nil {
-		return nil, err
-	}
-	srcs, err := g.resolveBitmaps(n, a.Bitmaps)
+	dst, srcs, err := g.mergeArgs(args)
 	if err != nil {
 		return nil, err
 	}
@@ -128,6 +128,25 @@ func (g *Graph) qmpBitmapMerge(ctx context.Context, args json.RawMessage) (any, 
 		return nil, err
 	}
 	return struct{}{}, nil
+}
+
+// mergeArgs finds the target and the sources block-dirty-bitmap-merge's
+// arguments name. Caller holds the graph lock.
+func (g *Graph) mergeArgs(args json.RawMessage) (*DirtyBitmap, []*DirtyBitmap, error) {
+	var a struct {
+		Node    string      `json:"node"`
+		Target  string      `json:"target"`
+		Bitmaps []bitmapRef `json:"bitmaps"`
+	}
+	if err := json.Unmarshal(args, &a); err != nil {
+		return nil, nil, qmp.Errorf("%v", err)
+	}
+	n, dst, err := g.LookupBitmap(a.Node, a.Target)
+	if err != nil {
+		return nil, nil, err
+	}
+	srcs, err := g.resolveBitmaps(n, a.Bitmaps)
+	return dst, srcs, err
 }
 
 // resolveBitmaps finds merge sources, with QEMU's errors.
@@ -151,13 +170,9 @@ func (g *Graph) resolveBitmaps(n *Node, refs []bitmapRef) ([]*DirtyBitmap, error
 }
 
 func (g *Graph) qmpBitmapSHA256(ctx context.Context, args json.RawMessage) (any, error) {
-	var a bitmapArgs
-	if err := json.Unmarshal(args, &a); err != nil {
-		return nil, qmp.Errorf("%v", err)
-	}
 	g.Lock()
 	defer g.Unlock()
-	_, b, err := g.LookupBitmap(a.Node, a.Name)
+	_, b, err := g.lookupBitmapArgs(args)
 	if err != nil {
 		return nil, err
 	}

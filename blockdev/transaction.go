@@ -78,48 +78,17 @@ func (g *Graph) abortTx(done []txAction) {
 }
 
 func (g *Graph) prepareAction(typ string, data json.RawMessage) (txAction, error) {
-	var ba bitmapArgs
 	switch typ {
 	case "abort":
 		return nil, errors.New("Transaction aborted using Abort action")
 	case "block-dirty-bitmap-add":
-		var a struct {
-			Node        string  `json:"node"`
-			Name        string  `json:"name"`
-			Granularity *uint64 `json:"granularity"`
-			Persistent  bool    `json:"persistent"`
-			Disabled    bool    `json:"disabled"`
-		}
-		if err := json.Unmarshal(data, &a); err != nil {
-			return nil, err
-		}
-		n := g.Lookup(a.Node)
-		if n == nil {
-			return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.Node, a.Node)
-		}
-		o := BitmapOptions{Persistent: a.Persistent, Disabled: a.Disabled}
-		if a.Granularity != nil {
-			o.Granularity = max(*a.Granularity, 1)
-		}
-		b, err := n.AddDirtyBitmap(a.Name, o)
+		n, b, err := g.addBitmapArgs(data)
 		if err != nil {
 			return nil, err
 		}
 		return txFunc{onAbort: func() { n.dropBitmap(b, true) }}, nil
 	case "block-dirty-bitmap-merge":
-		var a struct {
-			Node    string      `json:"node"`
-			Target  string      `json:"target"`
-			Bitmaps []bitmapRef `json:"bitmaps"`
-		}
-		if err := json.Unmarshal(data, &a); err != nil {
-			return nil, err
-		}
-		n, dst, err := g.LookupBitmap(a.Node, a.Target)
-		if err != nil {
-			return nil, err
-		}
-		srcs, err := g.resolveBitmaps(n, a.Bitmaps)
+		dst, srcs, err := g.mergeArgs(data)
 		if err != nil {
 			return nil, err
 		}
@@ -150,10 +119,7 @@ func (g *Graph) prepareAction(typ string, data json.RawMessage) (txAction, error
 			},
 		}, nil
 	}
-	if err := json.Unmarshal(data, &ba); err != nil {
-		return nil, err
-	}
-	n, b, err := g.LookupBitmap(ba.Node, ba.Name)
+	n, b, err := g.lookupBitmapArgs(data)
 	if err != nil {
 		return nil, err
 	}
