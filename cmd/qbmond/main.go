@@ -198,23 +198,26 @@ func newDaemon(cfg *config, log zerolog.Logger) (*daemon, error) {
 // starts with '{' and as keyval otherwise (QSD's rule); implied is the key a
 // first keyval element without '=' stands for.
 func (d *daemon) commandLine(cmd, implied, arg string) error {
-	var tree any
-	kv := false
-	if strings.HasPrefix(strings.TrimSpace(arg), "{") {
-		t, err := qmp.ParseJSON([]byte(arg))
-		if err != nil {
-			return err
-		}
-		tree = t
-	} else {
-		t, err := keyval.Parse(arg, implied)
-		if err != nil {
-			return err
-		}
-		tree, kv = t, true
+	tree, kv, err := parseOption(arg, implied)
+	if err != nil {
+		return err
 	}
-	_, qerr := d.disp.Execute(context.Background(), qmp.Request{Name: cmd, Args: tree, Keyval: kv, Origin: "cli"})
-	if qerr != nil {
+	return d.execute(cmd, tree, kv)
+}
+
+// parseOption reads an option's value, JSON or keyval, and tells which.
+func parseOption(arg, implied string) (tree any, kv bool, err error) {
+	if strings.HasPrefix(strings.TrimSpace(arg), "{") {
+		tree, err = qmp.ParseJSON([]byte(arg))
+		return tree, false, err
+	}
+	tree, err = keyval.Parse(arg, implied)
+	return tree, true, err
+}
+
+// execute runs a command from the command line.
+func (d *daemon) execute(cmd string, args any, kv bool) error {
+	if _, qerr := d.disp.Execute(context.Background(), qmp.Request{Name: cmd, Args: args, Keyval: kv, Origin: "cli"}); qerr != nil {
 		return qerr
 	}
 	return nil
@@ -224,20 +227,9 @@ func (d *daemon) commandLine(cmd, implied, arg string) error {
 // a flat SocketAddress (addr.type=unix,addr.path=P), run as nbd-server-start,
 // whose addr is the legacy form ({"type": "unix", "data": {"path": P}}).
 func (d *daemon) nbdServerOption(arg string) error {
-	var tree any
-	kv := false
-	if strings.HasPrefix(strings.TrimSpace(arg), "{") {
-		t, err := qmp.ParseJSON([]byte(arg))
-		if err != nil {
-			return err
-		}
-		tree = t
-	} else {
-		t, err := keyval.Parse(arg, "")
-		if err != nil {
-			return err
-		}
-		tree, kv = t, true
+	tree, kv, err := parseOption(arg, "")
+	if err != nil {
+		return err
 	}
 	opts, ok := tree.(map[string]any)
 	if !ok {
@@ -273,11 +265,7 @@ func (d *daemon) nbdServerOption(arg string) error {
 		args[k] = v
 	}
 	args["addr"] = map[string]any{"type": typ, "data": data}
-	_, qerr := d.disp.Execute(context.Background(), qmp.Request{Name: "nbd-server-start", Args: args, Keyval: kv, Origin: "cli"})
-	if qerr != nil {
-		return qerr
-	}
-	return nil
+	return d.execute("nbd-server-start", args, kv)
 }
 
 func (d *daemon) serve(l net.Listener, addr, what string, serve func(net.Listener) error) {
