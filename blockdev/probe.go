@@ -1,6 +1,7 @@
 package blockdev
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -30,13 +31,13 @@ func RegisterProbe(name string, f ProbeFunc) {
 func probeFormat(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("Could not open '%s': %s", path, errnoText(err))
+		return "", fmt.Errorf("Could not open '%s': %s", path, Strerror(err))
 	}
 	defer f.Close()
 	head := make([]byte, 512)
 	n, err := io.ReadFull(f, head)
 	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
-		return "", fmt.Errorf("Could not read image for determining its format: %s", errnoText(err))
+		return "", fmt.Errorf("Could not read image for determining its format: %s", Strerror(err))
 	}
 	registryMu.RLock()
 	defer registryMu.RUnlock()
@@ -49,15 +50,13 @@ func probeFormat(path string) (string, error) {
 	return best, nil
 }
 
-// errnoText renders an error as C's strerror does, with a capital letter.
-func errnoText(err error) string {
-	var errno syscall.Errno
-	if pe, ok := err.(*os.PathError); ok {
-		err = pe.Err
-	}
+// Strerror renders an error as C's strerror does, capitalised ("No such
+// file or directory"), which is how QEMU's messages quote system errors:
+// the errno's text when the error wraps one, else the error's own text.
+func Strerror(err error) string {
 	s := err.Error()
-	if e, ok := err.(syscall.Errno); ok {
-		errno = e
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
 		s = errno.Error()
 	}
 	if s != "" && s[0] >= 'a' && s[0] <= 'z' {

@@ -25,7 +25,6 @@ import (
 	"math"
 	"os"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 
@@ -105,7 +104,7 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 		if _, err := os.Stat(cfg); err != nil {
 			var errno syscall.Errno
 			if errors.As(err, &errno) {
-				return fmt.Errorf("Could not read blkdebug config file: %s", errnoText(errno))
+				return fmt.Errorf("Could not read blkdebug config file: %s", blockdev.Strerror(errno))
 			}
 			return fmt.Errorf("Could not read blkdebug config file: %v", err)
 		}
@@ -454,13 +453,4 @@ func (d *Driver) ChildPerm(c *blockdev.Child, role blockdev.Role, perm, shared b
 func (d *Driver) StrongOptions() []string {
 	return []string{"config", "align", "max-transfer", "opt-write-zero", "max-write-zero",
 		"opt-discard", "max-discard", "inject-error", "set-state"}
-}
-
-// errnoText is strerror's wording ("No such file or directory").
-func errnoText(e syscall.Errno) string {
-	s := e.Error()
-	if s == "" {
-		return s
-	}
-	return strings.ToUpper(s[:1]) + s[1:]
 }

@@ -77,11 +77,11 @@ func create(ctx context.Context, cc *blockdev.CreateContext) (err error) {
 
 	fd, err := unix.Open(name, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
 	if err != nil {
-		return fmt.Errorf("Could not create '%s': %s", name, strerror(err))
+		return fmt.Errorf("Could not create '%s': %s", name, blockdev.Strerror(err))
 	}
 	defer func() {
 		if cerr := unix.Close(fd); cerr != nil && err == nil {
-			err = fmt.Errorf("Could not close the new file: %s", strerror(cerr))
+			err = fmt.Errorf("Could not close the new file: %s", blockdev.Strerror(cerr))
 		}
 	}()
 	if err = createLock(fd, name); err != nil {
@@ -90,7 +90,7 @@ func create(ctx context.Context, cc *blockdev.CreateContext) (err error) {
 	jobs.Background(ctx)
 
 	if err = unix.Ftruncate(fd, 0); err != nil {
-		return fmt.Errorf("Could not resize file: %s", strerror(err))
+		return fmt.Errorf("Could not resize file: %s", blockdev.Strerror(err))
 	}
 	if nocow {
 		// An optimisation for copy-on-write file systems; failures are
@@ -135,7 +135,7 @@ func createResize(ctx context.Context, fd int, size int64, prealloc string) erro
 	switch prealloc {
 	case "off":
 		if err := unix.Ftruncate(fd, size); err != nil {
-			return fmt.Errorf("Could not resize file: %s", strerror(err))
+			return fmt.Errorf("Could not resize file: %s", blockdev.Strerror(err))
 		}
 		if size > 0 {
 			n := 4096
@@ -155,21 +155,21 @@ func createResize(ctx context.Context, fd int, size int64, prealloc string) erro
 			err = createWriteZeros(ctx, fd, 0, size)
 		}
 		if err != nil {
-			return fmt.Errorf("Could not preallocate new data: %s", strerror(err))
+			return fmt.Errorf("Could not preallocate new data: %s", blockdev.Strerror(err))
 		}
 		return nil
 	case "full":
 		if err := unix.Ftruncate(fd, size); err != nil {
-			return fmt.Errorf("Could not resize file: %s", strerror(err))
+			return fmt.Errorf("Could not resize file: %s", blockdev.Strerror(err))
 		}
 		if err := createWriteZeros(ctx, fd, 0, size); err != nil {
 			if ctx.Err() != nil {
 				return err
 			}
-			return fmt.Errorf("Could not write zeros for preallocation: %s", strerror(err))
+			return fmt.Errorf("Could not write zeros for preallocation: %s", blockdev.Strerror(err))
 		}
 		if err := unix.Fsync(fd); err != nil {
-			return fmt.Errorf("Could not flush file to disk: %s", strerror(err))
+			return fmt.Errorf("Could not flush file to disk: %s", blockdev.Strerror(err))
 		}
 		return nil
 	}

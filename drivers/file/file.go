@@ -83,20 +83,6 @@ func (c *statusCache) invalidate() {
 	c.start, c.end = 0, 0
 }
 
-// strerror renders an errno as C's strerror does ("No such file or
-// directory"), which is what QEMU puts in its messages.
-func strerror(err error) string {
-	s := err.Error()
-	var errno unix.Errno
-	if errors.As(err, &errno) {
-		s = errno.Error()
-	}
-	if s != "" && s[0] >= 'a' && s[0] <= 'z' {
-		s = string(s[0]-'a'+'A') + s[1:]
-	}
-	return s
-}
-
 // Open opens the file. Options: filename (required), aio, aio-max-batch,
 // locking, pr-manager, drop-cache, x-check-cache-dropped.
 func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
@@ -158,16 +144,16 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("Could not open '%s': %s", name, strerror(err))
+		return fmt.Errorf("Could not open '%s': %s", name, blockdev.Strerror(err))
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
-		return fmt.Errorf("Could not open '%s': %s", name, strerror(err))
+		return fmt.Errorf("Could not open '%s': %s", name, blockdev.Strerror(err))
 	}
 	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		unix.Close(fd)
-		return fmt.Errorf("Could not open '%s': %s", name, strerror(unix.EISDIR))
+		return fmt.Errorf("Could not open '%s': %s", name, blockdev.Strerror(unix.EISDIR))
 	}
 	d.fd = fd
 	d.align = 1

@@ -76,7 +76,7 @@ func (d *Driver) lock(mode string) error {
 func (d *Driver) lockErr(err error, format string, args ...any) error {
 	msg := fmt.Sprintf(format, args...)
 	if err != nil && !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EACCES) {
-		msg += ": " + strerror(err)
+		msg += ": " + blockdev.Strerror(err)
 	}
 	return &LockError{Msg: msg, Filename: d.filename}
 }

@@ -172,20 +172,20 @@ func create(ctx context.Context, cc *blockdev.CreateContext) error {
 func imageInfo(path string) (format string, size int64, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", 0, fmt.Errorf("Could not open '%s': %s", path, errnoText(err))
+		return "", 0, fmt.Errorf("Could not open '%s': %s", path, blockdev.Strerror(err))
 	}
 	defer f.Close()
 	var h [32]byte
 	n, err := io.ReadFull(f, h[:])
 	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
-		return "", 0, fmt.Errorf("Could not read image for determining its format: %s", errnoText(err))
+		return "", 0, fmt.Errorf("Could not read image for determining its format: %s", blockdev.Strerror(err))
 	}
 	if n >= 32 && binary.BigEndian.Uint32(h[:]) == 0x514649fb && binary.BigEndian.Uint32(h[4:]) >= 2 {
 		return "qcow2", int64(binary.BigEndian.Uint64(h[24:])), nil
 	}
 	fi, err := f.Stat()
 	if err != nil {
-		return "", 0, fmt.Errorf("Could not open '%s': %s", path, errnoText(err))
+		return "", 0, fmt.Errorf("Could not open '%s': %s", path, blockdev.Strerror(err))
 	}
 	return "raw", fi.Size(), nil
 }

@@ -23,7 +23,7 @@ func WriteDescriptor(path string, data []byte) error {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
 	if err != nil {
-		return fmt.Errorf("Failed to save json description to file: %s", errnoText(err))
+		return fmt.Errorf("Failed to save json description to file: %s", blockdev.Strerror(err))
 	}
 	_, err = f.Write(data)
 	if err == nil {
@@ -37,10 +37,10 @@ func WriteDescriptor(path string, data []byte) error {
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("Failed to save json description to file: %s", errnoText(err))
+		return fmt.Errorf("Failed to save json description to file: %s", blockdev.Strerror(err))
 	}
 	if err := syncDir(filepath.Dir(path)); err != nil {
-		return fmt.Errorf("Failed to save json description to file: %s", errnoText(err))
+		return fmt.Errorf("Failed to save json description to file: %s", blockdev.Strerror(err))
 	}
 	return nil
 }
@@ -76,7 +76,7 @@ func (d *Driver) saveAll() error {
 		defer bf.mu.Unlock()
 		data := bf.bits.MarshalBits()
 		if _, err := bf.f.WriteAt(data, 0); err != nil {
-			errs = append(errs, fmt.Errorf("Failed to write bitmap file \"%s\": %s", bf.path, errnoText(err)))
+			errs = append(errs, fmt.Errorf("Failed to write bitmap file \"%s\": %s", bf.path, blockdev.Strerror(err)))
 			return
 		}
 		bf.needSync.Store(true)
@@ -151,7 +151,7 @@ func newFile(descPath, what, ext string, size int64, taken map[string]bool) (str
 			continue
 		}
 		if err != nil {
-			return "", fmt.Errorf("Could not create '%s': %s", filepath.Join(dir, name), errnoText(err))
+			return "", fmt.Errorf("Could not create '%s': %s", filepath.Join(dir, name), blockdev.Strerror(err))
 		}
 		err = f.Truncate(size)
 		if err == nil {
@@ -162,7 +162,7 @@ func newFile(descPath, what, ext string, size int64, taken map[string]bool) (str
 		}
 		if err != nil {
 			os.Remove(filepath.Join(dir, name))
-			return "", fmt.Errorf("Could not create '%s': %s", filepath.Join(dir, name), errnoText(err))
+			return "", fmt.Errorf("Could not create '%s': %s", filepath.Join(dir, name), blockdev.Strerror(err))
 		}
 		return name, nil
 	}
@@ -219,7 +219,7 @@ func (d *Driver) StoreBitmap(b *blockdev.DirtyBitmap) error {
 	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return cleanup(fmt.Errorf("Could not open '%s': %s", path, errnoText(err)))
+		return cleanup(fmt.Errorf("Could not open '%s': %s", path, blockdev.Strerror(err)))
 	}
 	e := &BitmapEntry{Name: b.Name(), File: name, Type: TypeDirty, Granularity: g,
 		Enabled: b.Recording(), InUse: d.syncMode == SyncClose}

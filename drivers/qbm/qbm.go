@@ -278,7 +278,7 @@ func (d *Driver) loadBitmap(e *BitmapEntry, size int64, self os.FileInfo) (*bmFi
 	}
 	f, err := os.OpenFile(path, flag, 0)
 	if err != nil {
-		return nil, fmt.Errorf("Could not open '%s': %s", path, errnoText(err))
+		return nil, fmt.Errorf("Could not open '%s': %s", path, blockdev.Strerror(err))
 	}
 	bf := &bmFile{entry: e, path: path, f: f}
 	fail := func(err error) (*bmFile, error) {
@@ -287,7 +287,7 @@ func (d *Driver) loadBitmap(e *BitmapEntry, size int64, self os.FileInfo) (*bmFi
 	}
 	fi, err := f.Stat()
 	if err != nil {
-		return fail(fmt.Errorf("Failed to read bitmap file \"%s\": %s", path, errnoText(err)))
+		return fail(fmt.Errorf("Failed to read bitmap file \"%s\": %s", path, blockdev.Strerror(err)))
 	}
 	need := BitmapFileSize(size, e.Granularity)
 	if fi.Size() < need {
@@ -299,7 +299,7 @@ func (d *Driver) loadBitmap(e *BitmapEntry, size int64, self os.FileInfo) (*bmFi
 	}
 	data := make([]byte, need)
 	if _, err := f.ReadAt(data, 0); err != nil {
-		return fail(fmt.Errorf("Failed to read bitmap file \"%s\": %s", path, errnoText(err)))
+		return fail(fmt.Errorf("Failed to read bitmap file \"%s\": %s", path, blockdev.Strerror(err)))
 	}
 	if e.SHA256 != "" && !e.InUse && !strings.EqualFold(e.SHA256, fileSum(data)) {
 		if e.Type == TypeAllocation {
@@ -341,19 +341,6 @@ func (d *Driver) dirtyFiles() []*bmFile {
 		return *p
 	}
 	return nil
-}
-
-// errnoText renders an error as C's strerror does, with a capital letter.
-func errnoText(err error) string {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		err = pe.Err
-	}
-	s := err.Error()
-	if s != "" && s[0] >= 'a' && s[0] <= 'z' {
-		s = string(s[0]-'a'+'A') + s[1:]
-	}
-	return s
 }
 
 // Close saves every bitmap (contents, "sha256", in-use cleared) and
@@ -540,7 +527,7 @@ func (bf *bmFile) writeRange(bits *bitmap.Bitmap, off, n int64) error {
 		buf[j] = v
 	}
 	if _, err := bf.f.WriteAt(buf, first); err != nil {
-		return fmt.Errorf("Failed to write bitmap file \"%s\": %s", bf.path, errnoText(err))
+		return fmt.Errorf("Failed to write bitmap file \"%s\": %s", bf.path, blockdev.Strerror(err))
 	}
 	bf.needSync.Store(true)
 	return nil
@@ -553,7 +540,7 @@ func (bf *bmFile) sync() error {
 	}
 	if err := bf.f.Sync(); err != nil {
 		bf.needSync.Store(true)
-		return fmt.Errorf("Failed to flush bitmap file \"%s\": %s", bf.path, errnoText(err))
+		return fmt.Errorf("Failed to flush bitmap file \"%s\": %s", bf.path, blockdev.Strerror(err))
 	}
 	return nil
 }
@@ -606,7 +593,7 @@ func (d *Driver) Flush(ctx context.Context) error {
 func (bf *bmFile) writeAll(bits *bitmap.Bitmap) error {
 	data := bits.MarshalBits()
 	if _, err := bf.f.WriteAt(data, 0); err != nil {
-		return fmt.Errorf("Failed to write bitmap file \"%s\": %s", bf.path, errnoText(err))
+		return fmt.Errorf("Failed to write bitmap file \"%s\": %s", bf.path, blockdev.Strerror(err))
 	}
 	bf.needSync.Store(true)
 	return nil
@@ -789,7 +776,7 @@ func (d *Driver) Truncate(ctx context.Context, size int64, exact bool) error {
 			err = bf.f.Truncate(need)
 		}
 		if err != nil {
-			return fmt.Errorf("Failed to resize bitmap file \"%s\": %s", bf.path, errnoText(err))
+			return fmt.Errorf("Failed to resize bitmap file \"%s\": %s", bf.path, blockdev.Strerror(err))
 		}
 		bf.mu.Lock()
 		if bf.disk != nil {
