@@ -62,27 +62,15 @@ func (cc *CreateContext) OpenChild(ctx context.Context, key string) (*Child, err
 	if g.closed {
 		return nil, errors.New("the block layer is shutting down")
 	}
-	var n *Node
-	switch ref := cc.opts[key].(type) {
-	case string:
-		if n = g.Lookup(ref); n == nil {
-			return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", ref, ref)
-		}
-	case map[string]any, Options:
-		def, _ := ref.(Options)
-		if m, ok := ref.(map[string]any); ok {
-			def = Options(m)
-		}
-		tx := &openTx{}
-		var err error
-		if n, err = g.open(ctx, tx, def, inherited{}); err != nil {
-			g.rollback(tx)
-			return nil, err
-		}
-	case nil:
+	v, ok := cc.opts[key]
+	if !ok || v == nil {
 		return nil, fmt.Errorf("Parameter '%s' is missing", key)
-	default:
-		return nil, fmt.Errorf("Invalid parameter type for '%s', expected: BlockdevRef", key)
+	}
+	tx := &openTx{}
+	n, err := g.resolveRef(ctx, tx, key, v, inherited{})
+	if err != nil {
+		g.rollback(tx)
+		return nil, err
 	}
 	c, err := g.AttachRoot(n, cc.user, PermConsistentRead|PermWrite|PermResize, PermAll)
 	if err != nil {

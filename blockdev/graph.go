@@ -373,35 +373,35 @@ func (oc *OpenContext) OpenChild(ctx context.Context, name string, role Role) (*
 // openRef opens (or looks up) the BlockdevRef v and attaches it as the
 // child called name.
 func (oc *OpenContext) openRef(ctx context.Context, name string, v any, role Role, inh inherited) (*Child, error) {
-	g, parent := oc.g, oc.node
-	var child *Node
-	switch ref := v.(type) {
-	case string:
-		child = g.Lookup(ref)
-		if child == nil {
-			return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", ref, ref)
-		}
-	case map[string]any, Options:
-		var def Options
-		if m, isMap := ref.(map[string]any); isMap {
-			def = Options(m)
-		} else {
-			def = ref.(Options)
-		}
-		var err error
-		child, err = g.open(ctx, oc.tx, def, inh)
-		if err != nil {
-			return nil, err
-		}
-	default:
-		return nil, fmt.Errorf("Invalid parameter type for '%s', expected: BlockdevRef", name)
+	child, err := oc.g.resolveRef(ctx, oc.tx, name, v, inh)
+	if err != nil {
+		return nil, err
 	}
-	c, err := g.attach(parent, child, name, role)
+	c, err := oc.g.attach(oc.node, child, name, role)
 	if err != nil {
 		return nil, err
 	}
 	oc.tx.attached = append(oc.tx.attached, c)
 	return c, nil
+}
+
+// resolveRef finds the node a BlockdevRef under key name names: an
+// existing node by its name, or a new implicit node opened (within tx)
+// from an inline definition.
+func (g *Graph) resolveRef(ctx context.Context, tx *openTx, name string, v any, inh inherited) (*Node, error) {
+	switch ref := v.(type) {
+	case string:
+		n := g.Lookup(ref)
+		if n == nil {
+			return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", ref, ref)
+		}
+		return n, nil
+	case map[string]any:
+		return g.open(ctx, tx, Options(ref), inh)
+	case Options:
+		return g.open(ctx, tx, ref, inh)
+	}
+	return nil, fmt.Errorf("Invalid parameter type for '%s', expected: BlockdevRef", name)
 }
 
 // OpenBacking opens a format node's backing node and attaches it as its
