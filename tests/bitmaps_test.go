@@ -30,6 +30,32 @@ func bitmapState(t *testing.T, c *client, node string, names []string) string {
 	return b.String()
 }
 
+// bitmapDisk starts a daemon of kind k with a raw node d0 (discard=unmap)
+// over a fresh sparse file of 4 MiB + 1536 bytes, adds the given bitmaps
+// (block-dirty-bitmap-add arguments without node) and exports d0
+// writable with the bitmaps named in exported.
+func bitmapDisk(t *testing.T, k kind, bitmaps []map[string]any, exported []any) (*daemon, *client, string) {
+	t.Helper()
+	dir := shortTempDir(t)
+	sparseImage(t, dir, 4<<20+1536)
+	d := startDaemon(t, k, dir)
+	c := d.connect()
+	c.ok("blockdev-add", map[string]any{"driver": "raw", "node-name": "d0", "discard": "unmap",
+		"file": map[string]any{"driver": "file", "filename": dir + "/disk.img"}})
+	for _, b := range bitmaps {
+		b["node"] = "d0"
+		c.ok("block-dirty-bitmap-add", b)
+	}
+	sock := dir + "/nbd.sock"
+	c.ok("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
+	exp := map[string]any{"type": "nbd", "id": "e0", "node-name": "d0", "writable": true}
+	if exported != nil {
+		exp["bitmaps"] = exported
+	}
+	c.ok("block-export-add", exp)
+	return d, c, "nbd+unix:///d0?socket=" + sock
+}
+
 // bitmapWorkload writes at aligned and unaligned offsets, across
 // granule boundaries, zeroes and discards (the node has discard=unmap, so
 // discards mark bitmaps too).
@@ -55,21 +81,11 @@ func TestBitmapsLikeQSD(t *testing.T) {
 	allNames := append(names, "new")
 	steps := map[kind][]string{}
 	for _, k := range []kind{kindQSD, kindQbmond} {
-		dir := shortTempDir(t)
-		sparseImage(t, dir, 4<<20+1536)
-		d := startDaemon(t, k, dir)
-		c := d.connect()
-		c.ok("blockdev-add", map[string]any{"driver": "raw", "node-name": "d0", "discard": "unmap",
-			"file": map[string]any{"driver": "file", "filename": dir + "/disk.img"}})
-		for name, g := range map[string]int{"g512": 512, "g4k": 4096, "g64k": 65536, "g1m": 1 << 20} {
-			c.ok("block-dirty-bitmap-add", map[string]any{"node": "d0", "name": name, "granularity": g})
-		}
-		c.ok("block-dirty-bitmap-add", map[string]any{"node": "d0", "name": "gdef"})
-		c.ok("block-dirty-bitmap-add", map[string]any{"node": "d0", "name": "off", "disabled": true})
-		sock := dir + "/nbd.sock"
-		c.ok("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
-		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "d0", "writable": true})
-		uri := "nbd+unix:///d0?socket=" + sock
+		d, c, uri := bitmapDisk(t, k, []map[string]any{
+			{"name": "g512", "granularity": 512}, {"name": "g4k", "granularity": 4096},
+			{"name": "g64k", "granularity": 65536}, {"name": "g1m", "granularity": 1 << 20},
+			{"name": "gdef"}, {"name": "off", "disabled": true},
+		}, nil)
 		record := func(label string) {
 			have := names
 			if strings.Contains(label, "transaction") {
@@ -124,19 +140,9 @@ func TestBitmapsLikeQSD(t *testing.T) {
 func TestBitmapExportLikeQSD(t *testing.T) {
 	maps := map[kind]string{}
 	for _, k := range []kind{kindQSD, kindQbmond} {
-		dir := shortTempDir(t)
-		sparseImage(t, dir, 4<<20+1536)
-		d := startDaemon(t, k, dir)
-		c := d.connect()
-		c.ok("blockdev-add", map[string]any{"driver": "raw", "node-name": "d0", "discard": "unmap",
-			"file": map[string]any{"driver": "file", "filename": dir + "/disk.img"}})
-		c.ok("block-dirty-bitmap-add", map[string]any{"node": "d0", "name": "b64k"})
-		c.ok("block-dirty-bitmap-add", map[string]any{"node": "d0", "name": "b4k", "granularity": 4096})
-		sock := dir + "/nbd.sock"
-		c.ok("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
-		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "d0", "writable": true,
-			"bitmaps": []any{"b64k", "b4k"}})
-		uri := "nbd+unix:///d0?socket=" + sock
+		d, _, uri := bitmapDisk(t, k, []map[string]any{{"name": "b64k"}, {"name": "b4k", "granularity": 4096}},
+			[]any{"b64k", "b4k"})
+		dir, sock := d.dir, d.dir+"/nbd.sock"
 		qemuIO(t, uri, bitmapWorkload)
 		var b strings.Builder
 		for _, bm := range []string{"b64k", "b4k"} {
