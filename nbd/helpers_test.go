@@ -20,22 +20,7 @@ func startServer(t testing.TB, exports ...*Export) (*Server, string) {
 			t.Fatal(err)
 		}
 	}
-	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(l) }()
-	t.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return s, sock
+	return serveOn(t, s)
 }
 
 // client is a minimal NBD client for protocol tests.
@@ -267,7 +252,9 @@ func serveOn(t testing.TB, s *Server) (*Server, string) {
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(l) }()
 	t.Cleanup(func() {
-		s.Close()
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
 		if err := <-done; err != nil {
 			t.Errorf("Serve: %v", err)
 		}
