@@ -228,19 +228,25 @@ func (b *Bitmap) setBits(s *shard, first, last uint64) {
 	}
 }
 
+// wordMask is the part of word w that the bit range [first, last] covers.
+func wordMask(w, first, last uint64) uint64 {
+	mask := ^uint64(0)
+	if w == first>>6 {
+		mask <<= first & 63
+	}
+	if w == last>>6 {
+		mask &= ^uint64(0) >> (63 - last&63)
+	}
+	return mask
+}
+
 // orRange sets the bits [first, last] of words atomically and returns how
 // many were clear before. Words that already hold the bits are only read.
 func orRange(words []atomic.Uint64, first, last uint64) int64 {
 	var added int
 	fw, lw := first>>6, last>>6
 	for w := fw; w <= lw; w++ {
-		mask := ^uint64(0)
-		if w == fw {
-			mask <<= first & 63
-		}
-		if w == lw {
-			mask &= ^uint64(0) >> (63 - last&63)
-		}
+		mask := wordMask(w, first, last)
 		if words[w].Load()&mask == mask {
 			continue
 		}
@@ -293,13 +299,7 @@ func (b *Bitmap) clearBits(first, last uint64) {
 	fw, lw := first>>6, last>>6
 	var removed int
 	for w := fw; w <= lw; w++ {
-		mask := ^uint64(0)
-		if w == fw {
-			mask <<= first & 63
-		}
-		if w == lw {
-			mask &= ^uint64(0) >> (63 - last&63)
-		}
+		mask := wordMask(w, first, last)
 		removed += bits.OnesCount64(words[w].And(^mask) & mask)
 	}
 	b.shards[0].count.Add(-int64(removed))
