@@ -26,22 +26,14 @@ var (
 // DirtyStatus reports whether [off, ...) is dirty in the i-th exported
 // bitmap and for how long (whole granules, cut at length).
 func (b *nodeBackend) DirtyStatus(ctx context.Context, i int, off, length int64) (bool, int64, error) {
-	bits := b.bitmaps[i].Bits()
-	if off >= bits.Size() {
+	start, n, ok := b.bitmaps[i].Bits().NextDirtyArea(off, length)
+	switch {
+	case !ok:
 		return false, length, nil
+	case start > off:
+		return false, start - off, nil
 	}
-	if bits.Get(off) {
-		end := bits.NextClean(off, length)
-		if end < 0 {
-			return true, length, nil
-		}
-		return true, end - off, nil
-	}
-	next := bits.NextDirty(off, length)
-	if next < 0 {
-		return false, length, nil
-	}
-	return false, next - off, nil
+	return true, n, nil
 }
 
 func (b *nodeBackend) Size() int64    { return b.node.Length() }
