@@ -286,7 +286,7 @@ func (n *Node) dropBitmap(b *DirtyBitmap, force bool) error {
 	return nil
 }
 
-// ClearDirtyBitmap resets every bit. Caller holds the graph lock.
+// Clear resets every bit. Caller holds the graph lock.
 func (b *DirtyBitmap) Clear() error {
 	if err := b.Check(CheckDefault); err != nil {
 		return err
