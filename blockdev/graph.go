@@ -460,7 +460,7 @@ func (oc *OpenContext) OpenBacking(ctx context.Context, filename, format string)
 	}
 	// A backing node opened from the image's own record is what the
 	// image says, whatever its file name looks like.
-	parent.autoBackingFile = c.node.filename
+	parent.autoBackingFile = c.node.Load().filename
 	return c, nil
 }
 
@@ -481,7 +481,7 @@ func combinePath(base, name string) string {
 func (oc *OpenContext) imageFilename() string {
 	for _, c := range oc.node.children {
 		if c.role&RolePrimary != 0 {
-			return c.node.Filename()
+			return c.node.Load().Filename()
 		}
 	}
 	return ""
@@ -489,7 +489,8 @@ func (oc *OpenContext) imageFilename() string {
 
 // attach adds the edge parent -name-> child after checking permissions.
 func (g *Graph) attach(parent, child *Node, name string, role Role) (*Child, error) {
-	c := &Child{name: name, role: role, parent: parent, node: child}
+	c := &Child{name: name, role: role, parent: parent}
+	c.node.Store(child)
 	perm, shared := parent.cumulative(nil)
 	p, s := parent.childPerm(c, perm, shared)
 	if err := g.addEdge(c, p, s); err != nil {
@@ -504,7 +505,8 @@ func (g *Graph) attach(parent, child *Node, name string, role Role) (*Child, err
 // (QEMU style: "block device 'x'", "export 'e0'"). Caller holds the graph
 // lock.
 func (g *Graph) AttachRoot(n *Node, user string, perm, shared Perm) (*Child, error) {
-	c := &Child{name: "root", role: RoleData | RoleMetadata | RolePrimary, user: user, node: n}
+	c := &Child{name: "root", role: RoleData | RoleMetadata | RolePrimary, user: user}
+	c.node.Store(n)
 	if err := g.addEdge(c, perm, shared); err != nil {
 		return nil, err
 	}
@@ -519,13 +521,13 @@ func (g *Graph) DetachRoot(c *Child) {
 		panic("blockdev: DetachRoot of a node's child")
 	}
 	g.detach(c)
-	g.release(c.node)
+	g.release(c.node.Load())
 }
 
 // addEdge links c into its node's parents with the given permissions, or
 // fails without changing anything.
 func (g *Graph) addEdge(c *Child, perm, shared Perm) error {
-	n := c.node
+	n := c.node.Load()
 	n.parents = append(n.parents, c)
 	tx := newPermTx()
 	tx.edges[c] = permPair{perm, shared}
@@ -541,7 +543,7 @@ func (g *Graph) addEdge(c *Child, perm, shared Perm) error {
 // detach unlinks c from its node's parents and its parent's children and
 // relaxes the permissions below.
 func (g *Graph) detach(c *Child) {
-	n := c.node
+	n := c.node.Load()
 	for i, p := range n.parents {
 		if p == c {
 			n.parents = append(n.parents[:i], n.parents[i+1:]...)
@@ -608,7 +610,7 @@ func (g *Graph) release(n *Node) {
 	for i := len(children) - 1; i >= 0; i-- {
 		c := children[i]
 		g.detach(c)
-		g.release(c.node)
+		g.release(c.node.Load())
 	}
 }
 

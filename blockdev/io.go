@@ -1,6 +1,9 @@
 package blockdev
 
-import "context"
+import (
+	"context"
+	"errors"
+)
 
 // The I/O entry points. Every request to a node passes one of them: a
 // parent's request through its Child, an export's through its root Child.
@@ -48,14 +51,29 @@ type request struct {
 	abandoned bool
 }
 
+// errMoved tells an entry point that its request's edge now points at
+// another node, which serves the request instead.
+var errMoved = errors.New("edge moved to another node")
+
 // begin admits a request: it takes the node's drain guard and checks the
 // request. On error nothing is held.
 func (n *Node) begin(r *request) error {
-	if r.from == nil || r.from.node != n {
-		// A request must come through an edge that points at this node.
+	if r.from == nil {
+		// A request must come through an edge.
 		return ErrPermission
 	}
+	if r.from.node.Load() != n {
+		// The edge points elsewhere (it moved, or the caller kept
+		// an old node): the node it points at serves the request.
+		return errMoved
+	}
 	n.io.RLock()
+	if r.from.node.Load() != n {
+		// The edge moved to another node (ReplaceNode, SetBacking)
+		// while the request waited for the drain to end.
+		n.io.RUnlock()
+		return errMoved
+	}
 	if err := n.check(r); err != nil {
 		n.io.RUnlock()
 		n.stats.refused(r)
@@ -155,6 +173,9 @@ func (s span) headEnd() int64 { return min(s.headBlock+s.a, s.end) }
 func (n *Node) Read(ctx context.Context, from *Child, off int64, p []byte) (err error) {
 	r := request{node: n, from: from, op: opRead, offset: off, bytes: int64(len(p))}
 	if err := n.begin(&r); err != nil {
+		if err == errMoved {
+			return from.node.Load().Read(ctx, from, off, p)
+		}
 		return err
 	}
 	defer func() { n.end(&r, err) }()
@@ -180,6 +201,9 @@ type FileSink func(fd int, fileOff, n int64) error
 func (n *Node) ReadFile(ctx context.Context, from *Child, off, length int64, sink FileSink) (ok bool, err error) {
 	r := request{node: n, from: from, op: opRead, offset: off, bytes: length}
 	if err := n.begin(&r); err != nil {
+		if err == errMoved {
+			return from.node.Load().ReadFile(ctx, from, off, length, sink)
+		}
 		return true, err
 	}
 	defer func() { n.end(&r, err) }()
@@ -241,6 +265,9 @@ func (n *Node) readAligned(ctx context.Context, s span, p []byte) error {
 func (n *Node) Write(ctx context.Context, from *Child, off int64, p []byte, flags ReqFlags) (err error) {
 	r := request{node: n, from: from, op: opWrite, offset: off, bytes: int64(len(p)), flags: flags}
 	if err := n.begin(&r); err != nil {
+		if err == errMoved {
+			return from.node.Load().Write(ctx, from, off, p, flags)
+		}
 		return err
 	}
 	defer func() { n.end(&r, err) }()
@@ -335,6 +362,9 @@ func (n *Node) emulateFUA(ctx context.Context, flags ReqFlags) error {
 func (n *Node) WriteZeroes(ctx context.Context, from *Child, off, length int64, flags ReqFlags) (err error) {
 	r := request{node: n, from: from, op: opWriteZeroes, offset: off, bytes: length, flags: flags}
 	if err := n.begin(&r); err != nil {
+		if err == errMoved {
+			return from.node.Load().WriteZeroes(ctx, from, off, length, flags)
+		}
 		return err
 	}
 	defer func() { n.end(&r, err) }()
@@ -386,6 +416,9 @@ func (n *Node) writeZeroes(ctx context.Context, off, length int64, flags ReqFlag
 func (n *Node) Discard(ctx context.Context, from *Child, off, length int64) (err error) {
 	r := request{node: n, from: from, op: opDiscard, offset: off, bytes: length}
 	if err := n.begin(&r); err != nil {
+		if err == errMoved {
+			return from.node.Load().Discard(ctx, from, off, length)
+		}
 		return err
 	}
 	defer func() { n.end(&r, err) }()
@@ -414,6 +447,9 @@ func (n *Node) Discard(ctx context.Context, from *Child, off, length int64) (err
 func (n *Node) Flush(ctx context.Context, from *Child) (err error) {
 	r := request{node: n, from: from, op: opFlush}
 	if err := n.begin(&r); err != nil {
+		if err == errMoved {
+			return from.node.Load().Flush(ctx, from)
+		}
 		return err
 	}
 	defer func() { n.end(&r, err) }()
@@ -428,6 +464,9 @@ func (n *Node) Flush(ctx context.Context, from *Child) (err error) {
 func (n *Node) BlockStatus(ctx context.Context, from *Child, off, length int64) (st BlockStatus, err error) {
 	r := request{node: n, from: from, op: opBlockStatus, offset: off, bytes: length}
 	if err := n.begin(&r); err != nil {
+		if err == errMoved {
+			return from.node.Load().BlockStatus(ctx, from, off, length)
+		}
 		return BlockStatus{}, err
 	}
 	defer func() { n.end(&r, err) }()
@@ -464,13 +503,13 @@ func (n *Node) BlockStatusAbove(ctx context.Context, from *Child, off, length in
 	if b == nil {
 		return BlockStatus{Flags: StatusZero, Length: st.Length}, 0, nil
 	}
-	bl := b.node.Length()
+	bl := b.node.Load().Length()
 	if off >= bl {
 		// Past the end of a shorter backing node: the zeroes read there
 		// count as allocated in that node, as QEMU reports the depth.
 		return BlockStatus{Flags: StatusZero, Length: st.Length}, 2, nil
 	}
-	bst, depth, err := b.node.BlockStatusAbove(ctx, b, off, min(st.Length, bl-off))
+	bst, depth, err := b.node.Load().BlockStatusAbove(ctx, b, off, min(st.Length, bl-off))
 	if err != nil {
 		return BlockStatus{}, 0, err
 	}
@@ -498,6 +537,9 @@ func (n *Node) Truncate(ctx context.Context, from *Child, size int64, exact bool
 	}
 	r := request{node: n, from: from, op: opTruncate, bytes: size}
 	if err := n.begin(&r); err != nil {
+		if err == errMoved {
+			return from.node.Load().Truncate(ctx, from, size, exact)
+		}
 		return err
 	}
 	defer func() { n.end(&r, err) }()

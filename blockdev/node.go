@@ -168,9 +168,9 @@ func (n *Node) refreshLength(ctx context.Context) error {
 type Child struct {
 	name   string
 	role   Role
-	parent *Node  // nil for a root (export, job, test)
-	user   string // how a root parent is named in errors
-	node   *Node
+	parent *Node                // nil for a root (export, job, test)
+	user   string               // how a root parent is named in errors
+	node   atomic.Pointer[Node] // changes only under the graph lock, drained
 
 	perm   atomic.Uint64
 	shared atomic.Uint64
@@ -183,7 +183,7 @@ func (c *Child) Name() string { return c.name }
 func (c *Child) Role() Role { return c.role }
 
 // Node returns the node the child points at.
-func (c *Child) Node() *Node { return c.node }
+func (c *Child) Node() *Node { return c.node.Load() }
 
 // Parent returns the parent node, nil for a root child.
 func (c *Child) Parent() *Node { return c.parent }
@@ -195,57 +195,57 @@ func (c *Child) Perm() Perm { return Perm(c.perm.Load()) }
 func (c *Child) Shared() Perm { return Perm(c.shared.Load()) }
 
 // Length returns the child node's length.
-func (c *Child) Length() int64 { return c.node.Length() }
+func (c *Child) Length() int64 { return c.node.Load().Length() }
 
 // Read reads from the child node through its entry point.
 func (c *Child) Read(ctx context.Context, off int64, p []byte) error {
-	return c.node.Read(ctx, c, off, p)
+	return c.node.Load().Read(ctx, c, off, p)
 }
 
 // Write writes to the child node through its entry point.
 func (c *Child) Write(ctx context.Context, off int64, p []byte, flags ReqFlags) error {
-	return c.node.Write(ctx, c, off, p, flags)
+	return c.node.Load().Write(ctx, c, off, p, flags)
 }
 
 // WriteZeroes zeroes a range of the child node.
 func (c *Child) WriteZeroes(ctx context.Context, off, n int64, flags ReqFlags) error {
-	return c.node.WriteZeroes(ctx, c, off, n, flags)
+	return c.node.Load().WriteZeroes(ctx, c, off, n, flags)
 }
 
 // Discard discards a range of the child node.
 func (c *Child) Discard(ctx context.Context, off, n int64) error {
-	return c.node.Discard(ctx, c, off, n)
+	return c.node.Load().Discard(ctx, c, off, n)
 }
 
 // Flush flushes the child node.
-func (c *Child) Flush(ctx context.Context) error { return c.node.Flush(ctx, c) }
+func (c *Child) Flush(ctx context.Context) error { return c.node.Load().Flush(ctx, c) }
 
 // FileRange maps a range of the child node to a file range, for a
 // FileMapper parent passing the mapping up. The parent's own request in
 // flight keeps the child, and so the descriptor, open.
 func (c *Child) FileRange(off, n int64) (fd int, fileOff int64, ok bool) {
-	if off < 0 || n < 0 || off > c.node.Length()-n {
+	if off < 0 || n < 0 || off > c.node.Load().Length()-n {
 		return 0, 0, false
 	}
-	return c.node.fileRange(off, n)
+	return c.node.Load().fileRange(off, n)
 }
 
 // DebugEvent tells the child node's driver that the parent reached a
 // debug event point (only blkdebug listens).
 func (c *Child) DebugEvent(event string) {
-	if de, ok := c.node.drv.(DebugEventer); ok {
+	if de, ok := c.node.Load().drv.(DebugEventer); ok {
 		de.DebugEvent(event)
 	}
 }
 
 // BlockStatus queries the child node.
 func (c *Child) BlockStatus(ctx context.Context, off, n int64) (BlockStatus, error) {
-	return c.node.BlockStatus(ctx, c, off, n)
+	return c.node.Load().BlockStatus(ctx, c, off, n)
 }
 
 // Truncate resizes the child node.
 func (c *Child) Truncate(ctx context.Context, size int64, exact bool) error {
-	return c.node.Truncate(ctx, c, size, exact)
+	return c.node.Load().Truncate(ctx, c, size, exact)
 }
 
 // parentDesc names the parent of c in permission errors, as QEMU does.

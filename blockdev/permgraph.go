@@ -89,7 +89,7 @@ func (g *Graph) refreshPerms(n *Node, tx *permTx) error {
 			continue
 		}
 		tx.edges[c] = permPair{p, s}
-		if err := g.refreshPerms(c.node, tx); err != nil {
+		if err := g.refreshPerms(c.node.Load(), tx); err != nil {
 			return err
 		}
 	}

@@ -31,7 +31,7 @@ func (n *Node) refreshFilename() {
 		if c.role&RoleCOW != 0 && c.name == "backing" && !overridden {
 			continue
 		}
-		full[c.name] = c.node.fullOpts
+		full[c.name] = c.node.Load().fullOpts
 		if c.role&RolePrimary == 0 {
 			others++
 		}
@@ -43,8 +43,8 @@ func (n *Node) refreshFilename() {
 	if fr, ok := n.drv.(FilenameRefresher); ok {
 		exact = fr.ExactFilename()
 	} else if pc := n.primaryChild(); pc != nil && !strong && !overridden && others == 0 {
-		if _, proto := pc.node.drv.(ProtocolDriver); proto {
-			exact = pc.node.exactFilename
+		if _, proto := pc.node.Load().drv.(ProtocolDriver); proto {
+			exact = pc.node.Load().exactFilename
 		}
 	}
 	n.fullOpts, n.exactFilename = full, exact
@@ -119,7 +119,7 @@ type ImageInfo struct {
 // none where the image names one.
 func (n *Node) backingOverridden() bool {
 	if b := n.backing(); b != nil {
-		return n.autoBackingFile != b.node.filename
+		return n.autoBackingFile != b.node.Load().filename
 	}
 	return n.autoBackingFile != ""
 }
@@ -128,7 +128,7 @@ func (n *Node) backingOverridden() bool {
 // nil. Caller holds the graph lock.
 func (n *Node) BackingNode() *Node {
 	if b := n.backing(); b != nil {
-		return b.node
+		return b.node.Load()
 	}
 	return nil
 }
@@ -146,8 +146,8 @@ func (n *Node) backing() *Child {
 // resolveBacking makes a backing file name recorded in n's image absolute:
 // relative names are relative to the directory of n's primary child.
 func (n *Node) resolveBacking(name string) string {
-	if pc := n.primaryChild(); pc != nil && !strings.HasPrefix(pc.node.filename, "json:") {
-		return combinePath(pc.node.filename, name)
+	if pc := n.primaryChild(); pc != nil && !strings.HasPrefix(pc.node.Load().filename, "json:") {
+		return combinePath(pc.node.Load().filename, name)
 	}
 	return name
 }
@@ -160,7 +160,7 @@ func (n *Node) allocatedSize(ctx context.Context) (int64, bool) {
 		return s, err == nil
 	}
 	if pc := n.primaryChild(); pc != nil {
-		return pc.node.allocatedSize(ctx)
+		return pc.node.Load().allocatedSize(ctx)
 	}
 	return 0, false
 }
@@ -186,9 +186,9 @@ func (n *Node) imageInfo(ctx context.Context) *ImageInfo {
 			ii.BackingFilenameFormat = format
 		}
 	} else if b := n.backing(); b != nil {
-		ii.BackingFilename = b.node.filename
-		ii.FullBackingFilename = b.node.filename
-		ii.BackingFilenameFormat = b.node.drvName
+		ii.BackingFilename = b.node.Load().filename
+		ii.FullBackingFilename = b.node.Load().filename
+		ii.BackingFilenameFormat = b.node.Load().drvName
 	}
 	if fi, ok := n.drv.(FormatInfoer); ok {
 		if spec, err := fi.FormatSpecific(ctx); err == nil && spec != nil {
@@ -211,7 +211,7 @@ func (n *Node) Info(ctx context.Context, flat bool) BlockDeviceInfo {
 		Cache:        BlockdevCacheInfo{Writeback: true, Direct: n.cacheDirect, NoFlush: n.noFlush},
 	}
 	if b := n.backing(); b != nil {
-		info.BackingFile = b.node.filename
+		info.BackingFile = b.node.Load().filename
 	}
 	for _, b := range n.DirtyBitmaps() {
 		info.DirtyBitmaps = append(info.DirtyBitmaps, BlockDirtyInfo{
@@ -222,9 +222,9 @@ func (n *Node) Info(ctx context.Context, flat bool) BlockDeviceInfo {
 	// As in QEMU, the chain is walked (and backing_file_depth counted)
 	// only for the full view.
 	img := info.Image
-	for b := n.backing(); b != nil && !flat; b = b.node.backing() {
+	for b := n.backing(); b != nil && !flat; b = b.node.Load().backing() {
 		info.BackingFileDepth++
-		img.BackingImage = b.node.imageInfo(ctx)
+		img.BackingImage = b.node.Load().imageInfo(ctx)
 		img = img.BackingImage
 	}
 	return info
@@ -292,7 +292,7 @@ func (g *Graph) QueryBlockGraph() XDbgBlockGraph {
 		out.Nodes = append(out.Nodes, XDbgBlockGraphNode{ID: id(n), Type: "block-driver", Name: n.name})
 		for _, c := range n.children {
 			out.Edges = append(out.Edges, XDbgBlockGraphEdge{
-				Parent: id(n), Child: id(c.node), Name: c.name,
+				Parent: id(n), Child: id(c.node.Load()), Name: c.name,
 				Perm: permList(c.Perm()), SharedPerm: permList(c.Shared()),
 			})
 		}

@@ -235,7 +235,7 @@ func (n *Node) dataChild() *Child {
 func (n *Node) BlockStats() *BlockStats {
 	bs := &BlockStats{NodeName: n.name, Stats: n.Stats(), DriverSpecific: n.specificStats()}
 	if c := n.dataChild(); c != nil {
-		bs.Parent = c.node.BlockStats()
+		bs.Parent = c.node.Load().BlockStats()
 	}
 	return bs
 }
