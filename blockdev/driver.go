@@ -54,7 +54,7 @@ import (
 // the optional reopen/truncate/backing abilities run under the graph lock.
 //
 // Optional abilities are separate small interfaces found by type assertion:
-// Truncater, Reopener, BackingChanger, ChildPermer, FilenameRefresher,
+// Truncater, Reopener, BackingChanger, BackingUpdater, ChildPermer, FilenameRefresher,
 // FormatInfoer, AllocatedSizer, StrongOptioner, ProtocolDriver,
 // WriteFlagger, Aligner, FileMapper, PermLocker, BackingFiler,
 // DebugEventer.
@@ -177,6 +177,16 @@ type Reopener interface {
 // image header.
 type BackingChanger interface {
 	ChangeBackingFile(ctx context.Context, filename, format string) error
+}
+
+// BackingUpdater is a format driver told when the graph changes its
+// backing link (SetBacking, DropIntermediate, ReplaceNode): c is the
+// "backing" edge now (the same edge when only its node changed), nil when
+// the node has no backing node any more. It is called under the graph
+// lock with the node drained. Without it a node can have its backing node
+// swapped, but not added or removed.
+type BackingUpdater interface {
+	SetBackingChild(c *Child)
 }
 
 // ChildPermer is a driver that decides its children's permissions itself

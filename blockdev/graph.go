@@ -27,6 +27,8 @@ type Graph struct {
 	count      int
 	autoSeq    uint64 // counter of auto node-names
 	closed     bool
+	// drained are the nodes Drain holds. Graph lock.
+	drained map[*Node]struct{}
 
 	// emit sends a QMP event (set by RegisterCommands; unset in tests
 	// that run without a monitor). Atomic: events come from request
@@ -377,6 +379,9 @@ func (oc *OpenContext) openRef(ctx context.Context, name string, v any, role Rol
 	if err != nil {
 		return nil, err
 	}
+	if _, byName := v.(string); !byName {
+		child.inheritsFrom = oc.node
+	}
 	c, err := oc.g.attach(oc.node, child, name, role)
 	if err != nil {
 		return nil, err
@@ -576,6 +581,9 @@ func (g *Graph) Delete(ctx context.Context, name string) error {
 		if c.parent == nil { // an export or another root user holds it
 			return fmt.Errorf("Node %s is in use", name)
 		}
+	}
+	if err := n.Blocker(); err != nil {
+		return err
 	}
 	for _, c := range n.parents {
 		// A parent blocks most operations on its backing node.

@@ -64,6 +64,17 @@ type Node struct {
 	stats ioStats
 	// bitmaps are the node's dirty bitmaps.
 	bitmaps bitmapList
+
+	// inheritsFrom is the parent the node was opened inline for; it
+	// takes its read-only setting from it on reopen (QEMU's
+	// inherits_from). Graph lock.
+	inheritsFrom *Node
+	// drains counts the Drain calls holding the node (io held
+	// exclusively while > 0). Graph lock.
+	drains int
+	// blockers are the operations that block the node, oldest first.
+	// Graph lock.
+	blockers []*blocker
 }
 
 // Name returns the node-name (auto-generated names start with '#').

@@ -83,6 +83,9 @@ type Driver struct {
 	freeHint int64 // no free cluster below this index
 	lazy     bool
 	dirtyUs  bool // we set the dirty bit (lazy refcounts) and clear it on close
+	// autoclearPending: reopened read-write with auto-clear features
+	// still set; the first write clears them.
+	autoclearPending atomic.Bool
 
 	passReq, passOther bool
 

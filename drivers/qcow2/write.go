@@ -17,6 +17,9 @@ const maxRunBytes = 4 << 20
 // with refcount 1 run under the shared lock; the others allocate under
 // the exclusive one.
 func (d *Driver) Write(ctx context.Context, off int64, p []byte, flags blockdev.ReqFlags) error {
+	if err := d.clearAutoclear(ctx); err != nil {
+		return err
+	}
 	if err := d.check(); err != nil {
 		return err
 	}
@@ -299,6 +302,9 @@ func (d *Driver) readsZero(ctx context.Context, vc int64, e uint64) (bool, error
 // zero flag (v3) or deallocation (v2 without backing file), partial ones
 // by writing zeroes.
 func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.ReqFlags) error {
+	if err := d.clearAutoclear(ctx); err != nil {
+		return err
+	}
 	if err := d.check(); err != nil {
 		return err
 	}
@@ -375,6 +381,9 @@ func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.R
 // afterwards on v3 images (or when nothing is below), else from the
 // backing file. Partial clusters are ignored, as QEMU does.
 func (d *Driver) Discard(ctx context.Context, off, n int64) error {
+	if err := d.clearAutoclear(ctx); err != nil {
+		return err
+	}
 	if err := d.check(); err != nil {
 		return err
 	}
@@ -411,6 +420,9 @@ func (d *Driver) Discard(ctx context.Context, off, n int64) error {
 
 // Truncate grows the disk (shrinking is not supported).
 func (d *Driver) Truncate(ctx context.Context, size int64, exact bool) error {
+	if err := d.clearAutoclear(ctx); err != nil {
+		return err
+	}
 	old := d.virtualSize()
 	if err := d.grow(ctx, size); err != nil {
 		return err

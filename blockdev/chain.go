@@ -1,0 +1,610 @@
+package blockdev
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+)
+
+// Backing-chain graph operations: draining, op blockers, switching nodes
+// between read-only and read-write, moving edges (backing links, parents
+// of a node replaced by another) and dropping the intermediate layers of a
+// backing chain, modelled on QEMU's bdrv_drain, bdrv_op_block_all,
+// bdrv_reopen_set_read_only, bdrv_set_backing_hd, bdrv_replace_node,
+// bdrv_change_backing_file and bdrv_drop_intermediate. Every function here
+// expects the graph lock to be held.
+
+// Drain quiesces the nodes: it waits for their requests in flight and
+// holds new ones until the returned function is called (once; later calls
+// do nothing). Parents are drained before children, so that a parent's
+// request that recurses into a child can finish. Drains nest and may
+// overlap: a node stays drained until its last drain ends. When a drain
+// adds an ancestor of a node drained already, that node is let go for a
+// moment and drained again after the ancestor, which is the only order
+// that cannot deadlock. Requests the caller itself issues to a drained
+// node wait too, so a caller drains the nodes it changes, not the ones
+// it still reads or writes through. Caller holds the graph lock, also
+// when it calls the returned function.
+func (g *Graph) Drain(nodes ...*Node) (undrain func()) {
+	var fresh []*Node
+	for _, n := range nodes {
+		if n == nil || slices.Contains(fresh, n) {
+			continue
+		}
+		if n.drains == 0 {
+			fresh = append(fresh, n)
+		}
+		n.drains++
+	}
+	if len(fresh) > 0 {
+		// Nodes drained already below a fresh one are released and
+		// locked again in order.
+		var relock []*Node
+		for d := range g.drained {
+			for _, f := range fresh {
+				if f != d && reaches(f, d) {
+					relock = append(relock, d)
+					break
+				}
+			}
+		}
+		relock = topoOrder(relock)
+		for i := len(relock) - 1; i >= 0; i-- {
+			relock[i].io.Unlock()
+		}
+		if g.drained == nil {
+			g.drained = map[*Node]struct{}{}
+		}
+		for _, n := range topoOrder(append(fresh, relock...)) {
+			n.io.Lock()
+			g.drained[n] = struct{}{}
+		}
+	}
+	held := slices.Clone(nodes)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			seen := map[*Node]bool{}
+			var done []*Node
+			for _, n := range held {
+				if n == nil || seen[n] {
+					continue
+				}
+				seen[n] = true
+				if n.drains--; n.drains == 0 {
+					done = append(done, n)
+				}
+			}
+			done = topoOrder(done)
+			for i := len(done) - 1; i >= 0; i-- {
+				delete(g.drained, done[i])
+				done[i].io.Unlock()
+			}
+		})
+	}
+}
+
+// reaches tells whether to is a, or lies below a (through any children).
+func reaches(a, to *Node) bool {
+	if a == to {
+		return true
+	}
+	for _, c := range a.children {
+		if reaches(c.node.Load(), to) {
+			return true
+		}
+	}
+	return false
+}
+
+// topoOrder sorts nodes so that every node comes before the nodes below it.
+func topoOrder(nodes []*Node) []*Node {
+	want := map[*Node]bool{}
+	for _, n := range nodes {
+		want[n] = true
+	}
+	visited := map[*Node]bool{}
+	var post []*Node
+	var visit func(n *Node)
+	visit = func(n *Node) {
+		if visited[n] {
+			return
+		}
+		visited[n] = true
+		for _, c := range n.children {
+			visit(c.node.Load())
+		}
+		post = append(post, n)
+	}
+	for _, n := range nodes {
+		visit(n)
+	}
+	out := make([]*Node, 0, len(nodes))
+	for i := len(post) - 1; i >= 0; i-- {
+		if want[post[i]] {
+			out = append(out, post[i])
+		}
+	}
+	return out
+}
+
+// FindOverlay returns the node of active's backing chain whose backing node
+// is n: QEMU's bdrv_find_overlay. It returns nil when n is active or not
+// in its chain. Caller holds the graph lock.
+func FindOverlay(active, n *Node) *Node {
+	if active == nil || n == nil || active == n {
+		return nil
+	}
+	for cur := active; cur != nil; cur = cur.BackingNode() {
+		if cur.BackingNode() == n {
+			return cur
+		}
+	}
+	return nil
+}
+
+// InChain tells whether n is active or a node of its backing chain (QEMU's
+// bdrv_chain_contains). Caller holds the graph lock.
+func InChain(active, n *Node) bool {
+	for cur := active; cur != nil; cur = cur.BackingNode() {
+		if cur == n {
+			return true
+		}
+	}
+	return false
+}
+
+type blocker struct{ reason error }
+
+// AddBlocker marks the node as used by an operation (a block job) that
+// other operations must not disturb; reason is how QEMU words the use, for
+// instance "block device is in use by block job: commit". It returns the
+// function that removes the mark. Caller holds the graph lock, also when
+// it calls the returned function.
+func (n *Node) AddBlocker(reason error) (remove func()) {
+	b := &blocker{reason}
+	n.blockers = append(n.blockers, b)
+	return func() {
+		if i := slices.Index(n.blockers, b); i >= 0 {
+			n.blockers = slices.Delete(n.blockers, i, i+1)
+		}
+	}
+}
+
+// Blocker returns nil when nothing blocks the node, else QEMU's error for
+// the newest blocker: "Node 'X' is busy: <reason>". Caller holds the graph
+// lock.
+func (n *Node) Blocker() error {
+	if len(n.blockers) == 0 {
+		return nil
+	}
+	return fmt.Errorf("Node '%s' is busy: %w", n.name, n.blockers[len(n.blockers)-1].reason)
+}
+
+// reopenSet is n followed by the nodes that inherit their read-only
+// setting from it: children (not backing ones) opened inline for it that
+// do not set read-only themselves, and theirs in turn (QEMU's
+// inherits_from).
+func (n *Node) reopenSet() []*Node {
+	set := []*Node{n}
+	for i := 0; i < len(set); i++ {
+		p := set[i]
+		for _, c := range p.children {
+			cn := c.node.Load()
+			if c.role&RoleCOW != 0 || cn.inheritsFrom != p || cn.opts.Has("read-only") || slices.Contains(set, cn) {
+				continue
+			}
+			set = append(set, cn)
+		}
+	}
+	return set
+}
+
+// SetReadOnly switches n between read-only and read-write as QEMU's
+// bdrv_reopen_set_read_only does: n and the nodes that inherit the setting
+// from it are reopened, through their drivers' Reopener when they have
+// one, and the permissions below n are worked out again. Drivers prepare
+// first (n drained), then the new setting and permissions are checked
+// (everything drained), then drivers commit; on any failure everything is
+// as before. Caller holds the graph lock.
+func (g *Graph) SetReadOnly(ctx context.Context, n *Node, readOnly bool) error {
+	if n.ReadOnly() == readOnly {
+		return nil
+	}
+	set := n.reopenSet()
+	undrainTop := g.Drain(n)
+	defer undrainTop()
+
+	states := make([]*ReopenState, 0, len(set))
+	abort := func() {
+		for i := len(states) - 1; i >= 0; i-- {
+			rs := states[i]
+			rs.Node.drv.(Reopener).ReopenAbort(rs)
+		}
+	}
+	for _, x := range set {
+		r, ok := x.drv.(Reopener)
+		if !ok {
+			continue
+		}
+		rs := &ReopenState{Node: x, Options: x.drvOpts, ReadOnly: readOnly}
+		if err := r.ReopenPrepare(ctx, rs); err != nil {
+			abort()
+			return err
+		}
+		states = append(states, rs)
+	}
+
+	undrainRest := g.Drain(set[1:]...)
+	defer undrainRest()
+	old := make([]bool, len(set))
+	for i, x := range set {
+		old[i] = x.ReadOnly()
+		x.readOnly.Store(readOnly)
+	}
+	tx := newPermTx()
+	if err := g.refreshPerms(n, tx); err != nil {
+		tx.abort()
+		for i, x := range set {
+			x.readOnly.Store(old[i])
+		}
+		abort()
+		return err
+	}
+	for i := len(states) - 1; i >= 0; i-- { // children first: file before format
+		rs := states[i]
+		rs.Node.drv.(Reopener).ReopenCommit(rs)
+	}
+	tx.apply()
+	g.log.Debug().Str("node", n.name).Bool("read-only", readOnly).Msg("node reopened")
+	return nil
+}
+
+// edgeMove is a tentative move of edges to other nodes: the structure is
+// changed and the permissions checked, but nothing is published until
+// commit; revert puts everything back.
+type edgeMove struct {
+	tx      *permTx
+	parents map[*Node][]*Child // the parents lists before the move
+	from    map[*Child]*Node
+}
+
+// moveEdges points every edge in edges at to (see edgeMove), checking the
+// permissions of to with the edges and relaxing those of the nodes they
+// leave. On a conflict nothing has changed. Caller holds the graph lock
+// and has drained the edges' parents.
+func (g *Graph) moveEdges(edges []*Child, to *Node) (*edgeMove, error) {
+	m := &edgeMove{tx: newPermTx(), parents: map[*Node][]*Child{}, from: map[*Child]*Node{}}
+	save := func(n *Node) {
+		if _, ok := m.parents[n]; !ok {
+			m.parents[n] = slices.Clone(n.parents)
+		}
+	}
+	save(to)
+	var olds []*Node
+	for _, c := range edges {
+		from := c.node.Load()
+		save(from)
+		if !slices.Contains(olds, from) {
+			olds = append(olds, from)
+		}
+		m.from[c] = from
+		if i := slices.Index(from.parents, c); i >= 0 {
+			from.parents = slices.Delete(from.parents, i, i+1)
+		}
+		to.parents = append(to.parents, c)
+		c.node.Store(to)
+		m.tx.edges[c] = permPair{c.Perm(), c.Shared()}
+	}
+	err := g.refreshPerms(to, m.tx)
+	for _, o := range olds {
+		if err == nil {
+			err = g.refreshPerms(o, m.tx)
+		}
+	}
+	if err != nil {
+		m.revert()
+		return nil, err
+	}
+	return m, nil
+}
+
+func (m *edgeMove) revert() {
+	m.tx.abort()
+	for c, from := range m.from {
+		c.node.Store(from)
+	}
+	for n, ps := range m.parents {
+		n.parents = ps
+	}
+}
+
+func (m *edgeMove) commit() { m.tx.apply() }
+
+// refreshFilenames works out the file names of n and of every node above
+// it again, after a change of n's backing link or header.
+func (n *Node) refreshFilenames() {
+	n.refreshFilename()
+	for _, c := range n.parents {
+		if c.parent != nil {
+			c.parent.refreshFilenames()
+		}
+	}
+}
+
+// SetBacking makes base the backing node of n (nil removes n's backing
+// node), as QEMU's bdrv_set_backing_hd: permissions are checked first and
+// nothing changes on a conflict; n is drained around the change. The image
+// header is not touched (see ChangeBackingFile). A former backing node
+// that nothing holds any more closes. Caller holds the graph lock.
+func (g *Graph) SetBacking(ctx context.Context, n, base *Node) error {
+	old := n.backing()
+	if old == nil && base == nil || old != nil && old.node.Load() == base {
+		return nil
+	}
+	if base != nil && reaches(base, n) {
+		return fmt.Errorf("Making '%s' a backing child of '%s' would create a cycle", base.name, n.name)
+	}
+	bu, canUpdate := n.drv.(BackingUpdater)
+	if (old == nil || base == nil) && !canUpdate {
+		return fmt.Errorf("Driver '%s' of node '%s' does not support backing files", n.drvName, n.name)
+	}
+	undrain := g.Drain(n)
+	var oldNode *Node
+	switch {
+	case old != nil && base != nil:
+		oldNode = old.node.Load()
+		m, err := g.moveEdges([]*Child{old}, base)
+		if err != nil {
+			undrain()
+			return err
+		}
+		m.commit()
+		if canUpdate {
+			bu.SetBackingChild(old)
+		}
+	case base == nil:
+		oldNode = old.node.Load()
+		g.detach(old)
+		bu.SetBackingChild(nil)
+	default:
+		c, err := g.attach(n, base, "backing", RoleCOW)
+		if err != nil {
+			undrain()
+			return err
+		}
+		bu.SetBackingChild(c)
+	}
+	n.refreshFilenames()
+	undrain()
+	if oldNode != nil {
+		g.release(oldNode)
+	}
+	return nil
+}
+
+// backingRef is what a header records for base: the given name, else
+// base's file name, and base's driver when it is a format node.
+func backingRef(base *Node, filename string) (string, string) {
+	if base == nil {
+		return "", ""
+	}
+	if filename == "" {
+		filename = base.filename
+	}
+	format := ""
+	if _, proto := base.drv.(ProtocolDriver); !proto {
+		format = base.drvName
+	}
+	return filename, format
+}
+
+// changeBacking rewrites n's header without reopening it.
+func (n *Node) changeBacking(ctx context.Context, filename, format string) error {
+	bc, ok := n.drv.(BackingChanger)
+	if !ok {
+		return ErrNotSupported
+	}
+	if err := bc.ChangeBackingFile(ctx, filename, format); err != nil {
+		return err
+	}
+	n.autoBackingFile = filename
+	n.refreshFilenames()
+	return nil
+}
+
+// ChangeBackingFile rewrites the backing file reference in n's image
+// header (QEMU's bdrv_change_backing_file) and updates the node's file
+// names in the query views; the backing node itself stays. A read-only n
+// is reopened read-write for the rewrite and read-only again afterwards,
+// as QEMU's change-backing-file does. A driver without BackingChanger
+// fails with ErrNotSupported. Caller holds the graph lock.
+func (g *Graph) ChangeBackingFile(ctx context.Context, n *Node, filename, format string) error {
+	ro := n.ReadOnly()
+	if ro {
+		if err := g.SetReadOnly(ctx, n, false); err != nil {
+			return err
+		}
+	}
+	err := n.changeBacking(ctx, filename, format)
+	if ro {
+		if rerr := g.SetReadOnly(ctx, n, true); rerr != nil && err == nil {
+			err = rerr
+		}
+	}
+	return err
+}
+
+// DropIntermediate removes the nodes from top down to (excluding) base from
+// active's backing chain, as QEMU's bdrv_drop_intermediate: the overlay of
+// top gets base as its backing node (nil: none) and its image header names
+// base (backingFile, or base's file name when empty; base's driver as the
+// format when base is a format node). The dropped nodes leave the chain:
+// implicit ones close, blockdev-add'ed ones stay until blockdev-del. All
+// checks come first and on any failure nothing changes; the overlay is
+// drained around the switch and, when read-only, reopened read-write for
+// the header rewrite. Op blockers are not consulted (the job that calls
+// it holds them); the drop-intermediate command checks them. Caller holds
+// the graph lock.
+func (g *Graph) DropIntermediate(ctx context.Context, active, top, base *Node, backingFile string) error {
+	if err := checkDrop(active, top, base); err != nil {
+		return err
+	}
+	overlay := FindOverlay(active, top)
+	if _, ok := overlay.drv.(BackingChanger); !ok {
+		return fmt.Errorf("Could not update backing file link: %s", Strerror(ErrNotSupported))
+	}
+	bu, canUpdate := overlay.drv.(BackingUpdater)
+	if base == nil && !canUpdate {
+		return fmt.Errorf("Driver '%s' of node '%s' does not support backing files", overlay.drvName, overlay.name)
+	}
+	name, format := backingRef(base, backingFile)
+
+	ro := overlay.ReadOnly()
+	if ro {
+		if err := g.SetReadOnly(ctx, overlay, false); err != nil {
+			return err
+		}
+	}
+	err := g.dropLocked(ctx, overlay, base, name, format, bu)
+	if ro {
+		if rerr := g.SetReadOnly(ctx, overlay, true); rerr != nil {
+			g.log.Warn().Str("node", overlay.name).Err(rerr).Msg("reopening read-only")
+		}
+	}
+	if err != nil {
+		return err
+	}
+	g.release(top)
+	g.log.Debug().Str("overlay", overlay.name).Str("top", top.name).Msg("intermediate nodes dropped")
+	return nil
+}
+
+func (g *Graph) dropLocked(ctx context.Context, overlay, base *Node, name, format string, bu BackingUpdater) error {
+	undrain := g.Drain(overlay)
+	defer undrain()
+	edge := overlay.backing()
+	var m *edgeMove
+	if base != nil {
+		var err error
+		if m, err = g.moveEdges([]*Child{edge}, base); err != nil {
+			return err
+		}
+	}
+	if err := overlay.changeBacking(ctx, name, format); err != nil {
+		if m != nil {
+			m.revert()
+		}
+		return fmt.Errorf("Could not update backing file link: %s", Strerror(err))
+	}
+	if m != nil {
+		m.commit()
+		if bu != nil {
+			bu.SetBackingChild(edge)
+		}
+	} else {
+		g.detach(edge)
+		bu.SetBackingChild(nil)
+	}
+	overlay.refreshFilenames()
+	return nil
+}
+
+// checkDrop checks that top lies strictly below active and base strictly
+// below top in active's backing chain.
+func checkDrop(active, top, base *Node) error {
+	if top == active {
+		return fmt.Errorf("Top image file %s is the active layer", top.name)
+	}
+	if !InChain(active, top) {
+		return fmt.Errorf("'%s' is not in this backing file chain", top.name)
+	}
+	if base != nil && (base == top || !InChain(top, base)) {
+		return fmt.Errorf("'%s' is not in this backing file chain", base.name)
+	}
+	return nil
+}
+
+// CheckDropUsers is the drop-intermediate command's check that nothing
+// but the chain uses the nodes to be dropped (from top down to, excluding,
+// base) and that no operation blocks them, active or base.
+func CheckDropUsers(active, top, base *Node) error {
+	for _, n := range []*Node{active, base} {
+		if n != nil {
+			if err := n.Blocker(); err != nil {
+				return err
+			}
+		}
+	}
+	overlay := FindOverlay(active, top)
+	for cur, above := top, overlay; cur != nil && cur != base; cur, above = cur.BackingNode(), cur {
+		if err := cur.Blocker(); err != nil {
+			return err
+		}
+		for _, c := range cur.Parents() {
+			if c.parent == above && c.role&RoleCOW != 0 {
+				continue
+			}
+			if c.parent != nil && c.role&RoleCOW != 0 {
+				return fmt.Errorf("Node '%s' is busy: node is used as backing hd of '%s'", cur.name, c.parent.name)
+			}
+			return fmt.Errorf("Node '%s' is busy: node is used by %s", cur.name, c.parentDesc())
+		}
+	}
+	return nil
+}
+
+// ReplaceNode moves every parent edge of from (node parents and root users
+// such as exports) to to, except the edges in keep and edges whose parent
+// is to or lies below it (moving those would make a cycle), as QEMU's
+// bdrv_replace_node: used when an active commit pivots to its base.
+// Permissions are checked first and nothing changes on a conflict; the
+// parents, from and to are drained around the change. Requests waiting
+// for from move to to with their edges. If nothing holds from afterwards,
+// it closes. Caller holds the graph lock.
+func (g *Graph) ReplaceNode(ctx context.Context, from, to *Node, keep ...*Child) error {
+	if from == to {
+		return nil
+	}
+	if from == nil || to == nil {
+		return errors.New("ReplaceNode: missing node")
+	}
+	var edges []*Child
+	drain := []*Node{from, to}
+	for _, c := range from.parents {
+		if slices.Contains(keep, c) || c.parent != nil && reaches(to, c.parent) {
+			continue
+		}
+		edges = append(edges, c)
+		if c.parent != nil {
+			drain = append(drain, c.parent)
+		}
+	}
+	if len(edges) == 0 {
+		return nil
+	}
+	undrain := g.Drain(drain...)
+	m, err := g.moveEdges(edges, to)
+	if err != nil {
+		undrain()
+		return err
+	}
+	m.commit()
+	for _, c := range edges {
+		if c.parent == nil {
+			continue
+		}
+		if c.role&RoleCOW != 0 {
+			if bu, ok := c.parent.drv.(BackingUpdater); ok {
+				bu.SetBackingChild(c)
+			}
+		}
+		c.parent.refreshFilenames()
+	}
+	undrain()
+	g.release(from)
+	g.log.Debug().Str("from", from.name).Str("to", to.name).Int("edges", len(edges)).Msg("node replaced")
+	return nil
+}
