@@ -9,7 +9,8 @@ import (
 
 // RegisterCommands installs the block graph's QMP commands: blockdev-add,
 // blockdev-del, query-named-block-nodes, query-block, query-blockstats and
-// x-debug-query-block-graph. Every handler holds the graph lock.
+// x-debug-query-block-graph, the bitmap commands, change-backing-file and
+// drop-intermediate. Every handler holds the graph lock.
 func RegisterCommands(d *qmp.Dispatcher, g *Graph) {
 	emit := d.Emit
 	g.emit.Store(&emit)
@@ -20,6 +21,7 @@ func RegisterCommands(d *qmp.Dispatcher, g *Graph) {
 	d.Register("x-debug-query-block-graph", g.qmpQueryBlockGraph)
 	d.Register("query-blockstats", g.qmpQueryBlockStats)
 	registerBitmapCommands(d, g)
+	registerChainCommands(d, g)
 }
 
 func (g *Graph) qmpQueryBlockStats(ctx context.Context, args json.RawMessage) (any, error) {

@@ -32,6 +32,7 @@ func TestLoadCommands(t *testing.T) {
 		"block-dirty-bitmap-add", "block-dirty-bitmap-remove", "block-dirty-bitmap-clear",
 		"block-dirty-bitmap-enable", "block-dirty-bitmap-disable", "block-dirty-bitmap-merge",
 		"x-debug-block-dirty-bitmap-sha256", "blockdev-create",
+		"change-backing-file", "drop-intermediate",
 		"job-pause", "job-resume", "job-cancel", "job-complete", "job-dismiss", "job-finalize", "query-jobs",
 		"transaction",
 		"nbd-server-start", "nbd-server-stop",

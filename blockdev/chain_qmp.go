@@ -1,0 +1,134 @@
+package blockdev
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/qbmond/qbmond/qmp"
+)
+
+func registerChainCommands(d *qmp.Dispatcher, g *Graph) {
+	d.Register("change-backing-file", g.qmpChangeBackingFile)
+	d.Register("drop-intermediate", g.qmpDropIntermediate)
+}
+
+// lookupBS finds a node as QEMU's bdrv_lookup_bs does with a device name
+// and a node-name (qbmond has no named block backends, so only the node
+// name can match).
+func (g *Graph) lookupBS(device, node string) (*Node, error) {
+	name := node
+	if name == "" {
+		name = device
+	}
+	if n := g.Lookup(name); n != nil {
+		return n, nil
+	}
+	return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", device, node)
+}
+
+// isRoot tells whether no node uses n (only root users such as exports
+// may): QEMU's bdrv_is_root_node.
+func (n *Node) isRoot() bool {
+	for _, c := range n.parents {
+		if c.parent != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// qmpChangeBackingFile is QEMU's change-backing-file: checks in QEMU's
+// order, then the image is reopened read-write if need be, its header
+// rewritten (with the image's own format as the backing format, as QEMU
+// writes it) and the image reopened read-only again.
+func (g *Graph) qmpChangeBackingFile(ctx context.Context, args json.RawMessage) (any, error) {
+	var a struct {
+		Device      string `json:"device"`
+		Image       string `json:"image-node-name"`
+		BackingFile string `json:"backing-file"`
+	}
+	if err := json.Unmarshal(args, &a); err != nil {
+		return nil, qmp.Errorf("%v", err)
+	}
+	g.Lock()
+	defer g.Unlock()
+	bs, err := g.lookupBS(a.Device, a.Device)
+	if err != nil {
+		return nil, err
+	}
+	if !bs.isRoot() {
+		return nil, fmt.Errorf("Need a root block node")
+	}
+	image, err := g.lookupBS("", a.Image)
+	if err != nil {
+		return nil, err
+	}
+	if image.BackingNode() == nil {
+		return nil, fmt.Errorf("not allowing backing file change on an image without a backing file")
+	}
+	if err := bs.Blocker(); err != nil {
+		return nil, err
+	}
+	if !InChain(bs, image) {
+		return nil, fmt.Errorf("'%s' and image file are not in the same chain", a.Device)
+	}
+	ro := image.ReadOnly()
+	if ro {
+		if err := g.SetReadOnly(ctx, image, false); err != nil {
+			return nil, err
+		}
+	}
+	err = image.changeBacking(ctx, a.BackingFile, image.drvName)
+	if err != nil {
+		err = fmt.Errorf("Could not change backing file to '%s': %s", a.BackingFile, Strerror(err))
+	}
+	if ro {
+		if rerr := g.SetReadOnly(ctx, image, true); rerr != nil && err == nil {
+			err = rerr
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+// qmpDropIntermediate is qbmond's drop-intermediate (see DropIntermediate):
+// device is the active layer, top the highest node to drop, base the node
+// that stays below them.
+func (g *Graph) qmpDropIntermediate(ctx context.Context, args json.RawMessage) (any, error) {
+	var a struct {
+		Device      string `json:"device"`
+		Top         string `json:"top"`
+		Base        string `json:"base"`
+		BackingFile string `json:"backing-file"`
+	}
+	if err := json.Unmarshal(args, &a); err != nil {
+		return nil, qmp.Errorf("%v", err)
+	}
+	g.Lock()
+	defer g.Unlock()
+	active, err := g.lookupBS(a.Device, a.Device)
+	if err != nil {
+		return nil, err
+	}
+	top, err := g.lookupBS("", a.Top)
+	if err != nil {
+		return nil, err
+	}
+	base, err := g.lookupBS("", a.Base)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkDrop(active, top, base); err != nil {
+		return nil, err
+	}
+	if err := CheckDropUsers(active, top, base); err != nil {
+		return nil, err
+	}
+	if err := g.DropIntermediate(ctx, active, top, base, a.BackingFile); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
