@@ -1,0 +1,534 @@
+package blockdev_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/drivers/drivertest"
+)
+
+// chaincow is testcow with a header that can be rewritten (BackingChanger,
+// failing on request with x-fail-change) and a backing link the graph can
+// change (BackingUpdater).
+type chaincow struct {
+	testcow
+	failChange bool
+	changes    int
+}
+
+func init() {
+	blockdev.RegisterDriver("chaincow", func() blockdev.Driver { return &chaincow{testcow: testcow{alloc: map[int64]bool{}}} })
+}
+
+func (d *chaincow) Open(ctx context.Context, oc *blockdev.OpenContext) error {
+	d.failChange, _ = oc.Options().Bool("x-fail-change", false)
+	return d.testcow.Open(ctx, oc)
+}
+
+func (d *chaincow) ChangeBackingFile(ctx context.Context, name, format string) error {
+	if d.failChange {
+		return errInjected
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.name, d.format = name, format
+	d.changes++
+	return nil
+}
+
+func (d *chaincow) SetBackingChild(c *blockdev.Child) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.backing = c
+}
+
+func (d *chaincow) header() (string, string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.name, d.format
+}
+
+// layer is the blockdev-add options of a chaincow node over a testmem
+// file; backing is a node name, an inline definition or nil.
+func layer(name string, backing any, extra ...any) blockdev.Options {
+	o := blockdev.Options{"driver": "chaincow",
+		"file": map[string]any{"driver": "testmem", "size": 64 << 10, "align": 1}}
+	if name != "" {
+		o["node-name"] = name
+	}
+	if backing != nil {
+		o["backing"] = backing
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		o[extra[i].(string)] = extra[i+1]
+	}
+	return o
+}
+
+// fillBlock writes one 4 KiB block of pattern b at block blk through a root
+// edge of node.
+func fillBlock(t *testing.T, g *blockdev.Graph, node string, blk int64, b byte) {
+	t.Helper()
+	g.Lock()
+	c, err := g.AttachRoot(g.Lookup(node), "test", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
+	g.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Write(context.Background(), blk*cowBlock, bytes.Repeat([]byte{b}, cowBlock), 0); err != nil {
+		t.Fatal(err)
+	}
+	g.Lock()
+	g.DetachRoot(c)
+	g.Unlock()
+}
+
+func chain(g *blockdev.Graph) []string {
+	g.Lock()
+	defer g.Unlock()
+	var out []string
+	for n := g.Lookup("active"); n != nil; n = n.BackingNode() {
+		out = append(out, n.Name())
+	}
+	return out
+}
+
+// locked runs f under the graph lock.
+func locked(g *blockdev.Graph, f func() error) error {
+	g.Lock()
+	defer g.Unlock()
+	return f()
+}
+
+func TestDropIntermediateNamed(t *testing.T) {
+	g := newGraph(t)
+	ctx := context.Background()
+	mustAdd(t, g, layer("base", nil))
+	mustAdd(t, g, layer("mid", "base"))
+	mustAdd(t, g, layer("top", "mid"))
+	mustAdd(t, g, layer("active", "top"))
+	if got := chain(g); !slices.Equal(got, []string{"active", "top", "mid", "base"}) {
+		t.Fatalf("chain %v", got)
+	}
+	var base, active *blockdev.Node
+	err := locked(g, func() error {
+		active, base = g.Lookup("active"), g.Lookup("base")
+		if o := blockdev.FindOverlay(active, g.Lookup("mid")); o == nil || o.Name() != "top" {
+			t.Errorf("overlay of mid: %v", o)
+		}
+		if o := blockdev.FindOverlay(active, active); o != nil {
+			t.Errorf("overlay of active: %v", o.Name())
+		}
+		return g.DropIntermediate(ctx, active, g.Lookup("top"), base, "")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := chain(g); !slices.Equal(got, []string{"active", "base"}) {
+		t.Fatalf("chain after drop %v", got)
+	}
+	name, format := active.Driver().(*chaincow).header()
+	if name != base.Filename() || format != "chaincow" {
+		t.Errorf("header names %q %q, want %q chaincow", name, format, base.Filename())
+	}
+	// blockdev-add'ed layers stay, with their own links, until deleted.
+	if err := locked(g, func() error {
+		if b := g.Lookup("top").BackingNode(); b == nil || b.Name() != "mid" {
+			t.Errorf("top's backing: %v", b)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	wantErr(t, del(g, "mid"), "Node 'mid' is busy: node is used as backing hd of 'top'")
+	if err := del(g, "top"); err != nil {
+		t.Fatal(err)
+	}
+	if err := del(g, "mid"); err != nil {
+		t.Fatal(err)
+	}
+	// An explicit backing file name goes to the header as given.
+	mustAdd(t, g, layer("m2", "base"))
+	if err := locked(g, func() error {
+		if err := g.SetBacking(ctx, active, g.Lookup("m2")); err != nil {
+			return err
+		}
+		return g.DropIntermediate(ctx, active, g.Lookup("m2"), base, "rel/base.img")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if name, _ := active.Driver().(*chaincow).header(); name != "rel/base.img" {
+		t.Errorf("header names %q", name)
+	}
+}
+
+func TestDropIntermediateImplicitCloses(t *testing.T) {
+	g := newGraph(t)
+	mustAdd(t, g, layer("base", nil))
+	mustAdd(t, g, layer("active", layer("", layer("", "base"))))
+	before := len(names(g))
+	if before != 8 { // 4 layers and their files
+		t.Fatalf("nodes %v", names(g))
+	}
+	err := locked(g, func() error {
+		active := g.Lookup("active")
+		return g.DropIntermediate(context.Background(), active, active.BackingNode(), g.Lookup("base"), "")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := names(g); len(got) != 4 {
+		t.Errorf("nodes after dropping two implicit layers: %v", got)
+	}
+	if got := chain(g); !slices.Equal(got, []string{"active", "base"}) {
+		t.Fatalf("chain after drop %v", got)
+	}
+}
+
+func TestDropIntermediateErrorsChangeNothing(t *testing.T) {
+	g := newGraph(t)
+	ctx := context.Background()
+	mustAdd(t, g, layer("base", nil))
+	mustAdd(t, g, layer("mid", "base"))
+	mustAdd(t, g, layer("top", "mid"))
+	mustAdd(t, g, layer("active", "top", "x-fail-change", true))
+	mustAdd(t, g, layer("other", nil))
+	drop := func(top, base string) error {
+		return locked(g, func() error {
+			a, tp, b := g.Lookup("active"), g.Lookup(top), g.Lookup(base)
+			if err := blockdev.CheckDropUsers(a, tp, b); err != nil {
+				return err
+			}
+			return g.DropIntermediate(ctx, a, tp, b, "")
+		})
+	}
+	wantErr(t, drop("active", "base"), "Top image file active is the active layer")
+	wantErr(t, drop("other", "base"), "'other' is not in this backing file chain")
+	wantErr(t, drop("mid", "top"), "'top' is not in this backing file chain")
+	wantErr(t, drop("mid", "mid"), "'mid' is not in this backing file chain")
+	wantErr(t, drop("top", "base"), "Could not update backing file link: Injected failure")
+
+	// Another user of an intermediate node.
+	mustAdd(t, g, layer("user", "mid"))
+	wantErr(t, drop("top", "base"), "Node 'mid' is busy: node is used as backing hd of 'user'")
+	if err := del(g, "user"); err != nil {
+		t.Fatal(err)
+	}
+	// A blocked node.
+	var remove func()
+	locked(g, func() error {
+		remove = g.Lookup("top").AddBlocker(errors.New("block device is in use by block job: commit"))
+		return nil
+	})
+	wantErr(t, drop("top", "base"), "Node 'top' is busy: block device is in use by block job: commit")
+	wantErr(t, del(g, "top"), "Node 'top' is busy: block device is in use by block job: commit")
+	locked(g, func() error { remove(); remove(); return g.Lookup("top").Blocker() })
+
+	if got := chain(g); !slices.Equal(got, []string{"active", "top", "mid", "base"}) {
+		t.Fatalf("chain after failures %v", got)
+	}
+	locked(g, func() error {
+		if n := len(g.Lookup("base").Parents()); n != 1 {
+			t.Errorf("base has %d parents, want 1", n)
+		}
+		if n := len(g.Lookup("top").Parents()); n != 1 {
+			t.Errorf("top has %d parents, want 1", n)
+		}
+		return nil
+	})
+	if c := g.Lookup("active"); c.Driver().(*chaincow).changes != 0 {
+		t.Error("header changed")
+	}
+}
+
+func TestSetBackingAndCycles(t *testing.T) {
+	g := newGraph(t)
+	ctx := context.Background()
+	mustAdd(t, g, layer("base", nil))
+	mustAdd(t, g, layer("active", "base"))
+	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "r", "file": map[string]any{"driver": "testmem", "size": 4096}})
+	locked(g, func() error {
+		a, b := g.Lookup("active"), g.Lookup("base")
+		wantErr(t, g.SetBacking(ctx, b, a), "Making 'active' a backing child of 'base' would create a cycle")
+		wantErr(t, g.SetBacking(ctx, g.Lookup("r"), b), "Driver 'raw' of node 'r' does not support backing files")
+		if err := g.SetBacking(ctx, a, nil); err != nil {
+			t.Fatal(err)
+		}
+		if a.BackingNode() != nil || len(b.Parents()) != 0 {
+			t.Error("backing link left")
+		}
+		if err := g.SetBacking(ctx, a, b); err != nil {
+			t.Fatal(err)
+		}
+		if a.BackingNode() != b {
+			t.Error("backing link not set")
+		}
+		return nil
+	})
+}
+
+func TestBlockers(t *testing.T) {
+	g := newGraph(t)
+	mustAdd(t, g, layer("n", nil))
+	g.Lock()
+	n := g.Lookup("n")
+	r1 := n.AddBlocker(errors.New("first"))
+	r2 := n.AddBlocker(errors.New("second"))
+	wantErr(t, n.Blocker(), "Node 'n' is busy: second")
+	r2()
+	wantErr(t, n.Blocker(), "Node 'n' is busy: first")
+	r1()
+	if n.Blocker() != nil {
+		t.Error("still blocked")
+	}
+	g.Unlock()
+}
+
+// Reads through the active layer return the same data while its backing
+// node is switched between two layers with identical contents and the
+// layers are dropped and re-added, under concurrent I/O.
+func TestChainChangesUnderIO(t *testing.T) {
+	g := newGraph(t)
+	ctx := context.Background()
+	mustAdd(t, g, layer("base", nil))
+	mustAdd(t, g, layer("copy", nil))
+	mustAdd(t, g, layer("active", "base"))
+	for blk := range int64(16) {
+		fillBlock(t, g, "base", blk, byte(blk+1))
+		fillBlock(t, g, "copy", blk, byte(blk+1))
+	}
+	g.Lock()
+	root, err := g.AttachRoot(g.Lookup("active"), "block device 'io'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
+	g.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for w := range 4 {
+		wg.Go(func() {
+			buf := make([]byte, cowBlock)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				blk := int64((w + i) % 16)
+				if err := root.Read(ctx, blk*cowBlock, buf); err != nil {
+					t.Error(err)
+					return
+				}
+				if buf[0] != byte(blk+1) || buf[cowBlock-1] != byte(blk+1) {
+					t.Errorf("block %d reads %d", blk, buf[0])
+					return
+				}
+			}
+		})
+	}
+	for i := range 100 {
+		err := locked(g, func() error {
+			a := g.Lookup("active")
+			from, to := "base", "copy"
+			if i%2 == 1 {
+				from, to = to, from
+			}
+			switch i % 3 {
+			case 0:
+				return g.SetBacking(ctx, a, g.Lookup(to))
+			case 1:
+				// to above from, then drop to.
+				if err := g.SetBacking(ctx, g.Lookup(to), g.Lookup(from)); err != nil {
+					return err
+				}
+				if err := g.SetBacking(ctx, a, g.Lookup(to)); err != nil {
+					return err
+				}
+				if err := g.DropIntermediate(ctx, a, g.Lookup(to), g.Lookup(from), ""); err != nil {
+					return err
+				}
+				return g.SetBacking(ctx, g.Lookup(to), nil)
+			default:
+				undrain := g.Drain(a, g.Lookup(from))
+				undrain2 := g.Drain(g.Lookup(from), a) // overlapping
+				undrain()
+				undrain2()
+				undrain2()
+				return nil
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+}
+
+// A drain that adds a parent of a node drained already does not deadlock
+// with requests in flight from the parent into the child.
+func TestDrainOverlapParentAfterChild(t *testing.T) {
+	g := newGraph(t)
+	ctx := context.Background()
+	mustAdd(t, g, layer("base", nil))
+	mustAdd(t, g, layer("active", "base"))
+	g.Lock()
+	root, _ := g.AttachRoot(g.Lookup("active"), "block device 'io'", blockdev.PermConsistentRead, blockdev.PermAll)
+	g.Unlock()
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 4 {
+		wg.Go(func() {
+			buf := make([]byte, cowBlock)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := root.Read(ctx, 0, buf); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 200 {
+			g.Lock()
+			u1 := g.Drain(g.Lookup("base"))
+			u2 := g.Drain(g.Lookup("active"), g.Lookup("base"))
+			u2()
+			u1()
+			g.Unlock()
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("drain deadlocked")
+	}
+	close(stop)
+	wg.Wait()
+}
+
+func TestReplaceNode(t *testing.T) {
+	g := newGraph(t)
+	ctx := context.Background()
+	mustAdd(t, g, layer("base", nil))
+	mustAdd(t, g, layer("top", "base"))
+	fillBlock(t, g, "base", 0, 0xbb)
+	fillBlock(t, g, "top", 0, 0x77)
+	g.Lock()
+	r1, _ := g.AttachRoot(g.Lookup("top"), "export 'a'", blockdev.PermConsistentRead, blockdev.PermAll)
+	r2, _ := g.AttachRoot(g.Lookup("top"), "export 'b'", blockdev.PermConsistentRead, blockdev.PermAll)
+	g.Unlock()
+	buf := make([]byte, 512)
+	if err := r1.Read(ctx, 0, buf); err != nil || buf[0] != 0x77 {
+		t.Fatalf("before: %v %x", err, buf[0])
+	}
+	// A conflict leaves everything as it was.
+	g.Lock()
+	x, err := g.AttachRoot(g.Lookup("base"), "block device 'x'", 0, blockdev.PermConsistentRead|blockdev.PermWriteUnchanged|blockdev.PermResize|blockdev.PermWrite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.DetachRoot(x)
+	x, err = g.AttachRoot(g.Lookup("base"), "block device 'x'", 0, blockdev.PermAll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Unlock()
+	g.Lock()
+	err = g.ReplaceNode(ctx, g.Lookup("top"), g.Lookup("base"), r2)
+	g.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r1.Read(ctx, 0, buf); err != nil || buf[0] != 0xbb {
+		t.Errorf("moved edge reads %v %x", err, buf[0])
+	}
+	if err := r2.Read(ctx, 0, buf); err != nil || buf[0] != 0x77 {
+		t.Errorf("kept edge reads %v %x", err, buf[0])
+	}
+	g.Lock()
+	if r1.Node().Name() != "base" || r2.Node().Name() != "top" {
+		t.Errorf("edges on %s %s", r1.Node().Name(), r2.Node().Name())
+	}
+	// Moving a writer onto a node whose user shares no write fails.
+	g.DetachRoot(x)
+	w, _ := g.AttachRoot(g.Lookup("top"), "export 'w'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
+	x, _ = g.AttachRoot(g.Lookup("base"), "block device 'x'", 0, blockdev.PermAll&^blockdev.PermWrite)
+	err = g.ReplaceNode(ctx, g.Lookup("top"), g.Lookup("base"))
+	g.Unlock()
+	if err == nil {
+		t.Fatal("conflicting replace succeeded")
+	}
+	g.Lock()
+	if w.Node().Name() != "top" || r2.Node().Name() != "top" || len(g.Lookup("top").Parents()) != 2 {
+		t.Error("failed replace changed edges")
+	}
+	g.Unlock()
+}
+
+func TestSetReadOnlyReopensFile(t *testing.T) {
+	g := newGraph(t)
+	ctx := context.Background()
+	img := drivertest.Image(t, 1<<20)
+	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "disk", "read-only": true,
+		"file": map[string]any{"driver": "file", "filename": img}})
+	g.Lock()
+	defer g.Unlock()
+	disk := g.Lookup("disk")
+	file := disk.Children()[0].Node()
+	if !file.ReadOnly() {
+		t.Fatal("file child not read-only")
+	}
+	if err := g.SetReadOnly(ctx, disk, false); err != nil {
+		t.Fatal(err)
+	}
+	if disk.ReadOnly() || file.ReadOnly() {
+		t.Fatal("still read-only")
+	}
+	w, err := g.AttachRoot(disk, "block device 'w'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Unlock()
+	werr := w.Write(ctx, 0, bytes.Repeat([]byte{0x5a}, 512), 0)
+	g.Lock()
+	if werr != nil {
+		t.Fatal(werr)
+	}
+	wantErr(t, g.SetReadOnly(ctx, disk, true), "Block node is read-only")
+	if disk.ReadOnly() || file.ReadOnly() {
+		t.Fatal("failed reopen changed the mode")
+	}
+	g.DetachRoot(w)
+	if err := g.SetReadOnly(ctx, disk, true); err != nil {
+		t.Fatal(err)
+	}
+	if !disk.ReadOnly() || !file.ReadOnly() {
+		t.Fatal("not read-only")
+	}
+	// A separately added file node does not inherit the mode.
+	mustAddLocked := func(o blockdev.Options) {
+		if _, err := g.Add(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustAddLocked(blockdev.Options{"driver": "file", "node-name": "f2", "filename": img, "read-only": true})
+	mustAddLocked(blockdev.Options{"driver": "testcow", "node-name": "d2", "file": "f2", "read-only": true})
+	wantErr(t, g.SetReadOnly(ctx, g.Lookup("d2"), false), "Block node is read-only")
+	if !g.Lookup("d2").ReadOnly() {
+		t.Error("failed reopen changed the mode")
+	}
+}
