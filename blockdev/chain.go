@@ -515,6 +515,9 @@ func (g *Graph) dropLocked(ctx context.Context, overlay, base *Node, name, forma
 // checkDrop checks that top lies strictly below active and base strictly
 // below top in active's backing chain.
 func checkDrop(active, top, base *Node) error {
+	if active == nil || top == nil {
+		return errors.New("drop-intermediate: missing node")
+	}
 	if top == active {
 		return fmt.Errorf("Top image file %s is the active layer", top.name)
 	}

@@ -532,3 +532,47 @@ func TestSetReadOnlyReopensFile(t *testing.T) {
 		t.Error("failed reopen changed the mode")
 	}
 }
+
+// After a reopen the image locks are held through the new descriptor:
+// another user of the file (here a second graph, as another process
+// would be) cannot take the write permission the node holds, and can once
+// the node went back to read-only.
+func TestSetReadOnlyKeepsImageLocks(t *testing.T) {
+	ctx := context.Background()
+	img := drivertest.Image(t, 1<<20)
+	g := newGraph(t)
+	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "disk", "read-only": true,
+		"file": map[string]any{"driver": "file", "filename": img}})
+	other := newGraph(t)
+	mustAdd(t, other, blockdev.Options{"driver": "raw", "node-name": "o",
+		"file": map[string]any{"driver": "file", "filename": img}})
+	tryWrite := func() error {
+		other.Lock()
+		defer other.Unlock()
+		c, err := other.AttachRoot(other.Lookup("o"), "block device 'o'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
+		if err == nil {
+			other.DetachRoot(c)
+		}
+		return err
+	}
+	g.Lock()
+	if err := g.SetReadOnly(ctx, g.Lookup("disk"), false); err != nil {
+		t.Fatal(err)
+	}
+	w, err := g.AttachRoot(g.Lookup("disk"), "block device 'w'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermConsistentRead)
+	g.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantErr(t, tryWrite(), `Failed to get "write" lock`)
+	g.Lock()
+	g.DetachRoot(w)
+	err = g.SetReadOnly(ctx, g.Lookup("disk"), true)
+	g.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tryWrite(); err != nil {
+		t.Fatal(err)
+	}
+}
