@@ -41,6 +41,7 @@ const (
 type request struct {
 	node   *Node
 	from   *Child
+	ctx    context.Context // for write observers; may be nil for other ops
 	op     opKind
 	offset int64
 	bytes  int64
@@ -49,6 +50,8 @@ type request struct {
 	// abandoned: the request did nothing after all (ReadFile found no
 	// file range) and is not counted.
 	abandoned bool
+	// observed: the write observers that saw the request enter.
+	observed []*observerEntry
 }
 
 // errMoved tells an entry point that its request's edge now points at
@@ -67,14 +70,22 @@ func (n *Node) begin(r *request) error {
 		// an old node): the node it points at serves the request.
 		return errMoved
 	}
+	switch r.op {
+	case opWrite, opWriteZeroes, opDiscard:
+		if err := n.enterObservers(r.ctx, r); err != nil {
+			return err
+		}
+	}
 	n.io.RLock()
 	if r.from.node.Load() != n {
 		// The edge moved to another node (ReplaceNode, SetBacking)
 		// while the request waited for the drain to end.
+		n.leaveObservers(r)
 		n.io.RUnlock()
 		return errMoved
 	}
 	if err := n.check(r); err != nil {
+		n.leaveObservers(r)
 		n.io.RUnlock()
 		n.stats.refused(r)
 		return err
@@ -129,6 +140,7 @@ func (n *Node) end(r *request, err error) {
 	if !r.abandoned {
 		n.stats.done(r, err)
 	}
+	n.leaveObservers(r)
 	n.io.RUnlock()
 }
 
@@ -263,7 +275,7 @@ func (n *Node) readAligned(ctx context.Context, s span, p []byte) error {
 // Write writes p at off on behalf of from. ReqFUA is passed to drivers that
 // honour it and emulated with a flush for the others.
 func (n *Node) Write(ctx context.Context, from *Child, off int64, p []byte, flags ReqFlags) (err error) {
-	r := request{node: n, from: from, op: opWrite, offset: off, bytes: int64(len(p)), flags: flags}
+	r := request{node: n, from: from, op: opWrite, offset: off, bytes: int64(len(p)), flags: flags, ctx: ctx}
 	if err := n.begin(&r); err != nil {
 		if err == errMoved {
 			return from.node.Load().Write(ctx, from, off, p, flags)
@@ -275,8 +287,12 @@ func (n *Node) Write(ctx context.Context, from *Child, off int64, p []byte, flag
 		return nil
 	}
 	// Marked once the request is over, failed or not (a failed write may
-	// have changed part of the range).
-	defer n.markDirty(off, int64(len(p)))
+	// have changed part of the range). A write that leaves the content
+	// unchanged (block-stream pulling data up, QEMU's copy-on-read) is
+	// not a change bitmaps record.
+	if flags&ReqWriteUnchanged == 0 {
+		defer n.markDirty(off, int64(len(p)))
+	}
 	if n.detectZeroes != "off" && flags&ReqWriteUnchanged == 0 && isZero(p) {
 		zf := flags & ReqFUA
 		if n.detectZeroes == "unmap" {
@@ -360,7 +376,7 @@ func (n *Node) emulateFUA(ctx context.Context, flags ReqFlags) error {
 
 // WriteZeroes makes [off, off+length) read as zeroes on behalf of from.
 func (n *Node) WriteZeroes(ctx context.Context, from *Child, off, length int64, flags ReqFlags) (err error) {
-	r := request{node: n, from: from, op: opWriteZeroes, offset: off, bytes: length, flags: flags}
+	r := request{node: n, from: from, op: opWriteZeroes, offset: off, bytes: length, flags: flags, ctx: ctx}
 	if err := n.begin(&r); err != nil {
 		if err == errMoved {
 			return from.node.Load().WriteZeroes(ctx, from, off, length, flags)
@@ -414,7 +430,7 @@ func (n *Node) writeZeroes(ctx context.Context, off, length int64, flags ReqFlag
 // discard=ignore (the default) ignore it, as QEMU does. Discards are not
 // widened to the alignment: they are advisory and passed on as asked.
 func (n *Node) Discard(ctx context.Context, from *Child, off, length int64) (err error) {
-	r := request{node: n, from: from, op: opDiscard, offset: off, bytes: length}
+	r := request{node: n, from: from, op: opDiscard, offset: off, bytes: length, ctx: ctx}
 	if err := n.begin(&r); err != nil {
 		if err == errMoved {
 			return from.node.Load().Discard(ctx, from, off, length)

@@ -59,7 +59,9 @@ type Node struct {
 	trk tracker
 	// hooks is the current list of before-write hooks (copy on write).
 	hooks  atomic.Pointer[[]*hookEntry]
-	hookMu sync.Mutex // serialises changes of hooks
+	hookMu sync.Mutex // serialises changes of hooks and observers
+	// observers see modifying requests enter and leave (observe.go).
+	observers atomic.Pointer[[]*observerEntry]
 	// stats are the node's I/O statistics (query-blockstats).
 	stats ioStats
 	// bitmaps are the node's dirty bitmaps.
