@@ -10,7 +10,8 @@ import (
 // nodeBackend serves a node through an export's root edge: every request
 // passes the node's I/O entry points with the export's permissions.
 type nodeBackend struct {
-	node         *blockdev.Node
+	// root is the export's edge; its node may change under the export
+	// (an active commit's pivot moves it to the base).
 	root         *blockdev.Child
 	writable     bool
 	writethrough bool // every write is FUA (the export's write cache is off)
@@ -36,17 +37,17 @@ func (b *nodeBackend) DirtyStatus(ctx context.Context, i int, off, length int64)
 	return true, n, nil
 }
 
-func (b *nodeBackend) Size() int64    { return b.node.Length() }
+func (b *nodeBackend) Size() int64    { return b.root.Node().Length() }
 func (b *nodeBackend) ReadOnly() bool { return !b.writable }
 
 func (b *nodeBackend) ReadAt(ctx context.Context, p []byte, off int64) error {
-	return b.node.Read(ctx, b.root, off, p)
+	return b.root.Node().Read(ctx, b.root, off, p)
 }
 
 // ReadFile lets the NBD server send data with sendfile when the node's
 // bytes are a file's (raw over file without O_DIRECT).
 func (b *nodeBackend) ReadFile(ctx context.Context, off, length int64, send func(fd int, fileOff, n int64) error) (bool, error) {
-	return b.node.ReadFile(ctx, b.root, off, length, send)
+	return b.root.Node().ReadFile(ctx, b.root, off, length, send)
 }
 
 func (b *nodeBackend) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
@@ -54,7 +55,7 @@ func (b *nodeBackend) WriteAt(ctx context.Context, p []byte, off int64, fua bool
 	if fua || b.writethrough {
 		f |= blockdev.ReqFUA
 	}
-	return b.node.Write(ctx, b.root, off, p, f)
+	return b.root.Node().Write(ctx, b.root, off, p, f)
 }
 
 func (b *nodeBackend) WriteZeroes(ctx context.Context, off, length int64, mayTrim, fastZero bool) error {
@@ -68,14 +69,14 @@ func (b *nodeBackend) WriteZeroes(ctx context.Context, off, length int64, mayTri
 	if b.writethrough {
 		f |= blockdev.ReqFUA
 	}
-	return b.node.WriteZeroes(ctx, b.root, off, length, f)
+	return b.root.Node().WriteZeroes(ctx, b.root, off, length, f)
 }
 
 func (b *nodeBackend) Trim(ctx context.Context, off, length int64) error {
-	return b.node.Discard(ctx, b.root, off, length)
+	return b.root.Node().Discard(ctx, b.root, off, length)
 }
 
-func (b *nodeBackend) Flush(ctx context.Context) error { return b.node.Flush(ctx, b.root) }
+func (b *nodeBackend) Flush(ctx context.Context) error { return b.root.Node().Flush(ctx, b.root) }
 
 // Cache is advisory; the node has no cache to fill that reads would not.
 func (b *nodeBackend) Cache(context.Context, int64, int64) error { return nil }
@@ -83,7 +84,7 @@ func (b *nodeBackend) Cache(context.Context, int64, int64) error { return nil }
 // BlockStatus is the status through the backing chain (base:allocation
 // shows what a reader gets).
 func (b *nodeBackend) BlockStatus(ctx context.Context, off, length int64) (nbd.Extent, error) {
-	st, _, err := b.node.BlockStatusAbove(ctx, b.root, off, length)
+	st, _, err := b.root.Node().BlockStatusAbove(ctx, b.root, off, length)
 	if err != nil {
 		return nbd.Extent{}, err
 	}
@@ -97,7 +98,7 @@ func (b *nodeBackend) BlockStatus(ctx context.Context, off, length int64) (nbd.E
 // AllocationDepth reports which layer of the backing chain holds the
 // data: 1 the node itself, 2 its backing node, ..., 0 none.
 func (b *nodeBackend) AllocationDepth(ctx context.Context, off, length int64) (uint32, int64, error) {
-	st, depth, err := b.node.BlockStatusAbove(ctx, b.root, off, length)
+	st, depth, err := b.root.Node().BlockStatusAbove(ctx, b.root, off, length)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -107,7 +108,7 @@ func (b *nodeBackend) AllocationDepth(ctx context.Context, off, length int64) (u
 // BlockSizes advertises the node's request alignment as the minimum, as
 // QEMU does, 4 KiB as preferred and 32 MiB as the largest request.
 func (b *nodeBackend) BlockSizes() (minimum, preferred, maximum uint32) {
-	minimum = uint32(max(b.node.RequestAlignment(), 1))
+	minimum = uint32(max(b.root.Node().RequestAlignment(), 1))
 	return minimum, max(4096, minimum), 32 << 20
 }
 

@@ -232,7 +232,7 @@ func (m *Manager) add(a exportArgs) error {
 	for i, b := range bitmaps {
 		names[i] = b.Name()
 	}
-	be := &nodeBackend{node: node, root: root, writable: a.Writable, writethrough: a.Writethrough, bitmaps: bitmaps}
+	be := &nodeBackend{root: root, writable: a.Writable, writethrough: a.Writethrough, bitmaps: bitmaps}
 	err = m.srv.AddExport(&nbd.Export{Name: name, Description: a.Description, Backend: be,
 		Writable: a.Writable, AllocationDepth: a.AllocationDepth, Bitmaps: names})
 	if err != nil {
@@ -417,10 +417,11 @@ func (m *Manager) cmdServerRemove(_ context.Context, raw json.RawMessage) (any, 
 
 // BlockExportInfo is one entry of query-block-exports.
 type BlockExportInfo struct {
-	ID           string `json:"id"`
-	Type         string `json:"type"`
+	// Members in the order QSD prints them.
 	NodeName     string `json:"node-name"`
 	ShuttingDown bool   `json:"shutting-down"`
+	Type         string `json:"type"`
+	ID           string `json:"id"`
 }
 
 func (m *Manager) cmdQuery(context.Context, json.RawMessage) (any, error) {
@@ -428,7 +429,7 @@ func (m *Manager) cmdQuery(context.Context, json.RawMessage) (any, error) {
 	defer m.mu.Unlock()
 	out := make([]BlockExportInfo, 0, len(m.exports))
 	for _, e := range m.exports {
-		out = append(out, BlockExportInfo{ID: e.id, Type: "nbd", NodeName: e.node.Name(), ShuttingDown: e.shuttingDown})
+		out = append(out, BlockExportInfo{ID: e.id, Type: "nbd", NodeName: e.root.Node().Name(), ShuttingDown: e.shuttingDown})
 	}
 	return out, nil
 }
