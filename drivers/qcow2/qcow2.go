@@ -306,6 +306,7 @@ func (d *Driver) readLocked(ctx context.Context, off int64, p []byte) error {
 		case kZero:
 			clear(p[:n])
 		case kNormal:
+			d.file.DebugEvent("read_aio")
 			err = d.file.Read(ctx, host, p[:n])
 		case kCompressed:
 			var data []byte

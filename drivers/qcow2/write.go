@@ -62,6 +62,7 @@ func (d *Driver) writeInPlace(ctx context.Context, off int64, p []byte) (bool, e
 		o += n
 	}
 	for _, r := range runs {
+		d.file.DebugEvent("write_aio") // guest data: blkdebug's write_aio
 		if err := d.file.Write(ctx, r.host, p[:r.n], 0); err != nil {
 			return true, err
 		}
@@ -114,6 +115,7 @@ func (d *Driver) writeLocked(ctx context.Context, off int64, p []byte) error {
 		if !alloc {
 			e, _ = d.entry(ctx, vc)
 			n := min(int64(len(p)), d.cs-in)
+			d.file.DebugEvent("write_aio") // guest data: blkdebug's write_aio
 			if err := d.file.Write(ctx, int64(e&offsetMask)+in, p[:n], 0); err != nil {
 				return err
 			}
@@ -174,6 +176,7 @@ func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int6
 		}
 		copy(buf[in:], data)
 	}
+	d.file.DebugEvent("write_aio") // guest data: blkdebug's write_aio
 	if err := d.file.Write(ctx, host, buf, 0); err != nil {
 		return err
 	}
