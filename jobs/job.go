@@ -75,6 +75,10 @@ type Spec struct {
 	Hooks Hooks
 	// Data is the kind's own state, returned by Job.Data.
 	Data any
+
+	// setup runs in Start once the id is known to be free, before the
+	// job is listed or announced; its error means no job (StartBlock).
+	setup func(j *Job) error
 }
 
 // ErrCanceled is the error of a job cancelled with force whose body did not

@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -105,6 +106,20 @@ func (m *Manager) Start(ctx context.Context, spec Spec) (*Job, error) {
 		autoFinalize: !spec.ManualFinalize, autoDismiss: !spec.ManualDismiss,
 		kick: make(chan struct{}, 1), bg: make(chan struct{}), release: make(chan struct{}),
 		concluded: make(chan struct{})}
+	if spec.setup != nil {
+		// The control lock keeps the id free meanwhile.
+		m.mu.Unlock()
+		err := spec.setup(j)
+		m.mu.Lock()
+		if err == nil && m.closed {
+			err = errors.New("the job manager is shutting down")
+		}
+		if err != nil {
+			m.mu.Unlock()
+			m.ctl.Unlock()
+			return nil, err
+		}
+	}
 	j.ctx, j.cancel = context.WithCancel(context.WithValue(context.Background(), jobKey{}, j))
 	m.transitionLocked(j, StatusCreated)
 	m.jobs = append([]*Job{j}, m.jobs...)
@@ -277,7 +292,28 @@ func (j *Job) userPauseCtl() error {
 	}
 	j.userPaused = true
 	j.pauseLocked()
+	m.settleLocked(j, func() bool { return j.paused })
 	return nil
+}
+
+// settleWait bounds how long a pause or resume command waits for the
+// job to act on it.
+const settleWait = 100 * time.Millisecond
+
+// settleLocked waits a little (state lock held, released meanwhile) until
+// done() holds, when the body is idle (sleeping or paused, not in I/O):
+// QEMU enters an idle job's coroutine before the command replies, so the
+// JOB_STATUS_CHANGE of a pause or resume precedes the reply.
+func (m *Manager) settleLocked(j *Job, done func() bool) {
+	if j.busy || j.deferred {
+		return
+	}
+	deadline := time.Now().Add(settleWait)
+	for !done() && !j.deferred && time.Now().Before(deadline) {
+		m.mu.Unlock()
+		time.Sleep(time.Millisecond)
+		m.mu.Lock()
+	}
 }
 
 func (j *Job) userResumeCtl() error {
@@ -301,6 +337,7 @@ func (j *Job) userResumeCtl() error {
 	j.pauseCount--
 	if j.pauseCount == 0 {
 		j.kickLocked()
+		m.settleLocked(j, func() bool { return !j.paused })
 	}
 	return nil
 }

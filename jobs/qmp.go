@@ -31,6 +31,8 @@ func (m *Manager) RegisterCommands(d *qmp.Dispatcher, g *blockdev.Graph) {
 	d.Register("query-jobs", func(context.Context, json.RawMessage) (any, error) {
 		return m.Query(), nil
 	})
+	m.registerBlockJobCommands(d)
+	m.registerChainJobs(d, g)
 	d.Register("blockdev-create", func(ctx context.Context, raw json.RawMessage) (any, error) {
 		return nil, m.blockdevCreate(ctx, g, raw)
 	})

@@ -34,6 +34,8 @@ func TestLoadCommands(t *testing.T) {
 		"x-debug-block-dirty-bitmap-sha256", "blockdev-create",
 		"change-backing-file", "drop-intermediate",
 		"job-pause", "job-resume", "job-cancel", "job-complete", "job-dismiss", "job-finalize", "query-jobs",
+		"query-block-jobs", "block-commit", "block-stream", "block-job-set-speed", "block-job-cancel",
+		"block-job-pause", "block-job-resume", "block-job-complete", "block-job-dismiss", "block-job-finalize",
 		"transaction",
 		"nbd-server-start", "nbd-server-stop",
 		"block-export-add", "block-export-del", "nbd-server-add", "nbd-server-remove",

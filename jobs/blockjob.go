@@ -1,0 +1,420 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/qmp"
+)
+
+// A block job is a job that works on block nodes (commit, stream, mirror,
+// backup): QEMU's BlockJob. On top of the job core it has
+//
+//   - a device name, which is its id (query-block-jobs' "device");
+//   - a speed limit in bytes per second (0: none), changed with
+//     block-job-set-speed, enforced with a token bucket;
+//   - an error policy (BlockdevOnError) and the I/O status it leads to;
+//   - the nodes it works on: an edge to each with the permissions it
+//     needs, and an op blocker that makes blockdev-del and other graph
+//     changes refuse them while the job exists;
+//   - the BLOCK_JOB_* events.
+//
+// Its progress is the job's: len is the total, offset the current.
+
+// OnError is a BlockdevOnError policy.
+type OnError string
+
+// The policies QEMU knows.
+const (
+	OnErrorReport OnError = "report"
+	OnErrorIgnore OnError = "ignore"
+	OnErrorEnospc OnError = "enospc"
+	OnErrorStop   OnError = "stop"
+	OnErrorAuto   OnError = "auto"
+)
+
+// ErrorAction is what a block job does about an I/O error
+// (BlockErrorAction).
+type ErrorAction string
+
+// The actions.
+const (
+	ActionReport ErrorAction = "report"
+	ActionIgnore ErrorAction = "ignore"
+	ActionStop   ErrorAction = "stop"
+)
+
+// BlockJob is the block-job state of a job; Job.Data of a block job's Job
+// holds the kind's data, and BlockJobOf finds this.
+type BlockJob struct {
+	j       *Job
+	g       *blockdev.Graph
+	onError OnError
+
+	mu       sync.Mutex
+	speed    int64
+	lim      *rate.Limiter
+	ioStatus string
+
+	// edges and unblock are the nodes the job holds; only the job's setup
+	// and clean-up touch them, with the graph lock held.
+	edges   []*blockdev.Child
+	unblock []func()
+
+	data any // the kind's own state
+}
+
+// BlockSpec describes a block job to start with StartBlock.
+type BlockSpec struct {
+	Spec
+	// Speed is the initial speed limit in bytes per second (0: none).
+	Speed int64
+	// OnError is the error policy ("" is report).
+	OnError OnError
+	// Setup runs with the graph lock held once the job id is known to be
+	// free, before the job exists for clients: it resolves and checks the
+	// nodes and attaches them (BlockJob.AddNode). An error means no job
+	// is created; the nodes added so far are released.
+	Setup func(b *BlockJob) error
+}
+
+// limitedChunk is the size block jobs copy at once under a speed limit,
+// QEMU's 512 KiB, and the limiter's burst.
+const limitedChunk = 512 << 10
+
+// BlockJobOf returns the block-job state of j, or nil for other jobs.
+func BlockJobOf(j *Job) *BlockJob {
+	b, _ := j.data.(*BlockJob)
+	return b
+}
+
+// Job returns the job.
+func (b *BlockJob) Job() *Job { return b.j }
+
+// Graph returns the graph the job works on.
+func (b *BlockJob) Graph() *blockdev.Graph { return b.g }
+
+// Data returns the kind's state, set with SetData.
+func (b *BlockJob) Data() any { return b.data }
+
+// SetData records the kind's state (in Setup).
+func (b *BlockJob) SetData(v any) { b.data = v }
+
+// errBadSpeed is QEMU's refusal of a negative speed.
+var errBadSpeed = errors.New("Parameter 'speed' expects a non-negative value")
+
+// StartBlock starts a block job: the job id is checked, Setup attaches the
+// nodes, then the job starts as Start describes. The kind's hooks are
+// wrapped so that the BLOCK_JOB_* events are sent and the nodes are
+// released after the kind's Clean.
+func (m *Manager) StartBlock(ctx context.Context, g *blockdev.Graph, spec BlockSpec) (*Job, error) {
+	if spec.Speed < 0 {
+		return nil, errBadSpeed
+	}
+	b := &BlockJob{g: g, onError: spec.OnError, ioStatus: "ok"}
+	if b.onError == "" {
+		b.onError = OnErrorReport
+	}
+	b.setSpeed(spec.Speed)
+	s := spec.Spec
+	s.Data = b
+	h := s.Hooks
+	emitInfo := func(name string, in Info) {
+		m.em.Emit(name, b.eventData(in))
+	}
+	s.Hooks.OnReady = func(in Info) {
+		emitInfo("BLOCK_JOB_READY", in)
+		if h.OnReady != nil {
+			h.OnReady(in)
+		}
+	}
+	s.Hooks.OnPending = func(in Info) {
+		m.em.Emit("BLOCK_JOB_PENDING", pendingEvent{Type: in.Type, ID: in.ID})
+		if h.OnPending != nil {
+			h.OnPending(in)
+		}
+	}
+	s.Hooks.OnFinalized = func(in Info, cancelled bool) {
+		if cancelled {
+			emitInfo("BLOCK_JOB_CANCELLED", in)
+		} else {
+			emitInfo("BLOCK_JOB_COMPLETED", in)
+		}
+		if h.OnFinalized != nil {
+			h.OnFinalized(in, cancelled)
+		}
+	}
+	s.Hooks.UserResume = func(j *Job) {
+		b.mu.Lock()
+		b.ioStatus = "ok"
+		b.mu.Unlock()
+		if h.UserResume != nil {
+			h.UserResume(j)
+		}
+	}
+	s.Hooks.Clean = func(j *Job) {
+		if h.Clean != nil {
+			h.Clean(j)
+		}
+		g.Lock()
+		b.release()
+		g.Unlock()
+	}
+	s.setup = func(j *Job) error {
+		b.j = j
+		if spec.Setup == nil {
+			return nil
+		}
+		g.Lock()
+		defer g.Unlock()
+		if err := spec.Setup(b); err != nil {
+			b.release()
+			return err
+		}
+		return nil
+	}
+	return m.Start(ctx, s)
+}
+
+// release drops the job's edges and blockers (graph lock held).
+func (b *BlockJob) release() {
+	for _, u := range b.unblock {
+		u()
+	}
+	b.unblock = nil
+	for i := len(b.edges) - 1; i >= 0; i-- {
+		b.g.DetachRoot(b.edges[i])
+	}
+	b.edges = nil
+}
+
+// AddNode gives the job an edge to n with the permissions it needs and
+// lets others share, and blocks graph changes of n while the job exists
+// (QEMU's block_job_add_bdrv). Graph lock held (Setup, or a kind's hooks
+// that take it).
+func (b *BlockJob) AddNode(n *blockdev.Node, role string, perm, shared blockdev.Perm) (*blockdev.Child, error) {
+	c, err := b.g.AttachRoot(n, fmt.Sprintf("%s job '%s' as '%s'", b.j.typ, b.j.id, role), perm, shared)
+	if err != nil {
+		return nil, err
+	}
+	b.edges = append(b.edges, c)
+	b.unblock = append(b.unblock, n.AddBlocker(fmt.Errorf("block device is in use by block job: %s", b.j.typ)))
+	return c, nil
+}
+
+// DropNode releases an edge AddNode made before the job ends (a kind
+// whose nodes leave the graph at completion). Graph lock held.
+func (b *BlockJob) DropNode(c *blockdev.Child) {
+	for i, e := range b.edges {
+		if e == c {
+			b.edges = append(b.edges[:i], b.edges[i+1:]...)
+			b.unblock[i]()
+			b.unblock = append(b.unblock[:i], b.unblock[i+1:]...)
+			b.g.DetachRoot(c)
+			return
+		}
+	}
+}
+
+// Speed returns the speed limit in bytes per second (0: none).
+func (b *BlockJob) Speed() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.speed
+}
+
+func (b *BlockJob) setSpeed(speed int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.speed = speed
+	if speed == 0 {
+		b.lim = nil
+		return
+	}
+	// The bucket holds one chunk and starts empty: the first chunk is
+	// copied at once and paid for afterwards, as in QEMU.
+	b.lim = rate.NewLimiter(rate.Limit(speed), limitedChunk)
+	b.lim.AllowN(time.Now(), limitedChunk)
+}
+
+// SetSpeed is block-job-set-speed.
+func (b *BlockJob) SetSpeed(speed int64) error {
+	return b.j.ctlDo(func() error {
+		if err := b.j.CheckVerb(VerbSetSpeed); err != nil {
+			return err
+		}
+		if speed < 0 {
+			return errBadSpeed
+		}
+		b.setSpeed(speed)
+		// Wake a job sleeping for the old limit so it goes on at the new.
+		b.j.m.mu.Lock()
+		b.j.kickLocked()
+		b.j.m.mu.Unlock()
+		return nil
+	})
+}
+
+// Throttle accounts for n bytes the job has just processed and sleeps as
+// long as the speed limit asks (less if the limit changes, the job is
+// paused or cancelled); it passes a pause point in any case and returns
+// the context's error once the job is cancelled with force.
+func (b *BlockJob) Throttle(n int64) error {
+	b.mu.Lock()
+	lim := b.lim
+	b.mu.Unlock()
+	if lim == nil || n <= 0 {
+		return b.j.PausePoint()
+	}
+	// The bucket holds one chunk; a larger amount is reserved chunk by
+	// chunk, the last reservation's delay covering them all.
+	var d time.Duration
+	now := time.Now()
+	for n > 0 {
+		k := min(n, int64(lim.Burst()))
+		d = lim.ReserveN(now, int(k)).Delay()
+		n -= k
+	}
+	if d <= 0 {
+		return b.j.PausePoint()
+	}
+	return b.j.Sleep(d)
+}
+
+// ChunkSize is the size a kind copies at once: QEMU's 512 KiB while a
+// speed limit is set (so that progress moves as QEMU's does), larger
+// otherwise.
+func (b *BlockJob) ChunkSize() int64 {
+	if b.Speed() > 0 {
+		return limitedChunk
+	}
+	return 4 << 20
+}
+
+// ErrorAction applies the job's error policy to an I/O error (QEMU's
+// block_job_error_action): it sends BLOCK_JOB_ERROR unless the job is
+// cancelled, and for "stop" pauses the job as a user would and sets its
+// I/O status. The kind fails with the error on ActionReport and retries
+// the request otherwise (after the pause, for ActionStop).
+func (b *BlockJob) ErrorAction(err error, read bool) ErrorAction {
+	enospc := errors.Is(err, syscall.ENOSPC)
+	var act ErrorAction
+	switch b.onError {
+	case OnErrorIgnore:
+		act = ActionIgnore
+	case OnErrorStop:
+		act = ActionStop
+	case OnErrorEnospc, OnErrorAuto:
+		act = ActionReport
+		if enospc {
+			act = ActionStop
+		}
+	default:
+		act = ActionReport
+	}
+	if !b.j.IsCancelled() {
+		op := "write"
+		if read {
+			op = "read"
+		}
+		b.j.m.em.Emit("BLOCK_JOB_ERROR", errorEvent{Device: b.j.id, Operation: op, Action: string(act)})
+	}
+	if act == ActionStop {
+		b.j.StopForError()
+		b.mu.Lock()
+		if b.ioStatus == "ok" {
+			b.ioStatus = "failed"
+			if enospc {
+				b.ioStatus = "nospace"
+			}
+		}
+		b.mu.Unlock()
+	}
+	return act
+}
+
+// IOStatus returns the job's BlockDeviceIoStatus.
+func (b *BlockJob) IOStatus() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.ioStatus
+}
+
+// BlockJobInfo is one element of query-block-jobs, members in QSD's order.
+type BlockJobInfo struct {
+	AutoFinalize bool   `json:"auto-finalize"`
+	IOStatus     string `json:"io-status"`
+	Device       string `json:"device"`
+	AutoDismiss  bool   `json:"auto-dismiss"`
+	Busy         bool   `json:"busy"`
+	Len          uint64 `json:"len"`
+	Offset       uint64 `json:"offset"`
+	Status       Status `json:"status"`
+	Paused       bool   `json:"paused"`
+	Speed        int64  `json:"speed"`
+	Ready        bool   `json:"ready"`
+	Type         string `json:"type"`
+	Error        string `json:"error,omitempty"`
+}
+
+// blockEvent is the data of BLOCK_JOB_COMPLETED, _CANCELLED and _READY.
+type blockEvent struct {
+	Device string `json:"device"`
+	Len    uint64 `json:"len"`
+	Offset uint64 `json:"offset"`
+	Speed  int64  `json:"speed"`
+	Type   string `json:"type"`
+	Error  string `json:"error,omitempty"`
+}
+
+type pendingEvent struct {
+	Type string `json:"type"`
+	ID   string `json:"id"`
+}
+
+type errorEvent struct {
+	Device    string `json:"device"`
+	Operation string `json:"operation"`
+	Action    string `json:"action"`
+}
+
+func (b *BlockJob) eventData(in Info) blockEvent {
+	return blockEvent{Device: in.ID, Len: in.TotalProgress, Offset: in.CurrentProgress,
+		Speed: b.Speed(), Type: in.Type, Error: in.Error}
+}
+
+func (b *BlockJob) info(in Info) BlockJobInfo {
+	return BlockJobInfo{AutoFinalize: in.AutoFinalize, IOStatus: b.IOStatus(), Device: in.ID,
+		AutoDismiss: in.AutoDismiss, Busy: in.Busy, Len: in.TotalProgress, Offset: in.CurrentProgress,
+		Status: in.Status, Paused: in.Paused, Speed: b.Speed(),
+		Ready: in.Status == StatusReady || in.Status == StatusStandby, Type: in.Type, Error: in.Error}
+}
+
+// QueryBlockJobs is query-block-jobs: the block jobs, newest first.
+func (m *Manager) QueryBlockJobs() []BlockJobInfo {
+	out := []BlockJobInfo{}
+	for _, j := range m.Jobs() {
+		if b := BlockJobOf(j); b != nil {
+			out = append(out, b.info(j.Info()))
+		}
+	}
+	return out
+}
+
+// FindBlockJob returns the block job called id with QEMU's error when
+// there is none.
+func (m *Manager) FindBlockJob(id string) (*BlockJob, error) {
+	if j := m.Find(id); j != nil {
+		if b := BlockJobOf(j); b != nil {
+			return b, nil
+		}
+	}
+	return nil, &qmp.Error{Class: qmp.ClassDeviceNotActive, Desc: fmt.Sprintf("Block job '%s' not found", id)}
+}

@@ -1,0 +1,75 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/qmp"
+)
+
+// registerBlockJobCommands installs query-block-jobs and the block-job-*
+// commands, which find a job by its device name (its id).
+func (m *Manager) registerBlockJobCommands(d *qmp.Dispatcher) {
+	byDevice := func(f func(b *BlockJob, raw json.RawMessage) error) qmp.Handler {
+		return func(_ context.Context, raw json.RawMessage) (any, error) {
+			var a struct {
+				Device string `json:"device"`
+				ID     string `json:"id"`
+			}
+			if err := json.Unmarshal(raw, &a); err != nil {
+				return nil, err
+			}
+			if a.Device == "" {
+				a.Device = a.ID
+			}
+			b, err := m.FindBlockJob(a.Device)
+			if err != nil {
+				return nil, err
+			}
+			return nil, f(b, raw)
+		}
+	}
+	d.Register("query-block-jobs", func(context.Context, json.RawMessage) (any, error) {
+		return m.QueryBlockJobs(), nil
+	})
+	d.Register("block-job-set-speed", byDevice(func(b *BlockJob, raw json.RawMessage) error {
+		var a struct {
+			Speed int64 `json:"speed"`
+		}
+		if err := json.Unmarshal(raw, &a); err != nil {
+			return err
+		}
+		return b.SetSpeed(a.Speed)
+	}))
+	d.Register("block-job-cancel", byDevice(func(b *BlockJob, raw json.RawMessage) error {
+		var a struct {
+			Device string `json:"device"`
+			Force  bool   `json:"force"`
+		}
+		if err := json.Unmarshal(raw, &a); err != nil {
+			return err
+		}
+		return b.j.ctlDo(func() error {
+			if b.j.UserPaused() && !a.Force {
+				return fmt.Errorf("The block job for device '%s' is currently paused", a.Device)
+			}
+			return b.j.userCancelCtl(a.Force)
+		})
+	}))
+	d.Register("block-job-pause", byDevice(func(b *BlockJob, _ json.RawMessage) error { return b.j.UserPause() }))
+	d.Register("block-job-resume", byDevice(func(b *BlockJob, _ json.RawMessage) error { return b.j.UserResume() }))
+	d.Register("block-job-complete", byDevice(func(b *BlockJob, _ json.RawMessage) error { return b.j.UserComplete() }))
+	d.Register("block-job-finalize", byDevice(func(b *BlockJob, _ json.RawMessage) error { return b.j.UserFinalize() }))
+	d.Register("block-job-dismiss", byDevice(func(b *BlockJob, _ json.RawMessage) error { return b.j.UserDismiss() }))
+}
+
+// lookupNode is QEMU's bdrv_lookup_bs for a node given by node-name (a
+// storage daemon has no devices). Graph lock held.
+func lookupNode(g *blockdev.Graph, device, node string) (*blockdev.Node, error) {
+	if n := g.Lookup(node); n != nil {
+		return n, nil
+	}
+	return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", device, node)
+}
