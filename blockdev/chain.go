@@ -130,25 +130,25 @@ func topoOrder(nodes []*Node) []*Node {
 	return out
 }
 
-// FindOverlay returns the node of active's backing chain whose backing node
-// is n: QEMU's bdrv_find_overlay. It returns nil when n is active or not
-// in its chain. Caller holds the graph lock.
+// FindOverlay returns the node of active's chain whose next node (through
+// filters and backing links) is n: QEMU's bdrv_find_overlay. It returns
+// nil when n is active or not in its chain. Caller holds the graph lock.
 func FindOverlay(active, n *Node) *Node {
 	if active == nil || n == nil || active == n {
 		return nil
 	}
-	for cur := active; cur != nil; cur = cur.BackingNode() {
-		if cur.BackingNode() == n {
+	for cur := active; cur != nil; cur = cur.FilterOrCOW() {
+		if cur.FilterOrCOW() == n {
 			return cur
 		}
 	}
 	return nil
 }
 
-// InChain tells whether n is active or a node of its backing chain (QEMU's
-// bdrv_chain_contains). Caller holds the graph lock.
+// InChain tells whether n is active or a node of its chain, filters
+// included (QEMU's bdrv_chain_contains). Caller holds the graph lock.
 func InChain(active, n *Node) bool {
-	for cur := active; cur != nil; cur = cur.BackingNode() {
+	for cur := active; cur != nil; cur = cur.FilterOrCOW() {
 		if cur == n {
 			return true
 		}
@@ -542,12 +542,12 @@ func CheckDropUsers(active, top, base *Node) error {
 		}
 	}
 	overlay := FindOverlay(active, top)
-	for cur, above := top, overlay; cur != nil && cur != base; cur, above = cur.BackingNode(), cur {
+	for cur, above := top, overlay; cur != nil && cur != base; cur, above = cur.FilterOrCOW(), cur {
 		if err := cur.Blocker(); err != nil {
 			return err
 		}
 		for _, c := range cur.Parents() {
-			if c.parent == above && c.role&RoleCOW != 0 {
+			if c.parent == above && c == above.filterOrCOW() {
 				continue
 			}
 			if c.parent != nil && c.role&RoleCOW != 0 {
@@ -577,7 +577,8 @@ func (g *Graph) ReplaceNode(ctx context.Context, from, to *Node, keep ...*Child)
 	var edges []*Child
 	drain := []*Node{from, to}
 	for _, c := range from.parents {
-		if slices.Contains(keep, c) || c.parent != nil && reaches(to, c.parent) {
+		// A job's edges stay where they are (QEMU's stay_at_node).
+		if slices.Contains(keep, c) || c.job != "" || c.parent != nil && reaches(to, c.parent) {
 			continue
 		}
 		edges = append(edges, c)

@@ -329,6 +329,9 @@ type OpenContext struct {
 // as node-name, read-only and cache removed; child definitions included).
 func (oc *OpenContext) Options() Options { return oc.opts }
 
+// Graph returns the graph the node opens in (its lock is held).
+func (oc *OpenContext) Graph() *Graph { return oc.g }
+
 // Node returns the node being opened (not yet in the graph).
 func (oc *OpenContext) Node() *Node { return oc.node }
 
@@ -360,6 +363,12 @@ func (oc *OpenContext) OpenChild(ctx context.Context, name string, role Role) (*
 		return nil, fmt.Errorf("A block device must be specified for \"%s\"", name)
 	}
 	parent := oc.node
+	// QEMU opens a node's "file" child before the node itself is listed
+	// and the children its driver opens (blkdebug's image, a qcow2 data
+	// file) after.
+	if name != "file" && !parent.listed {
+		oc.g.listAppend(parent)
+	}
 	inh := inherited{
 		readOnly:     parent.ReadOnly(),
 		autoReadOnly: parent.autoReadOnly,
@@ -510,7 +519,20 @@ func (g *Graph) attach(parent, child *Node, name string, role Role) (*Child, err
 // (QEMU style: "block device 'x'", "export 'e0'"). Caller holds the graph
 // lock.
 func (g *Graph) AttachRoot(n *Node, user string, perm, shared Perm) (*Child, error) {
-	c := &Child{name: "root", role: RoleData | RoleMetadata | RolePrimary, user: user}
+	return g.attachUser(n, user, "root", "", perm, shared)
+}
+
+// AttachJob gives the job called id an edge to n under the name role
+// ("main node", "intermediate node", ...), as QEMU's block_job_add_bdrv;
+// user names the job in permission errors ("commit job 'j0'"), and
+// x-debug-query-block-graph shows the edge from a "block-job" vertex.
+// Caller holds the graph lock; DetachRoot removes the edge.
+func (g *Graph) AttachJob(n *Node, id, user, role string, perm, shared Perm) (*Child, error) {
+	return g.attachUser(n, user, role, id, perm, shared)
+}
+
+func (g *Graph) attachUser(n *Node, user, name, job string, perm, shared Perm) (*Child, error) {
+	c := &Child{name: name, role: RoleData | RoleMetadata | RolePrimary, user: user, job: job}
 	c.node.Store(n)
 	if err := g.addEdge(c, perm, shared); err != nil {
 		return nil, err
@@ -645,7 +667,13 @@ func (g *Graph) Close() error {
 	defer g.Unlock()
 	g.closed = true
 	var errs []error
-	for n := g.tail; n != nil; n = g.tail {
+	// Parents close before the nodes below them, whatever order the
+	// list has them in (a blkdebug node is listed before its image).
+	var all []*Node
+	for n := g.tail; n != nil; n = n.prev {
+		all = append(all, n)
+	}
+	for _, n := range topoOrder(all) {
 		if err := n.closeDriver(context.Background()); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", n.name, err))
 		}

@@ -302,7 +302,7 @@ func (n *Node) Write(ctx context.Context, from *Child, off int64, p []byte, flag
 	}
 	s := n.span(off, int64(len(p)))
 	start, end := s.outer()
-	if n.align > 1 {
+	if n.tracking() {
 		defer n.trk.leave(n.trk.enter(start, end, !s.aligned()))
 	}
 	if err := n.runHooks(ctx, start, end-start, WriteOpWrite); err != nil {
@@ -403,7 +403,7 @@ func (n *Node) writeZeroes(ctx context.Context, off, length int64, flags ReqFlag
 		return ErrNotSupported
 	}
 	start, end := s.outer()
-	if n.align > 1 {
+	if n.tracking() {
 		defer n.trk.leave(n.trk.enter(start, end, !s.aligned()))
 	}
 	if err := n.runHooks(ctx, start, end-start, WriteOpWriteZeroes); err != nil {
@@ -442,7 +442,7 @@ func (n *Node) Discard(ctx context.Context, from *Child, off, length int64) (err
 		return nil
 	}
 	defer n.markDirty(off, length)
-	if n.align > 1 {
+	if n.tracking() {
 		s := n.span(off, length)
 		start, end := s.outer()
 		defer n.trk.leave(n.trk.enter(start, end, false))
@@ -536,13 +536,14 @@ func (n *Node) BlockStatusAbove(ctx context.Context, from *Child, off, length in
 	return bst, depth, nil
 }
 
-// backingForIO returns n's backing edge for a request path. Edges of an
+// backingForIO returns the edge n's chain continues with (a filter's
+// filtered child, else the backing child) for a request path. Edges of an
 // open node change only in graph operations that drain the node first, so
 // reading them under the node's I/O guard is safe.
 func (n *Node) backingForIO() *Child {
 	n.io.RLock()
 	defer n.io.RUnlock()
-	return n.backing()
+	return n.filterOrCOW()
 }
 
 // Truncate resizes the node on behalf of from, which must hold PermResize.

@@ -16,10 +16,13 @@ type Node struct {
 	g        *Graph
 	name     string
 	implicit bool // auto-named: created for an inline child definition
-	drvName  string
-	drv      Driver
-	opts     Options // the options as given, generic ones included
-	drvOpts  Options // the options handed to the driver
+	// implicitFilter: a filter a job inserted without a name (QEMU's
+	// implicit nodes); it shows its child's file name.
+	implicitFilter bool
+	drvName        string
+	drv            Driver
+	opts           Options // the options as given, generic ones included
+	drvOpts        Options // the options handed to the driver
 
 	readOnly     atomic.Bool
 	autoReadOnly bool
@@ -55,8 +58,12 @@ type Node struct {
 
 	// align is the request alignment, fixed when the driver has opened.
 	align int64
-	// trk tracks the modifying requests in flight (nodes with align > 1).
+	// trk tracks the modifying requests in flight (nodes with align > 1,
+	// and any node while copy-on-read is enabled on it).
 	trk tracker
+	// corUsers counts the users that copy on read into the node
+	// (EnableCopyOnRead): while > 0 every modifying request is tracked.
+	corUsers atomic.Int32
 	// hooks is the current list of before-write hooks (copy on write).
 	hooks  atomic.Pointer[[]*hookEntry]
 	hookMu sync.Mutex // serialises changes of hooks and observers
@@ -183,6 +190,7 @@ type Child struct {
 	role   Role
 	parent *Node                // nil for a root (export, job, test)
 	user   string               // how a root parent is named in errors
+	job    string               // the id of the job a root parent is, if one
 	node   atomic.Pointer[Node] // changes only under the graph lock, drained
 
 	perm   atomic.Uint64

@@ -19,7 +19,6 @@ type WriteObserver struct {
 
 type observerEntry struct{ o WriteObserver }
 
-
 // AddWriteObserver registers o; remove unregisters it. Requests already
 // admitted when o is added are not seen by it, and those admitted before
 // it is removed still get their Leave.

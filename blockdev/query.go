@@ -2,6 +2,7 @@ package blockdev
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 )
@@ -12,6 +13,11 @@ import (
 // the protocol node's name; anything else becomes "json:" followed by the
 // options that recreate the node (driver, strong options, children).
 func (n *Node) refreshFilename() {
+	if f := n.filtered(); f != nil && n.implicitFilter {
+		c := f.node.Load()
+		n.fullOpts, n.exactFilename, n.filename = c.fullOpts, c.exactFilename, c.filename
+		return
+	}
 	full := map[string]any{"driver": n.drvName}
 	strong := false
 	if v, ok := n.drvOpts["filename"]; ok {
@@ -20,7 +26,7 @@ func (n *Node) refreshFilename() {
 	if so, ok := n.drv.(StrongOptioner); ok {
 		for _, k := range so.StrongOptions() {
 			if v, ok := n.drvOpts[k]; ok {
-				full[k] = v
+				flattenOption(full, k, v)
 				strong = true
 			}
 		}
@@ -56,6 +62,26 @@ func (n *Node) refreshFilename() {
 	b.WriteString("json:")
 	writeQEMUJSON(&b, full)
 	n.filename = b.String()
+}
+
+// flattenOption stores option k with value v in full as QEMU keeps a
+// node's options, flattened (qdict_flatten): a list or object becomes
+// one entry per scalar, "k.0.event", "k.0.state", ...
+func flattenOption(full map[string]any, k string, v any) {
+	switch x := v.(type) {
+	case []any:
+		for i, e := range x {
+			flattenOption(full, fmt.Sprintf("%s.%d", k, i), e)
+		}
+	case map[string]any:
+		for sk, e := range x {
+			flattenOption(full, k+"."+sk, e)
+		}
+	case Options:
+		flattenOption(full, k, map[string]any(x))
+	default:
+		full[k] = v
+	}
 }
 
 // BlockDeviceInfo is QEMU's BlockDeviceInfo, one element of
@@ -222,7 +248,7 @@ func (n *Node) Info(ctx context.Context, flat bool) BlockDeviceInfo {
 	// As in QEMU, the chain is walked (and backing_file_depth counted)
 	// only for the full view.
 	img := info.Image
-	for b := n.backing(); b != nil && !flat; b = b.node.Load().backing() {
+	for b := n.filterOrCOW(); b != nil && !flat; b = b.node.Load().filterOrCOW() {
 		info.BackingFileDepth++
 		img.BackingImage = b.node.Load().imageInfo(ctx)
 		img = img.BackingImage
@@ -288,6 +314,7 @@ func (g *Graph) QueryBlockGraph() XDbgBlockGraph {
 	out.Nodes = make([]XDbgBlockGraphNode, 0, g.count)
 	out.Edges = []XDbgBlockGraphEdge{}
 	next := uint64(0)
+	jobs := map[string]uint64{}
 	for n := g.head; n != nil; n = n.next {
 		out.Nodes = append(out.Nodes, XDbgBlockGraphNode{ID: id(n), Type: "block-driver", Name: n.name})
 		for _, c := range n.children {
@@ -303,9 +330,20 @@ func (g *Graph) QueryBlockGraph() XDbgBlockGraph {
 			if c.parent != nil {
 				continue
 			}
-			next++
-			rid := uint64(1<<32) + next
-			out.Nodes = append(out.Nodes, XDbgBlockGraphNode{ID: rid, Type: "block-backend", Name: ""})
+			var rid uint64
+			if c.job != "" {
+				// A job is one vertex, whatever number of nodes it uses.
+				if rid = jobs[c.job]; rid == 0 {
+					next++
+					rid = uint64(1<<32) + next
+					jobs[c.job] = rid
+					out.Nodes = append(out.Nodes, XDbgBlockGraphNode{ID: rid, Type: "block-job", Name: c.job})
+				}
+			} else {
+				next++
+				rid = uint64(1<<32) + next
+				out.Nodes = append(out.Nodes, XDbgBlockGraphNode{ID: rid, Type: "block-backend", Name: ""})
+			}
 			out.Edges = append(out.Edges, XDbgBlockGraphEdge{
 				Parent: rid, Child: id(n), Name: c.name,
 				Perm: permList(c.Perm()), SharedPerm: permList(c.Shared()),

@@ -61,6 +61,7 @@ type BlockJob struct {
 	mu       sync.Mutex
 	speed    int64
 	lim      *rate.Limiter
+	wake     time.Time // when the speed limit lets the job go on
 	ioStatus string
 
 	// edges and unblock are the nodes the job holds; only the job's setup
@@ -85,9 +86,8 @@ type BlockSpec struct {
 	Setup func(b *BlockJob) error
 }
 
-// limitedChunk is the size block jobs copy at once under a speed limit,
-// QEMU's 512 KiB, and the limiter's burst.
-const limitedChunk = 512 << 10
+// limitedChunk is the speed limiter's burst: one chunk of the chain jobs.
+const limitedChunk = chunkSize
 
 // BlockJobOf returns the block-job state of j, or nil for other jobs.
 func BlockJobOf(j *Job) *BlockJob {
@@ -143,6 +143,8 @@ func (m *Manager) StartBlock(ctx context.Context, g *blockdev.Graph, spec BlockS
 	}
 	s.Hooks.OnFinalized = func(in Info, cancelled bool) {
 		if cancelled {
+			// BLOCK_JOB_CANCELLED has no error member.
+			in.Error = ""
 			emitInfo("BLOCK_JOB_CANCELLED", in)
 		} else {
 			emitInfo("BLOCK_JOB_COMPLETED", in)
@@ -195,12 +197,12 @@ func (b *BlockJob) release() {
 	b.edges = nil
 }
 
-// AddNode gives the job an edge to n with the permissions it needs and
-// lets others share, and blocks graph changes of n while the job exists
-// (QEMU's block_job_add_bdrv). Graph lock held (Setup, or a kind's hooks
-// that take it).
+// AddNode gives the job an edge to n under the name role with the
+// permissions it needs and lets others share, and blocks graph changes of
+// n while the job exists (QEMU's block_job_add_bdrv). Graph lock held
+// (Setup, or a kind's hooks that take it).
 func (b *BlockJob) AddNode(n *blockdev.Node, role string, perm, shared blockdev.Perm) (*blockdev.Child, error) {
-	c, err := b.g.AttachRoot(n, fmt.Sprintf("%s job '%s' as '%s'", b.j.typ, b.j.id, role), perm, shared)
+	c, err := b.g.AttachJob(n, b.j.id, fmt.Sprintf("%s job '%s'", b.j.typ, b.j.id), role, perm, shared)
 	if err != nil {
 		return nil, err
 	}
@@ -209,8 +211,21 @@ func (b *BlockJob) AddNode(n *blockdev.Node, role string, perm, shared blockdev.
 	return c, nil
 }
 
-// DropNode releases an edge AddNode made before the job ends (a kind
-// whose nodes leave the graph at completion). Graph lock held.
+// AddBackend gives the job an edge to n for its I/O, as QEMU's jobs open
+// a BlockBackend on a node (it blocks nothing; AddNode does). Graph lock
+// held.
+func (b *BlockJob) AddBackend(n *blockdev.Node, perm, shared blockdev.Perm) (*blockdev.Child, error) {
+	c, err := b.g.AttachRoot(n, "an unnamed block device", perm, shared)
+	if err != nil {
+		return nil, err
+	}
+	b.edges = append(b.edges, c)
+	b.unblock = append(b.unblock, func() {})
+	return c, nil
+}
+
+// DropNode releases an edge AddNode or AddBackend made before the job
+// ends. Graph lock held.
 func (b *BlockJob) DropNode(c *blockdev.Child) {
 	for i, e := range b.edges {
 		if e == c {
@@ -234,6 +249,7 @@ func (b *BlockJob) setSpeed(speed int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.speed = speed
+	b.wake = time.Time{}
 	if speed == 0 {
 		b.lim = nil
 		return
@@ -262,40 +278,45 @@ func (b *BlockJob) SetSpeed(speed int64) error {
 	})
 }
 
-// Throttle accounts for n bytes the job has just processed and sleeps as
-// long as the speed limit asks (less if the limit changes, the job is
-// paused or cancelled); it passes a pause point in any case and returns
-// the context's error once the job is cancelled with force.
-func (b *BlockJob) Throttle(n int64) error {
+// Processed accounts for n bytes the job has just copied against the
+// speed limit (QEMU's block_job_ratelimit_processed_bytes); the next
+// RateLimitSleep waits for them.
+func (b *BlockJob) Processed(n int64) {
 	b.mu.Lock()
-	lim := b.lim
-	b.mu.Unlock()
-	if lim == nil || n <= 0 {
-		return b.j.PausePoint()
+	defer b.mu.Unlock()
+	if b.lim == nil || n <= 0 {
+		return
 	}
 	// The bucket holds one chunk; a larger amount is reserved chunk by
 	// chunk, the last reservation's delay covering them all.
-	var d time.Duration
 	now := time.Now()
+	var d time.Duration
 	for n > 0 {
-		k := min(n, int64(lim.Burst()))
-		d = lim.ReserveN(now, int(k)).Delay()
+		k := min(n, int64(b.lim.Burst()))
+		d = b.lim.ReserveN(now, int(k)).Delay()
 		n -= k
 	}
-	if d <= 0 {
-		return b.j.PausePoint()
+	if w := now.Add(d); w.After(b.wake) {
+		b.wake = w
 	}
-	return b.j.Sleep(d)
 }
 
-// ChunkSize is the size a kind copies at once: QEMU's 512 KiB while a
-// speed limit is set (so that progress moves as QEMU's does), larger
-// otherwise.
-func (b *BlockJob) ChunkSize() int64 {
-	if b.Speed() > 0 {
-		return limitedChunk
+// RateLimitSleep waits (not busy) as long as the speed limit asks for
+// what Processed accounted, or less when the limit changes or the job is
+// cancelled, then passes a pause point (QEMU's block_job_ratelimit_sleep).
+// It returns the context's error once the job is cancelled with force.
+func (b *BlockJob) RateLimitSleep() error {
+	for {
+		b.mu.Lock()
+		d := time.Until(b.wake)
+		b.mu.Unlock()
+		if d <= 0 || b.j.IsCancelled() {
+			return b.j.PausePoint()
+		}
+		if err := b.j.Sleep(d); err != nil {
+			return err
+		}
 	}
-	return 4 << 20
 }
 
 // ErrorAction applies the job's error policy to an I/O error (QEMU's

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"github.com/qbmond/qbmond/blockdev"
 	"github.com/qbmond/qbmond/qmp"
 )
 
@@ -63,13 +62,4 @@ func (m *Manager) registerBlockJobCommands(d *qmp.Dispatcher) {
 	d.Register("block-job-complete", byDevice(func(b *BlockJob, _ json.RawMessage) error { return b.j.UserComplete() }))
 	d.Register("block-job-finalize", byDevice(func(b *BlockJob, _ json.RawMessage) error { return b.j.UserFinalize() }))
 	d.Register("block-job-dismiss", byDevice(func(b *BlockJob, _ json.RawMessage) error { return b.j.UserDismiss() }))
-}
-
-// lookupNode is QEMU's bdrv_lookup_bs for a node given by node-name (a
-// storage daemon has no devices). Graph lock held.
-func lookupNode(g *blockdev.Graph, device, node string) (*blockdev.Node, error) {
-	if n := g.Lookup(node); n != nil {
-		return n, nil
-	}
-	return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", device, node)
 }

@@ -2,20 +2,24 @@ package jobs
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 
 	"github.com/qbmond/qbmond/blockdev"
 	"github.com/qbmond/qbmond/qmp"
 )
 
 // block-commit merges the data of a range of a backing chain into a lower
-// image, base. Passive commit (top below the active layer) copies what
-// the layers from top down to base's overlay hold into base, then drops
-// those layers: the overlay of top is pointed at base, in the graph and in
-// its image header. Active commit (top is the active layer) is mirror.go.
+// image, base. Passive commit (top below the active layer, and nobody
+// writing to it) copies what the layers from top down to base's overlay
+// hold into base, then drops those layers: the overlay of top is pointed
+// at base, in the graph and in its image header. Active commit (top is the
+// active layer) is mirror.go.
+//
+// As in QEMU, a commit_top filter sits above top while the job runs: the
+// overlay reads the chain through it, and it takes no permission on the
+// layers, so the job can forbid everyone else consistent reads of them
+// (their content is not consistent any more once base has been written).
 
 // commitArgs are block-commit's arguments.
 type commitArgs struct {
@@ -33,194 +37,138 @@ type commitArgs struct {
 	AutoDismiss    *bool   `json:"auto-dismiss"`
 }
 
-// registerChainJobs installs block-commit and block-stream.
-func (m *Manager) registerChainJobs(d *qmp.Dispatcher, g *blockdev.Graph) {
-	d.Register("block-commit", func(ctx context.Context, raw json.RawMessage) (any, error) {
-		var a commitArgs
-		if err := json.Unmarshal(raw, &a); err != nil {
+// commitPlan is what block-commit's checks resolved.
+type commitPlan struct {
+	bs, top, base *blockdev.Node
+	active        bool
+}
+
+// resolveCommit is qmp_block_commit's checks, in QEMU's order. Graph lock
+// held.
+func resolveCommit(g *blockdev.Graph, a *commitArgs) (*commitPlan, error) {
+	bs := g.Lookup(a.Device)
+	if bs == nil {
+		// libvirt probes for block-commit with this error class.
+		return nil, &qmp.Error{Class: qmp.ClassDeviceNotFound, Desc: fmt.Sprintf("Device '%s' not found", a.Device)}
+	}
+	if !bs.IsRoot() {
+		return nil, errors.New("Need a root block node")
+	}
+	if err := bs.Blocker(); err != nil {
+		return nil, err
+	}
+	top := bs
+	switch {
+	case a.TopNode != nil && a.Top != nil:
+		return nil, errors.New("'top-node' and 'top' are mutually exclusive")
+	case a.TopNode != nil:
+		var err error
+		if top, err = lookupNode(g, *a.TopNode); err != nil {
 			return nil, err
 		}
-		return nil, m.blockCommit(ctx, g, &a)
-	})
-	d.Register("block-stream", func(ctx context.Context, raw json.RawMessage) (any, error) {
-		var a streamArgs
-		if err := json.Unmarshal(raw, &a); err != nil {
+		if !chainContains(bs, top) {
+			return nil, fmt.Errorf("'%s' is not in this backing file chain", *a.TopNode)
+		}
+	case a.Top != nil:
+		if bs.Filename() != *a.Top {
+			top = findBackingImage(bs, *a.Top)
+		}
+	}
+	if top == nil {
+		name := "NULL"
+		if a.Top != nil {
+			name = *a.Top
+		}
+		return nil, fmt.Errorf("Top image file %s not found", name)
+	}
+	var base *blockdev.Node
+	switch {
+	case a.BaseNode != nil && a.Base != nil:
+		return nil, errors.New("'base-node' and 'base' are mutually exclusive")
+	case a.BaseNode != nil:
+		var err error
+		if base, err = lookupNode(g, *a.BaseNode); err != nil {
 			return nil, err
 		}
-		return nil, m.blockStream(ctx, g, &a)
-	})
-}
-
-func manualFlags(autoFinalize, autoDismiss *bool) (manualFinalize, manualDismiss bool) {
-	return autoFinalize != nil && !*autoFinalize, autoDismiss != nil && !*autoDismiss
-}
-
-// chainContains tells whether n is top or below it in top's backing
-// chain.
-func chainContains(top, n *blockdev.Node) bool {
-	for it := top; it != nil; it = it.BackingNode() {
-		if it == n {
-			return true
+		if !chainContains(top, base) {
+			return nil, fmt.Errorf("'%s' is not in this backing file chain", *a.BaseNode)
+		}
+	case a.Base != nil:
+		if base = findBackingImage(top, *a.Base); base == nil {
+			return nil, fmt.Errorf("Can't find '%s' in the backing chain", *a.Base)
+		}
+	default:
+		if base = findBase(top); base == nil {
+			// QEMU's words, spelling included.
+			return nil, errors.New("There is no backimg image")
 		}
 	}
-	return false
-}
-
-// findBase returns the bottom of top's chain, nil when top has no backing
-// node (QEMU's bdrv_find_base).
-func findBase(top *blockdev.Node) *blockdev.Node {
-	if top.BackingNode() == nil {
-		return nil
-	}
-	it := top
-	for it.BackingNode() != nil {
-		it = it.BackingNode()
-	}
-	return it
-}
-
-// findBackingImage finds the node below active whose image is called
-// name, either as its overlay's header names it or by its filename
-// (QEMU's bdrv_find_backing_image).
-func findBackingImage(active *blockdev.Node, name string) *blockdev.Node {
-	for it := active; it != nil; it = it.BackingNode() {
-		b := it.BackingNode()
-		if b == nil {
-			return nil
-		}
-		if bf, ok := it.Driver().(blockdev.BackingFiler); ok {
-			if hdr, _ := bf.BackingFile(); hdr != "" {
-				if hdr == name {
-					return b
-				}
-				if !filepath.IsAbs(hdr) && filepath.Join(filepath.Dir(it.Filename()), hdr) == filepath.Clean(name) {
-					return b
-				}
-			}
-		}
-		if b.Filename() == name || filepath.Clean(b.Filename()) == filepath.Clean(name) {
-			return b
-		}
-	}
-	return nil
-}
-
-// blockCommit is block-commit's checks, in QEMU's order, and the start of
-// the job.
-func (m *Manager) blockCommit(ctx context.Context, g *blockdev.Graph, a *commitArgs) error {
-	if a.Speed < 0 {
-		return errBadSpeed
-	}
-	manFin, manDis := manualFlags(a.AutoFinalize, a.AutoDismiss)
-	type plan struct {
-		bs, top, base *blockdev.Node
-		id            string
-	}
-	resolve := func() (*plan, error) {
-		bs := g.Lookup(a.Device)
-		if bs == nil {
-			// libvirt probes for block-commit with this error class.
-			return nil, &qmp.Error{Class: qmp.ClassDeviceNotFound, Desc: fmt.Sprintf("Device '%s' not found", a.Device)}
-		}
-		if err := bs.Blocker(); err != nil {
+	for it := top; it != nil && it != base.FilterOrCOW(); it = it.FilterOrCOW() {
+		if err := it.Blocker(); err != nil {
 			return nil, err
 		}
-		top := bs
-		switch {
-		case a.TopNode != nil && a.Top != nil:
-			return nil, errors.New("'top-node' and 'top' are mutually exclusive")
-		case a.TopNode != nil:
-			top = g.Lookup(*a.TopNode)
-			if top == nil {
-				return nil, fmt.Errorf("Cannot find device='' nor node-name='%s'", *a.TopNode)
-			}
-			if !chainContains(bs, top) {
-				return nil, fmt.Errorf("'%s' is not in this backing file chain", *a.TopNode)
-			}
-		case a.Top != nil:
-			if bs.Filename() != *a.Top {
-				top = findBackingImage(bs, *a.Top)
-			}
-		}
-		if top == nil {
-			name := "NULL"
-			if a.Top != nil {
-				name = *a.Top
-			}
-			return nil, fmt.Errorf("Top image file %s not found", name)
-		}
-		var base *blockdev.Node
-		switch {
-		case a.BaseNode != nil && a.Base != nil:
-			return nil, errors.New("'base-node' and 'base' are mutually exclusive")
-		case a.BaseNode != nil:
-			base = g.Lookup(*a.BaseNode)
-			if base == nil {
-				return nil, fmt.Errorf("Cannot find device='' nor node-name='%s'", *a.BaseNode)
-			}
-			if !chainContains(top, base) {
-				return nil, fmt.Errorf("'%s' is not in this backing file chain", *a.BaseNode)
-			}
-		case a.Base != nil:
-			base = findBackingImage(top, *a.Base)
-			if base == nil {
-				return nil, fmt.Errorf("Can't find '%s' in the backing chain", *a.Base)
-			}
-		default:
-			base = findBase(top)
-			if base == nil {
-				// QEMU's words, spelling included.
-				return nil, errors.New("There is no backimg image")
-			}
-		}
-		for it := top; it != nil && it != base; it = it.BackingNode() {
-			if err := it.Blocker(); err != nil {
-				return nil, err
-			}
-		}
-		if top == base {
-			return nil, errors.New("cannot commit an image into itself")
-		}
-		p := &plan{bs: bs, top: top, base: base}
-		if top == bs {
-			if a.BackingFile != nil {
+	}
+	if top == base {
+		return nil, errors.New("cannot commit an image into itself")
+	}
+	// Active commit when top is the active layer or somebody writes to
+	// it, as in QEMU.
+	topPerm, _ := top.CumulativePerm()
+	p := &commitPlan{bs: bs, top: top, base: base,
+		active: top.SkipFilters() == bs.SkipFilters() || topPerm&blockdev.PermWrite != 0}
+	if p.active {
+		if a.BackingFile != nil {
+			if top.SkipFilters() == bs.SkipFilters() {
 				return nil, errors.New("'backing-file' specified, but 'top' is the active layer")
 			}
-		} else if ov := blockdev.FindOverlay(bs, top); ov != nil {
-			if err := ov.Blocker(); err != nil {
-				return nil, err
-			}
+			return nil, errors.New("'backing-file' specified, but 'top' has a writer on it")
 		}
-		return p, nil
+	} else if ov := findOverlay(bs, top); ov != nil {
+		if err := ov.Blocker(); err != nil {
+			return nil, err
+		}
 	}
+	return p, nil
+}
+
+// blockCommit checks block-commit's arguments and starts the job.
+func (m *Manager) blockCommit(ctx context.Context, g *blockdev.Graph, a *commitArgs) error {
 	g.Lock()
-	p, err := resolve()
+	p, err := resolveCommit(g, a)
 	g.Unlock()
 	if err != nil {
 		return err
 	}
+	if a.Speed < 0 {
+		return errBadSpeed
+	}
+	manFin, manDis := manualFlags(a.AutoFinalize, a.AutoDismiss)
 	id := ""
 	if a.JobID != nil {
 		id = *a.JobID
 	}
-	if p.top == p.bs {
+	if p.active {
 		return m.startActiveCommit(ctx, g, a, id, manFin, manDis)
 	}
-	cj := &commitJob{backingFile: a.BackingFile}
+	cj := &commitJob{backingFile: a.BackingFile, filterName: a.FilterNodeName}
 	_, err = m.StartBlock(ctx, g, BlockSpec{
 		Spec: Spec{ID: id, Type: "commit", ManualFinalize: manFin, ManualDismiss: manDis,
 			Run: cj.run,
 			Hooks: Hooks{
 				Prepare: cj.prepare,
+				Abort:   cj.abort,
 				Clean:   cj.clean,
 			}},
 		Speed:   a.Speed,
 		OnError: a.OnError,
 		Setup: func(b *BlockJob) error {
 			// The graph may have changed since the checks: resolve again.
-			p, err := resolve()
+			p, err := resolveCommit(g, a)
 			if err != nil {
 				return err
+			}
+			if p.active {
+				return errors.New("the top node has become the active layer")
 			}
 			return cj.setup(ctx, b, p.bs, p.top, p.base)
 		},
@@ -232,49 +180,86 @@ func (m *Manager) blockCommit(ctx context.Context, g *blockdev.Graph, a *commitA
 type commitJob struct {
 	b                 *BlockJob
 	active, top, base *blockdev.Node
-	baseOverlay       *blockdev.Node
-	layers            int // nodes from top down to baseOverlay
+	commitTop         *blockdev.Node // the filter above top
+	layers            int            // nodes from top down to base's overlay
 	topC, baseC       *blockdev.Child
 	baseReadOnly      bool
 	backingFile       *string
+	filterName        *string
 }
 
+// setup is QEMU's commit_start: the job's edges with QEMU's permissions,
+// base made writable, and the commit_top filter above top. On failure it
+// undoes what it did. Graph lock held.
 func (cj *commitJob) setup(ctx context.Context, b *BlockJob, active, top, base *blockdev.Node) error {
 	g := b.Graph()
 	cj.b, cj.active, cj.top, cj.base = b, active, top, base
-	cj.baseOverlay = blockdev.FindOverlay(active, base)
-	for it := top; it != base; it = it.BackingNode() {
-		cj.layers++
+	if top.SkipFilters() == base.SkipFilters() {
+		return errors.New("Invalid files for merge: top and base are the same")
+	}
+	basePerm := blockdev.PermConsistentRead | blockdev.PermWrite
+	if base.Length() < top.Length() {
+		basePerm |= blockdev.PermResize
+	}
+	fail := func(err error) error {
+		cj.undo(ctx)
+		return err
 	}
 	if _, err := b.AddNode(active, "main node", 0, blockdev.PermAll); err != nil {
-		return err
+		return fail(err)
 	}
 	if base.ReadOnly() {
 		if err := g.SetReadOnly(ctx, base, false); err != nil {
-			return err
+			return fail(err)
 		}
 		cj.baseReadOnly = true
 	}
-	for it := top; it != base; it = it.BackingNode() {
-		if _, err := b.AddNode(it, "intermediate node", 0, blockdev.PermWriteUnchanged|blockdev.PermWrite); err != nil {
-			cj.restoreBase(ctx)
-			return err
-		}
-	}
-	perm := blockdev.PermConsistentRead | blockdev.PermWrite
-	if base.Length() < top.Length() {
-		perm |= blockdev.PermResize
+	opts := blockdev.Options{"driver": "commit_top", "backing": top.Name(), "read-only": true}
+	if cj.filterName != nil {
+		opts["node-name"] = *cj.filterName
 	}
 	var err error
-	if cj.baseC, err = b.AddNode(base, "base", perm, blockdev.PermConsistentRead|blockdev.PermWriteUnchanged); err != nil {
-		cj.restoreBase(ctx)
-		return err
+	if cj.commitTop, err = g.AppendFilter(ctx, top, opts); err != nil {
+		return fail(err)
 	}
-	if cj.topC, err = b.AddNode(top, "top", 0, blockdev.PermAll); err != nil {
-		cj.restoreBase(ctx)
-		return err
+	cj.layers = layersBetween(top, base)
+	// The layers from top down to base hold data base is getting: nobody
+	// else may read them as consistent, but filters on base may be.
+	baseOverlay := findOverlay(top, base)
+	filteredBase := baseOverlay.BackingNode()
+	shared := blockdev.PermWriteUnchanged | blockdev.PermWrite
+	for it := top; it != nil && it != base; it = it.FilterOrCOW() {
+		if it == filteredBase {
+			shared |= blockdev.PermConsistentRead
+		}
+		if _, err := b.AddNode(it, "intermediate node", 0, shared); err != nil {
+			return fail(err)
+		}
+	}
+	if _, err := b.AddNode(base, "base", 0, blockdev.PermAll); err != nil {
+		return fail(err)
+	}
+	if cj.baseC, err = b.AddBackend(base, basePerm, blockdev.PermConsistentRead|blockdev.PermWriteUnchanged); err != nil {
+		return fail(err)
+	}
+	if cj.topC, err = b.AddBackend(top, 0, blockdev.PermAll); err != nil {
+		return fail(err)
 	}
 	return nil
+}
+
+// undo takes the job's edges and the filter away and makes base read-only
+// again if the job made it writable. Graph lock held.
+func (cj *commitJob) undo(ctx context.Context) {
+	g := cj.b.Graph()
+	cj.b.release()
+	if cj.commitTop != nil {
+		if err := g.RemoveFilter(ctx, cj.commitTop); err != nil {
+			cj.b.j.m.log.Error().Err(err).Str("node", cj.commitTop.Name()).Msg("commit: cannot remove the commit_top filter")
+		}
+		cj.commitTop = nil
+	}
+	cj.restoreBase(ctx)
 }
 
 // restoreBase makes base read-only again if the job made it writable.
@@ -289,57 +274,52 @@ func (cj *commitJob) restoreBase(ctx context.Context) {
 	}
 }
 
-// run copies what top..baseOverlay allocate into base.
+// run copies what top..baseOverlay allocate into base, chunk by chunk
+// (QEMU's commit_run).
 func (cj *commitJob) run(ctx context.Context, j *Job) error {
 	j.Background()
-	length := cj.top.Length()
+	length := cj.topC.Length()
 	j.SetProgressRemaining(uint64(length))
-	if cj.base.Length() < length {
+	if cj.baseC.Length() < length {
 		if err := cj.baseC.Truncate(ctx, length, false); err != nil {
-			return err
+			return ioError(err)
 		}
 	}
 	return copyAllocated(ctx, cj.b, cj.topC, cj.baseC, cj.layers, 0, length)
 }
 
 // copyAllocated copies [off, end) of from's view to to where one of the
-// first layers nodes of from's chain allocates it, in chunks, with the
-// job's speed limit and error policy. Zeroes are written as zeroes.
+// first layers nodes of from's chain allocates it, a chunk at a time, with
+// the job's speed limit and error policy (QEMU's commit loop). Zeroes are
+// written as zeroes.
 func copyAllocated(ctx context.Context, b *BlockJob, from, to *blockdev.Child, layers int, off, end int64) error {
 	j := b.Job()
-	var buf []byte
+	buf := make([]byte, chunkSize)
 	for off < end {
-		if err := j.PausePoint(); err != nil {
+		if err := b.RateLimitSleep(); err != nil {
 			return err
 		}
-		chunk := min(b.ChunkSize(), end-off)
-		st, depth, err := from.Node().BlockStatusAbove(ctx, from, off, chunk)
-		readErr := true
+		st, depth, err := from.Node().BlockStatusAbove(ctx, from, off, min(chunkSize, end-off))
 		n := st.Length
+		inSource := true
 		copyIt := err == nil && depth >= 1 && depth <= layers
 		if err == nil && n <= 0 {
 			err = fmt.Errorf("block status made no progress at %d", off)
 		}
 		if copyIt {
-			if st.Flags&blockdev.StatusZero != 0 {
+			if st.Flags&blockdev.StatusZero != 0 && st.Flags&blockdev.StatusData == 0 {
 				err = to.WriteZeroes(ctx, off, n, 0)
-				readErr = false
-			} else {
-				if int64(cap(buf)) < n {
-					buf = make([]byte, n)
-				}
-				p := buf[:n]
-				if err = from.Read(ctx, off, p); err == nil {
-					err = to.Write(ctx, off, p, 0)
-					readErr = false
-				}
+				inSource = false
+			} else if err = from.Read(ctx, off, buf[:n]); err == nil {
+				err = to.Write(ctx, off, buf[:n], 0)
+				inSource = false
 			}
 		}
 		if err != nil {
 			if errors.Is(err, context.Canceled) && j.IsCancelled() {
 				return err
 			}
-			if b.ErrorAction(err, readErr) == ActionReport {
+			if b.ErrorAction(err, inSource) == ActionReport {
 				return ioError(err)
 			}
 			continue // retry, after the pause for "stop"
@@ -347,37 +327,42 @@ func copyAllocated(ctx context.Context, b *BlockJob, from, to *blockdev.Child, l
 		off += n
 		j.ProgressUpdate(uint64(n))
 		if copyIt {
-			if err := b.Throttle(n); err != nil {
-				return err
-			}
+			b.Processed(n)
 		}
 	}
 	return nil
 }
 
-// ioError turns an I/O error into QEMU's job error: strerror of its errno.
-func ioError(err error) error {
-	return errors.New(blockdev.Strerror(err))
-}
-
-// prepare drops the committed layers: the overlay of top now uses base.
+// prepare drops the committed layers: the overlay of top now uses base
+// (QEMU's commit_prepare, bdrv_drop_intermediate from the filter down).
 func (cj *commitJob) prepare(j *Job) error {
 	g := cj.b.Graph()
 	g.Lock()
 	defer g.Unlock()
-	// The job's own edges would stand in the way of the change.
+	// The job's edges would stand in the way of the change.
 	cj.b.release()
 	bf := ""
 	if cj.backingFile != nil {
 		bf = *cj.backingFile
 	}
-	return g.DropIntermediate(j.Context(), cj.active, cj.top, cj.base, bf)
+	if err := g.DropIntermediate(j.Context(), cj.active, cj.commitTop, cj.base, bf); err != nil {
+		return err
+	}
+	cj.commitTop = nil // closed with the dropped layers
+	return nil
+}
+
+// abort takes the filter out again: the chain is as before the job.
+func (cj *commitJob) abort(j *Job) {
+	g := cj.b.Graph()
+	g.Lock()
+	defer g.Unlock()
+	cj.undo(context.Background())
 }
 
 func (cj *commitJob) clean(j *Job) {
 	g := cj.b.Graph()
 	g.Lock()
 	defer g.Unlock()
-	cj.b.release()
-	cj.restoreBase(context.Background())
+	cj.undo(context.Background())
 }

@@ -3,7 +3,9 @@ package jobs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
+	"time"
 
 	"github.com/qbmond/qbmond/bitmap"
 	"github.com/qbmond/qbmond/blockdev"
@@ -11,30 +13,44 @@ import (
 
 // Active commit: block-commit whose top is the active layer, a mirror of
 // the active layer into base, as QEMU runs it (a mirror job of type
-// "commit"). The job first copies what the layers above base allocate,
-// then keeps copying what writes change; once nothing is left to copy it
-// is READY and stays in sync. job-complete switches every parent of the
-// active layer over to base (the pivot); a cancel while READY ends the job
+// "commit", QEMU's commit_active_start and mirror.c). A mirror_top filter
+// goes above the active layer, so that every guest write passes it: the
+// job first copies what the layers above base allocate, then keeps
+// copying what writes change; once nothing is left to copy it is READY
+// and stays in sync. job-complete switches every parent of the active
+// layer over to base (the pivot); a cancel while READY ends the job
 // without the switch.
 //
-// What writes change is learnt from a write observer on the active layer,
-// which marks the written range dirty once the write has finished. For the
-// pivot the observer also holds new writes back: the job waits until the
-// writes in flight are over, copies the last dirty ranges, and switches
-// the graph; the writes held back then go to base.
+// What writes change is learnt from a write observer on the filter, which
+// marks the written range dirty once the write has finished. For the
+// pivot the observer also holds new writes back (QEMU drains the source):
+// the job waits until the writes in flight are over and copies the last
+// dirty ranges; then the graph is switched, and the writes held back go
+// to the node the filter's parents use now.
 
-// mirrorGranularity is the unit in which the job tracks what to copy.
-const mirrorGranularity = 64 << 10
+// The job's sizes, QEMU's: the dirty bitmap's granularity is the target's
+// cluster size within [4 KiB, 64 KiB]; one iteration copies a run of
+// dirty granules of up to mirrorBufSize in requests of up to mirrorMaxIO;
+// the job goes on without sleeping for the speed limit for up to
+// mirrorSlice at a time.
+const (
+	mirrorBufSize = 16 << 20
+	mirrorMaxIO   = 1 << 20
+	mirrorSlice   = 100 * time.Millisecond
+)
 
 type mirrorJob struct {
 	b            *BlockJob
 	top, base    *blockdev.Node
+	mirrorTop    *blockdev.Node
 	topC, baseC  *blockdev.Child
 	layers       int
 	baseReadOnly bool
 	removeObs    func()
+	filterName   *string
 
-	dirty *bitmap.Bitmap
+	dirty  *bitmap.Bitmap
+	cursor int64 // where the next iteration looks for dirty data
 
 	mu       sync.Mutex
 	cond     *sync.Cond // signalled when in-flight writes end or the gate opens
@@ -42,18 +58,25 @@ type mirrorJob struct {
 	gate     bool          // writes are held back
 	wake     chan struct{} // a write finished (one pending signal)
 	complete bool          // job-complete was accepted
-	pivoted  bool
+	exited   bool          // the graph is back to normal (exitCommon ran)
+}
+
+// stopper is the part of the mirror_top driver the job uses.
+type stopper interface {
+	SetCommit()
+	Stop()
 }
 
 func (m *Manager) startActiveCommit(ctx context.Context, g *blockdev.Graph, a *commitArgs, id string, manFin, manDis bool) error {
-	mj := &mirrorJob{wake: make(chan struct{}, 1)}
+	mj := &mirrorJob{wake: make(chan struct{}, 1), filterName: a.FilterNodeName}
 	mj.cond = sync.NewCond(&mj.mu)
 	_, err := m.StartBlock(ctx, g, BlockSpec{
 		Spec: Spec{ID: id, Type: "commit", ManualFinalize: manFin, ManualDismiss: manDis,
 			Run: mj.run,
 			Hooks: Hooks{
-				Prepare:  mj.prepare,
-				Clean:    mj.clean,
+				Prepare:  func(j *Job) error { return mj.exit(j, false) },
+				Abort:    func(j *Job) { mj.exit(j, true) },
+				Clean:    func(*Job) { mj.openGate() },
 				Complete: mj.completeReq,
 				Cancel: func(j *Job, force bool) bool {
 					// A soft cancel of a READY job ends it without the pivot.
@@ -64,34 +87,23 @@ func (m *Manager) startActiveCommit(ctx context.Context, g *blockdev.Graph, a *c
 		Speed:   a.Speed,
 		OnError: a.OnError,
 		Setup: func(b *BlockJob) error {
-			top := g.Lookup(a.Device)
-			if top == nil {
-				return errors.New("the device went away")
+			p, err := resolveCommit(g, a)
+			if err != nil {
+				return err
 			}
-			var base *blockdev.Node
-			switch {
-			case a.BaseNode != nil:
-				base = g.Lookup(*a.BaseNode)
-			case a.Base != nil:
-				base = findBackingImage(top, *a.Base)
-			default:
-				base = findBase(top)
-			}
-			if base == nil || !chainContains(top, base) || base == top {
-				return errors.New("the backing chain changed")
-			}
-			return mj.setup(ctx, b, top, base)
+			return mj.setup(ctx, b, p.top, p.base)
 		},
 	})
 	return err
 }
 
+// setup is QEMU's commit_active_start and mirror_start_job: base made
+// writable, the mirror_top filter above the active layer, the job's edges
+// with QEMU's permissions. On failure it undoes what it did. Graph lock
+// held.
 func (mj *mirrorJob) setup(ctx context.Context, b *BlockJob, top, base *blockdev.Node) error {
 	g := b.Graph()
 	mj.b, mj.top, mj.base = b, top, base
-	for it := top; it != base; it = it.BackingNode() {
-		mj.layers++
-	}
 	if base.ReadOnly() {
 		if err := g.SetReadOnly(ctx, base, false); err != nil {
 			return err
@@ -99,33 +111,95 @@ func (mj *mirrorJob) setup(ctx context.Context, b *BlockJob, top, base *blockdev
 		mj.baseReadOnly = true
 	}
 	fail := func(err error) error {
-		b.release()
-		mj.restoreBase(ctx)
+		mj.undoSetup(ctx)
 		return err
 	}
+	if top.SkipFilters() == base.SkipFilters() {
+		return fail(errors.New("Can't mirror node into itself"))
+	}
+	opts := blockdev.Options{"driver": "mirror_top", "backing": top.Name(), "read-only": false}
+	if mj.filterName != nil {
+		opts["node-name"] = *mj.filterName
+	}
 	var err error
-	if mj.topC, err = b.AddNode(top, "source", blockdev.PermConsistentRead,
-		blockdev.PermConsistentRead|blockdev.PermWrite|blockdev.PermWriteUnchanged); err != nil {
+	if mj.mirrorTop, err = g.AppendFilter(ctx, top, opts); err != nil {
 		return fail(err)
 	}
-	for it := top.BackingNode(); it != base; it = it.BackingNode() {
-		if _, err := b.AddNode(it, "intermediate node", 0, blockdev.PermAll); err != nil {
+	if s, ok := mj.mirrorTop.Driver().(stopper); ok {
+		s.SetCommit()
+		if err := g.RefreshPerms(mj.mirrorTop); err != nil {
 			return fail(err)
 		}
 	}
-	perm := blockdev.PermConsistentRead | blockdev.PermWrite
+	if _, err := b.AddNode(mj.mirrorTop, "main node", blockdev.PermConsistentRead,
+		blockdev.PermConsistentRead|blockdev.PermWriteUnchanged|blockdev.PermWrite); err != nil {
+		return fail(err)
+	}
+	perm := blockdev.PermWrite
 	if base.Length() < top.Length() {
 		perm |= blockdev.PermResize
 	}
-	if mj.baseC, err = b.AddNode(base, "target", perm, blockdev.PermAll); err != nil {
+	if mj.baseC, err = b.AddBackend(base, perm,
+		blockdev.PermWriteUnchanged|blockdev.PermConsistentRead|blockdev.PermWrite); err != nil {
 		return fail(err)
 	}
-	mj.dirty, err = bitmap.New(top.Length(), mirrorGranularity)
-	if err != nil {
+	gran := bitmap.DefaultGranularity(0)
+	if di, err := base.Driver().Info(ctx); err == nil {
+		gran = bitmap.DefaultGranularity(di.ClusterSize)
+	}
+	if mj.dirty, err = bitmap.New(top.Length(), gran); err != nil {
 		return fail(err)
 	}
-	mj.removeObs = top.AddWriteObserver(blockdev.WriteObserver{Enter: mj.enter, Leave: mj.leave})
+	if mj.topC, err = b.AddNode(top, "source", 0,
+		blockdev.PermWriteUnchanged|blockdev.PermWrite|blockdev.PermConsistentRead); err != nil {
+		return fail(err)
+	}
+	if _, err := b.AddNode(base, "target", 0, blockdev.PermAll); err != nil {
+		return fail(err)
+	}
+	mj.layers = layersBetween(top, base)
+	filteredBase := findOverlay(top, base).BackingNode()
+	shared := blockdev.PermWriteUnchanged | blockdev.PermWrite
+	for it := top.FilterOrCOW(); it != nil && it != base; it = it.FilterOrCOW() {
+		if it == filteredBase {
+			shared |= blockdev.PermConsistentRead
+		}
+		if _, err := b.AddNode(it, "intermediate node", 0, shared); err != nil {
+			return fail(err)
+		}
+	}
+	mj.removeObs = mj.mirrorTop.AddWriteObserver(blockdev.WriteObserver{Enter: mj.enter, Leave: mj.leave})
 	return nil
+}
+
+// undoSetup takes away what a failed setup did. Graph lock held.
+func (mj *mirrorJob) undoSetup(ctx context.Context) {
+	mj.b.release()
+	mj.dropFilter(ctx)
+	mj.restoreBase(ctx)
+}
+
+// dropFilter stops the filter forwarding and takes it out of the graph,
+// if it is still there. Graph lock held.
+func (mj *mirrorJob) dropFilter(ctx context.Context) {
+	f := mj.mirrorTop
+	if f == nil {
+		return
+	}
+	mj.mirrorTop = nil
+	g := mj.b.Graph()
+	if g.Lookup(f.Name()) != f {
+		return // it closed with its last user
+	}
+	if s, ok := f.Driver().(stopper); ok {
+		s.Stop()
+		if err := g.RefreshPerms(f); err != nil {
+			mj.b.j.m.log.Error().Err(err).Msg("commit: mirror_top permissions")
+		}
+	}
+	if err := g.RemoveFilter(ctx, f); err != nil {
+		mj.b.j.m.log.Error().Err(err).Str("node", f.Name()).Msg("commit: cannot remove the mirror_top filter")
+	}
 }
 
 func (mj *mirrorJob) restoreBase(ctx context.Context) {
@@ -163,14 +237,30 @@ func (mj *mirrorJob) leave(off, length int64) {
 	}
 }
 
+// closeGate holds new writes back and waits for those in flight.
+func (mj *mirrorJob) closeGate() {
+	mj.mu.Lock()
+	mj.gate = true
+	for mj.inflight > 0 {
+		mj.cond.Wait()
+	}
+	mj.mu.Unlock()
+}
+
+func (mj *mirrorJob) openGate() {
+	mj.mu.Lock()
+	mj.gate = false
+	mj.cond.Broadcast()
+	mj.mu.Unlock()
+}
+
 func (mj *mirrorJob) completeReq(j *Job) error {
+	if st := j.Status(); st != StatusReady && st != StatusStandby {
+		return fmt.Errorf("The active block job '%s' cannot be completed", j.ID())
+	}
 	mj.mu.Lock()
 	mj.complete = true
 	mj.mu.Unlock()
-	select {
-	case mj.wake <- struct{}{}:
-	default:
-	}
 	j.m.mu.Lock()
 	j.kickLocked()
 	j.m.mu.Unlock()
@@ -183,20 +273,20 @@ func (mj *mirrorJob) completing() bool {
 	return mj.complete
 }
 
-// run copies the initial data, then follows the writes until completed or
-// cancelled.
+// run is QEMU's mirror_run for an active commit: the initial dirty map,
+// then iterations until the job is completed or cancelled.
 func (mj *mirrorJob) run(ctx context.Context, j *Job) error {
 	j.Background()
 	b := mj.b
-	length := mj.top.Length()
-	if mj.base.Length() < length {
+	length := mj.topC.Length()
+	if mj.baseC.Length() < length {
 		if err := mj.baseC.Truncate(ctx, length, false); err != nil {
-			return err
+			return ioError(err)
 		}
 	}
 	// What the layers above base allocate is to be copied.
 	for off := int64(0); off < length; {
-		if err := j.PausePoint(); err != nil {
+		if err := b.RateLimitSleep(); err != nil {
 			return err
 		}
 		st, depth, err := mj.top.BlockStatusAbove(ctx, mj.topC, off, length-off)
@@ -211,75 +301,149 @@ func (mj *mirrorJob) run(ctx context.Context, j *Job) error {
 		}
 		off += st.Length
 	}
-	j.SetProgressRemaining(uint64(mj.dirty.Count()))
-	var buf []byte
 	ready := false
+	lastPause := time.Now()
 	for {
 		if err := j.PausePoint(); err != nil {
 			return err
 		}
-		if j.CancelRequested() {
+		if j.IsCancelled() {
 			return nil
 		}
-		start, n, ok := mj.dirty.NextDirtyArea(0, length)
-		if !ok {
+		// The count from before this pass's iteration decides, as in
+		// QEMU: what an iteration copied is waited for first.
+		cnt := mj.dirty.Count()
+		j.SetProgressRemaining(uint64(cnt))
+		if cnt != 0 && time.Since(lastPause) < mirrorSlice && b.IOStatus() == "ok" {
+			if err := mj.iteration(ctx, j); err != nil {
+				return err
+			}
+		}
+		shouldComplete := false
+		if cnt == 0 {
 			if !ready {
+				if err := mj.baseC.Flush(ctx); err != nil {
+					if b.ErrorAction(err, false) == ActionReport {
+						return ioError(err)
+					}
+					continue
+				}
 				ready = true
 				j.Ready()
 			}
-			if mj.completing() {
-				// Hold writes back, wait for those in flight, and copy
-				// what they changed: then base is the active layer's
-				// exact copy, and prepare switches the graph.
-				mj.mu.Lock()
-				mj.gate = true
-				for mj.inflight > 0 {
-					mj.cond.Wait()
-				}
-				mj.mu.Unlock()
-				if mj.dirty.Count() == 0 {
+			shouldComplete = mj.completing() || j.CancelRequested()
+			cnt = mj.dirty.Count()
+		}
+		if cnt == 0 && shouldComplete {
+			// Hold writes back and wait for those in flight: if they
+			// changed nothing more, base is the active layer's exact
+			// copy, and the writes stay held until the graph switch.
+			mj.closeGate()
+			if mj.dirty.Count() == 0 {
+				if err := mj.baseC.Flush(ctx); err == nil {
 					return nil
 				}
-				continue // copy the rest with the writes held back
 			}
-			// Wait for a write, a completion, a pause or a cancel.
-			if err := mj.waitWork(j); err != nil {
-				return err
-			}
+			mj.openGate()
 			continue
 		}
-		n = min(n, b.ChunkSize())
-		mj.dirty.Reset(start, n)
-		if int64(cap(buf)) < n {
-			buf = make([]byte, n)
-		}
-		p := buf[:n]
-		readErr := true
-		err := mj.topC.Read(ctx, start, p)
-		if err == nil {
-			readErr = false
-			err = mj.baseC.Write(ctx, start, p, 0)
+		// Once READY the job keeps up without a speed limit, idling for
+		// a slice (or until a write) when there is nothing to copy.
+		var err error
+		switch {
+		case ready && !shouldComplete && cnt == 0:
+			err = mj.waitWork(j)
+		case ready && !shouldComplete:
+		default:
+			err = b.RateLimitSleep()
 		}
 		if err != nil {
-			mj.dirty.Set(start, n)
-			if errors.Is(err, context.Canceled) && j.IsCancelled() {
-				return err
-			}
-			if b.ErrorAction(err, readErr) == ActionReport {
-				return ioError(err)
-			}
-			continue
-		}
-		j.ProgressUpdate(uint64(n))
-		j.SetProgressRemaining(uint64(mj.dirty.Count()))
-		if err := b.Throttle(n); err != nil {
 			return err
 		}
+		lastPause = time.Now()
 	}
 }
 
-// waitWork sleeps until a write ends, the job is completed, paused or
-// cancelled.
+// iteration copies one run of dirty granules, starting at the first one
+// at or after the cursor (QEMU's mirror_iteration): the run's bits are
+// cleared, then it is copied in requests of up to mirrorMaxIO, what reads
+// as zeroes written as zeroes. A failed request marks its range dirty
+// again.
+func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
+	b := mj.b
+	length := mj.dirty.Size()
+	gran := int64(mj.dirty.Granularity())
+	off, run, ok := mj.dirty.NextDirtyArea(mj.cursor, -1)
+	if !ok {
+		if off, run, ok = mj.dirty.NextDirtyArea(0, -1); !ok {
+			return nil
+		}
+	}
+	if err := j.PausePoint(); err != nil {
+		return err
+	}
+	if a := off % gran; a != 0 {
+		off, run = off-a, run+a
+	}
+	run = min(run, mirrorBufSize)
+	mj.dirty.Reset(off, run)
+	end := off + run
+	for off < end {
+		st, err := mj.statusOf(ctx, off, end-off)
+		n := st.Length
+		data := err != nil || st.Flags&blockdev.StatusData != 0
+		if data {
+			n = min(n, mirrorMaxIO)
+		}
+		if n -= n % gran; n < gran {
+			n = gran
+		}
+		n = min(n, length-off)
+		zero := err == nil && !data && st.Flags&blockdev.StatusZero != 0
+		inSource := true
+		if zero {
+			inSource = false
+			err = mj.baseC.WriteZeroes(ctx, off, n, blockdev.ReqMayUnmap)
+		} else if err == nil {
+			p := make([]byte, n)
+			if err = mj.topC.Read(ctx, off, p); err == nil {
+				inSource = false
+				err = mj.baseC.Write(ctx, off, p, 0)
+			}
+		}
+		if err != nil {
+			mj.dirty.Set(off, end-off)
+			mj.cursor = off
+			if errors.Is(err, context.Canceled) && j.IsCancelled() {
+				return err
+			}
+			if b.ErrorAction(err, inSource) == ActionReport {
+				return ioError(err)
+			}
+			return nil
+		}
+		j.ProgressUpdate(uint64(n))
+		if !zero {
+			b.Processed(n)
+		}
+		off += n
+	}
+	mj.cursor = end
+	return nil
+}
+
+// statusOf is the status of the active layer's view at off: data, zeroes
+// or neither (what the chain has there).
+func (mj *mirrorJob) statusOf(ctx context.Context, off, n int64) (blockdev.BlockStatus, error) {
+	st, _, err := mj.top.BlockStatusAbove(ctx, mj.topC, off, n)
+	if err == nil && st.Length <= 0 {
+		st.Length = n
+	}
+	return st, err
+}
+
+// waitWork sleeps until a write ends, or the job is completed, paused or
+// cancelled, or a slice has passed.
 func (mj *mirrorJob) waitWork(j *Job) error {
 	stop := make(chan struct{})
 	defer close(stop)
@@ -292,44 +456,47 @@ func (mj *mirrorJob) waitWork(j *Job) error {
 		case <-stop:
 		}
 	}()
-	// A long sleep that any of the above cuts short.
-	return j.Sleep(1 << 40)
+	return j.Sleep(mirrorSlice)
 }
 
-func (mj *mirrorJob) openGate() {
-	mj.mu.Lock()
-	mj.gate = false
-	mj.cond.Broadcast()
-	mj.mu.Unlock()
-}
-
-// prepare pivots when the job was completed: every parent of the active
-// layer now uses base.
-func (mj *mirrorJob) prepare(j *Job) error {
-	if !mj.completing() || j.CancelRequested() {
+// exit is QEMU's mirror_exit_common, for prepare (abort false) and abort:
+// the filter stops forwarding; when the job was completed and has not
+// failed, every parent of the active layer moves to base; then the job's
+// edges go, the filter leaves the graph and the writes held back go on.
+func (mj *mirrorJob) exit(j *Job, abort bool) error {
+	g := mj.b.Graph()
+	g.Lock()
+	defer mj.openGate()
+	defer g.Unlock()
+	if mj.exited {
 		return nil
 	}
-	g := mj.b.Graph()
-	g.Lock()
-	defer g.Unlock()
-	mj.removeObs()
-	mj.b.release()
-	if err := g.ReplaceNode(j.Context(), mj.top, mj.base); err != nil {
-		return err
-	}
-	mj.pivoted = true
-	mj.baseReadOnly = false // base is the active layer now
-	return nil
-}
-
-func (mj *mirrorJob) clean(j *Job) {
-	g := mj.b.Graph()
-	g.Lock()
+	mj.exited = true
+	ctx := j.Context()
 	if mj.removeObs != nil {
 		mj.removeObs()
 	}
+	mj.b.DropNode(mj.baseC)
+	if s, ok := mj.mirrorTop.Driver().(stopper); ok {
+		s.Stop()
+		if err := g.RefreshPerms(mj.mirrorTop); err != nil {
+			mj.b.j.m.log.Error().Err(err).Msg("commit: mirror_top permissions")
+		}
+	}
+	var err error
+	if mj.completing() && !abort && !j.IsCancelled() {
+		if ro := mj.top.ReadOnly(); ro != mj.base.ReadOnly() {
+			if rerr := g.SetReadOnly(ctx, mj.base, ro); rerr != nil {
+				mj.b.j.m.log.Warn().Err(rerr).Str("node", mj.base.Name()).Msg("commit: base read-only state")
+			}
+		}
+		if err = g.ReplaceNode(ctx, mj.top, mj.base); err != nil {
+			mj.b.j.m.log.Error().Err(err).Msg("commit: the pivot failed")
+		} else {
+			mj.baseReadOnly = false // base is the active layer now
+		}
+	}
 	mj.b.release()
-	mj.restoreBase(context.Background())
-	g.Unlock()
-	mj.openGate()
+	mj.dropFilter(context.Background())
+	return err
 }

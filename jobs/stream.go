@@ -12,6 +12,12 @@ import (
 // to (not including) base, hold, then makes base the active layer's
 // backing node, in the graph and in its image header. Without base, the
 // whole chain is copied and the active layer ends without a backing file.
+//
+// As in QEMU, a copy-on-read filter sits above the active layer while the
+// job runs (bottom: the lowest layer streamed): the job reads through it,
+// which copies; guest reads through it copy too. The copies are
+// serialised with guest writes (see blockdev.CopyOnRead), so a write is
+// never overwritten by the older data a copy fetched.
 
 // streamArgs are block-stream's arguments.
 type streamArgs struct {
@@ -28,84 +34,82 @@ type streamArgs struct {
 	AutoDismiss    *bool   `json:"auto-dismiss"`
 }
 
-// streamJob is a stream's state.
-type streamJob struct {
-	b           *BlockJob
-	bs          *blockdev.Node // the active layer, streamed into
-	base        *blockdev.Node // nil: the whole chain
-	baseOverlay *blockdev.Node // the lowest layer copied
-	layers      int            // nodes below bs down to baseOverlay
-	bsC         *blockdev.Child
-	readOnly    bool
-	backingFile *string
+// streamPlan is what block-stream's checks resolved.
+type streamPlan struct{ bs, base, bottom *blockdev.Node }
+
+// resolveStream is qmp_block_stream's checks, in QEMU's order. Graph
+// lock held.
+func resolveStream(g *blockdev.Graph, a *streamArgs) (*streamPlan, error) {
+	switch {
+	case a.Base != nil && a.BaseNode != nil:
+		return nil, errors.New("'base' and 'base-node' cannot be specified at the same time")
+	case a.Base != nil && a.Bottom != nil:
+		return nil, errors.New("'base' and 'bottom' cannot be specified at the same time")
+	case a.Bottom != nil && a.BaseNode != nil:
+		return nil, errors.New("'bottom' and 'base-node' cannot be specified at the same time")
+	}
+	bs := g.Lookup(a.Device)
+	if bs == nil {
+		return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.Device, a.Device)
+	}
+	p := &streamPlan{bs: bs}
+	if a.Base != nil {
+		if p.base = findBackingImage(bs, *a.Base); p.base == nil {
+			return nil, fmt.Errorf("Can't find '%s' in the backing chain", *a.Base)
+		}
+	}
+	if a.BaseNode != nil {
+		var err error
+		if p.base, err = lookupNode(g, *a.BaseNode); err != nil {
+			return nil, err
+		}
+		if p.base == bs || !chainContains(bs, p.base) {
+			return nil, fmt.Errorf("Node '%s' is not a backing image of '%s'", *a.BaseNode, a.Device)
+		}
+	}
+	if a.Bottom != nil {
+		var err error
+		if p.bottom, err = lookupNode(g, *a.Bottom); err != nil {
+			return nil, err
+		}
+		if p.bottom.IsFilter() {
+			return nil, fmt.Errorf("Node '%s' is a filter, use a non-filter node as 'bottom'", *a.Bottom)
+		}
+		if !chainContains(bs, p.bottom) {
+			return nil, fmt.Errorf("Node '%s' is not in a chain starting from '%s'", *a.Bottom, a.Device)
+		}
+	}
+	end := p.base
+	if p.bottom != nil {
+		end = p.bottom.FilterOrCOW()
+	}
+	for it := bs; it != nil && it != end; it = it.FilterOrCOW() {
+		if err := it.Blocker(); err != nil {
+			return nil, err
+		}
+	}
+	if p.base == nil && a.BackingFile != nil {
+		return nil, errors.New("backing file specified, but streaming the entire chain")
+	}
+	return p, nil
 }
 
 func (m *Manager) blockStream(ctx context.Context, g *blockdev.Graph, a *streamArgs) error {
-	if a.Speed < 0 {
-		return errBadSpeed
-	}
-	manFin, manDis := manualFlags(a.AutoFinalize, a.AutoDismiss)
-	type plan struct{ bs, base, bottom *blockdev.Node }
-	resolve := func() (*plan, error) {
-		bs := g.Lookup(a.Device)
-		if bs == nil {
-			return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.Device, a.Device)
-		}
-		switch {
-		case a.Base != nil && a.BaseNode != nil:
-			return nil, errors.New("'base' and 'base-node' cannot be specified at the same time")
-		case a.Base != nil && a.Bottom != nil:
-			return nil, errors.New("'base' and 'bottom' cannot be specified at the same time")
-		case a.Bottom != nil && a.BaseNode != nil:
-			return nil, errors.New("'bottom' and 'base-node' cannot be specified at the same time")
-		}
-		p := &plan{bs: bs}
-		if a.Base != nil {
-			p.base = findBackingImage(bs, *a.Base)
-			if p.base == nil {
-				return nil, fmt.Errorf("Can't find '%s' in the backing chain", *a.Base)
-			}
-		}
-		if a.BaseNode != nil {
-			p.base = g.Lookup(*a.BaseNode)
-			if p.base == nil {
-				return nil, fmt.Errorf("Cannot find device='' nor node-name='%s'", *a.BaseNode)
-			}
-			if p.base == bs || !chainContains(bs, p.base) {
-				return nil, fmt.Errorf("Node '%s' is not a backing image of '%s'", *a.BaseNode, a.Device)
-			}
-		}
-		if a.Bottom != nil {
-			p.bottom = g.Lookup(*a.Bottom)
-			if p.bottom == nil {
-				return nil, fmt.Errorf("Cannot find device='' nor node-name='%s'", *a.Bottom)
-			}
-			if !chainContains(bs, p.bottom) {
-				return nil, fmt.Errorf("Node '%s' is not in a chain starting from '%s'", *a.Bottom, a.Device)
-			}
-			p.base = p.bottom.BackingNode()
-		}
-		for it := bs; it != nil && it != p.base; it = it.BackingNode() {
-			if err := it.Blocker(); err != nil {
-				return nil, err
-			}
-		}
-		if p.base == nil && a.BackingFile != nil {
-			return nil, errors.New("backing file specified, but streaming the entire chain")
-		}
-		return p, nil
-	}
 	g.Lock()
-	_, err := resolve()
+	_, err := resolveStream(g, a)
 	g.Unlock()
 	if err != nil {
 		return err
 	}
+	if a.Speed < 0 {
+		return errBadSpeed
+	}
+	manFin, manDis := manualFlags(a.AutoFinalize, a.AutoDismiss)
 	id := ""
 	if a.JobID != nil {
 		id = *a.JobID
 	}
-	sj := &streamJob{backingFile: a.BackingFile}
+	sj := &streamJob{backingFile: a.BackingFile, filterName: a.FilterNodeName}
 	_, err = m.StartBlock(ctx, g, BlockSpec{
 		Spec: Spec{ID: id, Type: "stream", ManualFinalize: manFin, ManualDismiss: manDis,
 			Run:   sj.run,
@@ -113,7 +117,7 @@ func (m *Manager) blockStream(ctx context.Context, g *blockdev.Graph, a *streamA
 		Speed:   a.Speed,
 		OnError: a.OnError,
 		Setup: func(b *BlockJob) error {
-			p, err := resolve()
+			p, err := resolveStream(g, a)
 			if err != nil {
 				return err
 			}
@@ -123,24 +127,45 @@ func (m *Manager) blockStream(ctx context.Context, g *blockdev.Graph, a *streamA
 	return err
 }
 
+// streamJob is a stream's state.
+type streamJob struct {
+	b           *BlockJob
+	bs          *blockdev.Node // the active layer, streamed into
+	baseOverlay *blockdev.Node // the lowest layer copied
+	aboveBase   *blockdev.Node // the node right above base (base: its next)
+	cor         *blockdev.Node // the copy-on-read filter
+	layers      int            // nodes below bs down to baseOverlay
+	corC        *blockdev.Child
+	bsC         *blockdev.Child // for block status of bs itself
+	readOnly    bool
+	backingFile *string
+	filterName  *string
+}
+
+// setup is QEMU's stream_start: bs made writable, the copy-on-read
+// filter above it, the job's edges with QEMU's permissions. On failure
+// it undoes what it did. Graph lock held.
 func (sj *streamJob) setup(ctx context.Context, b *BlockJob, bs, base, bottom *blockdev.Node) error {
 	g := b.Graph()
-	sj.b, sj.bs, sj.base = b, bs, base
+	sj.b, sj.bs = b, bs
 	if bottom != nil {
-		sj.baseOverlay = bottom
-	} else if base != nil {
-		sj.baseOverlay = blockdev.FindOverlay(bs, base)
-		if sj.baseOverlay == nil {
+		sj.baseOverlay, sj.aboveBase = bottom, bottom
+	} else {
+		if sj.baseOverlay = findOverlay(bs, base); sj.baseOverlay == nil {
 			return fmt.Errorf("'%s' is not in the backing chain of '%s'", base.Name(), bs.Name())
 		}
-	} else {
-		sj.baseOverlay = findBase(bs)
-		if sj.baseOverlay == nil {
-			sj.baseOverlay = bs
+		// Between base's overlay and base there can only be filters.
+		sj.aboveBase = sj.baseOverlay
+		if b := sj.aboveBase.BackingNode(); b != nil && b != base {
+			sj.aboveBase = b
+			for sj.aboveBase.FilterOrCOW() != base && sj.aboveBase.FilterOrCOW() != nil {
+				sj.aboveBase = sj.aboveBase.FilterOrCOW()
+			}
 		}
 	}
-	for it := bs; it != sj.baseOverlay; it = it.BackingNode() {
-		sj.layers++
+	fail := func(err error) error {
+		sj.undo(ctx)
+		return err
 	}
 	if bs.ReadOnly() {
 		if err := g.SetReadOnly(ctx, bs, false); err != nil {
@@ -148,23 +173,40 @@ func (sj *streamJob) setup(ctx context.Context, b *BlockJob, bs, base, bottom *b
 		}
 		sj.readOnly = true
 	}
-	basic := blockdev.PermConsistentRead | blockdev.PermWriteUnchanged
-	var err error
-	if sj.bsC, err = b.AddNode(bs, "active node", blockdev.PermConsistentRead|blockdev.PermWriteUnchanged,
-		basic|blockdev.PermWrite); err != nil {
-		sj.restore(ctx)
-		return err
+	opts := blockdev.Options{"driver": "copy-on-read", "file": bs.Name(), "bottom": sj.baseOverlay.Name(),
+		"read-only": false}
+	if sj.filterName != nil {
+		opts["node-name"] = *sj.filterName
 	}
-	for it := bs.BackingNode(); it != nil && it != base; it = it.BackingNode() {
+	var err error
+	if sj.cor, err = g.AppendFilter(ctx, bs, opts); err != nil {
+		return fail(err)
+	}
+	basic := blockdev.PermConsistentRead | blockdev.PermWriteUnchanged
+	if _, err := b.AddNode(sj.cor, "main node", 0, blockdev.PermAll); err != nil {
+		return fail(err)
+	}
+	if sj.corC, err = b.AddBackend(sj.cor, blockdev.PermConsistentRead, basic|blockdev.PermWrite); err != nil {
+		return fail(err)
+	}
+	if sj.bsC, err = b.AddNode(bs, "active node", 0, basic|blockdev.PermWrite); err != nil {
+		return fail(err)
+	}
+	base = sj.aboveBase.FilterOrCOW()
+	for it := bs.FilterOrCOW(); it != nil && it != base; it = it.FilterOrCOW() {
 		if _, err := b.AddNode(it, "intermediate node", 0, basic); err != nil {
-			sj.restore(ctx)
-			return err
+			return fail(err)
 		}
 	}
+	sj.layers = layersBetween(bs, sj.baseOverlay) // bs and the layers above baseOverlay
 	return nil
 }
 
-func (sj *streamJob) restore(ctx context.Context) {
+// undo takes the job's edges and the filter away and makes bs read-only
+// again if the job made it writable. Graph lock held.
+func (sj *streamJob) undo(ctx context.Context) {
+	sj.b.release()
+	sj.dropFilter(ctx)
 	if sj.readOnly {
 		sj.readOnly = false
 		if err := sj.b.Graph().SetReadOnly(ctx, sj.bs, true); err != nil {
@@ -173,38 +215,49 @@ func (sj *streamJob) restore(ctx context.Context) {
 	}
 }
 
-// run copies, chunk by chunk, what the active layer does not allocate
-// itself but a layer down to baseOverlay does. The writes leave the
-// content unchanged: dirty bitmaps do not count them.
+func (sj *streamJob) dropFilter(ctx context.Context) {
+	f := sj.cor
+	if f == nil {
+		return
+	}
+	sj.cor = nil
+	g := sj.b.Graph()
+	if g.Lookup(f.Name()) != f {
+		return
+	}
+	if err := g.RemoveFilter(ctx, f); err != nil {
+		sj.b.j.m.log.Error().Err(err).Str("node", f.Name()).Msg("stream: cannot remove the copy-on-read filter")
+	}
+}
+
+// run is QEMU's stream_run: chunk by chunk, what the active layer does
+// not allocate itself but a layer down to baseOverlay does is read
+// through the copy-on-read filter, which copies it up.
 func (sj *streamJob) run(ctx context.Context, j *Job) error {
 	j.Background()
 	if sj.baseOverlay == sj.bs {
 		return nil // nothing to stream
 	}
 	b := sj.b
-	length := sj.bs.Length()
+	length := sj.bsC.Length()
 	j.SetProgressRemaining(uint64(length))
 	var firstErr error
-	var buf []byte
+	buf := make([]byte, chunkSize)
 	for off := int64(0); off < length; {
-		if err := j.PausePoint(); err != nil {
+		if err := b.RateLimitSleep(); err != nil {
 			return err
 		}
-		chunk := min(b.ChunkSize(), length-off)
-		st, depth, err := sj.bs.BlockStatusAbove(ctx, sj.bsC, off, chunk)
+		if j.IsCancelled() {
+			break
+		}
+		st, depth, err := sj.bs.BlockStatusAbove(ctx, sj.bsC, off, min(chunkSize, length-off))
 		n := st.Length
 		copyIt := err == nil && depth >= 2 && depth <= sj.layers+1
 		if err == nil && n <= 0 {
 			err = fmt.Errorf("block status made no progress at %d", off)
 		}
 		if copyIt {
-			if int64(cap(buf)) < n {
-				buf = make([]byte, n)
-			}
-			p := buf[:n]
-			if err = sj.bsC.Read(ctx, off, p); err == nil {
-				err = sj.bsC.Write(ctx, off, p, blockdev.ReqWriteUnchanged)
-			}
+			err = sj.corC.Read(ctx, off, buf[:n])
 		}
 		if err != nil {
 			if errors.Is(err, context.Canceled) && j.IsCancelled() {
@@ -224,56 +277,47 @@ func (sj *streamJob) run(ctx context.Context, j *Job) error {
 		off += n
 		j.ProgressUpdate(uint64(n))
 		if copyIt {
-			if err := b.Throttle(n); err != nil {
-				return err
-			}
+			b.Processed(n)
 		}
 	}
+	// A backing file stays when an error was ignored.
 	return firstErr
 }
 
-// prepare makes base the active layer's backing node and names it in the
-// image header.
+// prepare (QEMU's stream_prepare) takes the filter out, then makes base
+// the active layer's backing node and names it in the image header.
 func (sj *streamJob) prepare(j *Job) error {
 	g := sj.b.Graph()
 	g.Lock()
 	defer g.Unlock()
+	ctx := j.Context()
+	sj.dropFilter(ctx)
 	if sj.bs.BackingNode() == nil {
 		return nil
 	}
+	base := sj.aboveBase.FilterOrCOW()
 	name, format := "", ""
-	if sj.base != nil {
-		name = sj.base.Filename()
+	if ub := base; ub != nil {
+		ub = ub.SkipFilters()
+		name = ub.Filename()
 		if sj.backingFile != nil {
 			name = *sj.backingFile
 		}
-		format = formatName(sj.base)
+		format = ub.DriverName()
 	}
 	sj.b.release()
-	if err := g.SetBacking(j.Context(), sj.bs, sj.base); err != nil {
+	if err := g.SetBacking(ctx, sj.bs, base); err != nil {
 		return err
 	}
-	if err := g.ChangeBackingFile(j.Context(), sj.bs, name, format); err != nil {
-		// QEMU reports the failure and goes on: the graph has changed.
-		sj.b.j.m.log.Error().Err(err).Str("node", sj.bs.Name()).Msg("stream: cannot rewrite the backing file name")
+	if err := g.ChangeBackingFile(ctx, sj.bs, name, format); err != nil {
+		return fmt.Errorf("Could not change the backing file: %s", blockdev.Strerror(err))
 	}
 	return nil
-}
-
-// formatName is the format QEMU writes next to a backing file name: the
-// node's driver unless it is a protocol node.
-func formatName(n *blockdev.Node) string {
-	if _, ok := n.Driver().(blockdev.ProtocolDriver); ok {
-		return ""
-	}
-	return n.DriverName()
 }
 
 func (sj *streamJob) clean(j *Job) {
 	g := sj.b.Graph()
 	g.Lock()
 	defer g.Unlock()
-	sj.b.release()
-	sj.restore(context.Background())
+	sj.undo(context.Background())
 }
-

@@ -179,6 +179,8 @@ type client struct {
 	conn   net.Conn
 	dec    *json.Decoder
 	events []map[string]any
+	// scanned counts the events waitEvent has looked at.
+	scanned int
 	// greeted is set once the greeting has been read.
 	greeted bool
 }

@@ -365,6 +365,10 @@ func (d *Driver) check(t IOType, off, n int64) error {
 // Close does nothing: the graph detaches the child.
 func (d *Driver) Close() error { return nil }
 
+// IsFilter: blkdebug is a filter of its image, as in QEMU (chains are
+// walked through it).
+func (d *Driver) IsFilter() {}
+
 // Read reads from the image unless a rule fails it.
 func (d *Driver) Read(ctx context.Context, off int64, p []byte) error {
 	if err := d.check(IORead, off, int64(len(p))); err != nil {
