@@ -9,7 +9,7 @@ DEBS     := qemu-system-common qemu-utils socat libnbd-bin
 FUZZTIME ?= 10s
 SOCK     := $(if $(XDG_RUNTIME_DIR),$(XDG_RUNTIME_DIR)/qbmond/qmp.sock,/tmp/qbmond-$(shell id -u)/qmp.sock)
 
-.PHONY: all build run test deps vet unit fuzz bench perf perf-nbd perf-qcow2 perf-bitmaps clean
+.PHONY: all build run test deps vet unit fuzz bench perf perf-nbd perf-qcow2 perf-bitmaps perf-jobs clean
 
 all: build
 
@@ -60,6 +60,11 @@ perf-qcow2: deps build
 
 perf-bitmaps: deps build
 	scripts/bitmapperf.sh $(BIN)
+
+# block-commit (passive, and active under an NBD writer) against
+# qemu-storage-daemon, with cp as the floor (needs ~6 GiB in /tmp).
+perf-jobs: deps build
+	$(GO) run ./tests/jobperf -qbmond $(BIN)
 
 clean:
 	rm -rf bin

@@ -27,17 +27,6 @@ func (g *Graph) lookupBS(device, node string) (*Node, error) {
 	return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", device, node)
 }
 
-// isRoot tells whether no node uses n (only root users such as exports
-// may): QEMU's bdrv_is_root_node.
-func (n *Node) isRoot() bool {
-	for _, c := range n.parents {
-		if c.parent != nil {
-			return false
-		}
-	}
-	return true
-}
-
 // qmpChangeBackingFile is QEMU's change-backing-file: checks in QEMU's
 // order, then the image is reopened read-write if need be, its header
 // rewritten (with the image's own format as the backing format, as QEMU
@@ -57,7 +46,7 @@ func (g *Graph) qmpChangeBackingFile(ctx context.Context, args json.RawMessage) 
 	if err != nil {
 		return nil, err
 	}
-	if !bs.isRoot() {
+	if !bs.IsRoot() {
 		return nil, fmt.Errorf("Need a root block node")
 	}
 	image, err := g.lookupBS("", a.Image)

@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rs/zerolog"
 	"golang.org/x/time/rate"
 
 	"github.com/qbmond/qbmond/blockdev"
@@ -56,6 +57,7 @@ const (
 type BlockJob struct {
 	j       *Job
 	g       *blockdev.Graph
+	log     zerolog.Logger
 	onError OnError
 
 	mu       sync.Mutex
@@ -72,18 +74,21 @@ type BlockJob struct {
 	data any // the kind's own state
 }
 
-// BlockSpec describes a block job to start with StartBlock.
+// BlockSpec describes a block job to start with StartBlock. The kind's
+// graph work is in three parts, called with the graph lock held, in the
+// order QEMU does it: Before runs before the job exists (the filter an
+// active commit or a stream inserts first), Setup once it is created
+// (it calls BlockJob.Created first, then attaches the nodes), and Undo
+// takes away what both did when the job cannot start after all.
 type BlockSpec struct {
 	Spec
 	// Speed is the initial speed limit in bytes per second (0: none).
 	Speed int64
 	// OnError is the error policy ("" is report).
 	OnError OnError
-	// Setup runs with the graph lock held once the job id is known to be
-	// free, before the job exists for clients: it resolves and checks the
-	// nodes and attaches them (BlockJob.AddNode). An error means no job
-	// is created; the nodes added so far are released.
-	Setup func(b *BlockJob) error
+	Before  func(b *BlockJob) error
+	Setup   func(b *BlockJob) error
+	Undo    func(b *BlockJob)
 }
 
 // limitedChunk is the speed limiter's burst: one chunk of the chain jobs.
@@ -115,10 +120,7 @@ var errBadSpeed = errors.New("Parameter 'speed' expects a non-negative value")
 // wrapped so that the BLOCK_JOB_* events are sent and the nodes are
 // released after the kind's Clean.
 func (m *Manager) StartBlock(ctx context.Context, g *blockdev.Graph, spec BlockSpec) (*Job, error) {
-	if spec.Speed < 0 {
-		return nil, errBadSpeed
-	}
-	b := &BlockJob{g: g, onError: spec.OnError, ioStatus: "ok"}
+	b := &BlockJob{g: g, log: m.log, onError: spec.OnError, ioStatus: "ok"}
 	if b.onError == "" {
 		b.onError = OnErrorReport
 	}
@@ -169,20 +171,52 @@ func (m *Manager) StartBlock(ctx context.Context, g *blockdev.Graph, spec BlockS
 		b.release()
 		g.Unlock()
 	}
-	s.setup = func(j *Job) error {
+	undo := func() {
+		g.Lock()
+		b.release()
+		if spec.Undo != nil {
+			spec.Undo(b)
+		}
+		g.Unlock()
+	}
+	if spec.Before != nil {
+		g.Lock()
+		err := spec.Before(b)
+		g.Unlock()
+		if err != nil {
+			undo()
+			return nil, err
+		}
+	}
+	s.created = func(j *Job) error {
 		b.j = j
 		if spec.Setup == nil {
 			return nil
 		}
 		g.Lock()
-		defer g.Unlock()
-		if err := spec.Setup(b); err != nil {
-			b.release()
-			return err
-		}
-		return nil
+		err := spec.Setup(b)
+		g.Unlock()
+		return err
 	}
-	return m.Start(ctx, s)
+	j, err := m.Start(ctx, s)
+	if err != nil {
+		undo()
+		return nil, err
+	}
+	return j, nil
+}
+
+// Created is the end of QEMU's block_job_create, which a kind's Setup
+// calls first: the job's edge to its main node, then the initial speed's
+// check. Graph lock held.
+func (b *BlockJob) Created(main *blockdev.Node, perm, shared blockdev.Perm) error {
+	if _, err := b.AddNode(main, "main node", perm, shared); err != nil {
+		return err
+	}
+	if b.Speed() < 0 {
+		return errBadSpeed
+	}
+	return nil
 }
 
 // release drops the job's edges and blockers (graph lock held).
@@ -250,7 +284,7 @@ func (b *BlockJob) setSpeed(speed int64) {
 	defer b.mu.Unlock()
 	b.speed = speed
 	b.wake = time.Time{}
-	if speed == 0 {
+	if speed <= 0 { // a negative one fails Created
 		b.lim = nil
 		return
 	}

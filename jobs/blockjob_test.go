@@ -121,16 +121,28 @@ func TestBlockJobEvents(t *testing.T) {
 	}
 }
 
-// TestBlockJobSetupFails: a failing Setup leaves no job and no event.
+// TestBlockJobSetupFails: a failing Before leaves no job and no event; a
+// failing Setup fails the created job (created, then null, as QEMU's
+// job_early_fail); Undo runs in both cases.
 func TestBlockJobSetupFails(t *testing.T) {
 	m, r := newManager()
+	undone := 0
 	_, err := m.StartBlock(context.Background(), blockdev.NewGraph(zerolog.Nop()), BlockSpec{
-		Spec:  Spec{ID: "j", Type: "stream", Run: func(context.Context, *Job) error { return nil }},
-		Setup: func(*BlockJob) error { return errors.New("no such chain") },
+		Spec:   Spec{ID: "j", Type: "stream", Run: func(context.Context, *Job) error { return nil }},
+		Before: func(*BlockJob) error { return errors.New("no such chain") },
+		Undo:   func(*BlockJob) { undone++ },
 	})
 	wantErr(t, err, "no such chain")
 	r.none(t)
-	if len(m.Jobs()) != 0 {
-		t.Fatal("a job exists after a failed setup")
+	_, err = m.StartBlock(context.Background(), blockdev.NewGraph(zerolog.Nop()), BlockSpec{
+		Spec:  Spec{ID: "j", Type: "stream", Run: func(context.Context, *Job) error { return nil }},
+		Setup: func(*BlockJob) error { return errors.New("permission conflict") },
+		Undo:  func(*BlockJob) { undone++ },
+	})
+	wantErr(t, err, "permission conflict")
+	r.expect(t, "j:created", "j:null")
+	r.none(t)
+	if len(m.Jobs()) != 0 || undone != 2 {
+		t.Fatalf("%d jobs after failed starts, %d undos", len(m.Jobs()), undone)
 	}
 }

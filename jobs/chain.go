@@ -66,14 +66,9 @@ func findOverlay(active, n *blockdev.Node) *blockdev.Node {
 	return nil
 }
 
-// findBase returns the bottom of top's chain, nil when top has no backing
-// node (QEMU's bdrv_find_base).
-func findBase(top *blockdev.Node) *blockdev.Node {
-	if chainNext(top) == nil {
-		return nil
-	}
-	return findOverlay(top, nil)
-}
+// findBase returns the bottom of top's chain, top itself when it has no
+// backing node (QEMU's bdrv_find_base).
+func findBase(top *blockdev.Node) *blockdev.Node { return findOverlay(top, nil) }
 
 // findBackingImage finds the node below active whose image is called
 // name, either as its overlay's header names it or by its filename

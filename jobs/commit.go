@@ -139,9 +139,6 @@ func (m *Manager) blockCommit(ctx context.Context, g *blockdev.Graph, a *commitA
 	if err != nil {
 		return err
 	}
-	if a.Speed < 0 {
-		return errBadSpeed
-	}
 	manFin, manDis := manualFlags(a.AutoFinalize, a.AutoDismiss)
 	id := ""
 	if a.JobID != nil {
@@ -161,6 +158,7 @@ func (m *Manager) blockCommit(ctx context.Context, g *blockdev.Graph, a *commitA
 			}},
 		Speed:   a.Speed,
 		OnError: a.OnError,
+		Undo:    func(*BlockJob) { cj.undo(ctx) },
 		Setup: func(b *BlockJob) error {
 			// The graph may have changed since the checks: resolve again.
 			p, err := resolveCommit(g, a)
@@ -189,8 +187,8 @@ type commitJob struct {
 }
 
 // setup is QEMU's commit_start: the job's edges with QEMU's permissions,
-// base made writable, and the commit_top filter above top. On failure it
-// undoes what it did. Graph lock held.
+// base made writable, and the commit_top filter above top. On failure
+// StartBlock calls undo. Graph lock held.
 func (cj *commitJob) setup(ctx context.Context, b *BlockJob, active, top, base *blockdev.Node) error {
 	g := b.Graph()
 	cj.b, cj.active, cj.top, cj.base = b, active, top, base
@@ -201,16 +199,12 @@ func (cj *commitJob) setup(ctx context.Context, b *BlockJob, active, top, base *
 	if base.Length() < top.Length() {
 		basePerm |= blockdev.PermResize
 	}
-	fail := func(err error) error {
-		cj.undo(ctx)
+	if err := b.Created(active, 0, blockdev.PermAll); err != nil {
 		return err
-	}
-	if _, err := b.AddNode(active, "main node", 0, blockdev.PermAll); err != nil {
-		return fail(err)
 	}
 	if base.ReadOnly() {
 		if err := g.SetReadOnly(ctx, base, false); err != nil {
-			return fail(err)
+			return err
 		}
 		cj.baseReadOnly = true
 	}
@@ -220,7 +214,7 @@ func (cj *commitJob) setup(ctx context.Context, b *BlockJob, active, top, base *
 	}
 	var err error
 	if cj.commitTop, err = g.AppendFilter(ctx, top, opts); err != nil {
-		return fail(err)
+		return err
 	}
 	cj.layers = layersBetween(top, base)
 	// The layers from top down to base hold data base is getting: nobody
@@ -233,17 +227,17 @@ func (cj *commitJob) setup(ctx context.Context, b *BlockJob, active, top, base *
 			shared |= blockdev.PermConsistentRead
 		}
 		if _, err := b.AddNode(it, "intermediate node", 0, shared); err != nil {
-			return fail(err)
+			return err
 		}
 	}
 	if _, err := b.AddNode(base, "base", 0, blockdev.PermAll); err != nil {
-		return fail(err)
+		return err
 	}
 	if cj.baseC, err = b.AddBackend(base, basePerm, blockdev.PermConsistentRead|blockdev.PermWriteUnchanged); err != nil {
-		return fail(err)
+		return err
 	}
 	if cj.topC, err = b.AddBackend(top, 0, blockdev.PermAll); err != nil {
-		return fail(err)
+		return err
 	}
 	return nil
 }
@@ -251,11 +245,14 @@ func (cj *commitJob) setup(ctx context.Context, b *BlockJob, active, top, base *
 // undo takes the job's edges and the filter away and makes base read-only
 // again if the job made it writable. Graph lock held.
 func (cj *commitJob) undo(ctx context.Context) {
+	if cj.b == nil {
+		return // setup did not start
+	}
 	g := cj.b.Graph()
 	cj.b.release()
 	if cj.commitTop != nil {
 		if err := g.RemoveFilter(ctx, cj.commitTop); err != nil {
-			cj.b.j.m.log.Error().Err(err).Str("node", cj.commitTop.Name()).Msg("commit: cannot remove the commit_top filter")
+			cj.b.log.Error().Err(err).Str("node", cj.commitTop.Name()).Msg("commit: cannot remove the commit_top filter")
 		}
 		cj.commitTop = nil
 	}
@@ -268,7 +265,7 @@ func (cj *commitJob) restoreBase(ctx context.Context) {
 	if cj.baseReadOnly {
 		cj.baseReadOnly = false
 		if err := cj.b.Graph().SetReadOnly(ctx, cj.base, true); err != nil {
-			cj.b.j.m.log.Warn().Err(err).Str("node", cj.base.Name()).
+			cj.b.log.Warn().Err(err).Str("node", cj.base.Name()).
 				Msg("commit: cannot make the base read-only again")
 		}
 	}

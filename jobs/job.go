@@ -75,10 +75,15 @@ type Spec struct {
 	Hooks Hooks
 	// Data is the kind's own state, returned by Job.Data.
 	Data any
+	// DrainsOnExit tells that the body, as QEMU's mirror, drains its
+	// nodes before it returns: the coroutine yields there, so a cancel
+	// never ends the job before the command replies.
+	DrainsOnExit bool
 
-	// setup runs in Start once the id is known to be free, before the
-	// job is listed or announced; its error means no job (StartBlock).
-	setup func(j *Job) error
+	// created runs in Start once the job exists and CREATED has been
+	// announced, before it runs; an error means the job goes to NULL and
+	// Start fails with it (QEMU's job_early_fail). StartBlock sets it.
+	created func(j *Job) error
 }
 
 // ErrCanceled is the error of a job cancelled with force whose body did not
@@ -115,6 +120,7 @@ type Job struct {
 	data  any
 
 	autoFinalize, autoDismiss bool
+	drainsOnExit              bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -130,6 +136,15 @@ type Job struct {
 	release   chan struct{}
 	relOnce   sync.Once
 	concluded chan struct{}
+	// bodyDone is closed when the body has returned (result is its
+	// error); completion processing then runs once, by whoever takes it
+	// first: the body's goroutine, or a cancel waiting for the body.
+	bodyDone chan struct{}
+	result   error
+	taken    bool
+	// endGate, when set, holds the body's result back until a cancel's
+	// command has replied (see cancelCtl).
+	endGate chan struct{}
 
 	// The state, guarded by m.mu.
 	status      Status

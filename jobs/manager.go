@@ -103,26 +103,27 @@ func (m *Manager) Start(ctx context.Context, spec Spec) (*Job, error) {
 		return nil, fmt.Errorf("Job ID '%s' already in use", spec.ID)
 	}
 	j := &Job{m: m, id: spec.ID, typ: spec.Type, body: spec.Run, hooks: spec.Hooks, data: spec.Data,
-		autoFinalize: !spec.ManualFinalize, autoDismiss: !spec.ManualDismiss,
+		autoFinalize: !spec.ManualFinalize, autoDismiss: !spec.ManualDismiss, drainsOnExit: spec.DrainsOnExit,
 		kick: make(chan struct{}, 1), bg: make(chan struct{}), release: make(chan struct{}),
-		concluded: make(chan struct{})}
-	if spec.setup != nil {
-		// The control lock keeps the id free meanwhile.
+		concluded: make(chan struct{}), bodyDone: make(chan struct{})}
+	j.ctx, j.cancel = context.WithCancel(context.WithValue(context.Background(), jobKey{}, j))
+	m.transitionLocked(j, StatusCreated)
+	m.jobs = append([]*Job{j}, m.jobs...)
+	if spec.created != nil {
+		// The control lock keeps other commands away meanwhile.
 		m.mu.Unlock()
-		err := spec.setup(j)
+		err := spec.created(j)
 		m.mu.Lock()
 		if err == nil && m.closed {
 			err = errors.New("the job manager is shutting down")
 		}
 		if err != nil {
+			m.dismissLocked(j)
 			m.mu.Unlock()
 			m.ctl.Unlock()
 			return nil, err
 		}
 	}
-	j.ctx, j.cancel = context.WithCancel(context.WithValue(context.Background(), jobKey{}, j))
-	m.transitionLocked(j, StatusCreated)
-	m.jobs = append([]*Job{j}, m.jobs...)
 	m.transitionLocked(j, StatusRunning)
 	j.busy = true
 	m.wg.Add(1)
@@ -143,10 +144,34 @@ func (m *Manager) run(j *Job) {
 	if err = j.PausePoint(); err == nil {
 		err = j.body(j.ctx, j)
 	}
+	m.mu.Lock()
+	j.result = err
+	m.mu.Unlock()
+	close(j.bodyDone)
+	// A cancel may hold the result back until its command has replied.
+	m.mu.Lock()
+	gate := j.endGate
+	m.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
 	m.ctl.Lock()
-	m.completedLocked(j, err)
+	m.takeCompletionCtl(j)
 	m.ctl.Unlock()
 	j.bgOnce.Do(func() { close(j.bg) })
+}
+
+// takeCompletionCtl processes the body's result unless that was done
+// already (control lock held, body returned).
+func (m *Manager) takeCompletionCtl(j *Job) {
+	m.mu.Lock()
+	taken := j.taken
+	j.taken = true
+	err := j.result
+	m.mu.Unlock()
+	if !taken {
+		m.completedLocked(j, err)
+	}
 }
 
 // transitionLocked moves j to status to, emitting JOB_STATUS_CHANGE when
@@ -238,9 +263,24 @@ func (m *Manager) Pause(id string) error { return m.withJob(id, (*Job).userPause
 // Resume is job-resume.
 func (m *Manager) Resume(id string) error { return m.withJob(id, (*Job).userResumeCtl) }
 
-// Cancel is job-cancel (force) or a block-job-cancel.
+// Cancel is job-cancel (force) or a block-job-cancel. A job that ends
+// after the reply ends before Cancel returns; CancelAfterReply leaves
+// that to after the reply of the command running with ctx.
 func (m *Manager) Cancel(id string, force bool) error {
-	return m.withJob(id, func(j *Job) error { return j.userCancelCtl(force) })
+	return m.CancelAfterReply(context.Background(), id, force)
+}
+
+// CancelAfterReply is Cancel for a QMP command running with ctx.
+func (m *Manager) CancelAfterReply(ctx context.Context, id string, force bool) error {
+	var finish func()
+	err := m.withJob(id, func(j *Job) (err error) {
+		finish, err = j.userCancelCtl(force)
+		return err
+	})
+	if finish != nil {
+		qmp.AfterReply(ctx, finish)
+	}
+	return err
 }
 
 // Complete is job-complete.
@@ -262,7 +302,15 @@ func (j *Job) UserResume() error { return j.ctlDo(j.userResumeCtl) }
 
 // UserCancel is a client's cancel of j.
 func (j *Job) UserCancel(force bool) error {
-	return j.ctlDo(func() error { return j.userCancelCtl(force) })
+	var finish func()
+	err := j.ctlDo(func() (err error) {
+		finish, err = j.userCancelCtl(force)
+		return err
+	})
+	if finish != nil {
+		finish()
+	}
+	return err
 }
 
 // UserComplete is job-complete on j.
@@ -342,23 +390,33 @@ func (j *Job) userResumeCtl() error {
 	return nil
 }
 
-func (j *Job) userCancelCtl(force bool) error {
+// userCancelCtl is a client's cancel (control lock held). The function
+// it returns, if not nil, must be called once the control lock is
+// released (after the command's reply, for QMP): see cancelCtl.
+func (j *Job) userCancelCtl(force bool) (finish func(), err error) {
 	if err := j.CheckVerb(VerbCancel); err != nil {
-		return err
+		return nil, err
 	}
-	j.m.cancelCtl(j, force)
-	return nil
+	return j.m.cancelCtl(j, force), nil
 }
 
 // cancelCtl cancels j (QEMU's job_cancel): a concluded job is dismissed;
 // a job whose body has finished is aborted at once when the cancel is
 // forced; a running body is told (ctx cancelled when forced) and woken.
-func (m *Manager) cancelCtl(j *Job, force bool) {
+//
+// QEMU enters an idle job's coroutine from the cancel command, and a
+// forced cancel ends it there and then: the job is aborted and its events
+// sent before the command replies. So does cancelCtl, when the body
+// returns at once. A job that drains on its way out (QEMU's mirror)
+// yields there and ends right after the reply, before the next command
+// (QEMU's completion bottom half): then the body's result waits for the
+// returned finish function, which the caller runs after the reply.
+func (m *Manager) cancelCtl(j *Job, force bool) (finish func()) {
 	m.mu.Lock()
 	if j.status == StatusConcluded {
 		m.dismissLocked(j)
 		m.mu.Unlock()
-		return
+		return nil
 	}
 	m.mu.Unlock()
 	if j.hooks.Cancel != nil {
@@ -387,13 +445,44 @@ func (m *Manager) cancelCtl(j *Job, force bool) {
 		if abort {
 			m.finalizeOneCtl(j)
 		}
-		return
+		return nil
 	}
-	if j.forceCancel {
+	forced, idle := j.forceCancel, !j.busy
+	if forced {
 		j.cancel()
+	}
+	var gate chan struct{}
+	if forced && idle && j.drainsOnExit {
+		gate = make(chan struct{})
+		j.endGate = gate
 	}
 	j.kickLocked()
 	m.mu.Unlock()
+	switch {
+	case gate != nil:
+		return func() {
+			close(gate)
+			m.waitEnd(j, false)
+		}
+	case forced && idle:
+		m.waitEnd(j, true)
+	}
+	return nil
+}
+
+// waitEnd waits a little for the body to return and processes its result
+// (with the control lock held or not, as ctlHeld says); a body still busy
+// ends on its own.
+func (m *Manager) waitEnd(j *Job, ctlHeld bool) {
+	select {
+	case <-j.bodyDone:
+		if !ctlHeld {
+			m.ctl.Lock()
+			defer m.ctl.Unlock()
+		}
+		m.takeCompletionCtl(j)
+	case <-time.After(settleWait):
+	}
 }
 
 func (j *Job) userCompleteCtl() error {
@@ -541,8 +630,11 @@ func (m *Manager) CancelAll() {
 			break
 		}
 		j := jobs[0]
-		m.cancelCtl(j, true)
+		finish := m.cancelCtl(j, true)
 		m.ctl.Unlock()
+		if finish != nil {
+			finish()
+		}
 		<-j.concluded
 	}
 	m.wg.Wait()

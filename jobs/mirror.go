@@ -72,7 +72,7 @@ func (m *Manager) startActiveCommit(ctx context.Context, g *blockdev.Graph, a *c
 	mj.cond = sync.NewCond(&mj.mu)
 	_, err := m.StartBlock(ctx, g, BlockSpec{
 		Spec: Spec{ID: id, Type: "commit", ManualFinalize: manFin, ManualDismiss: manDis,
-			Run: mj.run,
+			Run: mj.run, DrainsOnExit: true,
 			Hooks: Hooks{
 				Prepare:  func(j *Job) error { return mj.exit(j, false) },
 				Abort:    func(j *Job) { mj.exit(j, true) },
@@ -86,22 +86,23 @@ func (m *Manager) startActiveCommit(ctx context.Context, g *blockdev.Graph, a *c
 			}},
 		Speed:   a.Speed,
 		OnError: a.OnError,
-		Setup: func(b *BlockJob) error {
+		Before: func(b *BlockJob) error {
 			p, err := resolveCommit(g, a)
 			if err != nil {
 				return err
 			}
-			return mj.setup(ctx, b, p.top, p.base)
+			return mj.before(ctx, b, p.top, p.base)
 		},
+		Setup: func(b *BlockJob) error { return mj.setup(ctx, b) },
+		Undo:  func(*BlockJob) { mj.undoSetup(ctx) },
 	})
 	return err
 }
 
-// setup is QEMU's commit_active_start and mirror_start_job: base made
-// writable, the mirror_top filter above the active layer, the job's edges
-// with QEMU's permissions. On failure it undoes what it did. Graph lock
-// held.
-func (mj *mirrorJob) setup(ctx context.Context, b *BlockJob, top, base *blockdev.Node) error {
+// before is QEMU's commit_active_start and the start of mirror_start_job:
+// base made writable and the mirror_top filter put above the active
+// layer, before the job exists. Graph lock held.
+func (mj *mirrorJob) before(ctx context.Context, b *BlockJob, top, base *blockdev.Node) error {
 	g := b.Graph()
 	mj.b, mj.top, mj.base = b, top, base
 	if base.ReadOnly() {
@@ -110,12 +111,8 @@ func (mj *mirrorJob) setup(ctx context.Context, b *BlockJob, top, base *blockdev
 		}
 		mj.baseReadOnly = true
 	}
-	fail := func(err error) error {
-		mj.undoSetup(ctx)
-		return err
-	}
 	if top.SkipFilters() == base.SkipFilters() {
-		return fail(errors.New("Can't mirror node into itself"))
+		return errors.New("Can't mirror node into itself")
 	}
 	opts := blockdev.Options{"driver": "mirror_top", "backing": top.Name(), "read-only": false}
 	if mj.filterName != nil {
@@ -123,39 +120,48 @@ func (mj *mirrorJob) setup(ctx context.Context, b *BlockJob, top, base *blockdev
 	}
 	var err error
 	if mj.mirrorTop, err = g.AppendFilter(ctx, top, opts); err != nil {
-		return fail(err)
+		return err
 	}
 	if s, ok := mj.mirrorTop.Driver().(stopper); ok {
 		s.SetCommit()
 		if err := g.RefreshPerms(mj.mirrorTop); err != nil {
-			return fail(err)
+			return err
 		}
 	}
-	if _, err := b.AddNode(mj.mirrorTop, "main node", blockdev.PermConsistentRead,
+	return nil
+}
+
+// setup is the rest of mirror_start_job once the job exists: its edges
+// with QEMU's permissions and the write observer. On failure StartBlock
+// calls undoSetup. Graph lock held.
+func (mj *mirrorJob) setup(ctx context.Context, b *BlockJob) error {
+	top, base := mj.top, mj.base
+	if err := b.Created(mj.mirrorTop, blockdev.PermConsistentRead,
 		blockdev.PermConsistentRead|blockdev.PermWriteUnchanged|blockdev.PermWrite); err != nil {
-		return fail(err)
+		return err
 	}
+	var err error
 	perm := blockdev.PermWrite
 	if base.Length() < top.Length() {
 		perm |= blockdev.PermResize
 	}
 	if mj.baseC, err = b.AddBackend(base, perm,
 		blockdev.PermWriteUnchanged|blockdev.PermConsistentRead|blockdev.PermWrite); err != nil {
-		return fail(err)
+		return err
 	}
 	gran := bitmap.DefaultGranularity(0)
 	if di, err := base.Driver().Info(ctx); err == nil {
 		gran = bitmap.DefaultGranularity(di.ClusterSize)
 	}
 	if mj.dirty, err = bitmap.New(top.Length(), gran); err != nil {
-		return fail(err)
+		return err
 	}
 	if mj.topC, err = b.AddNode(top, "source", 0,
 		blockdev.PermWriteUnchanged|blockdev.PermWrite|blockdev.PermConsistentRead); err != nil {
-		return fail(err)
+		return err
 	}
 	if _, err := b.AddNode(base, "target", 0, blockdev.PermAll); err != nil {
-		return fail(err)
+		return err
 	}
 	mj.layers = layersBetween(top, base)
 	filteredBase := findOverlay(top, base).BackingNode()
@@ -165,15 +171,19 @@ func (mj *mirrorJob) setup(ctx context.Context, b *BlockJob, top, base *blockdev
 			shared |= blockdev.PermConsistentRead
 		}
 		if _, err := b.AddNode(it, "intermediate node", 0, shared); err != nil {
-			return fail(err)
+			return err
 		}
 	}
 	mj.removeObs = mj.mirrorTop.AddWriteObserver(blockdev.WriteObserver{Enter: mj.enter, Leave: mj.leave})
 	return nil
 }
 
-// undoSetup takes away what a failed setup did. Graph lock held.
+// undoSetup takes away what a failed before and setup did. Graph lock
+// held.
 func (mj *mirrorJob) undoSetup(ctx context.Context) {
+	if mj.b == nil {
+		return
+	}
 	mj.b.release()
 	mj.dropFilter(ctx)
 	mj.restoreBase(ctx)
@@ -194,11 +204,11 @@ func (mj *mirrorJob) dropFilter(ctx context.Context) {
 	if s, ok := f.Driver().(stopper); ok {
 		s.Stop()
 		if err := g.RefreshPerms(f); err != nil {
-			mj.b.j.m.log.Error().Err(err).Msg("commit: mirror_top permissions")
+			mj.b.log.Error().Err(err).Msg("commit: mirror_top permissions")
 		}
 	}
 	if err := g.RemoveFilter(ctx, f); err != nil {
-		mj.b.j.m.log.Error().Err(err).Str("node", f.Name()).Msg("commit: cannot remove the mirror_top filter")
+		mj.b.log.Error().Err(err).Str("node", f.Name()).Msg("commit: cannot remove the mirror_top filter")
 	}
 }
 
@@ -206,7 +216,7 @@ func (mj *mirrorJob) restoreBase(ctx context.Context) {
 	if mj.baseReadOnly {
 		mj.baseReadOnly = false
 		if err := mj.b.Graph().SetReadOnly(ctx, mj.base, true); err != nil {
-			mj.b.j.m.log.Warn().Err(err).Str("node", mj.base.Name()).Msg("commit: cannot make the base read-only again")
+			mj.b.log.Warn().Err(err).Str("node", mj.base.Name()).Msg("commit: cannot make the base read-only again")
 		}
 	}
 }
@@ -480,18 +490,18 @@ func (mj *mirrorJob) exit(j *Job, abort bool) error {
 	if s, ok := mj.mirrorTop.Driver().(stopper); ok {
 		s.Stop()
 		if err := g.RefreshPerms(mj.mirrorTop); err != nil {
-			mj.b.j.m.log.Error().Err(err).Msg("commit: mirror_top permissions")
+			mj.b.log.Error().Err(err).Msg("commit: mirror_top permissions")
 		}
 	}
 	var err error
 	if mj.completing() && !abort && !j.IsCancelled() {
 		if ro := mj.top.ReadOnly(); ro != mj.base.ReadOnly() {
 			if rerr := g.SetReadOnly(ctx, mj.base, ro); rerr != nil {
-				mj.b.j.m.log.Warn().Err(rerr).Str("node", mj.base.Name()).Msg("commit: base read-only state")
+				mj.b.log.Warn().Err(rerr).Str("node", mj.base.Name()).Msg("commit: base read-only state")
 			}
 		}
 		if err = g.ReplaceNode(ctx, mj.top, mj.base); err != nil {
-			mj.b.j.m.log.Error().Err(err).Msg("commit: the pivot failed")
+			mj.b.log.Error().Err(err).Msg("commit: the pivot failed")
 		} else {
 			mj.baseReadOnly = false // base is the active layer now
 		}

@@ -24,7 +24,15 @@ func (m *Manager) RegisterCommands(d *qmp.Dispatcher, g *blockdev.Graph) {
 	}
 	d.Register("job-pause", byID(m.Pause))
 	d.Register("job-resume", byID(m.Resume))
-	d.Register("job-cancel", byID(func(id string) error { return m.Cancel(id, true) }))
+	d.Register("job-cancel", func(ctx context.Context, raw json.RawMessage) (any, error) {
+		var a struct {
+			ID string `json:"id"`
+		}
+		if err := json.Unmarshal(raw, &a); err != nil {
+			return nil, err
+		}
+		return nil, m.CancelAfterReply(ctx, a.ID, true)
+	})
 	d.Register("job-complete", byID(m.Complete))
 	d.Register("job-finalize", byID(m.Finalize))
 	d.Register("job-dismiss", byID(m.Dismiss))

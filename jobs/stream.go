@@ -101,9 +101,6 @@ func (m *Manager) blockStream(ctx context.Context, g *blockdev.Graph, a *streamA
 	if err != nil {
 		return err
 	}
-	if a.Speed < 0 {
-		return errBadSpeed
-	}
 	manFin, manDis := manualFlags(a.AutoFinalize, a.AutoDismiss)
 	id := ""
 	if a.JobID != nil {
@@ -116,13 +113,15 @@ func (m *Manager) blockStream(ctx context.Context, g *blockdev.Graph, a *streamA
 			Hooks: Hooks{Prepare: sj.prepare, Clean: sj.clean}},
 		Speed:   a.Speed,
 		OnError: a.OnError,
-		Setup: func(b *BlockJob) error {
+		Before: func(b *BlockJob) error {
 			p, err := resolveStream(g, a)
 			if err != nil {
 				return err
 			}
-			return sj.setup(ctx, b, p.bs, p.base, p.bottom)
+			return sj.before(ctx, b, p.bs, p.base, p.bottom)
 		},
+		Setup: func(b *BlockJob) error { return sj.setup(b) },
+		Undo:  func(*BlockJob) { sj.undo(ctx) },
 	})
 	return err
 }
@@ -142,10 +141,10 @@ type streamJob struct {
 	filterName  *string
 }
 
-// setup is QEMU's stream_start: bs made writable, the copy-on-read
-// filter above it, the job's edges with QEMU's permissions. On failure
-// it undoes what it did. Graph lock held.
-func (sj *streamJob) setup(ctx context.Context, b *BlockJob, bs, base, bottom *blockdev.Node) error {
+// before is the start of QEMU's stream_start, before the job exists: bs
+// made writable and the copy-on-read filter put above it. Graph lock
+// held.
+func (sj *streamJob) before(ctx context.Context, b *BlockJob, bs, base, bottom *blockdev.Node) error {
 	g := b.Graph()
 	sj.b, sj.bs = b, bs
 	if bottom != nil {
@@ -163,10 +162,6 @@ func (sj *streamJob) setup(ctx context.Context, b *BlockJob, bs, base, bottom *b
 			}
 		}
 	}
-	fail := func(err error) error {
-		sj.undo(ctx)
-		return err
-	}
 	if bs.ReadOnly() {
 		if err := g.SetReadOnly(ctx, bs, false); err != nil {
 			return err
@@ -180,37 +175,47 @@ func (sj *streamJob) setup(ctx context.Context, b *BlockJob, bs, base, bottom *b
 	}
 	var err error
 	if sj.cor, err = g.AppendFilter(ctx, bs, opts); err != nil {
-		return fail(err)
+		return fmt.Errorf("Could not create node: %w", err)
+	}
+	return nil
+}
+
+// setup is the rest of stream_start once the job exists: its edges with
+// QEMU's permissions. On failure StartBlock calls undo. Graph lock held.
+func (sj *streamJob) setup(b *BlockJob) error {
+	if err := b.Created(sj.cor, 0, blockdev.PermAll); err != nil {
+		return err
 	}
 	basic := blockdev.PermConsistentRead | blockdev.PermWriteUnchanged
-	if _, err := b.AddNode(sj.cor, "main node", 0, blockdev.PermAll); err != nil {
-		return fail(err)
-	}
+	var err error
 	if sj.corC, err = b.AddBackend(sj.cor, blockdev.PermConsistentRead, basic|blockdev.PermWrite); err != nil {
-		return fail(err)
+		return err
 	}
-	if sj.bsC, err = b.AddNode(bs, "active node", 0, basic|blockdev.PermWrite); err != nil {
-		return fail(err)
+	if sj.bsC, err = b.AddNode(sj.bs, "active node", 0, basic|blockdev.PermWrite); err != nil {
+		return err
 	}
-	base = sj.aboveBase.FilterOrCOW()
-	for it := bs.FilterOrCOW(); it != nil && it != base; it = it.FilterOrCOW() {
+	base := sj.aboveBase.FilterOrCOW()
+	for it := sj.bs.FilterOrCOW(); it != nil && it != base; it = it.FilterOrCOW() {
 		if _, err := b.AddNode(it, "intermediate node", 0, basic); err != nil {
-			return fail(err)
+			return err
 		}
 	}
-	sj.layers = layersBetween(bs, sj.baseOverlay) // bs and the layers above baseOverlay
+	sj.layers = layersBetween(sj.bs, sj.baseOverlay) // bs and the layers above baseOverlay
 	return nil
 }
 
 // undo takes the job's edges and the filter away and makes bs read-only
 // again if the job made it writable. Graph lock held.
 func (sj *streamJob) undo(ctx context.Context) {
+	if sj.b == nil {
+		return
+	}
 	sj.b.release()
 	sj.dropFilter(ctx)
 	if sj.readOnly {
 		sj.readOnly = false
 		if err := sj.b.Graph().SetReadOnly(ctx, sj.bs, true); err != nil {
-			sj.b.j.m.log.Warn().Err(err).Str("node", sj.bs.Name()).Msg("stream: cannot make the node read-only again")
+			sj.b.log.Warn().Err(err).Str("node", sj.bs.Name()).Msg("stream: cannot make the node read-only again")
 		}
 	}
 }
@@ -226,7 +231,7 @@ func (sj *streamJob) dropFilter(ctx context.Context) {
 		return
 	}
 	if err := g.RemoveFilter(ctx, f); err != nil {
-		sj.b.j.m.log.Error().Err(err).Str("node", f.Name()).Msg("stream: cannot remove the copy-on-read filter")
+		sj.b.log.Error().Err(err).Str("node", f.Name()).Msg("stream: cannot remove the copy-on-read filter")
 	}
 }
 
