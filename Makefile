@@ -64,7 +64,7 @@ perf-bitmaps: deps build
 # block-commit (passive, and active under an NBD writer) against
 # qemu-storage-daemon, with cp as the floor (needs ~6 GiB in /tmp).
 perf-jobs: deps build
-	$(GO) run ./tests/jobperf -qbmond $(BIN)
+	$(GO) run ./tests/jobperf -qbmond $(CURDIR)/$(BIN)
 
 clean:
 	rm -rf bin

@@ -307,9 +307,18 @@ func copyAllocated(ctx context.Context, b *BlockJob, from, to *blockdev.Child, l
 			if st.Flags&blockdev.StatusZero != 0 && st.Flags&blockdev.StatusData == 0 {
 				err = to.WriteZeroes(ctx, off, n, 0)
 				inSource = false
-			} else if err = from.Read(ctx, off, buf[:n]); err == nil {
-				err = to.Write(ctx, off, buf[:n], 0)
-				inSource = false
+			} else {
+				// By copy offload where both ends are files, else
+				// through the buffer.
+				var ok bool
+				if ok, err = blockdev.CopyRange(ctx, from, off, to, off, n); !ok && err == nil {
+					if err = from.Read(ctx, off, buf[:n]); err == nil {
+						err = to.Write(ctx, off, buf[:n], 0)
+						inSource = false
+					}
+				} else if _, target := err.(*blockdev.TargetError); target {
+					inSource = false
+				}
 			}
 		}
 		if err != nil {

@@ -50,7 +50,8 @@ type mirrorJob struct {
 	filterName   *string
 
 	dirty  *bitmap.Bitmap
-	cursor int64 // where the next iteration looks for dirty data
+	cursor int64  // where the next iteration looks for dirty data
+	buf    []byte // for copies that cannot be offloaded
 
 	mu       sync.Mutex
 	cond     *sync.Cond // signalled when in-flight writes end or the gate opens
@@ -415,10 +416,20 @@ func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
 			inSource = false
 			err = mj.baseC.WriteZeroes(ctx, off, n, blockdev.ReqMayUnmap)
 		} else if err == nil {
-			p := make([]byte, n)
-			if err = mj.topC.Read(ctx, off, p); err == nil {
+			// By copy offload where both ends are files, else through
+			// the buffer.
+			var ok bool
+			if ok, err = blockdev.CopyRange(ctx, mj.topC, off, mj.baseC, off, n); !ok && err == nil {
+				if int64(cap(mj.buf)) < n {
+					mj.buf = make([]byte, n)
+				}
+				p := mj.buf[:n]
+				if err = mj.topC.Read(ctx, off, p); err == nil {
+					inSource = false
+					err = mj.baseC.Write(ctx, off, p, 0)
+				}
+			} else if _, target := err.(*blockdev.TargetError); target {
 				inSource = false
-				err = mj.baseC.Write(ctx, off, p, 0)
 			}
 		}
 		if err != nil {

@@ -432,3 +432,65 @@ func (d *Driver) ExactFilename() string { return d.filename }
 // logical block size with O_DIRECT, else 1). The driver handles misaligned
 // requests itself by read-modify-write for now.
 func (d *Driver) RequestAlignment() int64 { return d.align }
+
+// WriteFromFile copies n bytes of the open file fd at fileOff into the
+// file at off with copy_file_range: the kernel moves them (or shares
+// them, on a filesystem with reflinks). Not with O_DIRECT. When the
+// kernel cannot copy between the two files it says so before anything is
+// written (ErrNotSupported: the caller writes a buffer); should it stop
+// midway, the rest goes through a buffer. Bytes past the end of fd read
+// as zeroes, as pread's do.
+func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOff int64) error {
+	if d.direct {
+		return blockdev.ErrNotSupported
+	}
+	for done := int64(0); done < n; {
+		so, do := fileOff+done, off+done
+		k, err := unix.CopyFileRange(fd, &so, d.fd, &do, int(min(n-done, 1<<30)), 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || k == 0 {
+			switch err {
+			case unix.EXDEV, unix.ENOSYS, unix.EOPNOTSUPP, unix.EINVAL, unix.EBADF:
+				if done == 0 {
+					return blockdev.ErrNotSupported
+				}
+			case nil:
+			default:
+				return err
+			}
+			return d.writeThroughBuffer(fd, fileOff+done, off+done, n-done)
+		}
+		done += int64(k)
+	}
+	return nil
+}
+
+// writeThroughBuffer is WriteFromFile's fallback: pread from fd (zeroes
+// past its end), pwrite here.
+func (d *Driver) writeThroughBuffer(fd int, fileOff, off, n int64) error {
+	buf := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		p := buf[:min(n, int64(len(buf)))]
+		for got := 0; got < len(p); {
+			k, err := unix.Pread(fd, p[got:], fileOff+int64(got))
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if k == 0 {
+				clear(p[got:])
+				break
+			}
+			got += k
+		}
+		if err := d.pwrite(p, off); err != nil {
+			return err
+		}
+		fileOff, off, n = fileOff+int64(len(p)), off+int64(len(p)), n-int64(len(p))
+	}
+	return nil
+}

@@ -607,3 +607,130 @@ func (d *Driver) ChangeBackingFile(ctx context.Context, filename, format string)
 	}
 	return nil
 }
+
+// FileRange maps guest bytes that one host-contiguous run of normal
+// clusters holds to the image file's bytes, for sendfile and copy
+// offload; anything else (unallocated, zero, compressed clusters, a run
+// that is not contiguous) is not mapped.
+func (d *Driver) FileRange(off, n int64) (int, int64, bool) {
+	if d.check() != nil || n <= 0 {
+		return 0, 0, false
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	k, host, _, l, err := d.extent(context.Background(), off, n, true)
+	if err != nil || k != kNormal || l < n {
+		return 0, 0, false
+	}
+	return d.file.FileRange(host, n)
+}
+
+// WriteFromFile writes whole clusters of guest data from a file range
+// (copy offload): the clusters are allocated (or found in place) as for
+// Write, the data goes to the image file by its own WriteFromFile (or
+// through a buffer if it declines), then the L2 entries are set. Partial
+// clusters, and an image file that cannot take a file range at all, are
+// declined.
+func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOff int64) error {
+	if off%d.cs != 0 || n%d.cs != 0 {
+		return blockdev.ErrNotSupported
+	}
+	if _, ok := d.file.Node().Driver().(blockdev.FileWriter); !ok {
+		return blockdev.ErrNotSupported // declined before any debug event
+	}
+	if err := d.clearAutoclear(ctx); err != nil {
+		return err
+	}
+	if err := d.check(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for n > 0 {
+		vc := off >> d.cb
+		if _, _, err := d.ensureL2(ctx, vc/d.l2n); err != nil {
+			return err
+		}
+		e, err := d.entry(ctx, vc)
+		if err != nil {
+			return err
+		}
+		alloc, err := d.needsAlloc(ctx, vc, e)
+		if err != nil {
+			return err
+		}
+		if !alloc {
+			e, _ = d.entry(ctx, vc)
+			if err := d.copyToHost(ctx, int64(e&offsetMask), d.cs, fd, fileOff); err != nil {
+				return err
+			}
+			off, n, fileOff = off+d.cs, n-d.cs, fileOff+d.cs
+			continue
+		}
+		old := []uint64{e}
+		limit := min((off+n-1)>>d.cb, (vc/d.l2n+1)*d.l2n-1, vc+max(1, min(maxRunBytes/d.cs, d.maxAlloc()))-1)
+		for next := vc + 1; next <= limit; next++ {
+			e2, err := d.entry(ctx, next)
+			if err != nil {
+				return err
+			}
+			if a, err := d.needsAlloc(ctx, next, e2); err != nil {
+				return err
+			} else if !a {
+				break
+			}
+			old = append(old, e2)
+		}
+		m := int64(len(old))
+		host, err := d.allocClusters(ctx, m)
+		if err != nil {
+			return err
+		}
+		if err := d.copyToHost(ctx, host, m*d.cs, fd, fileOff); err != nil {
+			return err
+		}
+		tbl, tblOff, err := d.l2Table(ctx, vc/d.l2n)
+		if err != nil {
+			return err
+		}
+		entries := make([]uint64, m)
+		for i := range entries {
+			entries[i] = uint64(host+int64(i)*d.cs) | flagCopied
+		}
+		if err := d.writeEntries(ctx, tbl, tblOff, vc%d.l2n, entries); err != nil {
+			return err
+		}
+		for _, e := range old {
+			if err := d.freeEntry(ctx, e, d.passOther); err != nil {
+				return err
+			}
+		}
+		off, n, fileOff = off+m*d.cs, n-m*d.cs, fileOff+m*d.cs
+	}
+	return nil
+}
+
+// copyToHost puts n bytes of fd at fileOff into the image file at host:
+// by the file's copy offload, or through a buffer when it declines.
+func (d *Driver) copyToHost(ctx context.Context, host, n int64, fd int, fileOff int64) error {
+	d.file.DebugEvent("write_aio") // guest data: blkdebug's write_aio
+	err := d.file.WriteFromFile(ctx, host, n, fd, fileOff)
+	if !errors.Is(err, blockdev.ErrNotSupported) {
+		return err
+	}
+	buf := make([]byte, n)
+	for got := 0; got < len(buf); {
+		k, err := syscall.Pread(fd, buf[got:], fileOff+int64(got))
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if k == 0 {
+			break // zeroes past the end
+		}
+		got += k
+	}
+	return d.file.Write(ctx, host, buf, 0)
+}

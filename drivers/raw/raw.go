@@ -83,6 +83,15 @@ func (d *Driver) Write(ctx context.Context, off int64, p []byte, flags blockdev.
 	return d.file.Write(ctx, d.offset+off, p, flags)
 }
 
+// WriteFromFile passes a copy offload on to the file child.
+func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOff int64) error {
+	if _, ok := d.file.Node().Driver().(blockdev.FileWriter); !ok {
+		return blockdev.ErrNotSupported // declined before any debug event
+	}
+	d.file.DebugEvent("write_aio")
+	return d.file.WriteFromFile(ctx, d.offset+off, n, fd, fileOff)
+}
+
 // WriteZeroes zeroes on the file child.
 func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.ReqFlags) error {
 	return d.file.WriteZeroes(ctx, d.offset+off, n, flags)
