@@ -3,6 +3,7 @@ package tests
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -573,6 +574,148 @@ func TestBlockJobBitmapsLikeQSD(t *testing.T) {
 				return o
 			}
 			compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+		})
+	}
+}
+
+// qbmLayers makes base.qcow2 <- mid.qbm <- top.qbm (qbm with allocation
+// bitmaps, each layer with its own data, written through NBD while it
+// was the active layer) and opens them as base, mid and top; it returns
+// the URI of an export of top and a raw copy of what it reads.
+func qbmLayers(t *testing.T, c *client, dir string) (uri, ref string) {
+	t.Helper()
+	sh(t, dir, `
+qemu-img create -q -f qcow2 base.qcow2 8M
+qemu-io -f qcow2 -c 'write -P 0x11 0 8M' -c 'write -z 6M 64k' base.qcow2 >/dev/null
+`)
+	sock := filepath.Join(dir, "nbd.sock")
+	c.ok("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
+	for _, l := range []struct{ name, backing, fmt string }{{"mid", "base.qcow2", "qcow2"}, {"top", "mid.qbm", "qbm"}} {
+		desc := filepath.Join(dir, l.name+".qbm")
+		if err := os.WriteFile(desc, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if e := runCreate(t, c, "c-"+l.name, map[string]any{"driver": "qbm", "size": 8 << 20,
+			"file":         map[string]any{"driver": "file", "filename": desc},
+			"backing-file": l.backing, "backing-fmt": l.fmt, "granularity": 65536}); e != "" {
+			t.Fatalf("blockdev-create %s: %s", l.name, e)
+		}
+		c.ok("blockdev-add", map[string]any{"driver": "qbm", "node-name": "w", "file": map[string]any{"driver": "file", "filename": desc}})
+		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "w", "node-name": "w", "writable": true})
+		p := 0x22
+		if l.name == "top" {
+			p = 0x33
+		}
+		qemuIO(t, "nbd+unix:///w?socket="+sock, []string{
+			fmt.Sprintf("write -P 0x%x %dM 1M", p, p/0x11),
+			fmt.Sprintf("write -P 0x%x 7M %dk", p, 64*(p/0x11)),
+			fmt.Sprintf("write -z %dM 64k", p/0x11+2),
+		})
+		c.ok("block-export-del", map[string]any{"id": "w"})
+		lockWaitNoExports(t, c)
+		c.ok("blockdev-del", map[string]any{"node-name": "w"})
+	}
+	c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "base", "read-only": true,
+		"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "base.qcow2")}})
+	c.ok("blockdev-add", map[string]any{"driver": "qbm", "node-name": "mid", "read-only": true, "backing": "base",
+		"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "mid.qbm")}})
+	c.ok("blockdev-add", map[string]any{"driver": "qbm", "node-name": "top", "backing": "mid",
+		"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "top.qbm")}})
+	c.ok("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "top", "name": "disk", "writable": true})
+	uri = "nbd+unix:///disk?socket=" + sock
+	ref = filepath.Join(dir, "ref.raw")
+	run(t, "qemu-img", "convert", "-f", "raw", "-O", "raw", uri, ref)
+	return uri, ref
+}
+
+// qbmBacking returns the backing entry of a qbm descriptor's allocation
+// bitmap ("" for none).
+func qbmBacking(t *testing.T, desc string) string {
+	t.Helper()
+	b, err := os.ReadFile(desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		QBM struct {
+			Bitmaps map[string]struct {
+				Type    string `json:"type"`
+				Backing *struct {
+					File, Format string
+				} `json:"backing"`
+			} `json:"bitmaps"`
+		} `json:"QBM"`
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatalf("%s: %v\n%s", desc, err, b)
+	}
+	for _, e := range d.QBM.Bitmaps {
+		if e.Type == "allocation" && e.Backing != nil {
+			return e.Backing.File + "|" + e.Backing.Format
+		}
+	}
+	return ""
+}
+
+// TestQbmChainJobs: commit (passive and active) and stream work on
+// chains of qbm images with allocation bitmaps as on qcow2 chains (QSD
+// has no qbm, so the referee is what the chain read before the job): the
+// guest reads the same, the descriptors name the new backing files, and
+// the qcow2 base checks clean.
+func TestQbmChainJobs(t *testing.T) {
+	for _, tc := range []struct {
+		name, cmd string
+		args      map[string]any
+		pivot     string // the node the export ends on
+		backing   map[string]string
+	}{
+		// The headers name the new backing file by its node's file name,
+		// as QEMU writes them ($DIR is the test's directory).
+		{"passive-commit", "block-commit", map[string]any{"top-node": "mid", "base-node": "base"}, "top",
+			map[string]string{"top.qbm": "$DIR/base.qcow2|qcow2"}},
+		{"active-commit", "block-commit", map[string]any{"base-node": "mid"}, "mid",
+			map[string]string{"top.qbm": "mid.qbm|qbm", "mid.qbm": "base.qcow2|qcow2"}},
+		{"stream", "block-stream", map[string]any{"base-node": "base"}, "top",
+			map[string]string{"top.qbm": "$DIR/base.qcow2|qcow2", "mid.qbm": "base.qcow2|qcow2"}},
+		{"stream-all", "block-stream", nil, "top",
+			map[string]string{"top.qbm": "", "mid.qbm": "base.qcow2|qcow2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := shortTempDir(t)
+			d := startDaemon(t, kindQbmond, dir)
+			c := d.connect()
+			uri, ref := qbmLayers(t, c, dir)
+			args := map[string]any{"job-id": "j0", "device": "top"}
+			for k, v := range tc.args {
+				args[k] = v
+			}
+			if r := c.cmd(tc.cmd, args); r["error"] != nil {
+				t.Fatalf("%s: %v", tc.cmd, r["error"])
+			}
+			if tc.name == "active-commit" {
+				qemuIO(t, uri, []string{"write -P 0x44 5M 64k"})
+				run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x44 5M 64k", ref)
+				c.waitJob("j0", "ready")
+				c.ok("job-complete", map[string]any{"id": "j0"})
+			}
+			c.waitJob("j0", "null")
+			for _, ev := range c.jobEvents() {
+				if strings.Contains(ev, "error=") {
+					t.Fatalf("the job failed: %s", ev)
+				}
+			}
+			exp := c.ok("query-block-exports", nil).([]any)
+			if n := exp[0].(map[string]any)["node-name"]; n != tc.pivot {
+				t.Errorf("the export is on %v, want %s", n, tc.pivot)
+			}
+			identical(t, ref, uri, "-f", "raw", "-F", "raw")
+			d.stop()
+			for desc, want := range tc.backing {
+				if got := strings.ReplaceAll(qbmBacking(t, filepath.Join(dir, desc)), dir, "$DIR"); got != want {
+					t.Errorf("%s's backing: %q, want %q", desc, got, want)
+				}
+			}
+			checkClean(t, filepath.Join(dir, "base.qcow2"), false)
 		})
 	}
 }

@@ -686,6 +686,11 @@ func (d *Driver) BackingFile() (filename, format string) {
 	return d.alloc.entry.Backing.File, d.alloc.entry.Backing.Format
 }
 
+// SetBackingChild follows the graph's changes of the backing link
+// (commit, stream, drop-intermediate); the graph drains the node around
+// it, so no request reads the field meanwhile.
+func (d *Driver) SetBackingChild(c *blockdev.Child) { d.backing = c }
+
 // ChangeBackingFile rewrites the allocation bitmap's backing entry (""
 // removes it).
 func (d *Driver) ChangeBackingFile(ctx context.Context, filename, format string) error {

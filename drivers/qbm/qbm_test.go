@@ -574,3 +574,55 @@ func TestCrashAfterClearAndMerge(t *testing.T) {
 		t.Fatalf("cleared bitmap after crash: count %d", got.Bits().Count())
 	}
 }
+
+// A read-only node reopened read-write (as a job does with a commit base)
+// writes and records into its persistent bitmap, with the descriptor
+// marking the bitmap in use; reopened read-only again, everything is
+// saved as at a clean close and loads back the same.
+func TestReopenReadWrite(t *testing.T) {
+	dir := t.TempDir()
+	desc := create(t, dir, blockdev.Options{"size": int64(1 << 20), "dirty-bitmaps": int64(1)})
+	o := qbmOpts(desc)
+	o["read-only"] = true
+	h, err := openNode(t, o, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setRO := func(ro bool) {
+		t.Helper()
+		h.g.Lock()
+		defer h.g.Unlock()
+		if err := h.g.SetReadOnly(ctx, h.n, ro); err != nil {
+			t.Fatalf("reopen read-only=%v: %v", ro, err)
+		}
+	}
+	setRO(false)
+	if e := readDesc(t, desc).Bitmap("dirty.0"); !e.InUse || e.SHA256 != "" {
+		t.Fatalf("entry once read-write: %+v", e)
+	}
+	h.g.Lock()
+	w, err := h.g.AttachRoot(h.n, "block device 'w'", blockdev.PermWrite, blockdev.PermAll)
+	h.g.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(ctx, 65536, pattern(4096, 3), 0); err != nil {
+		t.Fatal(err)
+	}
+	sum := h.n.DirtyBitmap("dirty.0").Bits().SHA256()
+	h.g.Lock()
+	h.g.DetachRoot(w)
+	h.g.Unlock()
+	setRO(true)
+	if e := readDesc(t, desc).Bitmap("dirty.0"); e.InUse || e.SHA256 == "" {
+		t.Fatalf("entry once read-only again: %+v", e)
+	}
+	h.close(t)
+	h = mustOpen(t, qbmOpts(desc))
+	if b := h.n.DirtyBitmap("dirty.0"); b == nil || b.Inconsistent() || b.Bits().SHA256() != sum || b.Bits().Count() == 0 {
+		t.Fatalf("bitmap after the reopens: %+v", b)
+	}
+	if !bytes.Equal(h.read(t, 65536, 4096), pattern(4096, 3)) {
+		t.Fatal("the write made while read-write is lost")
+	}
+}
