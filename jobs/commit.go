@@ -303,6 +303,17 @@ func copyAllocated(ctx context.Context, b *BlockJob, from, to *blockdev.Child, l
 		if err == nil && n <= 0 {
 			err = fmt.Errorf("block status made no progress at %d", off)
 		}
+		if copyIt && st.Flags&blockdev.StatusData != 0 && n == chunkSize && b.Speed() == 0 {
+			// Without a speed limit, a longer run of data goes by copy
+			// offload at once. Should that fail, the run is copied
+			// chunk by chunk, so that an error is met (and reported) at
+			// the chunk QEMU would report it at.
+			if k := offloadRun(ctx, from, to, layers, off, end); k > 0 {
+				off += k
+				j.ProgressUpdate(uint64(k))
+				continue
+			}
+		}
 		if copyIt {
 			if st.Flags&blockdev.StatusZero != 0 && st.Flags&blockdev.StatusData == 0 {
 				err = to.WriteZeroes(ctx, off, n, 0)
@@ -337,6 +348,25 @@ func copyAllocated(ctx context.Context, b *BlockJob, from, to *blockdev.Child, l
 		}
 	}
 	return nil
+}
+
+// maxOffloadRun bounds one copy offload of a commit.
+const maxOffloadRun = 16 << 20
+
+// offloadRun copies by copy offload the run of data at off that the
+// first layers nodes of from's chain allocate, up to maxOffloadRun, and
+// returns its length; 0 when it copied nothing (the run is not longer
+// than a chunk, the nodes do not allow offload, or it failed).
+func offloadRun(ctx context.Context, from, to *blockdev.Child, layers int, off, end int64) int64 {
+	st, depth, err := from.Node().BlockStatusAbove(ctx, from, off, min(maxOffloadRun, end-off))
+	if err != nil || depth < 1 || depth > layers || st.Flags&blockdev.StatusData == 0 || st.Length <= chunkSize {
+		return 0
+	}
+	n := st.Length / chunkSize * chunkSize
+	if ok, err := blockdev.CopyRange(ctx, from, off, to, off, n); !ok || err != nil {
+		return 0
+	}
+	return n
 }
 
 // prepare drops the committed layers: the overlay of top now uses base
