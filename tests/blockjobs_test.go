@@ -543,10 +543,10 @@ func TestBlockCommitErrorsLikeQSD(t *testing.T) {
 }
 
 // TestBlockJobBitmapsLikeQSD: a dirty bitmap on the active layer counts
-// the guest's writes through a stream and through a passive commit (not
-// the job's own copying), as in QSD.
+// the guest's writes through a stream, a passive commit and an active
+// commit (not the job's own copying), as in QSD.
 func TestBlockJobBitmapsLikeQSD(t *testing.T) {
-	for _, job := range []string{"block-stream", "block-commit"} {
+	for _, job := range []string{"block-stream", "block-commit", "active-commit"} {
 		t.Run(job, func(t *testing.T) {
 			runOn := func(k kind) *jobOutcome {
 				o := &jobOutcome{}
@@ -559,15 +559,26 @@ func TestBlockJobBitmapsLikeQSD(t *testing.T) {
 				uri := startNBD(t, c, dir, "l2")
 				ref := filepath.Join(dir, "ref", "l2.qcow2")
 				args := map[string]any{"job-id": "j0", "device": "l2", "speed": 65536}
-				if job == "block-commit" {
+				cmd := job
+				switch job {
+				case "block-commit":
 					args["top-node"] = "l1"
+				case "active-commit":
+					cmd = "block-commit"
 				}
-				o.start(c, job, args)
+				o.start(c, cmd, args)
 				qemuIOWrites(t, uri, ref, []string{"write -P 0xa1 64k 64k", "write -P 0xa2 5M 1M", "write -z 1M 64k"})
 				o.record(c, "block-job-set-speed", map[string]any{"device": "j0", "speed": 0})
+				if job == "active-commit" {
+					// The bitmap stays on l2, which is no longer what
+					// the export uses once the job has pivoted.
+					c.waitJob("j0", "ready")
+					qemuIOWrites(t, uri, ref, []string{"write -P 0xa3 2M 4k"})
+					o.record(c, "job-complete", map[string]any{"id": "j0"})
+				}
 				c.waitJob("j0", "null")
 				qemuIOWrites(t, uri, ref, []string{"write -P 0xb1 100000 5000"})
-				o.events = c.jobEvents()
+				o.events = c.jobEvents("len", "offset")
 				o.replies = append(o.replies, strings.Split(strings.TrimSpace(bitmapState(t, c, "l2", []string{"b0"})), "\n")...)
 				identical(t, ref, uri, "-f", "qcow2", "-F", "raw")
 				o.finish(t, d, dir, 3)
