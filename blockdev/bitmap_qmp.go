@@ -19,7 +19,6 @@ func registerBitmapCommands(d *qmp.Dispatcher, g *Graph) {
 	d.Register("block-dirty-bitmap-disable", g.bitmapCmd(func(_ *Node, b *DirtyBitmap) error { return b.SetRecording(false) }))
 	d.Register("block-dirty-bitmap-merge", g.qmpBitmapMerge)
 	d.Register("x-debug-block-dirty-bitmap-sha256", g.qmpBitmapSHA256)
-	d.Register("transaction", g.qmpTransaction)
 }
 
 // LookupBitmap finds a node's bitmap with QEMU's errors. Caller holds the

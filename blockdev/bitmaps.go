@@ -27,6 +27,10 @@ type DirtyBitmap struct {
 	// shadow, while a transaction may have to undo a change of the bits,
 	// records the writes made meanwhile so that the undo keeps them.
 	shadow atomic.Pointer[bitmap.Bitmap]
+	// successor, while a backup has the bitmap frozen, records the
+	// writes in its place (an anonymous bitmap of the node, recording
+	// when the bitmap did); see CreateSuccessor.
+	successor atomic.Pointer[DirtyBitmap]
 }
 
 // startShadow makes writes also mark a fresh shadow bitmap and returns it;
@@ -52,8 +56,14 @@ func (b *DirtyBitmap) Node() *Node { return b.node }
 // Bits returns the bitmap's current bits.
 func (b *DirtyBitmap) Bits() *bitmap.Bitmap { return b.bits }
 
-// Recording tells whether writes mark the bitmap.
-func (b *DirtyBitmap) Recording() bool { return b.recording.Load() }
+// Recording tells whether writes mark the bitmap (or, while it is frozen,
+// its successor), as QEMU reports it.
+func (b *DirtyBitmap) Recording() bool {
+	if s := b.successor.Load(); s != nil {
+		return s.recording.Load()
+	}
+	return b.recording.Load()
+}
 
 // Busy tells whether an operation (an export, a job) uses the bitmap.
 func (b *DirtyBitmap) Busy() bool { return b.busy.Load() > 0 }
@@ -142,14 +152,30 @@ func (l *bitmapList) load() []*DirtyBitmap {
 // DirtyBitmaps returns the node's bitmaps, newest first.
 func (n *Node) DirtyBitmaps() []*DirtyBitmap { return n.bitmaps.load() }
 
-// DirtyBitmap returns the node's bitmap called name, or nil.
+// DirtyBitmap returns the node's bitmap called name, or nil (anonymous
+// bitmaps have no name to find them by).
 func (n *Node) DirtyBitmap(name string) *DirtyBitmap {
+	if name == "" {
+		return nil
+	}
 	for _, b := range n.bitmaps.load() {
 		if b.name == name {
 			return b
 		}
 	}
 	return nil
+}
+
+// AddAnonymousBitmap lists bits among the node's bitmaps without a name,
+// as QEMU lists its internal bitmaps (a backup's copy bitmap, a
+// copy-before-write filter's): query-named-block-nodes shows them, and
+// writes mark them when recording. remove takes them off. Caller holds
+// the graph lock (or the node is being opened).
+func (n *Node) AddAnonymousBitmap(bits *bitmap.Bitmap, recording bool) (remove func()) {
+	b := &DirtyBitmap{node: n, bits: bits}
+	b.recording.Store(recording)
+	n.insertBitmap(b)
+	return func() { _ = n.dropBitmap(b, true) }
 }
 
 // markDirty records a modification of [off, off+length) in every
@@ -361,3 +387,77 @@ func (b *DirtyBitmap) MergeInto(sources []*DirtyBitmap) error {
 	}
 	return b.saved()
 }
+
+// CreateSuccessor freezes the bitmap for a backup (QEMU's
+// bdrv_dirty_bitmap_create_successor): it stops recording and is busy,
+// and an anonymous successor records what it would have. Abdicate or
+// Reclaim ends the freeze. Caller holds the graph lock.
+func (b *DirtyBitmap) CreateSuccessor() error {
+	if b.Busy() {
+		return errors.New("Cannot create a successor for a bitmap that is in-use by an operation")
+	}
+	bits, err := bitmap.New(b.bits.Size(), b.bits.Granularity())
+	if err != nil {
+		return err
+	}
+	s := &DirtyBitmap{node: b.node, bits: bits}
+	s.recording.Store(b.recording.Load())
+	b.node.insertBitmap(s)
+	b.successor.Store(s)
+	b.recording.Store(false)
+	b.Acquire()
+	return nil
+}
+
+// Abdicate ends a freeze with the successor taking the bitmap's place: the
+// bits become what was written since the freeze (a backup that copied
+// everything the bitmap had). Caller holds the graph lock.
+func (b *DirtyBitmap) Abdicate() {
+	s := b.successor.Load()
+	if s == nil {
+		return
+	}
+	b.bits.Clear()
+	// From here writes mark both; the successor's bits, racing writes
+	// included, then go into the bitmap.
+	b.recording.Store(s.recording.Load())
+	_ = b.bits.Merge(s.bits)
+	b.endFreeze(s)
+}
+
+// Reclaim ends a freeze keeping everything: the successor's bits are
+// merged back (a backup that failed, or did not mean to change the
+// bitmap). Caller holds the graph lock.
+func (b *DirtyBitmap) Reclaim() {
+	s := b.successor.Load()
+	if s == nil {
+		return
+	}
+	b.recording.Store(s.recording.Load())
+	_ = b.bits.Merge(s.bits)
+	b.endFreeze(s)
+}
+
+func (b *DirtyBitmap) endFreeze(s *DirtyBitmap) {
+	b.successor.Store(nil)
+	_ = b.node.dropBitmap(s, true)
+	b.Release()
+	b.node.g.logSave(b)
+}
+
+// MergeBits adds bits (of the same size and granularity) to the bitmap,
+// whatever its state (a backup putting back what it did not copy).
+func (b *DirtyBitmap) MergeBits(bits *bitmap.Bitmap) {
+	_ = b.bits.Merge(bits)
+	b.node.g.logSave(b)
+}
+
+// SetRange marks [off, off+n) in the bitmap whatever its state (a backup
+// putting back what it did not copy) and has a persistent bitmap saved.
+func (b *DirtyBitmap) SetRange(off, n int64) {
+	b.bits.Set(off, n)
+}
+
+// SaveAfterChange has a persistent bitmap's store save it after changes
+// made with SetRange; failures are logged.
+func (b *DirtyBitmap) SaveAfterChange() { b.node.g.logSave(b) }

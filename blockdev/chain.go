@@ -28,6 +28,46 @@ import (
 // it still reads or writes through. Caller holds the graph lock, also
 // when it calls the returned function.
 func (g *Graph) Drain(nodes ...*Node) (undrain func()) {
+	// Jobs using the nodes, or nodes above them, pause for the drained
+	// section, as QEMU's do (before the nodes are locked, so that a job
+	// in I/O on them reaches its pause point).
+	rec := &drainRecord{nodes: slices.Clone(nodes)}
+	seen := map[DrainNotifier]bool{}
+	for _, n := range nodes {
+		if n != nil {
+			n.jobsAbove(seen, &rec.notifiers, map[*Node]bool{})
+		}
+	}
+	for _, d := range rec.notifiers {
+		d.DrainBegin()
+	}
+	g.drains = append(g.drains, rec)
+	endJobs := func() {
+		if i := slices.Index(g.drains, rec); i >= 0 {
+			g.drains = slices.Delete(g.drains, i, i+1)
+		}
+		// Nearest first, as the graph is now; then any whose edge has
+		// gone meanwhile.
+		var order []DrainNotifier
+		seen := map[DrainNotifier]bool{}
+		for _, n := range rec.nodes {
+			if n != nil {
+				n.jobsAbove(seen, &order, map[*Node]bool{})
+			}
+		}
+		ended := map[DrainNotifier]bool{}
+		for _, d := range order {
+			if slices.Contains(rec.notifiers, d) {
+				ended[d] = true
+				d.DrainEnd()
+			}
+		}
+		for _, d := range rec.notifiers {
+			if !ended[d] {
+				d.DrainEnd()
+			}
+		}
+	}
 	var fresh []*Node
 	for _, n := range nodes {
 		if n == nil || slices.Contains(fresh, n) {
@@ -66,6 +106,7 @@ func (g *Graph) Drain(nodes ...*Node) (undrain func()) {
 	var once sync.Once
 	return func() {
 		once.Do(func() {
+			defer endJobs()
 			seen := map[*Node]bool{}
 			var done []*Node
 			for _, n := range held {
@@ -83,6 +124,58 @@ func (g *Graph) Drain(nodes ...*Node) (undrain func()) {
 				done[i].io.Unlock()
 			}
 		})
+	}
+}
+
+// DrainNotifier is told of the drained sections of the node its edge is
+// on and of the nodes below it: a block job pauses for them, as QEMU's do
+// (the JOB_STATUS_CHANGE of the pause and the resume included).
+type DrainNotifier interface {
+	DrainBegin()
+	DrainEnd()
+}
+
+// drainRecord is one drained section: the nodes it drains and the jobs it
+// paused (jobs attached meanwhile included).
+type drainRecord struct {
+	nodes     []*Node
+	notifiers []DrainNotifier
+}
+
+// jobsAbove collects the drain notifiers of the job edges on n and on the
+// nodes above it, nearest first.
+func (n *Node) jobsAbove(seen map[DrainNotifier]bool, out *[]DrainNotifier, visited map[*Node]bool) {
+	if visited[n] {
+		return
+	}
+	visited[n] = true
+	for _, c := range n.Parents() {
+		if c.drainer != nil && !seen[c.drainer] {
+			seen[c.drainer] = true
+			*out = append(*out, c.drainer)
+		}
+	}
+	for _, c := range n.Parents() {
+		if c.parent != nil {
+			c.parent.jobsAbove(seen, out, visited)
+		}
+	}
+}
+
+// SetDrainNotifier has d told of the drained sections of the edge's node
+// and of the nodes below it; sections in progress count at once. Graph
+// lock held.
+func (g *Graph) SetDrainNotifier(c *Child, d DrainNotifier) {
+	c.drainer = d
+	n := c.node.Load()
+	for _, rec := range g.drains {
+		for _, dn := range rec.nodes {
+			if dn != nil && reaches(n, dn) && !slices.Contains(rec.notifiers, d) {
+				rec.notifiers = append(rec.notifiers, d)
+				d.DrainBegin()
+				break
+			}
+		}
 	}
 }
 

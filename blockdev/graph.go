@@ -29,6 +29,9 @@ type Graph struct {
 	closed     bool
 	// drained are the nodes Drain holds. Graph lock.
 	drained map[*Node]struct{}
+	// drains are the drained sections in progress and the jobs they
+	// paused. Graph lock.
+	drains []*drainRecord
 
 	// emit sends a QMP event (set by RegisterCommands; unset in tests
 	// that run without a monitor). Atomic: events come from request
@@ -653,7 +656,9 @@ func (n *Node) closeDriver(ctx context.Context) error {
 	}
 	n.closed = true
 	var ferr error
-	if !n.noFlush && !n.ReadOnly() {
+	// A filter keeps nothing of its own to flush (and its child may be
+	// in a drained section of whoever takes the filter away).
+	if !n.noFlush && !n.ReadOnly() && !n.isFilter() {
 		ferr = n.drv.Flush(ctx)
 	}
 	return errors.Join(ferr, n.drv.Close())

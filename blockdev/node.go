@@ -188,10 +188,12 @@ func (n *Node) refreshLength(ctx context.Context) error {
 type Child struct {
 	name   string
 	role   Role
-	parent *Node                // nil for a root (export, job, test)
-	user   string               // how a root parent is named in errors
-	job    string               // the id of the job a root parent is, if one
-	node   atomic.Pointer[Node] // changes only under the graph lock, drained
+	parent *Node  // nil for a root (export, job, test)
+	user   string // how a root parent is named in errors
+	job    string // the id of the job a root parent is, if one
+	// drainer is told of drained sections (a job's edge). Graph lock.
+	drainer DrainNotifier
+	node    atomic.Pointer[Node] // changes only under the graph lock, drained
 
 	perm   atomic.Uint64
 	shared atomic.Uint64

@@ -22,6 +22,7 @@ func RegisterCommands(d *qmp.Dispatcher, g *Graph) {
 	d.Register("query-blockstats", g.qmpQueryBlockStats)
 	registerBitmapCommands(d, g)
 	registerChainCommands(d, g)
+	registerSnapshotCommands(d, g)
 }
 
 func (g *Graph) qmpQueryBlockStats(ctx context.Context, args json.RawMessage) (any, error) {

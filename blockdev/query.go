@@ -109,7 +109,7 @@ type BlockDeviceInfo struct {
 
 // BlockDirtyInfo is QEMU's BlockDirtyInfo, one bitmap in the query views.
 type BlockDirtyInfo struct {
-	Name         string `json:"name"`
+	Name         string `json:"name,omitempty"` // none for anonymous bitmaps
 	Recording    bool   `json:"recording"`
 	Persistent   bool   `json:"persistent"`
 	Busy         bool   `json:"busy"`

@@ -5,79 +5,65 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-
-	"github.com/qbmond/qbmond/qmp"
 )
 
 // The transaction command applies its actions all or nothing: every
 // action is prepared in order (and takes effect, so later actions see
 // it); if one fails, those prepared are undone newest first, otherwise
-// all are committed. The graph lock is held throughout.
+// all are committed. The command itself is the jobs package's (it starts
+// backup jobs); the graph prepares the actions that are its own: abort,
+// the dirty bitmap actions and the snapshots. The graph lock is held
+// throughout.
 
-// txAction is one prepared action.
-type txAction interface {
-	commit()
-	abort()
+// TxAction is one prepared action of a transaction.
+type TxAction interface {
+	// Commit makes the action final; Abort undoes it. Exactly one of
+	// them runs, then Clean.
+	Commit()
+	Abort()
+	Clean()
 }
 
-type txFunc struct{ onCommit, onAbort func() }
+type txFunc struct{ onCommit, onAbort, onClean func() }
 
-func (f txFunc) commit() {
+func (f txFunc) Commit() {
 	if f.onCommit != nil {
 		f.onCommit()
 	}
 }
 
-func (f txFunc) abort() {
+func (f txFunc) Abort() {
 	if f.onAbort != nil {
 		f.onAbort()
 	}
 }
 
-func (g *Graph) qmpTransaction(ctx context.Context, args json.RawMessage) (any, error) {
-	var a struct {
-		Actions []struct {
-			Type string          `json:"type"`
-			Data json.RawMessage `json:"data"`
-		} `json:"actions"`
-		Properties struct {
-			CompletionMode string `json:"completion-mode"`
-		} `json:"properties"`
-	}
-	if err := json.Unmarshal(args, &a); err != nil {
-		return nil, qmp.Errorf("%v", err)
-	}
-	g.Lock()
-	defer g.Unlock()
-	var done []txAction
-	for _, act := range a.Actions {
-		if a.Properties.CompletionMode == "grouped" {
-			// No action qbmond has yet supports grouped completion
-			// (QEMU: only backups do).
-			err := fmt.Errorf("Action '%s' does not support Transaction property completion-mode = grouped", act.Type)
-			g.abortTx(done)
-			return nil, err
-		}
-		t, err := g.prepareAction(act.Type, act.Data)
-		if err != nil {
-			g.abortTx(done)
-			return nil, err
-		}
-		done = append(done, t)
-	}
-	for _, t := range done {
-		t.commit()
-	}
-	return struct{}{}, nil
-}
-
-func (g *Graph) abortTx(done []txAction) {
-	for i := len(done) - 1; i >= 0; i-- {
-		done[i].abort()
+func (f txFunc) Clean() {
+	if f.onClean != nil {
+		f.onClean()
 	}
 }
 
-func (g *Graph) prepareAction(typ string, data json.RawMessage) (txAction, error) {
+// PrepareTxAction prepares one of the graph's transaction actions.
+// grouped is the transaction's completion-mode: only backups support
+// grouped completion, and the other actions refuse it as QEMU does.
+// Graph lock held.
+func (g *Graph) PrepareTxAction(ctx context.Context, typ string, data json.RawMessage, grouped bool) (TxAction, error) {
+	if grouped && typ != "abort" {
+		return nil, fmt.Errorf("Action '%s' does not support Transaction property completion-mode = grouped", typ)
+	}
+	switch typ {
+	case "blockdev-snapshot", "blockdev-snapshot-sync":
+		return g.prepareSnapshot(ctx, typ, data)
+	}
+	t, err := g.prepareAction(typ, data)
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func (g *Graph) prepareAction(typ string, data json.RawMessage) (TxAction, error) {
 	switch typ {
 	case "abort":
 		return nil, errors.New("Transaction aborted using Abort action")

@@ -59,6 +59,9 @@ type BlockJob struct {
 	g       *blockdev.Graph
 	log     zerolog.Logger
 	onError OnError
+	// onTargetError, when set, is the policy for write errors (backup's
+	// on-target-error; onError is then on-source-error).
+	onTargetError OnError
 
 	mu       sync.Mutex
 	speed    int64
@@ -84,11 +87,14 @@ type BlockSpec struct {
 	Spec
 	// Speed is the initial speed limit in bytes per second (0: none).
 	Speed int64
-	// OnError is the error policy ("" is report).
-	OnError OnError
-	Before  func(b *BlockJob) error
-	Setup   func(b *BlockJob) error
-	Undo    func(b *BlockJob)
+	// OnError is the error policy ("" is report); with OnTargetError set
+	// it is the policy for read errors only and OnTargetError the one for
+	// write errors (backup).
+	OnError       OnError
+	OnTargetError OnError
+	Before        func(b *BlockJob) error
+	Setup         func(b *BlockJob) error
+	Undo          func(b *BlockJob)
 }
 
 // limitedChunk is the speed limiter's burst: one chunk of the chain jobs.
@@ -115,12 +121,36 @@ func (b *BlockJob) SetData(v any) { b.data = v }
 // errBadSpeed is QEMU's refusal of a negative speed.
 var errBadSpeed = errors.New("Parameter 'speed' expects a non-negative value")
 
-// StartBlock starts a block job: the job id is checked, Setup attaches the
-// nodes, then the job starts as Start describes. The kind's hooks are
-// wrapped so that the BLOCK_JOB_* events are sent and the nodes are
-// released after the kind's Clean.
+// StartBlock creates a block job (CreateBlock) and starts it (Begin).
 func (m *Manager) StartBlock(ctx context.Context, g *blockdev.Graph, spec BlockSpec) (*Job, error) {
-	b := &BlockJob{g: g, log: m.log, onError: spec.OnError, ioStatus: "ok"}
+	j, err := m.CreateBlock(g, spec)
+	if err != nil {
+		return nil, err
+	}
+	j.Begin(ctx)
+	return j, nil
+}
+
+// CreateBlock creates a block job without starting it: Before runs, the
+// job id is checked, the job is created and Setup attaches the nodes. The
+// kind's hooks are wrapped so that the BLOCK_JOB_* events are sent and the
+// nodes are released after the kind's Clean.
+func (m *Manager) CreateBlock(g *blockdev.Graph, spec BlockSpec) (*Job, error) {
+	return m.createBlock(g, spec, false)
+}
+
+// createBlockLocked is CreateBlock for a caller that holds the control
+// lock and the graph lock (a transaction).
+func (m *Manager) createBlockLocked(g *blockdev.Graph, spec BlockSpec) (*Job, error) {
+	return m.createBlock(g, spec, true)
+}
+
+func (m *Manager) createBlock(g *blockdev.Graph, spec BlockSpec, locked bool) (*Job, error) {
+	lock, unlock := g.Lock, g.Unlock
+	if locked {
+		lock, unlock = func() {}, func() {}
+	}
+	b := &BlockJob{g: g, log: m.log, onError: spec.OnError, onTargetError: spec.OnTargetError, ioStatus: "ok"}
 	if b.onError == "" {
 		b.onError = OnErrorReport
 	}
@@ -172,17 +202,17 @@ func (m *Manager) StartBlock(ctx context.Context, g *blockdev.Graph, spec BlockS
 		g.Unlock()
 	}
 	undo := func() {
-		g.Lock()
+		lock()
 		b.release()
 		if spec.Undo != nil {
 			spec.Undo(b)
 		}
-		g.Unlock()
+		unlock()
 	}
 	if spec.Before != nil {
-		g.Lock()
+		lock()
 		err := spec.Before(b)
-		g.Unlock()
+		unlock()
 		if err != nil {
 			undo()
 			return nil, err
@@ -193,12 +223,18 @@ func (m *Manager) StartBlock(ctx context.Context, g *blockdev.Graph, spec BlockS
 		if spec.Setup == nil {
 			return nil
 		}
-		g.Lock()
+		lock()
 		err := spec.Setup(b)
-		g.Unlock()
+		unlock()
 		return err
 	}
-	j, err := m.Start(ctx, s)
+	var j *Job
+	var err error
+	if locked {
+		j, err = m.createCtl(s)
+	} else {
+		j, err = m.Create(s)
+	}
 	if err != nil {
 		undo()
 		return nil, err
@@ -242,7 +278,27 @@ func (b *BlockJob) AddNode(n *blockdev.Node, role string, perm, shared blockdev.
 	}
 	b.edges = append(b.edges, c)
 	b.unblock = append(b.unblock, n.AddBlocker(fmt.Errorf("block device is in use by block job: %s", b.j.typ)))
+	b.g.SetDrainNotifier(c, b)
 	return c, nil
+}
+
+// DrainBegin pauses the job for a drained section of one of its nodes, as
+// QEMU's drains do: a job that runs reaches its pause point (PAUSED, or
+// STANDBY when READY) before the drain goes on.
+func (b *BlockJob) DrainBegin() {
+	j := b.j
+	j.Pause()
+	j.waitFor(time.Second, func() bool {
+		return !j.started || j.paused || j.pauseCount == 0 || j.deferred ||
+			(j.status != StatusRunning && j.status != StatusReady)
+	})
+}
+
+// DrainEnd ends a DrainBegin: the job runs on.
+func (b *BlockJob) DrainEnd() {
+	j := b.j
+	j.Resume()
+	j.waitFor(100*time.Millisecond, func() bool { return !j.paused || j.pauseCount > 0 || j.deferred })
 }
 
 // AddBackend gives the job an edge to n for its I/O, as QEMU's jobs open
@@ -361,7 +417,11 @@ func (b *BlockJob) RateLimitSleep() error {
 func (b *BlockJob) ErrorAction(err error, read bool) ErrorAction {
 	enospc := errors.Is(err, syscall.ENOSPC)
 	var act ErrorAction
-	switch b.onError {
+	policy := b.onError
+	if !read && b.onTargetError != "" {
+		policy = b.onTargetError
+	}
+	switch policy {
 	case OnErrorIgnore:
 		act = ActionIgnore
 	case OnErrorStop:

@@ -75,6 +75,10 @@ type Spec struct {
 	Hooks Hooks
 	// Data is the kind's own state, returned by Job.Data.
 	Data any
+	// Txn is the transaction the job belongs to (nil: one of its own);
+	// the jobs of a transaction complete together (QEMU's JobTxn, the
+	// transaction command's grouped completion).
+	Txn *Txn
 	// DrainsOnExit tells that the body, as QEMU's mirror, drains its
 	// nodes before it returns: the coroutine yields there, so a cancel
 	// never ends the job before the command replies.
@@ -121,6 +125,8 @@ type Job struct {
 
 	autoFinalize, autoDismiss bool
 	drainsOnExit              bool
+	txn                       *Txn
+	started                   bool // Begin ran
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -140,8 +146,11 @@ type Job struct {
 	// error); completion processing then runs once, by whoever takes it
 	// first: the body's goroutine, or a cancel waiting for the body.
 	bodyDone chan struct{}
-	result   error
-	taken    bool
+	// processed is closed once the body's goroutine has processed its
+	// result (or found it processed).
+	processed chan struct{}
+	result    error
+	taken     bool
 	// endGate, when set, holds the body's result back until a cancel's
 	// command has replied (see cancelCtl).
 	endGate chan struct{}
@@ -409,5 +418,27 @@ func (j *Job) StopForError() {
 	if !j.userPaused {
 		j.userPaused = true
 		j.pauseLocked()
+	}
+}
+
+// Txn groups jobs that complete together: they finalise together once all
+// have finished, and one that fails or is cancelled cancels the others
+// (QEMU's JobTxn). A transaction command with completion-mode grouped
+// gives its jobs one; every other job has its own. Its fields belong to
+// the manager's control lock.
+type Txn struct {
+	jobs     []*Job
+	aborting bool
+}
+
+// NewTxn returns an empty transaction for Spec.Txn.
+func NewTxn() *Txn { return &Txn{} }
+
+func (t *Txn) remove(j *Job) {
+	for i, x := range t.jobs {
+		if x == j {
+			t.jobs = append(t.jobs[:i], t.jobs[i+1:]...)
+			return
+		}
 	}
 }

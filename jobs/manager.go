@@ -84,29 +84,50 @@ func isAlpha(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' 
 // sent (qmp.AfterReply), so that its events follow that reply as QSD's do.
 // The caller must not hold the graph lock.
 func (m *Manager) Start(ctx context.Context, spec Spec) (*Job, error) {
+	j, err := m.Create(spec)
+	if err != nil {
+		return nil, err
+	}
+	j.Begin(ctx)
+	return j, nil
+}
+
+// Create creates a job without starting it (QEMU's job_create): it is
+// CREATED until Begin. A transaction creates its jobs while it prepares
+// and starts them when it commits; one that aborts cancels them.
+func (m *Manager) Create(spec Spec) (*Job, error) {
+	m.ctl.Lock()
+	defer m.ctl.Unlock()
+	return m.createCtl(spec)
+}
+
+// createCtl is Create with the control lock held.
+func (m *Manager) createCtl(spec Spec) (*Job, error) {
 	if !validID(spec.ID) {
 		return nil, fmt.Errorf("Invalid job ID '%s'", spec.ID)
 	}
 	if spec.Run == nil {
 		return nil, errors.New("jobs: Start without a body")
 	}
-	m.ctl.Lock()
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
-		m.ctl.Unlock()
 		return nil, errors.New("the job manager is shutting down")
 	}
 	if m.findLocked(spec.ID) != nil {
 		m.mu.Unlock()
-		m.ctl.Unlock()
 		return nil, fmt.Errorf("Job ID '%s' already in use", spec.ID)
 	}
 	j := &Job{m: m, id: spec.ID, typ: spec.Type, body: spec.Run, hooks: spec.Hooks, data: spec.Data,
 		autoFinalize: !spec.ManualFinalize, autoDismiss: !spec.ManualDismiss, drainsOnExit: spec.DrainsOnExit,
 		kick: make(chan struct{}, 1), bg: make(chan struct{}), release: make(chan struct{}),
-		concluded: make(chan struct{}), bodyDone: make(chan struct{})}
+		concluded: make(chan struct{}), bodyDone: make(chan struct{}), processed: make(chan struct{})}
 	j.ctx, j.cancel = context.WithCancel(context.WithValue(context.Background(), jobKey{}, j))
+	j.txn = spec.Txn
+	if j.txn == nil {
+		j.txn = &Txn{}
+	}
+	j.txn.jobs = append(j.txn.jobs, j)
 	m.transitionLocked(j, StatusCreated)
 	m.jobs = append([]*Job{j}, m.jobs...)
 	if spec.created != nil {
@@ -118,22 +139,80 @@ func (m *Manager) Start(ctx context.Context, spec Spec) (*Job, error) {
 			err = errors.New("the job manager is shutting down")
 		}
 		if err != nil {
+			j.txn.remove(j)
 			m.dismissLocked(j)
 			m.mu.Unlock()
-			m.ctl.Unlock()
 			return nil, err
 		}
 	}
+	m.mu.Unlock()
+	return j, nil
+}
+
+// Begin starts a created job: RUNNING, and the body runs in its own
+// goroutine. It returns once the body has gone to the background
+// (Job.Background) or the job has stopped running; the body goes on from
+// Background once the reply to the command running in ctx has been sent
+// (qmp.AfterReply), so that its events follow that reply as QSD's do. A
+// job cancelled before it began does not begin.
+func (j *Job) Begin(ctx context.Context) {
+	j.m.ctl.Lock()
+	started := j.beginCtl(ctx)
+	j.m.ctl.Unlock()
+	if started {
+		j.waitStarted()
+	}
+}
+
+// beginCtl starts the job's goroutine (control lock held); false when the
+// job cannot begin (cancelled, or begun already).
+func (j *Job) beginCtl(ctx context.Context) bool {
+	m := j.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if j.status != StatusCreated || j.started {
+		return false
+	}
+	j.started = true
 	m.transitionLocked(j, StatusRunning)
 	j.busy = true
 	m.wg.Add(1)
-	m.mu.Unlock()
-	m.ctl.Unlock()
-
 	qmp.AfterReply(ctx, j.releaseBody)
 	go m.run(j)
-	<-j.bg
-	return j, nil
+	return true
+}
+
+// waitStarted waits until the body has gone to the background, stopped
+// running, or parked at a pause point (a job begun in a drained section).
+func (j *Job) waitStarted() {
+	for {
+		select {
+		case <-j.bg:
+			return
+		case <-time.After(time.Millisecond):
+			j.m.mu.Lock()
+			parked := j.paused
+			j.m.mu.Unlock()
+			if parked {
+				return
+			}
+		}
+	}
+}
+
+// waitFor waits up to d (state lock not held) until cond holds, checked
+// with the state lock held.
+func (j *Job) waitFor(d time.Duration, cond func() bool) {
+	deadline := time.Now().Add(d)
+	for {
+		j.m.mu.Lock()
+		ok := cond()
+		j.m.mu.Unlock()
+		if ok || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // run is a job's goroutine: a pause point, the body, then the processing
@@ -158,6 +237,7 @@ func (m *Manager) run(j *Job) {
 	m.ctl.Lock()
 	m.takeCompletionCtl(j)
 	m.ctl.Unlock()
+	close(j.processed)
 	j.bgOnce.Do(func() { close(j.bg) })
 }
 
@@ -447,6 +527,14 @@ func (m *Manager) cancelCtl(j *Job, force bool) (finish func()) {
 		}
 		return nil
 	}
+	if !j.started {
+		// Never begun: it ends now (QEMU's job_completed from
+		// job_cancel), without BLOCK_JOB_* events.
+		j.taken = true
+		m.mu.Unlock()
+		m.completedLocked(j, nil)
+		return nil
+	}
 	forced, idle := j.forceCancel, !j.busy
 	if forced {
 		j.cancel()
@@ -530,9 +618,11 @@ func (m *Manager) updateResultLocked(j *Job) {
 	}
 }
 
-// completedLocked processes a body's result (control lock held): a failed
-// or cancelled job is aborted; a successful one goes through WAITING to
-// PENDING, and is finalised at once unless finalisation is manual.
+// completedLocked processes a body's result (control lock held), QEMU's
+// job_completed: a failed or cancelled job aborts its transaction; a
+// successful one waits (WAITING) until every job of its transaction has
+// finished, then they all go to PENDING together and, unless one needs
+// job-finalize, are finalised together.
 func (m *Manager) completedLocked(j *Job, err error) {
 	m.mu.Lock()
 	j.deferred, j.busy = true, false
@@ -541,42 +631,133 @@ func (m *Manager) completedLocked(j *Job, err error) {
 	}
 	j.err = err
 	m.updateResultLocked(j)
-	if j.err != nil {
-		m.mu.Unlock()
-		m.finalizeOneCtl(j)
-		return
-	}
-	m.transitionLocked(j, StatusWaiting)
-	m.transitionLocked(j, StatusPending)
-	if !j.autoFinalize {
-		if j.hooks.OnPending != nil {
-			j.hooks.OnPending(j.infoLocked())
-		}
-		m.mu.Unlock()
-		return
+	failed := j.err != nil
+	if !failed {
+		m.transitionLocked(j, StatusWaiting)
 	}
 	m.mu.Unlock()
-	m.finalizeCtl(j)
+	if failed {
+		m.txnAbortCtl(j)
+		return
+	}
+	t := j.txn
+	m.mu.Lock()
+	for _, o := range t.jobs {
+		if !o.completedLocked() {
+			m.mu.Unlock()
+			return // the last job of the transaction to finish goes on
+		}
+	}
+	manual := 0
+	for _, o := range t.jobs {
+		m.transitionLocked(o, StatusPending)
+		if !o.autoFinalize {
+			manual++
+			if o.hooks.OnPending != nil {
+				o.hooks.OnPending(o.infoLocked())
+			}
+		}
+	}
+	m.mu.Unlock()
+	if manual == 0 {
+		m.finalizeCtl(j)
+	}
 }
 
-// finalizeCtl is QEMU's job_do_finalize for a job on its own: prepare,
-// then commit or abort.
-func (m *Manager) finalizeCtl(j *Job) {
-	m.mu.Lock()
-	ok := j.err == nil
-	m.mu.Unlock()
-	if ok && j.hooks.Prepare != nil {
-		err := j.hooks.Prepare(j)
-		m.mu.Lock()
-		j.err = err
-		m.updateResultLocked(j)
-		m.mu.Unlock()
+// completedLocked tells whether the job's body is done (QEMU's
+// job_is_completed). State lock held.
+func (j *Job) completedLocked() bool {
+	switch j.status {
+	case StatusWaiting, StatusPending, StatusAborting, StatusConcluded, StatusNull:
+		return true
 	}
-	m.finalizeOneCtl(j)
+	return false
+}
+
+// finalizeCtl is QEMU's job_do_finalize: every job of j's transaction
+// prepares; if one fails the transaction aborts, otherwise each commits
+// and concludes.
+func (m *Manager) finalizeCtl(j *Job) {
+	t := j.txn
+	for _, o := range append([]*Job(nil), t.jobs...) {
+		m.mu.Lock()
+		ok := o.err == nil
+		m.mu.Unlock()
+		if ok && o.hooks.Prepare != nil {
+			err := o.hooks.Prepare(o)
+			m.mu.Lock()
+			o.err = err
+			m.updateResultLocked(o)
+			m.mu.Unlock()
+			if err != nil {
+				m.txnAbortCtl(o)
+				return
+			}
+		}
+	}
+	for _, o := range append([]*Job(nil), t.jobs...) {
+		m.finalizeOneCtl(o)
+	}
+}
+
+// txnAbortCtl is QEMU's job_completed_txn_abort: j failed (or was
+// cancelled), so every other job of its transaction is cancelled with
+// force; once each has stopped, all are aborted, in the transaction's
+// order.
+func (m *Manager) txnAbortCtl(j *Job) {
+	t := j.txn
+	if t.aborting {
+		return
+	}
+	t.aborting = true
+	for _, o := range t.jobs {
+		if o != j {
+			m.cancelAsync(o)
+		}
+	}
+	for len(t.jobs) > 0 {
+		o := t.jobs[0]
+		m.mu.Lock()
+		done := o.completedLocked()
+		started := o.started
+		m.mu.Unlock()
+		if !done {
+			if started {
+				// Its goroutine gives the result up to us (it takes
+				// the control lock only after closing bodyDone).
+				<-o.bodyDone
+			}
+			m.mu.Lock()
+			o.taken = true
+			o.deferred, o.busy = true, false
+			o.err = o.result
+			if o.err != nil && errors.Is(o.err, context.Canceled) {
+				o.err = nil
+			}
+			m.updateResultLocked(o)
+			m.mu.Unlock()
+		}
+		m.finalizeOneCtl(o)
+	}
+}
+
+// cancelAsync cancels a job of a transaction that is aborting: forced,
+// without waiting (QEMU's job_cancel_async with force).
+func (m *Manager) cancelAsync(j *Job) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if j.userPaused {
+		j.userPaused = false
+		j.pauseCount--
+	}
+	j.cancelled, j.forceCancel = true, true
+	j.cancel()
+	j.kickLocked()
 }
 
 // finalizeOneCtl commits or aborts a finished job, tells the kind, and
-// concludes the job (dismissing it when auto-dismiss is on).
+// concludes the job (dismissing it when auto-dismiss is on). A job that
+// never began sends no BLOCK_JOB_* event, as in QEMU.
 func (m *Manager) finalizeOneCtl(j *Job) {
 	m.mu.Lock()
 	m.updateResultLocked(j)
@@ -593,7 +774,8 @@ func (m *Manager) finalizeOneCtl(j *Job) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if j.hooks.OnFinalized != nil {
+	j.txn.remove(j)
+	if j.hooks.OnFinalized != nil && j.started {
 		j.hooks.OnFinalized(j.infoLocked(), j.forceCancel)
 	}
 	m.transitionLocked(j, StatusConcluded)

@@ -41,6 +41,7 @@ func (m *Manager) RegisterCommands(d *qmp.Dispatcher, g *blockdev.Graph) {
 	})
 	m.registerBlockJobCommands(d)
 	m.registerChainJobs(d, g)
+	m.registerTransaction(d, g)
 	d.Register("blockdev-create", func(ctx context.Context, raw json.RawMessage) (any, error) {
 		return nil, m.blockdevCreate(ctx, g, raw)
 	})

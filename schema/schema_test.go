@@ -36,6 +36,7 @@ func TestLoadCommands(t *testing.T) {
 		"job-pause", "job-resume", "job-cancel", "job-complete", "job-dismiss", "job-finalize", "query-jobs",
 		"query-block-jobs", "block-commit", "block-stream", "block-job-set-speed", "block-job-cancel",
 		"block-job-pause", "block-job-resume", "block-job-complete", "block-job-dismiss", "block-job-finalize",
+		"blockdev-backup", "drive-backup", "blockdev-snapshot", "blockdev-snapshot-sync", "blockdev-reopen",
 		"transaction",
 		"nbd-server-start", "nbd-server-stop",
 		"block-export-add", "block-export-del", "nbd-server-add", "nbd-server-remove",
@@ -217,8 +218,8 @@ func TestIntrospect(t *testing.T) {
 	}
 	// Enums have values and members.
 	drv := byName[add["members"].([]any)[0].(map[string]any)["type"].(string)]
-	if marshal(t, drv["values"]) != `["blkdebug","copy-on-read","file","null-aio","null-co","qbm","qcow2","raw"]` ||
-		marshal(t, drv["members"]) != `[{"name":"blkdebug"},{"name":"copy-on-read"},{"name":"file"},{"name":"null-aio"},{"name":"null-co"},{"name":"qbm"},{"name":"qcow2"},{"name":"raw"}]` {
+	if marshal(t, drv["values"]) != `["blkdebug","copy-before-write","copy-on-read","file","null-aio","null-co","qbm","qcow2","raw"]` ||
+		marshal(t, drv["members"]) != `[{"name":"blkdebug"},{"name":"copy-before-write"},{"name":"copy-on-read"},{"name":"file"},{"name":"null-aio"},{"name":"null-co"},{"name":"qbm"},{"name":"qcow2"},{"name":"raw"}]` {
 		t.Errorf("BlockdevDriver = %v", drv)
 	}
 

@@ -1,0 +1,261 @@
+package blockdev
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/rs/zerolog"
+
+	"github.com/qbmond/qbmond/qmp"
+)
+
+// External snapshots (QEMU's external_snapshot_prepare/commit/abort):
+// blockdev-snapshot puts an existing node without a backing node above a
+// node as its overlay; blockdev-snapshot-sync first creates the overlay's
+// image (qcow2 or qbm, naming the node's file as its backing file) and
+// opens it. Either way every parent of the node moves to the overlay,
+// whose backing node the node becomes; at commit the node is made
+// read-only, at abort the parents move back.
+
+func registerSnapshotCommands(d *qmp.Dispatcher, g *Graph) {
+	for _, name := range []string{"blockdev-snapshot", "blockdev-snapshot-sync"} {
+		d.Register(name, func(ctx context.Context, args json.RawMessage) (any, error) {
+			// QEMU runs both as a transaction of one action.
+			g.Lock()
+			defer g.Unlock()
+			a, err := g.PrepareTxAction(ctx, name, args, false)
+			if err != nil {
+				return nil, err
+			}
+			a.Commit()
+			a.Clean()
+			return struct{}{}, nil
+		})
+	}
+}
+
+type snapshotArgs struct {
+	// blockdev-snapshot
+	Node    string `json:"node"`
+	Overlay string `json:"overlay"`
+	// blockdev-snapshot-sync
+	Device           *string `json:"device"`
+	NodeName         *string `json:"node-name"`
+	SnapshotFile     string  `json:"snapshot-file"`
+	SnapshotNodeName *string `json:"snapshot-node-name"`
+	Format           *string `json:"format"`
+	Mode             *string `json:"mode"`
+}
+
+// prepareSnapshot prepares a blockdev-snapshot or blockdev-snapshot-sync
+// action. Graph lock held.
+func (g *Graph) prepareSnapshot(ctx context.Context, typ string, data json.RawMessage) (TxAction, error) {
+	var a snapshotArgs
+	if err := json.Unmarshal(data, &a); err != nil {
+		return nil, qmp.Errorf("%v", err)
+	}
+	var device, nodeName string
+	if typ == "blockdev-snapshot" {
+		device, nodeName = a.Node, a.Node
+	} else {
+		if a.Device != nil {
+			device = *a.Device
+		}
+		if a.NodeName != nil {
+			nodeName = *a.NodeName
+		}
+	}
+	old, err := g.lookupBS(device, nodeName)
+	if err != nil {
+		return nil, err
+	}
+	undrain := g.Drain(old)
+	fail := func(err error) (TxAction, error) {
+		undrain()
+		return nil, err
+	}
+	if err := old.Blocker(); err != nil {
+		return fail(err)
+	}
+	if !old.ReadOnly() {
+		undrain()
+		err := old.flushAll(ctx)
+		undrain = g.Drain(old)
+		if err != nil {
+			return fail(errors.New("An IO error has occurred"))
+		}
+	}
+	var overlay *Node
+	created := false
+	if typ == "blockdev-snapshot-sync" {
+		format := "qcow2"
+		if a.Format != nil {
+			format = *a.Format
+		}
+		if nodeName != "" && a.SnapshotNodeName == nil {
+			return fail(errors.New("New overlay node-name missing"))
+		}
+		if a.SnapshotNodeName != nil && g.Lookup(*a.SnapshotNodeName) != nil {
+			return fail(errors.New("New overlay node-name already in use"))
+		}
+		if a.Mode == nil || *a.Mode != "existing" {
+			if err := CreateImage(ctx, format, a.SnapshotFile, old.Length(), old.Filename(), old.drvName); err != nil {
+				return fail(err)
+			}
+		}
+		opts := Options{"driver": format, "backing": nil,
+			"file": map[string]any{"driver": "file", "filename": a.SnapshotFile}}
+		if a.SnapshotNodeName != nil {
+			opts["node-name"] = *a.SnapshotNodeName
+		}
+		tx := &openTx{}
+		overlay, err = g.open(ctx, tx, opts, inherited{readOnly: old.ReadOnly(), autoReadOnly: old.autoReadOnly,
+			cacheDirect: old.cacheDirect, noFlush: old.noFlush})
+		if err != nil {
+			g.rollback(tx)
+			return fail(err)
+		}
+		created = true
+	} else {
+		if overlay, err = g.Find(a.Overlay); err != nil {
+			return fail(err)
+		}
+	}
+	drop := func() {
+		if created {
+			g.release(overlay)
+		}
+	}
+	if perm, _ := overlay.cumulative(nil); perm&PermConsistentRead != 0 {
+		drop()
+		return fail(errors.New("The overlay is already in use"))
+	}
+	if overlay.isFilter() {
+		drop()
+		return fail(errors.New("Filters cannot be used as overlays"))
+	}
+	if overlay.backing() != nil {
+		drop()
+		return fail(errors.New("The overlay already has a backing image"))
+	}
+	if _, ok := overlay.drv.(BackingUpdater); !ok {
+		drop()
+		return fail(errors.New("The overlay does not support backing images"))
+	}
+	undrain()
+	if err := g.appendOverlay(ctx, overlay, old); err != nil {
+		drop()
+		return nil, err
+	}
+	return txFunc{
+		onCommit: func() {
+			if err := g.SetReadOnly(ctx, old, true); err != nil {
+				g.log.Warn().Err(err).Str("node", old.name).Msg("snapshot: cannot make the old active layer read-only")
+			}
+		},
+		onAbort: func() {
+			// The parents back to old, and old no longer the
+			// overlay's backing node.
+			if err := g.ReplaceNode(ctx, overlay, old, overlay.backing()); err != nil {
+				g.log.Error().Err(err).Msg("snapshot: cannot undo the overlay")
+			}
+			if err := g.SetBacking(ctx, overlay, nil); err != nil {
+				g.log.Error().Err(err).Msg("snapshot: cannot detach the overlay's backing node")
+			}
+			drop()
+		},
+		onClean: func() {
+			if created && len(overlay.parents) == 0 && !overlay.monitor && overlay.listed {
+				g.release(overlay)
+			}
+		},
+	}, nil
+}
+
+// appendOverlay makes old the backing node of overlay and moves every
+// parent of old to overlay (QEMU's bdrv_append). On failure nothing has
+// changed. Graph lock held.
+func (g *Graph) appendOverlay(ctx context.Context, overlay, old *Node) error {
+	if err := g.SetBacking(ctx, overlay, old); err != nil {
+		return err
+	}
+	if err := g.ReplaceNode(ctx, old, overlay, overlay.backing()); err != nil {
+		if uerr := g.SetBacking(ctx, overlay, nil); uerr != nil {
+			g.log.Error().Err(uerr).Msg("snapshot: cannot detach the overlay's backing node")
+		}
+		return err
+	}
+	return nil
+}
+
+// flushAll flushes the node through a temporary edge (a snapshot's
+// bdrv_flush of the old active layer).
+func (n *Node) flushAll(ctx context.Context) error {
+	c := &Child{name: "root", role: RoleData, user: "snapshot"}
+	c.node.Store(n)
+	return n.Flush(ctx, c)
+}
+
+// CreateImage creates a new image file at path, as qemu-img create and
+// QEMU's bdrv_img_create do for snapshot-sync and drive-backup: format
+// (qcow2, qbm or raw) of size bytes, naming backing (of format backingFmt)
+// as its backing file unless backing is "". It works in a private graph,
+// so that the caller may hold the graph lock.
+func CreateImage(ctx context.Context, format, path string, size int64, backing, backingFmt string) error {
+	switch format {
+	case "qcow2", "qbm":
+	case "raw":
+		if backing != "" {
+			return errors.New("Backing file not supported for file format 'raw'")
+		}
+	default:
+		return fmt.Errorf("Unknown file format '%s'", format)
+	}
+	g := NewGraph(zerolog.Nop())
+	defer g.Close()
+	if format == "raw" {
+		return g.Create(ctx, "file", Options{"filename": path, "size": size}, "image creation")
+	}
+	if err := g.Create(ctx, "file", Options{"filename": path, "size": int64(0)}, "image creation"); err != nil {
+		return err
+	}
+	opts := Options{"file": map[string]any{"driver": "file", "filename": path}, "size": size}
+	if backing != "" {
+		opts["backing-file"], opts["backing-fmt"] = backing, backingFmt
+	}
+	if err := g.Create(ctx, format, opts, "image creation"); err != nil {
+		os.Remove(path)
+		return err
+	}
+	return nil
+}
+
+// ProbeFormat guesses the format of the image file at path, as QEMU's
+// format probing does.
+func ProbeFormat(path string) (string, error) { return probeFormat(path) }
+
+// OpenHeld opens a tree of nodes from opts (blockdev-add options; without
+// a node-name the root is implicit) that no monitor reference holds: the
+// returned edge, held by user with no permission and sharing everything,
+// keeps it open until the caller detaches it (by then something else
+// should hold it, or it closes). All or nothing. Graph lock held.
+func (g *Graph) OpenHeld(ctx context.Context, opts Options, user string) (*Node, *Child, error) {
+	if g.closed {
+		return nil, nil, errors.New("the block layer is shutting down")
+	}
+	tx := &openTx{}
+	n, err := g.open(ctx, tx, opts, inherited{})
+	if err != nil {
+		g.rollback(tx)
+		return nil, nil, err
+	}
+	c, err := g.AttachRoot(n, user, 0, PermAll)
+	if err != nil {
+		g.rollback(tx)
+		return nil, nil, err
+	}
+	return n, c, nil
+}

@@ -1,0 +1,124 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/qmp"
+)
+
+// The transaction command (QEMU's qmp_transaction): its actions are
+// prepared in order, each seeing what the ones before it did; if one
+// fails, those prepared are aborted newest first; otherwise all commit,
+// then the backup jobs they created begin. With completion-mode grouped
+// the backup jobs share a Txn: they finalise together, and one that fails
+// cancels the others. blockdev-backup and drive-backup are transactions
+// of one action, as in QEMU. The control lock, then the graph lock, are
+// held while the actions prepare and commit.
+
+type txRequest struct {
+	Actions []struct {
+		Type string          `json:"type"`
+		Data json.RawMessage `json:"data"`
+	} `json:"actions"`
+	Properties struct {
+		CompletionMode string `json:"completion-mode"`
+	} `json:"properties"`
+}
+
+func (m *Manager) registerTransaction(d *qmp.Dispatcher, g *blockdev.Graph) {
+	d.Register("transaction", func(ctx context.Context, raw json.RawMessage) (any, error) {
+		var a txRequest
+		if err := json.Unmarshal(raw, &a); err != nil {
+			return nil, qmp.Errorf("%v", err)
+		}
+		return nil, m.transaction(ctx, g, &a)
+	})
+	for _, name := range []string{"blockdev-backup", "drive-backup"} {
+		d.Register(name, func(ctx context.Context, raw json.RawMessage) (any, error) {
+			var a txRequest
+			a.Actions = append(a.Actions, struct {
+				Type string          `json:"type"`
+				Data json.RawMessage `json:"data"`
+			}{name, raw})
+			return nil, m.transaction(ctx, g, &a)
+		})
+	}
+}
+
+func (m *Manager) transaction(ctx context.Context, g *blockdev.Graph, a *txRequest) error {
+	grouped := a.Properties.CompletionMode == "grouped"
+	var txn *Txn
+	if grouped {
+		txn = NewTxn()
+	}
+	m.ctl.Lock()
+	g.Lock()
+	var steps []*txStep
+	unlock := func() {
+		g.Unlock()
+		m.ctl.Unlock()
+	}
+	fail := func(err error) error {
+		for i := len(steps) - 1; i >= 0; i-- {
+			if steps[i].abort != nil {
+				steps[i].abort()
+			}
+		}
+		for _, s := range steps {
+			if s.clean != nil {
+				s.clean()
+			}
+		}
+		unlock()
+		return err
+	}
+	for _, act := range a.Actions {
+		switch act.Type {
+		case "blockdev-backup", "drive-backup":
+			s, err := m.prepareBackupLocked(ctx, g, act.Type, act.Data, txn)
+			if err != nil {
+				return fail(err)
+			}
+			steps = append(steps, s)
+		default:
+			t, err := g.PrepareTxAction(ctx, act.Type, act.Data, grouped)
+			if err != nil {
+				return fail(err)
+			}
+			steps = append(steps, &txStep{commit: t.Commit, abort: t.Abort, clean: t.Clean})
+		}
+	}
+	for _, s := range steps {
+		if s.commit != nil {
+			s.commit()
+		}
+		if s.job != nil && s.job.beginCtl(ctx) {
+			s.job.waitStarted()
+		}
+	}
+	for _, s := range steps {
+		if s.clean != nil {
+			s.clean()
+		}
+	}
+	unlock()
+	// A job that had nothing to do has ended already; as in QEMU, its
+	// end (events included) comes before the reply.
+	for _, s := range steps {
+		if s.job == nil {
+			continue
+		}
+		select {
+		case <-s.job.bodyDone:
+			select {
+			case <-s.job.processed:
+			case <-time.After(time.Second):
+			}
+		default:
+		}
+	}
+	return nil
+}
