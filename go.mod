@@ -9,7 +9,6 @@ require (
 	github.com/rs/zerolog v1.35.1
 	github.com/sourcegraph/jsonrpc2 v0.2.3
 	golang.org/x/sys v0.49.0
-	golang.org/x/time v0.14.0
 )
 
 require (

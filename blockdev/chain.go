@@ -322,7 +322,7 @@ func (g *Graph) SetReadOnly(ctx context.Context, n *Node, readOnly bool) error {
 		if !ok {
 			continue
 		}
-		rs := &ReopenState{Node: x, Options: x.drvOpts, ReadOnly: readOnly}
+		rs := &ReopenState{Node: x, Options: x.drvOpts, ReadOnly: readOnly, CacheDirect: x.cacheDirect, NoFlush: x.noFlush}
 		if err := r.ReopenPrepare(ctx, rs); err != nil {
 			abort()
 			return err
@@ -335,10 +335,15 @@ func (g *Graph) SetReadOnly(ctx context.Context, n *Node, readOnly bool) error {
 	old := make([]bool, len(set))
 	for i, x := range set {
 		old[i] = x.ReadOnly()
+		x.wasWritable = !old[i] && readOnly
 		x.readOnly.Store(readOnly)
 	}
 	tx := newPermTx()
-	if err := g.refreshPerms(n, tx); err != nil {
+	err := g.refreshPerms(n, tx)
+	for _, x := range set {
+		x.wasWritable = false
+	}
+	if err != nil {
 		tx.abort()
 		for i, x := range set {
 			x.readOnly.Store(old[i])

@@ -508,7 +508,7 @@ func TestSetReadOnlyReopensFile(t *testing.T) {
 	if werr != nil {
 		t.Fatal(werr)
 	}
-	wantErr(t, g.SetReadOnly(ctx, disk, true), "Block node is read-only")
+	wantErr(t, g.SetReadOnly(ctx, disk, true), "Read-only block node 'disk' cannot support read-write users")
 	if disk.ReadOnly() || file.ReadOnly() {
 		t.Fatal("failed reopen changed the mode")
 	}

@@ -160,6 +160,8 @@ type ReopenState struct {
 	Node     *Node
 	Options  Options
 	ReadOnly bool
+	// CacheDirect and NoFlush are the new cache settings.
+	CacheDirect, NoFlush bool
 	// Opaque is the driver's own prepared state, for Commit or Abort.
 	Opaque any
 }

@@ -152,6 +152,7 @@ type openTx struct {
 // unless it sets them itself.
 type inherited struct {
 	readOnly, autoReadOnly, cacheDirect, noFlush bool
+	forceShare                                   bool
 	discard                                      string
 }
 
@@ -213,10 +214,11 @@ func (g *Graph) open(ctx context.Context, tx *openTx, opts Options, inh inherite
 		return nil, err
 	}
 	n.readOnly.Store(ro)
-	forceShare, err := opts.Bool("force-share", false)
+	forceShare, err := opts.Bool("force-share", inh.forceShare)
 	if err != nil {
 		return nil, err
 	}
+	n.forceShare = forceShare
 	if forceShare && !ro {
 		return nil, errors.New("force-share=on can only be used with read-only images")
 	}
@@ -377,6 +379,7 @@ func (oc *OpenContext) OpenChild(ctx context.Context, name string, role Role) (*
 		autoReadOnly: parent.autoReadOnly,
 		cacheDirect:  parent.cacheDirect,
 		noFlush:      parent.noFlush,
+		forceShare:   parent.forceShare,
 	}
 	if role&RoleCOW == 0 {
 		inh.discard = parent.discard
@@ -441,6 +444,7 @@ func (oc *OpenContext) OpenBacking(ctx context.Context, filename, format string)
 		readOnly:    true,
 		cacheDirect: parent.cacheDirect,
 		noFlush:     parent.noFlush,
+		forceShare:  parent.forceShare,
 	}
 	// QEMU lists a format node before its backing chain (the backing
 	// file opens after the node itself), but after its file child.

@@ -28,6 +28,10 @@ type Node struct {
 	autoReadOnly bool
 	cacheDirect  bool
 	noFlush      bool
+	// forceShare (force-share=on, read-only nodes only): the node's
+	// parents share every permission on it, so that it can be opened
+	// while others write to the same image.
+	forceShare   bool
 	detectZeroes string
 	discard      string
 	writeFlags   ReqFlags // flags the driver honours itself
@@ -78,6 +82,9 @@ type Node struct {
 	// takes its read-only setting from it on reopen (QEMU's
 	// inherits_from). Graph lock.
 	inheritsFrom *Node
+	// wasWritable marks, during a reopen, a node going from read-write
+	// to read-only (for QEMU's permission error).
+	wasWritable bool
 	// drains counts the Drain calls holding the node (io held
 	// exclusively while > 0). Graph lock.
 	drains int

@@ -59,11 +59,18 @@ func (n *Node) cumulative(tx *permTx) (perm, shared Perm) {
 }
 
 // childPerm asks the driver (or QEMU's defaults) what n needs on c.
+// A force-share child is shared entirely (QEMU's bdrv_child_perm).
 func (n *Node) childPerm(c *Child, perm, shared Perm) (Perm, Perm) {
+	var p, s Perm
 	if cp, ok := n.drv.(ChildPermer); ok {
-		return cp.ChildPerm(c, c.role, perm, shared)
+		p, s = cp.ChildPerm(c, c.role, perm, shared)
+	} else {
+		p, s = DefaultChildPerm(c.role, !n.ReadOnly(), perm, shared)
 	}
-	return DefaultChildPerm(c.role, !n.ReadOnly(), perm, shared)
+	if c.node.Load().forceShare {
+		s = PermAll
+	}
+	return p, s
 }
 
 // refreshPerms recomputes, into tx, the permissions of every edge below n
@@ -75,6 +82,9 @@ func (g *Graph) refreshPerms(n *Node, tx *permTx) error {
 	}
 	perm, shared := n.cumulative(tx)
 	if perm&(PermWrite|PermWriteUnchanged) != 0 && n.ReadOnly() {
+		if n.wasWritable {
+			return fmt.Errorf("Read-only block node '%s' cannot support read-write users", n.name)
+		}
 		return errors.New("Block node is read-only")
 	}
 	if l, ok := n.drv.(PermLocker); ok && n.opened {

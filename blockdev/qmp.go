@@ -23,6 +23,7 @@ func RegisterCommands(d *qmp.Dispatcher, g *Graph) {
 	registerBitmapCommands(d, g)
 	registerChainCommands(d, g)
 	registerSnapshotCommands(d, g)
+	registerReopenCommand(d, g)
 }
 
 func (g *Graph) qmpQueryBlockStats(ctx context.Context, args json.RawMessage) (any, error) {

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"golang.org/x/time/rate"
 
 	"github.com/qbmond/qbmond/blockdev"
 	"github.com/qbmond/qbmond/qmp"
@@ -65,8 +64,7 @@ type BlockJob struct {
 
 	mu       sync.Mutex
 	speed    int64
-	lim      *rate.Limiter
-	wake     time.Time // when the speed limit lets the job go on
+	lim      rateLimit
 	ioStatus string
 
 	// edges and unblock are the nodes the job holds; only the job's setup
@@ -96,9 +94,6 @@ type BlockSpec struct {
 	Setup         func(b *BlockJob) error
 	Undo          func(b *BlockJob)
 }
-
-// limitedChunk is the speed limiter's burst: one chunk of the chain jobs.
-const limitedChunk = chunkSize
 
 // BlockJobOf returns the block-job state of j, or nil for other jobs.
 func BlockJobOf(j *Job) *BlockJob {
@@ -339,15 +334,7 @@ func (b *BlockJob) setSpeed(speed int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.speed = speed
-	b.wake = time.Time{}
-	if speed <= 0 { // a negative one fails Created
-		b.lim = nil
-		return
-	}
-	// The bucket holds one chunk and starts empty: the first chunk is
-	// copied at once and paid for afterwards, as in QEMU.
-	b.lim = rate.NewLimiter(rate.Limit(speed), limitedChunk)
-	b.lim.AllowN(time.Now(), limitedChunk)
+	b.lim.setSpeed(max(speed, 0)) // a negative one fails Created
 }
 
 // SetSpeed is block-job-set-speed.
@@ -359,11 +346,15 @@ func (b *BlockJob) SetSpeed(speed int64) error {
 		if speed < 0 {
 			return errBadSpeed
 		}
+		old := b.Speed()
 		b.setSpeed(speed)
-		// Wake a job sleeping for the old limit so it goes on at the new.
-		b.j.m.mu.Lock()
-		b.j.kickLocked()
-		b.j.m.mu.Unlock()
+		// A job sleeping for the old limit wakes when the new one is
+		// higher (or none), as in QEMU, and then goes on.
+		if speed == 0 || speed > old {
+			b.j.m.mu.Lock()
+			b.j.kickLocked()
+			b.j.m.mu.Unlock()
+		}
 		return nil
 	})
 }
@@ -372,41 +363,72 @@ func (b *BlockJob) SetSpeed(speed int64) error {
 // speed limit (QEMU's block_job_ratelimit_processed_bytes); the next
 // RateLimitSleep waits for them.
 func (b *BlockJob) Processed(n int64) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.lim == nil || n <= 0 {
+	if n <= 0 {
 		return
 	}
-	// The bucket holds one chunk; a larger amount is reserved chunk by
-	// chunk, the last reservation's delay covering them all.
-	now := time.Now()
-	var d time.Duration
-	for n > 0 {
-		k := min(n, int64(b.lim.Burst()))
-		d = b.lim.ReserveN(now, int(k)).Delay()
-		n -= k
-	}
-	if w := now.Add(d); w.After(b.wake) {
-		b.wake = w
-	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.lim.delay(time.Now(), uint64(n))
 }
 
-// RateLimitSleep waits (not busy) as long as the speed limit asks for
-// what Processed accounted, or less when the limit changes or the job is
-// cancelled, then passes a pause point (QEMU's block_job_ratelimit_sleep).
-// It returns the context's error once the job is cancelled with force.
+// RateLimitSleep sleeps as long as the speed limit asks for what
+// Processed accounted, then passes a pause point (QEMU 7.2's
+// block_job_ratelimit_sleep). Like QEMU's, the sleep is not resumed when
+// something wakes the job early (a pause for a drain, a higher speed):
+// the job goes on at once. It returns the context's error once the job
+// is cancelled with force.
 func (b *BlockJob) RateLimitSleep() error {
-	for {
-		b.mu.Lock()
-		d := time.Until(b.wake)
-		b.mu.Unlock()
-		if d <= 0 || b.j.IsCancelled() {
-			return b.j.PausePoint()
-		}
-		if err := b.j.Sleep(d); err != nil {
-			return err
-		}
+	b.mu.Lock()
+	d := b.lim.delay(time.Now(), 0)
+	b.mu.Unlock()
+	if d <= 0 || b.j.IsCancelled() {
+		return b.j.PausePoint()
 	}
+	return b.j.Sleep(d)
+}
+
+// jobSlice is QEMU's BLOCK_JOB_SLICE_TIME: a job's speed limit is
+// accounted in slices of this length.
+const jobSlice = 100 * time.Millisecond
+
+// rateLimit is the speed limit algorithm of QEMU's RateLimit, kept
+// exactly because it shows in job progress: a slice lets quota bytes
+// through at once; more than that extends the slice until the excess is
+// paid for, and a new slice begins (from nothing dispatched) when the
+// current one has ended. A token bucket would remember a debt across an
+// early wake-up; QEMU's limiter lets the job copy again when it is
+// resumed after the slice's end.
+type rateLimit struct {
+	quota      uint64 // bytes per slice; 0: no limit
+	sliceStart time.Time
+	sliceEnd   time.Time
+	dispatched uint64
+}
+
+func (l *rateLimit) setSpeed(speed int64) {
+	if speed == 0 {
+		l.quota = 0
+		return
+	}
+	l.quota = max(uint64(float64(speed)*jobSlice.Seconds()), 1)
+}
+
+// delay accounts for n more bytes and returns how long to wait before
+// the next request (QEMU's ratelimit_calculate_delay).
+func (l *rateLimit) delay(now time.Time, n uint64) time.Duration {
+	if l.quota == 0 {
+		return 0
+	}
+	if l.sliceEnd.Before(now) {
+		l.sliceStart, l.sliceEnd, l.dispatched = now, now.Add(jobSlice), 0
+	}
+	l.dispatched += n
+	if l.dispatched < l.quota {
+		return 0
+	}
+	slices := float64(l.dispatched) / float64(l.quota)
+	l.sliceEnd = l.sliceStart.Add(time.Duration(slices * float64(jobSlice)))
+	return l.sliceEnd.Sub(now)
 }
 
 // ErrorAction applies the job's error policy to an I/O error (QEMU's

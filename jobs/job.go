@@ -354,6 +354,12 @@ func (j *Job) Sleep(d time.Duration) error {
 		m.mu.Unlock()
 		return j.ctx.Err()
 	}
+	// A kick sent while the job was busy is stale (QEMU's job_enter does
+	// nothing to a busy job): only what comes from now on wakes it.
+	select {
+	case <-j.kick:
+	default:
+	}
 	if j.pauseCount == 0 {
 		j.busy = false
 		m.mu.Unlock()

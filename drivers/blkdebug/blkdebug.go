@@ -458,3 +458,13 @@ func (d *Driver) StrongOptions() []string {
 	return []string{"config", "align", "max-transfer", "opt-write-zero", "max-write-zero",
 		"opt-discard", "max-discard", "inject-error", "set-state"}
 }
+
+// A blkdebug node reopens (to change its generic options); its rules and
+// other options stay as they are.
+func (d *Driver) ReopenPrepare(ctx context.Context, rs *blockdev.ReopenState) error { return nil }
+
+// ReopenCommit has nothing to do.
+func (d *Driver) ReopenCommit(rs *blockdev.ReopenState) {}
+
+// ReopenAbort has nothing to undo.
+func (d *Driver) ReopenAbort(rs *blockdev.ReopenState) {}

@@ -158,7 +158,7 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	d.fd = fd
 	d.align = 1
 	if d.direct {
-		d.align = d.probeAlignment(&st)
+		d.align = probeAlignment(fd, &st)
 	}
 	if err := d.lock(locking); err != nil {
 		unix.Close(fd)
@@ -170,15 +170,15 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 // probeAlignment finds the request alignment O_DIRECT needs: the logical
 // block size of a block device, or for a regular file the smallest read
 // size the file system accepts.
-func (d *Driver) probeAlignment(st *unix.Stat_t) int64 {
+func probeAlignment(fd int, st *unix.Stat_t) int64 {
 	if st.Mode&unix.S_IFMT == unix.S_IFBLK {
-		if sz, err := unix.IoctlGetInt(d.fd, unix.BLKSSZGET); err == nil && sz > 0 {
+		if sz, err := unix.IoctlGetInt(fd, unix.BLKSSZGET); err == nil && sz > 0 {
 			return int64(sz)
 		}
 	}
 	buf := alignedBuf(4096)
 	for _, a := range []int{512, 1024, 2048, 4096} {
-		if _, err := unix.Pread(d.fd, buf[:a], 0); !errors.Is(err, unix.EINVAL) {
+		if _, err := unix.Pread(fd, buf[:a], 0); !errors.Is(err, unix.EINVAL) {
 			return int64(a)
 		}
 	}

@@ -137,3 +137,13 @@ func (d *Driver) ExactFilename() string {
 	}
 	return ""
 }
+
+// A null node reopens (to change its generic options); its own options
+// stay as they are.
+func (d *Driver) ReopenPrepare(ctx context.Context, rs *blockdev.ReopenState) error { return nil }
+
+// ReopenCommit has nothing to do.
+func (d *Driver) ReopenCommit(rs *blockdev.ReopenState) {}
+
+// ReopenAbort has nothing to undo.
+func (d *Driver) ReopenAbort(rs *blockdev.ReopenState) {}

@@ -79,6 +79,21 @@ type bmFile struct {
 	incons bool
 }
 
+// syncModeOption reads bitmap-sync (close when absent).
+func syncModeOption(o blockdev.Options) (string, error) {
+	mode, _, err := o.String("bitmap-sync")
+	if err != nil {
+		return "", err
+	}
+	switch mode {
+	case "":
+		return SyncClose, nil
+	case SyncClose, SyncWrite:
+		return mode, nil
+	}
+	return "", fmt.Errorf("Parameter 'bitmap-sync' does not accept value '%s'", mode)
+}
+
 type openingKey struct{}
 
 // opening returns the descriptors being opened further up the current
@@ -94,16 +109,9 @@ func opening(ctx context.Context) []os.FileInfo {
 func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	o := oc.Options()
 	d.node, d.ro = oc.Node(), oc.ReadOnly()
-	mode, _, err := o.String("bitmap-sync")
+	mode, err := syncModeOption(o)
 	if err != nil {
 		return err
-	}
-	switch mode {
-	case "":
-		mode = SyncClose
-	case SyncClose, SyncWrite:
-	default:
-		return fmt.Errorf("Parameter 'bitmap-sync' does not accept value '%s'", mode)
 	}
 	d.syncMode = mode
 	d.override = o.Has("image") || o.Has("backing")

@@ -80,3 +80,16 @@ func (c *tableCache) len() int {
 	defer c.mu.Unlock()
 	return c.lru.Len()
 }
+
+// resize changes the number of tables kept, dropping the least recently
+// used beyond it.
+func (c *tableCache) resize(max int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.max = max
+	for c.lru.Len() > c.max {
+		last := c.lru.Back()
+		c.lru.Remove(last)
+		delete(c.m, last.Value.(*cached).off)
+	}
+}

@@ -7,17 +7,58 @@ import (
 	"github.com/qbmond/qbmond/blockdev"
 )
 
-// ReopenPrepare checks that the image may change to the requested mode.
-// Going read-only it makes the image consistent on disk first (flushed,
-// with the dirty bit lazy refcounts set cleared); going read-write it
-// refuses what Open would refuse for a writable image.
+// reopenOptions are qcow2's options that change on reopen (QEMU's
+// qcow2_mutable_opts); all of them may be left out, going back to their
+// defaults. pass-discard-snapshot and overlap-check are accepted and
+// checked, and have nothing to act on: images with internal snapshots are
+// read-only here, and metadata overlaps are always checked.
+var reopenOptions = []string{
+	"lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
+	"pass-discard-other", "overlap-check", "cache-size", "l2-cache-size",
+	"l2-cache-entry-size", "refcount-cache-size", "cache-clean-interval",
+}
+
+// ReopenOptions lists the options above.
+func (d *Driver) ReopenOptions() (changeable, resettable []string) {
+	return reopenOptions, reopenOptions
+}
+
+// reopenSettings are the prepared new settings.
+type reopenSettings struct {
+	lazy, passReq, passOther bool
+	l2Tables, refBlocks      int
+}
+
+// ReopenPrepare checks the new options and that the image may change to
+// the requested mode. Going read-only, or turning lazy refcounts off, it
+// makes the image consistent on disk first (flushed, with the dirty bit
+// lazy refcounts set cleared); going read-write it refuses what Open
+// would refuse for a writable image.
 func (d *Driver) ReopenPrepare(ctx context.Context, rs *blockdev.ReopenState) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if rs.ReadOnly {
-		if d.ro {
-			return nil
-		}
+	o := rs.Options
+	var st reopenSettings
+	var err error
+	if st.lazy, err = o.Bool("lazy-refcounts", d.h.compat&compatLazyRefcounts != 0); err != nil {
+		return err
+	}
+	if st.lazy && d.h.version < 3 {
+		return errors.New("Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level")
+	}
+	if st.passReq, err = o.Bool("pass-discard-request", true); err != nil {
+		return err
+	}
+	if _, err = o.Bool("pass-discard-snapshot", true); err != nil {
+		return err
+	}
+	if st.passOther, err = o.Bool("pass-discard-other", false); err != nil {
+		return err
+	}
+	if st.l2Tables, st.refBlocks, err = cacheSizes(o, d.cs, d.h.size); err != nil {
+		return err
+	}
+	if rs.ReadOnly && !d.ro || !d.ro && d.lazy && !st.lazy {
 		if err := d.file.Flush(ctx); err != nil {
 			return err
 		}
@@ -27,27 +68,35 @@ func (d *Driver) ReopenPrepare(ctx context.Context, rs *blockdev.ReopenState) er
 			}
 			d.dirtyUs = false
 		}
-		return nil
 	}
-	if d.h.incompat&incCorrupt != 0 || d.failed.Load() {
-		return errors.New("qcow2: Image is corrupt; cannot be opened read/write")
+	if !rs.ReadOnly && d.ro {
+		if d.h.incompat&incCorrupt != 0 || d.failed.Load() {
+			return errors.New("qcow2: Image is corrupt; cannot be opened read/write")
+		}
+		if d.h.nbSnapshots > 0 {
+			return errNoSnapshots
+		}
 	}
-	if d.h.nbSnapshots > 0 {
-		return errNoSnapshots
-	}
+	rs.Opaque = st
 	return nil
 }
 
-// ReopenCommit switches the mode. Auto-clear features (bitmaps) an image
-// opened read-only kept are cleared before its first write.
+// ReopenCommit switches the mode and takes the new settings. Auto-clear
+// features (bitmaps) an image opened read-only kept are cleared before
+// its first write.
 func (d *Driver) ReopenCommit(rs *blockdev.ReopenState) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	st := rs.Opaque.(reopenSettings)
 	d.ro = rs.ReadOnly
 	d.autoclearPending.Store(!d.ro && d.h.autoclear != 0)
+	d.lazy, d.passReq, d.passOther = st.lazy, st.passReq, st.passOther
+	d.l2c.resize(st.l2Tables)
+	d.rbc.resize(st.refBlocks)
 }
 
-// ReopenAbort leaves the mode as it was.
+// ReopenAbort leaves everything as it was (an image made consistent on
+// disk stays so; the dirty bit is set again before the next change).
 func (d *Driver) ReopenAbort(rs *blockdev.ReopenState) {}
 
 // clearAutoclear clears the auto-clear features before the first write
@@ -78,6 +127,6 @@ func (d *Driver) SetBackingChild(c *blockdev.Child) {
 }
 
 var (
-	_ blockdev.Reopener       = (*Driver)(nil)
+	_ blockdev.OptionReopener = (*Driver)(nil)
 	_ blockdev.BackingUpdater = (*Driver)(nil)
 )

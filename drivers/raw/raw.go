@@ -23,45 +23,94 @@ type Driver struct {
 	window  bool // offset or size given: the node is not a pure pass-through
 }
 
-// Open attaches the file child and checks offset and size against it.
-func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
-	o := oc.Options()
+// window is a raw node's view of its file: offset and size.
+type window struct {
+	offset, size int64
+	hasSize, set bool // set: offset or size given
+}
+
+// parseWindow reads offset and size and checks them against the file's
+// length.
+func parseWindow(o blockdev.Options, fileLen int64) (window, error) {
 	off, hasOff, err := o.Int("offset")
 	if err != nil {
-		return err
+		return window{}, err
 	}
 	size, hasSize, err := o.Int("size")
 	if err != nil {
-		return err
+		return window{}, err
 	}
 	if off < 0 {
-		return errors.New("Parameter 'offset' expects a non-negative number below 2^64")
+		return window{}, errors.New("Parameter 'offset' expects a non-negative number below 2^64")
 	}
 	if size < 0 {
-		return errors.New("Parameter 'size' expects a non-negative number below 2^64")
+		return window{}, errors.New("Parameter 'size' expects a non-negative number below 2^64")
 	}
-	d.offset, d.size, d.hasSize = off, size, hasSize
-	d.window = hasOff || hasSize
+	w := window{off, size, hasSize, hasOff || hasSize}
+	if fileLen < 0 {
+		return w, nil
+	}
+	if off > fileLen {
+		return w, fmt.Errorf("Offset (%d) cannot be greater than size of the containing file (%d)", off, fileLen)
+	}
+	if hasSize && fileLen-off < size {
+		return w, fmt.Errorf("The sum of offset (%d) and size (%d) has to be smaller or equal to the  actual size of the containing file (%d)", off, size, fileLen)
+	}
+	if hasSize && size%512 != 0 {
+		return w, errors.New("Specified size is not multiple of 512")
+	}
+	return w, nil
+}
+
+// Open attaches the file child and checks offset and size against it.
+func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
+	w, err := parseWindow(oc.Options(), -1)
+	if err != nil {
+		return err
+	}
 	role := blockdev.RoleFiltered | blockdev.RolePrimary
-	if d.window {
+	if w.set {
 		role = blockdev.RoleData | blockdev.RolePrimary
 	}
 	d.file, err = oc.OpenChild(ctx, "file", role)
 	if err != nil {
 		return err
 	}
-	real := d.file.Length()
-	if off > real {
-		return fmt.Errorf("Offset (%d) cannot be greater than size of the containing file (%d)", off, real)
+	if w, err = parseWindow(oc.Options(), d.file.Length()); err != nil {
+		return err
 	}
-	if hasSize && real-off < size {
-		return fmt.Errorf("The sum of offset (%d) and size (%d) has to be smaller or equal to the  actual size of the containing file (%d)", off, size, real)
-	}
-	if hasSize && size%512 != 0 {
-		return errors.New("Specified size is not multiple of 512")
-	}
+	d.setWindow(w)
 	return nil
 }
+
+func (d *Driver) setWindow(w window) {
+	d.offset, d.size, d.hasSize, d.window = w.offset, w.size, w.hasSize, w.set
+}
+
+// ReopenOptions: offset and size change on reopen, and may be left out.
+func (d *Driver) ReopenOptions() (changeable, resettable []string) {
+	opts := []string{"offset", "size"}
+	return opts, opts
+}
+
+// ReopenPrepare checks the new window against the file.
+func (d *Driver) ReopenPrepare(ctx context.Context, rs *blockdev.ReopenState) error {
+	w, err := parseWindow(rs.Options, d.file.Length())
+	if err != nil {
+		return err
+	}
+	rs.Opaque = w
+	return nil
+}
+
+// ReopenCommit takes the new window (the graph works the node's length
+// out again). The file edge keeps the role it was opened with.
+func (d *Driver) ReopenCommit(rs *blockdev.ReopenState) { d.setWindow(rs.Opaque.(window)) }
+
+// ReopenAbort has nothing to undo.
+func (d *Driver) ReopenAbort(rs *blockdev.ReopenState) {}
+
+var _ blockdev.OptionReopener = (*Driver)(nil)
 
 // Close does nothing: the graph detaches the child.
 func (d *Driver) Close() error { return nil }

@@ -1,0 +1,663 @@
+package blockdev
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/qbmond/qbmond/qmp"
+)
+
+// blockdev-reopen (QEMU's qmp_blockdev_reopen and bdrv_reopen_multiple):
+// every node listed, and the children that inherit from it, reopen with
+// new options as one transaction.
+//
+//   - A listed node's options are complete: what is left out goes back to
+//     its default. The driver and node-name cannot change (an implicit
+//     node cannot be named at all); "backing" is a node-name or null and
+//     may be left out only when the node has no backing file; "file" may
+//     name another node; read-only, auto-read-only, cache.direct,
+//     cache.no-flush, detect-zeroes and discard change, and so do the
+//     driver options each driver takes on reopen. Driver options left out
+//     must be ones the driver can reset; every other option must be given
+//     again unchanged. A node listed twice takes the union of its
+//     options, the later ones winning.
+//   - A child opened inline for its parent reopens too: with inline
+//     options given for it (its defaults inheriting the parent's new
+//     read-only, auto-read-only and cache settings, a backing child being
+//     read-only), or, when the parent names it, with its own options, its
+//     current settings and what the parent sets explicitly.
+//
+// Every node prepares (drivers check and open what they need; nothing
+// visible changes), then the new settings and links are put in place and
+// the permissions of everything they touch are worked out again; any
+// failure undoes all of it and the drivers abort, so that every node is
+// exactly as it was. On success the drivers commit, children first.
+
+// OptionReopener is a Reopener whose driver options may change on
+// reopen. ReopenOptions lists those its ReopenPrepare takes from
+// ReopenState.Options (they may have new values), and among them those
+// that may also be left out, going back to their defaults (QEMU's
+// mutable_opts). Every other option must be given again unchanged. A name
+// covers its nested members ("overlap-check" covers
+// "overlap-check.template").
+type OptionReopener interface {
+	Reopener
+	ReopenOptions() (changeable, resettable []string)
+}
+
+func registerReopenCommand(d *qmp.Dispatcher, g *Graph) {
+	d.Register("blockdev-reopen", func(ctx context.Context, args json.RawMessage) (any, error) {
+		var a struct {
+			Options []map[string]any `json:"options"`
+		}
+		if err := decodeJSON(args, &a); err != nil {
+			return nil, qmp.Errorf("%v", err)
+		}
+		g.Lock()
+		defer g.Unlock()
+		return struct{}{}, g.Reopen(ctx, a.Options)
+	})
+}
+
+// genericSettings are the block layer's own options of a node.
+type genericSettings struct {
+	readOnly, autoReadOnly bool
+	cacheDirect, noFlush   bool
+	forceShare             bool
+	discard                string
+}
+
+func (n *Node) genericSettings() genericSettings {
+	return genericSettings{n.ReadOnly(), n.autoReadOnly, n.cacheDirect, n.noFlush, n.forceShare, n.discard}
+}
+
+// reopenEntry is one node of a reopen queue.
+type reopenEntry struct {
+	n    *Node
+	opts Options // the node's new options, generic ones included
+	genericSettings
+	detectZeroes string
+
+	backingSet  bool  // the options name a new backing node (or none)
+	backing     *Node // nil: none
+	fileSet     bool
+	file        *Node
+	drvOpts     Options
+	rs          *ReopenState
+	prepared    bool
+	undoBacking func()
+	undoFile    func()
+}
+
+// Reopen is blockdev-reopen: options is the list of BlockdevOptions, one
+// per node to reopen. Caller holds the graph lock.
+func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
+	if len(options) == 0 {
+		return nil // nothing to do (QEMU 7.2 aborts on an empty list)
+	}
+	// A node listed more than once takes the union of its options.
+	var listed []*Node
+	merged := map[*Node]Options{}
+	for _, o := range options {
+		name, _ := o["node-name"].(string)
+		if name == "" {
+			return errors.New("node-name not specified")
+		}
+		n := g.Lookup(name)
+		if n == nil {
+			return fmt.Errorf("Failed to find node with node-name='%s'", name)
+		}
+		if prev, ok := merged[n]; ok {
+			merged[n] = mergeOptions(prev, o)
+			continue
+		}
+		listed = append(listed, n)
+		merged[n] = Options(o)
+	}
+	var queue []*reopenEntry
+	for _, n := range listed {
+		if i := queueIndex(queue, n); i >= 0 {
+			// Reached as an inheriting child of a node listed before:
+			// its own listing wins.
+			queue = append(queue[:i], queue[i+1:]...)
+		}
+		if err := g.queueReopen(&queue, n, merged[n], nil, 0, false); err != nil {
+			return err
+		}
+	}
+	// Parents before children: a node prepares drained, while its driver
+	// may still do I/O on its children, which drain in their turn.
+	var nodes []*Node
+	for _, e := range queue {
+		nodes = append(nodes, e.n)
+	}
+	byNode := map[*Node]*reopenEntry{}
+	for _, e := range queue {
+		byNode[e.n] = e
+	}
+	queue = queue[:0]
+	for len(nodes) > 0 { // stable: the first node nothing left is above
+		for i, n := range nodes {
+			if !slices.ContainsFunc(nodes, func(m *Node) bool { return m != n && reaches(m, n) }) {
+				queue = append(queue, byNode[n])
+				nodes = slices.Delete(nodes, i, i+1)
+				break
+			}
+		}
+	}
+	var undrains []func()
+	defer func() {
+		for i := len(undrains) - 1; i >= 0; i-- {
+			undrains[i]()
+		}
+	}()
+	// Nodes that might leave the graph (a former backing or file node)
+	// stay open until the end, so that a failure can put them back.
+	var holds []*Child
+	defer func() {
+		for _, h := range holds {
+			g.DetachRoot(h)
+		}
+	}()
+
+	old := make([]genericSettings, len(queue))
+	for i, e := range queue {
+		old[i] = e.n.genericSettings()
+	}
+	flagsSet := false
+	abort := func(err error) error {
+		if flagsSet {
+			for i, e := range queue {
+				e.n.readOnly.Store(old[i].readOnly)
+				e.n.wasWritable = false
+			}
+		}
+		for i := len(queue) - 1; i >= 0; i-- {
+			e := queue[i]
+			if e.undoFile != nil {
+				e.undoFile()
+			}
+			if e.undoBacking != nil {
+				e.undoBacking()
+			}
+		}
+		if flagsSet {
+			// Permissions as they were (the links moved back already
+			// worked out theirs).
+			tx := newPermTx()
+			ok := true
+			for _, e := range queue {
+				if g.refreshPerms(e.n, tx) != nil {
+					ok = false
+					break
+				}
+			}
+			if ok {
+				tx.apply()
+			} else {
+				tx.abort()
+			}
+		}
+		for i := len(queue) - 1; i >= 0; i-- {
+			if e := queue[i]; e.prepared {
+				e.n.drv.(Reopener).ReopenAbort(e.rs)
+			}
+		}
+		return err
+	}
+	for _, e := range queue {
+		undrains = append(undrains, g.Drain(e.n))
+		if err := g.prepareReopen(ctx, e); err != nil {
+			return abort(err)
+		}
+	}
+
+	// The new settings, links and permissions.
+	flagsSet = true
+	for _, e := range queue {
+		e.n.wasWritable = !e.n.ReadOnly() && e.readOnly
+		e.n.readOnly.Store(e.readOnly)
+	}
+	for _, e := range queue {
+		n := e.n
+		if e.backingSet {
+			var ob *Node
+			if b := n.backing(); b != nil {
+				ob = b.node.Load()
+				h, err := g.AttachRoot(ob, "reopen", 0, PermAll)
+				if err != nil {
+					return abort(err)
+				}
+				holds = append(holds, h)
+			}
+			if err := g.SetBacking(ctx, n, e.backing); err != nil {
+				return abort(err)
+			}
+			e.undoBacking = func() { _ = g.SetBacking(ctx, n, ob) }
+		}
+		if e.fileSet {
+			c := n.Child("file")
+			of := c.node.Load()
+			h, err := g.AttachRoot(of, "reopen", 0, PermAll)
+			if err != nil {
+				return abort(err)
+			}
+			holds = append(holds, h)
+			m, err := g.moveEdges([]*Child{c}, e.file)
+			if err != nil {
+				return abort(err)
+			}
+			m.commit()
+			n.refreshFilenames()
+			e.undoFile = func() {
+				if m, err := g.moveEdges([]*Child{c}, of); err == nil {
+					m.commit()
+					n.refreshFilenames()
+				}
+			}
+		}
+	}
+	tx := newPermTx()
+	for _, e := range queue {
+		if err := g.refreshPerms(e.n, tx); err != nil {
+			tx.abort()
+			return abort(err)
+		}
+	}
+	for i := len(queue) - 1; i >= 0; i-- { // children first, as QEMU
+		if e := queue[i]; e.prepared {
+			e.n.drv.(Reopener).ReopenCommit(e.rs)
+		}
+	}
+	tx.apply()
+	for _, e := range queue {
+		n := e.n
+		n.wasWritable = false
+		n.autoReadOnly, n.discard = e.autoReadOnly, e.discard
+		n.cacheDirect, n.noFlush = e.cacheDirect, e.noFlush
+		n.detectZeroes = e.detectZeroes
+		n.opts = e.opts
+		n.drvOpts = e.drvOpts
+		n.align = driverAlignment(n.drv)
+		if err := n.refreshLength(ctx); err != nil {
+			g.log.Warn().Err(err).Str("node", n.name).Msg("length after reopen")
+		}
+		for _, b := range n.bitmaps.load() {
+			if b.persistent {
+				b.readOnly = e.readOnly
+			}
+		}
+	}
+	for _, e := range queue {
+		e.n.refreshFilenames()
+	}
+	g.log.Debug().Int("nodes", len(queue)).Msg("nodes reopened")
+	return nil
+}
+
+func queueIndex(queue []*reopenEntry, n *Node) int {
+	for i, e := range queue {
+		if e.n == n {
+			return i
+		}
+	}
+	return -1
+}
+
+// mergeOptions is a with b's members over it, objects merged member by
+// member.
+func mergeOptions(a, b map[string]any) Options {
+	out := make(Options, len(a)+len(b))
+	for k, v := range a {
+		out[k] = v
+	}
+	for k, v := range b {
+		am, aIsMap := out[k].(map[string]any)
+		bm, bIsMap := v.(map[string]any)
+		if aIsMap && bIsMap {
+			out[k] = map[string]any(mergeOptions(am, bm))
+			continue
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// queueReopen adds n with opts to the queue, its generic settings worked
+// out, then the children that inherit from n (QEMU's
+// bdrv_reopen_queue_child). parent is the entry n inherits from, through
+// an edge of the given role; keepOld tells that the parent named n, which
+// then keeps its own options and current settings except for what the
+// parent sets explicitly.
+func (g *Graph) queueReopen(queue *[]*reopenEntry, n *Node, opts Options, parent *reopenEntry, role Role, keepOld bool) error {
+	if i := queueIndex(*queue, n); i >= 0 {
+		return fmt.Errorf("Node '%s' is reopened twice", n.name)
+	}
+	if drv, ok, _ := opts.String("driver"); ok && drv != n.drvName {
+		return errors.New("Cannot change the option 'driver'")
+	}
+	if name, ok, _ := opts.String("node-name"); ok && (n.implicit || name != n.name) {
+		return errors.New("Cannot change the option 'node-name'")
+	}
+	// The defaults of the generic settings.
+	inh := genericSettings{discard: "ignore"}
+	cow := role&RoleCOW != 0
+	switch {
+	case parent == nil:
+	case keepOld:
+		inh = n.genericSettings()
+		pc, _ := parent.opts.Object("cache")
+		if parent.opts.Has("read-only") {
+			inh.readOnly = parent.readOnly
+		}
+		if parent.opts.Has("auto-read-only") {
+			inh.autoReadOnly = parent.autoReadOnly
+		}
+		if pc.Has("direct") {
+			inh.cacheDirect = parent.cacheDirect
+		}
+		if pc.Has("no-flush") {
+			inh.noFlush = parent.noFlush
+		}
+		if cow {
+			inh.readOnly, inh.autoReadOnly = true, false
+		}
+	default:
+		inh = parent.genericSettings
+		if cow {
+			inh.readOnly, inh.autoReadOnly, inh.discard = true, false, "ignore"
+		}
+	}
+	e := &reopenEntry{n: n, opts: opts}
+	if err := e.parseGeneric(inh); err != nil {
+		return err
+	}
+	*queue = append(*queue, e)
+	for _, c := range n.children {
+		cn := c.node.Load()
+		if cn.inheritsFrom != n {
+			continue
+		}
+		v, given := opts[c.name]
+		switch ref := v.(type) {
+		case string:
+			if ref != cn.name {
+				continue // another node: a link change, not a reopen
+			}
+			if err := g.queueReopen(queue, cn, cn.opts.Clone(), e, c.role, true); err != nil {
+				return err
+			}
+		case map[string]any:
+			if err := g.queueReopen(queue, cn, Options(ref), e, c.role, false); err != nil {
+				return err
+			}
+		default:
+			if given {
+				continue // null: no child
+			}
+			if err := g.queueReopen(queue, cn, Options{"driver": cn.drvName}, e, c.role, false); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// parseGeneric works out the entry's generic settings from its options
+// and the defaults inh.
+func (e *reopenEntry) parseGeneric(inh genericSettings) error {
+	o, n := e.opts, e.n
+	var err error
+	if e.readOnly, err = o.Bool("read-only", inh.readOnly); err != nil {
+		return err
+	}
+	if e.autoReadOnly, err = o.Bool("auto-read-only", inh.autoReadOnly); err != nil {
+		return err
+	}
+	cache, err := o.Object("cache")
+	if err != nil {
+		return err
+	}
+	if e.cacheDirect, err = cache.Bool("direct", inh.cacheDirect); err != nil {
+		return err
+	}
+	if e.noFlush, err = cache.Bool("no-flush", inh.noFlush); err != nil {
+		return err
+	}
+	if e.discard, err = enumOption(o, "discard", inh.discard, "ignore", "unmap", "off", "on"); err != nil {
+		return err
+	}
+	switch e.discard {
+	case "off":
+		e.discard = "ignore"
+	case "on":
+		e.discard = "unmap"
+	}
+	if e.detectZeroes, err = enumOption(o, "detect-zeroes", "off", "off", "on", "unmap"); err != nil {
+		return err
+	}
+	if e.detectZeroes == "unmap" && e.discard != "unmap" {
+		return errors.New("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap")
+	}
+	fs, err := o.Bool("force-share", inh.forceShare)
+	if err != nil {
+		return err
+	}
+	if fs != n.forceShare {
+		return errors.New("Cannot change the option 'force-share'")
+	}
+	e.forceShare = fs
+	return nil
+}
+
+// prepareReopen checks one node's new links and driver options and has
+// its driver prepare (QEMU's bdrv_reopen_prepare). Nothing visible
+// changes.
+func (g *Graph) prepareReopen(ctx context.Context, e *reopenEntry) error {
+	n, o := e.n, e.opts
+	if v, ok := o["backing"]; ok {
+		if err := g.reopenLink(e, "backing", v); err != nil {
+			return err
+		}
+	}
+	e.drvOpts = make(Options, len(o))
+	for k, v := range o {
+		e.drvOpts[k] = v
+	}
+	for _, k := range genericOptions {
+		delete(e.drvOpts, k)
+	}
+	r, ok := n.drv.(Reopener)
+	if !ok {
+		return fmt.Errorf("Block format '%s' used by node '%s' does not support reopening files", n.drvName, n.name)
+	}
+	var changeable, resettable []string
+	if or, ok := n.drv.(OptionReopener); ok {
+		changeable, resettable = or.ReopenOptions()
+	}
+	// Options left out go back to their defaults, if they may.
+	isChild := func(k string) bool {
+		first, _, _ := strings.Cut(k, ".")
+		return n.Child(first) != nil || first == "backing"
+	}
+	newFlat, oldFlat := flattenOptions(e.drvOpts), flattenOptions(n.drvOpts)
+	for _, k := range sortedKeys(oldFlat) {
+		if _, kept := newFlat[k]; kept || isChild(k) {
+			continue
+		}
+		if !coveredBy(k, resettable) {
+			return fmt.Errorf("Option '%s' cannot be reset to its default value", k)
+		}
+	}
+	e.rs = &ReopenState{Node: n, Options: e.drvOpts, ReadOnly: e.readOnly, CacheDirect: e.cacheDirect, NoFlush: e.noFlush}
+	if err := r.ReopenPrepare(ctx, e.rs); err != nil {
+		return err
+	}
+	e.prepared = true
+	if _, ok := n.drv.(BackingUpdater); ok && !o.Has("backing") && (n.backing() != nil || n.autoBackingFile != "") {
+		return fmt.Errorf("backing is missing for '%s'", n.name)
+	}
+	// Everything else stays as it is. Child references may name the
+	// current child; inline child options belong to the child's entry.
+	for _, k := range sortedKeys(e.drvOpts) {
+		v := e.drvOpts[k]
+		if c := n.Child(k); c != nil || k == "backing" || k == "file" {
+			if ref, isRef := v.(string); isRef && c != nil && ref == c.node.Load().name {
+				continue
+			}
+			if _, inline := v.(map[string]any); inline && c != nil {
+				continue
+			}
+			if k == "backing" || k == "file" {
+				continue // links, checked on their own
+			}
+		}
+		for fk, fv := range flattenOptions(Options{k: v}) {
+			if coveredBy(fk, changeable) {
+				continue
+			}
+			if ov, ok := oldFlat[fk]; !ok || !reflect.DeepEqual(fv, ov) {
+				return fmt.Errorf("Cannot change the option '%s'", fk)
+			}
+		}
+	}
+	if v, ok := o["file"]; ok {
+		if err := g.reopenLink(e, "file", v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reopenLink checks a change of the backing or file link to v (a
+// node-name; null for backing: none; inline options: the same child) and
+// records it.
+func (g *Graph) reopenLink(e *reopenEntry, name string, v any) error {
+	n := e.n
+	var target *Node
+	switch ref := v.(type) {
+	case nil:
+	case string:
+		if target = g.Lookup(ref); target == nil {
+			return fmt.Errorf("Cannot find device='' nor node-name='%s'", ref)
+		}
+	case map[string]any:
+		if c := n.Child(name); c != nil && c.node.Load().inheritsFrom == n {
+			return nil // the child reopens with these options
+		}
+		return fmt.Errorf("Cannot change the option '%s'", name)
+	default:
+		return fmt.Errorf("Invalid parameter type for '%s', expected: BlockdevRef", name)
+	}
+	var cur *Node
+	if c := n.Child(name); c != nil {
+		cur = c.node.Load()
+	}
+	if cur == target {
+		return nil
+	}
+	if target != nil && reaches(target, n) {
+		return fmt.Errorf("Making '%s' a %s child of '%s' would create a cycle", target.name, name, n.name)
+	}
+	if cur != nil {
+		if cur.implicitFilter && cur.SkipFilters() == target {
+			return nil
+		}
+		if cur.implicitFilter {
+			return fmt.Errorf("Cannot replace implicit %s child of %s", name, n.name)
+		}
+	}
+	if n.isFilter() && cur == nil {
+		return fmt.Errorf("'%s' is a %s filter node that does not support a %s child", n.name, n.drvName, name)
+	}
+	if len(n.blockers) > 0 && cur != nil {
+		return fmt.Errorf("Cannot change frozen '%s' link from '%s' to '%s'", name, n.name, cur.name)
+	}
+	if name == "backing" {
+		if _, ok := n.drv.(BackingUpdater); !ok && !n.isFilter() {
+			return fmt.Errorf("Driver '%s' of node '%s' does not support backing files", n.drvName, n.name)
+		}
+		e.backingSet, e.backing = true, target
+		return nil
+	}
+	if target == nil {
+		return errors.New("Invalid parameter type for 'file', expected: BlockdevRef")
+	}
+	if n.Child("file") == nil {
+		return errors.New("Cannot set file child to format node without file child")
+	}
+	e.fileSet, e.file = true, target
+	return nil
+}
+
+// flattenOptions turns nested objects and lists into dotted keys
+// ("inject-error.0.event"), as QEMU compares options, with values made
+// comparable whatever their origin (json.Number, Go numbers, keyval
+// strings stay what they are).
+func flattenOptions(o Options) map[string]any {
+	out := map[string]any{}
+	var walk func(prefix string, v any)
+	walk = func(prefix string, v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			for k, w := range x {
+				walk(prefix+"."+k, w)
+			}
+		case Options:
+			walk(prefix, map[string]any(x))
+		case []any:
+			for i, w := range x {
+				walk(prefix+"."+strconv.Itoa(i), w)
+			}
+		default:
+			out[prefix[1:]] = normalizeOption(v)
+		}
+	}
+	for k, v := range o {
+		walk("."+k, v)
+	}
+	return out
+}
+
+// coveredBy tells whether the (flattened) key k is one of names or a
+// member of one.
+func coveredBy(k string, names []string) bool {
+	for _, n := range names {
+		if k == n || strings.HasPrefix(k, n+".") {
+			return true
+		}
+	}
+	return false
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// normalizeOption makes an option value comparable whatever its origin
+// (json.Number and float64 from QMP, int64 from the command line).
+func normalizeOption(v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		return x.String()
+	case int64:
+		return strconv.FormatInt(x, 10)
+	case int:
+		return strconv.Itoa(x)
+	case float64:
+		return strconv.FormatFloat(x, 'f', -1, 64)
+	}
+	return v
+}
