@@ -31,6 +31,13 @@ func (g *Graph) Drain(nodes ...*Node) (undrain func()) {
 	// Jobs using the nodes, or nodes above them, pause for the drained
 	// section, as QEMU's do (before the nodes are locked, so that a job
 	// in I/O on them reaches its pause point).
+	endJobs := g.pauseJobs(nodes)
+	return g.lockIO(nodes, endJobs)
+}
+
+// pauseJobs is the part of a drain that pauses the jobs using nodes or
+// nodes above them; the returned function resumes them.
+func (g *Graph) pauseJobs(nodes []*Node) (endJobs func()) {
 	rec := &drainRecord{nodes: slices.Clone(nodes)}
 	seen := map[DrainNotifier]bool{}
 	for _, n := range nodes {
@@ -42,7 +49,7 @@ func (g *Graph) Drain(nodes ...*Node) (undrain func()) {
 		d.DrainBegin()
 	}
 	g.drains = append(g.drains, rec)
-	endJobs := func() {
+	endJobs = func() {
 		if i := slices.Index(g.drains, rec); i >= 0 {
 			g.drains = slices.Delete(g.drains, i, i+1)
 		}
@@ -68,6 +75,12 @@ func (g *Graph) Drain(nodes ...*Node) (undrain func()) {
 			}
 		}
 	}
+	return endJobs
+}
+
+// lockIO is the part of a drain that holds the nodes' I/O back; the
+// returned function lets it go and then calls endJobs.
+func (g *Graph) lockIO(nodes []*Node, endJobs func()) (undrain func()) {
 	var fresh []*Node
 	for _, n := range nodes {
 		if n == nil || slices.Contains(fresh, n) {
@@ -396,11 +409,16 @@ func (g *Graph) moveEdges(edges []*Child, to *Node) (*edgeMove, error) {
 		c.node.Store(to)
 		m.tx.edges[c] = permPair{c.Perm(), c.Shared()}
 	}
-	err := g.refreshPerms(to, m.tx)
+	// The nodes left relax first: what they hold below on their own
+	// account (through their children) may be what the new edges need.
+	var err error
 	for _, o := range olds {
 		if err == nil {
 			err = g.refreshPerms(o, m.tx)
 		}
+	}
+	if err == nil {
+		err = g.refreshPerms(to, m.tx)
 	}
 	if err != nil {
 		m.revert()

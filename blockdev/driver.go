@@ -219,6 +219,12 @@ type ProtocolDriver interface {
 	Protocol()
 }
 
+// FileOpener marks a driver QEMU opens at the protocol level although it
+// has a child (blkdebug): a format node over it takes its file name.
+type FileOpener interface {
+	FileOpen()
+}
+
 // FormatInfoer is a driver with format-specific information for the
 // query views (ImageInfo's format-specific: {"type": ..., "data": ...}).
 type FormatInfoer interface {

@@ -48,8 +48,12 @@ func (n *Node) refreshFilename() {
 	exact := ""
 	if fr, ok := n.drv.(FilenameRefresher); ok {
 		exact = fr.ExactFilename()
-	} else if pc := n.primaryChild(); pc != nil && !strong && !overridden && others == 0 {
-		if _, proto := pc.node.Load().drv.(ProtocolDriver); proto {
+	} else if pc := n.primaryChild(); pc != nil && !strong && !overridden && others == 0 && !n.isFilter() {
+		// A format node over a protocol-level node (one QEMU opens with
+		// bdrv_file_open) has that node's file name: it could be probed
+		// from it. A filter cannot be probed, so it needs its options.
+		switch pc.node.Load().drv.(type) {
+		case ProtocolDriver, FileOpener:
 			exact = pc.node.Load().exactFilename
 		}
 	}

@@ -121,6 +121,17 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 		listed = append(listed, n)
 		merged[n] = Options(o)
 	}
+	// Jobs on the listed nodes' subtrees, and above them, pause for the
+	// whole command, failed or not (QEMU drains each subtree first).
+	var subtree []*Node
+	for _, n := range listed {
+		for _, x := range n.subtree() {
+			if !slices.Contains(subtree, x) {
+				subtree = append(subtree, x)
+			}
+		}
+	}
+	defer g.pauseJobs(subtree)()
 	var queue []*reopenEntry
 	for _, n := range listed {
 		if i := queueIndex(queue, n); i >= 0 {
@@ -340,12 +351,6 @@ func (g *Graph) queueReopen(queue *[]*reopenEntry, n *Node, opts Options, parent
 	if i := queueIndex(*queue, n); i >= 0 {
 		return fmt.Errorf("Node '%s' is reopened twice", n.name)
 	}
-	if drv, ok, _ := opts.String("driver"); ok && drv != n.drvName {
-		return errors.New("Cannot change the option 'driver'")
-	}
-	if name, ok, _ := opts.String("node-name"); ok && (n.implicit || name != n.name) {
-		return errors.New("Cannot change the option 'node-name'")
-	}
 	// The defaults of the generic settings.
 	inh := genericSettings{discard: "ignore"}
 	cow := role&RoleCOW != 0
@@ -413,7 +418,7 @@ func (g *Graph) queueReopen(queue *[]*reopenEntry, n *Node, opts Options, parent
 // parseGeneric works out the entry's generic settings from its options
 // and the defaults inh.
 func (e *reopenEntry) parseGeneric(inh genericSettings) error {
-	o, n := e.opts, e.n
+	o := e.opts
 	var err error
 	if e.readOnly, err = o.Bool("read-only", inh.readOnly); err != nil {
 		return err
@@ -449,9 +454,6 @@ func (e *reopenEntry) parseGeneric(inh genericSettings) error {
 	fs, err := o.Bool("force-share", inh.forceShare)
 	if err != nil {
 		return err
-	}
-	if fs != n.forceShare {
-		return errors.New("Cannot change the option 'force-share'")
 	}
 	e.forceShare = fs
 	return nil
@@ -496,6 +498,10 @@ func (g *Graph) prepareReopen(ctx context.Context, e *reopenEntry) error {
 			return fmt.Errorf("Option '%s' cannot be reset to its default value", k)
 		}
 	}
+	// force-share never changes: QEMU refuses it given again as well.
+	if fs, _ := n.opts.Bool("force-share", false); fs && !o.Has("force-share") {
+		return errors.New("Option 'force-share' cannot be reset to its default value")
+	}
 	e.rs = &ReopenState{Node: n, Options: e.drvOpts, ReadOnly: e.readOnly, CacheDirect: e.cacheDirect, NoFlush: e.noFlush}
 	if err := r.ReopenPrepare(ctx, e.rs); err != nil {
 		return err
@@ -506,7 +512,32 @@ func (g *Graph) prepareReopen(ctx context.Context, e *reopenEntry) error {
 	}
 	// Everything else stays as it is. Child references may name the
 	// current child; inline child options belong to the child's entry.
-	for _, k := range sortedKeys(e.drvOpts) {
+	keys := sortedKeys(e.drvOpts)
+	for _, k := range []string{"driver", "node-name", "force-share"} {
+		if o.Has(k) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		switch k {
+		case "driver":
+			if drv, _, _ := o.String(k); drv != n.drvName {
+				return errors.New("Cannot change the option 'driver'")
+			}
+			continue
+		case "force-share":
+			if e.forceShare || n.forceShare {
+				return errors.New("Cannot change the option 'force-share'")
+			}
+			continue
+		case "node-name":
+			// An implicit node's name is not one of its options.
+			if name, _, _ := o.String(k); n.implicit || name != n.name {
+				return errors.New("Cannot change the option 'node-name'")
+			}
+			continue
+		}
 		v := e.drvOpts[k]
 		if c := n.Child(k); c != nil || k == "backing" || k == "file" {
 			if ref, isRef := v.(string); isRef && c != nil && ref == c.node.Load().name {
@@ -660,4 +691,17 @@ func normalizeOption(v any) any {
 		return strconv.FormatFloat(x, 'f', -1, 64)
 	}
 	return v
+}
+
+// subtree is n and every node below it.
+func (n *Node) subtree() []*Node {
+	out := []*Node{n}
+	for i := 0; i < len(out); i++ {
+		for _, c := range out[i].children {
+			if cn := c.node.Load(); !slices.Contains(out, cn) {
+				out = append(out, cn)
+			}
+		}
+	}
+	return out
 }

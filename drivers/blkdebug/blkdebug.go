@@ -25,6 +25,7 @@ import (
 	"math"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -82,6 +83,7 @@ type stateRule struct {
 // Driver is one blkdebug node.
 type Driver struct {
 	image *blockdev.Child
+	plain bool // no options but the image: the node has a plain file name
 	align int64
 	take  blockdev.Perm
 	// unshare holds the permissions the node keeps others from holding on
@@ -112,6 +114,14 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	}
 	if err := d.parseRules(o); err != nil {
 		return err
+	}
+	d.plain = true
+	for k := range o {
+		switch k {
+		case "config", "image", "x-image", "driver":
+		default:
+			d.plain = false
+		}
 	}
 	var err error
 	if d.take, err = permList(o, "take-child-perms"); err != nil {
@@ -468,3 +478,23 @@ func (d *Driver) ReopenCommit(rs *blockdev.ReopenState) {}
 
 // ReopenAbort has nothing to undo.
 func (d *Driver) ReopenAbort(rs *blockdev.ReopenState) {}
+
+// FileOpen: QEMU opens blkdebug as a protocol (its filename prefix), so a
+// format node above takes its file name.
+func (d *Driver) FileOpen() {}
+
+// ExactFilename is QEMU's "blkdebug::FILE" for a node with no options but
+// its image, when the image has a plain file name (config files are not
+// supported, so the config part is empty).
+func (d *Driver) ExactFilename() string {
+	if fn := d.image.Node().Filename(); d.plain && fn != "" && !strings.HasPrefix(fn, "json:") {
+		return "blkdebug::" + fn
+	}
+	return ""
+}
+
+// AllocatedSize: QEMU does not know the size a blkdebug node's storage
+// takes (nor, then, that of the nodes above it).
+func (d *Driver) AllocatedSize(ctx context.Context) (int64, error) {
+	return 0, blockdev.ErrNotSupported
+}

@@ -71,9 +71,10 @@ func (p *passThrough) BlockStatus(ctx context.Context, off, n int64) (blockdev.B
 // Length is the child's.
 func (p *passThrough) Length(context.Context) (int64, error) { return p.child.Length(), nil }
 
-// Info: a filter has no image information of its own.
-func (p *passThrough) Info(context.Context) (blockdev.DriverInfo, error) {
-	return blockdev.DriverInfo{}, blockdev.ErrNotSupported
+// Info: a filter has no image information of its own and shows its
+// child's, as QEMU's bdrv_co_get_info does for filters.
+func (p *passThrough) Info(ctx context.Context) (blockdev.DriverInfo, error) {
+	return p.child.Node().Driver().Info(ctx)
 }
 
 // SupportedWriteFlags: every flag goes on to the child.
