@@ -289,6 +289,22 @@ func (n *Node) Blocker() error {
 	return fmt.Errorf("Node '%s' is busy: %w", n.name, n.blockers[len(n.blockers)-1].reason)
 }
 
+// opBlocker is Blocker, then the blocker a parent puts on its backing
+// node: QEMU blocks most operations on a backing node (not commit,
+// stream or backup), an external snapshot among them. Caller holds the
+// graph lock.
+func (n *Node) opBlocker() error {
+	if err := n.Blocker(); err != nil {
+		return err
+	}
+	for _, c := range n.parents {
+		if c.parent != nil && c.role&RoleCOW != 0 && c.name == "backing" {
+			return fmt.Errorf("Node '%s' is busy: node is used as backing hd of '%s'", n.name, c.parent.name)
+		}
+	}
+	return nil
+}
+
 // reopenSet is n followed by the nodes that inherit their read-only
 // setting from it: children (not backing ones) opened inline for it that
 // do not set read-only themselves, and theirs in turn (QEMU's

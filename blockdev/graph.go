@@ -558,6 +558,22 @@ func (g *Graph) DetachRoot(c *Child) {
 	g.release(c.node.Load())
 }
 
+// RemoveBackend is DetachRoot as QEMU's blk_remove_bs does it for an
+// export: the node's I/O is drained, then the edge goes in a drained
+// section of its own (a job on the node pauses for each), then the node
+// closes if nothing else holds it. Caller holds the graph lock.
+func (g *Graph) RemoveBackend(c *Child) {
+	if c.parent != nil {
+		panic("blockdev: RemoveBackend of a node's child")
+	}
+	n := c.node.Load()
+	g.Drain(n)()
+	undrain := g.Drain(n)
+	g.detach(c)
+	undrain()
+	g.release(n)
+}
+
 // addEdge links c into its node's parents with the given permissions, or
 // fails without changing anything.
 func (g *Graph) addEdge(c *Child, perm, shared Perm) error {

@@ -77,7 +77,7 @@ func (g *Graph) prepareSnapshot(ctx context.Context, typ string, data json.RawMe
 		undrain()
 		return nil, err
 	}
-	if err := old.Blocker(); err != nil {
+	if err := old.opBlocker(); err != nil {
 		return fail(err)
 	}
 	if !old.ReadOnly() {
@@ -120,7 +120,7 @@ func (g *Graph) prepareSnapshot(ctx context.Context, typ string, data json.RawMe
 		}
 		created = true
 	} else {
-		if overlay, err = g.Find(a.Overlay); err != nil {
+		if overlay, err = g.lookupBS(a.Overlay, a.Overlay); err != nil {
 			return fail(err)
 		}
 	}
@@ -132,6 +132,10 @@ func (g *Graph) prepareSnapshot(ctx context.Context, typ string, data json.RawMe
 	if perm, _ := overlay.cumulative(nil); perm&PermConsistentRead != 0 {
 		drop()
 		return fail(errors.New("The overlay is already in use"))
+	}
+	if err := overlay.opBlocker(); err != nil {
+		drop()
+		return fail(err)
 	}
 	if overlay.isFilter() {
 		drop()

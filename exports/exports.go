@@ -370,7 +370,7 @@ func (m *Manager) finishLocked(e *export) {
 	for _, b := range e.bitmaps {
 		b.Release()
 	}
-	m.g.DetachRoot(e.root)
+	m.g.RemoveBackend(e.root)
 	m.g.Unlock()
 	for i, x := range m.exports {
 		if x == e {

@@ -127,7 +127,10 @@ func (m *Manager) createCtl(spec Spec) (*Job, error) {
 	if j.txn == nil {
 		j.txn = &Txn{}
 	}
-	j.txn.jobs = append(j.txn.jobs, j)
+	// Newest first, as QEMU's job_txn_add_job inserts at the list's
+	// head: a transaction prepares, finalizes and aborts its jobs in
+	// that order, which shows in the order of their events.
+	j.txn.jobs = append([]*Job{j}, j.txn.jobs...)
 	m.transitionLocked(j, StatusCreated)
 	m.jobs = append([]*Job{j}, m.jobs...)
 	if spec.created != nil {
@@ -703,7 +706,7 @@ func (m *Manager) finalizeCtl(j *Job) {
 // txnAbortCtl is QEMU's job_completed_txn_abort: j failed (or was
 // cancelled), so every other job of its transaction is cancelled with
 // force; once each has stopped, all are aborted, in the transaction's
-// order.
+// order (newest job first).
 func (m *Manager) txnAbortCtl(j *Job) {
 	t := j.txn
 	if t.aborting {

@@ -20,7 +20,12 @@ func bitmapState(t *testing.T, c *client, node string, names []string) string {
 		bms, _ := m["dirty-bitmaps"].([]any)
 		for _, bm := range bms {
 			bi := bm.(map[string]any)
-			counts[bi["name"].(string)] = fmt.Sprintf("count=%v granularity=%v recording=%v", bi["count"], bi["granularity"], bi["recording"])
+			name, _ := bi["name"].(string) // an anonymous bitmap has none
+			if name == "" {
+				fmt.Fprintf(&b, "anonymous: count=%v granularity=%v recording=%v busy=%v\n", bi["count"], bi["granularity"], bi["recording"], bi["busy"])
+				continue
+			}
+			counts[name] = fmt.Sprintf("count=%v granularity=%v recording=%v", bi["count"], bi["granularity"], bi["recording"])
 		}
 	}
 	for _, name := range names {
