@@ -422,7 +422,29 @@ func (b *DirtyBitmap) Abdicate() {
 	// included, then go into the bitmap.
 	b.recording.Store(s.recording.Load())
 	_ = b.bits.Merge(s.bits)
+	// In QEMU the successor is the bitmap from now on: the name takes
+	// the successor's place in the node's list (newest first).
+	b.node.moveBitmap(b, s)
 	b.endFreeze(s)
+}
+
+// moveBitmap puts b where at is in the node's list, taking it from its
+// own place.
+func (n *Node) moveBitmap(b, at *DirtyBitmap) {
+	n.bitmaps.mu.Lock()
+	defer n.bitmaps.mu.Unlock()
+	old := n.bitmaps.load()
+	list := make([]*DirtyBitmap, 0, len(old))
+	for _, o := range old {
+		switch o {
+		case b:
+		case at:
+			list = append(list, b, at)
+		default:
+			list = append(list, o)
+		}
+	}
+	n.bitmaps.list.Store(&list)
 }
 
 // Reclaim ends a freeze keeping everything: the successor's bits are

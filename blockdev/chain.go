@@ -35,6 +35,20 @@ func (g *Graph) Drain(nodes ...*Node) (undrain func()) {
 	return g.lockIO(nodes, endJobs)
 }
 
+// DrainAll is QEMU's bdrv_drain_all, which a transaction (and every
+// command QEMU runs as one) does before its actions: every job pauses
+// and every request in flight finishes, and all go on at once. Caller
+// holds the graph lock.
+func (g *Graph) DrainAll() {
+	var roots []*Node
+	for _, n := range g.Nodes() {
+		if len(n.parents) == 0 || n.monitor {
+			roots = append(roots, n)
+		}
+	}
+	g.Drain(roots...)()
+}
+
 // pauseJobs is the part of a drain that pauses the jobs using nodes or
 // nodes above them; the returned function resumes them.
 func (g *Graph) pauseJobs(nodes []*Node) (endJobs func()) {

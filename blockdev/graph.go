@@ -623,7 +623,10 @@ func (g *Graph) Delete(ctx context.Context, name string) error {
 		return err
 	}
 	for _, c := range n.parents {
-		if c.parent == nil { // an export or another root user holds it
+		// A BlockBackend holds it (an export, a job's I/O backend);
+		// a job's own edge to a node is not one (QEMU's
+		// block_job_add_bdrv), its blocker answers below.
+		if c.parent == nil && c.job == "" {
 			return fmt.Errorf("Node %s is in use", name)
 		}
 	}

@@ -26,6 +26,7 @@ func registerSnapshotCommands(d *qmp.Dispatcher, g *Graph) {
 			// QEMU runs both as a transaction of one action.
 			g.Lock()
 			defer g.Unlock()
+			g.DrainAll()
 			a, err := g.PrepareTxAction(ctx, name, args, false)
 			if err != nil {
 				return nil, err

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -304,6 +305,24 @@ func (m *Manager) cmdExportDel(_ context.Context, raw json.RawMessage) (any, err
 	return nil, m.del(a.ID, a.Mode)
 }
 
+// disconnectGrace is how long a safe block-export-del waits for clients
+// whose connection is closing: a client that has just sent NBD_CMD_DISC,
+// or exited, is gone for whoever deletes the export after it.
+const disconnectGrace = 200 * time.Millisecond
+
+// clientsGone tells whether the export has no clients, waiting a little
+// for connections that are being torn down.
+func (m *Manager) clientsGone(name string) bool {
+	deadline := time.Now().Add(disconnectGrace)
+	for m.srv.Clients(name) > 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return true
+}
+
 func (m *Manager) del(id, mode string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -314,7 +333,7 @@ func (m *Manager) del(id, mode string) error {
 	if e.shuttingDown {
 		return fmt.Errorf("Export '%s' is already shutting down", id)
 	}
-	if mode != "hard" && m.srv.Clients(e.name) > 0 {
+	if mode != "hard" && !m.clientsGone(e.name) {
 		return qmp.Errorf("export '%s' still in use", id)
 	}
 	gone := m.beginRemoval(e)

@@ -219,7 +219,7 @@ func checkBackup(g *blockdev.Graph, bs, target *blockdev.Node, a *backupArgs) (*
 	}
 	spec = BlockSpec{
 		Spec: Spec{ID: id, Type: "backup", ManualFinalize: manFin, ManualDismiss: manDis,
-			Run: bj.run,
+			Run: bj.run, CopiesInBackground: true,
 			Hooks: Hooks{
 				Commit: func(*Job) { bj.cleanupBitmap(true) },
 				Abort:  func(*Job) { bj.cleanupBitmap(false) },
@@ -413,7 +413,7 @@ func (bj *backupJob) run(ctx context.Context, j *Job) error {
 	}
 	chunk := int64(blockdev.MaxCopyChunk)
 	for {
-		if err := b.RateLimitSleep(); err != nil {
+		if err := b.RateLimitWait(); err != nil {
 			return err
 		}
 		if j.IsCancelled() {

@@ -339,7 +339,20 @@ func (b *BlockJob) setSpeed(speed int64) {
 
 // SetSpeed is block-job-set-speed.
 func (b *BlockJob) SetSpeed(speed int64) error {
-	return b.j.ctlDo(func() error {
+	settle, err := b.setSpeedSettle(speed)
+	if settle != nil {
+		settle()
+	}
+	return err
+}
+
+// setSpeedSettle is SetSpeed but for the wake-up: a job that sleeps for
+// the old limit is woken by the returned function, which the monitor runs
+// once the command has replied.
+func (b *BlockJob) setSpeedSettle(speed int64) (settle func(), _ error) {
+	j := b.j
+	wake := false
+	err := j.ctlDo(func() error {
 		if err := b.j.CheckVerb(VerbSetSpeed); err != nil {
 			return err
 		}
@@ -350,13 +363,34 @@ func (b *BlockJob) SetSpeed(speed int64) error {
 		b.setSpeed(speed)
 		// A job sleeping for the old limit wakes when the new one is
 		// higher (or none), as in QEMU, and then goes on.
-		if speed == 0 || speed > old {
-			b.j.m.mu.Lock()
-			b.j.kickLocked()
-			b.j.m.mu.Unlock()
-		}
+		wake = speed == 0 || speed > old
 		return nil
 	})
+	if err != nil || !wake {
+		return nil, err
+	}
+	// QEMU enters the sleeping job at once; it runs until its next wait,
+	// and what it started then (maybe the rest of its work) completes
+	// after the reply but before the monitor reads another command. So
+	// the wake-up follows the reply, and the monitor waits a little
+	// (not holding the control lock, which the job's end takes) until
+	// the job sleeps again or has ended.
+	return func() {
+		j.m.mu.Lock()
+		woken, sleeps := j.sleeping, j.sleeps
+		j.kickLocked()
+		j.m.mu.Unlock()
+		if !woken {
+			return
+		}
+		j.waitFor(settleWait, func() bool { return j.sleeps != sleeps || isClosed(j.bodyDone) })
+		if isClosed(j.bodyDone) {
+			select {
+			case <-j.processed:
+			case <-time.After(settleWait):
+			}
+		}
+	}, nil
 }
 
 // Processed accounts for n bytes the job has just copied against the
@@ -385,6 +419,24 @@ func (b *BlockJob) RateLimitSleep() error {
 		return b.j.PausePoint()
 	}
 	return b.j.Sleep(d)
+}
+
+// RateLimitWait is the speed limit as QEMU's block-copy applies it (the
+// backup job): before each request it waits until the limiter lets one
+// through, asking again after every wake-up, so that a drain or a pause
+// does not let a throttled backup copy more.
+func (b *BlockJob) RateLimitWait() error {
+	for {
+		b.mu.Lock()
+		d := b.lim.delay(time.Now(), 0)
+		b.mu.Unlock()
+		if d <= 0 || b.j.IsCancelled() {
+			return b.j.PausePoint()
+		}
+		if err := b.j.Sleep(d); err != nil {
+			return err
+		}
+	}
 }
 
 // jobSlice is QEMU's BLOCK_JOB_SLICE_TIME: a job's speed limit is
@@ -554,4 +606,13 @@ func (m *Manager) FindBlockJob(id string) (*BlockJob, error) {
 		}
 	}
 	return nil, &qmp.Error{Class: qmp.ClassDeviceNotActive, Desc: fmt.Sprintf("Block job '%s' not found", id)}
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }

@@ -33,14 +33,18 @@ func (m *Manager) registerBlockJobCommands(d *qmp.Dispatcher) {
 	d.Register("query-block-jobs", func(context.Context, json.RawMessage) (any, error) {
 		return m.QueryBlockJobs(), nil
 	})
-	d.Register("block-job-set-speed", byDevice(func(_ context.Context, b *BlockJob, raw json.RawMessage) error {
+	d.Register("block-job-set-speed", byDevice(func(ctx context.Context, b *BlockJob, raw json.RawMessage) error {
 		var a struct {
 			Speed int64 `json:"speed"`
 		}
 		if err := json.Unmarshal(raw, &a); err != nil {
 			return err
 		}
-		return b.SetSpeed(a.Speed)
+		settle, err := b.setSpeedSettle(a.Speed)
+		if settle != nil {
+			qmp.AfterReply(ctx, settle)
+		}
+		return err
 	}))
 	d.Register("block-job-cancel", byDevice(func(ctx context.Context, b *BlockJob, raw json.RawMessage) error {
 		var a struct {

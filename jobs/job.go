@@ -83,6 +83,9 @@ type Spec struct {
 	// nodes before it returns: the coroutine yields there, so a cancel
 	// never ends the job before the command replies.
 	DrainsOnExit bool
+	// CopiesInBackground tells that the job, as QEMU's backup, waits
+	// while its copy runs apart from it: it shows as never busy.
+	CopiesInBackground bool
 
 	// created runs in Start once the job exists and CREATED has been
 	// announced, before it runs; an error means the job goes to NULL and
@@ -125,6 +128,7 @@ type Job struct {
 
 	autoFinalize, autoDismiss bool
 	drainsOnExit              bool
+	copiesInBackground        bool
 	txn                       *Txn
 	started                   bool // Begin ran
 
@@ -161,9 +165,11 @@ type Job struct {
 	userPaused  bool
 	paused      bool // stopped in a pause point
 	busy        bool
-	cancelled   bool // a cancel was requested (QEMU's job_cancel_requested)
-	forceCancel bool // ... and it is forced (QEMU's job_is_cancelled)
-	deferred    bool // the body has returned and its result is processed
+	cancelled   bool   // a cancel was requested (QEMU's job_cancel_requested)
+	forceCancel bool   // ... and it is forced (QEMU's job_is_cancelled)
+	deferred    bool   // the body has returned and its result is processed
+	sleeping    bool   // the body waits in Sleep
+	sleeps      uint64 // how many times the body has gone to Sleep
 	err         error
 	cur, total  uint64
 }
@@ -216,7 +222,7 @@ func (j *Job) Info() Info {
 
 func (j *Job) infoLocked() Info {
 	in := Info{ID: j.id, Type: j.typ, Status: j.status, CurrentProgress: j.cur, TotalProgress: j.total,
-		Failed: j.err != nil, Busy: j.busy, Paused: j.pauseCount > 0,
+		Failed: j.err != nil, Busy: j.busy && !j.copiesInBackground, Paused: j.pauseCount > 0,
 		AutoFinalize: j.autoFinalize, AutoDismiss: j.autoDismiss}
 	if j.err != nil {
 		in.Error = j.err.Error()
@@ -361,7 +367,8 @@ func (j *Job) Sleep(d time.Duration) error {
 	default:
 	}
 	if j.pauseCount == 0 {
-		j.busy = false
+		j.busy, j.sleeping = false, true
+		j.sleeps++
 		m.mu.Unlock()
 		t := time.NewTimer(d)
 		select {
@@ -370,7 +377,7 @@ func (j *Job) Sleep(d time.Duration) error {
 			t.Stop()
 		}
 		m.mu.Lock()
-		j.busy = true
+		j.busy, j.sleeping = true, false
 	}
 	m.mu.Unlock()
 	return j.PausePoint()

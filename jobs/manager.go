@@ -120,7 +120,8 @@ func (m *Manager) createCtl(spec Spec) (*Job, error) {
 	}
 	j := &Job{m: m, id: spec.ID, typ: spec.Type, body: spec.Run, hooks: spec.Hooks, data: spec.Data,
 		autoFinalize: !spec.ManualFinalize, autoDismiss: !spec.ManualDismiss, drainsOnExit: spec.DrainsOnExit,
-		kick: make(chan struct{}, 1), bg: make(chan struct{}), release: make(chan struct{}),
+		copiesInBackground: spec.CopiesInBackground,
+		kick:               make(chan struct{}, 1), bg: make(chan struct{}), release: make(chan struct{}),
 		concluded: make(chan struct{}), bodyDone: make(chan struct{}), processed: make(chan struct{})}
 	j.ctx, j.cancel = context.WithCancel(context.WithValue(context.Background(), jobKey{}, j))
 	j.txn = spec.Txn
@@ -181,8 +182,29 @@ func (j *Job) beginCtl(ctx context.Context) bool {
 	j.busy = true
 	m.wg.Add(1)
 	qmp.AfterReply(ctx, j.releaseBody)
+	qmp.WhenReplied(ctx, j.settleStart)
 	go m.run(j)
 	return true
+}
+
+// startSettle bounds how long the monitor waits after a job's start for
+// the job's first wait.
+const startSettle = 30 * time.Millisecond
+
+// settleStart runs after the reply to the command that started j: QEMU
+// enters a new job's coroutine before the monitor reads its next command,
+// and a job with little to do (or throttled) has finished, or sleeps, by
+// then, its events sent. So the monitor waits a little until the body
+// sleeps, is paused or has ended (and its end been processed); a job
+// busy copying lets it go on.
+func (j *Job) settleStart() {
+	j.waitFor(startSettle, func() bool { return j.sleeping || j.paused || isClosed(j.bodyDone) })
+	if isClosed(j.bodyDone) {
+		select {
+		case <-j.processed:
+		case <-time.After(settleWait):
+		}
+	}
 }
 
 // waitStarted waits until the body has gone to the background, stopped

@@ -56,6 +56,7 @@ func (m *Manager) transaction(ctx context.Context, g *blockdev.Graph, a *txReque
 	}
 	m.ctl.Lock()
 	g.Lock()
+	g.DrainAll()
 	var steps []*txStep
 	unlock := func() {
 		g.Unlock()

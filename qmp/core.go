@@ -51,6 +51,16 @@ func AfterReply(ctx context.Context, f func()) {
 	f()
 }
 
+// WhenReplied registers f to run after the reply to the command running
+// in ctx has been sent, when a transport runs such work; without one, f
+// never runs. For waits that only matter to a client that reads replies
+// and events in order.
+func WhenReplied(ctx context.Context, f func()) {
+	if set, ok := ctx.Value(afterReplyKey{}).(func(func())); ok {
+		set(f)
+	}
+}
+
 // RegisterCore registers the commands every QMP server has:
 // qmp_capabilities, query-version and quit (which calls quit after its
 // reply is on its way).

@@ -38,6 +38,11 @@ import (
 //	                 close a connection (QSD serves one client per monitor
 //	                 socket at a time, so transcripts use one at a time)
 //	sh               run the input with bash in the daemon's directory
+//	qmp defer        as qmp, but events are kept back for the next events
+//	                 directive (replies still show): where a job's events
+//	                 come while later commands run, which depends on timing
+//	events [conn=NAME]
+//	                 output the events kept back and those arrived since
 //
 // Any directive can carry only=qbmond or only=qsd to run against one daemon
 // alone; use it where qbmond goes further than QSD or differs on purpose, and
@@ -61,6 +66,8 @@ type transcript struct {
 	conns map[string]*client
 	norm  *normalizer
 	sync  int
+	// deferred holds the rendered events a "qmp defer" kept back.
+	deferred string
 }
 
 func (s *transcript) run(t *testing.T, td *datadriven.TestData) string {
@@ -104,17 +111,28 @@ func (s *transcript) run(t *testing.T, td *datadriven.TestData) string {
 		c, greeting := s.d.dial()
 		s.conns[conn] = c
 		return s.norm.render(greeting)
-	case "qmp":
+	case "qmp", "events":
 		c := s.client(t, conn)
 		s.sync++
 		id := fmt.Sprintf("sync-%d", s.sync)
-		c.send(strings.TrimRight(td.Input, "\n") + "\n" +
-			`{"execute": "query-version", "id": "` + id + `"}` + "\n")
+		in := ""
+		if td.Cmd == "qmp" {
+			in = strings.TrimRight(td.Input, "\n") + "\n"
+		}
+		c.send(in + `{"execute": "query-version", "id": "` + id + `"}` + "\n")
 		var out strings.Builder
+		if td.Cmd == "events" {
+			out.WriteString(s.deferred)
+			s.deferred = ""
+		}
 		for {
 			v := c.readAny()
 			if v["id"] == id {
 				break
+			}
+			if _, ev := v["event"]; ev && td.HasArg("defer") {
+				s.deferred += s.norm.render(v)
+				continue
 			}
 			out.WriteString(s.norm.render(v))
 		}

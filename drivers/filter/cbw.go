@@ -101,6 +101,10 @@ func (d *CBW) Open(ctx context.Context, oc *blockdev.OpenContext) (err error) {
 }
 
 // Close takes the anonymous bitmaps off.
+// ExactFilename is the file child's file name, as QEMU's
+// copy-before-write names itself.
+func (d *CBW) ExactFilename() string { return d.child.Node().Filename() }
+
 func (d *CBW) Close() error {
 	for _, u := range d.unlist {
 		u()
