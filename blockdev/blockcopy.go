@@ -31,6 +31,15 @@ type BlockCopy struct {
 
 	progress func(n int64)
 	broken   error // set by Break: the copy is no longer a point in time
+	compress bool  // data goes cluster by cluster, compressed, never offloaded
+}
+
+// SetCompress has the data written compressed (backup's compress): one
+// cluster per write, through a buffer.
+func (bc *BlockCopy) SetCompress() {
+	bc.mu.Lock()
+	bc.compress = true
+	bc.mu.Unlock()
 }
 
 // Break marks the copy as broken by err (copy-before-write with
@@ -192,6 +201,19 @@ func (bc *BlockCopy) copyRun(ctx context.Context, off, n int64) error {
 		if st.Flags&StatusZero != 0 && st.Flags&StatusData == 0 {
 			if err := bc.dst.WriteZeroes(ctx, off, k, ReqMayUnmap); err != nil {
 				return &TargetError{err}
+			}
+		} else if bc.compress {
+			if buf == nil {
+				buf = make([]byte, n)
+			}
+			p := buf[:k]
+			if err := bc.src.Read(ctx, off, p); err != nil {
+				return &SourceError{err}
+			}
+			for i := int64(0); i < k; i += bc.cluster {
+				if err := bc.dst.Write(ctx, off+i, p[i:min(k, i+bc.cluster)], ReqCompressed); err != nil {
+					return &TargetError{err}
+				}
 			}
 		} else {
 			ok, err := CopyRange(ctx, bc.src, off, bc.dst, off, k)

@@ -112,7 +112,25 @@ const (
 	// ReqWriteUnchanged: the write does not change the content; it needs
 	// only PermWriteUnchanged.
 	ReqWriteUnchanged
+	// ReqCompressed: write the data compressed (QEMU's
+	// BDRV_REQ_WRITE_COMPRESSED), for a CompressedWriter only: whole
+	// clusters, or the image's last one, not allocated before.
+	ReqCompressed
 )
+
+// CompressedWriter is a format driver that writes compressed clusters
+// (qcow2) when a write carries ReqCompressed.
+type CompressedWriter interface {
+	WritesCompressed()
+}
+
+// SupportsCompressedWrites tells whether writes to n can be compressed:
+// the node under n's filters is a CompressedWriter (QEMU's
+// bdrv_supports_compressed_writes).
+func (n *Node) SupportsCompressedWrites() bool {
+	_, ok := n.SkipFilters().drv.(CompressedWriter)
+	return ok
+}
 
 // StatusFlags describe a range in BlockStatus, like QEMU's BDRV_BLOCK_*.
 type StatusFlags uint32

@@ -64,6 +64,7 @@ type backupJob struct {
 	bitmapMode string
 	length     int64
 	frozen     bool // the bitmap has a successor
+	compress   bool // the target's clusters are written compressed
 }
 
 // txStep is a prepared action of a transaction.
@@ -182,8 +183,8 @@ func checkBackup(g *blockdev.Graph, bs, target *blockdev.Node, a *backupArgs) (*
 	if bs == target {
 		return nil, spec, errors.New("Source and target cannot be the same")
 	}
-	if a.Compress != nil && *a.Compress {
-		// qbmond's formats do not write compressed clusters.
+	compress := a.Compress != nil && *a.Compress
+	if compress && !target.SupportsCompressedWrites() {
 		return nil, spec, errors.New("Compression is not supported for this drive ")
 	}
 	if err := bs.Blocker(); err != nil {
@@ -200,7 +201,8 @@ func checkBackup(g *blockdev.Graph, bs, target *blockdev.Node, a *backupArgs) (*
 			return nil, spec, errors.New("max-chunk must be zero (which means no limit) or positive")
 		}
 	}
-	bj := &backupJob{source: bs, target: target, sync: sync, bitmap: bm, bitmapMode: mode, length: bs.Length()}
+	bj := &backupJob{source: bs, target: target, sync: sync, bitmap: bm, bitmapMode: mode, length: bs.Length(),
+		compress: compress}
 	manFin, manDis := manualFlags(a.AutoFinalize, a.AutoDismiss)
 	id := ""
 	if a.JobID != nil {
@@ -269,6 +271,9 @@ func (bj *backupJob) before(b *BlockJob, filterName *string) error {
 		return errors.New("copy-before-write: no block copy")
 	}
 	bj.bc = src.BlockCopy()
+	if bj.compress {
+		bj.bc.SetCompress()
+	}
 	return nil
 }
 

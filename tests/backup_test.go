@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -426,6 +427,154 @@ func TestBackupTransactionLikeQSD(t *testing.T) {
 		sameAs(t, now, ov)
 		if _, err := os.Stat(ov); err != nil {
 			t.Fatal(err)
+		}
+		o.scrub(dir)
+		return o
+	}
+	compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+}
+
+// TestBackupErrorPoliciesLikeQSD fails one write to the target (EIO or
+// ENOSPC, blkdebug) or one read of the source under each error policy:
+// stop and enospc pause the job with io-status failed or nospace until
+// job-resume, which retries; report fails the job. A backup that goes on
+// after its error is still the disk as it was when the job began.
+func TestBackupErrorPoliciesLikeQSD(t *testing.T) {
+	for _, tc := range []struct {
+		name, side, policy string
+		errno              int
+	}{
+		{"target-stop-eio", "target", "stop", 5},
+		{"target-enospc-enospc", "target", "enospc", 28},
+		{"target-enospc-eio", "target", "enospc", 5},
+		{"source-stop-eio", "source", "stop", 5},
+		{"source-report-eio", "source", "report", 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			runOn := func(k kind) *jobOutcome {
+				o := &jobOutcome{}
+				defer o.showOnFailure(t, k)
+				dir := shortTempDir(t)
+				backupSource(t, dir, "bk.qcow2")
+				d := startDaemon(t, k, dir)
+				c := d.connect()
+				rules := map[string]any{
+					"inject-error": []any{map[string]any{"event": "read_aio", "errno": tc.errno, "once": true}},
+				}
+				if tc.side == "target" {
+					rules["inject-error"] = []any{map[string]any{"event": "write_aio", "errno": tc.errno, "once": true}}
+				}
+				src := map[string]any{"driver": "file", "filename": filepath.Join(dir, "src.qcow2")}
+				tgt := map[string]any{"driver": "file", "filename": filepath.Join(dir, "bk.qcow2")}
+				bd := func(img map[string]any) map[string]any {
+					m := map[string]any{"driver": "blkdebug", "image": img}
+					for k, v := range rules {
+						m[k] = v
+					}
+					return m
+				}
+				if tc.side == "source" {
+					src = bd(src)
+				} else {
+					tgt = bd(tgt)
+				}
+				c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "src", "file": src})
+				c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "tbk", "file": tgt})
+				startNBD(t, c, dir, "src")
+				// From the image, not the export: the source's fault
+				// fires once, for the job.
+				ref := filepath.Join(dir, "ref.raw")
+				run(t, "qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", filepath.Join(dir, "src.qcow2"), ref)
+				c.scanned = len(c.events)
+				args := map[string]any{"job-id": "bk", "device": "src", "target": "tbk", "sync": "full"}
+				args["on-"+tc.side+"-error"] = tc.policy
+				o.start(c, "blockdev-backup", args)
+				stops := tc.policy == "stop" || (tc.policy == "enospc" && tc.errno == 28)
+				if stops {
+					c.waitEvent(func(ev map[string]any) bool { return ev["event"] == "BLOCK_JOB_ERROR" })
+					c.waitJob("bk", "paused")
+					o.record(c, "query-block-jobs", nil)
+					// QEMU's other copies in flight go on meanwhile.
+					last := len(o.replies) - 1
+					o.replies[last] = regexp.MustCompile(`"offset":\d+`).ReplaceAllString(o.replies[last], `"offset":*`)
+					o.record(c, "job-resume", map[string]any{"id": "bk"})
+				}
+				c.waitJob("bk", "null")
+				// How far a failed job got depends on the copies in
+				// flight (QEMU runs several at once).
+				mask := []string{}
+				if !stops {
+					mask = append(mask, "offset")
+				}
+				o.events = c.jobEvents(mask...)
+				o.graph = graphView(t, c, dir)
+				c.ok("blockdev-del", map[string]any{"node-name": "tbk"})
+				if stops {
+					sameAs(t, ref, filepath.Join(dir, "bk.qcow2"))
+				}
+				d.stop()
+				o.headerOf(t, dir, "src.qcow2")
+				o.scrub(dir)
+				return o
+			}
+			compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+		})
+	}
+}
+
+// TestBackupCompressLikeQSD backs up into a qcow2 target with compress
+// (zlib and zstd): the target holds compressed clusters, packed as
+// QEMU packs them, checks clean and reads as the disk did; a raw target
+// refuses compression.
+func TestBackupCompressLikeQSD(t *testing.T) {
+	for _, ct := range []string{"zlib", "zstd"} {
+		t.Run(ct, func(t *testing.T) { backupCompress(t, ct) })
+	}
+}
+
+func backupCompress(t *testing.T, ct string) {
+	runOn := func(k kind) *jobOutcome {
+		o := &jobOutcome{}
+		defer o.showOnFailure(t, k)
+		dir := shortTempDir(t)
+		backupSource(t, dir)
+		sh(t, dir, "qemu-img create -q -f raw bk.raw 8M\nqemu-img create -q -f qcow2 -o compression_type="+ct+" bk.qcow2 8M")
+		d := startDaemon(t, k, dir)
+		c := d.connect()
+		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "src",
+			"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "src.qcow2")}})
+		qcow2Target(t, c, dir, "tbk", "bk.qcow2")
+		c.ok("blockdev-add", map[string]any{"driver": "raw", "node-name": "traw",
+			"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "bk.raw")}})
+		uri := startNBD(t, c, dir, "src")
+		ref := pointInTime(t, uri, dir, "ref.raw")
+		o.record(c, "blockdev-backup", map[string]any{"job-id": "r", "device": "src", "target": "traw", "sync": "full", "compress": true})
+		c.scanned = len(c.events)
+		o.start(c, "blockdev-backup", map[string]any{"job-id": "bk", "device": "src", "target": "tbk", "sync": "full", "compress": true})
+		c.waitJob("bk", "null")
+		o.events = c.jobEvents()
+		c.ok("blockdev-del", map[string]any{"node-name": "tbk"})
+		d.stop()
+		sameAs(t, ref, filepath.Join(dir, "bk.qcow2"))
+		out := run(t, "qemu-img", "check", filepath.Join(dir, "bk.qcow2"))
+		if !strings.Contains(out, "No errors were found") {
+			t.Fatalf("qemu-img check: %s", out)
+		}
+		// The statistics line: allocated, fragmented and compressed shares.
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "compressed clusters") {
+				o.headers = append(o.headers, l)
+			}
+		}
+		st, err := os.Stat(filepath.Join(dir, "bk.qcow2"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// 65 clusters of 64 KiB compress to about 100 bytes each: packed
+		// into shared host clusters the image stays small (QEMU's ends
+		// in a partial cluster, qbmond's in a whole one).
+		if st.Size() > 512<<10 {
+			t.Errorf("%s: the compressed image takes %d KiB", k, st.Size()>>10)
 		}
 		o.scrub(dir)
 		return o

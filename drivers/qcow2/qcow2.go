@@ -81,6 +81,10 @@ type Driver struct {
 	l2c      *tableCache
 	rbc      *tableCache
 	freeHint int64 // no free cluster below this index
+	// freeByte is where the next compressed cluster's data may go, in a
+	// host cluster compressed data partly fills (0: none); QEMU's
+	// free_byte_offset.
+	freeByte int64
 	lazy     bool
 	dirtyUs  bool // we set the dirty bit (lazy refcounts) and clear it on close
 	// autoclearPending: reopened read-write with auto-clear features

@@ -23,6 +23,9 @@ func (d *Driver) Write(ctx context.Context, off int64, p []byte, flags blockdev.
 	if err := d.check(); err != nil {
 		return err
 	}
+	if flags&blockdev.ReqCompressed != 0 {
+		return d.writeCompressed(ctx, off, p)
+	}
 	d.mu.RLock()
 	done, err := d.writeInPlace(ctx, off, p)
 	d.mu.RUnlock()
