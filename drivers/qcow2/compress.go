@@ -163,10 +163,11 @@ func (d *Driver) writeOneCompressed(ctx context.Context, off int64, data []byte)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	vc := off >> d.cb
+	d.waitFlights(vc, vc+1)
 	if !ok {
 		return d.writeLocked(ctx, off, data)
 	}
-	vc := off >> d.cb
 	if _, _, err := d.ensureL2(ctx, vc/d.l2n); err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -81,6 +82,10 @@ type Driver struct {
 	l2c      *tableCache
 	rbc      *tableCache
 	freeHint int64 // no free cluster below this index
+	// flights are the allocating writes whose data is being written
+	// with d.mu released (WriteFromFile): their guest clusters are not
+	// linked yet, and every other change of those clusters waits.
+	flights []*allocFlight
 	// freeByte is where the next compressed cluster's data may go, in a
 	// host cluster compressed data partly fills (0: none); QEMU's
 	// free_byte_offset.
@@ -438,10 +443,43 @@ func (d *Driver) BackingFileName() (filename, format string) {
 // (blockdev.BackingFiler).
 func (d *Driver) BackingFile() (filename, format string) { return d.BackingFileName() }
 
+// allocFlight is an allocating write of guest clusters [start, end)
+// whose data is in flight; done is closed when it has been linked (or
+// given up).
+type allocFlight struct {
+	start, end int64
+	done       chan struct{}
+}
+
+// waitFlights waits (d.mu held exclusively, released meanwhile) until no
+// allocating write of guest clusters in [start, end) is in flight. The
+// caller reads the mapping after it.
+func (d *Driver) waitFlights(start, end int64) {
+	for {
+		var f *allocFlight
+		for _, x := range d.flights {
+			if x.start < end && start < x.end {
+				f = x
+				break
+			}
+		}
+		if f == nil {
+			return
+		}
+		d.mu.Unlock()
+		<-f.done
+		d.mu.Lock()
+	}
+}
+
+// waitAllFlights waits for every allocating write in flight (d.mu held).
+func (d *Driver) waitAllFlights() { d.waitFlights(0, math.MaxInt64) }
+
 // Close clears the dirty bit lazy refcounts set, after a flush.
 func (d *Driver) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitAllFlights()
 	if d.closedOnce {
 		return nil
 	}

@@ -37,6 +37,7 @@ type reopenSettings struct {
 func (d *Driver) ReopenPrepare(ctx context.Context, rs *blockdev.ReopenState) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitAllFlights()
 	o := rs.Options
 	var st reopenSettings
 	var err error
@@ -87,6 +88,7 @@ func (d *Driver) ReopenPrepare(ctx context.Context, rs *blockdev.ReopenState) er
 func (d *Driver) ReopenCommit(rs *blockdev.ReopenState) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitAllFlights()
 	st := rs.Opaque.(reopenSettings)
 	d.ro = rs.ReadOnly
 	d.autoclearPending.Store(!d.ro && d.h.autoclear != 0)

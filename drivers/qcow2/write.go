@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"syscall"
 
 	"github.com/qbmond/qbmond/blockdev"
@@ -34,6 +35,7 @@ func (d *Driver) Write(ctx context.Context, off int64, p []byte, flags blockdev.
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitFlights(off>>d.cb, (off+int64(len(p))+d.cs-1)>>d.cb)
 	return d.writeLocked(ctx, off, p)
 }
 
@@ -316,6 +318,7 @@ func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.R
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitFlights(off>>d.cb, (off+n+d.cs-1)>>d.cb)
 	unmap := flags&blockdev.ReqMayUnmap != 0
 	end := off + n
 	// action returns how cluster vc is zeroed: by a new entry (ok), or by
@@ -395,6 +398,7 @@ func (d *Driver) Discard(ctx context.Context, off, n int64) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitFlights(off>>d.cb, (off+n+d.cs-1)>>d.cb)
 	size := int64(d.h.size)
 	first := (off + d.cs - 1) >> d.cb
 	last := (off + n) >> d.cb // exclusive
@@ -456,6 +460,7 @@ func (d *Driver) grow(ctx context.Context, size int64) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitAllFlights()
 	if size%512 != 0 {
 		return errors.New("The new size must be a multiple of 512")
 	}
@@ -548,6 +553,7 @@ func (d *Driver) MakeEmpty(ctx context.Context) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitAllFlights()
 	if d.ro {
 		return blockdev.ErrReadOnly
 	}
@@ -596,6 +602,7 @@ func (d *Driver) ChangeBackingFile(ctx context.Context, filename, format string)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitAllFlights()
 	if len(filename) > maxBackingName {
 		return errors.New("Backing file name too long")
 	}
@@ -649,6 +656,7 @@ func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOf
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitFlights(off>>d.cb, (off+n)>>d.cb)
 	for n > 0 {
 		vc := off >> d.cb
 		if _, _, err := d.ensureL2(ctx, vc/d.l2n); err != nil {
@@ -689,7 +697,21 @@ func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOf
 		if err != nil {
 			return err
 		}
-		if err := d.copyToHost(ctx, host, m*d.cs, fd, fileOff); err != nil {
+		// The data goes in without the lock, as QEMU's qcow2 writes
+		// data with its lock dropped: other requests (a guest write's
+		// copy-before-write, other copies) go on meanwhile; changes of
+		// these guest clusters wait for the link.
+		f := &allocFlight{start: vc, end: vc + m, done: make(chan struct{})}
+		d.flights = append(d.flights, f)
+		d.mu.Unlock()
+		err = d.copyToHost(ctx, host, m*d.cs, fd, fileOff)
+		d.mu.Lock()
+		d.flights = slices.DeleteFunc(d.flights, func(x *allocFlight) bool { return x == f })
+		close(f.done)
+		if err != nil {
+			// The clusters go back (or leak, as QEMU's may, when even
+			// that fails: qemu-img check repairs leaks).
+			_ = d.addRefcount(ctx, host/d.cs, m, -1, false)
 			return err
 		}
 		tbl, tblOff, err := d.l2Table(ctx, vc/d.l2n)
