@@ -61,10 +61,13 @@ perf-qcow2: deps build
 perf-bitmaps: deps build
 	scripts/bitmapperf.sh $(BIN)
 
-# block-commit (passive, and active under an NBD writer) against
-# qemu-storage-daemon, with cp as the floor (needs ~6 GiB in /tmp).
+# block-commit (passive, and active under an NBD writer) and backups (full,
+# incremental, guest write latency during one) against qemu-storage-daemon,
+# with cp as the floor (needs ~6 GiB in /tmp; several minutes). Pick
+# workloads with JOBPERF="-run backup,latency", images in memory with
+# JOBPERF=-dir=/dev/shm.
 perf-jobs: deps build
-	$(GO) run ./tests/jobperf -qbmond $(CURDIR)/$(BIN)
+	$(GO) run ./tests/jobperf -qbmond $(CURDIR)/$(BIN) $(JOBPERF)
 
 clean:
 	rm -rf bin

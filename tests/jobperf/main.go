@@ -11,6 +11,10 @@
 // is exported over NBD; while the job copies it, qemu-io writes 128 MiB
 // of random 64 KiB blocks through the export; the times to READY and,
 // after job-complete once the writer is done, to COMPLETED.
+//
+// Backups (backup.go): full and incremental blockdev-backup of a 4 GiB
+// qcow2 image holding 1 GiB, and the latency of guest writes through NBD
+// while a backup runs. -run picks workloads, e.g. -run backup,latency.
 package main
 
 import (
@@ -36,6 +40,7 @@ var (
 	repeat    = flag.Int("repeat", 3, "runs per workload; the best is kept")
 	dataGiB   = flag.Int("data", 1, "GiB of data to commit")
 	where     = flag.String("dir", os.TempDir(), "directory for the images (/dev/shm takes the disk out)")
+	workloads = flag.String("run", "commit,backup,incremental,latency", "workloads to run, comma-separated: commit, backup, incremental, latency")
 )
 
 const virtualSize = 4 << 30
@@ -289,29 +294,13 @@ func cpFloor(root string) time.Duration {
 
 func main() {
 	flag.Parse()
+	want := map[string]bool{}
+	for _, w := range strings.Split(*workloads, ",") {
+		want[strings.TrimSpace(w)] = true
+	}
 	root, err := os.MkdirTemp(*where, "qbjobperf-")
 	must(err)
 	defer os.RemoveAll(root)
-	passiveT := filepath.Join(root, "passive")
-	activeT := filepath.Join(root, "active")
-	for _, d := range []string{passiveT, activeT} {
-		must(os.Mkdir(d, 0o755))
-		sh(d, fmt.Sprintf("qemu-img create -q -f qcow2 base.qcow2 %d && "+
-			"qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2 && "+
-			"qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2", virtualSize))
-	}
-	writeData(passiveT, "mid.qcow2", 0x5a)
-	writeData(activeT, "top.qcow2", 0x5a)
-
-	mib := float64(*dataGiB << 10)
-	rate := func(d time.Duration) float64 { return mib / d.Seconds() }
-	pq := passive("qsd", *qsdBin, root, passiveT)
-	pb := passive("qbmond", *qbmondBin, root, passiveT)
-	cp := cpFloor(root)
-	*cpSync = " && sync cp-dst"
-	cpSynced := cpFloor(root)
-	aq := active("qsd", *qsdBin, root, activeT)
-	ab := active("qbmond", *qbmondBin, root, activeT)
 
 	cpu := "unknown CPU"
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
@@ -323,6 +312,78 @@ func main() {
 		}
 	}
 	fmt.Printf("Measured %s on %s, %d CPUs; best of %d; images in %s.\n\n", time.Now().Format("2006-01-02"), cpu, runtime.NumCPU(), *repeat, *where)
+	mib := float64(*dataGiB << 10)
+	rate := func(d time.Duration) float64 { return mib / d.Seconds() }
+	if want["commit"] {
+		commit(root, rate)
+	}
+	if want["backup"] || want["incremental"] || want["latency"] {
+		tmpl := filepath.Join(root, "backup")
+		must(os.Mkdir(tmpl, 0o755))
+		sh(tmpl, fmt.Sprintf("qemu-img create -q -f qcow2 src.qcow2 %d", virtualSize))
+		writeData(tmpl, "src.qcow2", 0x5a)
+		if want["backup"] {
+			fq, fqc := fullBackup("qsd", *qsdBin, root, tmpl)
+			fb, fbc := fullBackup("qbmond", *qbmondBin, root, tmpl)
+			fmt.Printf("| full backup, %d GiB in a 4 GiB qcow2 | to COMPLETED | throughput | qbmond/QSD | target | to target closed (flushed) | throughput | qbmond/QSD |\n", *dataGiB)
+			fmt.Printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+			fmt.Printf("| QSD 7.2 | %.2f s | %.0f MiB/s | | | %.2f s | %.0f MiB/s | |\n", fq.Seconds(), rate(fq), fqc.Seconds(), rate(fqc))
+			fmt.Printf("| qbmond | %.2f s | %.0f MiB/s | %.2f× | ≥ 1.2× | %.2f s | %.0f MiB/s | %.2f× |\n\n", fb.Seconds(), rate(fb), fq.Seconds()/fb.Seconds(),
+				fbc.Seconds(), rate(fbc), fqc.Seconds()/fbc.Seconds())
+		}
+		if want["incremental"] {
+			iq := incrementalBackup("qsd", *qsdBin, root, tmpl)
+			ib := incrementalBackup("qbmond", *qbmondBin, root, tmpl)
+			r := func(d time.Duration) float64 { return 64 / d.Seconds() }
+			fmt.Printf("| incremental backup, 64 MiB in 1024 scattered 64 KiB blocks (best of %d rounds × %d runs) | time | throughput | qbmond/QSD | target |\n| --- | ---: | ---: | ---: | ---: |\n", incRounds, *repeat)
+			fmt.Printf("| QSD 7.2 | %.3f s | %.0f MiB/s | | |\n", iq.Seconds(), r(iq))
+			fmt.Printf("| qbmond | %.3f s | %.0f MiB/s | %.2f× | ≥ 1.2× |\n\n", ib.Seconds(), r(ib), iq.Seconds()/ib.Seconds())
+		}
+		if want["latency"] {
+			lq := latency("qsd", *qsdBin, root, tmpl)
+			lb := latency("qbmond", *qbmondBin, root, tmpl)
+			ms := func(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/1e3) }
+			fmt.Printf("| 4 KiB NBD writes into the data, one in flight (%d runs pooled) | QSD median | QSD p99 | qbmond median | qbmond p99 | qbmond/QSD median | qbmond/QSD p99 | writes timed (QSD, qbmond) | slowest backup (QSD, qbmond) |\n", *repeat)
+			fmt.Printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+			row := func(name string, q, b latStats) {
+				job := "—"
+				if q.job > 0 {
+					job = fmt.Sprintf("%.2f s, %.2f s", q.job.Seconds(), b.job.Seconds())
+				}
+				fmt.Printf("| %s | %s | %s | %s | %s | %.2f× | %.2f× | %d, %d | %s |\n", name, ms(q.median), ms(q.p99), ms(b.median), ms(b.p99),
+					float64(b.median)/float64(q.median), float64(b.p99)/float64(q.p99), q.n, b.n, job)
+			}
+			row("no job", lq.base, lb.base)
+			row("during a full backup", lq.full, lb.full)
+			row(fmt.Sprintf("during a full backup at %d MiB/s", *speedMiB), lq.limited, lb.limited)
+			fmt.Println()
+		}
+	}
+}
+
+func commit(root string, rate func(time.Duration) float64) {
+	passiveT := filepath.Join(root, "passive")
+	activeT := filepath.Join(root, "active")
+	for _, d := range []string{passiveT, activeT} {
+		must(os.Mkdir(d, 0o755))
+		sh(d, fmt.Sprintf("qemu-img create -q -f qcow2 base.qcow2 %d && "+
+			"qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2 && "+
+			"qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2", virtualSize))
+	}
+	writeData(passiveT, "mid.qcow2", 0x5a)
+	writeData(activeT, "top.qcow2", 0x5a)
+
+	pq := passive("qsd", *qsdBin, root, passiveT)
+	pb := passive("qbmond", *qbmondBin, root, passiveT)
+	cp := cpFloor(root)
+	*cpSync = " && sync cp-dst"
+	cpSynced := cpFloor(root)
+	*cpSync = ""
+	aq := active("qsd", *qsdBin, root, activeT)
+	ab := active("qbmond", *qbmondBin, root, activeT)
+	must(os.RemoveAll(passiveT))
+	must(os.RemoveAll(activeT))
+
 	fmt.Printf("| passive commit, %d GiB in a 4 GiB qcow2 chain | time | throughput | vs QSD |\n| --- | ---: | ---: | ---: |\n", *dataGiB)
 	fmt.Printf("| QSD 7.2 | %.2f s | %.0f MiB/s | 1.00× |\n", pq.Seconds(), rate(pq))
 	fmt.Printf("| qbmond | %.2f s | %.0f MiB/s | %.2f× |\n", pb.Seconds(), rate(pb), pq.Seconds()/pb.Seconds())
@@ -332,6 +393,6 @@ func main() {
 	fmt.Printf("| active commit, %d GiB, 128 MiB written meanwhile | to READY | writer done | to COMPLETED |\n| --- | ---: | ---: | ---: |\n", *dataGiB)
 	fmt.Printf("| QSD 7.2 | %.2f s | %.2f s | %.2f s |\n", aq.ready.Seconds(), aq.writer.Seconds(), aq.total.Seconds())
 	fmt.Printf("| qbmond | %.2f s | %.2f s | %.2f s |\n", ab.ready.Seconds(), ab.writer.Seconds(), ab.total.Seconds())
-	fmt.Printf("| qbmond/QSD | %.2f× | %.2f× | %.2f× |\n", ab.ready.Seconds()/aq.ready.Seconds(),
+	fmt.Printf("| qbmond/QSD | %.2f× | %.2f× | %.2f× |\n\n", ab.ready.Seconds()/aq.ready.Seconds(),
 		ab.writer.Seconds()/aq.writer.Seconds(), ab.total.Seconds()/aq.total.Seconds())
 }
