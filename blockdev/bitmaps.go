@@ -467,19 +467,10 @@ func (b *DirtyBitmap) endFreeze(s *DirtyBitmap) {
 	b.node.g.logSave(b)
 }
 
-// MergeBits adds bits (of the same size and granularity) to the bitmap,
-// whatever its state (a backup putting back what it did not copy).
+// MergeBits adds bits (of the bitmap's size, any granularity) to the
+// bitmap whatever its state (a backup putting back what it did not copy)
+// and has a persistent bitmap saved.
 func (b *DirtyBitmap) MergeBits(bits *bitmap.Bitmap) {
 	_ = b.bits.Merge(bits)
 	b.node.g.logSave(b)
 }
-
-// SetRange marks [off, off+n) in the bitmap whatever its state (a backup
-// putting back what it did not copy) and has a persistent bitmap saved.
-func (b *DirtyBitmap) SetRange(off, n int64) {
-	b.bits.Set(off, n)
-}
-
-// SaveAfterChange has a persistent bitmap's store save it after changes
-// made with SetRange; failures are logged.
-func (b *DirtyBitmap) SaveAfterChange() { b.node.g.logSave(b) }

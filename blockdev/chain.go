@@ -40,13 +40,7 @@ func (g *Graph) Drain(nodes ...*Node) (undrain func()) {
 // and every request in flight finishes, and all go on at once. Caller
 // holds the graph lock.
 func (g *Graph) DrainAll() {
-	var roots []*Node
-	for _, n := range g.Nodes() {
-		if len(n.parents) == 0 || n.monitor {
-			roots = append(roots, n)
-		}
-	}
-	g.Drain(roots...)()
+	g.Drain(g.Nodes()...)()
 }
 
 // pauseJobs is the part of a drain that pauses the jobs using nodes or

@@ -630,14 +630,8 @@ func (g *Graph) Delete(ctx context.Context, name string) error {
 			return fmt.Errorf("Node %s is in use", name)
 		}
 	}
-	if err := n.Blocker(); err != nil {
+	if err := n.opBlocker(); err != nil {
 		return err
-	}
-	for _, c := range n.parents {
-		// A parent blocks most operations on its backing node.
-		if c.role&RoleCOW != 0 && c.name == "backing" {
-			return fmt.Errorf("Node '%s' is busy: node is used as backing hd of '%s'", name, c.parent.name)
-		}
 	}
 	if !n.monitor {
 		return fmt.Errorf("Node %s is not owned by the monitor", name)

@@ -307,13 +307,7 @@ func (bj *backupJob) dropFilter() {
 		return
 	}
 	bj.cbw = nil
-	g := bj.b.Graph()
-	if g.Lookup(f.Name()) != f {
-		return
-	}
-	if err := g.RemoveFilter(context.Background(), f); err != nil {
-		bj.b.log.Error().Err(err).Str("node", f.Name()).Msg("backup: cannot remove the copy-before-write filter")
-	}
+	bj.b.DropFilter(context.Background(), f)
 }
 
 // cleanupBitmap is QEMU's backup_cleanup_sync_bitmap.
@@ -333,16 +327,7 @@ func (bj *backupJob) cleanupBitmap(ok bool) {
 	}
 	if !ok && bj.bitmapMode == "always" {
 		// What was not copied is still to be backed up.
-		bits := bj.bc.Bitmap()
-		for off := int64(0); ; {
-			s, n, found := bits.NextDirtyArea(off, -1)
-			if !found {
-				break
-			}
-			bm.SetRange(s, n)
-			off = s + n
-		}
-		bm.SaveAfterChange()
+		bm.MergeBits(bj.bc.Bitmap())
 	}
 }
 
@@ -362,15 +347,7 @@ func (bj *backupJob) run(ctx context.Context, j *Job) error {
 	bits := bj.bc.Bitmap()
 	if bj.sync == "bitmap" {
 		bits.Clear()
-		src := bj.bitmap.Bits()
-		for off := int64(0); ; {
-			s, n, found := src.NextDirtyArea(off, -1)
-			if !found {
-				break
-			}
-			bits.Set(s, n)
-			off = s + n
-		}
+		_ = bits.Merge(bj.bitmap.Bits()) // same size: cannot fail
 	}
 	j.SetProgressRemaining(uint64(bits.Count()))
 	if bits.Count() == 0 && bj.sync != "none" {

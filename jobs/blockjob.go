@@ -309,6 +309,18 @@ func (b *BlockJob) AddBackend(n *blockdev.Node, perm, shared blockdev.Perm) (*bl
 	return c, nil
 }
 
+// DropFilter takes a filter the job put into the graph out of it again,
+// unless it closed already with its last user; a failure is logged.
+// Graph lock held.
+func (b *BlockJob) DropFilter(ctx context.Context, f *blockdev.Node) {
+	if b.g.Lookup(f.Name()) != f {
+		return
+	}
+	if err := b.g.RemoveFilter(ctx, f); err != nil {
+		b.log.Error().Err(err).Str("node", f.Name()).Str("driver", f.DriverName()).Msg("cannot remove a job's filter")
+	}
+}
+
 // DropNode releases an edge AddNode or AddBackend made before the job
 // ends. Graph lock held.
 func (b *BlockJob) DropNode(c *blockdev.Child) {

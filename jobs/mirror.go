@@ -208,9 +208,7 @@ func (mj *mirrorJob) dropFilter(ctx context.Context) {
 			mj.b.log.Error().Err(err).Msg("commit: mirror_top permissions")
 		}
 	}
-	if err := g.RemoveFilter(ctx, f); err != nil {
-		mj.b.log.Error().Err(err).Str("node", f.Name()).Msg("commit: cannot remove the mirror_top filter")
-	}
+	mj.b.DropFilter(ctx, f)
 }
 
 func (mj *mirrorJob) restoreBase(ctx context.Context) {

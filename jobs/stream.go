@@ -226,13 +226,7 @@ func (sj *streamJob) dropFilter(ctx context.Context) {
 		return
 	}
 	sj.cor = nil
-	g := sj.b.Graph()
-	if g.Lookup(f.Name()) != f {
-		return
-	}
-	if err := g.RemoveFilter(ctx, f); err != nil {
-		sj.b.log.Error().Err(err).Str("node", f.Name()).Msg("stream: cannot remove the copy-on-read filter")
-	}
+	sj.b.DropFilter(ctx, f)
 }
 
 // run is QEMU's stream_run: chunk by chunk, what the active layer does

@@ -33,14 +33,14 @@ func sameAs(t *testing.T, ref, img string) {
 	identical(t, ref, img, "-f", "raw", "-F", "qcow2")
 }
 
-// qcow2Target adds a qcow2 node over dir/img (created with qemu-img
-// beforehand) as a backup target, with the backing chain its header
-// names. The chain matters for an incremental backup into an overlay: a
-// cluster the guest zeroed must become a zero cluster that hides the
-// older backup's data, and qcow2 (QEMU's as ours) leaves a zeroed
+// addQcow2 adds a qcow2 node over dir/img (created with qemu-img
+// beforehand), with the backing chain its header names: a source, or a
+// backup target. For a target the chain matters when an incremental
+// backup goes into an overlay: a cluster the guest zeroed must become a
+// zero cluster that hides the older backup's data, and qcow2 (QEMU's as ours) leaves a zeroed
 // cluster unallocated when the node has no backing, which would let the
 // old data show through in the restored chain.
-func qcow2Target(t *testing.T, c *client, dir, name, img string) {
+func addQcow2(t *testing.T, c *client, dir, name, img string) {
 	t.Helper()
 	c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": name,
 		"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, img)}})
@@ -139,9 +139,8 @@ func TestIncrementalBackupCycleLikeQSD(t *testing.T) {
 		backupSource(t, dir, "full.qcow2")
 		d := startDaemon(t, k, dir)
 		c := d.connect()
-		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "src",
-			"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "src.qcow2")}})
-		qcow2Target(t, c, dir, "tfull", "full.qcow2")
+		addQcow2(t, c, dir, "src", "src.qcow2")
+		addQcow2(t, c, dir, "tfull", "full.qcow2")
 		uri := startNBD(t, c, dir, "src")
 
 		ref0 := pointInTime(t, uri, dir, "ref0.raw")
@@ -156,7 +155,7 @@ func TestIncrementalBackupCycleLikeQSD(t *testing.T) {
 
 		qemuIO(t, uri, []string{"write -P 0x24 6M 64k", "write -z 2560k 64k", "write -P 0x25 100000 5000"})
 		sh(t, dir, "qemu-img create -q -f qcow2 -b full.qcow2 -F qcow2 inc1.qcow2")
-		qcow2Target(t, c, dir, "tinc1", "inc1.qcow2")
+		addQcow2(t, c, dir, "tinc1", "inc1.qcow2")
 		ref1 := pointInTime(t, uri, dir, "ref1.raw")
 		o.start(c, "blockdev-backup", map[string]any{"job-id": "inc1", "device": "src", "target": "tinc1",
 			"sync": "incremental", "bitmap": "b0", "speed": 1})
@@ -167,7 +166,7 @@ func TestIncrementalBackupCycleLikeQSD(t *testing.T) {
 
 		qemuIO(t, uri, []string{"write -P 0x41 3M 1M", "write -z 0 64k"})
 		sh(t, dir, "qemu-img create -q -f qcow2 -b inc1.qcow2 -F qcow2 inc2.qcow2")
-		qcow2Target(t, c, dir, "tinc2", "inc2.qcow2")
+		addQcow2(t, c, dir, "tinc2", "inc2.qcow2")
 		ref2 := pointInTime(t, uri, dir, "ref2.raw")
 		o.start(c, "blockdev-backup", map[string]any{"job-id": "inc2", "device": "src", "target": "tinc2",
 			"sync": "bitmap", "bitmap": "b0", "bitmap-mode": "on-success", "speed": 1})
@@ -206,11 +205,10 @@ func TestBackupFailedIncrementalLikeQSD(t *testing.T) {
 		d := startDaemon(t, k, dir)
 		c := d.connect()
 		for _, n := range []string{"src", "src2"} {
-			c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": n,
-				"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, n+".qcow2")}})
+			addQcow2(t, c, dir, n, n+".qcow2")
 		}
-		qcow2Target(t, c, dir, "tfull", "full.qcow2")
-		qcow2Target(t, c, dir, "tother", "other.qcow2")
+		addQcow2(t, c, dir, "tfull", "full.qcow2")
+		addQcow2(t, c, dir, "tother", "other.qcow2")
 		uri := startNBD(t, c, dir, "src")
 
 		ref0 := pointInTime(t, uri, dir, "ref0.raw")
@@ -241,7 +239,7 @@ func TestBackupFailedIncrementalLikeQSD(t *testing.T) {
 		o.record(c, "query-block-jobs", nil)
 
 		c.ok("blockdev-del", map[string]any{"node-name": "tbad"})
-		qcow2Target(t, c, dir, "tinc", "inc.qcow2")
+		addQcow2(t, c, dir, "tinc", "inc.qcow2")
 		qemuIO(t, uri, []string{"write -P 0x27 1M 4k"})
 		ref1 := pointInTime(t, uri, dir, "ref1.raw")
 		o.start(c, "blockdev-backup", map[string]any{"job-id": "retry", "device": "src", "target": "tinc",
@@ -278,8 +276,7 @@ func TestBackupFleecingLikeQSD(t *testing.T) {
 		sh(t, dir, "qemu-img create -q -f qcow2 -b src.qcow2 -F qcow2 fleece.qcow2")
 		d := startDaemon(t, k, dir)
 		c := d.connect()
-		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "src",
-			"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "src.qcow2")}})
+		addQcow2(t, c, dir, "src", "src.qcow2")
 		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "fl", "backing": "src",
 			"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "fleece.qcow2")}})
 		uri := startNBD(t, c, dir, "src")
@@ -325,8 +322,7 @@ func TestSnapshotRunningExportLikeQSD(t *testing.T) {
 		sh(t, dir, "qemu-img create -q -f qcow2 -u -b ov1.qcow2 -F qcow2 ov2.qcow2 8M")
 		d := startDaemon(t, k, dir)
 		c := d.connect()
-		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "src",
-			"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "src.qcow2")}})
+		addQcow2(t, c, dir, "src", "src.qcow2")
 		uri := startNBD(t, c, dir, "src")
 		qemuIO(t, uri, []string{"write -P 0x21 0 64k", "write -P 0x22 4M 64k"})
 		ref0 := pointInTime(t, uri, dir, "ref0.raw")
@@ -382,9 +378,8 @@ func TestBackupTransactionLikeQSD(t *testing.T) {
 		backupSource(t, dir, "bk.qcow2")
 		d := startDaemon(t, k, dir)
 		c := d.connect()
-		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "src",
-			"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "src.qcow2")}})
-		qcow2Target(t, c, dir, "tbk", "bk.qcow2")
+		addQcow2(t, c, dir, "src", "src.qcow2")
+		addQcow2(t, c, dir, "tbk", "bk.qcow2")
 		uri := startNBD(t, c, dir, "src")
 		qemuIO(t, uri, []string{"write -P 0x21 0 64k"})
 		ov := filepath.Join(dir, "ov.qcow2")
@@ -541,9 +536,8 @@ func backupCompress(t *testing.T, ct string) {
 		sh(t, dir, "qemu-img create -q -f raw bk.raw 8M\nqemu-img create -q -f qcow2 -o compression_type="+ct+" bk.qcow2 8M")
 		d := startDaemon(t, k, dir)
 		c := d.connect()
-		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "src",
-			"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "src.qcow2")}})
-		qcow2Target(t, c, dir, "tbk", "bk.qcow2")
+		addQcow2(t, c, dir, "src", "src.qcow2")
+		addQcow2(t, c, dir, "tbk", "bk.qcow2")
 		c.ok("blockdev-add", map[string]any{"driver": "raw", "node-name": "traw",
 			"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "bk.raw")}})
 		uri := startNBD(t, c, dir, "src")

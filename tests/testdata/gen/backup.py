@@ -2,35 +2,17 @@
 # output comes from QSD:
 #   python3 tests/testdata/gen/backup.py > tests/testdata/transcripts/backup.txt
 #   go test ./tests -run TestTranscripts/qsd/backup -rewrite
-import json
-out=[]
-def sh(cmds, comment=None):
-    if comment: out.append('# '+comment.replace('\n','\n# '))
-    out.append('sh'); out.extend(cmds); out.append('----'); out.append('')
-def qmp(cmds, comment=None, defer=False):
-    if comment: out.append('# '+comment.replace('\n','\n# '))
-    out.append('qmp defer' if defer else 'qmp')
-    for c in cmds:
-        name, args = c[0], (c[1] if len(c)>1 else None)
-        m={'execute':name}
-        if args is not None: m['arguments']=args
-        out.append(json.dumps(m))
-    out.append('----'); out.append('')
-def events(wait='0.5'):
-    sh(['sleep '+wait])
-    out.append('events'); out.append('----'); out.append('')
-def A(**kw): return ('blockdev-add', {k.replace('_','-'):v for k,v in kw.items()})
-def K(**kw): return {k.replace('_','-'):v for k,v in kw.items()}
+from transcript import *
+
+def K(**kw): return kebab(kw)
 def B(**kw): return ('blockdev-backup', K(**kw))
 def DB(**kw): return ('drive-backup', K(**kw))
 def T(actions, **props):
     a={'actions':actions}
-    if props: a['properties']={k.replace('_','-'):v for k,v in props.items()}
+    if props: a['properties']=kebab(props)
     return ('transaction', a)
 def act(typ, **kw): return {'type':typ,'data':K(**kw)}
 F=lambda fn: {'driver':'file','filename':fn}
-Q2=lambda fn, **kw: dict({'driver':'qcow2','file':F(fn)}, **K(**kw))
-NB=('query-named-block-nodes', {'flat': True})
 JOBS=('query-block-jobs',)
 def BM(node): return ('x-debug-block-dirty-bitmap-sha256', {'node':node,'name':'b0'})
 
@@ -168,4 +150,4 @@ qmp([T([act('block-dirty-bitmap-add', node='top', name='x1'),
         act('block-dirty-bitmap-remove', node='top', name='b0')]),
      NB],
     comment='Bitmap actions in a transaction: all prepare, then all commit; an abort\nor a failing action undoes the ones before it.')
-print('\n'.join(out))
+emit()

@@ -2,28 +2,14 @@
 # output comes from QSD:
 #   python3 tests/testdata/gen/reopen.py > tests/testdata/transcripts/reopen.txt
 #   go test ./tests -run TestTranscripts/qsd/reopen -rewrite
-import json
-out=[]
-def sh(cmds, comment=None):
-    if comment: out.append('# '+comment.replace('\n','\n# '))
-    out.append('sh'); out.extend(cmds); out.append('----'); out.append('')
-def qmp(cmds, comment=None, only=None):
-    if comment: out.append('# '+comment.replace('\n','\n# '))
-    out.append('qmp' + (' only='+only if only else ''))
-    for c in cmds:
-        name, args = c[0], (c[1] if len(c)>1 else None)
-        m={'execute':name}
-        if args is not None: m['arguments']=args
-        out.append(json.dumps(m))
-    out.append('----'); out.append('')
+from transcript import *
+
 def R(*opts): return ('blockdev-reopen', {'options': list(opts)})
-def A(**kw): return ('blockdev-add', {k.replace('_','-'):v for k,v in kw.items()})
-F=lambda fn, **kw: dict({'driver':'file','filename':fn}, **{k.replace('_','-'):v for k,v in kw.items()})
+F=lambda fn, **kw: dict({'driver':'file','filename':fn}, **kebab(kw))
 def N(name, drv, **kw):
     d={'node-name':name,'driver':drv}
-    d.update({k.replace('_','-'):v for k,v in kw.items()})
+    d.update(kebab(kw))
     return d
-NB=('query-named-block-nodes', {'flat': True})
 G=('x-debug-query-block-graph',)
 
 out.append('''# blockdev-reopen: a list of nodes reopened as one transaction, each with
@@ -120,8 +106,7 @@ qmp([R(N('o','qcow2',file=F('other.qcow2'),backing=None,cache={'direct':True})),
      R(N('o','qcow2',file=F('other.qcow2'),backing=None)),
      ('query-named-block-nodes',)],
     comment='Generic options: cache.direct (inherited by the inline file), read-only,\ndetect-zeroes, discard, auto-read-only; an inline child can be writable under\na read-only parent, not the other way round.')
-print('\n'.join(out))
-out.clear()
+emit()
 out.append('''# A fresh daemon: file links, lists naming a node twice, children kept by
 # reference, nodes that cannot reopen.''')
 out.append('start'); out.append('----'); out.append('ok'); out.append('')
@@ -195,4 +180,4 @@ qmp([R(T(backing=None)),
      R(N('jb','qcow2',file=JB,backing=None))])
 sh(['sleep 0.5'])
 qmp([('query-block-jobs',), ('block-job-cancel', {'device':'c','force':True})])
-print('\n'.join(out))
+emit()
