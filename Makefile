@@ -6,7 +6,7 @@ BIN      := bin/qbmond
 # Tools the tests run, and the Debian packages that provide them.
 TOOLS    := qemu-storage-daemon qemu-img qemu-io socat nbdinfo nbdcopy
 DEBS     := qemu-system-common qemu-utils socat libnbd-bin
-FUZZTIME ?= 10s
+FUZZSCALE ?= 1
 SOCK     := $(if $(XDG_RUNTIME_DIR),$(XDG_RUNTIME_DIR)/qbmond/qmp.sock,/tmp/qbmond-$(shell id -u)/qmp.sock)
 
 .PHONY: all build run test deps vet unit fuzz bench perf perf-nbd perf-qcow2 perf-bitmaps perf-jobs clean
@@ -40,9 +40,9 @@ vet:
 unit:
 	$(GO) test -race -count=1 -timeout 30m ./...
 
-# Run every fuzz target briefly (FUZZTIME each); longer: make fuzz FUZZTIME=10m
+# Run every fuzz target briefly (an execution budget each, ~10 s); longer: make fuzz FUZZSCALE=60
 fuzz:
-	scripts/fuzz.sh $(FUZZTIME)
+	scripts/fuzz.sh $(FUZZSCALE)
 
 bench:
 	$(GO) test -run=NONE -bench=. -benchmem ./...
