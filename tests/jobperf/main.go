@@ -334,10 +334,12 @@ func main() {
 		if want["incremental"] {
 			iq := incrementalBackup("qsd", *qsdBin, root, tmpl)
 			ib := incrementalBackup("qbmond", *qbmondBin, root, tmpl)
+			fl := incFloor(root)
 			r := func(d time.Duration) float64 { return 64 / d.Seconds() }
 			fmt.Printf("| incremental backup, 64 MiB in 1024 scattered 64 KiB blocks (best of %d rounds × %d runs) | time | throughput | qbmond/QSD | target |\n| --- | ---: | ---: | ---: | ---: |\n", incRounds, *repeat)
 			fmt.Printf("| QSD 7.2 | %.3f s | %.0f MiB/s | | |\n", iq.Seconds(), r(iq))
-			fmt.Printf("| qbmond | %.3f s | %.0f MiB/s | %.2f× | ≥ 1.2× |\n\n", ib.Seconds(), r(ib), iq.Seconds()/ib.Seconds())
+			fmt.Printf("| qbmond | %.3f s | %.0f MiB/s | %.2f× | ≥ 1.2× |\n", ib.Seconds(), r(ib), iq.Seconds()/ib.Seconds())
+			fmt.Printf("| floor: the same blocks by pread and pwrite, no daemon | %.3f s | %.0f MiB/s | %.2f× | |\n\n", fl.Seconds(), r(fl), iq.Seconds()/fl.Seconds())
 		}
 		if want["latency"] {
 			lq := latency("qsd", *qsdBin, root, tmpl)
