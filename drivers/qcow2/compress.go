@@ -165,6 +165,9 @@ func (d *Driver) writeOneCompressed(ctx context.Context, off int64, data []byte)
 	defer d.mu.Unlock()
 	vc := off >> d.cb
 	d.waitFlights(vc, vc+1)
+	if err := d.maybeSync(ctx); err != nil {
+		return err
+	}
 	if !ok {
 		return d.writeLocked(ctx, off, data)
 	}

@@ -82,6 +82,11 @@ type Driver struct {
 	l2c      *tableCache
 	rbc      *tableCache
 	freeHint int64 // no free cluster below this index
+	// Metadata changes not yet in the file (see syncMeta): L1 entries
+	// [l1Lo, l1Hi) (l1Hi 0: none), dirty L2 tables in l2c, and
+	// references dropped whose refcounts are still to be decreased.
+	l1Lo, l1Hi  int64
+	pendingFree []pendingFree
 	// flights are the allocating writes whose data is being written
 	// with d.mu released (WriteFromFile): their guest clusters are not
 	// linked yet, and every other change of those clusters waits.
@@ -383,9 +388,16 @@ func (d *Driver) Length(ctx context.Context) (int64, error) {
 	return int64(d.h.size), nil
 }
 
-// Flush flushes the image file: metadata is already written through. It
+// Flush writes back the metadata held in memory (syncMeta) and flushes
+// the image file. It
 // works on a corrupt node too, so that closing it succeeds.
 func (d *Driver) Flush(ctx context.Context) error {
+	d.mu.Lock()
+	err := d.syncMeta(ctx)
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	return d.file.Flush(ctx)
 }
 
@@ -485,10 +497,16 @@ func (d *Driver) Close() error {
 	}
 	d.closedOnce = true
 	d.closeDecoders()
-	if d.ro || d.failed.Load() || !d.dirtyUs {
+	if d.ro || d.failed.Load() {
 		return nil
 	}
 	ctx := context.Background()
+	if err := d.syncMeta(ctx); err != nil {
+		return err
+	}
+	if !d.dirtyUs {
+		return d.file.Flush(ctx)
+	}
 	if err := d.file.Flush(ctx); err != nil {
 		return err
 	}
@@ -538,13 +556,97 @@ func (d *Driver) writeHeader(ctx context.Context) error {
 	return d.file.Flush(ctx)
 }
 
-// writeEntries writes entries into the table at tblOff from index i,
-// updating the cached copy tbl.
+// writeEntries sets entries of the L2 table at tblOff from index i (tbl
+// is the caller's copy of it), in the cache: the table goes dirty and
+// reaches the file with the next syncMeta.
 func (d *Driver) writeEntries(ctx context.Context, tbl []byte, tblOff int64, i int64, entries []uint64) error {
+	t := d.l2c.change(tblOff, tbl, int(8*i), int(8*(i+int64(len(entries)))))
 	for j, e := range entries {
+		binary.BigEndian.PutUint64(t[8*(i+int64(j)):], e)
 		binary.BigEndian.PutUint64(tbl[8*(i+int64(j)):], e)
 	}
-	return d.file.Write(ctx, tblOff+8*i, tbl[8*i:8*(i+int64(len(entries)))], 0)
+	return nil
+}
+
+// pendingFree is a reference dropped from the L2 tables in memory: the
+// refcounts of host clusters [c, c+n) go down once that change is stable.
+type pendingFree struct {
+	c, n    int64
+	discard bool
+}
+
+// Thresholds of syncMeta between flushes: half the L2 cache dirty, or
+// this many frees waiting.
+const maxPendingFrees = 4096
+
+// syncMeta writes the metadata changes held in memory to the image file
+// in the order that keeps the file consistent whatever part of the
+// unflushed writes a crash loses (QEMU's qcow2 caches with their
+// dependencies, and its ordering of refcount updates):
+//
+//  1. A flush makes the refcounts of newly allocated clusters stable
+//     (they were written through as the clusters were allocated),
+//     together with the data and any new L2 table written into them,
+//     before anything points at them.
+//  2. The dirty L2 tables and L1 entries are written.
+//  3. If references were dropped, a flush makes that stable, and only
+//     then do the refcounts of the clusters they held go down, so that
+//     no cluster is reused while a stable table still points at it.
+//
+// A crash thus leaves at worst leaked clusters. Callers hold d.mu
+// exclusively; the last writes are left for the caller's flush.
+func (d *Driver) syncMeta(ctx context.Context) error {
+	tables := d.l2c.dirtyTables()
+	if len(tables) == 0 && d.l1Hi == 0 && len(d.pendingFree) == 0 {
+		return nil
+	}
+	if err := d.check(); err != nil {
+		return err
+	}
+	if len(tables) > 0 || d.l1Hi > 0 {
+		if err := d.file.Flush(ctx); err != nil {
+			return err
+		}
+		for _, t := range tables {
+			if err := d.file.Write(ctx, t.off+int64(t.lo), t.data[t.lo:t.hi], 0); err != nil {
+				return err
+			}
+			d.l2c.cleaned(t)
+		}
+		if d.l1Hi > 0 {
+			b := make([]byte, 8*(d.l1Hi-d.l1Lo))
+			for i := d.l1Lo; i < d.l1Hi; i++ {
+				binary.BigEndian.PutUint64(b[8*(i-d.l1Lo):], d.l1[i])
+			}
+			if err := d.file.Write(ctx, int64(d.h.l1Off)+8*d.l1Lo, b, 0); err != nil {
+				return err
+			}
+			d.l1Lo, d.l1Hi = 0, 0
+		}
+	}
+	if len(d.pendingFree) > 0 {
+		if err := d.file.Flush(ctx); err != nil {
+			return err
+		}
+		frees := d.pendingFree
+		d.pendingFree = nil
+		for _, f := range frees {
+			// A failure here leaks the rest, which qemu-img check repairs.
+			if err := d.addRefcount(ctx, f.c, f.n, -1, f.discard); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// maybeSync runs syncMeta when the changes held in memory reach the
+// thresholds (d.mu held exclusively).
+func (d *Driver) maybeSync(ctx context.Context) error {
+	if d.l2c.dirty() >= max(1, d.l2c.max/2) || len(d.pendingFree) >= maxPendingFrees {
+		return d.syncMeta(ctx)
+	}
+	return nil
 }
 
 // errNoSnapshots refuses writes to images with internal snapshots.

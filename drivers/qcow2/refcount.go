@@ -252,18 +252,37 @@ func (d *Driver) overlapCheck(ctx context.Context, off, n int64) error {
 // maxAlloc is the largest run allocClusters handles.
 func (d *Driver) maxAlloc() int64 { return max(1, d.rbn/2) }
 
-// freeEntry drops the reference an L2 entry held on its host clusters.
+// freeEntry drops the reference an L2 entry held on its host clusters,
+// whose entry was just replaced in memory: their refcounts go down in
+// syncMeta, once the replacement is stable.
 func (d *Driver) freeEntry(ctx context.Context, e uint64, discard bool) error {
+	if c, n, discard, ok := d.entryClusters(e, discard); ok {
+		d.pendingFree = append(d.pendingFree, pendingFree{c, n, discard})
+	}
+	return nil
+}
+
+// freeEntryNow drops the reference at once, for callers that made the
+// entry's removal stable themselves.
+func (d *Driver) freeEntryNow(ctx context.Context, e uint64, discard bool) error {
+	if c, n, discard, ok := d.entryClusters(e, discard); ok {
+		return d.addRefcount(ctx, c, n, -1, discard)
+	}
+	return nil
+}
+
+// entryClusters returns the host clusters an L2 entry references.
+func (d *Driver) entryClusters(e uint64, discard bool) (c, n int64, disc, ok bool) {
 	if e&flagCompressed != 0 {
 		off, size := d.compressedRange(e)
 		first, last := off/d.cs, (off+size-1)/d.cs
-		return d.addRefcount(ctx, first, last-first+1, -1, false)
+		return first, last - first + 1, false, true
 	}
 	host := int64(e & offsetMask)
 	if host == 0 {
-		return nil
+		return 0, 0, false, false
 	}
-	return d.addRefcount(ctx, host/d.cs, 1, -1, discard)
+	return host / d.cs, 1, discard, true
 }
 
 // newRefBlock creates the refcount block for reftable index ti. All the
@@ -281,6 +300,10 @@ func (d *Driver) newRefBlock(ctx context.Context, ti int64) error {
 	b := make([]byte, d.cs)
 	d.rcSet(b, 0, 1)
 	if err := d.file.Write(ctx, c*d.cs, b, 0); err != nil {
+		return err
+	}
+	// The block is stable before the refcount table points at it.
+	if err := d.file.Flush(ctx); err != nil {
 		return err
 	}
 	var e [8]byte

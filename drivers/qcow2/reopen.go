@@ -60,6 +60,9 @@ func (d *Driver) ReopenPrepare(ctx context.Context, rs *blockdev.ReopenState) er
 		return err
 	}
 	if rs.ReadOnly && !d.ro || !d.ro && d.lazy && !st.lazy {
+		if err := d.syncMeta(ctx); err != nil {
+			return err
+		}
 		if err := d.file.Flush(ctx); err != nil {
 			return err
 		}

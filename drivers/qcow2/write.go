@@ -104,6 +104,9 @@ func (d *Driver) needsAlloc(ctx context.Context, vc int64, e uint64) (bool, erro
 // writeLocked writes p at off under the exclusive lock, allocating.
 func (d *Driver) writeLocked(ctx context.Context, off int64, p []byte) error {
 	for len(p) > 0 {
+		if err := d.maybeSync(ctx); err != nil {
+			return err
+		}
 		vc := off >> d.cb
 		in := off & (d.cs - 1)
 		if _, _, err := d.ensureL2(ctx, vc/d.l2n); err != nil {
@@ -267,14 +270,14 @@ func (d *Driver) ensureL2(ctx context.Context, i int64) ([]byte, int64, error) {
 	return tbl, off, nil
 }
 
-// setL1 writes L1 entry i.
+// setL1 sets L1 entry i; it reaches the file with the next syncMeta.
 func (d *Driver) setL1(ctx context.Context, i int64, e uint64) error {
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], e)
-	if err := d.file.Write(ctx, int64(d.h.l1Off)+8*i, b[:], 0); err != nil {
-		return err
-	}
 	d.l1[i] = e
+	if d.l1Hi == 0 {
+		d.l1Lo, d.l1Hi = i, i+1
+	} else {
+		d.l1Lo, d.l1Hi = min(d.l1Lo, i), max(d.l1Hi, i+1)
+	}
 	return nil
 }
 
@@ -361,6 +364,9 @@ func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.R
 	}
 	var zeroes []byte
 	for o := off; o < end; {
+		if err := d.maybeSync(ctx); err != nil {
+			return err
+		}
 		vc := o >> d.cb
 		ce := min(end, (vc+1)*d.cs)
 		whole := o == vc*d.cs && (ce-o == d.cs || ce == int64(d.h.size))
@@ -406,6 +412,9 @@ func (d *Driver) Discard(ctx context.Context, off, n int64) error {
 		last = (size + d.cs - 1) >> d.cb
 	}
 	for vc := first; vc < last; vc++ {
+		if err := d.maybeSync(ctx); err != nil {
+			return err
+		}
 		e, err := d.entry(ctx, vc)
 		if err != nil {
 			return err
@@ -491,6 +500,11 @@ func (d *Driver) growL1(ctx context.Context, need int64) error {
 	if err := d.markDirty(ctx); err != nil {
 		return err
 	}
+	// The table is copied or extended in the file: it must hold every
+	// entry first.
+	if err := d.syncMeta(ctx); err != nil {
+		return err
+	}
 	have := int64(len(d.l1))
 	oldClusters := (have*8 + d.cs - 1) / d.cs
 	newClusters := (need*8 + d.cs - 1) / d.cs
@@ -560,6 +574,10 @@ func (d *Driver) MakeEmpty(ctx context.Context) error {
 	if err := d.markDirty(ctx); err != nil {
 		return err
 	}
+	// The L2 tables are read back from the file below.
+	if err := d.syncMeta(ctx); err != nil {
+		return err
+	}
 	old := append([]uint64(nil), d.l1...)
 	if len(old) > 0 {
 		if err := d.file.Write(ctx, int64(d.h.l1Off), make([]byte, 8*len(old)), 0); err != nil {
@@ -582,7 +600,7 @@ func (d *Driver) MakeEmpty(ctx context.Context) error {
 			}
 		}
 		for j := int64(0); j < d.l2n; j++ {
-			if err := d.freeEntry(ctx, binary.BigEndian.Uint64(t[8*j:]), d.passOther); err != nil {
+			if err := d.freeEntryNow(ctx, binary.BigEndian.Uint64(t[8*j:]), d.passOther); err != nil {
 				return err
 			}
 		}
@@ -658,6 +676,9 @@ func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOf
 	defer d.mu.Unlock()
 	d.waitFlights(off>>d.cb, (off+n)>>d.cb)
 	for n > 0 {
+		if err := d.maybeSync(ctx); err != nil {
+			return err
+		}
 		vc := off >> d.cb
 		if _, _, err := d.ensureL2(ctx, vc/d.l2n); err != nil {
 			return err
