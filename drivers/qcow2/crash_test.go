@@ -275,7 +275,7 @@ func crashRun(t *testing.T, opts []string, seed uint64) {
 	}
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(seed, 7))
-	guest := make([]byte, size)  // what the guest wrote
+	guest := make([]byte, size)   // what the guest wrote
 	flushed := make([]byte, size) // the guest's content at its last flush
 	const grain = 512
 	since := make([]bool, size/grain) // grains written since the last flush
