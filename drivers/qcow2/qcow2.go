@@ -575,8 +575,7 @@ type pendingFree struct {
 	discard bool
 }
 
-// Thresholds of syncMeta between flushes: half the L2 cache dirty, or
-// this many frees waiting.
+// maxPendingFrees bounds the frees that wait for a syncMeta.
 const maxPendingFrees = 4096
 
 // syncMeta writes the metadata changes held in memory to the image file
@@ -640,10 +639,12 @@ func (d *Driver) syncMeta(ctx context.Context) error {
 	return nil
 }
 
-// maybeSync runs syncMeta when the changes held in memory reach the
-// thresholds (d.mu held exclusively).
+// maybeSync runs syncMeta when the L2 cache is over its size because
+// only dirty tables were left to evict (QEMU's qcow2 writes its cache
+// back when it needs a slot), or when many frees wait (d.mu held
+// exclusively).
 func (d *Driver) maybeSync(ctx context.Context) error {
-	if d.l2c.dirty() >= max(1, d.l2c.max/2) || len(d.pendingFree) >= maxPendingFrees {
+	if d.l2c.len() > d.l2c.max || len(d.pendingFree) >= maxPendingFrees {
 		return d.syncMeta(ctx)
 	}
 	return nil
