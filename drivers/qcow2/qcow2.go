@@ -82,9 +82,11 @@ type Driver struct {
 	l2c      *tableCache
 	rbc      *tableCache
 	freeHint int64 // no free cluster below this index
-	// Metadata changes not yet in the file (see syncMeta): L1 entries
-	// [l1Lo, l1Hi) (l1Hi 0: none), dirty L2 tables in l2c, and
-	// references dropped whose refcounts are still to be decreased.
+	// Metadata changes not yet in the file (see syncMeta): refcount
+	// table entries [rtLo, rtHi) and L1 entries [l1Lo, l1Hi) (hi 0:
+	// none), dirty L2 tables in l2c, and references dropped whose
+	// refcounts are still to be decreased.
+	rtLo, rtHi  int64
 	l1Lo, l1Hi  int64
 	pendingFree []pendingFree
 	// flights are the allocating writes whose data is being written
@@ -586,7 +588,9 @@ const maxPendingFrees = 4096
 //  1. A flush makes the refcounts of newly allocated clusters stable
 //     (they were written through as the clusters were allocated),
 //     together with the data and any new L2 table written into them,
-//     before anything points at them.
+//     before anything points at them. New refcount blocks are stable
+//     then too; the refcount table entries for them are written next,
+//     and flushed, before any L2 entry counts on them.
 //  2. The dirty L2 tables and L1 entries are written.
 //  3. If references were dropped, a flush makes that stable, and only
 //     then do the refcounts of the clusters they held go down, so that
@@ -596,15 +600,28 @@ const maxPendingFrees = 4096
 // exclusively; the last writes are left for the caller's flush.
 func (d *Driver) syncMeta(ctx context.Context) error {
 	tables := d.l2c.dirtyTables()
-	if len(tables) == 0 && d.l1Hi == 0 && len(d.pendingFree) == 0 {
+	if len(tables) == 0 && d.l1Hi == 0 && d.rtHi == 0 && len(d.pendingFree) == 0 {
 		return nil
 	}
 	if err := d.check(); err != nil {
 		return err
 	}
-	if len(tables) > 0 || d.l1Hi > 0 {
+	if len(tables) > 0 || d.l1Hi > 0 || d.rtHi > 0 {
 		if err := d.file.Flush(ctx); err != nil {
 			return err
+		}
+		if d.rtHi > 0 {
+			b := make([]byte, 8*(d.rtHi-d.rtLo))
+			for i := d.rtLo; i < d.rtHi; i++ {
+				binary.BigEndian.PutUint64(b[8*(i-d.rtLo):], d.rt[i])
+			}
+			if err := d.file.Write(ctx, int64(d.h.refTableOff)+8*d.rtLo, b, 0); err != nil {
+				return err
+			}
+			if err := d.file.Flush(ctx); err != nil {
+				return err
+			}
+			d.rtLo, d.rtHi = 0, 0
 		}
 		for _, t := range tables {
 			if err := d.file.Write(ctx, t.off+int64(t.lo), t.data[t.lo:t.hi], 0); err != nil {

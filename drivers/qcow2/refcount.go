@@ -302,16 +302,14 @@ func (d *Driver) newRefBlock(ctx context.Context, ti int64) error {
 	if err := d.file.Write(ctx, c*d.cs, b, 0); err != nil {
 		return err
 	}
-	// The block is stable before the refcount table points at it.
-	if err := d.file.Flush(ctx); err != nil {
-		return err
-	}
-	var e [8]byte
-	binary.BigEndian.PutUint64(e[:], uint64(c*d.cs))
-	if err := d.file.Write(ctx, int64(d.h.refTableOff)+8*ti, e[:], 0); err != nil {
-		return err
-	}
+	// The refcount table entry waits for syncMeta, which writes it once
+	// the block is stable (a flush here would write out all data too).
 	d.rt[ti] = uint64(c * d.cs)
+	if d.rtHi == 0 {
+		d.rtLo, d.rtHi = ti, ti+1
+	} else {
+		d.rtLo, d.rtHi = min(d.rtLo, ti), max(d.rtHi, ti+1)
+	}
 	d.rbc.put(c*d.cs, b)
 	return nil
 }
@@ -496,6 +494,7 @@ func (d *Driver) installRefTable(ctx context.Context, nt []uint64, tOff, tc int6
 	if err := d.file.Flush(ctx); err != nil {
 		return err
 	}
+	d.rtLo, d.rtHi = 0, 0 // the new table holds every entry
 	d.h.refTableOff, d.h.refTableCluster = uint64(tOff), uint32(tc)
 	d.rt = nt
 	return nil
