@@ -562,6 +562,11 @@ func (d *Driver) writeHeader(ctx context.Context) error {
 // is the caller's copy of it), in the cache: the table goes dirty and
 // reaches the file with the next syncMeta.
 func (d *Driver) writeEntries(ctx context.Context, tbl []byte, tblOff int64, i int64, entries []uint64) error {
+	// A table past the end of the image file (corrupt metadata) fails
+	// the request now, as writing it through would.
+	if tblOff+8*(i+int64(len(entries))) > d.file.Length() {
+		return blockdev.ErrOutOfRange
+	}
 	t := d.l2c.change(tblOff, tbl, int(8*i), int(8*(i+int64(len(entries)))))
 	for j, e := range entries {
 		binary.BigEndian.PutUint64(t[8*(i+int64(j)):], e)
@@ -603,8 +608,10 @@ func (d *Driver) syncMeta(ctx context.Context) error {
 	if len(tables) == 0 && d.l1Hi == 0 && d.rtHi == 0 && len(d.pendingFree) == 0 {
 		return nil
 	}
-	if err := d.check(); err != nil {
-		return err
+	if d.failed.Load() {
+		// Fatal corruption: nothing more is written (QEMU stops using
+		// the image alike), and the flush itself is not refused.
+		return nil
 	}
 	if len(tables) > 0 || d.l1Hi > 0 || d.rtHi > 0 {
 		if err := d.file.Flush(ctx); err != nil {

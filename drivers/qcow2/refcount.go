@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+
+	"github.com/qbmond/qbmond/blockdev"
 )
 
 // rcGet reads entry i of a refcount block (any width from 1 to 64 bits;
@@ -255,10 +257,26 @@ func (d *Driver) maxAlloc() int64 { return max(1, d.rbn/2) }
 // freeEntry drops the reference an L2 entry held on its host clusters,
 // whose entry was just replaced in memory: their refcounts go down in
 // syncMeta, once the replacement is stable.
+// Corrupt refcounts are reported now, with the request, as an immediate
+// free would.
 func (d *Driver) freeEntry(ctx context.Context, e uint64, discard bool) error {
-	if c, n, discard, ok := d.entryClusters(e, discard); ok {
-		d.pendingFree = append(d.pendingFree, pendingFree{c, n, discard})
+	c, n, discard, ok := d.entryClusters(e, discard)
+	if !ok {
+		return nil
 	}
+	for i := c; i < c+n; i++ {
+		b, _, err := d.refBlock(ctx, i/d.rbn)
+		if err != nil {
+			return err
+		}
+		if b == nil {
+			return d.corruption(ctx, fmt.Sprintf("Refcount block for cluster %s is missing", cx(uint64(i))), -1, -1)
+		}
+		if d.rcGet(b, i%d.rbn) == 0 {
+			return d.corruption(ctx, fmt.Sprintf("Refcount of cluster %s would drop below zero", cx(uint64(i))), i*d.cs, d.cs)
+		}
+	}
+	d.pendingFree = append(d.pendingFree, pendingFree{c, n, discard})
 	return nil
 }
 
@@ -304,6 +322,9 @@ func (d *Driver) newRefBlock(ctx context.Context, ti int64) error {
 	}
 	// The refcount table entry waits for syncMeta, which writes it once
 	// the block is stable (a flush here would write out all data too).
+	if int64(d.h.refTableOff)+8*(ti+1) > d.file.Length() {
+		return blockdev.ErrOutOfRange // a corrupt table offset fails the request now
+	}
 	d.rt[ti] = uint64(c * d.cs)
 	if d.rtHi == 0 {
 		d.rtLo, d.rtHi = ti, ti+1

@@ -272,6 +272,9 @@ func (d *Driver) ensureL2(ctx context.Context, i int64) ([]byte, int64, error) {
 
 // setL1 sets L1 entry i; it reaches the file with the next syncMeta.
 func (d *Driver) setL1(ctx context.Context, i int64, e uint64) error {
+	if int64(d.h.l1Off)+8*(i+1) > d.file.Length() {
+		return blockdev.ErrOutOfRange // a corrupt L1 offset fails the request now
+	}
 	d.l1[i] = e
 	if d.l1Hi == 0 {
 		d.l1Lo, d.l1Hi = i, i+1
