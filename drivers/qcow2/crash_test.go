@@ -36,11 +36,35 @@ var crashFiles sync.Map // id → *crashState
 // writes, in the middle of a guest request too.
 type crashState struct {
 	mu   sync.Mutex
-	init []byte
 	cur  []byte
 	hist []crashOp
 	// lastFlush[k] is the index of the last flush before hist[k] (-1: none).
 	lastFlush []int
+	// base is init with hist[:baseN] applied, all of it durable: crashes
+	// start from there instead of replaying everything.
+	base  []byte
+	baseN int
+}
+
+// lastFlushBefore returns the index of the last flush before hist[k].
+func (s *crashState) lastFlushBefore(k int) int {
+	if k == 0 {
+		return -1
+	}
+	if s.hist[k-1].flush {
+		return k - 1
+	}
+	return s.lastFlush[k-1]
+}
+
+// settle moves base up to the last flush before hist[k]: no crash before
+// hist[k] is asked for afterwards.
+func (s *crashState) settle(k int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ; s.baseN <= s.lastFlushBefore(k); s.baseN++ {
+		s.base = s.apply(s.base, s.hist[s.baseN])
+	}
 }
 
 // crashOp is a write (data), a length change (data nil, size) or a flush.
@@ -110,16 +134,13 @@ func (s *crashState) flushesIn(from, to int) []int {
 func (s *crashState) crashAt(k int, rng *rand.Rand) []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	b := append([]byte(nil), s.init...)
-	f := -1
-	if k > 0 {
-		f = s.lastFlush[k-1]
-		if s.hist[k-1].flush {
-			f = k - 1
-		}
+	f := s.lastFlushBefore(k)
+	if f+1 < s.baseN {
+		panic("crash asked for before the settled base")
 	}
-	for i, op := range s.hist[:k] {
-		if i <= f || op.data == nil || rng.IntN(2) == 0 {
+	b := append([]byte(nil), s.base...)
+	for i := s.baseN; i < k; i++ {
+		if op := s.hist[i]; i <= f || op.data == nil || rng.IntN(2) == 0 {
 			b = s.apply(b, op)
 		}
 	}
@@ -255,19 +276,19 @@ func TestCrashConsistency(t *testing.T) {
 }
 
 func crashRun(t *testing.T, opts []string, seed uint64) {
-	const size = 32 << 20
+	const size = 8 << 20
 	dir := t.TempDir()
 	base := qemuImgCreate(t, dir, "base.qcow2", fmt.Sprint(size), opts...)
 	b, err := os.ReadFile(base)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &crashState{init: b, cur: append([]byte(nil), b...)}
+	s := &crashState{cur: append([]byte(nil), b...), base: append([]byte(nil), b...)}
 	id := t.Name()
 	crashFiles.Store(id, s)
 	defer crashFiles.Delete(id)
 	h, err := openOpts(t, blockdev.Options{
-		"driver": "qcow2", "l2-cache-size": 4 * 4096, "refcount-cache-size": 4 * 4096,
+		"driver": "qcow2", "l2-cache-size": 2 * 4096, "refcount-cache-size": 4 * 4096,
 		"file": map[string]any{"driver": "crashsim", "id": id},
 	}, drivertest.RootPerm)
 	if err != nil {
@@ -327,11 +348,13 @@ func crashRun(t *testing.T, opts []string, seed uint64) {
 		}
 		// A crash now, checked for consistency and for the data of the
 		// last guest flush; and, checked for consistency, one just before
-		// each flush of the image file since the previous check (inside
-		// some request, with the most writes unflushed) and one at a
-		// random point.
+		// each of up to three flushes of the image file since the
+		// previous check (inside some request, with the most writes
+		// unflushed) and one at a random point.
 		now := s.now()
-		points := append([]int{now}, s.flushesIn(checked, now)...)
+		fl := s.flushesIn(checked, now)
+		rng.Shuffle(len(fl), func(i, j int) { fl[i], fl[j] = fl[j], fl[i] })
+		points := append([]int{now}, fl[:min(len(fl), 3)]...)
 		points = append(points, checked+rng.IntN(now-checked+1))
 		for k, at := range points {
 			crashes++
@@ -354,6 +377,7 @@ func crashRun(t *testing.T, opts []string, seed uint64) {
 			os.Remove(img)
 		}
 		checked = now
+		s.settle(checked)
 	}
 	if crashes == 0 {
 		t.Fatal("no crash simulated")
