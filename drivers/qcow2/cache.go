@@ -18,11 +18,10 @@ import (
 // shared lock load tables concurrently; tables change, and go dirty or
 // clean, only under the driver's exclusive lock.
 type tableCache struct {
-	mu     sync.Mutex
-	max    int
-	m      map[int64]*list.Element
-	lru    list.List // of *cached, most recent first
-	ndirty int
+	mu  sync.Mutex
+	max int
+	m   map[int64]*list.Element
+	lru list.List // of *cached, most recent first
 }
 
 type cached struct {
@@ -87,7 +86,6 @@ func (c *tableCache) change(off int64, data []byte, lo, hi int) []byte {
 	}
 	t := e.Value.(*cached)
 	if t.hi == 0 {
-		c.ndirty++
 		t.lo, t.hi = lo, hi
 	} else {
 		t.lo, t.hi = min(t.lo, lo), max(t.hi, hi)
@@ -113,18 +111,8 @@ func (c *tableCache) dirtyTables() []*cached {
 func (c *tableCache) cleaned(t *cached) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if t.hi != 0 {
-		t.lo, t.hi = 0, 0
-		c.ndirty--
-	}
+	t.lo, t.hi = 0, 0
 	c.evict()
-}
-
-// dirty returns the number of dirty tables.
-func (c *tableCache) dirty() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.ndirty
 }
 
 // drop forgets the table at off.
@@ -132,9 +120,6 @@ func (c *tableCache) drop(off int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e := c.m[off]; e != nil {
-		if e.Value.(*cached).hi != 0 {
-			c.ndirty--
-		}
 		c.lru.Remove(e)
 		delete(c.m, off)
 	}
@@ -147,7 +132,6 @@ func (c *tableCache) clear() {
 	defer c.mu.Unlock()
 	c.m = make(map[int64]*list.Element)
 	c.lru.Init()
-	c.ndirty = 0
 }
 
 // len returns the number of cached tables.

@@ -83,12 +83,10 @@ type Driver struct {
 	rbc      *tableCache
 	freeHint int64 // no free cluster below this index
 	// Metadata changes not yet in the file (see syncMeta): refcount
-	// table entries [rtLo, rtHi) and L1 entries [l1Lo, l1Hi) (hi 0:
-	// none), dirty L2 tables in l2c, and references dropped whose
-	// refcounts are still to be decreased.
-	rtLo, rtHi  int64
-	l1Lo, l1Hi  int64
-	pendingFree []pendingFree
+	// table and L1 entries, dirty L2 tables in l2c, and references
+	// dropped whose refcounts are still to be decreased.
+	rtDirty, l1Dirty entryRange
+	pendingFree      []pendingFree
 	// flights are the allocating writes whose data is being written
 	// with d.mu released (WriteFromFile): their guest clusters are not
 	// linked yet, and every other change of those clusters waits.
@@ -489,7 +487,9 @@ func (d *Driver) waitFlights(start, end int64) {
 // waitAllFlights waits for every allocating write in flight (d.mu held).
 func (d *Driver) waitAllFlights() { d.waitFlights(0, math.MaxInt64) }
 
-// Close clears the dirty bit lazy refcounts set, after a flush.
+// Close writes back what is left of the metadata (the node was flushed
+// before, so normally nothing) and clears the dirty bit lazy refcounts
+// set, after a flush.
 func (d *Driver) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -503,14 +503,18 @@ func (d *Driver) Close() error {
 		return nil
 	}
 	ctx := context.Background()
+	wrote := d.metaDirty()
 	if err := d.syncMeta(ctx); err != nil {
 		return err
 	}
-	if !d.dirtyUs {
-		return d.file.Flush(ctx)
+	if !d.dirtyUs && !wrote {
+		return nil
 	}
 	if err := d.file.Flush(ctx); err != nil {
 		return err
+	}
+	if !d.dirtyUs {
+		return nil
 	}
 	return d.setIncompat(ctx, d.h.incompat&^incDirty)
 }
@@ -575,6 +579,38 @@ func (d *Driver) writeEntries(ctx context.Context, tbl []byte, tblOff int64, i i
 	return nil
 }
 
+// entryRange is the run [lo, hi) of a table's entries changed in memory
+// only (none while hi is 0).
+type entryRange struct{ lo, hi int64 }
+
+func (r *entryRange) empty() bool { return r.hi == 0 }
+
+// add takes entry i into the range.
+func (r *entryRange) add(i int64) {
+	if r.hi == 0 {
+		r.lo, r.hi = i, i+1
+	} else {
+		r.lo, r.hi = min(r.lo, i), max(r.hi, i+1)
+	}
+}
+
+// writeRange writes the entries r covers of the table tbl, which is at
+// off in the image file, and empties r.
+func (d *Driver) writeRange(ctx context.Context, r *entryRange, tbl []uint64, off int64) error {
+	if r.empty() {
+		return nil
+	}
+	b := make([]byte, 8*(r.hi-r.lo))
+	for i := r.lo; i < r.hi; i++ {
+		binary.BigEndian.PutUint64(b[8*(i-r.lo):], tbl[i])
+	}
+	if err := d.file.Write(ctx, off+8*r.lo, b, 0); err != nil {
+		return err
+	}
+	*r = entryRange{}
+	return nil
+}
+
 // pendingFree is a reference dropped from the L2 tables in memory: the
 // refcounts of host clusters [c, c+n) go down once that change is stable.
 type pendingFree struct {
@@ -605,7 +641,7 @@ const maxPendingFrees = 4096
 // exclusively; the last writes are left for the caller's flush.
 func (d *Driver) syncMeta(ctx context.Context) error {
 	tables := d.l2c.dirtyTables()
-	if len(tables) == 0 && d.l1Hi == 0 && d.rtHi == 0 && len(d.pendingFree) == 0 {
+	if len(tables) == 0 && d.l1Dirty.empty() && d.rtDirty.empty() && len(d.pendingFree) == 0 {
 		return nil
 	}
 	if d.failed.Load() {
@@ -613,22 +649,17 @@ func (d *Driver) syncMeta(ctx context.Context) error {
 		// the image alike), and the flush itself is not refused.
 		return nil
 	}
-	if len(tables) > 0 || d.l1Hi > 0 || d.rtHi > 0 {
+	if len(tables) > 0 || !d.l1Dirty.empty() || !d.rtDirty.empty() {
 		if err := d.file.Flush(ctx); err != nil {
 			return err
 		}
-		if d.rtHi > 0 {
-			b := make([]byte, 8*(d.rtHi-d.rtLo))
-			for i := d.rtLo; i < d.rtHi; i++ {
-				binary.BigEndian.PutUint64(b[8*(i-d.rtLo):], d.rt[i])
-			}
-			if err := d.file.Write(ctx, int64(d.h.refTableOff)+8*d.rtLo, b, 0); err != nil {
+		if !d.rtDirty.empty() {
+			if err := d.writeRange(ctx, &d.rtDirty, d.rt, int64(d.h.refTableOff)); err != nil {
 				return err
 			}
 			if err := d.file.Flush(ctx); err != nil {
 				return err
 			}
-			d.rtLo, d.rtHi = 0, 0
 		}
 		for _, t := range tables {
 			if err := d.file.Write(ctx, t.off+int64(t.lo), t.data[t.lo:t.hi], 0); err != nil {
@@ -636,15 +667,8 @@ func (d *Driver) syncMeta(ctx context.Context) error {
 			}
 			d.l2c.cleaned(t)
 		}
-		if d.l1Hi > 0 {
-			b := make([]byte, 8*(d.l1Hi-d.l1Lo))
-			for i := d.l1Lo; i < d.l1Hi; i++ {
-				binary.BigEndian.PutUint64(b[8*(i-d.l1Lo):], d.l1[i])
-			}
-			if err := d.file.Write(ctx, int64(d.h.l1Off)+8*d.l1Lo, b, 0); err != nil {
-				return err
-			}
-			d.l1Lo, d.l1Hi = 0, 0
+		if err := d.writeRange(ctx, &d.l1Dirty, d.l1, int64(d.h.l1Off)); err != nil {
+			return err
 		}
 	}
 	if len(d.pendingFree) > 0 {
@@ -661,6 +685,12 @@ func (d *Driver) syncMeta(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// metaDirty tells whether metadata changes wait for syncMeta (for Close;
+// syncMeta looks at the dirty tables itself).
+func (d *Driver) metaDirty() bool {
+	return len(d.l2c.dirtyTables()) > 0 || !d.l1Dirty.empty() || !d.rtDirty.empty() || len(d.pendingFree) > 0
 }
 
 // maybeSync runs syncMeta when the L2 cache is over its size because

@@ -85,21 +85,18 @@ func (d *Driver) refcount(ctx context.Context, c int64) (uint64, error) {
 // discard, their range is discarded in the image file.
 func (d *Driver) addRefcount(ctx context.Context, c, n int64, delta int64, discard bool) error {
 	for n > 0 {
-		ti, i := c/d.rbn, c%d.rbn
+		i := c % d.rbn
 		k := min(n, d.rbn-i)
-		b, off, err := d.refBlock(ctx, ti)
+		b, off, err := d.countingBlock(ctx, c)
 		if err != nil {
 			return err
-		}
-		if b == nil {
-			return d.corruption(ctx, fmt.Sprintf("Refcount block for cluster %s is missing", cx(uint64(c))), -1, -1)
 		}
 		var freed []int64
 		for j := range k {
 			v := d.rcGet(b, i+j)
 			switch {
 			case delta < 0 && v < uint64(-delta):
-				return d.corruption(ctx, fmt.Sprintf("Refcount of cluster %s would drop below zero", cx(uint64(c+j))), (c+j)*d.cs, d.cs)
+				return d.belowZero(ctx, c+j)
 			case delta > 0 && d.rcMax()-v < uint64(delta):
 				return fmt.Errorf("Refcount of cluster %s would overflow: %w", cx(uint64(c+j)), syscall.ERANGE)
 			}
@@ -129,6 +126,21 @@ func (d *Driver) addRefcount(ctx context.Context, c, n int64, delta int64, disca
 		c, n = c+k, n-k
 	}
 	return nil
+}
+
+// countingBlock returns the refcount block that counts host cluster c,
+// whose absence is corruption.
+func (d *Driver) countingBlock(ctx context.Context, c int64) ([]byte, int64, error) {
+	b, off, err := d.refBlock(ctx, c/d.rbn)
+	if err == nil && b == nil {
+		err = d.corruption(ctx, fmt.Sprintf("Refcount block for cluster %s is missing", cx(uint64(c))), -1, -1)
+	}
+	return b, off, err
+}
+
+// belowZero reports a refcount decrease past zero of host cluster c.
+func (d *Driver) belowZero(ctx context.Context, c int64) error {
+	return d.corruption(ctx, fmt.Sprintf("Refcount of cluster %s would drop below zero", cx(uint64(c))), c*d.cs, d.cs)
 }
 
 // findFree returns the first run of n free host clusters at or after the
@@ -265,15 +277,12 @@ func (d *Driver) freeEntry(ctx context.Context, e uint64, discard bool) error {
 		return nil
 	}
 	for i := c; i < c+n; i++ {
-		b, _, err := d.refBlock(ctx, i/d.rbn)
+		b, _, err := d.countingBlock(ctx, i)
 		if err != nil {
 			return err
 		}
-		if b == nil {
-			return d.corruption(ctx, fmt.Sprintf("Refcount block for cluster %s is missing", cx(uint64(i))), -1, -1)
-		}
 		if d.rcGet(b, i%d.rbn) == 0 {
-			return d.corruption(ctx, fmt.Sprintf("Refcount of cluster %s would drop below zero", cx(uint64(i))), i*d.cs, d.cs)
+			return d.belowZero(ctx, i)
 		}
 	}
 	d.pendingFree = append(d.pendingFree, pendingFree{c, n, discard})
@@ -326,11 +335,7 @@ func (d *Driver) newRefBlock(ctx context.Context, ti int64) error {
 		return blockdev.ErrOutOfRange // a corrupt table offset fails the request now
 	}
 	d.rt[ti] = uint64(c * d.cs)
-	if d.rtHi == 0 {
-		d.rtLo, d.rtHi = ti, ti+1
-	} else {
-		d.rtLo, d.rtHi = min(d.rtLo, ti), max(d.rtHi, ti+1)
-	}
+	d.rtDirty.add(ti)
 	d.rbc.put(c*d.cs, b)
 	return nil
 }
@@ -515,7 +520,7 @@ func (d *Driver) installRefTable(ctx context.Context, nt []uint64, tOff, tc int6
 	if err := d.file.Flush(ctx); err != nil {
 		return err
 	}
-	d.rtLo, d.rtHi = 0, 0 // the new table holds every entry
+	d.rtDirty = entryRange{} // the new table holds every entry
 	d.h.refTableOff, d.h.refTableCluster = uint64(tOff), uint32(tc)
 	d.rt = nt
 	return nil

@@ -276,11 +276,7 @@ func (d *Driver) setL1(ctx context.Context, i int64, e uint64) error {
 		return blockdev.ErrOutOfRange // a corrupt L1 offset fails the request now
 	}
 	d.l1[i] = e
-	if d.l1Hi == 0 {
-		d.l1Lo, d.l1Hi = i, i+1
-	} else {
-		d.l1Lo, d.l1Hi = min(d.l1Lo, i), max(d.l1Hi, i+1)
-	}
+	d.l1Dirty.add(i)
 	return nil
 }
 
