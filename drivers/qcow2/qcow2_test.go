@@ -389,3 +389,55 @@ func TestCopyOffload(t *testing.T) {
 		})
 	}
 }
+
+// A partial write into a new cluster writes its data alone only when the
+// cluster is fresh (past the image file's old end, so it reads as zeroes):
+// a cluster freed by a discard and handed out again still holds its old
+// bytes, and the rest of it must read as zeroes all the same. Over a
+// backing file the rest comes from the backing file, fresh or not.
+func TestPartialWriteIntoFreshAndReusedClusters(t *testing.T) {
+	ctx := context.Background()
+	for _, compat := range []string{"1.1", "0.10"} {
+		t.Run(compat, func(t *testing.T) {
+			dir := t.TempDir()
+			img := qemuImgCreate(t, dir, "a.qcow2", "1M", "-o", "cluster_size=4k,compat="+compat)
+			h := open(t, img, false, "discard", "unmap", "pass-discard-request", false)
+			ref := make([]byte, 1<<20)
+			do := func(off int64, n int, seed byte) {
+				t.Helper()
+				p := pattern(n, seed)
+				if err := h.c.Write(ctx, off, p, 0); err != nil {
+					t.Fatal(err)
+				}
+				copy(ref[off:], p)
+			}
+			do(0, 64<<10, 1) // sixteen full clusters
+			if err := h.c.Discard(ctx, 0, 64<<10); err != nil {
+				t.Fatal(err)
+			}
+			// The freed clusters are handed out again once the drop
+			// is stable: after two flushes.
+			for range 2 {
+				if err := h.c.Flush(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := h.c.Read(ctx, 0, ref[:64<<10]); err != nil {
+				t.Fatal(err)
+			}
+			// Partial writes that can take the freed host clusters and
+			// partial writes into fresh ones, head, middle and tail.
+			for i := int64(0); i < 24; i++ {
+				do(128<<10+i*8<<10+(i%3)*1536, 512+int(i%4)*700, byte(i+10))
+			}
+			equalBytes(t, "content", h.readAll(t), ref)
+			h.close(t)
+			checkClean(t, img)
+			refPath := filepath.Join(dir, "ref.raw")
+			if err := os.WriteFile(refPath, ref, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			run(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", img, refPath)
+		})
+	}
+}

@@ -163,14 +163,27 @@ func (d *Driver) writeLocked(ctx context.Context, off int64, p []byte) error {
 // the L2 entries at them and drops the old clusters.
 func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int64, data []byte) error {
 	m := int64(len(old))
+	fileEnd := d.file.Length()
 	host, err := d.allocClusters(ctx, m)
 	if err != nil {
 		return err
 	}
 	var buf []byte
-	if in == 0 && int64(len(data)) == m*d.cs {
+	at := host
+	fresh, err := d.freshZeroGaps(ctx, vc, old, in, int64(len(data)), host >= fileEnd)
+	if err != nil {
+		return err
+	}
+	switch {
+	case in == 0 && int64(len(data)) == m*d.cs:
 		buf = data
-	} else {
+	case fresh:
+		// The new clusters lie past the old end of the image file, so
+		// they read as zeroes already, and so would the parts of them
+		// the request leaves out: write the data alone. (A small write
+		// into a thin image would otherwise write a whole cluster.)
+		buf, at = data, host+in
+	default:
 		buf = make([]byte, m*d.cs)
 		if in > 0 || (m == 1 && int64(len(data)) < d.cs) {
 			if err := d.fillBase(ctx, vc, old[0], buf[:d.cs]); err != nil {
@@ -185,7 +198,7 @@ func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int6
 		copy(buf[in:], data)
 	}
 	d.file.DebugEvent("write_aio") // guest data: blkdebug's write_aio
-	if err := d.file.Write(ctx, host, buf, 0); err != nil {
+	if err := d.file.Write(ctx, at, buf, 0); err != nil {
 		return err
 	}
 	tbl, tblOff, err := d.l2Table(ctx, vc/d.l2n)
@@ -205,6 +218,27 @@ func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int6
 		}
 	}
 	return nil
+}
+
+// freshZeroGaps tells whether an allocating write of n bytes at byte in
+// of guest cluster vc may leave out the rest of its new clusters: they
+// must be fresh (past the image file's end before the allocation, so they
+// read as zeroes) and the guest content the write keeps around its data
+// (head of the first cluster, tail of the last) must read as zeroes too.
+func (d *Driver) freshZeroGaps(ctx context.Context, vc int64, old []uint64, in, n int64, fresh bool) (bool, error) {
+	if !fresh {
+		return false, nil
+	}
+	m := int64(len(old))
+	if in > 0 {
+		if z, err := d.readsZero(ctx, vc, old[0]); err != nil || !z {
+			return false, err
+		}
+	}
+	if in+n < m*d.cs {
+		return d.readsZero(ctx, vc+m-1, old[m-1])
+	}
+	return true, nil
 }
 
 // fillBase fills dst with the current guest content of cluster vc, whose
