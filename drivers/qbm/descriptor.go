@@ -1,6 +1,20 @@
 // Package qbm implements the QBM format: dirty bitmaps, and optionally an
 // allocation bitmap with a backing image, kept beside an image of any
 // format and described by a JSON descriptor (docs: QBM.md of the project).
+//
+// Beyond QBM.md, qbmond holds descriptors to these rules (files.go):
+//
+//   - The descriptor is read with QEMU's JSON parser: a key given twice in
+//     one object, a bitmap defined twice and invalid UTF-8 are refused.
+//   - A bitmap file must be a regular file inside the descriptor's
+//     directory tree: no "..", absolute name or symbolic link leading out
+//     of it. It may not be the descriptor, a file of the image or of the
+//     backing chain, or another bitmap's file (compared by device and
+//     inode). The image and the backing file are opened as QEMU opens a
+//     qcow2 backing file: relative to the descriptor, or absolute.
+//   - A rewrite replaces the descriptor's real file (symbolic links
+//     resolved when the node opens) with a temporary file created
+//     exclusively beside it, DESC.tmp.RANDOM, never through a link.
 package qbm
 
 import (
