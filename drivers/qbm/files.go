@@ -29,8 +29,11 @@ import (
 //     absolute name elsewhere, or a symbolic link that leads out of it
 //     (or is absolute) is refused. The files qbmond creates always sit
 //     beside the descriptor, so only a hand-made or foreign descriptor
-//     can break the rule; QEMU likewise refuses to follow what an image
-//     names when that is not a plain file name (json:, protocols).
+//     can break the rule. QEMU refuses to follow what an image names
+//     when that is not a plain file name (json:, protocols; qbmond does
+//     too, for every name in a descriptor); bitmap files need more,
+//     because they are not nodes: no permission or image lock protects
+//     what they name, and they are rewritten whole.
 //   - a bitmap file may not be the descriptor, a file of the data image,
 //     a file of the backing chain (or a bitmap file of a QBM image in it)
 //     or another bitmap's file. Files are compared by device and inode,
