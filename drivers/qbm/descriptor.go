@@ -1,6 +1,20 @@
 // Package qbm implements the QBM format: dirty bitmaps, and optionally an
 // allocation bitmap with a backing image, kept beside an image of any
 // format and described by a JSON descriptor (docs: QBM.md of the project).
+//
+// Beyond QBM.md, qbmond holds descriptors to these rules (files.go):
+//
+//   - The descriptor is read with QEMU's JSON parser: a key given twice in
+//     one object, a bitmap defined twice and invalid UTF-8 are refused.
+//   - A bitmap file must be a regular file inside the descriptor's
+//     directory tree: no "..", absolute name or symbolic link leading out
+//     of it. It may not be the descriptor, a file of the image or of the
+//     backing chain, or another bitmap's file (compared by device and
+//     inode). The image and the backing file are opened as QEMU opens a
+//     qcow2 backing file: relative to the descriptor, or absolute.
+//   - A rewrite replaces the descriptor's real file (symbolic links
+//     resolved when the node opens) with a temporary file created
+//     exclusively beside it, DESC.tmp.RANDOM, never through a link.
 package qbm
 
 import (
@@ -8,9 +22,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"sort"
 	"strings"
+	"unicode/utf8"
+
+	"github.com/qbmond/qbmond/qmp"
 )
 
 // MaxDescriptorSize is the largest descriptor qbmond reads.
@@ -21,6 +39,9 @@ const (
 	TypeDirty      = "dirty"
 	TypeAllocation = "allocation"
 )
+
+// maxBitmapName is QEMU's limit on dirty bitmap names, in bytes.
+const maxBitmapName = 1023
 
 // MinGranularity and MaxGranularity bound granularity-bytes.
 const (
@@ -143,11 +164,22 @@ func Parse(data []byte) (*Descriptor, error) {
 	case len(bytes.TrimSpace(data)) == 0:
 		return nil, errors.New("Empty file")
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	var top map[string]any
-	if err := dec.Decode(&top); err != nil || dec.More() {
-		return nil, errors.New("Failed to parse json from file")
+	// QEMU's JSON parser, as the seed's qobject_from_json: it refuses
+	// duplicate keys (encoding/json would keep the last one, so that
+	// "in-use": true, "in-use": false loaded as not in use) and invalid
+	// UTF-8 (which encoding/json would turn into U+FFFD).
+	parsed, err := parseJSON(data)
+	if err != nil {
+		if strings.Contains(err.Error(), "duplicate key") {
+			if dup := duplicateKey(data); dup != "" {
+				return nil, errors.New(dup)
+			}
+		}
+		return nil, fmt.Errorf("Failed to parse json from file: %s", printable(err.Error()))
+	}
+	top, ok := parsed.(map[string]any)
+	if !ok {
+		return nil, errors.New("Failed to parse json from file: the top level is not an object")
 	}
 	rawQBM, ok := top["QBM"]
 	if !ok {
@@ -183,7 +215,6 @@ func Parse(data []byte) (*Descriptor, error) {
 	if !ok {
 		return nil, errors.New(`"image" information invalid`)
 	}
-	var err error
 	if d.Image, err = fileRef(im, "Image", true); err != nil {
 		return nil, err
 	}
@@ -221,6 +252,126 @@ func Parse(data []byte) (*Descriptor, error) {
 	return d, nil
 }
 
+// parseJSON reads exactly one value with QMP's reader (QEMU's parser),
+// reporting the first error in the text.
+func parseJSON(data []byte) (any, error) {
+	dec := qmp.NewDecoder(bytes.NewReader(data))
+	v, err := dec.Next()
+	if err == io.EOF {
+		return nil, errors.New("JSON parse error, premature EOI")
+	} else if err != nil {
+		return nil, err
+	}
+	if _, err := dec.Next(); err == io.EOF {
+		return v, nil
+	} else if qmp.IsParseError(err) {
+		return nil, err
+	}
+	return nil, errors.New("JSON parse error, more than one value")
+}
+
+// printable shows the bytes of s that are not UTF-8 as \xNN (the
+// parser's errors quote the input).
+func printable(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && n <= 1 {
+			fmt.Fprintf(&b, "\\x%02x", s[i])
+			i++
+			continue
+		}
+		b.WriteString(s[i : i+n])
+		i += n
+	}
+	return b.String()
+}
+
+// duplicateKey finds the first key that appears twice in one object of
+// data (which QEMU's parser refused) and describes it with its place; ""
+// when there is none or data is not plain JSON.
+func duplicateKey(data []byte) string {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	type level struct {
+		keys   map[string]bool // nil for an array
+		key    string          // the member being read, for objects
+		expect bool            // objects: the next token is a key
+	}
+	var stack []*level
+	var path []string
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		var top *level
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if top != nil && top.keys != nil && top.expect {
+			if d, ok := tok.(json.Delim); ok && d == '}' {
+				stack = stack[:len(stack)-1]
+				if len(path) > 0 {
+					path = path[:len(path)-1]
+				}
+				continue
+			}
+			k, _ := tok.(string)
+			if top.keys[k] {
+				return describeDuplicate(path[1:], k)
+			}
+			top.keys[k], top.key, top.expect = true, k, false
+			continue
+		}
+		// A value: of the current object member, or an array element.
+		if top != nil && top.keys != nil {
+			top.expect = true
+		}
+		switch tok {
+		case json.Delim('{'), json.Delim('['):
+			l := &level{expect: true}
+			if tok == json.Delim('{') {
+				l.keys = map[string]bool{}
+			}
+			seg := ""
+			if top != nil {
+				seg = top.key
+				if top.keys == nil {
+					seg = "[]"
+				}
+			}
+			stack, path = append(stack, l), append(path, seg)
+		case json.Delim(']'):
+			stack = stack[:len(stack)-1]
+			path = path[:len(path)-1]
+		}
+	}
+}
+
+// describeDuplicate words a duplicate key found at path (the keys leading
+// to its object, "[]" for an array element).
+func describeDuplicate(path []string, key string) string {
+	if len(path) == 2 && path[0] == "QBM" && path[1] == "bitmaps" {
+		return fmt.Sprintf("Bitmap \"%s\" is defined more than once in the QBM descriptor", key)
+	}
+	where := "at the top level"
+	if len(path) > 0 {
+		quoted := make([]string, len(path))
+		for i, p := range path {
+			quoted[i] = p
+			if p != "[]" {
+				quoted[i] = `"` + p + `"`
+			}
+		}
+		where = "in " + strings.Join(quoted, ".")
+	}
+	return fmt.Sprintf("Failed to parse json from file: JSON parse error, duplicate key \"%s\" %s", key, where)
+}
+
 func parseEntry(name string, v any) (*BitmapEntry, error) {
 	m, ok := v.(map[string]any)
 	if !ok {
@@ -237,6 +388,12 @@ func parseEntry(name string, v any) (*BitmapEntry, error) {
 	}
 	if e.Type != TypeDirty && e.Type != TypeAllocation {
 		return nil, fmt.Errorf(`"type" of bitmap "%s" must be "dirty" or "allocation", not "%s"`, name, e.Type)
+	}
+	if e.Type == TypeDirty && name == "" {
+		return nil, errors.New("Bitmap name cannot be empty")
+	}
+	if e.Type == TypeDirty && len(name) > maxBitmapName {
+		return nil, errors.New("Bitmap name is too long")
 	}
 	g, ok := m["granularity-bytes"]
 	if !ok {

@@ -81,9 +81,9 @@ func TestParseErrors(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{``, "Empty file"},
 		{`  `, "Empty file"},
-		{`{`, "Failed to parse json from file"},
-		{`[1]`, "Failed to parse json from file"},
-		{`{} {}`, "Failed to parse json from file"},
+		{`{`, "Failed to parse json from file: JSON parse error, premature EOI"},
+		{`[1]`, "Failed to parse json from file: the top level is not an object"},
+		{`{} {}`, "Failed to parse json from file: JSON parse error, more than one value"},
 		{`{"qbm": {}}`, `Json doesn't have key "QBM"`},
 		{`{"QBM": 1}`, `"QBM" must be an object`},
 		{`{"QBM": {}}`, `Key "version" not found in QBM descriptor`},
@@ -116,6 +116,7 @@ func TestParseErrors(t *testing.T) {
 		{entry(`{"file": "b.bm", "type": "allocation", "granularity-bytes": 512, "backing": {}}`), "Backing file name not specified"},
 		{entry(`{"file": "b.bm", "type": "allocation", "granularity-bytes": 512, "backing": "x"}`), `"backing" of bitmap "b" must be an object`},
 		{entry(`{"file": "json:{}", "type": "dirty", "granularity-bytes": 512}`), `Protocol file names are not supported in QBM descriptors: "json:{}"`},
+		{entry(`{"file": "b.bm", "type": "dirty", "granularity-bytes": 512}`) + " x", "Failed to parse json from file: JSON parse error, invalid keyword 'x'"},
 		{`{"QBM": {"version": 1, "image": {"file": "d.img", "format": "raw"}, "bitmaps": {
 			"a": {"file": "a", "type": "allocation", "granularity-bytes": 512},
 			"b": {"file": "b", "type": "allocation", "granularity-bytes": 512}}}}`, "Multiple allocation bitmaps are not supported"},
@@ -164,6 +165,13 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(sample))
 	f.Add([]byte(`{"QBM": {"version": 1, "image": {"file": "d", "format": "raw"}, "bitmaps": {}}}`))
 	f.Add([]byte(`{"QBM": {"version": 1e400}}`))
+	// The strict parser's refusals: duplicate keys and bitmaps, invalid
+	// UTF-8, bad bitmap names.
+	for _, tc := range strictCases(func(bitmaps string) string {
+		return `{"QBM": {"version": 1, "image": {"file": "d.img", "format": "raw"}, "bitmaps": {` + bitmaps + `}}}`
+	}, `"b": {"file": "b.bm", "type": "dirty", "granularity-bytes": 512`) {
+		f.Add([]byte(tc.in))
+	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		Probe(in)
 		d, err := Parse(in)
@@ -183,4 +191,47 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("unstable: %s\n%s", out, out2)
 		}
 	})
+}
+
+// The parser is QEMU's (as the seed's qobject_from_json): a key given
+// twice, a bitmap defined twice and invalid UTF-8 are refused, where a
+// lenient parser took the last value ("in-use": true, "in-use": false
+// loaded as not in use) or replaced bytes with U+FFFD.
+func TestParseStrict(t *testing.T) {
+	desc := func(bitmaps string) string {
+		return `{"QBM": {"version": 1, "image": {"file": "d.img", "format": "raw"}, "bitmaps": {` + bitmaps + `}}}`
+	}
+	const b = `"b": {"file": "b.bm", "type": "dirty", "granularity-bytes": 512`
+	for _, tc := range strictCases(desc, b) {
+		_, err := Parse([]byte(tc.in))
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%q:\n got %v\nwant %s", tc.in, err, tc.want)
+		}
+	}
+	// The same members once each parse.
+	if _, err := Parse([]byte(desc(b + `, "in-use": true}`))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func strictCases(desc func(string) string, b string) []struct{ in, want string } {
+	const dup = "Failed to parse json from file: JSON parse error, duplicate key "
+	const utf8 = "Failed to parse json from file: JSON parse error, invalid UTF-8 sequence in string"
+	return []struct{ in, want string }{
+		{desc(b + `, "in-use": true, "in-use": false}`), dup + `"in-use" in "QBM"."bitmaps"."b"`},
+		{desc(b + `, "in-use": false, "in-use": false}`), dup + `"in-use" in "QBM"."bitmaps"."b"`},
+		{desc(b + `}, ` + b + `, "in-use": true}`), `Bitmap "b" is defined more than once in the QBM descriptor`},
+		{desc(b + `, "x": [{"k": 1}, {"k": 2, "k": 3}]}`), dup + `"k" in "QBM"."bitmaps"."b"."x".[]`},
+		{`{"QBM": {"version": 1, "version": 1, "image": {"file": "d.img", "format": "raw"}, "bitmaps": {}}}`, dup + `"version" in "QBM"`},
+		{`{"QBM": {}, "QBM": {}}`, dup + `"QBM" at the top level`},
+		{desc(`"b": {"file": "b` + "\xff\xfe" + `.bm", "type": "dirty", "granularity-bytes": 512}`),
+			`Failed to parse json from file: JSON parse error, stray '"b\xff'`},
+		{desc(`"b": {"file": "b` + "\xc3\x28" + `.bm", "type": "dirty", "granularity-bytes": 512}`), utf8},
+		{desc(`"b` + "\xc3" + `": {"file": "b.bm", "type": "dirty", "granularity-bytes": 512}`), utf8},
+		{desc(`"b": {"file": "b` + "\xed\xa0\x80" + `.bm", "type": "dirty", "granularity-bytes": 512}`), utf8},
+		{desc(`"b": {"file": "b\udc00.bm", "type": "dirty", "granularity-bytes": 512}`),
+			`Failed to parse json from file: JSON parse error, \udc00 is not a valid Unicode character`},
+		{desc(`"": {"file": "b.bm", "type": "dirty", "granularity-bytes": 512}`), "Bitmap name cannot be empty"},
+		{desc(`"` + strings.Repeat("n", 1024) + `": {"file": "b.bm", "type": "dirty", "granularity-bytes": 512}`), "Bitmap name is too long"},
+	}
 }

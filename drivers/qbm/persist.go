@@ -12,39 +12,6 @@ import (
 	"github.com/qbmond/qbmond/blockdev"
 )
 
-// WriteDescriptor writes data as the descriptor at path atomically:
-// PATH.tmp in the same directory, fsynced, renamed over path, and the
-// directory fsynced. A crash leaves either the old or the new descriptor.
-func WriteDescriptor(path string, data []byte) error {
-	mode := os.FileMode(0o644)
-	if fi, err := os.Stat(path); err == nil {
-		mode = fi.Mode().Perm()
-	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return fmt.Errorf("Failed to save json description to file: %s", blockdev.Strerror(err))
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("Failed to save json description to file: %s", blockdev.Strerror(err))
-	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
-		return fmt.Errorf("Failed to save json description to file: %s", blockdev.Strerror(err))
-	}
-	return nil
-}
-
 func syncDir(dir string) error {
 	f, err := os.Open(dir)
 	if err != nil {
@@ -59,11 +26,14 @@ func (d *Driver) saveDescriptor() error {
 	if d.descPath == "" {
 		return errors.New("Cannot update the QBM descriptor: it has no plain file name")
 	}
+	if d.realPath == "" {
+		return fmt.Errorf("Cannot update the QBM descriptor: %s", d.realErr)
+	}
 	data, err := d.desc.Marshal()
 	if err != nil {
 		return err
 	}
-	return WriteDescriptor(d.descPath, data)
+	return WriteDescriptor(d.realPath, data)
 }
 
 // saveAll writes every bitmap as at a clean close: the contents, fsynced,
@@ -217,13 +187,13 @@ func (d *Driver) StoreBitmap(b *blockdev.DirtyBitmap) error {
 		os.Remove(path)
 		return err
 	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return cleanup(fmt.Errorf("Could not open '%s': %s", path, blockdev.Strerror(err)))
-	}
 	e := &BitmapEntry{Name: b.Name(), File: name, Type: TypeDirty, Granularity: g,
 		Enabled: b.Recording(), InUse: d.syncMode == SyncClose}
-	bf := &bmFile{entry: e, path: path, f: f, bits: bits, db: b, lastCount: bits.Count()}
+	f, id, _, err := d.openBitmapFile(e, os.O_RDWR)
+	if err != nil {
+		return cleanup(err)
+	}
+	bf := &bmFile{entry: e, path: path, f: f, id: id, bits: bits, db: b, lastCount: bits.Count()}
 	if d.syncMode == SyncWrite {
 		bf.disk, _ = bitmap.New(bits.Size(), g)
 		bf.disk.Merge(bits)

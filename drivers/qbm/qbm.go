@@ -47,7 +47,11 @@ type Driver struct {
 	ro       bool
 	syncMode string
 	descPath string // "" when the descriptor has no plain file name
-	override bool   // image or backing given as options: no plain file name
+	// realPath is the descriptor's file with every symbolic link resolved
+	// at open: the file rewrites replace ("" when that failed: realErr).
+	realPath string
+	realErr  error
+	override bool // image or backing given as options: no plain file name
 
 	mu    sync.Mutex // desc, bitmap files list changes, descriptor writes
 	desc  *Descriptor
@@ -63,6 +67,7 @@ type bmFile struct {
 	entry *BitmapEntry
 	path  string
 	f     *os.File
+	id    fileID // the file's device and inode
 
 	mu sync.Mutex // serialises writes to f and changes of disk
 	// bits: the allocation bitmap itself, or the dirty bitmap's bits.
@@ -121,6 +126,14 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	}
 	if fn := d.file.Node().Filename(); !strings.HasPrefix(fn, "json:") {
 		d.descPath = fn
+		d.realPath, d.realErr = realDescPath(fn)
+		if d.realErr == nil {
+			// The file the node has open is the one rewrites replace.
+			fi, err := os.Stat(d.realPath)
+			if id, ok := nodeFileID(d.file.Node()); ok && (err != nil || !sameID(fi, id)) {
+				d.realPath, d.realErr = "", fmt.Errorf("%s no longer names the file that was opened", fn)
+			}
+		}
 	}
 	if d.file.Length() > MaxDescriptorSize {
 		return errors.New("QBM description file too big.")
@@ -170,6 +183,17 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	if d.alloc == nil {
 		all = dirty
 	}
+	inOrder := func() []*bmFile {
+		var out []*bmFile
+		for _, e := range d.desc.Bitmaps {
+			for _, bf := range all {
+				if bf.entry == e {
+					out = append(out, bf)
+				}
+			}
+		}
+		return out
+	}
 	if d.alloc != nil {
 		name, format := "", ""
 		if b := d.alloc.entry.Backing; b != nil {
@@ -182,6 +206,10 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	} else if v, ok := o["backing"]; ok && v != nil {
 		d.closeFiles(all)
 		return errors.New("A QBM image needs an allocation bitmap to have a backing file")
+	}
+	if err := d.checkFiles(inOrder()); err != nil {
+		d.closeFiles(all)
+		return err
 	}
 
 	for _, bf := range dirty {
@@ -263,6 +291,11 @@ func (d *Driver) resolve(name string) (string, error) {
 	return name, nil
 }
 
+func sameID(fi os.FileInfo, id fileID) bool {
+	other, ok := idOf(fi)
+	return ok && other == id
+}
+
 func sameFile(fi os.FileInfo, path string) bool {
 	if fi == nil {
 		return false
@@ -273,25 +306,21 @@ func sameFile(fi os.FileInfo, path string) bool {
 
 // loadBitmap opens and reads one bitmap file.
 func (d *Driver) loadBitmap(e *BitmapEntry, size int64, self os.FileInfo) (*bmFile, error) {
-	path, err := d.resolve(e.File)
-	if err != nil {
-		return nil, err
-	}
-	if sameFile(self, path) {
-		return nil, fmt.Errorf("QBM descriptor names itself as the file of bitmap \"%s\": %s", e.Name, path)
-	}
 	flag := os.O_RDWR
 	if d.ro {
 		flag = os.O_RDONLY
 	}
-	f, err := os.OpenFile(path, flag, 0)
+	f, id, path, err := d.openBitmapFile(e, flag)
 	if err != nil {
-		return nil, fmt.Errorf("Could not open '%s': %s", path, blockdev.Strerror(err))
+		return nil, err
 	}
-	bf := &bmFile{entry: e, path: path, f: f}
+	bf := &bmFile{entry: e, path: path, f: f, id: id}
 	fail := func(err error) (*bmFile, error) {
 		f.Close()
 		return nil, err
+	}
+	if self != nil && sameID(self, id) {
+		return fail(fmt.Errorf("QBM descriptor names itself as the file of bitmap \"%s\": %s", e.Name, path))
 	}
 	fi, err := f.Stat()
 	if err != nil {

@@ -103,10 +103,16 @@ func (d *Driver) ReopenPrepare(ctx context.Context, rs *blockdev.ReopenState) er
 		}
 	}
 	for _, bf := range d.allFiles() {
-		f, err := os.OpenFile(bf.path, os.O_RDWR, 0)
+		f, id, _, err := d.openBitmapFile(bf.entry, os.O_RDWR)
+		if err == nil && id != bf.id {
+			// Renamed over since the node opened it: what is there now
+			// was never checked against the node's other files.
+			f.Close()
+			err = fmt.Errorf("Bitmap \"%s\" file was replaced since the node was opened: %s", bf.entry.Name, bf.path)
+		}
 		if err != nil {
 			closeNew()
-			return fmt.Errorf("Could not open '%s': %s", bf.path, blockdev.Strerror(err))
+			return err
 		}
 		st.files[bf] = f
 	}
