@@ -150,7 +150,9 @@ func (d *Dispatcher) execute(ctx context.Context, req Request) (any, *Error) {
 	}
 	args, err := d.schema.Args(req.Name, req.Args, req.Keyval)
 	if err != nil {
-		return nil, AsError(err)
+		e := *AsError(err)
+		e.badArgs = true
+		return nil, &e
 	}
 	raw := emptyObject
 	if args != nil {

@@ -81,3 +81,42 @@ func renderEvents(evs []map[string]any) []string {
 	}
 	return out
 }
+
+// TestSlowJSONRPCClientGetsEveryEvent: the same for a JSON-RPC client
+// (qbmond only): every event arrives as a notification, in order.
+func TestSlowJSONRPCClientGetsEveryEvent(t *testing.T) {
+	dir := shortTempDir(t)
+	rpcSock := filepath.Join(dir, "rpc.sock")
+	d := startDaemon(t, kindQbmond, dir, "--jsonrpc", "unix:"+rpcSock)
+	slow := dialRPC(t, rpcSock)
+	busy := d.connect()
+	busy.ok("blockdev-add", map[string]any{"driver": "null-co", "node-name": "src", "size": 1 << 20})
+	busy.ok("blockdev-add", map[string]any{"driver": "null-co", "node-name": "tgt", "size": 1 << 20})
+	for i := range 800 {
+		id := fmt.Sprintf("j%d", i)
+		busy.ok("blockdev-backup", map[string]any{"job-id": id, "device": "src", "target": "tgt", "sync": "full"})
+		busy.waitJob(id, "null")
+	}
+	want := renderEvents(busy.events)
+	var got []string
+	for len(got) < len(want) {
+		slow.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		line, err := slow.r.ReadBytes('\n')
+		if err != nil {
+			t.Fatalf("the slow client got %d of %d events, then: %v", len(got), len(want), err)
+		}
+		var n struct {
+			Method string
+			Params map[string]any
+		}
+		if err := json.Unmarshal(line, &n); err != nil || n.Method != "event" {
+			t.Fatalf("not an event notification: %s", line)
+		}
+		got = append(got, renderEvents([]map[string]any{n.Params})...)
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("event %d: got %s, want %s", i, got[i], want[i])
+		}
+	}
+}
