@@ -204,35 +204,3 @@ func (d *Dispatcher) SubscribeFunc(f func(Event)) func() {
 		})
 	}
 }
-
-// Subscribe returns a channel of events and a function that ends the
-// subscription (and closes the channel). A subscriber whose buffer is full
-// loses events rather than stalling the emitter: a stuck client must not
-// stall jobs.
-func (d *Dispatcher) Subscribe(buffer int) (<-chan Event, func()) {
-	ch := make(chan Event, buffer)
-	var mu sync.Mutex
-	closed := false
-	cancel := d.SubscribeFunc(func(ev Event) {
-		mu.Lock()
-		defer mu.Unlock()
-		if closed {
-			return
-		}
-		select {
-		case ch <- ev:
-		default:
-			d.log.Warn().Str("event", ev.Name).Msg("event dropped for a slow client")
-		}
-	})
-	var once sync.Once
-	return ch, func() {
-		once.Do(func() {
-			cancel()
-			mu.Lock()
-			closed = true
-			close(ch)
-			mu.Unlock()
-		})
-	}
-}
