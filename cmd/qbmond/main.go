@@ -286,6 +286,10 @@ func (d *daemon) nbdServerOption(arg string) error {
 func (d *daemon) serve(l net.Listener, addr, what string, serve func(net.Listener) error) {
 	d.addrs = append(d.addrs, what+" on "+addr)
 	d.log.Info().Str("addr", addr).Msg(what + " listening")
+	if strings.HasPrefix(addr, "tcp:") {
+		d.log.Warn().Str("addr", addr).
+			Msg(what + " on tcp has no authentication and no encryption: whoever can connect controls the daemon and every image it can open")
+	}
 	d.serving.Add(1)
 	go func() {
 		defer d.serving.Done()
