@@ -33,6 +33,9 @@ func Listen(addr string) (net.Listener, error) {
 }
 
 func listenUnix(path string) (net.Listener, error) {
+	if len(path) > maxUnixPath {
+		return nil, fmt.Errorf("listen unix %s: path longer than %d bytes", path, maxUnixPath)
+	}
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err

@@ -124,3 +124,17 @@ func TestTCPWarning(t *testing.T) {
 		t.Errorf("--help does not warn about tcp:\n%s", out)
 	}
 }
+
+// TestTooLongSocketPath: a path longer than a socket address holds is an
+// error at start, not a socket nobody can connect to.
+func TestTooLongSocketPath(t *testing.T) {
+	dir := shortTempDir(t)
+	sock := filepath.Join(dir, strings.Repeat("s", 120))
+	out, err := exec.Command(qbmondBin, "--qmp", "unix:"+sock).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "path longer than 107 bytes") {
+		t.Errorf("exit %v, output %s", err, out)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("left behind: %v", entries)
+	}
+}
