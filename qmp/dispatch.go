@@ -150,7 +150,9 @@ func (d *Dispatcher) execute(ctx context.Context, req Request) (any, *Error) {
 	}
 	args, err := d.schema.Args(req.Name, req.Args, req.Keyval)
 	if err != nil {
-		return nil, AsError(err)
+		e := *AsError(err)
+		e.badArgs = true
+		return nil, &e
 	}
 	raw := emptyObject
 	if args != nil {
@@ -199,38 +201,6 @@ func (d *Dispatcher) SubscribeFunc(f func(Event)) func() {
 			d.mu.Lock()
 			delete(d.subs, s)
 			d.mu.Unlock()
-		})
-	}
-}
-
-// Subscribe returns a channel of events and a function that ends the
-// subscription (and closes the channel). A subscriber whose buffer is full
-// loses events rather than stalling the emitter: a stuck client must not
-// stall jobs.
-func (d *Dispatcher) Subscribe(buffer int) (<-chan Event, func()) {
-	ch := make(chan Event, buffer)
-	var mu sync.Mutex
-	closed := false
-	cancel := d.SubscribeFunc(func(ev Event) {
-		mu.Lock()
-		defer mu.Unlock()
-		if closed {
-			return
-		}
-		select {
-		case ch <- ev:
-		default:
-			d.log.Warn().Str("event", ev.Name).Msg("event dropped for a slow client")
-		}
-	})
-	var once sync.Once
-	return ch, func() {
-		once.Do(func() {
-			cancel()
-			mu.Lock()
-			closed = true
-			close(ch)
-			mu.Unlock()
 		})
 	}
 }

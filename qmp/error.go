@@ -24,6 +24,9 @@ type Error struct {
 	// Hint is QEMU's extra advice line ("Is another process using the
 	// image [PATH]?"): printed on the command line, never sent over QMP.
 	Hint string `json:"-"`
+	// badArgs marks an error of the schema's argument check (JSON-RPC
+	// answers it as invalid params).
+	badArgs bool
 }
 
 func (e *Error) Error() string { return e.Desc }

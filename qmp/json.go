@@ -93,11 +93,17 @@ type lexer struct {
 	state lexState
 	buf   []byte
 	emit  func(token)
+	// strict refuses QEMU's extensions to JSON (single-quoted strings
+	// and the \' escape): JSON-RPC input is plain JSON.
+	strict bool
 }
 
 func (l *lexer) token(k tokKind) {
 	l.emit(token{kind: k, text: string(l.buf)})
 	l.buf = l.buf[:0]
+	if cap(l.buf) > 1<<20 {
+		l.buf = nil // do not keep a huge token's memory
+	}
 	l.state = lxStart
 }
 
@@ -126,7 +132,7 @@ func (l *lexer) feed(c byte) {
 			case c == ' ' || c == '\t' || c == '\r' || c == '\n':
 			case c == '"':
 				l.buf, l.state = append(l.buf, c), lxDQ
-			case c == '\'':
+			case c == '\'' && !l.strict:
 				l.buf, l.state = append(l.buf, c), lxSQ
 			case c == '0':
 				l.buf, l.state = append(l.buf, c), lxZero
@@ -156,7 +162,7 @@ func (l *lexer) feed(c byte) {
 				l.buf = append(l.buf, c)
 			}
 		case lxDQEscape, lxSQEscape:
-			if c < 0x20 || c >= 0xFE {
+			if c < 0x20 || c >= 0xFE || (l.strict && c == '\'') {
 				l.fail(c)
 			} else {
 				l.buf = append(l.buf, c)
@@ -248,8 +254,9 @@ func (l *lexer) feed(c byte) {
 			}
 		}
 		if len(l.buf) > maxTokenSize {
-			l.emit(token{kind: tokError, text: ""}) // reported as too large
-			l.buf = l.buf[:0]
+			// Reported as too large; the huge token's memory is not kept.
+			l.emit(token{kind: tokError, text: ""})
+			l.buf = nil
 			l.state = lxRecover
 		}
 		return
@@ -588,6 +595,18 @@ type Decoder struct {
 // NewDecoder returns a decoder reading r.
 func NewDecoder(r io.Reader) *Decoder {
 	d := &Decoder{r: r, buf: make([]byte, 64<<10)}
+	d.st.out = func(m message) { d.queue = append(d.queue, m) }
+	d.lex.emit = d.st.token
+	return d
+}
+
+// NewStrictDecoder returns a decoder of plain JSON (no single-quoted
+// strings, no \' escape) with the same limits and checks as NewDecoder's:
+// size, token count and nesting limits, duplicate keys and invalid UTF-8
+// refused.
+func NewStrictDecoder(r io.Reader) *Decoder {
+	d := &Decoder{r: r, buf: make([]byte, 64<<10)}
+	d.lex.strict = true
 	d.st.out = func(m message) { d.queue = append(d.queue, m) }
 	d.lex.emit = d.st.token
 	return d

@@ -113,20 +113,12 @@ type session struct {
 
 	// out is the session's one output queue, replies and events in the
 	// order they happened; writer drains it.
-	out     chan outLine
-	wdone   chan struct{}
-	dropped atomic.Bool // the client is gone or too slow: stop queueing
+	out   *outQueue
+	wdone chan struct{}
 
 	negotiated atomic.Bool
 	oob        atomic.Bool
 	unsub      func()
-}
-
-// outLine is one line for the writer. done, when set, is closed once the
-// line has been flushed to the connection (or the connection is gone).
-type outLine struct {
-	b    []byte
-	done chan struct{}
 }
 
 // queued is one parsed value, or the parse error that stands for it,
@@ -146,7 +138,7 @@ type request struct {
 }
 
 func newSession(s *Server, c net.Conn) *session {
-	return &session{srv: s, conn: c, out: make(chan outLine, 1024), wdone: make(chan struct{}),
+	return &session{srv: s, conn: c, out: newOutQueue(), wdone: make(chan struct{}),
 		log: s.log.With().Str("remote", c.RemoteAddr().String()).Logger()}
 }
 
@@ -205,29 +197,39 @@ func (s *session) run() {
 	if s.unsub != nil {
 		s.unsub()
 	}
-	close(s.out)
+	s.out.close()
 	<-s.wdone
 }
 
-// writer writes queued lines, flushing whenever the queue runs dry, so a
-// burst of replies or events costs few system calls.
+// writer writes queued lines, taking all that are queued at once and
+// flushing when they are written, so a burst of replies or events costs
+// few system calls.
 func (s *session) writer() {
 	defer close(s.wdone)
 	w := bufio.NewWriterSize(s.conn, 64<<10)
-	for line := range s.out {
-		if !s.dropped.Load() {
-			w.Write(line.b)
+	var spare []outLine
+	for {
+		lines := s.out.take(spare)
+		if lines == nil {
+			return
+		}
+		for _, l := range lines {
+			w.Write(l.b)
 			w.WriteString("\r\n")
-			if len(s.out) == 0 || line.done != nil {
-				if err := w.Flush(); err != nil {
-					s.dropped.Store(true)
-					s.conn.Close() // the reader notices and ends the session
-				}
+		}
+		err := w.Flush()
+		for i, l := range lines {
+			if l.done != nil {
+				close(l.done)
 			}
+			lines[i] = outLine{}
 		}
-		if line.done != nil {
-			close(line.done)
+		if err != nil {
+			s.out.markDead()
+			s.conn.Close() // the reader notices and ends the session
+			return
 		}
+		spare = lines
 	}
 }
 
@@ -416,27 +418,19 @@ func (s *session) writeEvent(ev Event) {
 	s.queueEvent(b, ev.Name)
 }
 
-// writeLine queues a reply. It blocks while the queue is full (the client
-// reads slowly), which holds back this session's next command only.
+// writeLine queues a reply. It waits while much output is queued (the
+// client reads slowly), which holds back this session's next command only.
 func (s *session) writeLine(b []byte, done chan struct{}) {
-	if s.dropped.Load() {
-		if done != nil {
-			close(done)
-		}
-		return
-	}
-	s.out <- outLine{b: b, done: done}
+	s.out.reply(outLine{b: b, done: done})
 }
 
-// queueEvent queues an event without ever blocking the emitter: a client
-// too slow to take 1024 queued lines loses the event, and a warning says so.
+// queueEvent queues an event without ever blocking the emitter and without
+// ever dropping it: a client so far behind that its backlog passes
+// maxBacklog is disconnected instead, and the log says so.
 func (s *session) queueEvent(b []byte, name string) {
-	if s.dropped.Load() {
-		return
-	}
-	select {
-	case s.out <- outLine{b: b}:
-	default:
-		s.log.Warn().Str("event", name).Msg("event dropped for a slow client")
+	if ok, backlog, lines := s.out.event(b); !ok {
+		s.log.Warn().Str("event", name).Int("backlog_bytes", backlog).Int("backlog_lines", lines).
+			Msg("QMP client too far behind reading events; closing its connection")
+		s.conn.Close()
 	}
 }

@@ -132,8 +132,8 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	var q qsdSockets
 	fs := flag.NewFlagSet("qbmond", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Var(listFlag{&c.qmp}, "qmp", "QMP listener `unix:PATH|tcp:HOST:PORT` (repeatable)")
-	fs.Var(listFlag{&c.jsonrpc}, "jsonrpc", "JSON-RPC 2.0 listener `unix:PATH|tcp:HOST:PORT` (repeatable)")
+	fs.Var(listFlag{&c.qmp}, "qmp", "QMP listener `unix:PATH|tcp:HOST:PORT` (repeatable; a unix socket is mode 0600; tcp has NO authentication: anyone who can connect controls the daemon)")
+	fs.Var(listFlag{&c.jsonrpc}, "jsonrpc", "JSON-RPC 2.0 listener `unix:PATH|tcp:HOST:PORT` (repeatable; as --qmp, tcp has NO authentication)")
 	fs.Func("blockdev", "add a block node at start: `JSON or keyval` as blockdev-add takes (repeatable)", func(v string) error {
 		c.blockdevs = append(c.blockdevs, v)
 		c.graphOpts = append(c.graphOpts, graphOpt{"blockdev", v})

@@ -113,7 +113,7 @@ type daemon struct {
 	qmpSrv   *qmp.Server
 	rpcSrv   *qmp.JSONRPCServer
 	addrs    []string
-	pidfile  string
+	pidfile  *pidFile
 	quit     chan struct{}
 	quitOnce sync.Once
 	serving  sync.WaitGroup
@@ -192,14 +192,18 @@ func newDaemon(cfg *config, log zerolog.Logger) (*daemon, error) {
 			ls = append(ls, pending{l, a, group.what, group.serve})
 		}
 	}
+	// As QSD, the pid file is written once everything is created and
+	// before any connection is accepted, so that its presence means the
+	// daemon is ready; a second daemon given the same file stops here.
+	if cfg.pidfile != "" {
+		pf, err := writePIDFile(cfg.pidfile)
+		if err != nil {
+			return nil, fmt.Errorf("cannot create PID file: %w", err)
+		}
+		d.pidfile = pf
+	}
 	for _, p := range ls {
 		d.serve(p.l, p.addr, p.what, p.serve)
-	}
-	if cfg.pidfile != "" {
-		if err := os.WriteFile(cfg.pidfile, fmt.Appendf(nil, "%d\n", os.Getpid()), 0o644); err != nil {
-			return nil, err
-		}
-		d.pidfile = cfg.pidfile
 	}
 	ok = true
 	return d, nil
@@ -282,6 +286,10 @@ func (d *daemon) nbdServerOption(arg string) error {
 func (d *daemon) serve(l net.Listener, addr, what string, serve func(net.Listener) error) {
 	d.addrs = append(d.addrs, what+" on "+addr)
 	d.log.Info().Str("addr", addr).Msg(what + " listening")
+	if strings.HasPrefix(addr, "tcp:") {
+		d.log.Warn().Str("addr", addr).
+			Msg(what + " on tcp has no authentication and no encryption: whoever can connect controls the daemon and every image it can open")
+	}
 	d.serving.Add(1)
 	go func() {
 		defer d.serving.Done()
@@ -323,8 +331,8 @@ func (d *daemon) shutdown() error {
 	if d.graph != nil {
 		d.graph.Close()
 	}
-	if d.pidfile != "" {
-		os.Remove(d.pidfile)
+	if d.pidfile != nil {
+		d.pidfile.remove()
 	}
 	return errors.Join(errs...)
 }
