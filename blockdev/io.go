@@ -388,15 +388,19 @@ func (n *Node) WriteZeroes(ctx context.Context, from *Child, off, length int64, 
 		return nil
 	}
 	defer n.markDirty(off, length)
+	if from != nil && from.parent != nil && n.discard != "unmap" {
+		// QEMU drops MAY_UNMAP from a parent node's request (a format
+		// on its file, copy-before-write on its target) unless this
+		// node was opened with discard=unmap; a request from a root
+		// (an export, a mirror's target) keeps it, as through a
+		// BlockBackend.
+		flags &^= ReqMayUnmap
+	}
 	return n.writeZeroes(ctx, off, length, flags)
 }
 
 // writeZeroes is WriteZeroes after admission (also used by detect-zeroes).
 func (n *Node) writeZeroes(ctx context.Context, off, length int64, flags ReqFlags) error {
-	if n.discard != "unmap" {
-		// QEMU drops MAY_UNMAP unless the node was opened with discard=unmap.
-		flags &^= ReqMayUnmap
-	}
 	s := n.span(off, length)
 	if !s.aligned() && flags&ReqNoFallback != 0 {
 		// The partial blocks could only be zeroed by writing buffers.
