@@ -3,6 +3,7 @@ package blockdev
 import (
 	"context"
 	"errors"
+	"fmt"
 )
 
 // The I/O entry points. Every request to a node passes one of them: a
@@ -566,6 +567,9 @@ func (n *Node) Truncate(ctx context.Context, from *Child, size int64, exact bool
 	defer func() { n.end(&r, err) }()
 	if size < 0 {
 		return ErrOutOfRange
+	}
+	if size > MaxLength {
+		return fmt.Errorf("offset(%d) exceeds maximum(%d)", size, int64(MaxLength))
 	}
 	if err := t.Truncate(ctx, size, exact); err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"strings"
 
@@ -164,8 +165,10 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	if h.nbSnapshots > 0 && (h.snapshotsOff&uint64(d.cs-1) != 0 || h.snapshotsOff > 1<<56) {
 		return errors.New("Snapshot table offset invalid")
 	}
+	// QEMU refuses a size whose L1 index does not fit in an int; a
+	// size that fits but exceeds the L1 table is "too small" below.
 	need, ok := l1Needed(h.size, d.cs)
-	if !ok || need > maxL1Bytes/8 {
+	if !ok || need > math.MaxInt32 {
 		return errors.New("Image is too big")
 	}
 	if int64(h.l1Size)*8 > maxL1Bytes {
