@@ -64,6 +64,18 @@ var zeroOps = []string{
 	"write -z 3200k 64k",     // again, without trim
 }
 
+// fastZeroOps are write-zeroes that must not fall back to writing
+// zeroes: on an allocated cluster, whole and partial, and on unallocated
+// ones over data and over nothing. They run after zeroOps.
+var fastZeroOps = []string{
+	"write -z -n 448k 64k",
+	"write -z -n 460k 4k",
+	"write -z -n 1856k 64k",
+	"write -z -n 1930k 4k",
+	"write -z -n 2560k 64k",
+	"write -z -n 2700k 4k",
+}
+
 // zeroScenario builds base.qcow2 (data in its first 2 MiB) and
 // top.qcow2 over it (data in its first 512 KiB), both in compat, adds
 // top with the given extra options, runs zeroOps through NBD and returns
@@ -93,10 +105,23 @@ mkdir ref && cp base.qcow2 top.qcow2 ref/
 	c.ok("blockdev-add", add)
 	uri := startNBD(t, c, dir, "top")
 	qemuIO(t, uri, zeroOps)
+	// Fast zeroes (NBD_CMD_FLAG_FAST_ZERO): refused where zeroes would
+	// have to be written.
+	var fast []string
+	for _, op := range fastZeroOps {
+		b, err := exec.Command(requireTool(t, "qemu-io"), "-f", "raw", "-c", op, uri).CombinedOutput()
+		res := "ok"
+		if i := strings.Index(string(b), "failed: "); i >= 0 {
+			res = strings.TrimSpace(string(b[i:]))
+		} else if err != nil {
+			t.Fatalf("qemu-io %s: %v\n%s", op, err, b)
+		}
+		fast = append(fast, op+": "+res)
+	}
 	ref := pointInTime(t, uri, dir, "ref.raw")
 	d.stop()
 	checkClean(t, filepath.Join(dir, "top.qcow2"), false)
-	out := zeroMap(t, filepath.Join(dir, "top.qcow2"))
+	out := append(fast, zeroMap(t, filepath.Join(dir, "top.qcow2"))...)
 	out = append(out, "chain reads as the export did: "+sameData(t, ref, filepath.Join(dir, "top.qcow2")))
 	return append(out, "chain reads as the requests on the chain: "+sameData(t, filepath.Join(dir, "ref", "top.qcow2"), filepath.Join(dir, "top.qcow2"), "qcow2"))
 }
