@@ -364,7 +364,7 @@ func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.R
 	d.waitFlights(off>>d.cb, (off+n+d.cs-1)>>d.cb)
 	unmap := flags&blockdev.ReqMayUnmap != 0
 	end := off + n
-	size := int64(d.h.size)
+	size := d.sectorSize()
 	// action returns how the part [o, ce) of cluster vc is zeroed: by a
 	// new entry ne for the whole cluster (skip when nothing changes), or
 	// by writing zeroes (explicit).
@@ -377,7 +377,7 @@ func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.R
 			return e, e, false, false, err
 		}
 		cstart, cend := vc*d.cs, min((vc+1)*d.cs, size)
-		if o != cstart || ce != cend {
+		if o != cstart || ce < cend {
 			if k != kUnalloc && k != kZero {
 				return e, e, false, true, nil
 			}
@@ -468,7 +468,7 @@ func (d *Driver) Discard(ctx context.Context, off, n int64) error {
 		return nil
 	}
 	d.waitFlights(off>>d.cb, (off+n+d.cs-1)>>d.cb)
-	size := int64(d.h.size)
+	size := d.sectorSize()
 	first := (off + d.cs - 1) >> d.cb
 	last := (off + n) >> d.cb // exclusive
 	if off+n == size && size&(d.cs-1) != 0 {
@@ -523,7 +523,7 @@ func (d *Driver) Truncate(ctx context.Context, size int64, exact bool) error {
 func (d *Driver) virtualSize() int64 {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	return int64(d.h.size)
+	return d.sectorSize()
 }
 
 // grow sets the virtual size, growing the L1 table as needed.
