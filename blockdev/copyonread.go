@@ -95,7 +95,17 @@ func (n *Node) copyOnRead(ctx context.Context, from *Child, off int64, p []byte,
 			return err
 		}
 		if copyIt {
-			if err := n.drv.Write(ctx, pos, seg, ReqWriteUnchanged&n.writeFlags); err != nil {
+			// Zeroes go in as write-zeroes (without may-unmap), as
+			// QEMU's copy-on-read does: a qcow2 v3 node gets zero
+			// clusters rather than allocated zero data.
+			var err error
+			if isZero(seg) {
+				err = n.drv.WriteZeroes(ctx, pos, st.Length, 0)
+			}
+			if !isZero(seg) || err == ErrNotSupported {
+				err = n.drv.Write(ctx, pos, seg, ReqWriteUnchanged&n.writeFlags)
+			}
+			if err != nil {
 				return err
 			}
 			n.stats.wrote(pos + st.Length)

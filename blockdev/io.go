@@ -3,6 +3,7 @@ package blockdev
 import (
 	"context"
 	"errors"
+	"fmt"
 )
 
 // The I/O entry points. Every request to a node passes one of them: a
@@ -388,15 +389,19 @@ func (n *Node) WriteZeroes(ctx context.Context, from *Child, off, length int64, 
 		return nil
 	}
 	defer n.markDirty(off, length)
+	if from != nil && from.parent != nil && n.discard != "unmap" {
+		// QEMU drops MAY_UNMAP from a parent node's request (a format
+		// on its file, copy-before-write on its target) unless this
+		// node was opened with discard=unmap; a request from a root
+		// (an export, a mirror's target) keeps it, as through a
+		// BlockBackend.
+		flags &^= ReqMayUnmap
+	}
 	return n.writeZeroes(ctx, off, length, flags)
 }
 
 // writeZeroes is WriteZeroes after admission (also used by detect-zeroes).
 func (n *Node) writeZeroes(ctx context.Context, off, length int64, flags ReqFlags) error {
-	if n.discard != "unmap" {
-		// QEMU drops MAY_UNMAP unless the node was opened with discard=unmap.
-		flags &^= ReqMayUnmap
-	}
 	s := n.span(off, length)
 	if !s.aligned() && flags&ReqNoFallback != 0 {
 		// The partial blocks could only be zeroed by writing buffers.
@@ -562,6 +567,9 @@ func (n *Node) Truncate(ctx context.Context, from *Child, size int64, exact bool
 	defer func() { n.end(&r, err) }()
 	if size < 0 {
 		return ErrOutOfRange
+	}
+	if size > MaxLength {
+		return fmt.Errorf("offset(%d) exceeds maximum(%d)", size, int64(MaxLength))
 	}
 	if err := t.Truncate(ctx, size, exact); err != nil {
 		return err

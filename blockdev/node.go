@@ -2,6 +2,8 @@ package blockdev
 
 import (
 	"context"
+	"errors"
+	"math"
 	"sync"
 	"sync/atomic"
 )
@@ -183,9 +185,20 @@ func (n *Node) refreshLength(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if l < 0 || l > MaxLength {
+		// QEMU refuses a node longer than BDRV_MAX_LENGTH at open (and
+		// after a resize), whatever its driver.
+		return errors.New("Could not refresh total sector count: File too large")
+	}
 	n.length.Store(roundUp512(l))
 	return nil
 }
+
+// MaxLength is the largest length a node may have: QEMU's
+// BDRV_MAX_LENGTH, INT64_MAX rounded down to a multiple of 1 GiB (its
+// largest request alignment), so that rounding a length up to any
+// alignment cannot overflow.
+const MaxLength = math.MaxInt64 &^ (1<<30 - 1)
 
 // Child is an edge of the graph: a parent's use of a node under a name
 // ("file", "backing", or a root user's name), with a role and the

@@ -288,7 +288,7 @@ func (cj *commitJob) run(ctx context.Context, j *Job) error {
 // copyAllocated copies [off, end) of from's view to to where one of the
 // first layers nodes of from's chain allocates it, a chunk at a time, with
 // the job's speed limit and error policy (QEMU's commit loop). Zeroes are
-// written as zeroes.
+// written as data, as QEMU 7.2 does.
 func copyAllocated(ctx context.Context, b *BlockJob, from, to *blockdev.Child, layers int, off, end int64) error {
 	j := b.Job()
 	buf := make([]byte, chunkSize)
@@ -316,7 +316,11 @@ func copyAllocated(ctx context.Context, b *BlockJob, from, to *blockdev.Child, l
 		}
 		if copyIt {
 			if st.Flags&blockdev.StatusZero != 0 && st.Flags&blockdev.StatusData == 0 {
-				err = to.WriteZeroes(ctx, off, n, 0)
+				// QEMU 7.2's commit reads the zeroes and writes them
+				// as data (the base gets allocated zero clusters, not
+				// zero-flag ones, unless its detect-zeroes says so).
+				clear(buf[:n])
+				err = to.Write(ctx, off, buf[:n], 0)
 				inSource = false
 			} else {
 				// By copy offload where both ends are files, else

@@ -136,6 +136,11 @@ func create(ctx context.Context, cc *blockdev.CreateContext) error {
 	if err != nil {
 		return err
 	}
+	if co.size > blockdev.MaxLength {
+		// QEMU creates the image empty, then resizes it, which the
+		// block layer's length limit refuses.
+		return fmt.Errorf("Could not resize image: offset(%d) exceeds maximum(%d)", co.size, int64(blockdev.MaxLength))
+	}
 	cs := int64(1) << co.clusterBits
 	l1n, ok := l1Needed(uint64(co.size), cs)
 	if !ok || l1n*8 > maxL1Bytes {

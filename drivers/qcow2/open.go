@@ -5,6 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
+	"os"
+	"strings"
 
 	"github.com/qbmond/qbmond/blockdev"
 )
@@ -162,8 +165,10 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	if h.nbSnapshots > 0 && (h.snapshotsOff&uint64(d.cs-1) != 0 || h.snapshotsOff > 1<<56) {
 		return errors.New("Snapshot table offset invalid")
 	}
+	// QEMU refuses a size whose L1 index does not fit in an int; a
+	// size that fits but exceeds the L1 table is "too small" below.
 	need, ok := l1Needed(h.size, d.cs)
-	if !ok || need > maxL1Bytes/8 {
+	if !ok || need > math.MaxInt32 {
 		return errors.New("Image is too big")
 	}
 	if int64(h.l1Size)*8 > maxL1Bytes {
@@ -215,6 +220,9 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 		d.rt[i] = binary.BigEndian.Uint64(rtbuf[8*i:])
 	}
 
+	if ctx, err = d.enterChain(ctx); err != nil {
+		return err
+	}
 	if d.backing, err = oc.OpenBacking(ctx, h.backingFile, h.backingFmt); err != nil {
 		return err
 	}
@@ -252,4 +260,29 @@ func l1Needed(size uint64, cs int64) (int64, bool) {
 	}
 	perL1 := uint64(cs) * uint64(cs/8)
 	return int64((size + perL1 - 1) / perL1), true
+}
+
+type openingKey struct{}
+
+// enterChain refuses to open an image that is already being opened
+// further up the current backing chain (a backing loop, which image
+// locking catches only when the top is writable), and returns ctx with
+// this image added to the chain. Images are told apart by device and
+// inode; one whose file is not a local file is not checked.
+func (d *Driver) enterChain(ctx context.Context) (context.Context, error) {
+	path := d.file.Node().Filename()
+	if path == "" || strings.HasPrefix(path, "json:") {
+		return ctx, nil
+	}
+	self, err := os.Stat(path)
+	if err != nil {
+		return ctx, nil
+	}
+	above, _ := ctx.Value(openingKey{}).([]os.FileInfo)
+	for _, fi := range above {
+		if os.SameFile(fi, self) {
+			return ctx, fmt.Errorf("qcow2 backing loop: %s is part of its own backing chain", path)
+		}
+	}
+	return context.WithValue(ctx, openingKey{}, append(append([]os.FileInfo(nil), above...), self)), nil
 }

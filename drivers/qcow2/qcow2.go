@@ -385,7 +385,14 @@ func (d *Driver) BlockStatus(ctx context.Context, off, n int64) (blockdev.BlockS
 func (d *Driver) Length(ctx context.Context) (int64, error) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	return int64(d.h.size), nil
+	return d.sectorSize(), nil
+}
+
+// sectorSize is the disk size in whole sectors: QEMU takes a header size
+// that is not a multiple of 512 as rounded down (the tail is not part of
+// the disk).
+func (d *Driver) sectorSize() int64 {
+	return int64(d.h.size) &^ 511
 }
 
 // Flush writes back the metadata held in memory (syncMeta) and flushes

@@ -336,15 +336,56 @@ func (d *Driver) setEntry(ctx context.Context, vc int64, old, e uint64, discard 
 	return nil
 }
 
-// readsZero tells whether a cluster with entry e reads as zeroes.
-func (d *Driver) readsZero(ctx context.Context, vc int64, e uint64) (bool, error) {
-	k, _, err := d.classify(ctx, vc, e)
-	return k == kZero || k == kUnalloc && d.backing == nil, err
+// chainZero tells whether [off, off+n) of the unallocated cluster it lies
+// in reads as zeroes through the backing chain by block status (data that
+// happens to be zero does not count), as QEMU checks the rest of a cluster
+// before it zeroes the whole of it for a partial request.
+func (d *Driver) chainZero(ctx context.Context, off, n int64) (bool, error) {
+	if d.backing == nil {
+		return true, nil
+	}
+	if bl := d.backing.Length(); off+n > bl {
+		n = max(0, bl-off)
+	}
+	for n > 0 {
+		st, _, err := d.backing.Node().BlockStatusAbove(ctx, d.backing, off, n)
+		if err != nil {
+			return false, err
+		}
+		if st.Flags&blockdev.StatusZero == 0 || st.Length <= 0 {
+			return false, nil
+		}
+		off += min(st.Length, n)
+		n -= min(st.Length, n)
+	}
+	return true, nil
 }
 
-// WriteZeroes makes a range read as zeroes: whole clusters through the
-// zero flag (v3) or deallocation (v2 without backing file), partial ones
-// by writing zeroes.
+// hasBackingFile tells whether the image is a layer over a backing file:
+// a backing node is attached, or the header names a backing file (the
+// node was opened with "backing": null, as a backup target overlay is).
+func (d *Driver) hasBackingFile() bool {
+	return d.backing != nil || d.h.backingFile != ""
+}
+
+// WriteZeroes makes a range read as zeroes. QEMU's rules:
+//   - v3: every whole cluster gets the zero flag, whatever it held and
+//     whether or not anything is below (an unallocated cluster of an
+//     overlay must hide its backing file once the chain is opened); its
+//     host cluster is kept unless the request may unmap (or it held
+//     compressed data, which is always dropped).
+//   - v2 has no zero flag: without a backing file, allocated clusters are
+//     deallocated (whatever the flags) and unallocated ones left alone;
+//     with one, zeroes are written.
+//   - A partial cluster is zeroed as a whole cluster (by the rules above)
+//     when it is unallocated or zero and the rest of it reads as zeroes
+//     through the chain; otherwise zeroes are written into it.
+//
+// One deliberate difference: QEMU 7.2 decides v2's case by the backing
+// node alone, so a v2 overlay opened with "backing": null (an incremental
+// backup target) is left unallocated where the guest wrote zeroes, and
+// the restored chain reads the older backup's data there. qbmond also
+// counts a backing file named in the header and writes the zeroes.
 func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.ReqFlags) error {
 	if err := d.clearAutoclear(ctx); err != nil {
 		return err
@@ -357,35 +398,53 @@ func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.R
 	d.waitFlights(off>>d.cb, (off+n+d.cs-1)>>d.cb)
 	unmap := flags&blockdev.ReqMayUnmap != 0
 	end := off + n
-	// action returns how cluster vc is zeroed: by a new entry (ok), or by
-	// writing zeroes (explicit).
-	action := func(vc int64, whole bool) (e, ne uint64, skip, explicit bool, err error) {
+	size := d.sectorSize()
+	// action returns how the part [o, ce) of cluster vc is zeroed: by a
+	// new entry ne for the whole cluster (skip when nothing changes), or
+	// by writing zeroes (explicit).
+	action := func(vc, o, ce int64) (e, ne uint64, skip, explicit bool, err error) {
 		if e, err = d.entry(ctx, vc); err != nil {
 			return
 		}
-		z, err := d.readsZero(ctx, vc, e)
-		if err != nil || z && (!whole || !unmap || e&offsetMask == 0) {
-			return e, e, true, false, err
+		k, host, err := d.classify(ctx, vc, e)
+		if err != nil {
+			return e, e, false, false, err
 		}
-		if !whole {
-			return e, e, false, true, nil
+		cstart, cend := vc*d.cs, min((vc+1)*d.cs, size)
+		if o != cstart || ce < cend {
+			if k != kUnalloc && k != kZero {
+				return e, e, false, true, nil
+			}
+			if k == kUnalloc {
+				z, err := d.chainZero(ctx, cstart, o-cstart)
+				if err == nil && z {
+					z, err = d.chainZero(ctx, ce, cend-ce)
+				}
+				if err != nil || !z {
+					return e, e, false, err == nil, err
+				}
+			}
 		}
-		k, _, _ := d.classify(ctx, vc, e)
-		switch {
-		case d.h.version >= 3 && !unmap && (k == kNormal || k == kZero) && e&flagCopied != 0:
-			return e, e | flagZero, false, false, nil
-		case d.h.version >= 3:
-			return e, flagZero, false, false, nil
-		case d.backing == nil && unmap:
+		if d.h.version < 3 {
+			switch {
+			case d.hasBackingFile():
+				return e, e, false, true, nil
+			case k == kUnalloc:
+				return e, e, true, false, nil
+			}
 			return e, 0, false, false, nil
 		}
-		return e, e, false, true, nil
+		ne = e | flagZero
+		if k == kCompressed || unmap && (k == kNormal || k == kZero && host != 0) {
+			ne = flagZero
+		}
+		return e, ne, ne == e, false, nil
 	}
 	if flags&blockdev.ReqNoFallback != 0 {
 		for o := off; o < end; {
 			vc := o >> d.cb
 			ce := min(end, (vc+1)*d.cs)
-			_, _, _, explicit, err := action(vc, o == vc*d.cs && (ce-o == d.cs || ce == int64(d.h.size)))
+			_, _, _, explicit, err := action(vc, o, ce)
 			if err != nil {
 				return err
 			}
@@ -402,8 +461,7 @@ func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.R
 		}
 		vc := o >> d.cb
 		ce := min(end, (vc+1)*d.cs)
-		whole := o == vc*d.cs && (ce-o == d.cs || ce == int64(d.h.size))
-		e, ne, skip, explicit, err := action(vc, whole)
+		e, ne, skip, explicit, err := action(vc, o, ce)
 		switch {
 		case err != nil:
 			return err
@@ -425,9 +483,12 @@ func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.R
 	return nil
 }
 
-// Discard drops whole clusters of the range: they read as zeroes
-// afterwards on v3 images (or when nothing is below), else from the
-// backing file. Partial clusters are ignored, as QEMU does.
+// Discard drops whole clusters of the range. As QEMU: on v3 images an
+// allocated cluster (or any, when a backing node is attached) becomes a
+// zero cluster; on v2 images without a backing node allocated clusters
+// are deallocated; on v2 images with one discard does nothing (there is
+// no zero flag, and deallocating would expose the backing file's data).
+// Partial clusters are ignored.
 func (d *Driver) Discard(ctx context.Context, off, n int64) error {
 	if err := d.clearAutoclear(ctx); err != nil {
 		return err
@@ -437,8 +498,11 @@ func (d *Driver) Discard(ctx context.Context, off, n int64) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.h.version < 3 && d.backing != nil {
+		return nil
+	}
 	d.waitFlights(off>>d.cb, (off+n+d.cs-1)>>d.cb)
-	size := int64(d.h.size)
+	size := d.sectorSize()
 	first := (off + d.cs - 1) >> d.cb
 	last := (off + n) >> d.cb // exclusive
 	if off+n == size && size&(d.cs-1) != 0 {
@@ -452,16 +516,17 @@ func (d *Driver) Discard(ctx context.Context, off, n int64) error {
 		if err != nil {
 			return err
 		}
-		k, _, err := d.classify(ctx, vc, e)
+		k, host, err := d.classify(ctx, vc, e)
 		if err != nil {
 			return err
 		}
-		var ne uint64
-		if d.h.version >= 3 && (d.backing != nil || k != kUnalloc) {
-			ne = flagZero
-		}
-		if k == kUnalloc && ne == 0 {
+		allocated := k == kNormal || k == kCompressed || k == kZero && host != 0
+		if d.backing == nil && !allocated {
 			continue
+		}
+		var ne uint64
+		if d.h.version >= 3 {
+			ne = flagZero
 		}
 		if err := d.setEntry(ctx, vc, e, ne, d.passReq); err != nil {
 			return err
@@ -492,7 +557,7 @@ func (d *Driver) Truncate(ctx context.Context, size int64, exact bool) error {
 func (d *Driver) virtualSize() int64 {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	return int64(d.h.size)
+	return d.sectorSize()
 }
 
 // grow sets the virtual size, growing the L1 table as needed.
