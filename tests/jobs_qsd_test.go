@@ -157,3 +157,276 @@ func TestQuitEndsJobsAndExportsLikeQSD(t *testing.T) {
 		})
 	}
 }
+
+// parallelScript makes the chain of QEMU's iotest 030 TestParallelOps:
+// img-0 (base) ... img-8, layer i writing every ninth 64 KiB cluster from
+// the i-th (so that a throttled job has many chunks to copy, whatever
+// wakes it meanwhile, and every layer holds data of its own), opened
+// as nodes node0 ... node7 (read-only) and drive0 (img-8, the active
+// layer).
+const parallelImages = 9
+
+func parallelScript() string {
+	var b strings.Builder
+	for i := range parallelImages {
+		if i == 0 {
+			b.WriteString("qemu-img create -q -f qcow2 img-0.qcow2 8M\n")
+		} else {
+			fmt.Fprintf(&b, "qemu-img create -q -f qcow2 -b img-%d.qcow2 -F qcow2 img-%d.qcow2\n", i-1, i)
+		}
+		b.WriteString("qemu-io -f qcow2")
+		for k := i; k < 128; k += parallelImages {
+			fmt.Fprintf(&b, " -c 'write -P 0x%x %dk 64k'", i+1, k*64)
+		}
+		fmt.Fprintf(&b, " img-%d.qcow2 >/dev/null\n", i)
+	}
+	return b.String()
+}
+
+func parallelNode(i int) string {
+	if i == parallelImages-1 {
+		return "drive0"
+	}
+	return fmt.Sprintf("node%d", i)
+}
+
+func addParallelChain(t *testing.T, c *client, dir string) {
+	t.Helper()
+	for i := range parallelImages {
+		o := map[string]any{"driver": "qcow2", "node-name": parallelNode(i),
+			"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, fmt.Sprintf("img-%d.qcow2", i))}}
+		if i > 0 {
+			o["backing"] = parallelNode(i - 1)
+		} else {
+			o["backing"] = nil
+		}
+		if i < parallelImages-1 {
+			o["read-only"] = true
+		}
+		c.ok("blockdev-add", o)
+	}
+}
+
+// perJobEvents is jobEvents grouped by job (stable), so that two jobs
+// running side by side compare whatever their interleaving; the pause
+// and resume of jobs around drains are left out.
+func perJobEvents(c *client) []string {
+	var ids []string
+	by := map[string][]string{}
+	for _, ev := range c.events {
+		d, _ := ev["data"].(map[string]any)
+		id, _ := d["id"].(string)
+		if id == "" {
+			id, _ = d["device"].(string)
+		}
+		if ev["event"] == "JOB_STATUS_CHANGE" && (d["status"] == "paused" || d["status"] == "running") {
+			continue
+		}
+		line := (&client{events: []map[string]any{ev}}).jobEvents("len", "offset")
+		if len(line) == 0 {
+			continue
+		}
+		if _, ok := by[id]; !ok {
+			ids = append(ids, id)
+		}
+		by[id] = append(by[id], line...)
+	}
+	slices.Sort(ids)
+	var out []string
+	for _, id := range ids {
+		out = append(out, by[id]...)
+	}
+	return out
+}
+
+// TestOverlappingJobsLikeQSD runs the scenarios of QEMU's iotest 030
+// (TestParallelOps) and 245 about jobs whose chains overlap: which
+// command a running job refuses and with which words (op blockers, and
+// the backing links each job freezes: commit and active commit from
+// their filter down to base, which itself can never be frozen; stream
+// from the active layer down to its bottom, and while it reopens a
+// read-only node down to the node above base), which blockdev-reopen it
+// allows, and how every job then ends: replies, events, graph and image
+// headers as qemu-storage-daemon's.
+func TestOverlappingJobsLikeQSD(t *testing.T) {
+	img := func(dir string, i int) string { return filepath.Join(dir, fmt.Sprintf("img-%d.qcow2", i)) }
+	type step = func(o *jobOutcome, c *client, dir string)
+	unthrottle := func(o *jobOutcome, c *client, ids ...string) {
+		for _, id := range ids {
+			o.record(c, "block-job-set-speed", map[string]any{"device": id, "speed": 0})
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		run  step
+	}{
+		// A stream blocks the nodes it copies from, its filter and the
+		// node it copies into.
+		{"030-overlapping-1", func(o *jobOutcome, c *client, dir string) {
+			o.start(c, "block-stream", map[string]any{"device": "node4", "job-id": "stream-node4", "base-node": "node1",
+				"filter-node-name": "stream-filter", "speed": 1})
+			o.record(c, "block-stream", map[string]any{"device": "node5", "job-id": "stream-node5", "base-node": "node2"})
+			o.record(c, "block-stream", map[string]any{"device": "node3", "job-id": "stream-node3", "base-node": "node2"})
+			o.record(c, "block-stream", map[string]any{"device": "node4", "job-id": "stream-node4-v2"})
+			o.record(c, "block-commit", map[string]any{"device": "drive0", "base-node": "node4", "job-id": "commit-node4"})
+			o.record(c, "block-commit", map[string]any{"device": "drive0", "base-node": "node1", "top-node": "node3", "job-id": "commit-node1"})
+			o.record(c, "block-commit", map[string]any{"device": "drive0", "base-node": "node0", "top-node": "node1", "job-id": "commit-node0"})
+			unthrottle(o, c, "stream-node4")
+			c.waitJob("stream-node4", "null")
+		}},
+		// A commit blocks its layers and the active layer; a stream
+		// whose chain runs through the commit's filter cannot freeze the
+		// link to it.
+		{"030-overlapping-2", func(o *jobOutcome, c *client, dir string) {
+			o.start(c, "block-commit", map[string]any{"device": "drive0", "top-node": "node5", "base-node": "node3",
+				"job-id": "commit-node3", "filter-node-name": "commit-filter", "speed": 1})
+			o.record(c, "block-stream", map[string]any{"device": "node3", "job-id": "stream-node3"})
+			o.record(c, "block-stream", map[string]any{"device": "node6", "base-node": "node2", "job-id": "stream-node6"})
+			o.record(c, "block-stream", map[string]any{"device": "node4", "base-node": "node2", "job-id": "stream-node4"})
+			o.record(c, "block-stream", map[string]any{"device": "node6", "base-node": "node4", "job-id": "stream-node6-v2"})
+			o.record(c, "block-stream", map[string]any{"device": "drive0", "base-node": "node5", "job-id": "stream-drive0"})
+			o.record(c, "block-stream", map[string]any{"device": "node7", "base-node": "node5", "job-id": "stream-node7"})
+			o.record(c, "block-stream", map[string]any{"device": "node6", "base-node": "node5", "job-id": "stream-node6-v3"})
+			o.record(c, "block-stream", map[string]any{"device": "node7", "base-node": "node4", "job-id": "stream-node7-v2"})
+			unthrottle(o, c, "commit-node3")
+			c.waitJob("commit-node3", "null")
+		}},
+		// An active commit blocks every layer down to its base.
+		{"030-overlapping-3", func(o *jobOutcome, c *client, dir string) {
+			o.start(c, "block-commit", map[string]any{"device": "drive0", "base-node": "node3", "job-id": "commit-drive0",
+				"filter-node-name": "mirror-filter", "speed": 1})
+			o.record(c, "block-stream", map[string]any{"device": "node5", "base-node": "node3", "job-id": "stream-node6"})
+			o.record(c, "block-stream", map[string]any{"device": "node7", "base-node": "node5", "job-id": "stream-node7"})
+			unthrottle(o, c, "commit-drive0")
+			c.waitJob("commit-drive0", "ready")
+			o.record(c, "job-complete", map[string]any{"id": "commit-drive0"})
+			c.waitJob("commit-drive0", "null")
+		}},
+		// The stream's base is the commit's top: its chain would hold
+		// the link to the commit's filter.
+		{"030-overlapping-4", func(o *jobOutcome, c *client, dir string) {
+			o.start(c, "block-commit", map[string]any{"device": "drive0", "top-node": "node2", "base-node": "node0",
+				"job-id": "commit", "filter-node-name": "commit-filter", "speed": 1})
+			o.record(c, "block-stream", map[string]any{"device": "node4", "base-node": "node2", "job-id": "node4"})
+			unthrottle(o, c, "commit")
+			c.waitJob("commit", "null")
+		}},
+		// The stream's base is the commit's filter: the stream holds
+		// nothing below its bottom, so both run.
+		{"030-overlapping-5", func(o *jobOutcome, c *client, dir string) {
+			o.start(c, "block-commit", map[string]any{"device": "drive0", "top-node": "node2", "base-node": "node0",
+				"job-id": "commit", "filter-node-name": "commit-filter", "speed": 1})
+			o.start(c, "block-stream", map[string]any{"device": "node4", "base-node": "commit-filter", "job-id": "node4", "speed": 1})
+			unthrottle(o, c, "node4")
+			c.waitJob("node4", "null")
+			unthrottle(o, c, "commit")
+			c.waitJob("commit", "null")
+		}},
+		// A stream and an active commit side by side.
+		{"030-stream-commit-2", func(o *jobOutcome, c *client, dir string) {
+			o.start(c, "block-stream", map[string]any{"device": "node4", "base-node": "node0", "job-id": "node4", "speed": 1})
+			o.start(c, "block-commit", map[string]any{"device": "drive0", "base-node": "node5", "job-id": "drive0", "speed": 1})
+			unthrottle(o, c, "node4")
+			c.waitJob("node4", "null")
+			unthrottle(o, c, "drive0")
+			c.waitJob("drive0", "ready")
+			o.record(c, "job-complete", map[string]any{"id": "drive0"})
+			c.waitJob("drive0", "null")
+		}},
+		// A stream into drive0 down to base node5 freezes drive0 ->
+		// node7 -> node6 only: node6 may lose node5 (245's reopen during
+		// a stream), drive0 and node7 may not change theirs.
+		{"245-reopen-during-stream", func(o *jobOutcome, c *client, dir string) {
+			o.start(c, "block-stream", map[string]any{"device": "drive0", "base-node": "node5", "job-id": "stream", "speed": 1})
+			reopen := func(i int, backing any) {
+				o.record(c, "blockdev-reopen", map[string]any{"options": []any{map[string]any{
+					"driver": "qcow2", "node-name": parallelNode(i), "read-only": i < parallelImages-1, "backing": backing,
+					"file": map[string]any{"driver": "file", "filename": img(dir, i)}}}})
+			}
+			reopen(8, nil)
+			reopen(7, nil)
+			reopen(7, "node5")
+			reopen(6, nil)
+			unthrottle(o, c, "stream")
+			c.waitJob("stream", "null")
+		}},
+		// The same with a bottom node: the link from the bottom down is
+		// free.
+		{"reopen-during-stream-bottom", func(o *jobOutcome, c *client, dir string) {
+			o.start(c, "block-stream", map[string]any{"device": "node7", "bottom": "node5", "job-id": "stream", "speed": 1})
+			reopen := func(i int, backing any) {
+				o.record(c, "blockdev-reopen", map[string]any{"options": []any{map[string]any{
+					"driver": "qcow2", "node-name": parallelNode(i), "read-only": true, "backing": backing,
+					"file": map[string]any{"driver": "file", "filename": img(dir, i)}}}})
+			}
+			reopen(6, nil)
+			reopen(5, nil)
+			unthrottle(o, c, "stream")
+			c.waitJob("stream", "null")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			runOn := func(k kind) *jobOutcome {
+				o := &jobOutcome{}
+				dir := shortTempDir(t)
+				sh(t, dir, parallelScript())
+				d := startDaemon(t, k, dir)
+				c := d.connect()
+				addParallelChain(t, c, dir)
+				tc.run(o, c, dir)
+				o.events = perJobEvents(c)
+				o.graph = graphView(t, c, dir)
+				d.stop()
+				for i := range parallelImages {
+					p := img(dir, i)
+					checkClean(t, p, false)
+					o.headers = append(o.headers, fmt.Sprintf("img-%d: %s", i, strings.ReplaceAll(backingOf(t, p), dir, "$DIR")))
+				}
+				return o
+			}
+			compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+		})
+	}
+}
+
+// TestNoOpStreamLikeQSD streams with nothing to stream: the base is the
+// device's own backing node, or the bottom is the device itself. QSD
+// accepts it, runs the job with len 0 and rewrites the header with the
+// same backing file; the copy-on-read filter it inserts meanwhile holds
+// only its own link. On a read-only device too (made writable for the
+// job, read-only again after).
+func TestNoOpStreamLikeQSD(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args map[string]any
+	}{
+		{"base-node", map[string]any{"device": "l3", "base-node": "l2"}},
+		{"bottom", map[string]any{"device": "l3", "bottom": "l3"}},
+		{"read-only-device", map[string]any{"device": "l2", "base-node": "l1"}},
+		{"backing-file", map[string]any{"device": "l3", "base-node": "l2", "backing-file": "l2.qcow2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			runOn := func(k kind) *jobOutcome {
+				o := &jobOutcome{}
+				dir := shortTempDir(t)
+				sh(t, dir, layerScript(4))
+				d := startDaemon(t, k, dir)
+				c := d.connect()
+				addLayers(t, c, dir, 4)
+				uri := startNBD(t, c, dir, "l3")
+				args := map[string]any{"job-id": "s0"}
+				for k, v := range tc.args {
+					args[k] = v
+				}
+				o.start(c, "block-stream", args)
+				c.waitJob("s0", "null")
+				o.events = c.jobEvents()
+				o.graph = graphView(t, c, dir)
+				identical(t, filepath.Join(dir, "ref", "l3.qcow2"), uri, "-f", "qcow2", "-F", "raw")
+				o.finish(t, d, dir, 4)
+				return o
+			}
+			compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+		})
+	}
+}
