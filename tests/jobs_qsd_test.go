@@ -256,6 +256,13 @@ func TestOverlappingJobsLikeQSD(t *testing.T) {
 			o.record(c, "block-job-set-speed", map[string]any{"device": id, "speed": 0})
 		}
 	}
+	// reopen reopens node i with the backing given (a node-name or nil)
+	// and its other options as they are.
+	reopen := func(o *jobOutcome, c *client, dir string, i int, backing any, readOnly bool) {
+		o.record(c, "blockdev-reopen", map[string]any{"options": []any{map[string]any{
+			"driver": "qcow2", "node-name": parallelNode(i), "read-only": readOnly, "backing": backing,
+			"file": map[string]any{"driver": "file", "filename": img(dir, i)}}}})
+	}
 	for _, tc := range []struct {
 		name string
 		run  step
@@ -361,6 +368,53 @@ func TestOverlappingJobsLikeQSD(t *testing.T) {
 			}
 			reopen(6, nil)
 			reopen(5, nil)
+			unthrottle(o, c, "stream")
+			c.waitJob("stream", "null")
+		}},
+		// A stream of an intermediate node: the node above it may be
+		// reopened (its link goes to the job's implicit filter), the
+		// device itself read-write.
+		{"245-reopen-above-stream", func(o *jobOutcome, c *client, dir string) {
+			o.start(c, "block-stream", map[string]any{"device": "node7", "base-node": "node4", "job-id": "stream", "speed": 1})
+			reopen(o, c, dir, 8, nil, false)
+			reopen(o, c, dir, 8, "node7", false)
+			reopen(o, c, dir, 7, "node6", false)
+			reopen(o, c, dir, 4, nil, true)
+			unthrottle(o, c, "stream")
+			c.waitJob("stream", "null")
+		}},
+		// 040-style: reopens around a passive commit with a named
+		// filter. (Pointing node6 past the filter is left out: QSD 7.2
+		// aborts on it, freeing the filter with its frozen link.)
+		{"reopen-during-commit", func(o *jobOutcome, c *client, dir string) {
+			o.start(c, "block-commit", map[string]any{"device": "drive0", "top-node": "node5", "base-node": "node3",
+				"job-id": "commit", "filter-node-name": "commit-filter", "speed": 1})
+			reopen(o, c, dir, 5, nil, true)
+			reopen(o, c, dir, 4, "node3", true)
+			reopen(o, c, dir, 3, nil, false)
+			unthrottle(o, c, "commit")
+			c.waitJob("commit", "null")
+		}},
+		// Reopens around an active commit.
+		{"reopen-during-active-commit", func(o *jobOutcome, c *client, dir string) {
+			o.start(c, "block-commit", map[string]any{"device": "drive0", "base-node": "node6",
+				"job-id": "commit", "filter-node-name": "mirror-filter", "speed": 1})
+			reopen(o, c, dir, 8, nil, false)
+			reopen(o, c, dir, 7, nil, true)
+			reopen(o, c, dir, 6, nil, true)
+			unthrottle(o, c, "commit")
+			c.waitJob("commit", "ready")
+			o.record(c, "job-complete", map[string]any{"id": "commit"})
+			c.waitJob("commit", "null")
+		}},
+		// An external snapshot of the node a stream copies into.
+		{"snapshot-during-stream", func(o *jobOutcome, c *client, dir string) {
+			o.start(c, "block-stream", map[string]any{"device": "drive0", "base-node": "node5", "job-id": "stream", "speed": 1})
+			sh(c.t.(*testing.T), dir, "qemu-img create -q -f qcow2 snap.qcow2 8M\n")
+			c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "snap", "backing": nil,
+				"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "snap.qcow2")}})
+			o.record(c, "blockdev-snapshot", map[string]any{"node": "drive0", "overlay": "snap"})
+			o.record(c, "blockdev-snapshot", map[string]any{"node": "node7", "overlay": "snap"})
 			unthrottle(o, c, "stream")
 			c.waitJob("stream", "null")
 		}},
