@@ -401,7 +401,7 @@ func TestOverlappingJobsLikeQSD(t *testing.T) {
 				"job-id": "commit", "filter-node-name": "mirror-filter", "speed": 1})
 			reopen(o, c, dir, 8, nil, false)
 			reopen(o, c, dir, 7, nil, true)
-			reopen(o, c, dir, 6, nil, true)
+			reopen(o, c, dir, 6, nil, false)
 			unthrottle(o, c, "commit")
 			c.waitJob("commit", "ready")
 			o.record(c, "job-complete", map[string]any{"id": "commit"})
