@@ -119,6 +119,12 @@ func TestQuitEndsJobsAndExportsLikeQSD(t *testing.T) {
 			c.ok("block-commit", map[string]any{"job-id": "j0", "device": "l2", "top-node": "l1", "speed": 1})
 			c.ok("blockdev-backup", map[string]any{"job-id": "j1", "device": "x", "target": "tgt", "sync": "full", "speed": 1})
 		}, false},
+		{"pending-and-concluded", func(c *client) {
+			c.ok("block-commit", map[string]any{"job-id": "j0", "device": "l2", "top-node": "l1", "auto-finalize": false})
+			c.waitJob("j0", "pending")
+			c.ok("blockdev-backup", map[string]any{"job-id": "j1", "device": "x", "target": "tgt", "sync": "full", "auto-dismiss": false})
+			c.waitJob("j1", "concluded")
+		}, false},
 		{"sigterm", func(c *client) {
 			c.ok("block-commit", map[string]any{"job-id": "j0", "device": "l2", "top-node": "l1", "speed": 1})
 			c.ok("blockdev-backup", map[string]any{"job-id": "j1", "device": "x", "target": "tgt", "sync": "full", "speed": 1})
