@@ -490,3 +490,37 @@ func TestNoOpStreamLikeQSD(t *testing.T) {
 		})
 	}
 }
+
+// TestCopyOnReadBottomLikeQSD adds copy-on-read filters with a bottom
+// node by hand: as QEMU's cor_open, the filter freezes the links from
+// itself down to the bottom while it exists (not the bottom's own), and a
+// bottom that is the filtered node itself is accepted.
+func TestCopyOnReadBottomLikeQSD(t *testing.T) {
+	runOn := func(k kind) *jobOutcome {
+		o := &jobOutcome{}
+		dir := shortTempDir(t)
+		sh(t, dir, layerScript(4))
+		d := startDaemon(t, k, dir)
+		c := d.connect()
+		addLayers(t, c, dir, 4)
+		reopen := func(i int, backing any) {
+			o.record(c, "blockdev-reopen", map[string]any{"options": []any{map[string]any{
+				"driver": "qcow2", "node-name": fmt.Sprintf("l%d", i), "read-only": i < 3, "backing": backing,
+				"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, fmt.Sprintf("l%d.qcow2", i))}}}})
+		}
+		o.record(c, "blockdev-add", map[string]any{"driver": "copy-on-read", "node-name": "cor", "file": "l3", "bottom": "l1"})
+		reopen(3, nil)
+		reopen(2, nil)
+		reopen(1, nil)
+		o.record(c, "blockdev-add", map[string]any{"driver": "copy-on-read", "node-name": "cor2", "file": "l2", "bottom": "l1"})
+		o.record(c, "blockdev-del", map[string]any{"node-name": "cor"})
+		reopen(2, "l0")
+		o.record(c, "blockdev-add", map[string]any{"driver": "copy-on-read", "node-name": "cor3", "file": "l3", "bottom": "l3"})
+		reopen(3, "l0")
+		o.record(c, "blockdev-del", map[string]any{"node-name": "cor3"})
+		o.graph = graphView(t, c, dir)
+		o.finish(t, d, dir, 4)
+		return o
+	}
+	compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+}
