@@ -476,13 +476,17 @@ func (n *Node) refreshFilenames() {
 
 // SetBacking makes base the backing node of n (nil removes n's backing
 // node), as QEMU's bdrv_set_backing_hd: permissions are checked first and
-// nothing changes on a conflict; n is drained around the change. The image
-// header is not touched (see ChangeBackingFile). A former backing node
-// that nothing holds any more closes. Caller holds the graph lock.
+// nothing changes on a conflict or when n's backing link is frozen; n is
+// drained around the change. The image header is not touched (see
+// ChangeBackingFile). A former backing node that nothing holds any more
+// closes. Caller holds the graph lock.
 func (g *Graph) SetBacking(ctx context.Context, n, base *Node) error {
 	old := n.backing()
 	if old == nil && base == nil || old != nil && old.node.Load() == base {
 		return nil
+	}
+	if old != nil && old.frozen {
+		return fmt.Errorf("Cannot change frozen 'backing' link from '%s' to '%s'", n.name, old.node.Load().name)
 	}
 	if base != nil && reaches(base, n) {
 		return fmt.Errorf("Making '%s' a backing child of '%s' would create a cycle", base.name, n.name)
@@ -581,18 +585,39 @@ func (g *Graph) ChangeBackingFile(ctx context.Context, n *Node, filename, format
 // active's backing chain, as QEMU's bdrv_drop_intermediate: the overlay of
 // top gets base as its backing node (nil: none) and its image header names
 // base (backingFile, or base's file name when empty; base's driver as the
-// format when base is a format node). The dropped nodes leave the chain:
-// implicit ones close, blockdev-add'ed ones stay until blockdev-del. All
-// checks come first and on any failure nothing changes; the overlay is
-// drained around the switch and, when read-only, reopened read-write for
-// the header rewrite. Op blockers are not consulted (the job that calls
-// it holds them); the drop-intermediate command checks them. Caller holds
-// the graph lock.
+// format when base is a format node). Every other node whose backing node
+// top is (an overlay outside active's chain, such as a node a stream made
+// point at a commit's filter) is switched to base the same way, after
+// active's overlay. The dropped nodes leave the chain: implicit ones
+// close, blockdev-add'ed ones stay until blockdev-del. The checks of an
+// overlay come before its switch, and a failure leaves it as it was; each
+// overlay is drained around its switch and, when read-only, reopened
+// read-write for the header rewrite. Op blockers are not consulted (the
+// job that calls it holds them); the drop-intermediate command checks
+// them. Caller holds the graph lock.
 func (g *Graph) DropIntermediate(ctx context.Context, active, top, base *Node, backingFile string) error {
 	if err := checkDrop(active, top, base); err != nil {
 		return err
 	}
-	overlay := FindOverlay(active, top)
+	overlays := []*Node{FindOverlay(active, top)}
+	for _, c := range top.parents {
+		if c.parent != nil && c.role&RoleCOW != 0 && c.name == "backing" && !slices.Contains(overlays, c.parent) {
+			overlays = append(overlays, c.parent)
+		}
+	}
+	name, format := backingRef(base, backingFile)
+	for _, overlay := range overlays {
+		if err := g.dropOverlay(ctx, overlay, base, name, format); err != nil {
+			return err
+		}
+	}
+	g.release(top)
+	g.log.Debug().Str("overlay", overlays[0].name).Str("top", top.name).Msg("intermediate nodes dropped")
+	return nil
+}
+
+// dropOverlay is DropIntermediate's switch of one overlay to base.
+func (g *Graph) dropOverlay(ctx context.Context, overlay, base *Node, name, format string) error {
 	if _, ok := overlay.drv.(BackingChanger); !ok {
 		return fmt.Errorf("Could not update backing file link: %s", Strerror(ErrNotSupported))
 	}
@@ -600,8 +625,6 @@ func (g *Graph) DropIntermediate(ctx context.Context, active, top, base *Node, b
 	if base == nil && !canUpdate {
 		return fmt.Errorf("Driver '%s' of node '%s' does not support backing files", overlay.drvName, overlay.name)
 	}
-	name, format := backingRef(base, backingFile)
-
 	ro := overlay.ReadOnly()
 	if ro {
 		if err := g.SetReadOnly(ctx, overlay, false); err != nil {
@@ -614,12 +637,7 @@ func (g *Graph) DropIntermediate(ctx context.Context, active, top, base *Node, b
 			g.log.Warn().Str("node", overlay.name).Err(rerr).Msg("reopening read-only")
 		}
 	}
-	if err != nil {
-		return err
-	}
-	g.release(top)
-	g.log.Debug().Str("overlay", overlay.name).Str("top", top.name).Msg("intermediate nodes dropped")
-	return nil
+	return err
 }
 
 func (g *Graph) dropLocked(ctx context.Context, overlay, base *Node, name, format string, bu BackingUpdater) error {
@@ -704,7 +722,8 @@ func CheckDropUsers(active, top, base *Node) error {
 // is to or lies below it (moving those would make a cycle), as QEMU's
 // bdrv_replace_node: used when an active commit pivots to its base.
 // Permissions are checked first and nothing changes on a conflict; the
-// parents, from and to are drained around the change. Requests waiting
+// parents, from and to are drained around the change; a frozen edge
+// refuses it. Requests waiting
 // for from move to to with their edges. If nothing holds from afterwards,
 // it closes. Caller holds the graph lock.
 func (g *Graph) ReplaceNode(ctx context.Context, from, to *Node, keep ...*Child) error {
@@ -720,6 +739,9 @@ func (g *Graph) ReplaceNode(ctx context.Context, from, to *Node, keep ...*Child)
 		// A job's edges stay where they are (QEMU's stay_at_node).
 		if slices.Contains(keep, c) || c.job != "" || c.parent != nil && reaches(to, c.parent) {
 			continue
+		}
+		if c.frozen {
+			return fmt.Errorf("Cannot change '%s' link to '%s'", c.name, from.name)
 		}
 		edges = append(edges, c)
 		if c.parent != nil {

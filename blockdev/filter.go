@@ -124,6 +124,9 @@ func (g *Graph) RemoveFilter(ctx context.Context, f *Node) error {
 		return fmt.Errorf("blockdev: %s is not a filter", f.name)
 	}
 	child := c.node.Load()
+	// What the filter froze for itself goes with it (QEMU's
+	// bdrv_cor_filter_drop unfreezes first).
+	f.unfreezeOwn()
 	if err := g.ReplaceNode(ctx, f, child, c); err != nil {
 		return err
 	}

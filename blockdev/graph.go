@@ -672,6 +672,7 @@ func (n *Node) closeDriver(ctx context.Context) error {
 		return nil
 	}
 	n.closed = true
+	n.unfreezeOwn()
 	var ferr error
 	// A filter keeps nothing of its own to flush (and its child may be
 	// in a drained section of whoever takes the filter away).

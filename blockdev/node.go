@@ -93,6 +93,12 @@ type Node struct {
 	// blockers are the operations that block the node, oldest first.
 	// Graph lock.
 	blockers []*blocker
+	// neverFreeze: links to this node may not be frozen (a job's filter,
+	// which must always be removable: QEMU's never_freeze). Graph lock.
+	neverFreeze bool
+	// ownFrozen are the links the node froze for itself while it is open
+	// (a copy-on-read filter's chain down to its bottom). Graph lock.
+	ownFrozen []*Child
 }
 
 // Name returns the node-name (auto-generated names start with '#').
@@ -214,6 +220,9 @@ type Child struct {
 	// drainer is told of drained sections (a job's edge). Graph lock.
 	drainer DrainNotifier
 	node    atomic.Pointer[Node] // changes only under the graph lock, drained
+	// frozen: the link may not change (a job holds the chain it is on).
+	// Graph lock.
+	frozen bool
 
 	perm   atomic.Uint64
 	shared atomic.Uint64

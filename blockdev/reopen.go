@@ -608,7 +608,7 @@ func (g *Graph) reopenLink(e *reopenEntry, name string, v any) error {
 	if n.isFilter() && cur == nil {
 		return fmt.Errorf("'%s' is a %s filter node that does not support a %s child", n.name, n.drvName, name)
 	}
-	if len(n.blockers) > 0 && cur != nil {
+	if c := n.Child(name); c != nil && c.frozen {
 		return fmt.Errorf("Cannot change frozen '%s' link from '%s' to '%s'", name, n.name, cur.name)
 	}
 	if name == "backing" {

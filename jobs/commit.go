@@ -182,6 +182,7 @@ type commitJob struct {
 	layers            int            // nodes from top down to base's overlay
 	topC, baseC       *blockdev.Child
 	baseReadOnly      bool
+	unfreeze          func() // lets go of the links from commitTop to base
 	backingFile       *string
 	filterName        *string
 }
@@ -216,6 +217,8 @@ func (cj *commitJob) setup(ctx context.Context, b *BlockJob, active, top, base *
 	if cj.commitTop, err = g.AppendFilter(ctx, top, opts); err != nil {
 		return err
 	}
+	// So that it can always be taken out again.
+	cj.commitTop.SetNeverFreeze()
 	cj.layers = layersBetween(top, base)
 	// The layers from top down to base hold data base is getting: nobody
 	// else may read them as consistent, but filters on base may be.
@@ -229,6 +232,11 @@ func (cj *commitJob) setup(ctx context.Context, b *BlockJob, active, top, base *
 		if _, err := b.AddNode(it, "intermediate node", 0, shared); err != nil {
 			return err
 		}
+	}
+	// The links from the filter down to base stay as they are until the
+	// job ends.
+	if cj.unfreeze, err = g.FreezeChain(cj.commitTop, base); err != nil {
+		return err
 	}
 	if _, err := b.AddNode(base, "base", 0, blockdev.PermAll); err != nil {
 		return err
@@ -249,6 +257,7 @@ func (cj *commitJob) undo(ctx context.Context) {
 		return // setup did not start
 	}
 	g := cj.b.Graph()
+	cj.thaw()
 	cj.b.release()
 	if cj.commitTop != nil {
 		if err := g.RemoveFilter(ctx, cj.commitTop); err != nil {
@@ -257,6 +266,14 @@ func (cj *commitJob) undo(ctx context.Context) {
 		cj.commitTop = nil
 	}
 	cj.restoreBase(ctx)
+}
+
+// thaw unfreezes the links the job froze, if it did. Graph lock held.
+func (cj *commitJob) thaw() {
+	if cj.unfreeze != nil {
+		cj.unfreeze()
+		cj.unfreeze = nil
+	}
 }
 
 // restoreBase makes base read-only again if the job made it writable.
@@ -379,7 +396,9 @@ func (cj *commitJob) prepare(j *Job) error {
 	g := cj.b.Graph()
 	g.Lock()
 	defer g.Unlock()
-	// The job's edges would stand in the way of the change.
+	// The job's edges and frozen links would stand in the way of the
+	// change.
+	cj.thaw()
 	cj.b.release()
 	bf := ""
 	if cj.backingFile != nil {

@@ -46,6 +46,7 @@ type mirrorJob struct {
 	topC, baseC  *blockdev.Child
 	layers       int
 	baseReadOnly bool
+	unfreeze     func() // lets go of the links from mirrorTop to base
 	removeObs    func()
 	filterName   *string
 
@@ -123,6 +124,8 @@ func (mj *mirrorJob) before(ctx context.Context, b *BlockJob, top, base *blockde
 	if mj.mirrorTop, err = g.AppendFilter(ctx, top, opts); err != nil {
 		return err
 	}
+	// So that it can always be taken out again.
+	mj.mirrorTop.SetNeverFreeze()
 	if s, ok := mj.mirrorTop.Driver().(stopper); ok {
 		s.SetCommit()
 		if err := g.RefreshPerms(mj.mirrorTop); err != nil {
@@ -175,6 +178,11 @@ func (mj *mirrorJob) setup(ctx context.Context, b *BlockJob) error {
 			return err
 		}
 	}
+	// The links from the filter down to base stay as they are until the
+	// job ends.
+	if mj.unfreeze, err = b.Graph().FreezeChain(mj.mirrorTop, base); err != nil {
+		return err
+	}
 	mj.removeObs = mj.mirrorTop.AddWriteObserver(blockdev.WriteObserver{Enter: mj.enter, Leave: mj.leave})
 	return nil
 }
@@ -185,6 +193,7 @@ func (mj *mirrorJob) undoSetup(ctx context.Context) {
 	if mj.b == nil {
 		return
 	}
+	mj.thaw()
 	mj.b.release()
 	mj.dropFilter(ctx)
 	mj.restoreBase(ctx)
@@ -209,6 +218,14 @@ func (mj *mirrorJob) dropFilter(ctx context.Context) {
 		}
 	}
 	mj.b.DropFilter(ctx, f)
+}
+
+// thaw unfreezes the links the job froze, if it did. Graph lock held.
+func (mj *mirrorJob) thaw() {
+	if mj.unfreeze != nil {
+		mj.unfreeze()
+		mj.unfreeze = nil
+	}
 }
 
 func (mj *mirrorJob) restoreBase(ctx context.Context) {
@@ -491,6 +508,7 @@ func (mj *mirrorJob) exit(j *Job, abort bool) error {
 		return nil
 	}
 	mj.exited = true
+	mj.thaw()
 	ctx := j.Context()
 	if mj.removeObs != nil {
 		mj.removeObs()

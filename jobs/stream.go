@@ -163,7 +163,15 @@ func (sj *streamJob) before(ctx context.Context, b *BlockJob, bs, base, bottom *
 		}
 	}
 	if bs.ReadOnly() {
-		if err := g.SetReadOnly(ctx, bs, false); err != nil {
+		// The chain is held for the reopen (QEMU freezes it from bs down
+		// to the node above base meanwhile; the filter holds it after).
+		unfreeze, err := g.FreezeChain(bs, sj.aboveBase)
+		if err != nil {
+			return err
+		}
+		err = g.SetReadOnly(ctx, bs, false)
+		unfreeze()
+		if err != nil {
 			return err
 		}
 		sj.readOnly = true

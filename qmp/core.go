@@ -65,6 +65,14 @@ func WhenReplied(ctx context.Context, f func()) {
 // qmp_capabilities, query-version and quit (which calls quit after its
 // reply is on its way).
 func RegisterCore(d *Dispatcher, v VersionInfo, quit func()) {
+	RegisterCoreStop(d, v, nil, quit)
+}
+
+// RegisterCoreStop is RegisterCore whose quit first runs stop (when not
+// nil) before it replies: QSD ends its exports and jobs while its monitors
+// still deliver events, and only then sends the reply to quit, so that
+// the reply is the last thing the quitting client reads.
+func RegisterCoreStop(d *Dispatcher, v VersionInfo, stop, quit func()) {
 	d.Register("qmp_capabilities", func(ctx context.Context, args json.RawMessage) (any, error) {
 		var a struct {
 			Enable []string `json:"enable"`
@@ -83,6 +91,9 @@ func RegisterCore(d *Dispatcher, v VersionInfo, quit func()) {
 		return v.reply(), nil
 	})
 	d.Register("quit", func(ctx context.Context, _ json.RawMessage) (any, error) {
+		if stop != nil {
+			stop()
+		}
 		AfterReply(ctx, quit)
 		return nil, nil
 	})

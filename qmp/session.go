@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/rs/zerolog"
 )
@@ -30,9 +31,16 @@ func (s *Server) Serve(l net.Listener) error {
 	return s.acc.serve(l, func(c net.Conn) { newSession(s, c).run() })
 }
 
-// Close stops every listener (removing unix socket files), closes every
-// connection and waits for their goroutines.
-func (s *Server) Close() error { return s.acc.close() }
+// Close stops every listener (removing unix socket files), ends every
+// connection and waits for their goroutines. A connection stops reading at
+// once but first writes what is queued for it, as QEMU's monitors flush
+// their output at exit: the events of the jobs and exports a shutdown
+// ended reach every client. A client that does not read gets closeGrace.
+func (s *Server) Close() error { return s.acc.closeGently(closeGrace) }
+
+// closeGrace is how long a closing server waits for a client to take
+// what is queued for it.
+const closeGrace = 5 * time.Second
 
 // acceptor accepts connections on any number of listeners, runs a handler
 // for each in its own goroutine and keeps track of them all so that close
@@ -98,6 +106,29 @@ func (a *acceptor) close() error {
 	}
 	for c := range a.conns {
 		c.Close()
+	}
+	a.mu.Unlock()
+	a.wg.Wait()
+	return first
+}
+
+// closeGently is close, except that each connection only stops reading
+// (where it can) and its handler ends it after its output is written,
+// within grace.
+func (a *acceptor) closeGently(grace time.Duration) error {
+	a.mu.Lock()
+	a.closed = true
+	var first error
+	for l := range a.listeners {
+		if err := l.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	for c := range a.conns {
+		c.SetWriteDeadline(time.Now().Add(grace))
+		if r, ok := c.(interface{ CloseRead() error }); !ok || r.CloseRead() != nil {
+			c.Close()
+		}
 	}
 	a.mu.Unlock()
 	a.wg.Wait()

@@ -116,6 +116,7 @@ type daemon struct {
 	pidfile  *pidFile
 	quit     chan struct{}
 	quitOnce sync.Once
+	stopOnce sync.Once
 	serving  sync.WaitGroup
 }
 
@@ -127,7 +128,7 @@ func newDaemon(cfg *config, log zerolog.Logger) (*daemon, error) {
 	d := &daemon{log: log, quit: make(chan struct{})}
 	d.disp = qmp.NewDispatcher(s, log)
 	vi := qmp.VersionInfo{Major: 7, Minor: 2, Micro: 0, Package: "qbmond " + version}
-	qmp.RegisterCore(d.disp, vi, d.requestQuit)
+	qmp.RegisterCoreStop(d.disp, vi, d.stopWork, d.requestQuit)
 	schema.RegisterCommands(d.disp, s)
 	d.graph = blockdev.NewGraph(log)
 	blockdev.RegisterCommands(d.disp, d.graph)
@@ -311,10 +312,28 @@ func (d *daemon) wait(sig <-chan os.Signal) {
 	}
 }
 
-// shutdown stops the transports (removing socket files), cancels the
-// jobs, then flushes and closes every node.
+// stopWork is the start of QSD's exit, run while the monitors still
+// deliver events (quit runs it before its reply): every export is closed
+// (BLOCK_EXPORT_DELETED), then every job is cancelled, newest first, each
+// to its end (aborting, BLOCK_JOB_CANCELLED, concluded, null). It runs
+// once.
+func (d *daemon) stopWork() {
+	d.stopOnce.Do(func() {
+		if d.exports != nil {
+			d.exports.Close()
+		}
+		if d.jobs != nil {
+			d.jobs.CancelAll()
+		}
+	})
+}
+
+// shutdown ends the exports and jobs (stopWork), stops the transports
+// (removing socket files; what is queued for a client is written first),
+// then flushes and closes every node.
 func (d *daemon) shutdown() error {
 	var errs []error
+	d.stopWork()
 	if d.qmpSrv != nil {
 		errs = append(errs, d.qmpSrv.Close())
 	}
@@ -322,12 +341,6 @@ func (d *daemon) shutdown() error {
 		errs = append(errs, d.rpcSrv.Close())
 	}
 	d.serving.Wait()
-	if d.jobs != nil {
-		d.jobs.CancelAll()
-	}
-	if d.exports != nil {
-		d.exports.Close()
-	}
 	if d.graph != nil {
 		d.graph.Close()
 	}

@@ -84,12 +84,16 @@ func (p *passThrough) SupportedWriteFlags() blockdev.ReqFlags {
 
 // COR is the copy-on-read filter: reads through it copy what its child
 // reads from the child's backing chain into the child (down to and
-// including the node named by "bottom", the whole chain without it).
+// including the node named by "bottom", the whole chain without it). With
+// a bottom, the links from the filter down to the bottom are frozen while
+// the filter is open, as QEMU's cor_open does; a bottom that is the child
+// itself (a block-stream with nothing to stream) copies nothing.
 type COR struct {
 	passThrough
 	// layers is how many nodes of the child's chain below the child the
 	// copies come from (0: all).
 	layers  int
+	none    bool // bottom is the child: nothing is copied
 	disable func()
 }
 
@@ -103,23 +107,28 @@ func (d *COR) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	} else if ok {
 		child := d.child.Node()
 		layers := 0
-		found := false
-		for it := child.FilterOrCOW(); it != nil; it = it.FilterOrCOW() {
-			layers++
+		var bottom *blockdev.Node
+		for it := child; it != nil; it = it.FilterOrCOW() {
 			if it.Name() == name {
-				found = true
+				bottom = it
 				break
 			}
+			layers++
 		}
-		if !found {
+		if bottom == nil {
 			if oc.Graph().Lookup(name) == nil {
 				return fmt.Errorf("Bottom node '%s' not found", name)
 			}
 			return errors.New("Bottom node is not in the backing chain of the filtered node")
 		}
-		d.layers = layers
+		if err := oc.FreezeChain(bottom); err != nil {
+			return err
+		}
+		d.layers, d.none = layers, layers == 0
 	}
-	d.disable = oc.Graph().EnableCopyOnRead(d.child.Node())
+	if !d.none {
+		d.disable = oc.Graph().EnableCopyOnRead(d.child.Node())
+	}
 	return nil
 }
 
@@ -133,6 +142,9 @@ func (d *COR) Close() error {
 
 // Read reads through the child, copying what comes from below it.
 func (d *COR) Read(ctx context.Context, off int64, b []byte) error {
+	if d.none {
+		return d.child.Read(ctx, off, b)
+	}
 	return d.child.CopyOnRead(ctx, off, b, d.layers)
 }
 
