@@ -220,6 +220,13 @@ func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int6
 	return nil
 }
 
+// readsZero tells whether a cluster with entry e reads as zeroes: a zero
+// cluster, or an unallocated one with no backing node below.
+func (d *Driver) readsZero(ctx context.Context, vc int64, e uint64) (bool, error) {
+	k, _, err := d.classify(ctx, vc, e)
+	return k == kZero || k == kUnalloc && d.backing == nil, err
+}
+
 // freshZeroGaps tells whether an allocating write of n bytes at byte in
 // of guest cluster vc may leave out the rest of its new clusters: they
 // must be fresh (past the image file's end before the allocation, so they
