@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -56,8 +57,21 @@ func (c *conn) run() {
 	defer c.shutdown()
 	log := c.srv.log.With().Str("remote", c.nc.RemoteAddr().String()).Logger()
 	c.br = bufio.NewReaderSize(c.nc, 64<<10)
-	if err := c.handshake(); err != nil {
-		if !errors.Is(err, errAbort) && !errors.Is(err, io.EOF) {
+	if t := c.srv.HandshakeTimeout; t > 0 {
+		// A client that does not finish negotiating in time is dropped,
+		// so that idle connections cannot hold the server's slots.
+		_ = c.nc.SetDeadline(time.Now().Add(t))
+	}
+	err := c.handshake()
+	if err == nil && c.srv.HandshakeTimeout > 0 {
+		err = c.nc.SetDeadline(time.Time{})
+	}
+	if err != nil {
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			log.Info().Dur("timeout", c.srv.HandshakeTimeout).Msg("nbd: client did not finish negotiating in time; disconnected")
+		case !errors.Is(err, errAbort) && !errors.Is(err, io.EOF):
 			log.Debug().Err(err).Msg("nbd: handshake ended")
 		}
 		return

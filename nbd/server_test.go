@@ -3,12 +3,14 @@ package nbd
 import (
 	"bytes"
 	"errors"
+	"io"
 	"net"
 	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 func TestOptions(t *testing.T) {
@@ -475,11 +477,44 @@ func TestMaxConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	// At the limit the server does not accept: the second client waits.
+	conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 	if n, err := conn.Read(make([]byte, 18)); err == nil {
 		t.Fatalf("second client got %d bytes of greeting", n)
+	} else if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+		t.Fatalf("second client: %v, want to be kept waiting", err)
 	}
+	// Once the first leaves, it is served.
 	first.request(cmdDisc, 0, 0, 0, 0, nil)
 	first.expectClosed()
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(conn, make([]byte, 18)); err != nil {
+		t.Fatalf("second client after the first left: %v", err)
+	}
+}
+
+// A client that does not finish negotiating within HandshakeTimeout is
+// dropped; one that did stays.
+func TestHandshakeTimeout(t *testing.T) {
+	s := NewServer(zeroLog())
+	s.HandshakeTimeout = 200 * time.Millisecond
+	if err := s.AddExport(&Export{Name: "m", Backend: newMem(4096)}); err != nil {
+		t.Fatal(err)
+	}
+	_, sock := serveOn(t, s)
+	good := dial(t, sock)
+	good.goExport("m", false)
+	idle := dial(t, sock)
+	start := time.Now()
+	idle.expectClosed()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("idle client dropped after %v", d)
+	}
+	time.Sleep(300 * time.Millisecond)
+	good.request(cmdFlush, 0, 1, 0, 0, nil)
+	if ch := good.replyChunks(1); ch[0].errno != 0 {
+		t.Fatalf("flush after the handshake limit: %v", ch)
+	}
 }
 
 // Serve on a server closed before it started returns nil and closes the

@@ -1,0 +1,184 @@
+package tests
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// idleConn is one NBD connection that never negotiates.
+type idleConn struct {
+	c       net.Conn
+	greeted time.Duration // when the greeting arrived after the start (-1: never)
+	closed  time.Duration // when the server hung up (-1: not seen)
+}
+
+// watch reads the greeting, then waits for the server to hang up, noting
+// when each happens; the test closing the connection ends it.
+func (ic *idleConn) watch(start time.Time, wg *sync.WaitGroup, mu *sync.Mutex) {
+	defer wg.Done()
+	var g [18]byte
+	_, err := io.ReadFull(ic.c, g[:])
+	mu.Lock()
+	if err == nil {
+		ic.greeted = time.Since(start)
+	} else if !errors.Is(err, net.ErrClosed) {
+		ic.closed = time.Since(start)
+	}
+	mu.Unlock()
+	if err != nil {
+		return
+	}
+	var b [1]byte
+	if _, err := ic.c.Read(b[:]); err != nil && !errors.Is(err, net.ErrClosed) {
+		mu.Lock()
+		ic.closed = time.Since(start)
+		mu.Unlock()
+	}
+}
+
+// bucket rounds a time to what the test compares: at once (0), around
+// the 10 s handshake limit (10), or never (-).
+func bucket(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "-"
+	case d < 4*time.Second:
+		return "0"
+	case d > 8*time.Second && d < 14*time.Second:
+		return "10"
+	}
+	return fmt.Sprintf("odd(%v)", d.Round(100*time.Millisecond))
+}
+
+// nbdServerFor starts a daemon of kind k with one read-only export "e0"
+// served on dir/nbd.sock with the given nbd-server-start arguments.
+func nbdServerFor(t *testing.T, k kind, extra map[string]any) (*daemon, *client, string) {
+	dir := shortTempDir(t)
+	d := startDaemon(t, k, dir)
+	c := d.connect()
+	p := filepath.Join(dir, "a.img")
+	if err := os.WriteFile(p, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.ok("blockdev-add", map[string]any{"driver": "raw", "node-name": "n0",
+		"file": map[string]any{"driver": "file", "filename": p}})
+	sock := filepath.Join(dir, "nbd.sock")
+	args := map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}}
+	for k, v := range extra {
+		args[k] = v
+	}
+	c.ok("nbd-server-start", args)
+	c.ok("block-export-add", map[string]any{"type": "nbd", "id": "e0", "name": "e0", "node-name": "n0"})
+	return d, c, sock
+}
+
+// TestNBDIdleConnectionsLikeQSD opens more idle NBD connections than the
+// default limit (100) to both daemons and compares what happens: the
+// first 100 are greeted and dropped when they have not negotiated after
+// 10 s, the others wait unaccepted until then, a client that negotiated
+// stays, and QMP answers while the server is full.
+func TestNBDIdleConnectionsLikeQSD(t *testing.T) {
+	const n = 110
+	type outcome struct {
+		hist    string
+		working string
+		qmp     string
+	}
+	out := map[kind]*outcome{}
+	var wg sync.WaitGroup
+	var fmu sync.Mutex
+	var fails []string
+	for _, k := range []kind{kindQSD, kindQbmond} {
+		_, c, sock := nbdServerFor(t, k, nil)
+		o := &outcome{}
+		out[k] = o
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fail := func(format string, args ...any) {
+				fmu.Lock()
+				fails = append(fails, fmt.Sprintf("%s: ", k)+fmt.Sprintf(format, args...))
+				fmu.Unlock()
+			}
+			start := time.Now()
+			// The first client negotiates: it must outlive the limit.
+			good, err := net.Dial("unix", sock)
+			if err != nil {
+				fail("dial: %v", err)
+				return
+			}
+			defer good.Close()
+			r := &rawNBD{t: t, c: good}
+			var g [18]byte
+			r.read(g[:])
+			r.goExport("e0", false)
+
+			var mu sync.Mutex
+			var cw sync.WaitGroup
+			conns := make([]*idleConn, 0, n)
+			for range n {
+				nc, err := net.Dial("unix", sock)
+				if err != nil {
+					fail("dial: %v", err)
+					break
+				}
+				ic := &idleConn{c: nc, greeted: -1, closed: -1}
+				conns = append(conns, ic)
+				cw.Add(1)
+				go ic.watch(start, &cw, &mu)
+			}
+			defer func() {
+				for _, ic := range conns {
+					ic.c.Close()
+				}
+				cw.Wait()
+			}()
+			// QMP answers while the NBD server is full.
+			time.Sleep(2 * time.Second)
+			if v := c.cmd("query-block-exports", nil); v["return"] == nil {
+				o.qmp = fmt.Sprint(v)
+			} else {
+				o.qmp = "ok"
+			}
+			time.Sleep(time.Until(start.Add(13 * time.Second)))
+			r.request(0, 3, 1, 0, 0, nil)
+			r.reply(0)
+			o.working = strings.Join(r.log, "; ")
+			mu.Lock()
+			hist := map[string]int{}
+			for _, ic := range conns {
+				hist["greeted "+bucket(ic.greeted)+" closed "+bucket(ic.closed)]++
+			}
+			mu.Unlock()
+			var lines []string
+			for k, v := range hist {
+				lines = append(lines, fmt.Sprintf("%s: %d", k, v))
+			}
+			sort.Strings(lines)
+			o.hist = strings.Join(lines, ", ")
+		}()
+	}
+	wg.Wait()
+	for _, f := range fails {
+		t.Error(f)
+	}
+	q, m := out[kindQSD], out[kindQbmond]
+	t.Logf("QSD: %+v", *q)
+	t.Logf("qbmond: %+v", *m)
+	if *q != *m {
+		t.Errorf("outcomes differ\nQSD:    %+v\nqbmond: %+v", *q, *m)
+	}
+	// The referee itself: QSD caps at 100 and drops idle handshakes.
+	if want := "greeted 0 closed 10: 99, greeted 10 closed -: 11"; q.hist != want {
+		t.Errorf("QSD's connections: %s, want %s", q.hist, want)
+	}
+}
