@@ -1,6 +1,8 @@
 package tests
 
 import (
+	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // idleConn is one NBD connection that never negotiates.
@@ -180,5 +184,76 @@ func TestNBDIdleConnectionsLikeQSD(t *testing.T) {
 	// The referee itself: QSD caps at 100 and drops idle handshakes.
 	if want := "greeted 0 closed 10: 99, greeted 10 closed -: 11"; q.hist != want {
 		t.Errorf("QSD's connections: %s, want %s", q.hist, want)
+	}
+}
+
+// TestNBDOutOfDescriptorsLikeQSD runs both daemons with 64 descriptors and
+// no NBD connection limit, and lets idle NBD clients use them all up. QMP
+// must keep answering on its open connection; once the clients leave, the
+// daemons must accept NBD and QMP clients and open images again (an accept
+// that failed for want of descriptors must not end a listener).
+func TestNBDOutOfDescriptorsLikeQSD(t *testing.T) {
+	const n = 80
+	out := map[kind]string{}
+	for _, k := range []kind{kindQSD, kindQbmond} {
+		d, c, sock := nbdServerFor(t, k, map[string]any{"max-connections": 0})
+		lim := unix.Rlimit{Cur: 64, Max: 64}
+		if err := unix.Prlimit(d.cmd.Process.Pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+			t.Fatalf("prlimit: %v", err)
+		}
+		var log []string
+		var conns []net.Conn
+		greeted := 0
+		for range n {
+			nc, err := net.Dial("unix", sock)
+			if err != nil {
+				break // the backlog is full
+			}
+			conns = append(conns, nc)
+			nc.SetReadDeadline(time.Now().Add(150 * time.Millisecond))
+			if _, err := io.ReadFull(nc, make([]byte, 18)); err == nil {
+				greeted++
+			}
+		}
+		if greeted == 0 || greeted >= len(conns) {
+			t.Errorf("%s: %d of %d clients greeted: the descriptors did not run out", k, greeted, len(conns))
+		}
+		// A second QMP client waits meanwhile (QSD serves one at a time).
+		late, err := net.Dial("unix", d.sock)
+		if err != nil {
+			t.Fatalf("%s: dial QMP: %v", k, err)
+		}
+		defer late.Close()
+		if v := c.cmd("query-block-exports", nil); v["return"] == nil {
+			log = append(log, fmt.Sprintf("query-block-exports while full: %v", v))
+		}
+		for _, nc := range conns {
+			nc.Close()
+		}
+		time.Sleep(500 * time.Millisecond)
+		// Descriptors are free again: images open, NBD and QMP accept.
+		p := filepath.Join(d.dir, "b.img")
+		if err := os.WriteFile(p, make([]byte, 1<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if v := c.cmd("blockdev-add", map[string]any{"driver": "raw", "node-name": "n1",
+			"file": map[string]any{"driver": "file", "filename": p}}); v["return"] == nil {
+			log = append(log, fmt.Sprintf("blockdev-add after: %v", v))
+		}
+		r := dialRawNBD(t, sock)
+		r.goExport("e0", false)
+		r.aliveTransmission()
+		log = append(log, r.log...)
+		c.conn.Close()
+		lc := &client{t: t, d: d, conn: late, dec: json.NewDecoder(bufio.NewReader(late))}
+		if g := lc.readAny(); g["QMP"] == nil {
+			log = append(log, fmt.Sprintf("second QMP client: %v", g))
+		} else {
+			log = append(log, "second QMP client greeted")
+		}
+		out[k] = strings.Join(log, "\n")
+	}
+	if out[kindQSD] != out[kindQbmond] {
+		t.Errorf("outcomes differ\nQSD:\n%s\n\nqbmond:\n%s", out[kindQSD], out[kindQbmond])
 	}
 }
