@@ -489,7 +489,9 @@ func (c *conn) exportInfo(ex *export) (int64, uint16) {
 	if c.structured {
 		f |= flagSendDF
 	}
-	if b.CanMultiConn() {
+	if b.CanMultiConn() && c.srv.MaxConnections != 1 {
+		// A server that takes one client at a time does not invite
+		// several (QEMU's rule).
 		f |= flagCanMultiConn
 	}
 	size := b.Size()

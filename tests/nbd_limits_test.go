@@ -257,3 +257,31 @@ func TestNBDOutOfDescriptorsLikeQSD(t *testing.T) {
 		t.Errorf("outcomes differ\nQSD:\n%s\n\nqbmond:\n%s", out[kindQSD], out[kindQbmond])
 	}
 }
+
+// TestNBDMaxConnectionsOneLikeQSD: with max-connections 1 the export does
+// not advertise multi-conn, and a second client waits until the first
+// leaves.
+func TestNBDMaxConnectionsOneLikeQSD(t *testing.T) {
+	out := map[kind]string{}
+	for _, k := range []kind{kindQSD, kindQbmond} {
+		_, _, sock := nbdServerFor(t, k, map[string]any{"max-connections": 1})
+		first := dialRawNBD(t, sock)
+		first.goExport("e0", false)
+		second, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer second.Close()
+		second.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		_, err = io.ReadFull(second, make([]byte, 18))
+		first.logf("second client greeted at once: %v", err == nil)
+		first.request(0, 2, 1, 0, 0, nil) // NBD_CMD_DISC
+		second.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = io.ReadFull(second, make([]byte, 18))
+		first.logf("second client greeted after the first left: %v", err == nil)
+		out[k] = strings.Join(first.log, "\n")
+	}
+	if out[kindQSD] != out[kindQbmond] {
+		t.Errorf("outcomes differ\nQSD:\n%s\n\nqbmond:\n%s", out[kindQSD], out[kindQbmond])
+	}
+}

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -271,6 +272,24 @@ func nbdPeers(t *testing.T, extra map[string]any) map[kind]string {
 		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "rw", "name": "rw", "node-name": "n0", "writable": true,
 			"description": "the disk"})
 		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "ro", "name": "ro", "node-name": "n1"})
+		// "bad" fails every read with EIO and every write with ENOSPC.
+		p := filepath.Join(dir, "c.img")
+		if err := os.WriteFile(p, bytes.Repeat([]byte{0x5a}, 1<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.ok("blockdev-add", map[string]any{"driver": "raw", "node-name": "n2", "file": map[string]any{
+			"driver": "blkdebug", "image": map[string]any{"driver": "file", "filename": p},
+			"inject-error": []any{
+				map[string]any{"event": "read_aio", "errno": 5},
+				map[string]any{"event": "write_aio", "errno": 28},
+			}}})
+		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "bad", "name": "bad", "node-name": "n2",
+			"writable": true})
+		// "bm" offers allocation depth and two bitmaps.
+		c.ok("block-dirty-bitmap-add", map[string]any{"node": "n1", "name": "b1", "disabled": true})
+		c.ok("block-dirty-bitmap-add", map[string]any{"node": "n1", "name": "b0", "disabled": true})
+		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "bm", "name": "bm", "node-name": "n1",
+			"allocation-depth": true, "bitmaps": []any{"b1", "b0"}})
 		socks[k] = sock
 	}
 	return socks
@@ -540,6 +559,82 @@ func TestNBDEdgeCasesLikeQSD(t *testing.T) {
 		r.request(0, 7, 1, 0, 0, nil)
 		r.reply(0)
 		r.request(0, 7, 2, 2<<20, 512, nil)
+		r.reply(0)
+	}})
+	// Whether the connection survives is checked at the end of each case;
+	// no request follows a failure here, as blkdebug's rules would decide
+	// its fate.
+	badcases := []tcase{
+		{"failing read", func(r *rawNBD) {
+			r.request(0, 0, 1, 4096, 512, nil)
+			r.reply(512)
+		}},
+		{"failing read with df", func(r *rawNBD) {
+			r.request(4, 0, 1, 4096, 512, nil)
+			r.reply(512)
+		}},
+		{"failing write", func(r *rawNBD) {
+			r.request(0, 1, 1, 4096, 512, make([]byte, 512))
+			r.reply(0)
+			r.request(1, 1, 2, 4096, 512, make([]byte, 512))
+			r.reply(0)
+		}},
+	}
+	for _, structured := range []bool{false, true} {
+		for _, tc := range badcases {
+			if tc.name == "failing read with df" && !structured {
+				continue
+			}
+			cases = append(cases, struct {
+				name string
+				run  func(r *rawNBD)
+			}{fmt.Sprintf("%s (structured %v)", tc.name, structured), func(r *rawNBD) { r.goExport("bad", structured); tc.run(r) }})
+		}
+	}
+	metaCases := [][]string{
+		{},
+		{"base:"},
+		{"qemu:"},
+		{"qemu:dirty-bitmap:"},
+		{"qemu:dirty-bitmap:b0", "base:allocation", "qemu:dirty-bitmap:b1"},
+		{"qemu:allocation-depth", "qemu:nosuch", "other:thing", "qemu:dirty-bitmap:zz"},
+		{"base:allocation", "base:allocation"},
+		{strings.Repeat("q", 5000)},
+	}
+	for _, qs := range metaCases {
+		cases = append(cases, struct {
+			name string
+			run  func(r *rawNBD)
+		}{fmt.Sprintf("meta contexts %.40q", qs), func(r *rawNBD) {
+			r.clientFlags(3)
+			r.opt(8, 0, nil)
+			r.optReplies()
+			d := metaData("bm", qs...)
+			r.opt(9, uint32(len(d)), d)
+			r.optReplies()
+			r.opt(10, uint32(len(d)), d)
+			r.optReplies()
+			d = infoData("bm")
+			r.opt(7, uint32(len(d)), d)
+			r.optReplies()
+			r.request(0, 7, 1, 0, 1<<20, nil)
+			r.reply(0)
+		}})
+	}
+	cases = append(cases, struct {
+		name string
+		run  func(r *rawNBD)
+	}{"meta context of another export", func(r *rawNBD) {
+		r.clientFlags(3)
+		r.opt(8, 0, nil)
+		r.optReplies()
+		d := metaData("rw", "base:allocation")
+		r.opt(10, uint32(len(d)), d)
+		r.optReplies()
+		d = infoData("bm")
+		r.opt(7, uint32(len(d)), d)
+		r.optReplies()
+		r.request(0, 7, 1, 0, 1<<20, nil)
 		r.reply(0)
 	}})
 	for _, tc := range cases {
