@@ -85,13 +85,14 @@ func nbdServerFor(t *testing.T, k kind, extra map[string]any) (*daemon, *client,
 	return d, c, sock
 }
 
-// TestNBDIdleConnectionsLikeQSD opens more idle NBD connections than the
-// default limit (100) to both daemons and compares what happens: the
-// first 100 are greeted and dropped when they have not negotiated after
-// 10 s, the others wait unaccepted until then, a client that negotiated
-// stays, and QMP answers while the server is full.
+// TestNBDIdleConnectionsLikeQSD opens 300 idle NBD connections to both
+// daemons limited to 256 descriptors and compares what happens: the first
+// 100 (the default limit) are greeted and dropped when they have not
+// negotiated after 10 s, the others wait unaccepted until then, a client
+// that negotiated stays, and QMP answers and opens images while the
+// server is full.
 func TestNBDIdleConnectionsLikeQSD(t *testing.T) {
-	const n = 110
+	const n = 300
 	type outcome struct {
 		hist    string
 		working string
@@ -102,7 +103,15 @@ func TestNBDIdleConnectionsLikeQSD(t *testing.T) {
 	var fmu sync.Mutex
 	var fails []string
 	for _, k := range []kind{kindQSD, kindQbmond} {
-		_, c, sock := nbdServerFor(t, k, nil)
+		d, c, sock := nbdServerFor(t, k, nil)
+		lim := unix.Rlimit{Cur: 256, Max: 256}
+		if err := unix.Prlimit(d.cmd.Process.Pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+			t.Fatalf("prlimit: %v", err)
+		}
+		img := filepath.Join(d.dir, "b.img")
+		if err := os.WriteFile(img, make([]byte, 1<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
 		o := &outcome{}
 		out[k] = o
 		wg.Add(1)
@@ -148,10 +157,13 @@ func TestNBDIdleConnectionsLikeQSD(t *testing.T) {
 			}()
 			// QMP answers while the NBD server is full.
 			time.Sleep(2 * time.Second)
+			o.qmp = "ok"
 			if v := c.cmd("query-block-exports", nil); v["return"] == nil {
 				o.qmp = fmt.Sprint(v)
-			} else {
-				o.qmp = "ok"
+			}
+			if v := c.cmd("blockdev-add", map[string]any{"driver": "raw", "node-name": "n1",
+				"file": map[string]any{"driver": "file", "filename": img}}); v["return"] == nil {
+				o.qmp = fmt.Sprint(v)
 			}
 			time.Sleep(time.Until(start.Add(13 * time.Second)))
 			r.request(0, 3, 1, 0, 0, nil)
@@ -181,8 +193,9 @@ func TestNBDIdleConnectionsLikeQSD(t *testing.T) {
 	if *q != *m {
 		t.Errorf("outcomes differ\nQSD:    %+v\nqbmond: %+v", *q, *m)
 	}
-	// The referee itself: QSD caps at 100 and drops idle handshakes.
-	if want := "greeted 0 closed 10: 99, greeted 10 closed -: 11"; q.hist != want {
+	// The referee itself: QSD caps at 100 (the negotiated client and 99 idle
+	// ones), drops the idle ones at 10 s and then greets 99 more.
+	if want := "greeted - closed -: 102, greeted 0 closed 10: 99, greeted 10 closed -: 99"; q.hist != want {
 		t.Errorf("QSD's connections: %s, want %s", q.hist, want)
 	}
 }
