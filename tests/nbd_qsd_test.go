@@ -285,6 +285,14 @@ func nbdPeers(t *testing.T, extra map[string]any) map[kind]string {
 			}}})
 		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "bad", "name": "bad", "node-name": "n2",
 			"writable": true})
+		// "odd" is a file whose size is not a multiple of 512.
+		p = filepath.Join(dir, "d.img")
+		if err := os.WriteFile(p, bytes.Repeat([]byte{1}, 1000), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.ok("blockdev-add", map[string]any{"driver": "raw", "node-name": "n3",
+			"file": map[string]any{"driver": "file", "filename": p}})
+		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "odd", "name": "odd", "node-name": "n3"})
 		// "bm" offers allocation depth and two bitmaps.
 		c.ok("block-dirty-bitmap-add", map[string]any{"node": "n1", "name": "b1", "disabled": true})
 		c.ok("block-dirty-bitmap-add", map[string]any{"node": "n1", "name": "b0", "disabled": true})
@@ -621,6 +629,16 @@ func TestNBDEdgeCasesLikeQSD(t *testing.T) {
 			r.reply(0)
 		}})
 	}
+	cases = append(cases, struct {
+		name string
+		run  func(r *rawNBD)
+	}{"odd size", func(r *rawNBD) {
+		r.goExport("odd", true)
+		r.request(0, 0, 1, 512, 512, nil)
+		r.reply(0)
+		r.request(0, 0, 2, 1000, 24, nil)
+		r.reply(0)
+	}})
 	cases = append(cases, struct {
 		name string
 		run  func(r *rawNBD)
