@@ -293,6 +293,14 @@ func nbdPeers(t *testing.T, extra map[string]any) map[kind]string {
 		c.ok("blockdev-add", map[string]any{"driver": "raw", "node-name": "n3",
 			"file": map[string]any{"driver": "file", "filename": p}})
 		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "odd", "name": "odd", "node-name": "n3"})
+		// "aligned" wants 4 KiB-aligned requests.
+		p = filepath.Join(dir, "e.img")
+		if err := os.WriteFile(p, make([]byte, 1<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.ok("blockdev-add", map[string]any{"driver": "blkdebug", "node-name": "n4", "align": 4096,
+			"image": map[string]any{"driver": "file", "filename": p}})
+		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "aligned", "name": "aligned", "node-name": "n4"})
 		// "bm" offers allocation depth and two bitmaps.
 		c.ok("block-dirty-bitmap-add", map[string]any{"node": "n1", "name": "b1", "disabled": true})
 		c.ok("block-dirty-bitmap-add", map[string]any{"node": "n1", "name": "b0", "disabled": true})
@@ -628,6 +636,23 @@ func TestNBDEdgeCasesLikeQSD(t *testing.T) {
 			r.request(0, 7, 1, 0, 1<<20, nil)
 			r.reply(0)
 		}})
+	}
+	for _, opt := range []uint32{6, 7} {
+		for _, infos := range [][]uint16{nil, {3}} {
+			cases = append(cases, struct {
+				name string
+				run  func(r *rawNBD)
+			}{fmt.Sprintf("aligned export opt %d infos %v", opt, infos), func(r *rawNBD) {
+				r.clientFlags(3)
+				d := infoData("aligned", infos...)
+				r.opt(opt, uint32(len(d)), d)
+				r.optReplies()
+				if opt == 7 {
+					r.request(0, 0, 1, 512, 1<<20-512, nil)
+					r.reply(1<<20 - 512)
+				}
+			}})
+		}
 	}
 	cases = append(cases, struct {
 		name string
