@@ -76,12 +76,18 @@ type socketAddress struct {
 	} `json:"data"`
 }
 
+// QEMU's defaults for the NBD server's limits.
+const (
+	defaultMaxConnections = 100
+	handshakeTimeout      = 10 * time.Second
+)
+
 func (m *Manager) cmdServerStart(_ context.Context, raw json.RawMessage) (any, error) {
 	var a struct {
 		Addr           socketAddress `json:"addr"`
 		TLSCreds       *string       `json:"tls-creds"`
 		TLSAuthz       *string       `json:"tls-authz"`
-		MaxConnections uint32        `json:"max-connections"`
+		MaxConnections *uint32       `json:"max-connections"`
 	}
 	if err := json.Unmarshal(raw, &a); err != nil {
 		return nil, err
@@ -114,7 +120,14 @@ func (m *Manager) cmdServerStart(_ context.Context, raw json.RawMessage) (any, e
 		return nil, fmt.Errorf("Failed to bind socket: %v", err)
 	}
 	srv := nbd.NewServer(m.log)
-	srv.MaxConnections = int(a.MaxConnections)
+	// QSD 7.2 (with the CVE-2024-7409 fixes) serves at most 100 clients
+	// unless told otherwise (0: no limit) and drops a client that has not
+	// negotiated within 10 s.
+	srv.MaxConnections = defaultMaxConnections
+	if a.MaxConnections != nil {
+		srv.MaxConnections = int(*a.MaxConnections)
+	}
+	srv.HandshakeTimeout = handshakeTimeout
 	srv.OnExportDeleted = m.onDeleted
 	m.srv, m.serving = srv, make(chan struct{})
 	go func(done chan struct{}) {

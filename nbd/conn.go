@@ -9,8 +9,10 @@ import (
 	"math"
 	"math/bits"
 	"net"
+	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,6 +28,10 @@ type conn struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	// The option being negotiated and how many of its data bytes are unread.
+	opt     uint32
+	optLeft uint32
+
 	// Negotiated during the handshake; fixed during transmission.
 	export     *export // set under srv.mu
 	noZeroes   bool
@@ -34,7 +40,6 @@ type conn struct {
 	metaExport string   // the export the selection was made for
 	size       int64
 	flags      uint16
-	maxBlock   uint32
 
 	raw      syscall.RawConn // for sendfile; nil when nc has no descriptor
 	wmu      sync.Mutex      // serialises replies
@@ -52,8 +57,21 @@ func (c *conn) run() {
 	defer c.shutdown()
 	log := c.srv.log.With().Str("remote", c.nc.RemoteAddr().String()).Logger()
 	c.br = bufio.NewReaderSize(c.nc, 64<<10)
-	if err := c.handshake(); err != nil {
-		if !errors.Is(err, errAbort) && !errors.Is(err, io.EOF) {
+	if t := c.srv.HandshakeTimeout; t > 0 {
+		// A client that does not finish negotiating in time is dropped,
+		// so that idle connections cannot hold the server's slots.
+		_ = c.nc.SetDeadline(time.Now().Add(t))
+	}
+	err := c.handshake()
+	if err == nil && c.srv.HandshakeTimeout > 0 {
+		err = c.nc.SetDeadline(time.Time{})
+	}
+	if err != nil {
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			log.Info().Dur("timeout", c.srv.HandshakeTimeout).Msg("nbd: client did not finish negotiating in time; disconnected")
+		case !errors.Is(err, errAbort) && !errors.Is(err, io.EOF):
 			log.Debug().Err(err).Msg("nbd: handshake ended")
 		}
 		return
@@ -95,7 +113,7 @@ func (c *conn) transmit() error {
 		for r := range work {
 			if errno, msg := c.check(&r); errno != 0 {
 				putBuf(r.data)
-				c.replyError(&r, errno, msg, nil)
+				c.replyError(&r, errno, msg)
 				continue
 			}
 			c.handle(&r)
@@ -106,9 +124,6 @@ func (c *conn) transmit() error {
 		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
 			return err
 		}
-		if m := be.Uint32(hdr[0:]); m != requestMagic {
-			return fmt.Errorf("nbd: bad request magic %#x", m)
-		}
 		r := request{
 			flags:  be.Uint16(hdr[4:]),
 			typ:    be.Uint16(hdr[6:]),
@@ -116,10 +131,17 @@ func (c *conn) transmit() error {
 			off:    be.Uint64(hdr[16:]),
 			length: be.Uint32(hdr[24:]),
 		}
+		if m := be.Uint32(hdr[0:]); m != requestMagic {
+			// Answered, then the stream cannot be trusted any more.
+			c.replyError(&r, errInval, fmt.Sprintf("invalid magic (got %#x)", m))
+			return fmt.Errorf("nbd: bad request magic %#x", m)
+		}
 		if r.typ == cmdDisc {
 			return nil
 		}
 		if r.typ == cmdWrite && r.length > maxPayload {
+			// The payload is not read: answer, then hang up.
+			c.replyError(&r, errInval, tooLong(r.length))
 			return fmt.Errorf("nbd: write of %d bytes is too large", r.length)
 		}
 		if r.typ == cmdWrite {
@@ -142,68 +164,94 @@ func (c *conn) transmit() error {
 	}
 }
 
-// check validates a request against the negotiated export; it returns the
-// error to send, or 0.
-func (c *conn) check(r *request) (uint32, string) {
-	allowed := uint16(cmdFlagFUA)
-	writes := false
-	switch r.typ {
+// cmdName is the name QEMU's messages give a command.
+func cmdName(typ uint16) string {
+	switch typ {
 	case cmdRead:
-		if c.structured {
-			allowed |= cmdFlagDF
-		}
-	case cmdWrite, cmdTrim:
-		writes = true
+		return "read"
+	case cmdWrite:
+		return "write"
+	case cmdDisc:
+		return "disconnect"
+	case cmdFlush:
+		return "flush"
+	case cmdTrim:
+		return "trim"
+	case cmdCache:
+		return "cache"
 	case cmdWriteZeroes:
-		writes = true
-		allowed |= cmdFlagNoHole | cmdFlagFastZero
+		return "write zeroes"
 	case cmdBlockStatus:
-		allowed |= cmdFlagReqOne
-	case cmdFlush, cmdCache:
-	default:
-		return errInval, fmt.Sprintf("unknown command %d", r.typ)
+		return "block status"
 	}
-	if r.flags&^allowed != 0 {
-		return errInval, fmt.Sprintf("unsupported flags %#x for command %d", r.flags&^allowed, r.typ)
+	return "<unknown>"
+}
+
+// tooLong is QEMU's message for a read, write or cache over 32 MiB.
+func tooLong(n uint32) string {
+	return fmt.Sprintf("len (%d ) is larger than max len (%d)", n, maxPayload)
+}
+
+// check validates a request against the negotiated export in QEMU's order
+// (size limit, read-only export, bounds, flags, command), with QEMU's
+// messages; every refusal is EINVAL, as QEMU sends. It returns the error
+// to send, or 0.
+func (c *conn) check(r *request) (uint32, string) {
+	if (r.typ == cmdRead || r.typ == cmdCache) && r.length > maxPayload {
+		return errInval, tooLong(r.length)
 	}
-	if writes && c.flags&flagReadOnly != 0 {
-		return errPerm, "export is read-only"
-	}
-	if r.typ == cmdFlush {
-		if r.off != 0 || r.length != 0 {
-			return errInval, "flush with nonzero offset or length"
-		}
-		return 0, ""
+	if c.flags&flagReadOnly != 0 && (r.typ == cmdWrite || r.typ == cmdWriteZeroes || r.typ == cmdTrim) {
+		return errInval, "Export is read-only"
 	}
 	size := uint64(c.size)
 	if r.off > size || uint64(r.length) > size-r.off {
-		if r.typ == cmdWrite || r.typ == cmdWriteZeroes {
-			return errNoSpc, "request past the end of the export"
-		}
-		return errInval, "request past the end of the export"
+		return errInval, fmt.Sprintf("operation past EOF; From: %d, Len: %d, Size: %d", r.off, r.length, size)
 	}
-	if (r.typ == cmdRead || r.typ == cmdWrite) && r.length > c.maxBlock {
-		return errInval, "request larger than the maximum block size"
+	valid := uint16(cmdFlagFUA)
+	switch {
+	case r.typ == cmdRead && c.structured:
+		valid |= cmdFlagDF
+	case r.typ == cmdWriteZeroes:
+		valid |= cmdFlagNoHole | cmdFlagFastZero
+	case r.typ == cmdBlockStatus:
+		valid |= cmdFlagReqOne
 	}
-	if r.typ == cmdBlockStatus {
-		if !c.structured || len(c.meta) == 0 {
-			return errInval, "no metadata context negotiated"
-		}
+	if r.flags&^valid != 0 {
+		return errInval, fmt.Sprintf("unsupported flags for command %s (got 0x%x)", cmdName(r.typ), r.flags)
+	}
+	switch r.typ {
+	case cmdRead, cmdWrite, cmdFlush, cmdTrim, cmdCache, cmdWriteZeroes:
+	case cmdBlockStatus:
 		if r.length == 0 {
-			return errInval, "block status of an empty range"
+			return errInval, "need non-zero length"
 		}
+		if !c.structured || len(c.meta) == 0 {
+			return errInval, "CMD_BLOCK_STATUS not negotiated"
+		}
+	default:
+		return errInval, fmt.Sprintf("invalid request type (%d) received", r.typ)
 	}
 	return 0, ""
 }
 
+// handle runs a checked request. A failure is answered with QEMU's fixed
+// message for the command (the cause goes to the debug log).
 func (c *conn) handle(r *request) {
 	ctx := c.ctx
 	b := c.export.Backend
 	off, length := int64(r.off), int64(r.length)
 	fua := r.flags&cmdFlagFUA != 0
 	var err error
+	var msg string
 	switch r.typ {
 	case cmdRead:
+		if fua {
+			// QEMU flushes before a read that asks for FUA.
+			if err := b.Flush(ctx); err != nil {
+				c.fail(r, err, "flush failed")
+				return
+			}
+		}
 		c.read(r)
 		return
 	case cmdBlockStatus:
@@ -214,8 +262,10 @@ func (c *conn) handle(r *request) {
 			err = b.WriteAt(ctx, r.data, off, fua)
 		}
 		putBuf(r.data)
+		msg = "writing to file failed"
 	case cmdFlush:
 		err = b.Flush(ctx)
+		msg = "flush failed"
 	case cmdTrim:
 		if length > 0 {
 			err = b.Trim(ctx, off, length)
@@ -223,10 +273,12 @@ func (c *conn) handle(r *request) {
 		if err == nil && fua {
 			err = b.Flush(ctx)
 		}
+		msg = "discard failed"
 	case cmdCache:
 		if length > 0 {
 			err = b.Cache(ctx, off, length)
 		}
+		msg = "caching data failed"
 	case cmdWriteZeroes:
 		if length > 0 {
 			err = b.WriteZeroes(ctx, off, length, r.flags&cmdFlagNoHole == 0, r.flags&cmdFlagFastZero != 0)
@@ -234,12 +286,20 @@ func (c *conn) handle(r *request) {
 		if err == nil && fua {
 			err = b.Flush(ctx)
 		}
+		msg = "writing to file failed"
 	}
 	if err != nil {
-		c.replyError(r, wireErrno(err), err.Error(), nil)
+		c.fail(r, err, msg)
 		return
 	}
 	c.replySimple(r.handle, 0, nil)
+}
+
+// fail answers a request whose backend operation failed with err.
+func (c *conn) fail(r *request, err error, msg string) {
+	c.srv.log.Debug().Err(err).Str("command", cmdName(r.typ)).Uint64("offset", r.off).
+		Uint32("length", r.length).Msg("nbd: request failed")
+	c.replyError(r, wireErrno(err), msg)
 }
 
 // read answers NBD_CMD_READ; with structured replies, zero extents of the
@@ -247,8 +307,12 @@ func (c *conn) handle(r *request) {
 func (c *conn) read(r *request) {
 	off, length := int64(r.off), int64(r.length)
 	if !c.structured {
+		if length == 0 {
+			c.replySimple(r.handle, 0, nil)
+			return
+		}
 		h := simpleHeader(r.handle, 0)
-		c.replyData(r, off, length, func(data []byte) [][]byte { return [][]byte{h, data} })
+		c.replyData(r, off, length, false, func(data []byte) [][]byte { return [][]byte{h, data} })
 		return
 	}
 	if r.flags&cmdFlagDF != 0 || r.length == 0 {
@@ -256,7 +320,7 @@ func (c *conn) read(r *request) {
 			c.chunk(r.handle, replyFlagDone, replyTypeNone, nil)
 			return
 		}
-		c.replyData(r, off, length, func(data []byte) [][]byte {
+		c.replyData(r, off, length, false, func(data []byte) [][]byte {
 			return chunkParts(r.handle, replyFlagDone, replyTypeOffsetData, offsetPrefix(off), length, data)
 		})
 		return
@@ -269,11 +333,17 @@ func (c *conn) read(r *request) {
 	}
 	var exts []extent
 	b := c.export.Backend
+	var statusErr error
 	for pos, end := off, off+length; pos < end; {
 		n := end - pos
 		ext, err := b.BlockStatus(c.ctx, pos, n)
-		zero := err == nil && ext.Zero && ext.Length > 0
-		if err == nil && ext.Length > 0 && ext.Length < n {
+		if err != nil {
+			// QEMU reports the failure after the chunks before it.
+			statusErr = err
+			break
+		}
+		zero := ext.Zero && ext.Length > 0
+		if ext.Length > 0 && ext.Length < n {
 			n = ext.Length
 		}
 		if k := len(exts) - 1; k >= 0 && exts[k].zero == zero {
@@ -285,7 +355,7 @@ func (c *conn) read(r *request) {
 	}
 	for i, e := range exts {
 		var flags uint16
-		if i == len(exts)-1 {
+		if i == len(exts)-1 && statusErr == nil {
 			flags = replyFlagDone
 		}
 		if e.zero {
@@ -293,19 +363,47 @@ func (c *conn) read(r *request) {
 			c.chunk(r.handle, flags, replyTypeOffsetHole, h)
 			continue
 		}
-		if !c.replyData(r, e.off, e.n, func(data []byte) [][]byte {
+		if !c.replyData(r, e.off, e.n, true, func(data []byte) [][]byte {
 			return chunkParts(r.handle, flags, replyTypeOffsetData, offsetPrefix(e.off), e.n, data)
 		}) {
 			return
 		}
 	}
+	if statusErr != nil {
+		c.fail(r, statusErr, "unable to check for holes: "+strerror(statusErr))
+	}
+}
+
+// strerror spells err's errno as the C library does ("Input/output
+// error"), for messages that QEMU builds with strerror.
+func strerror(err error) string {
+	var e syscall.Errno
+	if !errors.As(err, &e) {
+		e = syscall.EIO
+	}
+	s := e.Error()
+	if s != "" {
+		s = strings.ToUpper(s[:1]) + s[1:]
+	}
+	return s
 }
 
 // replyData sends n bytes of the export at off in the message parts
 // builds around them: with sendfile when the backend can name the file
 // they are in, else through a buffer. A failed read is answered with an
-// error reply; it returns false then, or when the connection broke.
-func (c *conn) replyData(r *request, off, n int64, parts func(data []byte) [][]byte) bool {
+// error reply, or ends the connection when it is part of a sparse
+// structured read (as in QEMU); it returns false then, or when the
+// connection broke.
+func (c *conn) replyData(r *request, off, n int64, sparse bool, parts func(data []byte) [][]byte) bool {
+	failed := func(err error) bool {
+		if sparse {
+			c.srv.log.Debug().Err(err).Int64("offset", off).Msg("nbd: read failed; disconnecting the client")
+			c.shutdown()
+			return false
+		}
+		c.fail(r, err, "reading from file failed")
+		return false
+	}
 	sent := false
 	if fr, ok := c.export.Backend.(FileReader); ok && c.raw != nil {
 		handled, err := fr.ReadFile(c.ctx, off, n, func(fd int, foff, n int64) error {
@@ -322,17 +420,13 @@ func (c *conn) replyData(r *request, off, n int64, parts func(data []byte) [][]b
 			c.shutdown()
 			return false
 		case handled:
-			p := off
-			c.replyError(r, wireErrno(err), err.Error(), &p)
-			return false
+			return failed(err)
 		}
 	}
 	buf := getBuf(int(n))
 	defer putBuf(buf)
 	if err := c.export.Backend.ReadAt(c.ctx, buf, off); err != nil {
-		p := off
-		c.replyError(r, wireErrno(err), err.Error(), &p)
-		return false
+		return failed(err)
 	}
 	c.send(parts(buf)...)
 	return true
@@ -394,7 +488,7 @@ func (c *conn) blockStatus(r *request) {
 	for i, id := range c.meta {
 		descs, err := c.extents(id, off, int64(r.length), r.flags&cmdFlagReqOne != 0)
 		if err != nil {
-			c.replyError(r, wireErrno(err), err.Error(), &off)
+			c.fail(r, err, "can't get block status")
 			return
 		}
 		p := make([]byte, 4, 4+8*len(descs))
@@ -508,8 +602,8 @@ func chunkHeader(handle uint64, flags, typ uint16, n int) []byte {
 }
 
 // replyError reports a failed request: a final error chunk with structured
-// replies (with the offset when given), else a simple reply.
-func (c *conn) replyError(r *request, errno uint32, msg string, off *int64) {
+// replies (QEMU sends no offset with its errors), else a simple reply.
+func (c *conn) replyError(r *request, errno uint32, msg string) {
 	if !c.structured {
 		c.replySimple(r.handle, errno, nil)
 		return
@@ -517,16 +611,11 @@ func (c *conn) replyError(r *request, errno uint32, msg string, off *int64) {
 	if len(msg) > maxStringLen {
 		msg = msg[:maxStringLen]
 	}
-	p := make([]byte, 6, 6+len(msg)+8)
+	p := make([]byte, 6, 6+len(msg))
 	be.PutUint32(p, errno)
 	be.PutUint16(p[4:], uint16(len(msg)))
 	p = append(p, msg...)
-	typ := uint16(replyTypeError)
-	if off != nil {
-		typ = replyTypeErrorOffset
-		p = be.AppendUint64(p, uint64(*off))
-	}
-	c.chunk(r.handle, replyFlagDone, typ, p)
+	c.chunk(r.handle, replyFlagDone, replyTypeError, p)
 }
 
 // send writes one message atomically; a failed write ends the connection.

@@ -46,17 +46,18 @@ const (
 	optSetMetaContext  = 10
 
 	// option replies
-	repAck         = 1
-	repServer      = 2
-	repInfo        = 3
-	repMetaContext = 4
-	repErrBit      = 1 << 31
-	repErrUnsup    = repErrBit | 1
-	repErrPolicy   = repErrBit | 2
-	repErrInvalid  = repErrBit | 3
-	repErrUnknown  = repErrBit | 6
-	repErrShutdown = repErrBit | 7
-	repErrTooBig   = repErrBit | 9
+	repAck              = 1
+	repServer           = 2
+	repInfo             = 3
+	repMetaContext      = 4
+	repErrBit           = 1 << 31
+	repErrUnsup         = repErrBit | 1
+	repErrPolicy        = repErrBit | 2
+	repErrInvalid       = repErrBit | 3
+	repErrUnknown       = repErrBit | 6
+	repErrShutdown      = repErrBit | 7
+	repErrBlockSizeReqd = repErrBit | 8
+	repErrTooBig        = repErrBit | 9
 
 	// info types
 	infoExport      = 0
@@ -108,9 +109,8 @@ const (
 const (
 	// maxStringLen is the longest string the protocol allows.
 	maxStringLen = 4096
-	// maxOptionLen bounds the data of one option; longer options end the connection.
-	maxOptionLen = 64 << 10
-	// maxPayload bounds one read or write payload (the interoperable 32 MiB).
+	// maxPayload bounds one read or write payload (the interoperable 32 MiB)
+	// and the data of one option.
 	maxPayload = 32 << 20
 	// maxExtents bounds the descriptors of one block status chunk.
 	maxExtents = 1024
@@ -121,16 +121,18 @@ const (
 	ctxBaseAllocation = "base:allocation"
 	ctxAllocDepth     = "qemu:allocation-depth"
 	ctxBitmapPrefix   = "qemu:dirty-bitmap:"
-	idBaseAllocation  = 1
-	idAllocDepth      = 2
+	idBaseAllocation  = 0
+	idAllocDepth      = 1
 	// idBitmapBase + i is the context of the export's i-th bitmap.
-	idBitmapBase = 3
+	idBitmapBase = 2
 
 	// stateDirty is qemu:dirty-bitmap's flag for a dirty extent.
 	stateDirty = 1
 )
 
-// wireErrno maps an error to the protocol's error values.
+// wireErrno maps an error to the protocol's error values as QEMU does:
+// an errno without a protocol value of its own becomes EINVAL; an error
+// without an errno is EIO.
 func wireErrno(err error) uint32 {
 	var e syscall.Errno
 	switch {
@@ -141,12 +143,12 @@ func wireErrno(err error) uint32 {
 		return errIO
 	}
 	switch e {
-	case syscall.EPERM, syscall.EROFS, syscall.EACCES:
+	case syscall.EPERM, syscall.EROFS:
 		return errPerm
+	case syscall.EIO:
+		return errIO
 	case syscall.ENOMEM:
 		return errNoMem
-	case syscall.EINVAL:
-		return errInval
 	case syscall.ENOSPC, syscall.EDQUOT, syscall.EFBIG:
 		return errNoSpc
 	case syscall.EOVERFLOW:
@@ -156,5 +158,5 @@ func wireErrno(err error) uint32 {
 	case syscall.ESHUTDOWN:
 		return errShutdown
 	}
-	return errIO
+	return errInval
 }

@@ -113,7 +113,7 @@ func TestSendfileReads(t *testing.T) {
 	m.failErr.Store(true)
 	cl.request(cmdRead, cmdFlagDF, 31, 0, 4096, nil)
 	ch := cl.replyChunks(31)
-	if len(ch) != 1 || ch[0].typ != replyTypeErrorOffset || ch[0].errno != errIO {
+	if len(ch) != 1 || ch[0].typ != replyTypeError || ch[0].errno != errIO {
 		t.Fatalf("failed ReadFile: %v", ch)
 	}
 	m.failErr.Store(false)

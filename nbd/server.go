@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/rs/zerolog"
 )
@@ -46,9 +48,14 @@ type export struct {
 // Server serves exports to NBD clients. Its zero value is not usable; call
 // NewServer. Exports can be added and removed while it serves.
 type Server struct {
-	// MaxConnections limits the clients connected at once (0: no limit);
-	// extra clients are disconnected at once. Set it before Serve.
+	// MaxConnections limits the clients connected at once (0: no limit).
+	// At the limit the server stops accepting: further clients wait in the
+	// listen backlog until one leaves, as with QEMU's server, and use no
+	// descriptor of the process meanwhile. Set it before Serve.
 	MaxConnections int
+	// HandshakeTimeout disconnects a client that has not finished
+	// negotiating within it (0: no limit). Set it before Serve.
+	HandshakeTimeout time.Duration
 	// OnExportDeleted, when set, is called (without locks held) once a
 	// removed export has no client left, which may be within RemoveExport.
 	OnExportDeleted func(name string)
@@ -61,17 +68,22 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
 	closed    bool
+	done      chan struct{} // closed by Close
+	slots     *sync.Cond    // signalled when a client leaves or the server closes
 	wg        sync.WaitGroup
 }
 
 // NewServer returns a server with no exports.
 func NewServer(log zerolog.Logger) *Server {
-	return &Server{
+	s := &Server{
 		log:       log,
 		exports:   map[string]*export{},
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*conn]struct{}{},
+		done:      make(chan struct{}),
 	}
+	s.slots = sync.NewCond(&s.mu)
+	return s
 }
 
 // AddExport starts serving e. The name must be unique and at most 4096 bytes.
@@ -169,23 +181,61 @@ func (s *Server) Serve(l net.Listener) error {
 		delete(s.listeners, l)
 		s.mu.Unlock()
 	}()
+	backoff := time.Duration(0)
 	for {
+		if !s.waitSlot() {
+			return nil
+		}
 		nc, err := l.Accept()
 		if err != nil {
-			s.mu.Lock()
-			closed := s.closed
-			s.mu.Unlock()
-			if closed || errors.Is(err, net.ErrClosed) {
+			if s.isClosed() || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			return err
+			if !temporaryAcceptError(err) {
+				return err
+			}
+			// Out of descriptors or memory for now: wait and try again,
+			// longer each time, rather than spin or stop serving.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn().Err(err).Dur("retry_in", backoff).Msg("nbd: cannot accept a client")
+			select {
+			case <-time.After(backoff):
+			case <-s.done:
+				return nil
+			}
+			continue
 		}
+		backoff = 0
 		s.serveConn(nc)
 	}
+}
+
+// temporaryAcceptError tells an accept failure that passes (no descriptor
+// or buffer free at the moment, a client gone before it was accepted) from
+// a broken listener.
+func temporaryAcceptError(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
+		syscall.ECONNABORTED, syscall.EINTR, syscall.EAGAIN} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// waitSlot waits until the server has room for another client; false when
+// it closed meanwhile.
+func (s *Server) waitSlot() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for !s.closed && s.MaxConnections > 0 && len(s.conns) >= s.MaxConnections {
+		s.slots.Wait()
+	}
+	return !s.closed
 }
 
 // sendBuffer is the socket send buffer asked for each client.
@@ -262,6 +312,7 @@ func (s *Server) isClosed() bool {
 func (s *Server) dropConn(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	s.slots.Broadcast()
 	deleted := false
 	ex := c.export
 	if ex != nil {
@@ -288,6 +339,8 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	close(s.done)
+	s.slots.Broadcast()
 	var errs []error
 	for l := range s.listeners {
 		if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {

@@ -3,12 +3,14 @@ package nbd
 import (
 	"bytes"
 	"errors"
+	"io"
 	"net"
 	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 func TestOptions(t *testing.T) {
@@ -44,7 +46,7 @@ func TestOptions(t *testing.T) {
 		{"info short", optInfo, []byte{0, 0}, repErrInvalid},
 		{"info name too long for data", optInfo, append(be.AppendUint32(nil, 100), 0, 0), repErrInvalid},
 		{"info bad request count", optInfo, nameData("a", 0, 2, 0, 1), repErrInvalid},
-		{"meta before structured", optListMetaContext, metaData("a"), repErrInvalid},
+		{"set meta before structured", optSetMetaContext, metaData("a"), repErrInvalid},
 		{"structured with data", optStructuredReply, []byte{0}, repErrInvalid},
 	}
 	for _, c := range cases {
@@ -166,18 +168,20 @@ func TestTransmissionErrors(t *testing.T) {
 			data  []byte
 			want  uint32
 		}{
-			{"write past end", cl, cmdWrite, 0, 64<<10 - 2, 4, []byte("abcd"), errNoSpc},
-			{"write zeroes past end", cl, cmdWriteZeroes, 0, 1 << 40, 1, nil, errNoSpc},
+			// QEMU refuses every malformed request with EINVAL.
+			{"write past end", cl, cmdWrite, 0, 64<<10 - 2, 4, []byte("abcd"), errInval},
+			{"write zeroes past end", cl, cmdWriteZeroes, 0, 1 << 40, 1, nil, errInval},
 			{"read past end", cl, cmdRead, 0, 64 << 10, 1, nil, errInval},
 			{"trim past end", cl, cmdTrim, 0, 1<<64 - 1, 2, nil, errInval},
 			{"block status without contexts", cl, cmdBlockStatus, 0, 0, 512, nil, errInval},
 			{"unknown command", cl, 42, 0, 0, 0, nil, errInval},
 			{"unknown flag", cl, cmdFlush, 1 << 9, 0, 0, nil, errInval},
 			{"no-hole on write", cl, cmdWrite, cmdFlagNoHole, 0, 2, []byte("zz"), errInval},
-			{"flush with length", cl, cmdFlush, 0, 0, 5, nil, errInval},
-			{"write read-only", clro, cmdWrite, 0, 0, 4, []byte("abcd"), errPerm},
-			{"trim read-only", clro, cmdTrim, 0, 0, 4096, nil, errPerm},
-			{"write zeroes read-only", clro, cmdWriteZeroes, 0, 0, 4096, nil, errPerm},
+			{"flush with length", cl, cmdFlush, 0, 0, 5, nil, 0},
+			{"flush past end", cl, cmdFlush, 0, 64 << 10, 5, nil, errInval},
+			{"write read-only", clro, cmdWrite, 0, 0, 4, []byte("abcd"), errInval},
+			{"trim read-only", clro, cmdTrim, 0, 0, 4096, nil, errInval},
+			{"write zeroes read-only", clro, cmdWriteZeroes, 0, 0, 4096, nil, errInval},
 		}
 		for i, c := range cases {
 			c.cl.request(c.typ, c.flags, uint64(i), c.off, c.n, c.data)
@@ -186,7 +190,7 @@ func TestTransmissionErrors(t *testing.T) {
 			if last.errno != c.want {
 				t.Errorf("structured=%v %s: errno %d, want %d (%v)", structured, c.name, last.errno, c.want, ch)
 			}
-			if structured && last.magic != structReplyMagic {
+			if structured && c.want != 0 && last.magic != structReplyMagic {
 				t.Errorf("%s: error as simple reply with structured replies", c.name)
 			}
 		}
@@ -208,16 +212,23 @@ func TestReadErrorStructured(t *testing.T) {
 	_, sock := startServer(t, &Export{Name: "m", Backend: m})
 	cl := dial(t, sock)
 	cl.goExport("m", true)
-	cl.request(cmdRead, 0, 1, 0, 1<<14, nil)
+	// A read that may be split (no DF) fails with an error chunk...
+	cl.request(cmdRead, cmdFlagDF, 1, 0, 1<<14, nil)
 	ch := cl.replyChunks(1)
-	last := ch[len(ch)-1]
-	if last.typ != replyTypeErrorOffset || last.errno != errIO {
+	if last := ch[len(ch)-1]; len(ch) != 1 || last.typ != replyTypeError || last.errno != errIO ||
+		string(last.payload[6:]) != "reading from file failed" {
 		t.Fatalf("chunks %v", ch)
 	}
-	// The hole before the failing data went out as a hole chunk first.
-	if ch[0].typ != replyTypeOffsetHole || be.Uint64(last.payload[len(last.payload)-8:]) != 4096 {
-		t.Fatalf("chunks %v", ch)
+	// ...while a split read whose data fails ends the connection after the
+	// chunks before the failure, as QEMU does.
+	cl.request(cmdRead, 0, 2, 0, 1<<14, nil)
+	var hdr [20]byte
+	cl.readFull(hdr[:])
+	if typ := be.Uint16(hdr[6:]); typ != replyTypeOffsetHole {
+		t.Fatalf("first chunk type %d, want a hole", typ)
 	}
+	cl.readFull(make([]byte, be.Uint32(hdr[16:])))
+	cl.expectClosed()
 }
 
 func TestStructuredReadAndBlockStatus(t *testing.T) {
@@ -362,17 +373,21 @@ func TestBadClientsOnlyHurtThemselves(t *testing.T) {
 	good := dial(t, sock)
 	good.goExport("m", true)
 
-	// A write larger than 32 MiB ends the connection before its payload is read.
+	// A write larger than 32 MiB is refused, and the connection ends
+	// before its payload is read.
 	bad := dial(t, sock)
 	bad.goExport("m", true)
 	bad.request(cmdWrite, 0, 1, 0, 64<<20, nil)
+	if ch := bad.replyChunks(1); ch[0].errno != errInval {
+		t.Errorf("64 MiB write: %v", ch)
+	}
 	bad.expectClosed()
 
-	// A write above the maximum block size but within 32 MiB is refused.
+	// A write past the end is refused with EINVAL, as QEMU does.
 	bad2 := dial(t, sock)
 	bad2.goExport("m", true)
 	bad2.request(cmdWrite, 0, 1, 0, 2<<20, make([]byte, 2<<20))
-	if ch := bad2.replyChunks(1); ch[0].errno != errNoSpc {
+	if ch := bad2.replyChunks(1); ch[0].errno != errInval {
 		t.Errorf("2 MiB write on 1 MiB export: %v", ch)
 	}
 
@@ -462,11 +477,44 @@ func TestMaxConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	// At the limit the server does not accept: the second client waits.
+	conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 	if n, err := conn.Read(make([]byte, 18)); err == nil {
 		t.Fatalf("second client got %d bytes of greeting", n)
+	} else if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+		t.Fatalf("second client: %v, want to be kept waiting", err)
 	}
+	// Once the first leaves, it is served.
 	first.request(cmdDisc, 0, 0, 0, 0, nil)
 	first.expectClosed()
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(conn, make([]byte, 18)); err != nil {
+		t.Fatalf("second client after the first left: %v", err)
+	}
+}
+
+// A client that does not finish negotiating within HandshakeTimeout is
+// dropped; one that did stays.
+func TestHandshakeTimeout(t *testing.T) {
+	s := NewServer(zeroLog())
+	s.HandshakeTimeout = 200 * time.Millisecond
+	if err := s.AddExport(&Export{Name: "m", Backend: newMem(4096)}); err != nil {
+		t.Fatal(err)
+	}
+	_, sock := serveOn(t, s)
+	good := dial(t, sock)
+	good.goExport("m", false)
+	idle := dial(t, sock)
+	start := time.Now()
+	idle.expectClosed()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("idle client dropped after %v", d)
+	}
+	time.Sleep(300 * time.Millisecond)
+	good.request(cmdFlush, 0, 1, 0, 0, nil)
+	if ch := good.replyChunks(1); ch[0].errno != 0 {
+		t.Fatalf("flush after the handshake limit: %v", ch)
+	}
 }
 
 // Serve on a server closed before it started returns nil and closes the

@@ -3,9 +3,11 @@ package qmp
 import (
 	"bufio"
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -67,6 +69,7 @@ func (a *acceptor) serve(l net.Listener, handle func(net.Conn)) error {
 	a.wg.Add(1)
 	a.mu.Unlock()
 	defer a.wg.Done()
+	var backoff time.Duration
 	for {
 		c, err := l.Accept()
 		a.mu.Lock()
@@ -79,8 +82,17 @@ func (a *acceptor) serve(l net.Listener, handle func(net.Conn)) error {
 		}
 		if err != nil {
 			a.mu.Unlock()
-			return err
+			if !temporaryAcceptError(err) {
+				return err
+			}
+			// Out of descriptors (say, NBD clients hold them all) or
+			// memory for now: keep the listener and try again shortly,
+			// so that the monitor answers again once they are free.
+			backoff = min(max(2*backoff, 5*time.Millisecond), 200*time.Millisecond)
+			time.Sleep(backoff)
+			continue
 		}
+		backoff = 0
 		a.conns[c] = struct{}{}
 		a.wg.Add(1)
 		a.mu.Unlock()
@@ -93,6 +105,18 @@ func (a *acceptor) serve(l net.Listener, handle func(net.Conn)) error {
 			a.mu.Unlock()
 		}()
 	}
+}
+
+// temporaryAcceptError tells an accept failure that passes from a broken
+// listener.
+func temporaryAcceptError(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
+		syscall.ECONNABORTED, syscall.EINTR, syscall.EAGAIN} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 func (a *acceptor) close() error {
