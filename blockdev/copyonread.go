@@ -95,6 +95,7 @@ func (n *Node) copyOnRead(ctx context.Context, from *Child, off int64, p []byte,
 			return err
 		}
 		if copyIt {
+			n.debugEvent(DbgCORWrite)
 			if err := n.drv.Write(ctx, pos, seg, ReqWriteUnchanged&n.writeFlags); err != nil {
 				return err
 			}

@@ -207,6 +207,7 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 		d.l1[i] = binary.BigEndian.Uint64(l1buf[8*i:])
 	}
 	rtbuf := make([]byte, int64(h.refTableCluster)*d.cs)
+	d.file.DebugEvent(blockdev.DbgReftableLoad)
 	if err := d.readAt(ctx, int64(h.refTableOff), rtbuf); err != nil {
 		return fmt.Errorf("Could not read refcount table: %w", err)
 	}
