@@ -413,7 +413,9 @@ func (n *Node) emulateFUA(ctx context.Context, flags ReqFlags) error {
 	if flags&ReqFUA == 0 || n.writeFlags&ReqFUA != 0 || n.noFlush {
 		return nil
 	}
-	return n.drv.Flush(ctx)
+	// A whole flush of the node, as QEMU's emulation does (the write is
+	// not yet counted in writeGen, as in QEMU).
+	return n.flush(ctx)
 }
 
 // WriteZeroes makes [off, off+length) read as zeroes on behalf of from.
@@ -532,6 +534,11 @@ func (n *Node) Flush(ctx context.Context, from *Child) (err error) {
 		return err
 	}
 	defer func() { n.end(&r, err) }()
+	return n.flush(ctx)
+}
+
+// flush is Flush after admission (also used to emulate FUA).
+func (n *Node) flush(ctx context.Context) (err error) {
 	// QEMU raises flush_to_os on the primary child of a writable node
 	// before it writes back what the driver caches, and flush_to_disk
 	// before the flush to stable storage, which it skips with

@@ -477,3 +477,39 @@ func TestBlkdebugWriteTriggerLikeQSD(t *testing.T) {
 		})
 	}
 }
+
+// TestBlkdebugOnceRulesLikeQSD arms a once rule (every I/O type) with
+// each event of the write path: the first request on the blkdebug node
+// after the event fails, so where the event sits among the node's
+// requests decides which guest request fails. qemu-io writes with FUA,
+// which qcow2 emulates with a flush of the node (flush_to_os and
+// flush_to_disk inside the write). Not compared: pwritev_zero on the
+// first write into a fresh cluster, where QEMU zeroes the cluster with a
+// write-zeroes request (raising pwritev_zero) and qbmond writes the zeroes
+// with the data.
+func TestBlkdebugOnceRulesLikeQSD(t *testing.T) {
+	requireTool(t, "qemu-storage-daemon")
+	evs := []string{"l1_update", "l2_alloc_write", "l2_update", "cluster_alloc", "refblock_alloc",
+		"refblock_load", "refblock_update_part", "cluster_alloc_space", "write_aio", "flush_to_os", "flush_to_disk",
+		"pwritev", "pwritev_done"}
+	for _, sc := range []struct {
+		name, setup string
+		ops         []string
+		extra       []string
+	}{
+		{"fresh", evFresh, []string{"write -P 1 0 4k", "write -P 1 64k 4k", "write -P 1 0 4k", "read 0 4k"}, nil},
+		{"data", evData, []string{"write -P 1 0 4k", "write -z 0 64k", "write -P 1 256k 64k", "read 64k 4k"}, []string{"pwritev_zero"}},
+		{"reads", evData, []string{"read 0 4k", "read 0 4k", "write -P 1 0 4k", "read 64k 4k"}, nil},
+	} {
+		for _, ev := range append(evs, sc.extra...) {
+			t.Run(sc.name+"/"+ev, func(t *testing.T) {
+				rules := map[string]any{"inject-error": []any{map[string]any{"event": ev, "once": true}}}
+				want := blkdebugOps(t, kindQSD, sc.setup, rules, nil, false, sc.ops)
+				got := blkdebugOps(t, kindQbmond, sc.setup, rules, nil, false, sc.ops)
+				if strings.Join(got, "\n") != strings.Join(want, "\n") {
+					t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+				}
+			})
+		}
+	}
+}
