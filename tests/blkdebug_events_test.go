@@ -486,7 +486,11 @@ func TestBlkdebugWriteTriggerLikeQSD(t *testing.T) {
 // flush_to_disk inside the write). Not compared: pwritev_zero on the
 // first write into a fresh cluster, where QEMU zeroes the cluster with a
 // write-zeroes request (raising pwritev_zero) and qbmond writes the zeroes
-// with the data.
+// with the data; cluster_free, after which QEMU discards the freed
+// clusters at once (a discard that fails silently and takes the once
+// rule) where qbmond frees them once the new mapping is stable; l2_load
+// before a read, where the failure lands in the block status of the NBD
+// read, which QSD's server turns into a failed read and qbmond's does not.
 func TestBlkdebugOnceRulesLikeQSD(t *testing.T) {
 	requireTool(t, "qemu-storage-daemon")
 	evs := []string{"l1_update", "l2_alloc_write", "l2_update", "cluster_alloc", "refblock_alloc",
@@ -500,12 +504,53 @@ func TestBlkdebugOnceRulesLikeQSD(t *testing.T) {
 		{"fresh", evFresh, []string{"write -P 1 0 4k", "write -P 1 64k 4k", "write -P 1 0 4k", "read 0 4k"}, nil},
 		{"data", evData, []string{"write -P 1 0 4k", "write -z 0 64k", "write -P 1 256k 64k", "read 64k 4k"}, []string{"pwritev_zero"}},
 		{"reads", evData, []string{"read 0 4k", "read 0 4k", "write -P 1 0 4k", "read 64k 4k"}, nil},
+		{"cow-backing", evBacking, []string{"write -P 5 128k 4k", "read 512k 4k", "write -P 5 0 4k", "read 0 4k"},
+			[]string{"cow_read", "cow_write", "read_backing_aio", "l2_load"}},
+		{"cow-compressed", evCompressed, []string{"read 0 4k", "write -P 5 0 4k", "read 64k 4k"},
+			[]string{"read_compressed", "cow_read", "cow_write"}},
+		{"refblocks", evSmall, []string{"write -P 1 0 1M", "write -P 1 1M 8M", "read 0 4k"},
+			[]string{"refblock_alloc_write", "refblock_alloc_hookup", "reftable_grow", "refblock_alloc_write_blocks",
+				"refblock_alloc_write_table", "refblock_alloc_switch_table"}},
 	} {
-		for _, ev := range append(evs, sc.extra...) {
+		list := append(evs, sc.extra...)
+		if sc.name != "fresh" && sc.name != "data" && sc.name != "reads" {
+			list = sc.extra
+		}
+		for _, ev := range list {
 			t.Run(sc.name+"/"+ev, func(t *testing.T) {
 				rules := map[string]any{"inject-error": []any{map[string]any{"event": ev, "once": true}}}
 				want := blkdebugOps(t, kindQSD, sc.setup, rules, nil, false, sc.ops)
 				got := blkdebugOps(t, kindQbmond, sc.setup, rules, nil, false, sc.ops)
+				if strings.Join(got, "\n") != strings.Join(want, "\n") {
+					t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+				}
+			})
+		}
+	}
+}
+
+// TestBlkdebugCOWOrderLikeQSD pins the order of the events of a partial
+// write into a new cluster whose other part comes from the backing file:
+// for each pair, a rule armed in the state the first event sets fails the
+// write only when the second event comes after it. QEMU reads the old data
+// (cow_read, read_backing_aio), writes the guest data (write_aio), then
+// the copied part (cow_write).
+func TestBlkdebugCOWOrderLikeQSD(t *testing.T) {
+	requireTool(t, "qemu-storage-daemon")
+	evs := []string{"cluster_alloc", "cow_read", "read_backing_aio", "write_aio", "cow_write", "l2_update"}
+	for _, first := range evs {
+		for _, second := range evs {
+			if first == second {
+				continue
+			}
+			t.Run(first+"-"+second, func(t *testing.T) {
+				rules := map[string]any{
+					"set-state":    []any{map[string]any{"event": first, "new_state": 2}},
+					"inject-error": []any{map[string]any{"event": second, "state": 2}},
+				}
+				ops := []string{"write -P 5 132k 4k", "read 0 4k"}
+				want := blkdebugOps(t, kindQSD, evBacking, rules, nil, false, ops)
+				got := blkdebugOps(t, kindQbmond, evBacking, rules, nil, false, ops)
 				if strings.Join(got, "\n") != strings.Join(want, "\n") {
 					t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 				}

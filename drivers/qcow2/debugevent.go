@@ -19,17 +19,19 @@ func (d *Driver) refblockEvents() {
 	d.file.DebugEvent(blockdev.DbgRefblockLoad)
 }
 
-// cowEvent raises what QEMU raises before it copies the untouched parts
-// of newly allocated clusters, and returns the event for the write that
-// follows. A write covering whole clusters has no copy: write_aio. When
-// the parts to copy read as zeroes, QEMU zeroes the clusters instead of
-// copying (cluster_alloc_space) and writes the guest data alone
-// (write_aio). Otherwise it reads them (cow_read) and writes them
-// together with the guest data (cow_write).
-func (d *Driver) cowEvent(ctx context.Context, vc int64, old []uint64, in, n int64) string {
+// cowEvents raises what QEMU raises before it copies the untouched parts
+// of newly allocated clusters, and returns what raises the events of the
+// write that follows. A write covering whole clusters has no copy:
+// write_aio. When the parts to copy read as zeroes, QEMU zeroes the
+// clusters instead of copying (cluster_alloc_space) and writes the guest
+// data alone (write_aio). Otherwise it reads them (cow_read, then the
+// reads of the old data), writes the guest data (write_aio) and then the
+// copied parts (cow_write); qbmond writes all in one, after both events.
+func (d *Driver) cowEvents(ctx context.Context, vc int64, old []uint64, in, n int64) (write func()) {
 	m := int64(len(old))
+	dataOnly := func() { d.file.DebugEvent(blockdev.DbgWriteAIO) }
 	if in == 0 && n == m*d.cs {
-		return blockdev.DbgWriteAIO
+		return dataOnly
 	}
 	zero := true
 	if in > 0 {
@@ -42,8 +44,11 @@ func (d *Driver) cowEvent(ctx context.Context, vc int64, old []uint64, in, n int
 	}
 	if zero {
 		d.file.DebugEvent(blockdev.DbgClusterAllocSpace)
-		return blockdev.DbgWriteAIO
+		return dataOnly
 	}
 	d.file.DebugEvent(blockdev.DbgCOWRead)
-	return blockdev.DbgCOWWrite
+	return func() {
+		d.file.DebugEvent(blockdev.DbgWriteAIO)
+		d.file.DebugEvent(blockdev.DbgCOWWrite)
+	}
 }

@@ -167,7 +167,7 @@ func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int6
 	if err != nil {
 		return err
 	}
-	wev := d.cowEvent(ctx, vc, old, in, int64(len(data)))
+	writeEvents := d.cowEvents(ctx, vc, old, in, int64(len(data)))
 	var buf []byte
 	if in == 0 && int64(len(data)) == m*d.cs {
 		buf = data
@@ -185,7 +185,7 @@ func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int6
 		}
 		copy(buf[in:], data)
 	}
-	d.file.DebugEvent(wev)
+	writeEvents()
 	if err := d.file.Write(ctx, host, buf, 0); err != nil {
 		return err
 	}
