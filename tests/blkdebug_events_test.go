@@ -91,12 +91,12 @@ func probeRules(event string) map[string]any {
 // in a scenario where QSD raises it, and checks that it did fire (on QSD,
 // which referees; the last read fails) and that qbmond agrees with every
 // step. Other tests here cover the pwritev family, L1 growth, compressed
-// writes and reftable_load. Not covered: events QEMU raises where qbmond
+// writes, reftable_load and cor_write. Not covered: events QEMU raises where qbmond
 // has no counterpart (l2_alloc_cow_read needs internal snapshots, which
 // qbmond opens read-only; vmstate_*; empty_image_prepare; l1_shrink_*;
-// refblock_update and reftable_update, which QEMU 7.2 never raises), and
-// cor_write, which both raise on the node that copies on read (a qcow2
-// node in a stream), never on a blkdebug node below it.
+// refblock_update and reftable_update, which QEMU 7.2 never raises).
+// cor_write has its own test: it is raised on the node that copies on
+// read, which must then be the blkdebug node itself.
 func TestBlkdebugEventsLikeQSD(t *testing.T) {
 	requireTool(t, "qemu-storage-daemon")
 	firstWrite := []string{"write -P 1 0 4k", "read 0 4k"}
@@ -556,5 +556,41 @@ func TestBlkdebugCOWOrderLikeQSD(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestBlkdebugCORWriteLikeQSD: a copy-on-read filter over a blkdebug node
+// over a qcow2 overlay makes the blkdebug node copy what it reads from
+// the backing file; it raises cor_write on itself before the copy, so a
+// rule armed then (for writes) fails the copy and the guest's read.
+func TestBlkdebugCORWriteLikeQSD(t *testing.T) {
+	requireTool(t, "qemu-storage-daemon")
+	for _, iotype := range []string{"write", "read"} {
+		t.Run(iotype, func(t *testing.T) {
+			run := func(k kind) []string {
+				dir := shortTempDir(t)
+				sh(t, dir, evBacking)
+				d := startDaemon(t, k, dir)
+				defer d.stop()
+				c := d.connect()
+				c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "top",
+					"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "t.qcow2")}})
+				c.ok("blockdev-add", map[string]any{"driver": "blkdebug", "node-name": "bd", "image": "top",
+					"inject-error": []any{map[string]any{"event": "cor_write", "iotype": iotype}}})
+				c.ok("blockdev-add", map[string]any{"driver": "copy-on-read", "node-name": "cor", "file": "bd"})
+				uri := startNBD(t, c, dir, "cor")
+				var got []string
+				for _, op := range []string{"read -P 1 0 4k", "read -P 2 512k 4k", "read -P 2 512k 4k", "read -P 2 600k 4k"} {
+					out, _ := exec.Command(requireTool(t, "qemu-io"), "-f", "raw", "-c", op, uri).CombinedOutput()
+					got = append(got, op+": "+strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0])
+				}
+				return got
+			}
+			want, got := run(kindQSD), run(kindQbmond)
+			t.Logf("QSD:\n%s", strings.Join(want, "\n"))
+			if strings.Join(got, "\n") != strings.Join(want, "\n") {
+				t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		})
 	}
 }
