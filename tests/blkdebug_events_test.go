@@ -594,3 +594,62 @@ func TestBlkdebugCORWriteLikeQSD(t *testing.T) {
 		})
 	}
 }
+
+// TestBlkdebugRuleSemanticsLikeQSD checks how rules combine, with raw over
+// blkdebug (raw raises read_aio and write_aio): an event that has
+// inject-error rules for the current state replaces the active rules with
+// them (in the order given), the first active rule that matches a request
+// decides (errno 0: the request succeeds), several set-state rules on one
+// event leave the state the first one given sets, every rule of an event
+// sees the state from before it, a sector filter is the byte offset
+// sector*512 (wrapping as QEMU's unsigned arithmetic does), and once
+// rules go for good.
+func TestBlkdebugRuleSemanticsLikeQSD(t *testing.T) {
+	requireTool(t, "qemu-storage-daemon")
+	inj := func(kv ...any) map[string]any {
+		m := map[string]any{}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i].(string)] = kv[i+1]
+		}
+		return m
+	}
+	writes := []string{"write -P 1 0 4k", "write -P 1 4k 4k", "write -P 1 0 4k", "write -P 1 8k 4k", "write -P 1 0 4k"}
+	for _, tc := range []struct {
+		name  string
+		rules map[string]any
+		ops   []string
+	}{
+		{"first-match-decides", map[string]any{"inject-error": []any{
+			inj("event", "write_aio", "sector", 8, "errno", 28),
+			inj("event", "write_aio", "errno", 0),
+			inj("event", "write_aio", "errno", 5)}}, writes},
+		{"replace-active", map[string]any{"inject-error": []any{
+			inj("event", "write_aio", "iotype", "write", "errno", 28),
+			inj("event", "read_aio", "iotype", "write", "sector", 0, "errno", 5)}},
+			[]string{"write -P 1 0 4k", "write -P 1 4k 4k", "read 4k 4k", "write -P 1 4k 4k", "write -P 1 0 4k", "write -P 1 0 4k"}},
+		{"set-state-order", map[string]any{
+			"set-state": []any{inj("event", "write_aio", "new_state", 3), inj("event", "write_aio", "new_state", 2),
+				inj("event", "write_aio", "state", 3, "new_state", 4)},
+			"inject-error": []any{inj("event", "write_aio", "state", 3, "iotype", "write", "errno", 28),
+				inj("event", "write_aio", "state", 4, "iotype", "write", "errno", 5)}}, writes},
+		{"once-for-good", map[string]any{"inject-error": []any{
+			inj("event", "write_aio", "iotype", "write", "once", true, "errno", 28, "immediately", true),
+			inj("event", "write_aio", "iotype", "write", "sector", 16, "errno", 5)}}, writes},
+		{"sector-wraps", map[string]any{"inject-error": []any{
+			inj("event", "write_aio", "iotype", "write", "sector", int64(1)<<55, "errno", 28),
+			inj("event", "write_aio", "iotype", "write", "sector", -2, "errno", 5)}}, writes},
+		{"state-any", map[string]any{
+			"set-state":    []any{inj("event", "read_aio", "state", 1, "new_state", 7)},
+			"inject-error": []any{inj("event", "write_aio", "state", 7, "iotype", "write", "errno", 28)}},
+			[]string{"write -P 1 0 4k", "read 0 4k", "write -P 1 0 4k", "read 0 4k", "write -P 1 0 4k"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want := blkdebugOps(t, kindQSD, evRaw, tc.rules, nil, true, tc.ops)
+			got := blkdebugOps(t, kindQbmond, evRaw, tc.rules, nil, true, tc.ops)
+			t.Logf("QSD:\n%s", strings.Join(want, "\n"))
+			if strings.Join(got, "\n") != strings.Join(want, "\n") {
+				t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		})
+	}
+}
