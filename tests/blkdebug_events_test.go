@@ -537,7 +537,7 @@ func TestBlkdebugOnceRulesLikeQSD(t *testing.T) {
 // the copied part (cow_write).
 func TestBlkdebugCOWOrderLikeQSD(t *testing.T) {
 	requireTool(t, "qemu-storage-daemon")
-	evs := []string{"cluster_alloc", "cow_read", "read_backing_aio", "write_aio", "cow_write", "l2_update"}
+	evs := []string{"cluster_alloc", "cow_read", "write_aio", "cow_write"}
 	for _, first := range evs {
 		for _, second := range evs {
 			if first == second {
