@@ -8,7 +8,8 @@
 // otherwise) that covers the rule's sector (any request when no sector is
 // given) fails with the rule's errno. A "once" rule is removed after it
 // fired; the others stay active until another event activates a new set of
-// rules. set-state rules move the state machine (which starts in state 1)
+// rules. A flush is checked only when the node was written since its last
+// flush (QEMU does not reach the driver otherwise). set-state rules move the state machine (which starts in state 1)
 // when their event fires.
 //
 // Events reach a node in two ways, as in QEMU (see blockdev's
