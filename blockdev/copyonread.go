@@ -95,6 +95,7 @@ func (n *Node) copyOnRead(ctx context.Context, from *Child, off int64, p []byte,
 			return err
 		}
 		if copyIt {
+			n.debugEvent(DbgCORWrite)
 			// Zeroes go in as write-zeroes (without may-unmap), as
 			// QEMU's copy-on-read does: a qcow2 v3 node gets zero
 			// clusters rather than allocated zero data.

@@ -273,6 +273,7 @@ func (g *Graph) open(ctx context.Context, tx *openTx, opts Options, inh inherite
 		delete(n.drvOpts, k)
 	}
 	n.drv = factory()
+	n.dbg, _ = n.drv.(DebugEventer)
 	if wf, ok := n.drv.(WriteFlagger); ok {
 		n.writeFlags = wf.SupportedWriteFlags()
 	}

@@ -141,6 +141,10 @@ func (n *Node) end(r *request, err error) {
 	if !r.abandoned {
 		n.stats.done(r, err)
 	}
+	switch r.op {
+	case opWrite, opWriteZeroes, opTruncate:
+		n.writeGen.Add(1)
+	}
 	n.leaveObservers(r)
 	n.io.RUnlock()
 }
@@ -311,11 +315,20 @@ func (n *Node) Write(ctx context.Context, from *Child, off int64, p []byte, flag
 	}
 	wf := flags & n.writeFlags
 	if s.aligned() {
+		n.debugEvent(DbgPwritev)
 		err = n.drv.Write(ctx, off, p, wf)
+		n.debugEvent(DbgPwritevDone)
 	} else {
-		err = n.rmw(ctx, s, wf, func(dst []byte, at int64) { copy(dst, p[at-off:]) })
-		if err == nil && s.lo < s.hi {
-			err = n.drv.Write(ctx, s.lo, p[s.lo-off:s.hi-off], wf)
+		// As in QEMU, the padded request is one write (pwritev ...
+		// pwritev_done) after the partial blocks were read.
+		var head, tail []byte
+		if head, tail, err = n.padRead(ctx, s); err == nil {
+			n.debugEvent(DbgPwritev)
+			err = n.writePads(ctx, s, wf, head, tail, func(dst []byte, at int64) { copy(dst, p[at-off:]) })
+			if err == nil && s.lo < s.hi {
+				err = n.drv.Write(ctx, s.lo, p[s.lo-off:s.hi-off], wf)
+			}
+			n.debugEvent(DbgPwritevDone)
 		}
 	}
 	n.stats.wrote(end)
@@ -325,27 +338,56 @@ func (n *Node) Write(ctx context.Context, from *Child, off int64, p []byte, flag
 	return n.emulateFUA(ctx, flags)
 }
 
-// rmw rewrites the partial head and tail blocks of s: each block is read,
-// fill puts the request's part in (dst is the part of the block the
-// request covers, at its offset at), and the block is written back. The
-// caller holds a serialising tracked request over the blocks.
-func (n *Node) rmw(ctx context.Context, s span, flags ReqFlags, fill func(dst []byte, at int64)) error {
-	block := make([]byte, s.a)
+// padRead reads the blocks holding the partial head and tail of s (nil
+// for a side that is aligned), raising QEMU's pwritev_rmw_* events around
+// the reads. The caller holds a serialising tracked request over them.
+func (n *Node) padRead(ctx context.Context, s span) (head, tail []byte, err error) {
+	headPart, tailPart := s.off%s.a != 0, s.end%s.a != 0
 	if s.hasHead {
-		if err := n.drv.Read(ctx, s.headBlock, block); err != nil {
-			return err
+		// The head block; when the request lies inside one block it is
+		// the tail block too, read once.
+		if headPart {
+			n.debugEvent(DbgPwritevRMWHead)
 		}
-		fill(block[s.off-s.headBlock:s.headEnd()-s.headBlock], s.off)
-		if err := n.drv.Write(ctx, s.headBlock, block, flags); err != nil {
-			return err
+		single := !s.hasTail && s.headEnd() == s.end
+		if single && tailPart {
+			n.debugEvent(DbgPwritevRMWTail)
+		}
+		head = make([]byte, s.a)
+		if err := n.drv.Read(ctx, s.headBlock, head); err != nil {
+			return nil, nil, err
+		}
+		if headPart {
+			n.debugEvent(DbgPwritevRMWAfterHead)
+		}
+		if single && tailPart {
+			n.debugEvent(DbgPwritevRMWAfterTail)
 		}
 	}
 	if s.hasTail {
-		if err := n.drv.Read(ctx, s.hi, block); err != nil {
+		n.debugEvent(DbgPwritevRMWTail)
+		tail = make([]byte, s.a)
+		if err := n.drv.Read(ctx, s.hi, tail); err != nil {
+			return nil, nil, err
+		}
+		n.debugEvent(DbgPwritevRMWAfterTail)
+	}
+	return head, tail, nil
+}
+
+// writePads writes back the head and tail blocks padRead read, with fill
+// putting the request's part in (dst is the part of the block the
+// request covers, at its offset at).
+func (n *Node) writePads(ctx context.Context, s span, flags ReqFlags, head, tail []byte, fill func(dst []byte, at int64)) error {
+	if head != nil {
+		fill(head[s.off-s.headBlock:s.headEnd()-s.headBlock], s.off)
+		if err := n.drv.Write(ctx, s.headBlock, head, flags); err != nil {
 			return err
 		}
-		fill(block[:s.end-s.hi], s.hi)
-		if err := n.drv.Write(ctx, s.hi, block, flags); err != nil {
+	}
+	if tail != nil {
+		fill(tail[:s.end-s.hi], s.hi)
+		if err := n.drv.Write(ctx, s.hi, tail, flags); err != nil {
 			return err
 		}
 	}
@@ -372,7 +414,9 @@ func (n *Node) emulateFUA(ctx context.Context, flags ReqFlags) error {
 	if flags&ReqFUA == 0 || n.writeFlags&ReqFUA != 0 || n.noFlush {
 		return nil
 	}
-	return n.drv.Flush(ctx)
+	// A whole flush of the node, as QEMU's emulation does (the write is
+	// not yet counted in writeGen, as in QEMU).
+	return n.flush(ctx)
 }
 
 // WriteZeroes makes [off, off+length) read as zeroes on behalf of from.
@@ -417,11 +461,31 @@ func (n *Node) writeZeroes(ctx context.Context, off, length int64, flags ReqFlag
 	zf := flags&^ReqFUA | flags&n.writeFlags
 	var err error
 	if s.aligned() {
+		n.debugEvent(DbgPwritevZero)
 		err = n.drv.WriteZeroes(ctx, off, length, zf)
+		n.debugEvent(DbgPwritevDone)
 	} else {
-		err = n.rmw(ctx, s, flags&n.writeFlags, func(dst []byte, _ int64) { clear(dst) })
-		if err == nil && s.lo < s.hi {
-			err = n.drv.WriteZeroes(ctx, s.lo, s.hi-s.lo, zf)
+		// As in QEMU: the partial blocks are read, then written as
+		// ordinary writes around the zeroed middle.
+		var head, tail []byte
+		if head, tail, err = n.padRead(ctx, s); err == nil {
+			wf := flags & n.writeFlags
+			zero := func(dst []byte, _ int64) { clear(dst) }
+			if head != nil {
+				n.debugEvent(DbgPwritev)
+				err = n.writePads(ctx, s, wf, head, nil, zero)
+				n.debugEvent(DbgPwritevDone)
+			}
+			if err == nil && s.lo < s.hi {
+				n.debugEvent(DbgPwritevZero)
+				err = n.drv.WriteZeroes(ctx, s.lo, s.hi-s.lo, zf)
+				n.debugEvent(DbgPwritevDone)
+			}
+			if err == nil && tail != nil {
+				n.debugEvent(DbgPwritev)
+				err = n.writePads(ctx, s, wf, nil, tail, zero)
+				n.debugEvent(DbgPwritevDone)
+			}
 		}
 	}
 	n.stats.wrote(end)
@@ -447,6 +511,7 @@ func (n *Node) Discard(ctx context.Context, from *Child, off, length int64) (err
 		return nil
 	}
 	defer n.markDirty(off, length)
+	defer n.writeGen.Add(1)
 	if n.tracking() {
 		s := n.span(off, length)
 		start, end := s.outer()
@@ -474,10 +539,31 @@ func (n *Node) Flush(ctx context.Context, from *Child) (err error) {
 		return err
 	}
 	defer func() { n.end(&r, err) }()
+	return n.flush(ctx)
+}
+
+// flush is Flush after admission (also used to emulate FUA).
+func (n *Node) flush(ctx context.Context) (err error) {
+	// QEMU raises flush_to_os on the primary child of a writable node
+	// before it writes back what the driver caches, and flush_to_disk
+	// before the flush to stable storage, which it skips with
+	// cache.no-flush and when nothing was written since the last flush.
+	gen := n.writeGen.Load()
+	if !n.ReadOnly() {
+		if c := n.primaryChild(); c != nil && c.node.Load().dbg != nil {
+			c.DebugEvent(DbgFlushToOS)
+			if !n.noFlush && n.flushedGen.Load() != gen {
+				c.DebugEvent(DbgFlushToDisk)
+			}
+		}
+	}
 	if n.noFlush {
 		return nil
 	}
-	return n.drv.Flush(ctx)
+	if err = n.drv.Flush(ctx); err == nil {
+		n.flushedGen.Store(gen)
+	}
+	return err
 }
 
 // BlockStatus reports the status of a prefix of [off, off+length).

@@ -37,6 +37,12 @@ type Node struct {
 	detectZeroes string
 	discard      string
 	writeFlags   ReqFlags // flags the driver honours itself
+	// dbg is the driver when it listens to debug events (blkdebug).
+	dbg DebugEventer
+	// writeGen counts the modifying requests and flushedGen is its value
+	// at the last successful flush: flush_to_disk is raised only when
+	// something was written since (QEMU's write_gen and flushed_gen).
+	writeGen, flushedGen atomic.Uint64
 
 	monitor  bool     // a blockdev-add reference holds the node
 	children []*Child // in attach order
@@ -280,14 +286,6 @@ func (c *Child) FileRange(off, n int64) (fd int, fileOff int64, ok bool) {
 		return 0, 0, false
 	}
 	return c.node.Load().fileRange(off, n)
-}
-
-// DebugEvent tells the child node's driver that the parent reached a
-// debug event point (only blkdebug listens).
-func (c *Child) DebugEvent(event string) {
-	if de, ok := c.node.Load().drv.(DebugEventer); ok {
-		de.DebugEvent(event)
-	}
 }
 
 // BlockStatus queries the child node.

@@ -8,14 +8,19 @@
 // otherwise) that covers the rule's sector (any request when no sector is
 // given) fails with the rule's errno. A "once" rule is removed after it
 // fired; the others stay active until another event activates a new set of
-// rules. set-state rules move the state machine (which starts in state 1)
+// rules. A flush is checked only when the node was written since its last
+// flush (QEMU does not reach the driver otherwise). set-state rules move the state machine (which starts in state 1)
 // when their event fires.
 //
-// Events reach a node in two ways, as in QEMU: the generic write path fires
-// pwritev, pwritev_zero and pwritev_done on the node itself (this driver
-// fires them around its own writes), and a format node above fires events
-// such as read_aio, write_aio and flush_to_disk on its file child, which
-// this driver receives through DebugEvent.
+// Events reach a node in two ways, as in QEMU (see blockdev's
+// debugevent.go): the node's generic I/O path raises pwritev, pwritev_zero,
+// pwritev_done and the pwritev_rmw_* events on the node itself, and the
+// node above raises flush_to_os and flush_to_disk on it when it is
+// flushed, and a format node its own events (read_aio, l2_load,
+// cluster_alloc, ...), all received through DebugEvent.
+//
+// Rules come from the inject-error and set-state options and from a
+// config file (config.go), whose rules come first.
 package blkdebug
 
 import (
@@ -23,7 +28,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -65,12 +69,21 @@ const defaultIOMask = 1<<IORead | 1<<IOWrite | 1<<IOWriteZeroes | 1<<IODiscard |
 
 // injectRule is one inject-error rule.
 type injectRule struct {
-	event  string
-	state  int64 // 0: any state
-	mask   uint64
-	errno  int64
-	offset int64 // byte offset the request must cover; -1: any request
+	event string
+	state int64 // 0: any state
+	mask  uint64
+	errno int64
+	// offset is the byte offset a request must cover (sector * 512,
+	// wrapping as QEMU's unsigned arithmetic does); any: no sector.
+	offset uint64
+	any    bool
 	once   bool
+}
+
+// setSector sets the sector filter; -1 means none, as in QEMU.
+func (r *injectRule) setSector(s int64) {
+	r.any = s == -1
+	r.offset = uint64(s) * 512
 }
 
 // stateRule is one set-state rule.
@@ -90,6 +103,13 @@ type Driver struct {
 	// the image.
 	unshare blockdev.Perm
 
+	config string // the config file, as given
+
+	// gen counts the node's modifying requests and flushedGen is its
+	// value at the last flush: a flush of a node not written since does
+	// not reach the driver in QEMU, so rules do not fail it.
+	gen, flushedGen uint64
+
 	mu     sync.Mutex
 	state  int64
 	inject []*injectRule // all inject-error rules, in option order
@@ -100,17 +120,15 @@ type Driver struct {
 // Open reads the rules and limits and opens the image child.
 func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	o := oc.Options()
+	d.state = 1
 	if cfg, ok, err := o.String("config"); err != nil {
 		return err
 	} else if ok {
-		if _, err := os.Stat(cfg); err != nil {
-			var errno syscall.Errno
-			if errors.As(err, &errno) {
-				return fmt.Errorf("Could not read blkdebug config file: %s", blockdev.Strerror(errno))
-			}
-			return fmt.Errorf("Could not read blkdebug config file: %v", err)
+		// The file's rules come before those of the options, as in QEMU.
+		if d.inject, d.sets, err = configRules(cfg); err != nil {
+			return err
 		}
-		return errors.New("blkdebug: config files are not supported by qbmond; use inject-error and set-state")
+		d.config = cfg
 	}
 	if err := d.parseRules(o); err != nil {
 		return err
@@ -195,7 +213,6 @@ func (d *Driver) parseLimits(o blockdev.Options) error {
 
 // parseRules reads inject-error and set-state.
 func (d *Driver) parseRules(o blockdev.Options) error {
-	d.state = 1
 	list := func(key string) ([]blockdev.Options, error) {
 		v, ok := o[key]
 		if !ok {
@@ -224,10 +241,12 @@ func (d *Driver) parseRules(o blockdev.Options) error {
 		if err != nil {
 			return err
 		}
-		rule := &injectRule{event: ev, mask: defaultIOMask, offset: -1, errno: int64(syscall.EIO)}
+		rule := &injectRule{event: ev, mask: defaultIOMask, any: true, errno: int64(syscall.EIO)}
+		// QEMU keeps state and errno in C ints.
 		if rule.state, _, err = r.Int("state"); err != nil {
 			return err
 		}
+		rule.state = int64(int32(rule.state))
 		if t, ok, err := r.String("iotype"); err != nil {
 			return err
 		} else if ok {
@@ -240,15 +259,12 @@ func (d *Driver) parseRules(o blockdev.Options) error {
 		if e, ok, err := r.Int("errno"); err != nil {
 			return err
 		} else if ok {
-			rule.errno = e
+			rule.errno = int64(int32(e))
 		}
 		if s, ok, err := r.Int("sector"); err != nil {
 			return err
-		} else if ok && s != -1 {
-			rule.offset = s * 512
-			if s < 0 {
-				rule.offset = math.MinInt64 // never covered
-			}
+		} else if ok {
+			rule.setSector(s)
 		}
 		if rule.once, err = r.Bool("once", false); err != nil {
 			return err
@@ -273,6 +289,7 @@ func (d *Driver) parseRules(o blockdev.Options) error {
 		if s.state, _, err = r.Int("state"); err != nil {
 			return err
 		}
+		s.state = int64(int32(s.state))
 		ns, ok, err := r.Int("new_state")
 		if err != nil {
 			return err
@@ -280,7 +297,7 @@ func (d *Driver) parseRules(o blockdev.Options) error {
 		if !ok {
 			return errors.New("Parameter 'new_state' is missing")
 		}
-		s.newState = ns
+		s.newState = int64(int32(ns))
 		d.sets = append(d.sets, s)
 	}
 	return nil
@@ -357,7 +374,7 @@ func (d *Driver) check(t IOType, off, n int64) error {
 		if r.mask&(1<<t) == 0 {
 			continue
 		}
-		if r.offset != -1 && (n == 0 || r.offset < off || r.offset >= off+n) {
+		if !r.any && (n == 0 || r.offset < uint64(off) || r.offset >= uint64(off+n)) {
 			continue
 		}
 		if r.errno == 0 {
@@ -387,22 +404,20 @@ func (d *Driver) Read(ctx context.Context, off int64, p []byte) error {
 	return d.image.Read(ctx, off, p)
 }
 
-// Write fires pwritev, writes to the image unless a rule fails it, and
-// fires pwritev_done.
+// Write writes to the image unless a rule fails it (the node's I/O path
+// raises pwritev and pwritev_done around it).
 func (d *Driver) Write(ctx context.Context, off int64, p []byte, flags blockdev.ReqFlags) error {
-	d.DebugEvent("pwritev")
-	defer d.DebugEvent("pwritev_done")
+	d.written()
 	if err := d.check(IOWrite, off, int64(len(p))); err != nil {
 		return err
 	}
 	return d.image.Write(ctx, off, p, flags)
 }
 
-// WriteZeroes fires pwritev_zero, zeroes on the image unless a rule fails
-// it, and fires pwritev_done.
+// WriteZeroes zeroes on the image unless a rule fails it (the node's I/O
+// path raises pwritev_zero and pwritev_done around it).
 func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.ReqFlags) error {
-	d.DebugEvent("pwritev_zero")
-	defer d.DebugEvent("pwritev_done")
+	d.written()
 	if err := d.check(IOWriteZeroes, off, n); err != nil {
 		return err
 	}
@@ -411,6 +426,7 @@ func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.R
 
 // Discard discards on the image unless a rule fails it.
 func (d *Driver) Discard(ctx context.Context, off, n int64) error {
+	d.written()
 	if err := d.check(IODiscard, off, n); err != nil {
 		return err
 	}
@@ -418,12 +434,33 @@ func (d *Driver) Discard(ctx context.Context, off, n int64) error {
 }
 
 // Flush flushes the image unless a rule fails it. A flush covers no
-// sector, so rules with a sector never fail it.
+// sector, so rules with a sector never fail it; and as in QEMU, where the
+// flush of a node not written since its last flush does not reach the
+// driver, rules do not see such a flush (the image is flushed all the
+// same).
 func (d *Driver) Flush(ctx context.Context) error {
-	if err := d.check(IOFlush, 0, 0); err != nil {
+	d.mu.Lock()
+	gen, dirty := d.gen, d.gen != d.flushedGen
+	d.mu.Unlock()
+	if dirty {
+		if err := d.check(IOFlush, 0, 0); err != nil {
+			return err
+		}
+	}
+	if err := d.image.Flush(ctx); err != nil {
 		return err
 	}
-	return d.image.Flush(ctx)
+	d.mu.Lock()
+	d.flushedGen = max(d.flushedGen, gen)
+	d.mu.Unlock()
+	return nil
+}
+
+// written counts a modifying request.
+func (d *Driver) written() {
+	d.mu.Lock()
+	d.gen++
+	d.mu.Unlock()
 }
 
 // BlockStatus is the image's, unless a rule fails it.
@@ -453,6 +490,7 @@ func (d *Driver) RequestAlignment() int64 { return max(d.align, 1) }
 
 // Truncate resizes the image.
 func (d *Driver) Truncate(ctx context.Context, size int64, exact bool) error {
+	d.written()
 	return d.image.Truncate(ctx, size, exact)
 }
 
@@ -483,12 +521,12 @@ func (d *Driver) ReopenAbort(rs *blockdev.ReopenState) {}
 // format node above takes its file name.
 func (d *Driver) FileOpen() {}
 
-// ExactFilename is QEMU's "blkdebug::FILE" for a node with no options but
-// its image, when the image has a plain file name (config files are not
-// supported, so the config part is empty).
+// ExactFilename is QEMU's "blkdebug:CONFIG:FILE" for a node with no
+// options but its image and config file, when the image has a plain file
+// name.
 func (d *Driver) ExactFilename() string {
 	if fn := d.image.Node().Filename(); d.plain && fn != "" && !strings.HasPrefix(fn, "json:") {
-		return "blkdebug::" + fn
+		return "blkdebug:" + d.config + ":" + fn
 	}
 	return ""
 }

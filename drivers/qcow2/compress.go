@@ -31,6 +31,7 @@ type zstdDecoder = zstd.Decoder
 func (d *Driver) decompress(ctx context.Context, e uint64) ([]byte, error) {
 	off, size := d.compressedRange(e)
 	in := make([]byte, size)
+	d.file.DebugEvent(blockdev.DbgReadCompressed)
 	if err := d.readAt(ctx, off, in); err != nil {
 		return nil, err
 	}
@@ -186,6 +187,7 @@ func (d *Driver) writeOneCompressed(ctx context.Context, off int64, data []byte)
 	if err != nil {
 		return err
 	}
+	d.file.DebugEvent(blockdev.DbgL2UpdateCompressed)
 	d.file.DebugEvent("write_compressed")
 	if err := d.file.Write(ctx, host, out, 0); err != nil {
 		return err
@@ -206,6 +208,7 @@ func (d *Driver) writeOneCompressed(ctx context.Context, off int64, data []byte)
 // next), else in a new cluster. Every host cluster the bytes touch
 // counts one more reference (QEMU's qcow2_alloc_bytes).
 func (d *Driver) allocBytes(ctx context.Context, size int64) (int64, error) {
+	d.file.DebugEvent(blockdev.DbgClusterAllocBytes)
 	off := d.freeByte
 	if off != 0 {
 		rc, err := d.refcount(ctx, off/d.cs)

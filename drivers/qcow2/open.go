@@ -205,15 +205,16 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 
 	l1buf := make([]byte, int64(h.l1Size)*8)
 	if err := d.readAt(ctx, int64(h.l1Off), l1buf); err != nil {
-		return fmt.Errorf("Could not read L1 table: %w", err)
+		return fmt.Errorf("Could not read L1 table: %s", blockdev.Strerror(err))
 	}
 	d.l1 = make([]uint64, h.l1Size)
 	for i := range d.l1 {
 		d.l1[i] = binary.BigEndian.Uint64(l1buf[8*i:])
 	}
 	rtbuf := make([]byte, int64(h.refTableCluster)*d.cs)
+	d.file.DebugEvent(blockdev.DbgReftableLoad)
 	if err := d.readAt(ctx, int64(h.refTableOff), rtbuf); err != nil {
-		return fmt.Errorf("Could not read refcount table: %w", err)
+		return fmt.Errorf("Could not initialize refcount handling: %s", blockdev.Strerror(err))
 	}
 	d.rt = make([]uint64, len(rtbuf)/8)
 	for i := range d.rt {

@@ -192,6 +192,9 @@ func (d *Driver) loadTable(ctx context.Context, c *tableCache, off int64) ([]byt
 		return t, nil
 	}
 	t := make([]byte, d.cs)
+	if c == d.l2c {
+		d.file.DebugEvent(blockdev.DbgL2Load) // an L2 cache miss, as in QEMU
+	}
 	if err := d.readAt(ctx, off, t); err != nil {
 		return nil, err
 	}
@@ -343,6 +346,7 @@ func (d *Driver) readBacking(ctx context.Context, off int64, p []byte) error {
 		clear(p)
 		return nil
 	}
+	d.file.DebugEvent(blockdev.DbgReadBackingAIO)
 	bl := d.backing.Length()
 	n := max(0, min(int64(len(p)), bl-off))
 	if n > 0 {
@@ -669,6 +673,7 @@ func (d *Driver) syncMeta(ctx context.Context) error {
 			}
 		}
 		for _, t := range tables {
+			d.file.DebugEvent(blockdev.DbgL2Update)
 			if err := d.file.Write(ctx, t.off+int64(t.lo), t.data[t.lo:t.hi], 0); err != nil {
 				return err
 			}

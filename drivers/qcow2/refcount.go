@@ -87,6 +87,7 @@ func (d *Driver) addRefcount(ctx context.Context, c, n int64, delta int64, disca
 	for n > 0 {
 		i := c % d.rbn
 		k := min(n, d.rbn-i)
+		d.refblockEvents()
 		b, off, err := d.countingBlock(ctx, c)
 		if err != nil {
 			return err
@@ -110,6 +111,7 @@ func (d *Driver) addRefcount(ctx context.Context, c, n int64, delta int64, disca
 		}
 		lo := i * int64(d.rcBits) / 8
 		hi := ((i+k)*int64(d.rcBits) + 7) / 8
+		d.file.DebugEvent(blockdev.DbgRefblockUpdatePart)
 		if err := d.file.Write(ctx, off+lo, b[lo:hi], 0); err != nil {
 			return err
 		}
@@ -198,6 +200,7 @@ func (d *Driver) findFree(ctx context.Context, n int64) (int64, error) {
 // n must not exceed maxAlloc: a missing refcount block goes into the first
 // cluster of the range it covers, and a run must fit beside it.
 func (d *Driver) allocClusters(ctx context.Context, n int64) (int64, error) {
+	d.file.DebugEvent(blockdev.DbgClusterAlloc)
 	if n > d.maxAlloc() {
 		return 0, fmt.Errorf("cannot allocate %d contiguous clusters with %d-bit refcounts: %w", n, d.rcBits, syscall.EFBIG)
 	}
@@ -276,6 +279,7 @@ func (d *Driver) freeEntry(ctx context.Context, e uint64, discard bool) error {
 	if !ok {
 		return nil
 	}
+	d.file.DebugEvent(blockdev.DbgClusterFree)
 	for i := c; i < c+n; i++ {
 		b, _, err := d.countingBlock(ctx, i)
 		if err != nil {
@@ -293,6 +297,7 @@ func (d *Driver) freeEntry(ctx context.Context, e uint64, discard bool) error {
 // entry's removal stable themselves.
 func (d *Driver) freeEntryNow(ctx context.Context, e uint64, discard bool) error {
 	if c, n, discard, ok := d.entryClusters(e, discard); ok {
+		d.file.DebugEvent(blockdev.DbgClusterFree)
 		return d.addRefcount(ctx, c, n, -1, discard)
 	}
 	return nil
@@ -316,6 +321,7 @@ func (d *Driver) entryClusters(e uint64, discard bool) (c, n int64, disc, ok boo
 // clusters it covers are free, so it goes at the first of them and counts
 // itself.
 func (d *Driver) newRefBlock(ctx context.Context, ti int64) error {
+	d.file.DebugEvent(blockdev.DbgRefblockAlloc)
 	c := ti * d.rbn
 	if c == 0 {
 		// The header's own refcount is missing.
@@ -326,6 +332,7 @@ func (d *Driver) newRefBlock(ctx context.Context, ti int64) error {
 	}
 	b := make([]byte, d.cs)
 	d.rcSet(b, 0, 1)
+	d.file.DebugEvent(blockdev.DbgRefblockAllocWrite)
 	if err := d.file.Write(ctx, c*d.cs, b, 0); err != nil {
 		return err
 	}
@@ -334,6 +341,7 @@ func (d *Driver) newRefBlock(ctx context.Context, ti int64) error {
 	if int64(d.h.refTableOff)+8*(ti+1) > d.file.Length() {
 		return blockdev.ErrOutOfRange // a corrupt table offset fails the request now
 	}
+	d.file.DebugEvent(blockdev.DbgRefblockAllocHookup)
 	d.rt[ti] = uint64(c * d.cs)
 	d.rtDirty.add(ti)
 	d.rbc.put(c*d.cs, b)
@@ -345,6 +353,7 @@ func (d *Driver) newRefBlock(ctx context.Context, ti int64) error {
 // the first range no block covers yet (all free): blocks first, each
 // covering its own range, then the table.
 func (d *Driver) growRefTable(ctx context.Context, minEntries int64) error {
+	d.file.DebugEvent(blockdev.DbgReftableGrow)
 	old := int64(len(d.rt))
 	r := old * d.rbn // first cluster of the fresh region
 	var m, tc, entries int64 = 1, 0, 0
@@ -365,6 +374,7 @@ func (d *Driver) growRefTable(ctx context.Context, minEntries int64) error {
 	if err := d.ensureLen(ctx, (r+used)*d.cs); err != nil {
 		return err
 	}
+	d.file.DebugEvent(blockdev.DbgRefblockAllocWriteBlock)
 	blocks := make([][]byte, m)
 	for j := range m {
 		b := make([]byte, d.cs)
@@ -388,6 +398,7 @@ func (d *Driver) growRefTable(ctx context.Context, minEntries int64) error {
 	for j := range m {
 		d.rbc.put((r+j)*d.cs, blocks[j])
 	}
+	d.file.DebugEvent(blockdev.DbgClusterFree)
 	return d.addRefcount(ctx, oldOff/d.cs, oldClusters, -1, d.passOther)
 }
 
@@ -505,6 +516,7 @@ func (d *Driver) installRefTable(ctx context.Context, nt []uint64, tOff, tc int6
 	for i, v := range nt {
 		binary.BigEndian.PutUint64(tb[8*i:], v)
 	}
+	d.file.DebugEvent(blockdev.DbgRefblockAllocWriteTable)
 	if err := d.file.Write(ctx, tOff, tb, 0); err != nil {
 		return err
 	}
@@ -514,6 +526,7 @@ func (d *Driver) installRefTable(ctx context.Context, nt []uint64, tOff, tc int6
 	var hb [12]byte
 	binary.BigEndian.PutUint64(hb[0:], uint64(tOff))
 	binary.BigEndian.PutUint32(hb[8:], uint32(tc))
+	d.file.DebugEvent(blockdev.DbgRefblockAllocSwitch)
 	if err := d.file.Write(ctx, offRefTable, hb[:], 0); err != nil {
 		return err
 	}

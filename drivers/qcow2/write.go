@@ -168,6 +168,7 @@ func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int6
 	if err != nil {
 		return err
 	}
+	writeEvents := d.cowEvents(ctx, vc, old, in, int64(len(data)))
 	var buf []byte
 	at := host
 	fresh, err := d.freshZeroGaps(ctx, vc, old, in, int64(len(data)), host >= fileEnd)
@@ -197,7 +198,7 @@ func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int6
 		}
 		copy(buf[in:], data)
 	}
-	d.file.DebugEvent("write_aio") // guest data: blkdebug's write_aio
+	writeEvents()
 	if err := d.file.Write(ctx, at, buf, 0); err != nil {
 		return err
 	}
@@ -267,6 +268,7 @@ func (d *Driver) fillBase(ctx context.Context, vc int64, e uint64, dst []byte) e
 		}
 		copy(dst, data)
 	case kNormal:
+		d.file.DebugEvent(blockdev.DbgReadAIO)
 		return d.readAt(ctx, host, dst)
 	}
 	return nil
@@ -301,6 +303,8 @@ func (d *Driver) ensureL2(ctx context.Context, i int64) ([]byte, int64, error) {
 		return nil, 0, err
 	}
 	tbl = make([]byte, d.cs)
+	d.file.DebugEvent(blockdev.DbgL2AllocWrite)
+	d.file.DebugEvent(blockdev.DbgL2Update)
 	if err := d.file.Write(ctx, off, tbl, 0); err != nil {
 		return nil, 0, err
 	}
@@ -316,6 +320,7 @@ func (d *Driver) setL1(ctx context.Context, i int64, e uint64) error {
 	if int64(d.h.l1Off)+8*(i+1) > d.file.Length() {
 		return blockdev.ErrOutOfRange // a corrupt L1 offset fails the request now
 	}
+	d.file.DebugEvent(blockdev.DbgL1Update)
 	d.l1[i] = e
 	d.l1Dirty.add(i)
 	return nil
@@ -610,6 +615,7 @@ func (d *Driver) growL1(ctx context.Context, need int64) error {
 	if err := d.syncMeta(ctx); err != nil {
 		return err
 	}
+	d.file.DebugEvent(blockdev.DbgL1GrowAllocTable)
 	have := int64(len(d.l1))
 	oldClusters := (have*8 + d.cs - 1) / d.cs
 	newClusters := (need*8 + d.cs - 1) / d.cs
@@ -618,6 +624,7 @@ func (d *Driver) growL1(ctx context.Context, need int64) error {
 		if err := d.ensureLen(ctx, int64(d.h.l1Off)+need*8); err != nil {
 			return err
 		}
+		d.file.DebugEvent(blockdev.DbgL1GrowWriteTable)
 		if err := d.file.Write(ctx, int64(d.h.l1Off)+have*8, make([]byte, (need-have)*8), 0); err != nil {
 			return err
 		}
@@ -625,6 +632,7 @@ func (d *Driver) growL1(ctx context.Context, need int64) error {
 			return err
 		}
 		binary.BigEndian.PutUint32(hb[:], uint32(need))
+		d.file.DebugEvent(blockdev.DbgL1GrowActivateTable)
 		if err := d.file.Write(ctx, offL1Size, hb[:4], 0); err != nil {
 			return err
 		}
@@ -637,6 +645,7 @@ func (d *Driver) growL1(ctx context.Context, need int64) error {
 		for i, e := range d.l1 {
 			binary.BigEndian.PutUint64(tb[8*i:], e)
 		}
+		d.file.DebugEvent(blockdev.DbgL1GrowWriteTable)
 		if err := d.file.Write(ctx, off, tb, 0); err != nil {
 			return err
 		}
@@ -645,6 +654,7 @@ func (d *Driver) growL1(ctx context.Context, need int64) error {
 		}
 		binary.BigEndian.PutUint32(hb[0:], uint32(need))
 		binary.BigEndian.PutUint64(hb[4:], uint64(off))
+		d.file.DebugEvent(blockdev.DbgL1GrowActivateTable)
 		if err := d.file.Write(ctx, offL1Size, hb[:], 0); err != nil {
 			return err
 		}
@@ -652,6 +662,7 @@ func (d *Driver) growL1(ctx context.Context, need int64) error {
 			return err
 		}
 		if d.h.l1Off != 0 && oldClusters > 0 {
+			d.file.DebugEvent(blockdev.DbgClusterFree)
 			if err := d.addRefcount(ctx, int64(d.h.l1Off)/d.cs, oldClusters, -1, d.passOther); err != nil {
 				return err
 			}
