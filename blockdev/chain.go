@@ -305,7 +305,8 @@ func (n *Node) opBlocker() error {
 	if err := n.Blocker(); err != nil {
 		return err
 	}
-	for _, c := range n.parents {
+	// Newest first: QEMU puts each blocker at the head of its list.
+	for _, c := range slices.Backward(n.parents) {
 		if c.parent != nil && c.role&RoleCOW != 0 && c.name == "backing" {
 			return fmt.Errorf("Node '%s' is busy: node is used as backing hd of '%s'", n.name, c.parent.name)
 		}
@@ -491,6 +492,7 @@ func (g *Graph) SetBacking(ctx context.Context, n, base *Node) error {
 	if (old == nil || base == nil) && !canUpdate {
 		return fmt.Errorf("Driver '%s' of node '%s' does not support backing files", n.drvName, n.name)
 	}
+	inherit := base != nil && base.inheritsFromChain(n)
 	undrain := g.Drain(n)
 	var oldNode *Node
 	switch {
@@ -516,6 +518,9 @@ func (g *Graph) SetBacking(ctx context.Context, n, base *Node) error {
 			return err
 		}
 		bu.SetBackingChild(c)
+	}
+	if inherit {
+		base.inheritsFrom = n
 	}
 	n.refreshFilenames()
 	undrain()
@@ -601,6 +606,7 @@ func (g *Graph) DropIntermediate(ctx context.Context, active, top, base *Node, b
 		return fmt.Errorf("Driver '%s' of node '%s' does not support backing files", overlay.drvName, overlay.name)
 	}
 	name, format := backingRef(base, backingFile)
+	inherit := base != nil && base.inheritsFromChain(top)
 
 	ro := overlay.ReadOnly()
 	if ro {
@@ -616,6 +622,9 @@ func (g *Graph) DropIntermediate(ctx context.Context, active, top, base *Node, b
 	}
 	if err != nil {
 		return err
+	}
+	if inherit {
+		base.inheritsFrom = top.inheritsFrom
 	}
 	g.release(top)
 	g.log.Debug().Str("overlay", overlay.name).Str("top", top.name).Msg("intermediate nodes dropped")
