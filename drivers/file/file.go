@@ -135,6 +135,9 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	if d.direct {
 		flags |= unix.O_DIRECT
 	}
+	if err, ok := fdsetOpenError(name, flags); ok {
+		return err
+	}
 	fd, err := unix.Open(name, flags, 0)
 	if err != nil && !oc.ReadOnly() && oc.AutoReadOnly() &&
 		(errors.Is(err, unix.EACCES) || errors.Is(err, unix.EROFS) || errors.Is(err, unix.EPERM)) {
