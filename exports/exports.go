@@ -80,8 +80,6 @@ type socketAddress struct {
 func (m *Manager) cmdServerStart(_ context.Context, raw json.RawMessage) (any, error) {
 	var a struct {
 		Addr           socketAddress `json:"addr"`
-		TLSCreds       *string       `json:"tls-creds"`
-		TLSAuthz       *string       `json:"tls-authz"`
 		MaxConnections uint32        `json:"max-connections"`
 	}
 	if err := json.Unmarshal(raw, &a); err != nil {
@@ -91,13 +89,6 @@ func (m *Manager) cmdServerStart(_ context.Context, raw json.RawMessage) (any, e
 	defer m.mu.Unlock()
 	if m.srv != nil {
 		return nil, errors.New("NBD server already running")
-	}
-	if a.TLSCreds != nil {
-		// qbmond has no --object/object-add yet, so no credentials exist.
-		return nil, fmt.Errorf("No TLS credentials with id '%s'", *a.TLSCreds)
-	}
-	if a.TLSAuthz != nil {
-		return nil, errors.New("'tls-authz' is only supported with 'tls-creds'")
 	}
 	var l net.Listener
 	var err error
