@@ -158,7 +158,6 @@ type exportArgs struct {
 	NodeName        string  `json:"node-name"`
 	Writable        bool    `json:"writable"`
 	Writethrough    bool    `json:"writethrough"`
-	IOThread        *string `json:"iothread"`
 	Name            *string `json:"name"`
 	Description     string  `json:"description"`
 	AllocationDepth bool    `json:"allocation-depth"`
@@ -186,9 +185,6 @@ func (m *Manager) add(a exportArgs) error {
 	defer m.mu.Unlock()
 	if m.find(a.ID) != nil {
 		return fmt.Errorf("Block export id '%s' is already in use", a.ID)
-	}
-	if a.IOThread != nil {
-		return fmt.Errorf("Cannot find iothread '%s'", *a.IOThread)
 	}
 	m.g.Lock()
 	defer m.g.Unlock()

@@ -194,7 +194,9 @@ func (c *infoComparer) typ(path, on, qn string, subset bool) {
 // change that makes it work.
 var withheld = map[string][]string{
 	"(qcow2)":              {"encrypt", "data-file", "data-file-raw", "extended-l2"},
+	"(file)":               {"pr-manager"},
 	"nbd-server-start arg": {"tls-creds", "tls-authz"},
+	"block-export-add arg": {"iothread"},
 }
 
 // withholding is QEMU's member list q without the members qbmond

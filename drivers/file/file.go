@@ -84,7 +84,8 @@ func (c *statusCache) invalidate() {
 }
 
 // Open opens the file. Options: filename (required), aio, aio-max-batch,
-// locking, pr-manager, drop-cache, x-check-cache-dropped.
+// locking, drop-cache, x-check-cache-dropped (QEMU's pr-manager names an
+// object, which qbmond does not have, and is not in its schema).
 func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	o := oc.Options()
 	name, ok, err := o.String("filename")
@@ -110,13 +111,6 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 		}
 	default:
 		return fmt.Errorf("Parameter 'aio' does not accept value '%s'", aio)
-	}
-	if pr, ok, err := o.String("pr-manager"); err != nil {
-		return err
-	} else if ok {
-		// qbmond has no persistent reservation managers (no
-		// pr-manager-helper objects), so every id is unknown.
-		return fmt.Errorf("No persistent reservation manager with id '%s'", pr)
 	}
 	locking, _, err := o.String("locking")
 	if err != nil {
