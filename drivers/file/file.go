@@ -1,6 +1,8 @@
-// Package file implements the file protocol driver: a node backed by a
-// regular file or block device, accessed with pread/pwrite (threads, in
-// QEMU's terms), optionally with O_DIRECT (cache.direct=on).
+// Package file implements the file protocol drivers: "file", a node
+// backed by a regular file, and "host_device", one backed by a block or
+// character device (QEMU's file-posix drivers of those names, which
+// refuse each other's kind of file), accessed with pread/pwrite (threads,
+// in QEMU's terms), optionally with O_DIRECT (cache.direct=on).
 package file
 
 import (
@@ -17,6 +19,7 @@ import (
 
 func init() {
 	blockdev.RegisterDriver("file", func() blockdev.Driver { return new(Driver) })
+	blockdev.RegisterDriver("host_device", func() blockdev.Driver { return &Driver{device: true} })
 }
 
 // maxBounce caps one bounce buffer for O_DIRECT and zero-writing fallbacks.
@@ -27,6 +30,7 @@ type Driver struct {
 	fd       int
 	filename string
 	direct   bool
+	device   bool // host_device: a block or character device, not a file
 	// align is the request alignment the file needs: 1 without O_DIRECT,
 	// the logical block size with it. The node's entry points align every
 	// request to it (reporting it through Aligner).
@@ -148,9 +152,13 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 		unix.Close(fd)
 		return fmt.Errorf("Could not open '%s': %s", name, blockdev.Strerror(err))
 	}
-	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+	switch mode := st.Mode & unix.S_IFMT; {
+	case !d.device && mode != unix.S_IFREG:
 		unix.Close(fd)
-		return fmt.Errorf("Could not open '%s': %s", name, blockdev.Strerror(unix.EISDIR))
+		return fmt.Errorf("'file' driver requires '%s' to be a regular file", name)
+	case d.device && mode != unix.S_IFBLK && mode != unix.S_IFCHR:
+		unix.Close(fd)
+		return fmt.Errorf("'host_device' driver requires '%s' to be either a character or block device", name)
 	}
 	d.fd = fd
 	d.align = 1
