@@ -67,14 +67,27 @@ func (m *Manager) Close() {
 }
 
 type socketAddress struct {
-	Type string `json:"type"`
-	Data struct {
-		Path string `json:"path"`
-		Host string `json:"host"`
-		Port string `json:"port"`
-		Str  string `json:"str"`
-		CID  string `json:"cid"`
-	} `json:"data"`
+	Type string     `json:"type"`
+	Data socketData `json:"data"`
+}
+
+// socketData holds the members of every SocketAddressLegacy variant.
+type socketData struct {
+	Path     string `json:"path"`
+	Abstract bool   `json:"abstract"`
+	Tight    *bool  `json:"tight"`
+
+	Host      string `json:"host"`
+	Port      string `json:"port"`
+	Numeric   bool   `json:"numeric"`
+	To        *int   `json:"to"`
+	IPv4      *bool  `json:"ipv4"`
+	IPv6      *bool  `json:"ipv6"`
+	KeepAlive bool   `json:"keep-alive"`
+	MPTCP     bool   `json:"mptcp"`
+
+	Str string `json:"str"`
+	CID string `json:"cid"`
 }
 
 func (m *Manager) cmdServerStart(_ context.Context, raw json.RawMessage) (any, error) {
@@ -94,9 +107,9 @@ func (m *Manager) cmdServerStart(_ context.Context, raw json.RawMessage) (any, e
 	var err error
 	switch a.Addr.Type {
 	case "unix":
-		l, err = listenUnixNBD(a.Addr.Data.Path)
+		l, err = listenUnixNBD(a.Addr.Data)
 	case "inet":
-		l, err = listenInetNBD(a.Addr.Data.Host, a.Addr.Data.Port)
+		l, err = listenInetNBD(a.Addr.Data)
 	case "fd":
 		// QSD has no monitor to pass descriptors through (getfd), so no
 		// name or number can name one.

@@ -459,10 +459,10 @@ func honestyProbes() map[string]honestyProbe {
 		return pr
 	}
 	for rel, values := range map[string][]any{"numeric": {true}, "to": {65535}, "ipv4": {true}, "ipv6": {false},
-		"keep-alive": {true}, "mptcp": {false}} {
+		"keep-alive": {true}, "mptcp": {true, false}} {
 		p["nbd-server-start.addr(inet).data."+rel] = withServer(cmdProbe("nbd-server-start", inet, "addr.data."+rel, restart, values...))
 	}
-	for rel, values := range map[string][]any{"abstract": {false}, "tight": {true}} {
+	for rel, values := range map[string][]any{"abstract": {true, false}, "tight": {true, false}} {
 		p["nbd-server-start.addr(unix).data."+rel] = withServer(cmdProbe("nbd-server-start", unixAddr, "addr.data."+rel, restart, values...))
 	}
 	p["nbd-server-start.max-connections"] = withServer(cmdProbe("nbd-server-start", unixAddr, "max-connections", restart, 2))
