@@ -606,7 +606,13 @@ func (g *Graph) DropIntermediate(ctx context.Context, active, top, base *Node, b
 		return fmt.Errorf("Driver '%s' of node '%s' does not support backing files", overlay.drvName, overlay.name)
 	}
 	name, format := backingRef(base, backingFile)
-	inherit := base != nil && base.inheritsFromChain(top)
+	// The top QEMU's bdrv_drop_intermediate names is past the implicit
+	// filters above it (a commit's filter).
+	explicitTop := top
+	for explicitTop.implicitFilter && explicitTop.filtered() != nil {
+		explicitTop = explicitTop.filtered().node.Load()
+	}
+	inherit := base != nil && base.inheritsFromChain(explicitTop)
 
 	ro := overlay.ReadOnly()
 	if ro {
@@ -624,7 +630,7 @@ func (g *Graph) DropIntermediate(ctx context.Context, active, top, base *Node, b
 		return err
 	}
 	if inherit {
-		base.inheritsFrom = top.inheritsFrom
+		base.inheritsFrom = explicitTop.inheritsFrom
 	}
 	g.release(top)
 	g.log.Debug().Str("overlay", overlay.name).Str("top", top.name).Msg("intermediate nodes dropped")
