@@ -248,10 +248,15 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 				}
 				holds = append(holds, h)
 			}
+			restore := keepInheritsFrom(e.backing)
 			if err := g.SetBacking(ctx, n, e.backing); err != nil {
+				restore()
 				return abort(err)
 			}
-			e.undoBacking = func() { _ = g.SetBacking(ctx, n, ob) }
+			e.undoBacking = func() {
+				_ = g.SetBacking(ctx, n, ob)
+				restore()
+			}
 		}
 		if e.fileSet {
 			c := n.Child("file")
@@ -266,12 +271,17 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 				return abort(err)
 			}
 			m.commit()
+			restore := keepInheritsFrom(e.file)
+			if e.file.inheritsFromChain(n) {
+				e.file.inheritsFrom = n // as a new backing node does
+			}
 			n.refreshFilenames()
 			e.undoFile = func() {
 				if m, err := g.moveEdges([]*Child{c}, of); err == nil {
 					m.commit()
 					n.refreshFilenames()
 				}
+				restore()
 			}
 		}
 	}
@@ -722,6 +732,16 @@ func (n *Node) inheritsFromChain(p *Node) bool {
 		}
 	}
 	return false
+}
+
+// keepInheritsFrom returns a function that puts back what n inherits
+// from now (nil n: nothing), for a reopen that fails after a link moved.
+func keepInheritsFrom(n *Node) func() {
+	if n == nil {
+		return func() {}
+	}
+	was := n.inheritsFrom
+	return func() { n.inheritsFrom = was }
 }
 
 // subtree is n and every node below it.
