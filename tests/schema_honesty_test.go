@@ -432,6 +432,16 @@ func honestyProbes() map[string]honestyProbe {
 			return waitConcluded(e.t, e.c[k], id)
 		}}
 	}
+	p["drive-backup.x-perf"] = honestyProbe{values: []any{map[string]any{"max-workers": 2, "max-chunk": 1 << 20, "use-copy-range": false}},
+		try: func(e *honestyEnv, k kind, v any) string {
+			id := fmt.Sprintf("hj%d", e.next())
+			args := map[string]any{"job-id": id, "device": "hr", "target": e.file(k, id+".img"), "format": "raw",
+				"sync": "full", "auto-dismiss": false, "x-perf": v}
+			if d := errDesc(e.c[k].cmd("drive-backup", args)); d != "" {
+				return d
+			}
+			return waitConcluded(e.t, e.c[k], id)
+		}}
 
 	// The NBD server and exports (the server runs on a unix socket
 	// during the export probes; these stop and start it).
@@ -528,8 +538,8 @@ func init() {
 			coveredElsewhere[cmd+"."+m] = "backup.txt, backup_test.go"
 		}
 	}
-	for _, m := range []string{"x-perf", "format", "mode"} {
-		coveredElsewhere["drive-backup."+m] = "backup.txt, backup_test.go (x-perf: as blockdev-backup's, probed)"
+	for _, m := range []string{"format", "mode"} {
+		coveredElsewhere["drive-backup."+m] = "backup.txt, backup_test.go"
 	}
 	for _, m := range []string{"device", "node-name", "snapshot-node-name", "format", "mode"} {
 		coveredElsewhere["blockdev-snapshot-sync."+m] = "backup_test.go, blockdev.txt"
@@ -613,6 +623,32 @@ func TestSchemaHonesty(t *testing.T) {
 		_, probed := probes[m.path]
 		if !probed && coveredElsewhere[m.path] == "" {
 			t.Errorf("%s is advertised but neither tried here nor covered elsewhere: add a probe (a plausible value to try) to honestyProbes, or the test that exercises it to coveredElsewhere", m.path)
+		}
+	}
+	// What coveredElsewhere claims is checked: one of the files named
+	// uses the command with the member.
+	for path, where := range coveredElsewhere {
+		cmd, _, _ := strings.Cut(path, ".")
+		cmd, _, _ = strings.Cut(cmd, "(")
+		member := path[strings.LastIndex(path, ".")+1:]
+		found := false
+		for _, f := range strings.Split(where, ", ") {
+			f, _, _ = strings.Cut(f, " ")
+			name := f
+			if strings.HasSuffix(f, ".txt") {
+				name = filepath.Join("testdata", "transcripts", f)
+			}
+			b, err := os.ReadFile(name)
+			if err != nil {
+				t.Errorf("coveredElsewhere[%s]: %v", path, err)
+				continue
+			}
+			if strings.Contains(string(b), `"`+cmd+`"`) && strings.Contains(string(b), `"`+member+`"`) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("coveredElsewhere[%s] names %s, where %s does not appear with %q: probe it here instead", path, where, cmd, member)
 		}
 	}
 	for _, table := range []map[string]bool{keysOf(probes), keysOf(coveredElsewhere)} {
