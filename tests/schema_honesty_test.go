@@ -253,19 +253,106 @@ func chainJobProbe(cmd, rel string, values ...any) honestyProbe {
 			return d
 		}
 		if args["auto-dismiss"] == true {
-			for i := 0; i < 3000; i++ {
-				gone := true
-				for _, j := range c.ok("query-jobs", nil).([]any) {
-					gone = gone && j.(map[string]any)["id"] != id
-				}
-				if gone {
-					return ""
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-			e.t.Fatalf("job %s did not go", id)
+			waitJobGone(e.t, c, id)
+			return ""
 		}
 		return waitConcluded(e.t, c, id)
+	}}
+}
+
+// waitJobGone waits for a job that dismisses itself.
+func waitJobGone(t *testing.T, c *client, id string) {
+	t.Helper()
+	for i := 0; i < 3000; i++ {
+		gone := true
+		for _, j := range c.ok("query-jobs", nil).([]any) {
+			gone = gone && j.(map[string]any)["id"] != id
+		}
+		if gone {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("job %s did not go", id)
+}
+
+// backupProbe tries a member of blockdev-backup (hr into ht) or
+// drive-backup (hr into a new raw image), a full backup unless the
+// member needs a bitmap (b0 on hr). "$job" and "$filter" stand for this
+// try's names.
+func backupProbe(cmd, rel string, values ...any) honestyProbe {
+	return honestyProbe{values: values, try: func(e *honestyEnv, k kind, v any) string {
+		n := e.next()
+		c := e.c[k]
+		id := fmt.Sprintf("hj%d", n)
+		args := map[string]any{"job-id": id, "device": "hr", "sync": "full", "auto-dismiss": false}
+		if cmd == "blockdev-backup" {
+			args["target"] = "ht"
+		} else {
+			target := e.file(k, id+".img")
+			args["target"], args["format"] = target, "raw"
+			if rel == "mode" && v == "existing" {
+				if err := os.WriteFile(target, make([]byte, 4<<20), 0o644); err != nil {
+					e.t.Fatal(err)
+				}
+			}
+		}
+		switch rel {
+		case "bitmap":
+			args["sync"] = "incremental"
+		case "bitmap-mode":
+			args["sync"], args["bitmap"] = "bitmap", "b0"
+		}
+		if s, ok := v.(string); ok && strings.HasPrefix(s, "$") {
+			v = map[string]string{"$job": id, "$filter": fmt.Sprintf("hf%d", n)}[s]
+		}
+		setMember(args, rel, v)
+		if d := errDesc(c.cmd(cmd, args)); d != "" {
+			return d
+		}
+		if args["auto-dismiss"] == true {
+			waitJobGone(e.t, c, id)
+			return ""
+		}
+		return waitConcluded(e.t, c, id)
+	}}
+}
+
+// snapshotProbe tries a member of blockdev-snapshot-sync on a qcow2 node
+// made for the try; "$node" and "$snap" stand for its name and the
+// overlay's.
+func snapshotProbe(rel string, values ...any) honestyProbe {
+	return honestyProbe{values: values, try: func(e *honestyEnv, k kind, v any) string {
+		n := e.next()
+		c := e.c[k]
+		node, snap := fmt.Sprintf("hs%d", n), fmt.Sprintf("hs%dsnap", n)
+		file, overlay := e.file(k, node+".qcow2"), e.file(k, snap+".qcow2")
+		args := []string{"create", "-q", "-f", "qcow2", file, "1M"}
+		if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
+			e.t.Fatalf("qemu-img %v: %v\n%s", args, err, out)
+		}
+		if rel == "mode" && v == "existing" {
+			args = []string{"create", "-q", "-f", "qcow2", "-b", filepath.Base(file), "-F", "qcow2", overlay}
+			if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
+				e.t.Fatalf("qemu-img %v: %v\n%s", args, err, out)
+			}
+		}
+		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": node,
+			"file": map[string]any{"driver": "file", "filename": file}})
+		a := map[string]any{"node-name": node, "snapshot-file": overlay, "snapshot-node-name": snap, "format": "qcow2"}
+		if rel == "device" {
+			delete(a, "node-name")
+		}
+		if s, ok := v.(string); ok && strings.HasPrefix(s, "$") {
+			v = map[string]string{"$node": node, "$snap": snap}[s]
+		}
+		setMember(a, rel, v)
+		d := errDesc(c.cmd("blockdev-snapshot-sync", a))
+		if d == "" {
+			c.cmd("blockdev-del", map[string]any{"node-name": a["snapshot-node-name"]})
+		}
+		c.cmd("blockdev-del", map[string]any{"node-name": node})
+		return d
 	}}
 }
 
@@ -501,6 +588,19 @@ func honestyProbes() map[string]honestyProbe {
 			return waitConcluded(e.t, e.c[k], id)
 		}}
 	}
+	for _, cmd := range []string{"blockdev-backup", "drive-backup"} {
+		for rel, values := range map[string][]any{"job-id": {"$job"}, "speed": {1 << 30}, "bitmap": {"b0"},
+			"bitmap-mode": nil, "compress": {true}, "on-source-error": nil, "on-target-error": nil,
+			"auto-finalize": {false, true}, "auto-dismiss": {true, false}, "filter-node-name": {"$filter"}} {
+			p[cmd+"."+rel] = backupProbe(cmd, rel, values...)
+		}
+	}
+	p["drive-backup.format"] = backupProbe("drive-backup", "format", "raw", "qcow2")
+	p["drive-backup.mode"] = backupProbe("drive-backup", "mode")
+	for rel, values := range map[string][]any{"device": {"$node"}, "node-name": {"$node"},
+		"snapshot-node-name": {"$snap"}, "format": {"qcow2"}, "mode": nil} {
+		p["blockdev-snapshot-sync."+rel] = snapshotProbe(rel, values...)
+	}
 	p["drive-backup.x-perf"] = honestyProbe{values: []any{map[string]any{"max-workers": 2, "max-chunk": 1 << 20, "use-copy-range": false}},
 		try: func(e *honestyEnv, k kind, v any) string {
 			id := fmt.Sprintf("hj%d", e.next())
@@ -607,18 +707,6 @@ var coveredElsewhere = map[string]string{
 }
 
 func init() {
-	for _, cmd := range []string{"blockdev-backup", "drive-backup"} {
-		for _, m := range []string{"job-id", "speed", "bitmap", "bitmap-mode", "compress", "on-source-error",
-			"on-target-error", "auto-finalize", "auto-dismiss", "filter-node-name"} {
-			coveredElsewhere[cmd+"."+m] = "backup.txt, backup_test.go"
-		}
-	}
-	for _, m := range []string{"format", "mode"} {
-		coveredElsewhere["drive-backup."+m] = "backup.txt, backup_test.go"
-	}
-	for _, m := range []string{"device", "node-name", "snapshot-node-name", "format", "mode"} {
-		coveredElsewhere["blockdev-snapshot-sync."+m] = "backup_test.go, blockdev.txt"
-	}
 }
 
 // pendingElsewhere are members that work on another branch of the same
