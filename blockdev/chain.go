@@ -305,7 +305,8 @@ func (n *Node) opBlocker() error {
 	if err := n.Blocker(); err != nil {
 		return err
 	}
-	for _, c := range n.parents {
+	// Newest first: QEMU puts each blocker at the head of its list.
+	for _, c := range slices.Backward(n.parents) {
 		if c.parent != nil && c.role&RoleCOW != 0 && c.name == "backing" {
 			return fmt.Errorf("Node '%s' is busy: node is used as backing hd of '%s'", n.name, c.parent.name)
 		}
@@ -495,6 +496,7 @@ func (g *Graph) SetBacking(ctx context.Context, n, base *Node) error {
 	if (old == nil || base == nil) && !canUpdate {
 		return fmt.Errorf("Driver '%s' of node '%s' does not support backing files", n.drvName, n.name)
 	}
+	inherit := base != nil && base.inheritsFromChain(n)
 	undrain := g.Drain(n)
 	var oldNode *Node
 	switch {
@@ -520,6 +522,9 @@ func (g *Graph) SetBacking(ctx context.Context, n, base *Node) error {
 			return err
 		}
 		bu.SetBackingChild(c)
+	}
+	if inherit {
+		base.inheritsFrom = n
 	}
 	n.refreshFilenames()
 	undrain()
@@ -606,10 +611,20 @@ func (g *Graph) DropIntermediate(ctx context.Context, active, top, base *Node, b
 		}
 	}
 	name, format := backingRef(base, backingFile)
+	// The top QEMU's bdrv_drop_intermediate names is past the implicit
+	// filters above it (a commit's filter).
+	explicitTop := top
+	for explicitTop.implicitFilter && explicitTop.filtered() != nil {
+		explicitTop = explicitTop.filtered().node.Load()
+	}
+	inherit := base != nil && base.inheritsFromChain(explicitTop)
 	for _, overlay := range overlays {
 		if err := g.dropOverlay(ctx, overlay, base, name, format); err != nil {
 			return err
 		}
+	}
+	if inherit {
+		base.inheritsFrom = explicitTop.inheritsFrom
 	}
 	g.release(top)
 	g.log.Debug().Str("overlay", overlays[0].name).Str("top", top.name).Msg("intermediate nodes dropped")

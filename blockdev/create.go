@@ -82,7 +82,8 @@ func (cc *CreateContext) OpenChild(ctx context.Context, key string) (*Child, err
 }
 
 // Create runs blockdev-create's work for driver with opts (the variant's
-// members). user names the job in permission errors. The caller must not
+// members). user names the writer in permission errors (QEMU writes
+// through an unnamed BlockBackend: "an unnamed block device"). The caller must not
 // hold the graph lock.
 func (g *Graph) Create(ctx context.Context, driver string, opts Options, user string) error {
 	registryMu.RLock()

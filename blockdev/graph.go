@@ -524,8 +524,9 @@ func (g *Graph) attach(parent, child *Node, name string, role Role) (*Child, err
 
 // AttachRoot gives a user that is not a node (an export, a job, a test) an
 // edge to n with the given permissions. user names it in permission errors
-// (QEMU style: "block device 'x'", "export 'e0'"). Caller holds the graph
-// lock.
+// as QEMU names the parent: a BlockBackend (an export's, a job's main
+// one, blockdev-create's) has no name in QSD, "an unnamed block device";
+// a named one would be "block device 'x'". Caller holds the graph lock.
 func (g *Graph) AttachRoot(n *Node, user string, perm, shared Perm) (*Child, error) {
 	return g.attachUser(n, user, "root", "", perm, shared)
 }

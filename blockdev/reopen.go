@@ -106,8 +106,8 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 	var listed []*Node
 	merged := map[*Node]Options{}
 	for _, o := range options {
-		name, _ := o["node-name"].(string)
-		if name == "" {
+		name, given := o["node-name"].(string)
+		if !given {
 			return errors.New("node-name not specified")
 		}
 		n := g.Lookup(name)
@@ -248,10 +248,15 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 				}
 				holds = append(holds, h)
 			}
+			restore := keepInheritsFrom(e.backing)
 			if err := g.SetBacking(ctx, n, e.backing); err != nil {
+				restore()
 				return abort(err)
 			}
-			e.undoBacking = func() { _ = g.SetBacking(ctx, n, ob) }
+			e.undoBacking = func() {
+				_ = g.SetBacking(ctx, n, ob)
+				restore()
+			}
 		}
 		if e.fileSet {
 			c := n.Child("file")
@@ -266,12 +271,17 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 				return abort(err)
 			}
 			m.commit()
+			restore := keepInheritsFrom(e.file)
+			if e.file.inheritsFromChain(n) {
+				e.file.inheritsFrom = n // as a new backing node does
+			}
 			n.refreshFilenames()
 			e.undoFile = func() {
 				if m, err := g.moveEdges([]*Child{c}, of); err == nil {
 					m.commit()
 					n.refreshFilenames()
 				}
+				restore()
 			}
 		}
 	}
@@ -464,11 +474,6 @@ func (e *reopenEntry) parseGeneric(inh genericSettings) error {
 // changes.
 func (g *Graph) prepareReopen(ctx context.Context, e *reopenEntry) error {
 	n, o := e.n, e.opts
-	if v, ok := o["backing"]; ok {
-		if err := g.reopenLink(e, "backing", v); err != nil {
-			return err
-		}
-	}
 	e.drvOpts = make(Options, len(o))
 	for k, v := range o {
 		e.drvOpts[k] = v
@@ -484,23 +489,32 @@ func (g *Graph) prepareReopen(ctx context.Context, e *reopenEntry) error {
 	if or, ok := n.drv.(OptionReopener); ok {
 		changeable, resettable = or.ReopenOptions()
 	}
-	// Options left out go back to their defaults, if they may.
+	// A key under a child's name ("backing", "file.driver") is never one
+	// of the node's own options: QEMU takes the child options out of a
+	// node's options once the child is open.
 	isChild := func(k string) bool {
 		first, _, _ := strings.Cut(k, ".")
-		return n.Child(first) != nil || first == "backing"
+		return n.Child(first) != nil || first == "backing" || first == "file"
 	}
+	// Options left out go back to their defaults, if they may. QEMU
+	// walks the node's current options in its dictionary's order and
+	// names the first that may not.
 	newFlat, oldFlat := flattenOptions(e.drvOpts), flattenOptions(n.drvOpts)
-	for _, k := range sortedKeys(oldFlat) {
+	if n.opts.Has("force-share") {
+		// force-share never changes: QEMU refuses it left out, and
+		// given again as well (below).
+		oldFlat["force-share"] = n.opts["force-share"]
+		if o.Has("force-share") {
+			newFlat["force-share"] = o["force-share"]
+		}
+	}
+	for _, k := range qdictOrder(sortedKeys(oldFlat)) {
 		if _, kept := newFlat[k]; kept || isChild(k) {
 			continue
 		}
 		if !coveredBy(k, resettable) {
 			return fmt.Errorf("Option '%s' cannot be reset to its default value", k)
 		}
-	}
-	// force-share never changes: QEMU refuses it given again as well.
-	if fs, _ := n.opts.Bool("force-share", false); fs && !o.Has("force-share") {
-		return errors.New("Option 'force-share' cannot be reset to its default value")
 	}
 	e.rs = &ReopenState{Node: n, Options: e.drvOpts, ReadOnly: e.readOnly, CacheDirect: e.cacheDirect, NoFlush: e.noFlush}
 	if err := r.ReopenPrepare(ctx, e.rs); err != nil {
@@ -510,58 +524,72 @@ func (g *Graph) prepareReopen(ctx context.Context, e *reopenEntry) error {
 	if _, ok := n.drv.(BackingUpdater); ok && !o.Has("backing") && (n.backing() != nil || n.autoBackingFile != "") {
 		return fmt.Errorf("backing is missing for '%s'", n.name)
 	}
-	// Everything else stays as it is. Child references may name the
-	// current child; inline child options belong to the child's entry.
-	keys := sortedKeys(e.drvOpts)
-	for _, k := range []string{"driver", "node-name", "force-share"} {
-		if o.Has(k) {
-			keys = append(keys, k)
+	for _, name := range []string{"backing", "file"} {
+		if v, ok := o[name]; ok {
+			if err := g.reopenLink(e, name, v); err != nil {
+				return err
+			}
 		}
 	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	// Everything else stays as it is. Child references may name the
+	// current child; inline options of a child opened for this node
+	// belong to the child's entry, while those of any other child stay
+	// among this node's options (as "backing.driver", ...), where they
+	// can only differ. QEMU checks what is left in its dictionary's
+	// order and names the first option that changed.
+	type leftover struct {
+		val    any
+		fixed  bool // compared below, not with the old options
+		differ bool
+	}
+	left := map[string]leftover{}
+	for _, k := range []string{"driver", "node-name", "force-share"} {
+		if !o.Has(k) {
+			continue
+		}
+		var differ bool
 		switch k {
 		case "driver":
-			if drv, _, _ := o.String(k); drv != n.drvName {
-				return errors.New("Cannot change the option 'driver'")
-			}
-			continue
-		case "force-share":
-			if e.forceShare || n.forceShare {
-				return errors.New("Cannot change the option 'force-share'")
-			}
-			continue
+			drv, _, _ := o.String(k)
+			differ = drv != n.drvName
 		case "node-name":
 			// An implicit node's name is not one of its options.
-			if name, _, _ := o.String(k); n.implicit || name != n.name {
-				return errors.New("Cannot change the option 'node-name'")
-			}
+			name, _, _ := o.String(k)
+			differ = n.implicit || name != n.name
+		case "force-share":
+			// QEMU compares its own string form of the option with the
+			// typed value it was opened with: never equal.
+			differ = true
+		}
+		left[k] = leftover{fixed: true, differ: differ}
+	}
+	for k, v := range e.drvOpts {
+		c := n.Child(k)
+		if ref, isRef := v.(string); isRef && c != nil && ref == c.node.Load().name {
 			continue
 		}
-		v := e.drvOpts[k]
-		if c := n.Child(k); c != nil || k == "backing" || k == "file" {
-			if ref, isRef := v.(string); isRef && c != nil && ref == c.node.Load().name {
-				continue
-			}
-			if _, inline := v.(map[string]any); inline && c != nil {
-				continue
-			}
-			if k == "backing" || k == "file" {
-				continue // links, checked on their own
-			}
+		if _, inline := v.(map[string]any); inline && c != nil && c.node.Load().inheritsFrom == n {
+			continue
+		}
+		if _, inline := v.(map[string]any); !inline && (k == "backing" || k == "file") {
+			continue // links, checked above
 		}
 		for fk, fv := range flattenOptions(Options{k: v}) {
-			if coveredBy(fk, changeable) {
-				continue
-			}
-			if ov, ok := oldFlat[fk]; !ok || !reflect.DeepEqual(fv, ov) {
-				return fmt.Errorf("Cannot change the option '%s'", fk)
+			if !coveredBy(fk, changeable) {
+				left[fk] = leftover{val: fv}
 			}
 		}
 	}
-	if v, ok := o["file"]; ok {
-		if err := g.reopenLink(e, "file", v); err != nil {
-			return err
+	for _, k := range qdictOrder(sortedKeys(left)) {
+		l := left[k]
+		if l.fixed {
+			if l.differ {
+				return fmt.Errorf("Cannot change the option '%s'", k)
+			}
+			continue
+		}
+		if ov, ok := oldFlat[k]; !ok || isChild(k) || !reflect.DeepEqual(l.val, ov) {
+			return fmt.Errorf("Cannot change the option '%s'", k)
 		}
 	}
 	return nil
@@ -580,10 +608,9 @@ func (g *Graph) reopenLink(e *reopenEntry, name string, v any) error {
 			return fmt.Errorf("Cannot find device='' nor node-name='%s'", ref)
 		}
 	case map[string]any:
-		if c := n.Child(name); c != nil && c.node.Load().inheritsFrom == n {
-			return nil // the child reopens with these options
-		}
-		return fmt.Errorf("Cannot change the option '%s'", name)
+		// Inline options: those of a child opened for n reopen it; any
+		// others are left among n's options, where they cannot match.
+		return nil
 	default:
 		return fmt.Errorf("Invalid parameter type for '%s', expected: BlockdevRef", name)
 	}
@@ -691,6 +718,30 @@ func normalizeOption(v any) any {
 		return strconv.FormatFloat(x, 'f', -1, 64)
 	}
 	return v
+}
+
+// inheritsFromChain tells whether n is p or was opened inline for p,
+// directly or through nodes that were in turn (QEMU's
+// bdrv_inherits_from_recursive). When a backing link moves a node that
+// inherits this way under p, the node inherits from p directly from then
+// on, so that reopening p can still name its options inline.
+func (n *Node) inheritsFromChain(p *Node) bool {
+	for x := n; x != nil; x = x.inheritsFrom {
+		if x == p {
+			return true
+		}
+	}
+	return false
+}
+
+// keepInheritsFrom returns a function that puts back what n inherits
+// from now (nil n: nothing), for a reopen that fails after a link moved.
+func keepInheritsFrom(n *Node) func() {
+	if n == nil {
+		return func() {}
+	}
+	was := n.inheritsFrom
+	return func() { n.inheritsFrom = was }
 }
 
 // subtree is n and every node below it.

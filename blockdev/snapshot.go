@@ -222,16 +222,16 @@ func CreateImage(ctx context.Context, format, path string, size int64, backing, 
 	g := NewGraph(zerolog.Nop())
 	defer g.Close()
 	if format == "raw" {
-		return g.Create(ctx, "file", Options{"filename": path, "size": size}, "image creation")
+		return g.Create(ctx, "file", Options{"filename": path, "size": size}, "an unnamed block device")
 	}
-	if err := g.Create(ctx, "file", Options{"filename": path, "size": int64(0)}, "image creation"); err != nil {
+	if err := g.Create(ctx, "file", Options{"filename": path, "size": int64(0)}, "an unnamed block device"); err != nil {
 		return err
 	}
 	opts := Options{"file": map[string]any{"driver": "file", "filename": path}, "size": size}
 	if backing != "" {
 		opts["backing-file"], opts["backing-fmt"] = backing, backingFmt
 	}
-	if err := g.Create(ctx, format, opts, "image creation"); err != nil {
+	if err := g.Create(ctx, format, opts, "an unnamed block device"); err != nil {
 		os.Remove(path)
 		return err
 	}

@@ -67,13 +67,27 @@ func (m *Manager) Close() {
 }
 
 type socketAddress struct {
-	Type string `json:"type"`
-	Data struct {
-		Path string `json:"path"`
-		Host string `json:"host"`
-		Port string `json:"port"`
-		Str  string `json:"str"`
-	} `json:"data"`
+	Type string     `json:"type"`
+	Data socketData `json:"data"`
+}
+
+// socketData holds the members of every SocketAddressLegacy variant.
+type socketData struct {
+	Path     string `json:"path"`
+	Abstract bool   `json:"abstract"`
+	Tight    *bool  `json:"tight"`
+
+	Host      string `json:"host"`
+	Port      string `json:"port"`
+	Numeric   bool   `json:"numeric"`
+	To        *int   `json:"to"`
+	IPv4      *bool  `json:"ipv4"`
+	IPv6      *bool  `json:"ipv6"`
+	KeepAlive bool   `json:"keep-alive"`
+	MPTCP     bool   `json:"mptcp"`
+
+	Str string `json:"str"`
+	CID string `json:"cid"`
 }
 
 // QEMU's defaults for the NBD server's limits.
@@ -85,8 +99,6 @@ const (
 func (m *Manager) cmdServerStart(_ context.Context, raw json.RawMessage) (any, error) {
 	var a struct {
 		Addr           socketAddress `json:"addr"`
-		TLSCreds       *string       `json:"tls-creds"`
-		TLSAuthz       *string       `json:"tls-authz"`
 		MaxConnections *uint32       `json:"max-connections"`
 	}
 	if err := json.Unmarshal(raw, &a); err != nil {
@@ -97,27 +109,24 @@ func (m *Manager) cmdServerStart(_ context.Context, raw json.RawMessage) (any, e
 	if m.srv != nil {
 		return nil, errors.New("NBD server already running")
 	}
-	if a.TLSCreds != nil {
-		// qbmond has no --object/object-add yet, so no credentials exist.
-		return nil, fmt.Errorf("No TLS credentials with id '%s'", *a.TLSCreds)
-	}
-	if a.TLSAuthz != nil {
-		return nil, errors.New("'tls-authz' is only supported with 'tls-creds'")
-	}
 	var l net.Listener
 	var err error
 	switch a.Addr.Type {
 	case "unix":
-		l, err = qmp.Listen("unix:" + a.Addr.Data.Path)
+		l, err = listenUnixNBD(a.Addr.Data)
 	case "inet":
-		l, err = net.Listen("tcp", net.JoinHostPort(a.Addr.Data.Host, a.Addr.Data.Port))
+		l, err = listenInetNBD(a.Addr.Data)
 	case "fd":
-		return nil, fmt.Errorf("File descriptor named '%s' has not been found", a.Addr.Data.Str)
+		// QSD has no monitor to pass descriptors through (getfd), so no
+		// name or number can name one.
+		return nil, errors.New("only QEMU supports file descriptor passing")
+	case "vsock":
+		err = probeVsockNBD(a.Addr.Data.CID, a.Addr.Data.Port)
 	default:
 		return nil, fmt.Errorf("socket address type '%s' is not supported by qbmond", a.Addr.Type)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("Failed to bind socket: %v", err)
+		return nil, err
 	}
 	srv := nbd.NewServer(m.log)
 	// QSD 7.2 (with the CVE-2024-7409 fixes) serves at most 100 clients
@@ -175,11 +184,15 @@ type exportArgs struct {
 	NodeName        string  `json:"node-name"`
 	Writable        bool    `json:"writable"`
 	Writethrough    bool    `json:"writethrough"`
-	IOThread        *string `json:"iothread"`
 	Name            *string `json:"name"`
 	Description     string  `json:"description"`
 	AllocationDepth bool    `json:"allocation-depth"`
 	Bitmaps         []any   `json:"bitmaps"`
+
+	// legacy is nbd-server-add: the node is looked up as a device name
+	// too, and a read-only node is exported read-only instead of
+	// refusing writable.
+	legacy bool
 }
 
 func (m *Manager) cmdExportAdd(_ context.Context, raw json.RawMessage) (any, error) {
@@ -191,50 +204,51 @@ func (m *Manager) cmdExportAdd(_ context.Context, raw json.RawMessage) (any, err
 }
 
 // add creates an export, checking in QEMU's order: the id, the node, its
-// writability, the server, the export name.
+// writability, the permissions, the server, the export name, the
+// permissions again.
 func (m *Manager) add(a exportArgs) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.find(a.ID) != nil {
 		return fmt.Errorf("Block export id '%s' is already in use", a.ID)
 	}
-	if a.IOThread != nil {
-		return fmt.Errorf("Cannot find iothread '%s'", *a.IOThread)
-	}
 	m.g.Lock()
 	defer m.g.Unlock()
 	node := m.g.Lookup(a.NodeName)
 	if node == nil {
+		if a.legacy {
+			return fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.NodeName, a.NodeName)
+		}
 		return fmt.Errorf("Cannot find device='' nor node-name='%s'", a.NodeName)
+	}
+	if a.legacy && node.ReadOnly() {
+		a.Writable = false
 	}
 	if a.Writable && node.ReadOnly() {
 		return errors.New("Cannot export read-only node as writable")
 	}
-	if m.srv == nil {
-		return errors.New("NBD server not running")
+	// The export's BlockBackend is attached sharing everything, before
+	// the server is looked for (QEMU's blk_exp_add); once the NBD export
+	// is set up it stops sharing resize (nbd_export_create), a second
+	// step that can conflict in its own right.
+	perm := blockdev.PermConsistentRead
+	if a.Writable {
+		perm |= blockdev.PermWrite
+	}
+	root, err := m.g.AttachRoot(node, "an unnamed block device", perm, blockdev.PermAll)
+	if err != nil {
+		return err
+	}
+	if err := m.checkNBD(a); err != nil {
+		m.g.DetachRoot(root)
+		return err
 	}
 	name := a.NodeName
 	if a.Name != nil {
 		name = *a.Name
 	}
-	if len(name) > 4096 {
-		return fmt.Errorf("export name '%s' too long", name)
-	}
-	if len(a.Description) > 4096 {
-		return fmt.Errorf("description '%s' too long", a.Description)
-	}
-	for _, e := range m.exports {
-		if e.name == name {
-			return fmt.Errorf("NBD server already has export named '%s'", name)
-		}
-	}
-	perm := blockdev.PermConsistentRead
-	if a.Writable {
-		perm |= blockdev.PermWrite
-	}
-	shared := blockdev.PermConsistentRead | blockdev.PermWrite | blockdev.PermWriteUnchanged
-	root, err := m.g.AttachRoot(node, fmt.Sprintf("block device '%s'", a.ID), perm, shared)
-	if err != nil {
+	if err := m.g.SetRootPerm(root, perm, blockdev.PermAll&^blockdev.PermResize); err != nil {
+		m.g.DetachRoot(root)
 		return err
 	}
 	bitmaps, err := m.exportBitmaps(node, a.Bitmaps, a.Writable)
@@ -257,6 +271,31 @@ func (m *Manager) add(a exportArgs) error {
 		b.Acquire()
 	}
 	m.exports = append([]*export{{id: a.ID, name: name, node: node, root: root, bitmaps: bitmaps}}, m.exports...)
+	return nil
+}
+
+// checkNBD checks what the NBD export adds to a block export, as QEMU's
+// nbd_export_create: a running server, and an export name and
+// description within the protocol's limits, the name not yet taken.
+func (m *Manager) checkNBD(a exportArgs) error {
+	if m.srv == nil {
+		return errors.New("NBD server not running")
+	}
+	name := a.NodeName
+	if a.Name != nil {
+		name = *a.Name
+	}
+	if len(name) > 4096 {
+		return fmt.Errorf("export name '%s' too long", name)
+	}
+	if len(a.Description) > 4096 {
+		return fmt.Errorf("description '%s' too long", a.Description)
+	}
+	for _, e := range m.exports {
+		if e.name == name {
+			return fmt.Errorf("NBD server already has export named '%s'", name)
+		}
+	}
 	return nil
 }
 
@@ -429,7 +468,7 @@ func (m *Manager) cmdServerAdd(_ context.Context, raw json.RawMessage) (any, err
 		name = *a.Name
 	}
 	ea := exportArgs{Type: "nbd", ID: name, NodeName: a.Device, Writable: a.Writable,
-		Name: &name, Description: a.Description}
+		Name: &name, Description: a.Description, legacy: true}
 	if a.Bitmap != nil {
 		ea.Bitmaps = []any{*a.Bitmap}
 	}

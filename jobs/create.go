@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 
 	"github.com/qbmond/qbmond/blockdev"
 )
@@ -34,7 +33,7 @@ func (m *Manager) blockdevCreate(ctx context.Context, g *blockdev.Graph, raw jso
 		// Refused before any job exists, as QEMU does.
 		return errors.New("Driver does not support blockdev-create")
 	}
-	user := fmt.Sprintf("job '%s'", a.JobID)
+	user := "an unnamed block device" // the image is written through a BlockBackend of its own
 	_, err = m.Start(ctx, Spec{
 		ID:            a.JobID,
 		Type:          "create",

@@ -83,7 +83,6 @@ func TestArgsErrorsJSON(t *testing.T) {
 		{"blockdev-add", `{"driver":"null-co","latency-ns":-9223372036854775809}`, "Parameter 'latency-ns' expects uint64"},
 		{"blockdev-add", `{"driver":"null-co","read-zeroes":"on"}`, "Invalid parameter type for 'read-zeroes', expected: boolean"},
 		{"blockdev-add", `{"driver":"file","filename":"/x","x-check-cache-dropped":"x"}`, "Invalid parameter type for 'x-check-cache-dropped', expected: boolean"},
-		{"blockdev-add", `{"driver":"file","filename":"/x","pr-manager":5}`, "Invalid parameter type for 'pr-manager', expected: string"},
 		{"blockdev-add", `{"driver":"file","filename":"/x","aio-max-batch":99999999999999999999}`, "Invalid parameter type for 'aio-max-batch', expected: integer"},
 		{"blockdev-add", `{"driver":"raw","file":"nonexist","size":"x","offset":"y"}`, "Invalid parameter type for 'offset', expected: integer"},
 		{"query-named-block-nodes", `{"flat":"x"}`, "Invalid parameter type for 'flat', expected: boolean"},

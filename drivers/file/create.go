@@ -75,6 +75,9 @@ func create(ctx context.Context, cc *blockdev.CreateContext) (err error) {
 		return errors.New("Extent size hint is too large")
 	}
 
+	if ferr, ok := fdsetOpenError(name, unix.O_RDWR|unix.O_CREAT); ok {
+		return ferr
+	}
 	fd, err := unix.Open(name, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
 	if err != nil {
 		return fmt.Errorf("Could not create '%s': %s", name, blockdev.Strerror(err))

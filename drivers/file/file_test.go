@@ -69,7 +69,6 @@ func TestOpenErrors(t *testing.T) {
 		{blockdev.Options{"filename": "/nonexistent/x.img"}, "Could not open '/nonexistent/x.img': No such file or directory"},
 		{blockdev.Options{"filename": dir}, "Could not open '" + dir + "': Is a directory"},
 		{blockdev.Options{"filename": img, "aio": "native"}, "aio=native was specified, but it requires cache.direct=on, which was not specified."},
-		{blockdev.Options{"filename": img, "pr-manager": "x"}, "No persistent reservation manager with id 'x'"},
 	} {
 		o := tc.opts
 		o["driver"], o["node-name"] = "file", "f"
