@@ -706,15 +706,10 @@ var coveredElsewhere = map[string]string{
 	"block-job-cancel.force":         "blockjobs.txt, blockjobs_test.go",
 }
 
-func init() {
-}
-
 // pendingElsewhere are members that work on another branch of the same
 // issue and are refused on this one until it is merged. An entry that
 // works must leave this list.
-var pendingElsewhere = map[string]string{
-	"blockdev-add(blkdebug).config": "blkdebug config files (issue 12, fault injection)",
-}
+var pendingElsewhere = map[string]string{}
 
 // same tells whether two daemons' errors say the same, their directories
 // and the probes' numbered names aside.
