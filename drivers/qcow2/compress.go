@@ -186,6 +186,9 @@ func (d *Driver) writeOneCompressed(ctx context.Context, off int64, data []byte)
 	if err != nil {
 		return err
 	}
+	if err := d.preWrite(ctx, 0, host, int64(len(out))); err != nil {
+		return err
+	}
 	d.file.DebugEvent("write_compressed")
 	if err := d.file.Write(ctx, host, out, 0); err != nil {
 		return err

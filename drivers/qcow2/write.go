@@ -67,6 +67,9 @@ func (d *Driver) writeInPlace(ctx context.Context, off int64, p []byte) (bool, e
 		o += n
 	}
 	for _, r := range runs {
+		if err := d.preWrite(ctx, 0, r.host, r.n); err != nil {
+			return true, err
+		}
 		d.file.DebugEvent("write_aio") // guest data: blkdebug's write_aio
 		if err := d.file.Write(ctx, r.host, p[:r.n], 0); err != nil {
 			return true, err
@@ -123,6 +126,9 @@ func (d *Driver) writeLocked(ctx context.Context, off int64, p []byte) error {
 		if !alloc {
 			e, _ = d.entry(ctx, vc)
 			n := min(int64(len(p)), d.cs-in)
+			if err := d.preWrite(ctx, 0, int64(e&offsetMask)+in, n); err != nil {
+				return err
+			}
 			d.file.DebugEvent("write_aio") // guest data: blkdebug's write_aio
 			if err := d.file.Write(ctx, int64(e&offsetMask)+in, p[:n], 0); err != nil {
 				return err
@@ -163,6 +169,7 @@ func (d *Driver) writeLocked(ctx context.Context, off int64, p []byte) error {
 // the L2 entries at them and drops the old clusters.
 func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int64, data []byte) error {
 	m := int64(len(old))
+	d.allocFor(olForData, in, int64(len(data)))
 	host, err := d.allocClusters(ctx, m)
 	if err != nil {
 		return err
@@ -255,8 +262,13 @@ func (d *Driver) ensureL2(ctx context.Context, i int64) ([]byte, int64, error) {
 		}
 		return tbl, off, nil
 	}
+	d.allocFor(olForL2, 0, d.cs)
 	off, err = d.allocClusters(ctx, 1)
 	if err != nil {
+		return nil, 0, err
+	}
+	// Checked once counted, as QEMU writes the refcount before the table.
+	if err := d.preWrite(ctx, olActiveL2, off, d.cs); err != nil {
 		return nil, 0, err
 	}
 	tbl = make([]byte, d.cs)
@@ -275,6 +287,10 @@ func (d *Driver) setL1(ctx context.Context, i int64, e uint64) error {
 	if int64(d.h.l1Off)+8*(i+1) > d.file.Length() {
 		return blockdev.ErrOutOfRange // a corrupt L1 offset fails the request now
 	}
+	if err := d.preWrite(ctx, olActiveL1, int64(d.h.l1Off)+8*i, 8); err != nil {
+		return err
+	}
+	d.olTrackL1(d.l1[i], e)
 	d.l1[i] = e
 	d.l1Dirty.add(i)
 	return nil
@@ -512,6 +528,9 @@ func (d *Driver) growL1(ctx context.Context, need int64) error {
 		if err := d.ensureLen(ctx, int64(d.h.l1Off)+need*8); err != nil {
 			return err
 		}
+		if err := d.preWrite(ctx, olActiveL1, int64(d.h.l1Off)+have*8, (need-have)*8); err != nil {
+			return err
+		}
 		if err := d.file.Write(ctx, int64(d.h.l1Off)+have*8, make([]byte, (need-have)*8), 0); err != nil {
 			return err
 		}
@@ -523,6 +542,7 @@ func (d *Driver) growL1(ctx context.Context, need int64) error {
 			return err
 		}
 	} else {
+		d.allocFor(olForL1, 0, need*8)
 		off, err := d.allocClusters(ctx, newClusters)
 		if err != nil {
 			return err
@@ -587,6 +607,7 @@ func (d *Driver) MakeEmpty(ctx context.Context) error {
 		}
 	}
 	clear(d.l1)
+	d.olRebuild()
 	for _, l1e := range old {
 		off := int64(l1e & offsetMask)
 		if off == 0 {
@@ -692,6 +713,9 @@ func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOf
 		}
 		if !alloc {
 			e, _ = d.entry(ctx, vc)
+			if err := d.preWrite(ctx, 0, int64(e&offsetMask), d.cs); err != nil {
+				return err
+			}
 			if err := d.copyToHost(ctx, int64(e&offsetMask), d.cs, fd, fileOff); err != nil {
 				return err
 			}
@@ -713,6 +737,7 @@ func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOf
 			old = append(old, e2)
 		}
 		m := int64(len(old))
+		d.allocFor(olForData, 0, m*d.cs)
 		host, err := d.allocClusters(ctx, m)
 		if err != nil {
 			return err
