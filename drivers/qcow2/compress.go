@@ -226,7 +226,7 @@ func (d *Driver) allocBytes(ctx context.Context, size int64) (int64, error) {
 			return 0, err
 		}
 	default:
-		d.allocFor(olForData, 0, size) // checked before it is counted
+		d.allocFor(olForData, 0, size)     // checked before it is counted
 		nc, err := d.allocClusters(ctx, 1) // counts its reference
 		if err != nil {
 			return 0, err
