@@ -1,6 +1,15 @@
 package blockdev
 
-import "github.com/qbmond/qbmond/qmp"
+import (
+	"fmt"
+	"syscall"
+
+	"github.com/qbmond/qbmond/qmp"
+)
+
+// errEjected fails the requests the block layer answers itself for a
+// node whose driver stopped serving it.
+var errEjected = fmt.Errorf("No medium found: %w", syscall.ENOMEDIUM)
 
 // Ejecter is a driver that can stop serving its node for good: QEMU takes
 // the driver away from a node whose format driver found fatal corruption

@@ -148,14 +148,25 @@ func runOverlapCase(t *testing.T, k kind, tc overlapCase) string {
 		}
 		c.ok("blockdev-reopen", map[string]any{"options": []any{ro}})
 	}
-	io := func(cmd string) {
+	io := func(cmd string) string {
 		o, _ := exec.Command(requireTool(t, "qemu-io"), "-f", "raw", "-c", cmd, uri).CombinedOutput()
 		first, _, _ := strings.Cut(strings.TrimSpace(string(o)), "\n")
 		out = append(out, cmd+": "+first)
+		return first
 	}
-	io("write -P 0xaa " + tc.at + " 4k")
+	failed := strings.Contains(io("write -P 0xaa "+tc.at+" 4k"), "failed")
 	io("write -P 0xbb " + tc.at + " 4k")
 	io("read 0 4k")
+	if failed {
+		// The node has no driver any more: every request but flush
+		// fails, a discard too although the node ignores discards.
+		io("discard 0 64k")
+		io("write -z 0 64k")
+		io("flush")
+		o, _ := exec.Command(requireTool(t, "qemu-img"), "map", "--output=json", "--image-opts",
+			"driver=nbd,export=n0,server.type=unix,server.path="+filepath.Join(dir, "nbd.sock")).CombinedOutput()
+		out = append(out, "map: "+strings.TrimSpace(string(o)))
+	}
 	c.ok("query-version", nil) // every event is in before its reply
 	for _, ev := range c.events {
 		if ev["event"] == "BLOCK_IMAGE_CORRUPTED" {
