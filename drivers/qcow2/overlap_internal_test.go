@@ -1,6 +1,10 @@
 package qcow2
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/qbmond/qbmond/blockdev"
+)
 
 // fakeLayout is a driver's metadata for the overlap checks alone: l2s
 // L2 tables and rbs refcount blocks spread over the image file.
@@ -64,6 +68,35 @@ func BenchmarkOverlapCheck(b *testing.B) {
 	for b.Loop() {
 		if d.overlaps(0, off, 4096) != 0 {
 			b.Fatal("hit")
+		}
+	}
+}
+
+// overlap-check as QMP (JSON) and the command line (keyval strings)
+// give it.
+func TestParseOverlapCheck(t *testing.T) {
+	cases := []struct {
+		v    any
+		want olMask
+	}{
+		{nil, olCached},
+		{"none", 0},
+		{"constant", olConstant},
+		{"all", olAll},
+		{map[string]any{}, olCached},
+		{map[string]any{"template": "none", "refcount-block": true}, olRefcountBlock},
+		{map[string]any{"template": "none", "refcount-block": "on"}, olRefcountBlock},
+		{map[string]any{"main-header": "off"}, olCached &^ olMainHeader},
+		{map[string]any{"template": "constant", "inactive-l2": true}, olConstant | olInactiveL2},
+	}
+	for _, c := range cases {
+		o := blockdev.Options{}
+		if c.v != nil {
+			o["overlap-check"] = c.v
+		}
+		got, err := parseOverlapCheck(o)
+		if err != nil || got != c.want {
+			t.Errorf("%v: %#x, %v; want %#x", c.v, got, err, c.want)
 		}
 	}
 }
