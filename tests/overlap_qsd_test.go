@@ -86,11 +86,10 @@ type overlapCase struct {
 }
 
 var overlapCases = []overlapCase{
-	// The case: guest data over the refcount table. At 0 the
-	// reftable's first entry is a cluster without the COPIED flag, which
-	// qbmond fixes in place where QEMU copies it, so the image is
-	// compared at 320k (an empty entry) only.
-	{name: "l1-at-reftable", edit: func(t *testing.T, img string, l qcow2Layout) { writeU64(t, img, l.l1, uint64(l.rt)|copiedFlag) }, at: "0", noCheck: true},
+	// The case: guest data over the refcount table (at 0 the
+	// "L2 entry" is the reftable's first one, a cluster without the
+	// COPIED flag, which is copied; at 320k an empty one).
+	{name: "l1-at-reftable", edit: func(t *testing.T, img string, l qcow2Layout) { writeU64(t, img, l.l1, uint64(l.rt)|copiedFlag) }, at: "0"},
 	{name: "l1-at-reftable-320k", edit: func(t *testing.T, img string, l qcow2Layout) { writeU64(t, img, l.l1, uint64(l.rt)|copiedFlag) }, at: "320k"},
 	{name: "l2-at-l1", edit: func(t *testing.T, img string, l qcow2Layout) { writeU64(t, img, l.l2, uint64(l.l1)|copiedFlag) }, at: "0"},
 	{name: "l2-at-l2", edit: func(t *testing.T, img string, l qcow2Layout) { writeU64(t, img, l.l2, uint64(l.l2)|copiedFlag) }, at: "0"},
@@ -104,6 +103,11 @@ var overlapCases = []overlapCase{
 	{name: "l2-alloc-header", size: "1G", edit: func(t *testing.T, img string, l qcow2Layout) { zeroRefcount(t, img, l, 0) }, at: "600M"},
 	{name: "l2-alloc-l1", size: "1G", edit: func(t *testing.T, img string, l qcow2Layout) { zeroRefcount(t, img, l, l.l1) }, at: "600M", noCheck: true},
 	{name: "l2-alloc-refblock-write", size: "1G", edit: func(t *testing.T, img string, l qcow2Layout) { writeU64(t, img, l.rt, uint64(l.l2)) }, at: "600M", noCheck: true},
+	// Not corrupt, but the same rule's other side: a cluster without the
+	// COPIED flag is copied on write even with refcount 1, as QEMU does.
+	{name: "no-copied-flag", edit: func(t *testing.T, img string, l qcow2Layout) {
+		writeU64(t, img, l.l2, readU64(t, img, l.l2)&^copiedFlag)
+	}, at: "0"},
 	// The modes and flags: refcount blocks are checked from "cached" on.
 	{name: "mode-constant", edit: func(t *testing.T, img string, l qcow2Layout) { writeU64(t, img, l.l2, uint64(l.rb)|copiedFlag) }, at: "0",
 		opts: map[string]any{"overlap-check": "constant"}},

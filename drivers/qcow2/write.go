@@ -80,28 +80,16 @@ func (d *Driver) writeInPlace(ctx context.Context, off int64, p []byte) (bool, e
 }
 
 // needsAlloc tells whether a write to the cluster with entry e must put
-// the data into a new cluster, after fixing a missing COPIED flag on an
-// unshared cluster.
+// the data into a new cluster: anything but a normal cluster with the
+// COPIED flag. A normal cluster without the flag is copied even when its
+// refcount is 1, as QEMU does (the flag is what says the cluster is ours
+// alone; qemu-img check repairs a missing one).
 func (d *Driver) needsAlloc(ctx context.Context, vc int64, e uint64) (bool, error) {
-	k, host, err := d.classify(ctx, vc, e)
+	k, _, err := d.classify(ctx, vc, e)
 	if err != nil {
 		return false, err
 	}
-	if k != kNormal {
-		return true, nil
-	}
-	if e&flagCopied != 0 {
-		return false, nil
-	}
-	rc, err := d.refcount(ctx, host/d.cs)
-	if err != nil || rc != 1 {
-		return true, err
-	}
-	tbl, tblOff, err := d.l2Table(ctx, vc/d.l2n)
-	if err != nil {
-		return false, err
-	}
-	return false, d.writeEntries(ctx, tbl, tblOff, vc%d.l2n, []uint64{e | flagCopied})
+	return k != kNormal || e&flagCopied == 0, nil
 }
 
 // writeLocked writes p at off under the exclusive lock, allocating.
