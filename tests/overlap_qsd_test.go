@@ -103,11 +103,15 @@ var overlapCases = []overlapCase{
 	{name: "l2-alloc-header", size: "1G", edit: func(t *testing.T, img string, l qcow2Layout) { zeroRefcount(t, img, l, 0) }, at: "600M"},
 	{name: "l2-alloc-l1", size: "1G", edit: func(t *testing.T, img string, l qcow2Layout) { zeroRefcount(t, img, l, l.l1) }, at: "600M", noCheck: true},
 	{name: "l2-alloc-refblock-write", size: "1G", edit: func(t *testing.T, img string, l qcow2Layout) { writeU64(t, img, l.rt, uint64(l.l2)) }, at: "600M", noCheck: true},
-	// Not corrupt, but the same rule's other side: a cluster without the
-	// COPIED flag is copied on write even with refcount 1, as QEMU does.
+	// Not corrupt, but the same rule's other side: a cluster or an L2
+	// table without the COPIED flag is copied on write even with
+	// refcount 1, as QEMU does (and the old table freed at once).
 	{name: "no-copied-flag", edit: func(t *testing.T, img string, l qcow2Layout) {
 		writeU64(t, img, l.l2, readU64(t, img, l.l2)&^copiedFlag)
 	}, at: "0"},
+	{name: "l1-no-copied-flag", edit: func(t *testing.T, img string, l qcow2Layout) {
+		writeU64(t, img, l.l1, readU64(t, img, l.l1)&^copiedFlag)
+	}, at: "1M"},
 	// The modes and flags: refcount blocks are checked from "cached" on.
 	{name: "mode-constant", edit: func(t *testing.T, img string, l qcow2Layout) { writeU64(t, img, l.l2, uint64(l.rb)|copiedFlag) }, at: "0",
 		opts: map[string]any{"overlap-check": "constant"}},
@@ -202,6 +206,9 @@ func runOverlapCase(t *testing.T, k kind, tc overlapCase) string {
 			code = ee.ExitCode()
 		}
 		out = append(out, fmt.Sprintf("qemu-img check: exit %d\n%s", code, o))
+		// Where the data went (QEMU's allocation order).
+		m, _ := exec.Command(requireTool(t, "qemu-img"), "map", "--output=json", "-U", img).CombinedOutput()
+		out = append(out, "qemu-img map:\n"+string(m))
 	}
 	return strings.Join(out, "\n")
 }

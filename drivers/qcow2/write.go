@@ -235,21 +235,13 @@ func (d *Driver) ensureL2(ctx context.Context, i int64) ([]byte, int64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	if tbl != nil {
-		if d.l1[i]&flagCopied == 0 {
-			rc, err := d.refcount(ctx, off/d.cs)
-			if err != nil {
-				return nil, 0, err
-			}
-			if rc != 1 {
-				return nil, 0, fmt.Errorf("shared L2 tables (internal snapshots) cannot be written: %w", syscall.ENOTSUP)
-			}
-			if err := d.setL1(ctx, i, uint64(off)|flagCopied); err != nil {
-				return nil, 0, err
-			}
-		}
+	if tbl != nil && d.l1[i]&flagCopied != 0 {
 		return tbl, off, nil
 	}
+	// A new table: empty, or a copy of a table without the COPIED flag
+	// (QEMU copies such a table whatever its refcount, and frees the old
+	// one once the L1 entry points at the copy).
+	old := tbl
 	d.allocFor(olForL2, 0, d.cs)
 	off, err = d.allocClusters(ctx, 1)
 	if err != nil {
@@ -260,12 +252,27 @@ func (d *Driver) ensureL2(ctx context.Context, i int64) ([]byte, int64, error) {
 		return nil, 0, err
 	}
 	tbl = make([]byte, d.cs)
+	copy(tbl, old)
 	if err := d.file.Write(ctx, off, tbl, 0); err != nil {
 		return nil, 0, err
 	}
-	d.l2c.put(off, tbl)
+	tbl = d.l2c.put(off, tbl)
+	oldEntry := d.l1[i]
 	if err := d.setL1(ctx, i, uint64(off)|flagCopied); err != nil {
 		return nil, 0, err
+	}
+	if old != nil {
+		// The copy and the L1 entry made stable, the old table goes
+		// at once, as in QEMU (the next allocation may reuse it).
+		if err := d.syncMeta(ctx); err != nil {
+			return nil, 0, err
+		}
+		if err := d.file.Flush(ctx); err != nil {
+			return nil, 0, err
+		}
+		if err := d.freeEntryNow(ctx, oldEntry&offsetMask, d.passOther); err != nil {
+			return nil, 0, err
+		}
 	}
 	return tbl, off, nil
 }
