@@ -507,6 +507,9 @@ func (n *Node) Discard(ctx context.Context, from *Child, off, length int64) (err
 		return err
 	}
 	defer func() { n.end(&r, err) }()
+	if n.ejected() {
+		return errEjected // before discard=ignore, as QEMU checks
+	}
 	if length == 0 || n.discard != "unmap" {
 		return nil
 	}

@@ -77,6 +77,9 @@ func (g *Graph) qmpQueryNamedBlockNodes(ctx context.Context, args json.RawMessag
 	}
 	g.Lock()
 	defer g.Unlock()
+	if err := g.checkEjected(); err != nil {
+		return nil, err
+	}
 	return g.QueryNamedBlockNodes(ctx, a.Flat), nil
 }
 

@@ -157,6 +157,8 @@ func wireErrno(err error) uint32 {
 		return errNotSup
 	case syscall.ESHUTDOWN:
 		return errShutdown
+	case syscall.ENOMEDIUM:
+		return errInval // QEMU's default for errnos NBD has no value for
 	}
 	return errInval
 }

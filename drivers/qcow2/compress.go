@@ -188,6 +188,9 @@ func (d *Driver) writeOneCompressed(ctx context.Context, off int64, data []byte)
 		return err
 	}
 	d.file.DebugEvent(blockdev.DbgL2UpdateCompressed)
+	if err := d.preWrite(ctx, 0, host, int64(len(out))); err != nil {
+		return err
+	}
 	d.file.DebugEvent("write_compressed")
 	if err := d.file.Write(ctx, host, out, 0); err != nil {
 		return err
@@ -226,6 +229,7 @@ func (d *Driver) allocBytes(ctx context.Context, size int64) (int64, error) {
 			return 0, err
 		}
 	default:
+		d.allocFor(olForData, 0, size)     // checked before it is counted
 		nc, err := d.allocClusters(ctx, 1) // counts its reference
 		if err != nil {
 			return 0, err

@@ -197,6 +197,9 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	if d.passOther, err = o.Bool("pass-discard-other", false); err != nil {
 		return err
 	}
+	if d.olCheck, err = parseOverlapCheck(o); err != nil {
+		return err
+	}
 	nl2, nrb, err := cacheSizes(o, d.cs, h.size)
 	if err != nil {
 		return err
@@ -220,6 +223,7 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	for i := range d.rt {
 		d.rt[i] = binary.BigEndian.Uint64(rtbuf[8*i:])
 	}
+	d.olRebuild()
 
 	if ctx, err = d.enterChain(ctx); err != nil {
 		return err

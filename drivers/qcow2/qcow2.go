@@ -103,6 +103,12 @@ type Driver struct {
 
 	passReq, passOther bool
 
+	// Metadata overlap checks (overlap.go): the structures checked, the
+	// L2 tables' and refcount blocks' offsets, the next allocation's use.
+	olCheck    olMask
+	olL2, olRB sortedOffs
+	olNext     olAlloc
+
 	failed     atomic.Bool // fatal corruption: every request fails
 	corruptMu  sync.Mutex
 	onCorrupt  CorruptionHandler
@@ -135,7 +141,8 @@ func cx(v uint64) string {
 func (d *Driver) corruption(ctx context.Context, msg string, off, size int64) error {
 	fatal := !d.ro
 	d.corruptMu.Lock()
-	first := !d.reported
+	// After the first event, QEMU reports only a first fatal one.
+	first := !d.reported || fatal && !d.failed.Load()
 	d.reported = true
 	h := d.onCorrupt
 	d.corruptMu.Unlock()
@@ -154,10 +161,11 @@ func (d *Driver) corruption(ctx context.Context, msg string, off, size int64) er
 	return fmt.Errorf("%s: %w", msg, syscall.EIO)
 }
 
-// check fails requests once the node hit fatal corruption.
+// check fails requests once the node hit fatal corruption: QEMU takes
+// the driver away from the node, whose requests then find no medium.
 func (d *Driver) check() error {
 	if d.failed.Load() {
-		return fmt.Errorf("qcow2 image is corrupt: %w", syscall.EIO)
+		return fmt.Errorf("qcow2 image is corrupt: %w", syscall.ENOMEDIUM)
 	}
 	return nil
 }
@@ -581,6 +589,9 @@ func (d *Driver) writeEntries(ctx context.Context, tbl []byte, tblOff int64, i i
 	// the request now, as writing it through would.
 	if tblOff+8*(i+int64(len(entries))) > d.file.Length() {
 		return blockdev.ErrOutOfRange
+	}
+	if err := d.preWrite(ctx, olActiveL2, tblOff, d.cs); err != nil {
+		return err
 	}
 	t := d.l2c.change(tblOff, tbl, int(8*i), int(8*(i+int64(len(entries)))))
 	for j, e := range entries {

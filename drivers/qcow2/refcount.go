@@ -112,6 +112,9 @@ func (d *Driver) addRefcount(ctx context.Context, c, n int64, delta int64, disca
 		lo := i * int64(d.rcBits) / 8
 		hi := ((i+k)*int64(d.rcBits) + 7) / 8
 		d.file.DebugEvent(blockdev.DbgRefblockUpdatePart)
+		if err := d.preWrite(ctx, olRefcountBlock, off, d.cs); err != nil {
+			return err
+		}
 		if err := d.file.Write(ctx, off+lo, b[lo:hi], 0); err != nil {
 			return err
 		}
@@ -201,6 +204,8 @@ func (d *Driver) findFree(ctx context.Context, n int64) (int64, error) {
 // cluster of the range it covers, and a run must fit beside it.
 func (d *Driver) allocClusters(ctx context.Context, n int64) (int64, error) {
 	d.file.DebugEvent(blockdev.DbgClusterAlloc)
+	use := d.olNext
+	d.olNext = olAlloc{}
 	if n > d.maxAlloc() {
 		return 0, fmt.Errorf("cannot allocate %d contiguous clusters with %d-bit refcounts: %w", n, d.rcBits, syscall.EFBIG)
 	}
@@ -231,7 +236,7 @@ func (d *Driver) allocClusters(ctx context.Context, n int64) (int64, error) {
 			// Metadata took clusters: look again.
 			continue
 		}
-		if err := d.overlapCheck(ctx, start*d.cs, n*d.cs); err != nil {
+		if err := d.allocCheck(ctx, use, start*d.cs); err != nil {
 			return 0, err
 		}
 		if err := d.ensureLen(ctx, (start+n)*d.cs); err != nil {
@@ -245,25 +250,6 @@ func (d *Driver) allocClusters(ctx context.Context, n int64) (int64, error) {
 		}
 		return start * d.cs, nil
 	}
-}
-
-// overlapCheck refuses to hand out clusters holding the header, the L1
-// table or the refcount table: refcounts that call them free are corrupt.
-func (d *Driver) overlapCheck(ctx context.Context, off, n int64) error {
-	areas := []struct {
-		name     string
-		off, len int64
-	}{
-		{"qcow2_header", 0, d.cs},
-		{"active L1 table", int64(d.h.l1Off), int64(len(d.l1)) * 8},
-		{"refcount table", int64(d.h.refTableOff), int64(d.h.refTableCluster) * d.cs},
-	}
-	for _, a := range areas {
-		if a.len > 0 && off < a.off+a.len && a.off < off+n {
-			return d.corruption(ctx, fmt.Sprintf("Preventing invalid allocation of metadata area (overlaps with %s)", a.name), off, n)
-		}
-	}
-	return nil
 }
 
 // maxAlloc is the largest run allocClusters handles.
@@ -333,6 +319,9 @@ func (d *Driver) newRefBlock(ctx context.Context, ti int64) error {
 	b := make([]byte, d.cs)
 	d.rcSet(b, 0, 1)
 	d.file.DebugEvent(blockdev.DbgRefblockAllocWrite)
+	if err := d.preWrite(ctx, olRefcountBlock, c*d.cs, d.cs); err != nil {
+		return err
+	}
 	if err := d.file.Write(ctx, c*d.cs, b, 0); err != nil {
 		return err
 	}
@@ -342,6 +331,7 @@ func (d *Driver) newRefBlock(ctx context.Context, ti int64) error {
 		return blockdev.ErrOutOfRange // a corrupt table offset fails the request now
 	}
 	d.file.DebugEvent(blockdev.DbgRefblockAllocHookup)
+	d.olTrackRT(d.rt[ti], uint64(c*d.cs))
 	d.rt[ti] = uint64(c * d.cs)
 	d.rtDirty.add(ti)
 	d.rbc.put(c*d.cs, b)
@@ -380,6 +370,9 @@ func (d *Driver) growRefTable(ctx context.Context, minEntries int64) error {
 		b := make([]byte, d.cs)
 		for c := (old + j) * d.rbn; c < min((old+j+1)*d.rbn, r+used); c++ {
 			d.rcSet(b, c%d.rbn, 1)
+		}
+		if err := d.preWrite(ctx, olRefcountBlock, (r+j)*d.cs, d.cs); err != nil {
+			return err
 		}
 		if err := d.file.Write(ctx, (r+j)*d.cs, b, 0); err != nil {
 			return err
@@ -536,5 +529,6 @@ func (d *Driver) installRefTable(ctx context.Context, nt []uint64, tOff, tc int6
 	d.rtDirty = entryRange{} // the new table holds every entry
 	d.h.refTableOff, d.h.refTableCluster = uint64(tOff), uint32(tc)
 	d.rt = nt
+	d.olRebuild()
 	return nil
 }

@@ -9,9 +9,8 @@ import (
 
 // reopenOptions are qcow2's options that change on reopen (QEMU's
 // qcow2_mutable_opts); all of them may be left out, going back to their
-// defaults. pass-discard-snapshot and overlap-check are accepted and
-// checked, and have nothing to act on: images with internal snapshots are
-// read-only here, and metadata overlaps are always checked.
+// defaults. pass-discard-snapshot is accepted and checked, and has nothing
+// to act on: images with internal snapshots are read-only here.
 var reopenOptions = []string{
 	"lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
 	"pass-discard-other", "overlap-check", "cache-size", "l2-cache-size",
@@ -27,6 +26,7 @@ func (d *Driver) ReopenOptions() (changeable, resettable []string) {
 type reopenSettings struct {
 	lazy, passReq, passOther bool
 	l2Tables, refBlocks      int
+	olCheck                  olMask
 }
 
 // ReopenPrepare checks the new options and that the image may change to
@@ -57,6 +57,9 @@ func (d *Driver) ReopenPrepare(ctx context.Context, rs *blockdev.ReopenState) er
 		return err
 	}
 	if st.l2Tables, st.refBlocks, err = cacheSizes(o, d.cs, d.h.size); err != nil {
+		return err
+	}
+	if st.olCheck, err = parseOverlapCheck(o); err != nil {
 		return err
 	}
 	if rs.ReadOnly && !d.ro || !d.ro && d.lazy && !st.lazy {
@@ -96,6 +99,7 @@ func (d *Driver) ReopenCommit(rs *blockdev.ReopenState) {
 	d.ro = rs.ReadOnly
 	d.autoclearPending.Store(!d.ro && d.h.autoclear != 0)
 	d.lazy, d.passReq, d.passOther = st.lazy, st.passReq, st.passOther
+	d.olCheck = st.olCheck
 	d.l2c.resize(st.l2Tables)
 	d.rbc.resize(st.refBlocks)
 }

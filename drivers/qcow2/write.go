@@ -67,6 +67,9 @@ func (d *Driver) writeInPlace(ctx context.Context, off int64, p []byte) (bool, e
 		o += n
 	}
 	for _, r := range runs {
+		if err := d.preWrite(ctx, 0, r.host, r.n); err != nil {
+			return true, err
+		}
 		d.file.DebugEvent("write_aio") // guest data: blkdebug's write_aio
 		if err := d.file.Write(ctx, r.host, p[:r.n], 0); err != nil {
 			return true, err
@@ -77,28 +80,16 @@ func (d *Driver) writeInPlace(ctx context.Context, off int64, p []byte) (bool, e
 }
 
 // needsAlloc tells whether a write to the cluster with entry e must put
-// the data into a new cluster, after fixing a missing COPIED flag on an
-// unshared cluster.
+// the data into a new cluster: anything but a normal cluster with the
+// COPIED flag. A normal cluster without the flag is copied even when its
+// refcount is 1, as QEMU does (the flag is what says the cluster is ours
+// alone; qemu-img check repairs a missing one).
 func (d *Driver) needsAlloc(ctx context.Context, vc int64, e uint64) (bool, error) {
-	k, host, err := d.classify(ctx, vc, e)
+	k, _, err := d.classify(ctx, vc, e)
 	if err != nil {
 		return false, err
 	}
-	if k != kNormal {
-		return true, nil
-	}
-	if e&flagCopied != 0 {
-		return false, nil
-	}
-	rc, err := d.refcount(ctx, host/d.cs)
-	if err != nil || rc != 1 {
-		return true, err
-	}
-	tbl, tblOff, err := d.l2Table(ctx, vc/d.l2n)
-	if err != nil {
-		return false, err
-	}
-	return false, d.writeEntries(ctx, tbl, tblOff, vc%d.l2n, []uint64{e | flagCopied})
+	return k != kNormal || e&flagCopied == 0, nil
 }
 
 // writeLocked writes p at off under the exclusive lock, allocating.
@@ -123,6 +114,9 @@ func (d *Driver) writeLocked(ctx context.Context, off int64, p []byte) error {
 		if !alloc {
 			e, _ = d.entry(ctx, vc)
 			n := min(int64(len(p)), d.cs-in)
+			if err := d.preWrite(ctx, 0, int64(e&offsetMask)+in, n); err != nil {
+				return err
+			}
 			d.file.DebugEvent("write_aio") // guest data: blkdebug's write_aio
 			if err := d.file.Write(ctx, int64(e&offsetMask)+in, p[:n], 0); err != nil {
 				return err
@@ -164,6 +158,7 @@ func (d *Driver) writeLocked(ctx context.Context, off int64, p []byte) error {
 func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int64, data []byte) error {
 	m := int64(len(old))
 	fileEnd := d.file.Length()
+	d.allocFor(olForData, in, int64(len(data)))
 	host, err := d.allocClusters(ctx, m)
 	if err != nil {
 		return err
@@ -283,34 +278,46 @@ func (d *Driver) ensureL2(ctx context.Context, i int64) ([]byte, int64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	if tbl != nil {
-		if d.l1[i]&flagCopied == 0 {
-			rc, err := d.refcount(ctx, off/d.cs)
-			if err != nil {
-				return nil, 0, err
-			}
-			if rc != 1 {
-				return nil, 0, fmt.Errorf("shared L2 tables (internal snapshots) cannot be written: %w", syscall.ENOTSUP)
-			}
-			if err := d.setL1(ctx, i, uint64(off)|flagCopied); err != nil {
-				return nil, 0, err
-			}
-		}
+	if tbl != nil && d.l1[i]&flagCopied != 0 {
 		return tbl, off, nil
 	}
+	// A new table: empty, or a copy of a table without the COPIED flag
+	// (QEMU copies such a table whatever its refcount, and frees the old
+	// one once the L1 entry points at the copy).
+	old := tbl
+	d.allocFor(olForL2, 0, d.cs)
 	off, err = d.allocClusters(ctx, 1)
 	if err != nil {
+		return nil, 0, err
+	}
+	// Checked once counted, as QEMU writes the refcount before the table.
+	if err := d.preWrite(ctx, olActiveL2, off, d.cs); err != nil {
 		return nil, 0, err
 	}
 	tbl = make([]byte, d.cs)
 	d.file.DebugEvent(blockdev.DbgL2AllocWrite)
 	d.file.DebugEvent(blockdev.DbgL2Update)
+	copy(tbl, old)
 	if err := d.file.Write(ctx, off, tbl, 0); err != nil {
 		return nil, 0, err
 	}
-	d.l2c.put(off, tbl)
+	tbl = d.l2c.put(off, tbl)
+	oldEntry := d.l1[i]
 	if err := d.setL1(ctx, i, uint64(off)|flagCopied); err != nil {
 		return nil, 0, err
+	}
+	if old != nil {
+		// The copy and the L1 entry made stable, the old table goes
+		// at once, as in QEMU (the next allocation may reuse it).
+		if err := d.syncMeta(ctx); err != nil {
+			return nil, 0, err
+		}
+		if err := d.file.Flush(ctx); err != nil {
+			return nil, 0, err
+		}
+		if err := d.freeEntryNow(ctx, oldEntry&offsetMask, d.passOther); err != nil {
+			return nil, 0, err
+		}
 	}
 	return tbl, off, nil
 }
@@ -321,6 +328,10 @@ func (d *Driver) setL1(ctx context.Context, i int64, e uint64) error {
 		return blockdev.ErrOutOfRange // a corrupt L1 offset fails the request now
 	}
 	d.file.DebugEvent(blockdev.DbgL1Update)
+	if err := d.preWrite(ctx, olActiveL1, int64(d.h.l1Off)+8*i, 8); err != nil {
+		return err
+	}
+	d.olTrackL1(d.l1[i], e)
 	d.l1[i] = e
 	d.l1Dirty.add(i)
 	return nil
@@ -625,6 +636,9 @@ func (d *Driver) growL1(ctx context.Context, need int64) error {
 			return err
 		}
 		d.file.DebugEvent(blockdev.DbgL1GrowWriteTable)
+		if err := d.preWrite(ctx, olActiveL1, int64(d.h.l1Off)+have*8, (need-have)*8); err != nil {
+			return err
+		}
 		if err := d.file.Write(ctx, int64(d.h.l1Off)+have*8, make([]byte, (need-have)*8), 0); err != nil {
 			return err
 		}
@@ -637,6 +651,7 @@ func (d *Driver) growL1(ctx context.Context, need int64) error {
 			return err
 		}
 	} else {
+		d.allocFor(olForL1, 0, need*8)
 		off, err := d.allocClusters(ctx, newClusters)
 		if err != nil {
 			return err
@@ -704,6 +719,7 @@ func (d *Driver) MakeEmpty(ctx context.Context) error {
 		}
 	}
 	clear(d.l1)
+	d.olRebuild()
 	for _, l1e := range old {
 		off := int64(l1e & offsetMask)
 		if off == 0 {
@@ -809,6 +825,9 @@ func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOf
 		}
 		if !alloc {
 			e, _ = d.entry(ctx, vc)
+			if err := d.preWrite(ctx, 0, int64(e&offsetMask), d.cs); err != nil {
+				return err
+			}
 			if err := d.copyToHost(ctx, int64(e&offsetMask), d.cs, fd, fileOff); err != nil {
 				return err
 			}
@@ -830,6 +849,7 @@ func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOf
 			old = append(old, e2)
 		}
 		m := int64(len(old))
+		d.allocFor(olForData, 0, m*d.cs)
 		host, err := d.allocClusters(ctx, m)
 		if err != nil {
 			return err

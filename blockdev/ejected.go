@@ -1,0 +1,38 @@
+package blockdev
+
+import (
+	"fmt"
+	"syscall"
+
+	"github.com/qbmond/qbmond/qmp"
+)
+
+// errEjected fails the requests the block layer answers itself for a
+// node whose driver stopped serving it.
+var errEjected = fmt.Errorf("No medium found: %w", syscall.ENOMEDIUM)
+
+// Ejecter is a driver that can stop serving its node for good: QEMU takes
+// the driver away from a node whose format driver found fatal corruption
+// (qcow2 marks the image corrupt), after which the node's requests find
+// no medium and the node cannot be described.
+type Ejecter interface {
+	Ejected() bool
+}
+
+// ejected tells whether n's driver has stopped serving it.
+func (n *Node) ejected() bool {
+	e, ok := n.drv.(Ejecter)
+	return ok && e.Ejected()
+}
+
+// checkEjected fails query-named-block-nodes as QEMU does when a node
+// in the list has lost its driver (the first one, in the list's order).
+// Caller holds the graph lock.
+func (g *Graph) checkEjected() error {
+	for n := g.tail; n != nil; n = n.prev {
+		if n.ejected() {
+			return qmp.Errorf("Block device %s is ejected", n.name)
+		}
+	}
+	return nil
+}
