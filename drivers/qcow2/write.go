@@ -157,7 +157,6 @@ func (d *Driver) writeLocked(ctx context.Context, off int64, p []byte) error {
 // the L2 entries at them and drops the old clusters.
 func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int64, data []byte) error {
 	m := int64(len(old))
-	fileEnd := d.file.Length()
 	d.allocFor(olForData, in, int64(len(data)))
 	host, err := d.allocClusters(ctx, m)
 	if err != nil {
@@ -166,18 +165,20 @@ func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int6
 	writeEvents := d.cowEvents(ctx, vc, old, in, int64(len(data)))
 	var buf []byte
 	at := host
-	fresh, err := d.freshZeroGaps(ctx, vc, old, in, int64(len(data)), host >= fileEnd)
-	if err != nil {
-		return err
+	whole := in == 0 && int64(len(data)) == m*d.cs
+	zeroed := false
+	if !whole {
+		if zeroed, err = d.zeroGaps(ctx, vc, old, in, int64(len(data)), host); err != nil {
+			return err
+		}
 	}
 	switch {
-	case in == 0 && int64(len(data)) == m*d.cs:
+	case whole:
 		buf = data
-	case fresh:
-		// The new clusters lie past the old end of the image file, so
-		// they read as zeroes already, and so would the parts of them
-		// the request leaves out: write the data alone. (A small write
-		// into a thin image would otherwise write a whole cluster.)
+	case zeroed:
+		// The new clusters were zeroed whole by the file (an fallocate,
+		// not a buffer of zeroes): write the data alone. A small write
+		// into a thin image would otherwise write a whole cluster.
 		buf, at = data, host+in
 	default:
 		buf = make([]byte, m*d.cs)
@@ -223,15 +224,12 @@ func (d *Driver) readsZero(ctx context.Context, vc int64, e uint64) (bool, error
 	return k == kZero || k == kUnalloc && d.backing == nil, err
 }
 
-// freshZeroGaps tells whether an allocating write of n bytes at byte in
-// of guest cluster vc may leave out the rest of its new clusters: they
-// must be fresh (past the image file's end before the allocation, so they
-// read as zeroes) and the guest content the write keeps around its data
-// (head of the first cluster, tail of the last) must read as zeroes too.
-func (d *Driver) freshZeroGaps(ctx context.Context, vc int64, old []uint64, in, n int64, fresh bool) (bool, error) {
-	if !fresh {
-		return false, nil
-	}
+// zeroGaps is QEMU's answer to a partial write into new clusters whose
+// guest content around the data (head of the first cluster, tail of the
+// last) reads as zeroes: instead of writing buffers of zeroes, it asks the
+// file to zero the new clusters whole without falling back to buffers. It
+// tells whether that was done; false leaves the clusters to the caller.
+func (d *Driver) zeroGaps(ctx context.Context, vc int64, old []uint64, in, n, host int64) (bool, error) {
 	m := int64(len(old))
 	if in > 0 {
 		if z, err := d.readsZero(ctx, vc, old[0]); err != nil || !z {
@@ -239,9 +237,18 @@ func (d *Driver) freshZeroGaps(ctx context.Context, vc int64, old []uint64, in, 
 		}
 	}
 	if in+n < m*d.cs {
-		return d.readsZero(ctx, vc+m-1, old[m-1])
+		if z, err := d.readsZero(ctx, vc+m-1, old[m-1]); err != nil || !z {
+			return false, err
+		}
 	}
-	return true, nil
+	switch err := d.file.WriteZeroes(ctx, host, m*d.cs, blockdev.ReqNoFallback); {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, blockdev.ErrNotSupported):
+		return false, nil
+	default:
+		return false, err
+	}
 }
 
 // fillBase fills dst with the current guest content of cluster vc, whose
