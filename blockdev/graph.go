@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 
 	"github.com/rs/zerolog"
+
+	"github.com/qbmond/qbmond/keyval"
 )
 
 // Graph is the node graph: every open node by name, in opening order, and
@@ -113,22 +115,14 @@ func (g *Graph) listRemove(n *Node) {
 // CheckNodeName applies QEMU's node-name rules: a letter first, then
 // letters, digits, '-', '.' and '_', at most 31 characters.
 func CheckNodeName(name string) error {
-	if name == "" || !isLetter(name[0]) {
+	if !keyval.IDWellFormed(name) {
 		return fmt.Errorf("Invalid node-name: '%s'", name)
-	}
-	for i := 1; i < len(name); i++ {
-		c := name[i]
-		if !isLetter(c) && !(c >= '0' && c <= '9') && c != '-' && c != '.' && c != '_' {
-			return fmt.Errorf("Invalid node-name: '%s'", name)
-		}
 	}
 	if len(name) > 31 {
 		return errors.New("Node name too long")
 	}
 	return nil
 }
-
-func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 
 // autoName returns the next "#block" name: a counter followed by two random
 // digits, as QEMU's id_generate does (so clients cannot rely on the names).

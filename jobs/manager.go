@@ -32,6 +32,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/qbmond/qbmond/keyval"
 	"github.com/qbmond/qbmond/qmp"
 )
 
@@ -58,23 +59,6 @@ type Manager struct {
 func New(em Emitter, log zerolog.Logger) *Manager {
 	return &Manager{em: em, log: log}
 }
-
-// validID is QEMU's rule for ids: a letter, then letters, digits, '-', '.'
-// and '_'.
-func validID(id string) bool {
-	if id == "" || !isAlpha(id[0]) {
-		return false
-	}
-	for i := 1; i < len(id); i++ {
-		c := id[i]
-		if !isAlpha(c) && !(c >= '0' && c <= '9') && c != '-' && c != '.' && c != '_' {
-			return false
-		}
-	}
-	return true
-}
-
-func isAlpha(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 
 // Start creates a job and starts it: CREATED and RUNNING are emitted, and
 // the body runs in its own goroutine. Start returns once the body has gone
@@ -103,7 +87,7 @@ func (m *Manager) Create(spec Spec) (*Job, error) {
 
 // createCtl is Create with the control lock held.
 func (m *Manager) createCtl(spec Spec) (*Job, error) {
-	if !validID(spec.ID) {
+	if !keyval.IDWellFormed(spec.ID) {
 		return nil, fmt.Errorf("Invalid job ID '%s'", spec.ID)
 	}
 	if spec.Run == nil {

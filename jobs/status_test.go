@@ -3,6 +3,8 @@ package jobs
 import (
 	"strings"
 	"testing"
+
+	"github.com/qbmond/qbmond/keyval"
 )
 
 // QEMU 7.2's tables, written out by hand as rows of the status initials
@@ -97,8 +99,8 @@ func TestValidID(t *testing.T) {
 		"a": true, "Job-1.x_y": true, "z9": true,
 		"": false, "1a": false, "-a": false, "_a": false, "a b": false, "a/b": false, "é": false, "a#": false,
 	} {
-		if got := validID(id); got != want {
-			t.Errorf("validID(%q) = %v, want %v", id, got, want)
+		if got := keyval.IDWellFormed(id); got != want {
+			t.Errorf("IDWellFormed(%q) = %v, want %v", id, got, want)
 		}
 	}
 }

@@ -211,6 +211,21 @@ func keyIndex(k string) int {
 }
 
 func isAlpha(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
+
+// IDWellFormed is QEMU's rule for the ids a user gives (node names, job
+// ids, blkdebug config section ids): a letter, then letters, digits, '-',
+// '.' and '_'.
+func IDWellFormed(id string) bool {
+	if id == "" || !isAlpha(id[0]) {
+		return false
+	}
+	for i := 1; i < len(id); i++ {
+		if c := id[i]; !isAlnum(c) && c != '-' && c != '.' && c != '_' {
+			return false
+		}
+	}
+	return true
+}
 func isAlnum(c byte) bool { return isAlpha(c) || c >= '0' && c <= '9' }
 
 // qapiNameLen returns the length of the QAPI name at the start of s (0 if

@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/qbmond/qbmond/internal/acceptretry"
 )
 
 // Export is one named export of a Server.
@@ -195,12 +196,12 @@ func (s *Server) Serve(l net.Listener) error {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			if !temporaryAcceptError(err) {
+			if !acceptretry.Temporary(err) {
 				return err
 			}
 			// Out of descriptors or memory for now: wait and try again,
 			// longer each time, rather than spin or stop serving.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			backoff = acceptretry.Next(backoff, time.Second)
 			s.log.Warn().Err(err).Dur("retry_in", backoff).Msg("nbd: cannot accept a client")
 			select {
 			case <-time.After(backoff):
@@ -212,19 +213,6 @@ func (s *Server) Serve(l net.Listener) error {
 		backoff = 0
 		s.serveConn(nc)
 	}
-}
-
-// temporaryAcceptError tells an accept failure that passes (no descriptor
-// or buffer free at the moment, a client gone before it was accepted) from
-// a broken listener.
-func temporaryAcceptError(err error) bool {
-	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
-		syscall.ECONNABORTED, syscall.EINTR, syscall.EAGAIN} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
 }
 
 // waitSlot waits until the server has room for another client; false when

@@ -3,14 +3,14 @@ package qmp
 import (
 	"bufio"
 	"context"
-	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/qbmond/qbmond/internal/acceptretry"
 )
 
 // Server serves QMP on any number of listeners, each with any number of
@@ -82,13 +82,13 @@ func (a *acceptor) serve(l net.Listener, handle func(net.Conn)) error {
 		}
 		if err != nil {
 			a.mu.Unlock()
-			if !temporaryAcceptError(err) {
+			if !acceptretry.Temporary(err) {
 				return err
 			}
 			// Out of descriptors (say, NBD clients hold them all) or
 			// memory for now: keep the listener and try again shortly,
 			// so that the monitor answers again once they are free.
-			backoff = min(max(2*backoff, 5*time.Millisecond), 200*time.Millisecond)
+			backoff = acceptretry.Next(backoff, 200*time.Millisecond)
 			time.Sleep(backoff)
 			continue
 		}
@@ -107,39 +107,25 @@ func (a *acceptor) serve(l net.Listener, handle func(net.Conn)) error {
 	}
 }
 
-// temporaryAcceptError tells an accept failure that passes from a broken
-// listener.
-func temporaryAcceptError(err error) bool {
-	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
-		syscall.ECONNABORTED, syscall.EINTR, syscall.EAGAIN} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
-}
-
 func (a *acceptor) close() error {
-	a.mu.Lock()
-	a.closed = true
-	var first error
-	for l := range a.listeners {
-		if err := l.Close(); err != nil && first == nil {
-			first = err
-		}
-	}
-	for c := range a.conns {
-		c.Close()
-	}
-	a.mu.Unlock()
-	a.wg.Wait()
-	return first
+	return a.shut(func(c net.Conn) { c.Close() })
 }
 
 // closeGently is close, except that each connection only stops reading
 // (where it can) and its handler ends it after its output is written,
 // within grace.
 func (a *acceptor) closeGently(grace time.Duration) error {
+	return a.shut(func(c net.Conn) {
+		c.SetWriteDeadline(time.Now().Add(grace))
+		if r, ok := c.(interface{ CloseRead() error }); !ok || r.CloseRead() != nil {
+			c.Close()
+		}
+	})
+}
+
+// shut closes the listeners, ends each connection with end and waits for
+// their handlers; it returns the first listener's close error.
+func (a *acceptor) shut(end func(net.Conn)) error {
 	a.mu.Lock()
 	a.closed = true
 	var first error
@@ -149,10 +135,7 @@ func (a *acceptor) closeGently(grace time.Duration) error {
 		}
 	}
 	for c := range a.conns {
-		c.SetWriteDeadline(time.Now().Add(grace))
-		if r, ok := c.(interface{ CloseRead() error }); !ok || r.CloseRead() != nil {
-			c.Close()
-		}
+		end(c)
 	}
 	a.mu.Unlock()
 	a.wg.Wait()

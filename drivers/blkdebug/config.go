@@ -35,6 +35,7 @@ import (
 	"syscall"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/keyval"
 )
 
 // cfgSection is one section of a config file: its group and its keys in
@@ -231,23 +232,6 @@ func parseConfig(data string) ([]cfgRule, error) {
 	return rules, nil
 }
 
-// idWellFormed is QEMU's rule for ids: a letter, then letters, digits,
-// '-', '.' and '_'.
-func idWellFormed(id string) bool {
-	if id == "" || !isAlpha(id[0]) {
-		return false
-	}
-	for i := 1; i < len(id); i++ {
-		c := id[i]
-		if !isAlpha(c) && !(c >= '0' && c <= '9') && c != '-' && c != '.' && c != '_' {
-			return false
-		}
-	}
-	return true
-}
-
-func isAlpha(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
-
 // checkSection checks one section's group, id and values.
 func checkSection(s *cfgSection, ids map[string]bool) (cfgRule, error) {
 	desc, ok := cfgGroups[s.group]
@@ -255,7 +239,7 @@ func checkSection(s *cfgSection, ids map[string]bool) (cfgRule, error) {
 		return cfgRule{}, fmt.Errorf("There is no option group '%s'", s.group)
 	}
 	if id, ok := s.vals["id"]; ok {
-		if !idWellFormed(id) {
+		if !keyval.IDWellFormed(id) {
 			return cfgRule{}, errors.New("Parameter 'id' expects an identifier")
 		}
 		key := s.group + "\x00" + id
