@@ -37,6 +37,28 @@ const (
 // returns what each op did.
 func blkdebugOps(t *testing.T, k kind, setup string, rules, nodeOpts map[string]any, raw bool, ops []string) []string {
 	t.Helper()
+	d, uri := blkdebugExport(t, k, setup, rules, nodeOpts, raw)
+	defer d.stop()
+	var got []string
+	for _, op := range ops {
+		got = append(got, qemuIOResults(t, uri, op)...)
+	}
+	return got
+}
+
+// blkdebugSession is blkdebugOps with every operation in one qemu-io, over
+// one NBD connection.
+func blkdebugSession(t *testing.T, k kind, setup string, rules map[string]any, raw bool, ops []string) []string {
+	t.Helper()
+	d, uri := blkdebugExport(t, k, setup, rules, nil, raw)
+	defer d.stop()
+	return qemuIOResults(t, uri, ops...)
+}
+
+// blkdebugExport starts a daemon with a blkdebug node below the image and
+// exports it writable over NBD; it returns the daemon and the export's URI.
+func blkdebugExport(t *testing.T, k kind, setup string, rules, nodeOpts map[string]any, raw bool) (*daemon, string) {
+	t.Helper()
 	dir := shortTempDir(t)
 	sh(t, dir, setup)
 	img, format := "t.qcow2", "qcow2"
@@ -52,26 +74,34 @@ func blkdebugOps(t *testing.T, k kind, setup string, rules, nodeOpts map[string]
 		opts[key] = v
 	}
 	d := startDaemon(t, k, dir)
-	defer d.stop()
 	c := d.connect()
 	opts["node-name"] = "n0"
 	c.ok("blockdev-add", opts)
-	var got []string
 	sock := filepath.Join(dir, "nbd.sock")
 	c.ok("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
 	c.ok("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "n0", "writable": true})
 	uri := "nbd+unix:///n0?socket=" + sock
+	return d, uri
+}
+
+// qemuIOResults runs ops in one qemu-io on uri and returns, for each, the
+// op and its result line.
+func qemuIOResults(t *testing.T, uri string, ops ...string) []string {
+	t.Helper()
+	args := []string{"-f", "raw"}
 	for _, op := range ops {
-		out, _ := exec.Command(requireTool(t, "qemu-io"), "-f", "raw", "-c", op, uri).CombinedOutput()
-		res := op + ": ?"
-		for l := range strings.SplitSeq(string(out), "\n") {
-			if strings.HasPrefix(l, "read ") || strings.HasPrefix(l, "wrote ") || strings.HasPrefix(l, "discard ") ||
-				strings.Contains(l, "failed") {
-				res = op + ": " + l
-				break
-			}
+		args = append(args, "-c", op)
+	}
+	out, _ := exec.Command(requireTool(t, "qemu-io"), append(args, uri)...).CombinedOutput()
+	var got []string
+	for l := range strings.SplitSeq(string(out), "\n") {
+		if len(got) < len(ops) && (strings.HasPrefix(l, "read ") || strings.HasPrefix(l, "wrote ") ||
+			strings.HasPrefix(l, "discard ") || strings.Contains(l, "failed")) {
+			got = append(got, ops[len(got)]+": "+l)
 		}
-		got = append(got, res)
+	}
+	for len(got) < len(ops) {
+		got = append(got, ops[len(got)]+": ?")
 	}
 	return got
 }
@@ -460,8 +490,8 @@ func TestBlkdebugOpenEventsLikeQSD(t *testing.T) {
 // semantics: a rule armed by write_aio fails every read after it (and
 // with once, only the first). The rules agree; the difference was QSD's
 // NBD server, which drops the connection after a failed read, so that
-// the next read of the same qemu-io fails too. Here each command runs in
-// its own qemu-io.
+// the next read of the same qemu-io fails too. Each command runs in its
+// own qemu-io, then all in one.
 func TestBlkdebugWriteTriggerLikeQSD(t *testing.T) {
 	requireTool(t, "qemu-storage-daemon")
 	ops := []string{"read 0 4k", "write -P 1 0 4k", "read 0 4k", "read 0 4k"}
@@ -474,6 +504,14 @@ func TestBlkdebugWriteTriggerLikeQSD(t *testing.T) {
 			if strings.Join(got, "\n") != strings.Join(want, "\n") {
 				t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 			}
+			// The issue's own form: all in one qemu-io, where a failed
+			// structured read ends QSD's connection, so every read after
+			// it fails too; qbmond's server does the same now.
+			want = blkdebugSession(t, kindQSD, evRaw, rules, true, ops)
+			got = blkdebugSession(t, kindQbmond, evRaw, rules, true, ops)
+			if strings.Join(got, "\n") != strings.Join(want, "\n") {
+				t.Errorf("one session: qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
 		})
 	}
 }
@@ -483,10 +521,9 @@ func TestBlkdebugWriteTriggerLikeQSD(t *testing.T) {
 // after the event fails, so where the event sits among the node's
 // requests decides which guest request fails. qemu-io writes with FUA,
 // which qcow2 emulates with a flush of the node (flush_to_os and
-// flush_to_disk inside the write). Not compared: pwritev_zero on the
-// first write into a fresh cluster, where QEMU zeroes the cluster with a
-// write-zeroes request (raising pwritev_zero) and qbmond writes the zeroes
-// with the data; cluster_free, after which QEMU discards the freed
+// flush_to_disk inside the write); a first write into a fresh cluster
+// zeroes the cluster with a write-zeroes request (pwritev_zero) on both.
+// Not compared: cluster_free, after which QEMU discards the freed
 // clusters at once (a discard that fails silently and takes the once
 // rule) where qbmond frees them once the new mapping is stable; l2_load
 // before a read, where the failure lands in the block status of the NBD
@@ -501,7 +538,7 @@ func TestBlkdebugOnceRulesLikeQSD(t *testing.T) {
 		ops         []string
 		extra       []string
 	}{
-		{"fresh", evFresh, []string{"write -P 1 0 4k", "write -P 1 64k 4k", "write -P 1 0 4k", "read 0 4k"}, nil},
+		{"fresh", evFresh, []string{"write -P 1 0 4k", "write -P 1 64k 4k", "write -P 1 0 4k", "read 0 4k"}, []string{"pwritev_zero"}},
 		{"data", evData, []string{"write -P 1 0 4k", "write -z 0 64k", "write -P 1 256k 64k", "read 64k 4k"}, []string{"pwritev_zero"}},
 		{"reads", evData, []string{"read 0 4k", "read 0 4k", "write -P 1 0 4k", "read 64k 4k"}, nil},
 		{"cow-backing", evBacking, []string{"write -P 5 128k 4k", "read 512k 4k", "write -P 5 0 4k", "read 0 4k"},
