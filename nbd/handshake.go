@@ -232,7 +232,7 @@ func (c *conn) optExportName() (bool, error) {
 }
 
 // optInfo answers NBD_OPT_INFO and NBD_OPT_GO: the name when asked, the
-// description when there is one, the block sizes and the size and flags,
+// description when the export has one (even an empty one), the block sizes and the size and flags,
 // in that order, as QEMU sends them.
 func (c *conn) optInfo(opt uint32) (bool, error) {
 	name, ok, err := c.optReadName()
@@ -268,7 +268,7 @@ func (c *conn) optInfo(opt uint32) (bool, error) {
 			return false, err
 		}
 	}
-	if ex.Description != "" {
+	if ex.Description != "" || ex.DescriptionSet {
 		if err := c.optReply(opt, repInfo, infoString(infoDescription, ex.Description)); err != nil {
 			return false, err
 		}
