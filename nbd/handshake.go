@@ -510,7 +510,8 @@ func (c *conn) enter(ex *export, name string) {
 }
 
 // blockSizes returns the backend's block sizes made valid for the protocol,
-// with the maximum capped to the 32 MiB payload limit.
+// with the maximum capped to the 32 MiB payload limit and a multiple of the
+// minimum.
 func blockSizes(b Backend) (minimum, preferred, maximum uint32) {
 	minimum, preferred, maximum = b.BlockSizes()
 	if minimum == 0 || minimum&(minimum-1) != 0 || minimum > 64<<10 {
@@ -524,8 +525,10 @@ func blockSizes(b Backend) (minimum, preferred, maximum uint32) {
 		maximum = maxPayload
 	}
 	maximum -= maximum % minimum
-	if maximum < preferred {
-		maximum = min(preferred, maxPayload)
+	if maximum < minimum {
+		maximum = minimum
 	}
+	// A maximum below the preferred size is sent as it is, as QEMU
+	// does (a node whose transfer limit is below 4 KiB).
 	return minimum, preferred, maximum
 }
