@@ -94,6 +94,10 @@ func nbd2Peers(t *testing.T) map[kind]string {
 					map[string]any{"event": "write_aio", "state": 3, "errno": 28},
 				}}}, map[string]any{"writable": true})
 		}
+		// The request alignment is the node's own: raw does not take
+		// blkdebug's.
+		add("alignraw", map[string]any{"driver": "raw", "file": map[string]any{"driver": "blkdebug",
+			"max-transfer": 65536, "align": 4096, "image": file(img("s.img", 1))}}, nil)
 		// A limit below the preferred size.
 		add("mtsmall", map[string]any{"driver": "blkdebug", "max-transfer": 1024, "image": file(img("o.img", 1))}, nil)
 		// Block status fails once a read has happened.
@@ -144,10 +148,10 @@ func TestNBDLikeQSD2(t *testing.T) {
 		}
 	}
 	for _, e := range []string{"nodesc", "emptydesc", "desc", "legacyempty", "mt", "mtraw", "mtqcow2", "mtbacking",
-		"mtalign", "mtcor", "mtsmall"} {
+		"mtalign", "mtcor", "mtsmall", "alignraw"} {
 		cases = append(cases, tcase{"info " + e, info(e)})
 	}
-	for _, e := range []string{"mt", "mtraw", "mtqcow2", "mtbacking", "mtalign", "mtcor", "mtsmall"} {
+	for _, e := range []string{"mt", "mtraw", "mtqcow2", "mtbacking", "mtalign", "mtcor", "mtsmall", "alignraw"} {
 		cases = append(cases, tcase{"big read " + e, func(r *rawNBD) {
 			r.goExport(e, false)
 			r.request(0, 0, 1, 512, 512<<10, nil)
