@@ -449,6 +449,7 @@ func (g *Graph) moveEdges(edges []*Child, to *Node) (*edgeMove, error) {
 		m.revert()
 		return nil, err
 	}
+	m.refreshLimits()
 	return m, nil
 }
 
@@ -459,6 +460,16 @@ func (m *edgeMove) revert() {
 	}
 	for n, ps := range m.parents {
 		n.parents = ps
+	}
+	m.refreshLimits()
+}
+
+// refreshLimits refreshes the transfer limits of the moved edges' parents.
+func (m *edgeMove) refreshLimits() {
+	for c := range m.from {
+		if c.parent != nil {
+			c.parent.refreshLimits()
+		}
 	}
 }
 

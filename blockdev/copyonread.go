@@ -91,7 +91,7 @@ func (n *Node) copyOnRead(ctx context.Context, from *Child, off int64, p []byte,
 				return err
 			}
 			copyIt = copyIt && n.span(pos, st.Length).aligned()
-		} else if err := n.drv.Read(ctx, pos, seg); err != nil {
+		} else if err := n.drvRead(ctx, pos, seg); err != nil {
 			return err
 		}
 		if copyIt {
@@ -104,7 +104,7 @@ func (n *Node) copyOnRead(ctx context.Context, from *Child, off int64, p []byte,
 				err = n.drv.WriteZeroes(ctx, pos, st.Length, 0)
 			}
 			if !isZero(seg) || err == ErrNotSupported {
-				err = n.drv.Write(ctx, pos, seg, ReqWriteUnchanged&n.writeFlags)
+				err = n.drvWrite(ctx, pos, seg, ReqWriteUnchanged&n.writeFlags)
 			}
 			if err != nil {
 				return err

@@ -272,6 +272,15 @@ type Aligner interface {
 	RequestAlignment() int64
 }
 
+// TransferLimiter is a driver with a largest request it takes in one
+// piece (blkdebug's max-transfer); MaxTransfer returns 0 for none. The
+// node's entry points split larger reads and writes into pieces of at most
+// that size (rounded down to the request alignment) as QEMU does, and the
+// parents of the node inherit the limit (see Node.MaxTransfer).
+type TransferLimiter interface {
+	MaxTransfer() int64
+}
+
 // FileMapper is a driver whose bytes are, unchanged, the bytes of a range
 // of an open file (file itself; raw over a file, shifted by its offset).
 // An export can then send them with sendfile instead of copying them

@@ -277,6 +277,7 @@ func (g *Graph) open(ctx context.Context, tx *openTx, opts Options, inh inherite
 	}
 	n.opened = true
 	n.align = driverAlignment(n.drv)
+	n.refreshLimits()
 	if err := n.refreshLength(ctx); err != nil {
 		return nil, err
 	}
@@ -513,6 +514,7 @@ func (g *Graph) attach(parent, child *Node, name string, role Role) (*Child, err
 		return nil, err
 	}
 	parent.children = append(parent.children, c)
+	parent.refreshLimits()
 	return c, nil
 }
 
@@ -604,6 +606,7 @@ func (g *Graph) detach(c *Child) {
 				break
 			}
 		}
+		c.parent.refreshLimits()
 	}
 	tx := newPermTx()
 	_ = g.refreshPerms(n, tx) // relaxing cannot conflict

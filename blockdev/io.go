@@ -200,9 +200,50 @@ func (n *Node) Read(ctx context.Context, from *Child, off int64, p []byte) (err 
 		return nil
 	}
 	if n.align <= 1 {
-		return n.drv.Read(ctx, off, p)
+		return n.drvRead(ctx, off, p)
 	}
 	return n.readAligned(ctx, n.span(off, int64(len(p))), p)
+}
+
+// chunk is the largest piece of a request the node passes to its driver
+// at once: its transfer limit rounded down to its alignment (0: no limit).
+func (n *Node) chunk() int64 {
+	m := n.maxTransfer.Load()
+	if m <= 0 {
+		return 0
+	}
+	a := max(n.align, 1)
+	return max(m/a*a, a)
+}
+
+// drvRead reads through the driver in pieces no larger than the node's
+// transfer limit, one after the other, stopping at the first error (QEMU
+// fragments a request that way in bdrv_aligned_preadv).
+func (n *Node) drvRead(ctx context.Context, off int64, p []byte) error {
+	if m := n.chunk(); m > 0 {
+		for int64(len(p)) > m {
+			if err := n.drv.Read(ctx, off, p[:m]); err != nil {
+				return err
+			}
+			off, p = off+m, p[m:]
+		}
+	}
+	return n.drv.Read(ctx, off, p)
+}
+
+// drvWrite is drvRead for writes (QEMU's bdrv_aligned_pwritev). The flags
+// go with every piece: they hold only what the driver honours itself, and
+// an emulated FUA is one flush after the last piece.
+func (n *Node) drvWrite(ctx context.Context, off int64, p []byte, flags ReqFlags) error {
+	if m := n.chunk(); m > 0 {
+		for int64(len(p)) > m {
+			if err := n.drv.Write(ctx, off, p[:m], flags); err != nil {
+				return err
+			}
+			off, p = off+m, p[m:]
+		}
+	}
+	return n.drv.Write(ctx, off, p, flags)
 }
 
 // FileSink receives the data of a read as a range of an open file
@@ -240,7 +281,7 @@ func (n *Node) ReadFile(ctx context.Context, from *Child, off, length int64, sin
 // blocks.
 func (n *Node) fileRange(off, length int64) (int, int64, bool) {
 	m, ok := n.drv.(FileMapper)
-	if !ok || n.align > 1 {
+	if !ok || n.align > 1 || n.chunk() > 0 {
 		return 0, 0, false
 	}
 	return m.FileRange(off, length)
@@ -250,7 +291,7 @@ func (n *Node) fileRange(off, length int64) (int, int64, bool) {
 // and straight into p for the aligned middle.
 func (n *Node) readAligned(ctx context.Context, s span, p []byte) error {
 	if s.aligned() {
-		return n.drv.Read(ctx, s.off, p)
+		return n.drvRead(ctx, s.off, p)
 	}
 	var block []byte
 	if s.hasHead {
@@ -261,7 +302,7 @@ func (n *Node) readAligned(ctx context.Context, s span, p []byte) error {
 		copy(p, block[s.off-s.headBlock:s.headEnd()-s.headBlock])
 	}
 	if s.lo < s.hi {
-		if err := n.drv.Read(ctx, s.lo, p[s.lo-s.off:s.hi-s.off]); err != nil {
+		if err := n.drvRead(ctx, s.lo, p[s.lo-s.off:s.hi-s.off]); err != nil {
 			return err
 		}
 	}
@@ -316,7 +357,7 @@ func (n *Node) Write(ctx context.Context, from *Child, off int64, p []byte, flag
 	wf := flags & n.writeFlags
 	if s.aligned() {
 		n.debugEvent(DbgPwritev)
-		err = n.drv.Write(ctx, off, p, wf)
+		err = n.drvWrite(ctx, off, p, wf)
 		n.debugEvent(DbgPwritevDone)
 	} else {
 		// As in QEMU, the padded request is one write (pwritev ...
@@ -326,7 +367,7 @@ func (n *Node) Write(ctx context.Context, from *Child, off int64, p []byte, flag
 			n.debugEvent(DbgPwritev)
 			err = n.writePads(ctx, s, wf, head, tail, func(dst []byte, at int64) { copy(dst, p[at-off:]) })
 			if err == nil && s.lo < s.hi {
-				err = n.drv.Write(ctx, s.lo, p[s.lo-off:s.hi-off], wf)
+				err = n.drvWrite(ctx, s.lo, p[s.lo-off:s.hi-off], wf)
 			}
 			n.debugEvent(DbgPwritevDone)
 		}

@@ -70,6 +70,9 @@ type Node struct {
 
 	// align is the request alignment, fixed when the driver has opened.
 	align int64
+	// maxTransfer is the largest request the node passes to its driver
+	// (0: no limit); see refreshLimits.
+	maxTransfer atomic.Int64
 	// trk tracks the modifying requests in flight (nodes with align > 1,
 	// and any node while copy-on-read is enabled on it).
 	trk tracker
@@ -136,6 +139,35 @@ func (n *Node) RequestAlignment() int64 {
 		return n.align
 	}
 	return driverAlignment(n.drv)
+}
+
+// MaxTransfer returns the largest request the node hands its driver in
+// one piece, in bytes (0: no limit): the driver's own limit
+// (TransferLimiter), else the smallest of those of the children that hold
+// its data, its filtered node or its backing node, as QEMU's
+// bdrv_refresh_limits works out max_transfer.
+func (n *Node) MaxTransfer() int64 { return n.maxTransfer.Load() }
+
+// refreshLimits works out the node's transfer limit again: when its driver
+// has opened or reopened, and when its children change. Children are
+// opened first, so their limits are known. Caller holds the graph lock.
+func (n *Node) refreshLimits() {
+	var m int64
+	if l, ok := n.drv.(TransferLimiter); ok {
+		m = l.MaxTransfer()
+	}
+	if m <= 0 {
+		m = 0
+		for _, c := range n.children {
+			if c.role&(RoleData|RoleFiltered|RoleCOW) == 0 {
+				continue
+			}
+			if v := c.node.Load().maxTransfer.Load(); v > 0 && (m == 0 || v < m) {
+				m = v
+			}
+		}
+	}
+	n.maxTransfer.Store(m)
 }
 
 func driverAlignment(d Driver) int64 {

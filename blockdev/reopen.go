@@ -307,6 +307,7 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 		n.opts = e.opts
 		n.drvOpts = e.drvOpts
 		n.align = driverAlignment(n.drv)
+		n.refreshLimits()
 		if err := n.refreshLength(ctx); err != nil {
 			g.log.Warn().Err(err).Str("node", n.name).Msg("length after reopen")
 		}

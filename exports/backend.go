@@ -2,6 +2,7 @@ package exports
 
 import (
 	"context"
+	"math"
 
 	"github.com/qbmond/qbmond/blockdev"
 	"github.com/qbmond/qbmond/nbd"
@@ -105,11 +106,19 @@ func (b *nodeBackend) AllocationDepth(ctx context.Context, off, length int64) (u
 	return uint32(depth), st.Length, nil
 }
 
-// BlockSizes advertises the node's request alignment as the minimum, as
-// QEMU does, 4 KiB as preferred and 32 MiB as the largest request.
+// BlockSizes advertises what QEMU does: the node's request alignment as
+// the minimum, at least 4 KiB as preferred, and as the largest request the
+// node's transfer limit (none: 2^31-1) rounded down to the alignment, at
+// most 32 MiB.
 func (b *nodeBackend) BlockSizes() (minimum, preferred, maximum uint32) {
-	minimum = uint32(max(b.root.Node().RequestAlignment(), 1))
-	return minimum, max(4096, minimum), 32 << 20
+	n := b.root.Node()
+	align := max(n.RequestAlignment(), 1)
+	limit := int64(math.MaxInt32)
+	if m := n.MaxTransfer(); m > 0 {
+		limit = min(limit, m)
+	}
+	limit -= limit % align
+	return uint32(align), uint32(max(4096, align)), uint32(min(limit, 32<<20))
 }
 
 // CanMultiConn: QSD 7.2 advertises multi-conn on every export, writable

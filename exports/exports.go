@@ -185,7 +185,7 @@ type exportArgs struct {
 	Writable        bool    `json:"writable"`
 	Writethrough    bool    `json:"writethrough"`
 	Name            *string `json:"name"`
-	Description     string  `json:"description"`
+	Description     *string `json:"description"` // nil: none; "" is sent as an empty description
 	AllocationDepth bool    `json:"allocation-depth"`
 	Bitmaps         []any   `json:"bitmaps"`
 
@@ -261,8 +261,11 @@ func (m *Manager) add(a exportArgs) error {
 		names[i] = b.Name()
 	}
 	be := &nodeBackend{root: root, writable: a.Writable, writethrough: a.Writethrough, bitmaps: bitmaps}
-	err = m.srv.AddExport(&nbd.Export{Name: name, Description: a.Description, Backend: be,
-		Writable: a.Writable, AllocationDepth: a.AllocationDepth, Bitmaps: names})
+	ex := &nbd.Export{Name: name, Backend: be, Writable: a.Writable, AllocationDepth: a.AllocationDepth, Bitmaps: names}
+	if a.Description != nil {
+		ex.Description, ex.DescriptionSet = *a.Description, true
+	}
+	err = m.srv.AddExport(ex)
 	if err != nil {
 		m.g.DetachRoot(root)
 		return err
@@ -288,8 +291,8 @@ func (m *Manager) checkNBD(a exportArgs) error {
 	if len(name) > 4096 {
 		return fmt.Errorf("export name '%s' too long", name)
 	}
-	if len(a.Description) > 4096 {
-		return fmt.Errorf("description '%s' too long", a.Description)
+	if a.Description != nil && len(*a.Description) > 4096 {
+		return fmt.Errorf("description '%s' too long", *a.Description)
 	}
 	for _, e := range m.exports {
 		if e.name == name {
@@ -456,7 +459,7 @@ func (m *Manager) cmdServerAdd(_ context.Context, raw json.RawMessage) (any, err
 	var a struct {
 		Device      string  `json:"device"`
 		Name        *string `json:"name"`
-		Description string  `json:"description"`
+		Description *string `json:"description"`
 		Writable    bool    `json:"writable"`
 		Bitmap      *string `json:"bitmap"`
 	}

@@ -232,7 +232,7 @@ func (c *conn) optExportName() (bool, error) {
 }
 
 // optInfo answers NBD_OPT_INFO and NBD_OPT_GO: the name when asked, the
-// description when there is one, the block sizes and the size and flags,
+// description when the export has one (even an empty one), the block sizes and the size and flags,
 // in that order, as QEMU sends them.
 func (c *conn) optInfo(opt uint32) (bool, error) {
 	name, ok, err := c.optReadName()
@@ -268,7 +268,7 @@ func (c *conn) optInfo(opt uint32) (bool, error) {
 			return false, err
 		}
 	}
-	if ex.Description != "" {
+	if ex.Description != "" || ex.DescriptionSet {
 		if err := c.optReply(opt, repInfo, infoString(infoDescription, ex.Description)); err != nil {
 			return false, err
 		}
@@ -510,7 +510,8 @@ func (c *conn) enter(ex *export, name string) {
 }
 
 // blockSizes returns the backend's block sizes made valid for the protocol,
-// with the maximum capped to the 32 MiB payload limit.
+// with the maximum capped to the 32 MiB payload limit and a multiple of the
+// minimum.
 func blockSizes(b Backend) (minimum, preferred, maximum uint32) {
 	minimum, preferred, maximum = b.BlockSizes()
 	if minimum == 0 || minimum&(minimum-1) != 0 || minimum > 64<<10 {
@@ -524,8 +525,10 @@ func blockSizes(b Backend) (minimum, preferred, maximum uint32) {
 		maximum = maxPayload
 	}
 	maximum -= maximum % minimum
-	if maximum < preferred {
-		maximum = min(preferred, maxPayload)
+	if maximum < minimum {
+		maximum = minimum
 	}
+	// A maximum below the preferred size is sent as it is, as QEMU
+	// does (a node whose transfer limit is below 4 KiB).
 	return minimum, preferred, maximum
 }

@@ -19,6 +19,10 @@ type Export struct {
 	Name string
 	// Description is sent with NBD_OPT_LIST and NBD_INFO_DESCRIPTION.
 	Description string
+	// DescriptionSet sends NBD_INFO_DESCRIPTION even when Description is
+	// empty: QEMU sends one whenever the export was given a description,
+	// "" included.
+	DescriptionSet bool
 	// Backend serves the data.
 	Backend Backend
 	// Writable lets clients write; the export is also read-only when the

@@ -98,7 +98,10 @@ type Driver struct {
 	image *blockdev.Child
 	plain bool // no options but the image: the node has a plain file name
 	align int64
-	take  blockdev.Perm
+	// maxTransfer is the max-transfer option (0: none): the node splits
+	// larger reads and writes, and its parents inherit the limit.
+	maxTransfer int64
+	take        blockdev.Perm
 	// unshare holds the permissions the node keeps others from holding on
 	// the image.
 	unshare blockdev.Perm
@@ -156,7 +159,7 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 }
 
 // parseLimits checks align, max-transfer and the write-zeroes and discard
-// limits as QEMU does; only align changes how requests arrive.
+// limits as QEMU does; align and max-transfer change how requests arrive.
 func (d *Driver) parseLimits(o blockdev.Options) error {
 	get := func(key string) (int64, error) {
 		v, _, err := o.Int(key)
@@ -193,7 +196,7 @@ func (d *Driver) parseLimits(o blockdev.Options) error {
 		}
 		return v, nil
 	}
-	if _, err := check("max-transfer", align); err != nil {
+	if d.maxTransfer, err = check("max-transfer", align); err != nil {
 		return err
 	}
 	owz, err := check("opt-write-zero", align)
@@ -487,6 +490,9 @@ func (d *Driver) SupportedWriteFlags() blockdev.ReqFlags {
 
 // RequestAlignment is the align option (1 without it).
 func (d *Driver) RequestAlignment() int64 { return max(d.align, 1) }
+
+// MaxTransfer is the max-transfer option (0 without it).
+func (d *Driver) MaxTransfer() int64 { return d.maxTransfer }
 
 // Truncate resizes the image.
 func (d *Driver) Truncate(ctx context.Context, size int64, exact bool) error {
