@@ -27,6 +27,7 @@ budget() {
 	"nbd FuzzOptions") echo 90000 ;;
 	"nbd FuzzRequests") echo 90000 ;;
 	"qmp FuzzParseJSON") echo 120000 ;;
+	"qmp FuzzJSONRPC") echo 25000 ;;
 	"qmp FuzzSession") echo 50000 ;;
 	"schema FuzzArgs") echo 200000 ;;
 	*) return 1 ;;
