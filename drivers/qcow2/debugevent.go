@@ -1,8 +1,6 @@
 package qcow2
 
 import (
-	"context"
-
 	"github.com/qbmond/qbmond/blockdev"
 )
 
@@ -27,20 +25,10 @@ func (d *Driver) refblockEvents() {
 // data alone (write_aio). Otherwise it reads them (cow_read, then the
 // reads of the old data), writes the guest data (write_aio) and then the
 // copied parts (cow_write); qbmond writes all in one, after both events.
-func (d *Driver) cowEvents(ctx context.Context, vc int64, old []uint64, in, n int64) (write func()) {
-	m := int64(len(old))
+func (d *Driver) cowEvents(whole, zero bool) (write func()) {
 	dataOnly := func() { d.file.DebugEvent(blockdev.DbgWriteAIO) }
-	if in == 0 && n == m*d.cs {
+	if whole {
 		return dataOnly
-	}
-	zero := true
-	if in > 0 {
-		z, err := d.readsZero(ctx, vc, old[0])
-		zero = zero && z && err == nil
-	}
-	if in+n < m*d.cs {
-		z, err := d.readsZero(ctx, vc+m-1, old[m-1])
-		zero = zero && z && err == nil
 	}
 	if zero {
 		d.file.DebugEvent(blockdev.DbgClusterAllocSpace)

@@ -162,13 +162,19 @@ func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int6
 	if err != nil {
 		return err
 	}
-	writeEvents := d.cowEvents(ctx, vc, old, in, int64(len(data)))
+	whole := in == 0 && int64(len(data)) == m*d.cs
+	gapsZero := false
+	if !whole {
+		if gapsZero, err = d.gapsReadZero(ctx, vc, old, in, int64(len(data))); err != nil {
+			return err
+		}
+	}
+	writeEvents := d.cowEvents(whole, gapsZero)
 	var buf []byte
 	at := host
-	whole := in == 0 && int64(len(data)) == m*d.cs
 	zeroed := false
-	if !whole {
-		if zeroed, err = d.zeroGaps(ctx, vc, old, in, int64(len(data)), host); err != nil {
+	if gapsZero {
+		if zeroed, err = d.zeroClusters(ctx, host, m); err != nil {
 			return err
 		}
 	}
@@ -224,12 +230,10 @@ func (d *Driver) readsZero(ctx context.Context, vc int64, e uint64) (bool, error
 	return k == kZero || k == kUnalloc && d.backing == nil, err
 }
 
-// zeroGaps is QEMU's answer to a partial write into new clusters whose
-// guest content around the data (head of the first cluster, tail of the
-// last) reads as zeroes: instead of writing buffers of zeroes, it asks the
-// file to zero the new clusters whole without falling back to buffers. It
-// tells whether that was done; false leaves the clusters to the caller.
-func (d *Driver) zeroGaps(ctx context.Context, vc int64, old []uint64, in, n, host int64) (bool, error) {
+// gapsReadZero tells whether the guest content a partial write of n bytes
+// at byte in of cluster vc keeps around its data (head of the first
+// cluster, tail of the last of len(old)) reads as zeroes.
+func (d *Driver) gapsReadZero(ctx context.Context, vc int64, old []uint64, in, n int64) (bool, error) {
 	m := int64(len(old))
 	if in > 0 {
 		if z, err := d.readsZero(ctx, vc, old[0]); err != nil || !z {
@@ -237,10 +241,17 @@ func (d *Driver) zeroGaps(ctx context.Context, vc int64, old []uint64, in, n, ho
 		}
 	}
 	if in+n < m*d.cs {
-		if z, err := d.readsZero(ctx, vc+m-1, old[m-1]); err != nil || !z {
-			return false, err
-		}
+		return d.readsZero(ctx, vc+m-1, old[m-1])
 	}
+	return true, nil
+}
+
+// zeroClusters is QEMU's answer to a partial write into m new clusters at
+// host whose surroundings read as zeroes: instead of writing buffers of
+// zeroes, it asks the file to zero the clusters whole without falling back
+// to buffers. It tells whether that was done; false leaves the clusters to
+// the caller.
+func (d *Driver) zeroClusters(ctx context.Context, host, m int64) (bool, error) {
 	switch err := d.file.WriteZeroes(ctx, host, m*d.cs, blockdev.ReqNoFallback); {
 	case err == nil:
 		return true, nil
