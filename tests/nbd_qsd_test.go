@@ -682,31 +682,38 @@ func TestNBDEdgeCasesLikeQSD(t *testing.T) {
 	}})
 	for _, tc := range cases {
 		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
-			logs := map[kind][]string{}
-			for _, k := range []kind{kindQSD, kindQbmond} {
-				r := dialRawNBD(t, socks[k])
-				tc.run(r)
-				if !r.closed {
-					// Whether the server hangs up after the last step is
-					// part of what is compared.
-					r.c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-					var b [1]byte
-					if _, err := r.c.Read(b[:]); err != nil {
-						var ne net.Error
-						if !errors.As(err, &ne) || !ne.Timeout() {
-							r.logf("closed")
-						}
-					} else {
-						r.logf("unexpected byte %x", b)
-					}
-				}
-				logs[k] = r.log
-				r.c.Close()
-			}
-			q, o := strings.Join(logs[kindQSD], "\n"), strings.Join(logs[kindQbmond], "\n")
-			if q != o {
-				t.Errorf("transcripts differ\nQSD:\n%s\n\nqbmond:\n%s", q, o)
-			}
+			compareRawNBD(t, socks, tc.run)
 		})
 	}
+}
+
+// compareRawNBD runs the same raw NBD conversation against QSD's and
+// qbmond's servers and fails when their transcripts differ; whether the
+// server hangs up after the last step is part of what is compared.
+func compareRawNBD(t *testing.T, socks map[kind]string, run func(*rawNBD)) string {
+	t.Helper()
+	logs := map[kind][]string{}
+	for _, k := range []kind{kindQSD, kindQbmond} {
+		r := dialRawNBD(t, socks[k])
+		run(r)
+		if !r.closed {
+			r.c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			var b [1]byte
+			if _, err := r.c.Read(b[:]); err != nil {
+				var ne net.Error
+				if !errors.As(err, &ne) || !ne.Timeout() {
+					r.logf("closed")
+				}
+			} else {
+				r.logf("unexpected byte %x", b)
+			}
+		}
+		logs[k] = r.log
+		r.c.Close()
+	}
+	q, o := strings.Join(logs[kindQSD], "\n"), strings.Join(logs[kindQbmond], "\n")
+	if q != o {
+		t.Errorf("transcripts differ\nQSD:\n%s\n\nqbmond:\n%s", q, o)
+	}
+	return q
 }
