@@ -33,3 +33,9 @@ func (n *Node) ReportCorruption(msg string, offset, size int64, fatal bool) {
 	}
 	(*emit)("BLOCK_IMAGE_CORRUPTED", ev)
 }
+
+// Warn logs a problem a driver survived, such as clusters it had to leak:
+// QEMU prints these on stderr and carries on.
+func (n *Node) Warn(msg string, err error) {
+	n.g.log.Warn().Str("node", n.name).Err(err).Msg(msg)
+}

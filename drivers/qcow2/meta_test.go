@@ -1,10 +1,12 @@
 package qcow2_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -342,6 +344,61 @@ func TestCorruptionAtRunTime(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Freeing a cluster whose refcount is already zero (two L2 entries share
+// it in a corrupt image) is no corruption event in QEMU: qcow2_free_clusters
+// prints its failure and the cluster leaks. qemu-io on the same image is
+// the referee: afterwards both images check with the same leak and no
+// corrupt bit, and the node goes on serving requests.
+func TestFreeBelowZeroLeaks(t *testing.T) {
+	dir := t.TempDir()
+	img := qemuImgCreate(t, dir, "a.qcow2", "10M")
+	qemuIO(t, img, "write -P 1 0 64k", "write -P 2 64k 64k")
+	// Guest cluster 1 maps to guest cluster 0's host cluster.
+	p := patch(t, img, 0x40008, uint64(1<<63|0x50000))
+	ref := patch(t, p)
+	out := run(t, "qemu-io", "-f", "qcow2", "-c", "discard 0 128k", ref)
+	if !strings.Contains(out, "qcow2_free_clusters failed: Invalid argument") {
+		t.Fatalf("qemu-io did not fail the second free:\n%s", out)
+	}
+	h := open(t, p, false, "discard", "unmap")
+	var msgs []string
+	h.drv.OnCorrupt(func(msg string, off, size int64, f bool) { msgs = append(msgs, msg) })
+	ctx := context.Background()
+	if err := h.c.Discard(ctx, 0, 128<<10); err != nil {
+		t.Fatalf("discard: %v", err)
+	}
+	if err := h.c.Flush(ctx); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	if err := h.c.Write(ctx, 1<<20, bytes.Repeat([]byte{3}, 4096), 0); err != nil {
+		t.Fatalf("write after the failed free: %v", err)
+	}
+	h.close(t)
+	if len(msgs) != 0 {
+		t.Fatalf("corruption reported: %q", msgs)
+	}
+	qemuIO(t, ref, "write -P 3 1M 4k")
+	checks := map[string]string{}
+	for name, f := range map[string]string{"qemu-io": ref, "qbmond": p} {
+		out, _ := exec.Command(tool(t, "qemu-img"), "check", "--output=json", f).Output()
+		var r map[string]any
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Fatalf("%s: qemu-img check: %v\n%s", name, err, out)
+		}
+		checks[name] = fmt.Sprint(r["leaks"], r["corruptions"], r["check-errors"])
+		info, _ := exec.Command(tool(t, "qemu-img"), "info", "--output=json", f).CombinedOutput()
+		if strings.Contains(string(info), `"corrupt": true`) {
+			t.Fatalf("%s: image marked corrupt", name)
+		}
+	}
+	if checks["qemu-io"] != checks["qbmond"] || checks["qbmond"] != "1 <nil> 0" {
+		out1, _ := exec.Command("qemu-img", "check", p).CombinedOutput()
+		out2, _ := exec.Command("qemu-img", "check", ref).CombinedOutput()
+		t.Fatalf("qemu-img check (leaks, corruptions, errors): %v\n%s\n%s", checks, out1, out2)
+	}
+	equalBytes(t, "content", rawContent(t, p), rawContent(t, ref))
 }
 
 // make-empty drops everything: the overlay reads its backing file again

@@ -233,6 +233,7 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	}
 	// Corruption found at run time becomes BLOCK_IMAGE_CORRUPTED.
 	d.OnCorrupt(oc.Node().ReportCorruption)
+	d.warn = oc.Node().Warn
 
 	if d.ro {
 		return nil

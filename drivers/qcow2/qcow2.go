@@ -112,6 +112,7 @@ type Driver struct {
 	failed     atomic.Bool // fatal corruption: every request fails
 	corruptMu  sync.Mutex
 	onCorrupt  CorruptionHandler
+	warn       func(msg string, err error) // problems QEMU prints to stderr
 	reported   bool
 	decoderMu  sync.Mutex
 	decoders   []*zstdDecoder
@@ -701,10 +702,7 @@ func (d *Driver) syncMeta(ctx context.Context) error {
 		frees := d.pendingFree
 		d.pendingFree = nil
 		for _, f := range frees {
-			// A failure here leaks the rest, which qemu-img check repairs.
-			if err := d.addRefcount(ctx, f.c, f.n, -1, f.discard); err != nil {
-				return err
-			}
+			d.freeClusters(ctx, f.c, f.n, f.discard)
 		}
 	}
 	return nil

@@ -92,16 +92,20 @@ func (d *Driver) addRefcount(ctx context.Context, c, n int64, delta int64, disca
 		if err != nil {
 			return err
 		}
-		var freed []int64
+		// Nothing changes when one count would leave its range (QEMU's
+		// update_refcount fails with EINVAL alike).
 		for j := range k {
 			v := d.rcGet(b, i+j)
 			switch {
 			case delta < 0 && v < uint64(-delta):
-				return d.belowZero(ctx, c+j)
+				return fmt.Errorf("Refcount of cluster %s would drop below zero: %w", cx(uint64(c+j)), syscall.EINVAL)
 			case delta > 0 && d.rcMax()-v < uint64(delta):
 				return fmt.Errorf("Refcount of cluster %s would overflow: %w", cx(uint64(c+j)), syscall.ERANGE)
 			}
-			v = uint64(int64(v) + delta)
+		}
+		var freed []int64
+		for j := range k {
+			v := uint64(int64(d.rcGet(b, i+j)) + delta)
 			d.rcSet(b, i+j, v)
 			if v == 0 {
 				freed = append(freed, c+j)
@@ -143,9 +147,14 @@ func (d *Driver) countingBlock(ctx context.Context, c int64) ([]byte, int64, err
 	return b, off, err
 }
 
-// belowZero reports a refcount decrease past zero of host cluster c.
-func (d *Driver) belowZero(ctx context.Context, c int64) error {
-	return d.corruption(ctx, fmt.Sprintf("Refcount of cluster %s would drop below zero", cx(uint64(c))), c*d.cs, d.cs)
+// freeClusters drops one reference from host clusters [c, c+n), QEMU's
+// qcow2_free_clusters: a failure (a count already zero in a corrupt image,
+// an I/O error) leaks the clusters, which qemu-img check repairs, and is
+// only logged; the request that freed them goes on.
+func (d *Driver) freeClusters(ctx context.Context, c, n int64, discard bool) {
+	if err := d.addRefcount(ctx, c, n, -1, discard); err != nil && d.warn != nil {
+		d.warn("qcow2_free_clusters failed", err)
+	}
 }
 
 // findFree returns the first run of n free host clusters at or after the
@@ -258,8 +267,8 @@ func (d *Driver) maxAlloc() int64 { return max(1, d.rbn/2) }
 // freeEntry drops the reference an L2 entry held on its host clusters,
 // whose entry was just replaced in memory: their refcounts go down in
 // syncMeta, once the replacement is stable.
-// Corrupt refcounts are reported now, with the request, as an immediate
-// free would.
+// A missing refcount block is reported now, with the request, as an
+// immediate free would.
 func (d *Driver) freeEntry(ctx context.Context, e uint64, discard bool) error {
 	c, n, discard, ok := d.entryClusters(e, discard)
 	if !ok {
@@ -267,12 +276,8 @@ func (d *Driver) freeEntry(ctx context.Context, e uint64, discard bool) error {
 	}
 	d.file.DebugEvent(blockdev.DbgClusterFree)
 	for i := c; i < c+n; i++ {
-		b, _, err := d.countingBlock(ctx, i)
-		if err != nil {
+		if _, _, err := d.countingBlock(ctx, i); err != nil {
 			return err
-		}
-		if d.rcGet(b, i%d.rbn) == 0 {
-			return d.belowZero(ctx, i)
 		}
 	}
 	d.pendingFree = append(d.pendingFree, pendingFree{c, n, discard})
@@ -284,7 +289,7 @@ func (d *Driver) freeEntry(ctx context.Context, e uint64, discard bool) error {
 func (d *Driver) freeEntryNow(ctx context.Context, e uint64, discard bool) error {
 	if c, n, discard, ok := d.entryClusters(e, discard); ok {
 		d.file.DebugEvent(blockdev.DbgClusterFree)
-		return d.addRefcount(ctx, c, n, -1, discard)
+		d.freeClusters(ctx, c, n, discard)
 	}
 	return nil
 }
@@ -392,7 +397,8 @@ func (d *Driver) growRefTable(ctx context.Context, minEntries int64) error {
 		d.rbc.put((r+j)*d.cs, blocks[j])
 	}
 	d.file.DebugEvent(blockdev.DbgClusterFree)
-	return d.addRefcount(ctx, oldOff/d.cs, oldClusters, -1, d.passOther)
+	d.freeClusters(ctx, oldOff/d.cs, oldClusters, d.passOther)
+	return nil
 }
 
 // rebuildRefcounts recomputes every refcount from the metadata that

@@ -696,9 +696,7 @@ func (d *Driver) growL1(ctx context.Context, need int64) error {
 		}
 		if d.h.l1Off != 0 && oldClusters > 0 {
 			d.file.DebugEvent(blockdev.DbgClusterFree)
-			if err := d.addRefcount(ctx, int64(d.h.l1Off)/d.cs, oldClusters, -1, d.passOther); err != nil {
-				return err
-			}
+			d.freeClusters(ctx, int64(d.h.l1Off)/d.cs, oldClusters, d.passOther)
 		}
 		d.h.l1Off = uint64(off)
 	}
@@ -754,9 +752,7 @@ func (d *Driver) MakeEmpty(ctx context.Context) error {
 				return err
 			}
 		}
-		if err := d.addRefcount(ctx, off/d.cs, 1, -1, d.passOther); err != nil {
-			return err
-		}
+		d.freeClusters(ctx, off/d.cs, 1, d.passOther)
 	}
 	d.l2c.clear()
 	return d.file.Flush(ctx)
