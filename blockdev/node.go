@@ -6,6 +6,8 @@ import (
 	"math"
 	"sync"
 	"sync/atomic"
+
+	"github.com/qbmond/qbmond/internal/qjson"
 )
 
 // Node is one block node of the graph: a driver instance with its options,
@@ -56,7 +58,7 @@ type Node struct {
 
 	exactFilename string
 	filename      string
-	fullOpts      map[string]any
+	fullOpts      *qjson.Object
 	// autoBackingFile is what the image's header calls its backing file
 	// (the file name of the backing node when that was opened from the
 	// header); a backing node that differs is an override, which makes

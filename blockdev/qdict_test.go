@@ -3,6 +3,8 @@ package blockdev
 import (
 	"slices"
 	"testing"
+
+	"github.com/qbmond/qbmond/internal/qjson"
 )
 
 // The buckets are QEMU's QDict ones; the transcript reopen-wording.txt
@@ -12,7 +14,7 @@ func TestQdictOrder(t *testing.T) {
 		"backing.driver": 85, "backing.node-name": 96, "node-name": 212, "driver": 239,
 		"locking": 52, "filename": 313, "aio": 403, "backing.backing.file.node-name": 18,
 	} {
-		if got := qdictBucket(key); got != want {
+		if got := qjson.Bucket(key); got != want {
 			t.Errorf("bucket of %q = %d, want %d", key, got, want)
 		}
 	}

@@ -3,8 +3,11 @@ package blockdev
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
+
+	"github.com/qbmond/qbmond/internal/qjson"
 )
 
 // refreshFilename works out the node's file name the way QEMU's
@@ -18,10 +21,13 @@ func (n *Node) refreshFilename() {
 		n.fullOpts, n.exactFilename, n.filename = c.fullOpts, c.exactFilename, c.filename
 		return
 	}
-	full := map[string]any{"driver": n.drvName}
+	// Members in the order QEMU adds them, which decides their order
+	// in the printed name (see package qjson).
+	full := &qjson.Object{}
+	full.Set("driver", n.drvName)
 	strong := false
 	if v, ok := n.drvOpts["filename"]; ok {
-		full["filename"] = v
+		full.Set("filename", v)
 	}
 	if so, ok := n.drv.(StrongOptioner); ok {
 		for _, k := range so.StrongOptions() {
@@ -37,13 +43,13 @@ func (n *Node) refreshFilename() {
 		if c.role&RoleCOW != 0 && c.name == "backing" && !overridden {
 			continue
 		}
-		full[c.name] = c.node.Load().fullOpts
+		full.Set(c.name, c.node.Load().fullOpts)
 		if c.role&RolePrimary == 0 {
 			others++
 		}
 	}
 	if overridden && n.backing() == nil {
-		full["backing"] = nil
+		full.Set("backing", nil)
 	}
 	exact := ""
 	if fr, ok := n.drv.(FilenameRefresher); ok {
@@ -71,20 +77,27 @@ func (n *Node) refreshFilename() {
 // flattenOption stores option k with value v in full as QEMU keeps a
 // node's options, flattened (qdict_flatten): a list or object becomes
 // one entry per scalar, "k.0.event", "k.0.state", ...
-func flattenOption(full map[string]any, k string, v any) {
+func flattenOption(full *qjson.Object, k string, v any) {
 	switch x := v.(type) {
 	case []any:
 		for i, e := range x {
 			flattenOption(full, fmt.Sprintf("%s.%d", k, i), e)
 		}
 	case map[string]any:
-		for sk, e := range x {
-			flattenOption(full, k+"."+sk, e)
+		// Which of an option's members QEMU added last depends on how
+		// the request was parsed and flattened; added in reverse name
+		// order, members sharing a bucket print in name order, as QSD
+		// prints them (blkdebug's inject-error.0.errno before
+		// inject-error.0.event).
+		keys := slices.Sorted(maps.Keys(x))
+		slices.Reverse(keys)
+		for _, sk := range keys {
+			flattenOption(full, k+"."+sk, x[sk])
 		}
 	case Options:
 		flattenOption(full, k, map[string]any(x))
 	default:
-		full[k] = v
+		full.Set(k, v)
 	}
 }
 

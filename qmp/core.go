@@ -15,9 +15,9 @@ type VersionInfo struct {
 // versionReply is query-version's return value, members in QEMU's order.
 type versionReply struct {
 	Qemu struct {
-		Micro int `json:"micro"`
-		Minor int `json:"minor"`
 		Major int `json:"major"`
+		Minor int `json:"minor"`
+		Micro int `json:"micro"`
 	} `json:"qemu"`
 	Package string `json:"package"`
 }

@@ -158,7 +158,7 @@ func TestEventsAndConcurrency(t *testing.T) {
 			defer wg.Done()
 			for j := 0; j < 50; j++ {
 				c.send(fmt.Sprintf(`{"execute": "echo", "arguments": {"c": %d, "j": %d}, "id": %d}`, i, j, j))
-				if got, want := c.line(), fmt.Sprintf(`{"return": {"c": %d, "j": %d}, "id": %d}`, i, j, j); got != want {
+				if got, want := c.line(), fmt.Sprintf(`{"return": {"j": %d, "c": %d}, "id": %d}`, j, i, j); got != want {
 					t.Errorf("got %s want %s", got, want)
 					return
 				}

@@ -1,76 +1,18 @@
 package qmp
 
 import (
-	"bytes"
 	"encoding/json"
-	"fmt"
 	"math"
 	"strconv"
 	"strings"
-	"unicode/utf8"
+
+	"github.com/qbmond/qbmond/internal/qjson"
 )
 
-// appendValue appends v as JSON the way QEMU writes it: ", " and ": "
-// separators, every character outside printable ASCII escaped as \uXXXX
-// with upper-case hex (surrogate pairs above the BMP), and floating-point
-// numbers with 17 significant digits.
+// appendValue appends v as JSON the way QEMU writes it (see package
+// qjson: QDict member order, ", " and ": " separators, \uXXXX escapes).
 func appendValue(dst []byte, v any) ([]byte, error) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return dst, err
-	}
-	return restyle(dst, bytes.TrimRight(buf.Bytes(), "\n")), nil
-}
-
-// restyle rewrites compact encoding/json output in QEMU's style.
-func restyle(dst, src []byte) []byte {
-	inString := false
-	for i := 0; i < len(src); i++ {
-		c := src[i]
-		if !inString {
-			switch c {
-			case '"':
-				inString = true
-				dst = append(dst, c)
-			case ':', ',':
-				dst = append(dst, c, ' ')
-			default:
-				dst = append(dst, c)
-			}
-			continue
-		}
-		switch {
-		case c == '"':
-			inString = false
-			dst = append(dst, c)
-		case c == '\\':
-			// encoding/json escapes: keep the short ones, upper-case \u.
-			if src[i+1] == 'u' {
-				dst = append(dst, '\\', 'u')
-				dst = append(dst, bytes.ToUpper(src[i+2:i+6])...)
-				i += 5
-			} else {
-				dst = append(dst, c, src[i+1])
-				i++
-			}
-		case c == 0x7F:
-			dst = append(dst, `\u007F`...)
-		case c >= 0x80:
-			r, n := utf8.DecodeRune(src[i:])
-			if r > 0xFFFF {
-				r -= 0x10000
-				dst = fmt.Appendf(dst, `\u%04X\u%04X`, 0xD800+(r>>10), 0xDC00+(r&0x3FF))
-			} else {
-				dst = fmt.Appendf(dst, `\u%04X`, r)
-			}
-			i += n - 1
-		default:
-			dst = append(dst, c)
-		}
-	}
-	return dst
+	return qjson.Append(dst, v)
 }
 
 // qemuID returns an echoed id the way QEMU prints it: numbers that are not

@@ -35,6 +35,7 @@ import (
 	"syscall"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/internal/qjson"
 	"github.com/qbmond/qbmond/keyval"
 )
 
@@ -249,7 +250,7 @@ func checkSection(s *cfgSection, ids map[string]bool) (cfgRule, error) {
 		ids[key] = true
 	}
 	r := cfgRule{group: s.group, str: map[string]string{}, num: map[string]uint64{}, flag: map[string]bool{}}
-	for _, k := range qdictOrder(s.keys) {
+	for _, k := range qjson.Order(s.keys) {
 		if k == "id" {
 			continue
 		}
@@ -407,22 +408,4 @@ func configRules(path string) (inject []*injectRule, sets []stateRule, err error
 		}
 	}
 	return inject, sets, nil
-}
-
-// qdictOrder returns keys (in insertion order) in the order QEMU's QDict
-// walks them, which decides which bad key an error names: by hash bucket
-// (tdb_hash modulo 512), newest first within a bucket.
-func qdictOrder(keys []string) []string {
-	const buckets = 512
-	bucket := func(k string) uint32 {
-		v := uint32(0x238F13AF) * uint32(len(k))
-		for i := 0; i < len(k); i++ {
-			v += uint32(k[i]) << (uint(i) * 5 % 24)
-		}
-		return (1103515243*v + 12345) % buckets
-	}
-	out := slices.Clone(keys)
-	slices.Reverse(out)
-	slices.SortStableFunc(out, func(a, b string) int { return int(bucket(a)) - int(bucket(b)) })
-	return out
 }
