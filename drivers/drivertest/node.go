@@ -1,0 +1,460 @@
+package drivertest
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/qbmond/qbmond/blockdev"
+)
+
+// The node checks: what the graph does with a node beyond requests
+// (persistence, resize, reopen, permissions, locks, bitmaps, close).
+
+// closeGraph closes the check's graph (the test's cleanup closing it again
+// does nothing).
+func (e *Env) closeGraph(t *testing.T) {
+	t.Helper()
+	if err := e.Graph.Close(); err != nil {
+		t.Fatalf("closing the graph: %v", err)
+	}
+}
+
+// reopenImage closes the check's graph and opens its image again in a
+// new one, with a root user holding perm; the model carries over.
+func (e *Env) reopenImage(t *testing.T, perm blockdev.Perm) {
+	t.Helper()
+	e.closeGraph(t)
+	e.Graph, e.Node, e.Child = Open(t, e.Opts, perm)
+}
+
+// checkPersist: what was written, flushed or not, reads back after the
+// node is closed and its image opened again.
+func checkPersist(t *testing.T, e *Env) {
+	l := e.Child.Length()
+	e.write(t, 0, pattern(8192, 1), 0)
+	e.write(t, l/2-7, pattern(70000, 2), blockdev.ReqFUA)
+	if err := e.Child.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.zero(t, 4096, 512, 0)
+	e.write(t, l-4096, pattern(4096, 3), 0) // not flushed: the close flushes
+	e.reopenImage(t, RootPerm)
+	if e.Node.Length() != l {
+		t.Fatalf("length %d after reopening the image, was %d", e.Node.Length(), l)
+	}
+	e.verifyAll(t, "closing and reopening the image")
+}
+
+// checkTruncate grows the node, and shrinks it where the driver can:
+// the new space reads as zeroes, the rest keeps its content, and space
+// given up and taken back reads as zeroes again.
+func checkTruncate(t *testing.T, e *Env) {
+	c := e.Child
+	l := c.Length()
+	e.write(t, l-8192, pattern(8192, 1), 0)
+	e.write(t, 0, pattern(4096, 2), 0)
+	grown := l + 1<<20
+	if err := c.Truncate(ctx, grown, false); err != nil {
+		if !errors.Is(err, blockdev.ErrNotSupported) {
+			t.Fatalf("growing from %d to %d: %v", l, grown, err)
+		}
+		if c.Length() != l {
+			t.Fatalf("a refused resize changed the length from %d to %d", l, c.Length())
+		}
+		e.verifyAll(t, "a refused resize")
+		t.Skipf("%s implements blockdev.Truncater but this node cannot be resized: %v", e.Node.DriverName(), err)
+	}
+	if c.Length() != grown {
+		t.Fatalf("length %d after growing to %d", c.Length(), grown)
+	}
+	if e.model != nil {
+		e.model = append(e.model, make([]byte, grown-l)...)
+	}
+	e.verifyAll(t, "growing")
+	e.write(t, l-512, pattern(4096, 3), 0) // across the old end
+	e.write(t, grown-512, pattern(512, 4), 0)
+	e.verify(t, l-8192, grown-l+8192, "writes into the new space")
+
+	if err := c.Truncate(ctx, l, false); err != nil {
+		t.Logf("shrinking from %d to %d: %v (the driver cannot shrink)", grown, l, err)
+		if c.Length() != grown {
+			t.Fatalf("a refused shrink changed the length from %d to %d", grown, c.Length())
+		}
+		e.verifyAll(t, "a refused shrink")
+		return
+	}
+	if c.Length() != l {
+		t.Fatalf("length %d after shrinking to %d", c.Length(), l)
+	}
+	e.verifyAll(t, "shrinking")
+	if err := c.Truncate(ctx, grown, false); err != nil {
+		t.Fatalf("growing again: %v", err)
+	}
+	if e.model != nil {
+		clear(e.model[l:])
+	}
+	e.verifyAll(t, "shrinking and growing again (what was cut off must not come back)")
+}
+
+func checkReadOnly(t *testing.T, e *Env) {
+	n := e.Node
+	if !n.ReadOnly() {
+		t.Error("node not read-only")
+	}
+	err := locked(e.Graph, func(lg *blockdev.Graph) error {
+		_, err := lg.AttachRoot(n, "block device 'w'", blockdev.PermWrite, blockdev.PermAll)
+		return err
+	})
+	if err == nil || err.Error() != "Block node is read-only" {
+		t.Errorf("attaching a writer to a read-only node: got %v", err)
+	}
+	e.verifyAll(t, "opening read-only")
+	if err := e.Child.Write(ctx, 0, make([]byte, 512), 0); !errors.Is(err, blockdev.ErrReadOnly) {
+		t.Errorf("write to a read-only node: got %v, want ErrReadOnly", err)
+	}
+	if err := e.Child.WriteZeroes(ctx, 0, 512, 0); !errors.Is(err, blockdev.ErrReadOnly) {
+		t.Errorf("write-zeroes to a read-only node: got %v, want ErrReadOnly", err)
+	}
+}
+
+func checkPermission(t *testing.T, e *Env) {
+	c := e.Child
+	if err := c.Write(ctx, 0, make([]byte, 512), 0); !errors.Is(err, blockdev.ErrPermission) {
+		t.Errorf("write without the write permission: got %v, want ErrPermission", err)
+	}
+	if err := c.WriteZeroes(ctx, 0, 512, 0); !errors.Is(err, blockdev.ErrPermission) {
+		t.Errorf("write-zeroes without the write permission: got %v", err)
+	}
+	if err := c.Truncate(ctx, c.Length()+1<<20, false); err == nil {
+		t.Errorf("resize without the resize permission succeeded")
+	}
+	e.verifyAll(t, "refused requests")
+}
+
+// reopenOptions are blockdev-reopen's options for the check's node: the
+// ones it was opened with (blockdev-reopen's are complete), with the
+// children the driver opened itself (a backing file named in the image)
+// named as they are, and read-only as given.
+func (e *Env) reopenOptions(readOnly bool) []map[string]any {
+	o := e.Opts.Clone()
+	o["read-only"] = readOnly
+	for _, c := range e.Node.Children() {
+		if !o.Has(c.Name()) {
+			o[c.Name()] = c.Node().Name()
+		}
+	}
+	return []map[string]any{o}
+}
+
+func (e *Env) reopen(readOnly bool) error {
+	return locked(e.Graph, func(lg *blockdev.Graph) error { return lg.Reopen(ctx, e.reopenOptions(readOnly)) })
+}
+
+// setUser replaces the root user by one holding perm and sharing shared.
+func (e *Env) setUser(t *testing.T, perm, shared blockdev.Perm) {
+	t.Helper()
+	err := locked(e.Graph, func(lg *blockdev.Graph) error {
+		lg.DetachRoot(e.Child)
+		c, err := lg.AttachRoot(e.Node, "block device 'drivertest'", perm, shared)
+		e.Child = c
+		return err
+	})
+	if err != nil {
+		t.Fatalf("attaching a user holding %v: %v", perm, err)
+	}
+}
+
+// checkReopen reopens the node read-only and read-write again
+// (blockdev-reopen): the content stays, a read-only node takes no writer,
+// a read-write one does again.
+func checkReopen(t *testing.T, e *Env) {
+	e.write(t, 4096, pattern(65536, 1), 0)
+	e.setUser(t, blockdev.PermConsistentRead, blockdev.PermAll)
+	if err := e.reopen(true); err != nil {
+		t.Fatalf("reopening read-only: %v", err)
+	}
+	if !e.Node.ReadOnly() {
+		t.Fatal("not read-only after reopening read-only")
+	}
+	e.verifyAll(t, "reopening read-only")
+	err := locked(e.Graph, func(lg *blockdev.Graph) error {
+		_, err := lg.AttachRoot(e.Node, "block device 'w'", blockdev.PermWrite, blockdev.PermAll)
+		return err
+	})
+	if err == nil {
+		t.Fatal("a writer attached to a node reopened read-only")
+	}
+	if err := e.reopen(false); err != nil {
+		t.Fatalf("reopening read-write: %v", err)
+	}
+	if e.Node.ReadOnly() {
+		t.Fatal("read-only after reopening read-write")
+	}
+	e.setUser(t, RootPerm, blockdev.PermAll)
+	e.write(t, 65536, pattern(8192, 2), 0)
+	e.verifyAll(t, "reopening read-write and writing")
+	if err := e.Child.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkReopenAbort: a reopen that fails after the driver prepared it (a
+// writer holds the node, so it cannot become read-only) leaves the node
+// as it was: read-write, written through, same options and content.
+func checkReopenAbort(t *testing.T, e *Env) {
+	e.write(t, 0, pattern(65536, 1), 0)
+	opts, filename, length := e.Node.Options(), e.Node.Filename(), e.Node.Length()
+	if err := e.reopen(true); err == nil {
+		t.Fatal("reopening read-only succeeded under a writer")
+	}
+	if e.Node.ReadOnly() {
+		t.Fatal("read-only after an aborted reopen")
+	}
+	if e.Node.Length() != length || e.Node.Filename() != filename {
+		t.Fatalf("after an aborted reopen: length %d, filename %q; were %d, %q", e.Node.Length(), e.Node.Filename(), length, filename)
+	}
+	if o := e.Node.Options(); !reflect.DeepEqual(o, opts) {
+		t.Fatalf("options after an aborted reopen: %v, were %v", o, opts)
+	}
+	e.verifyAll(t, "an aborted reopen")
+	e.write(t, 32768, pattern(65536, 2), 0)
+	e.verifyAll(t, "writing after an aborted reopen")
+	if err := e.Child.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// And a reopen that can succeed still does.
+	e.setUser(t, blockdev.PermConsistentRead, blockdev.PermAll)
+	if err := e.reopen(true); err != nil {
+		t.Fatalf("reopening read-only after an aborted reopen: %v", err)
+	}
+	e.verifyAll(t, "reopening read-only after an aborted reopen")
+}
+
+// needsPermLocker: image locks are the business of a node in the tree
+// that holds permissions outside the process (file).
+func needsPermLocker(e *Env) string {
+	var walk func(n *blockdev.Node) bool
+	walk = func(n *blockdev.Node) bool {
+		if _, ok := n.Driver().(blockdev.PermLocker); ok {
+			return true
+		}
+		return slices.ContainsFunc(n.Children(), func(c *blockdev.Child) bool { return walk(c.Node()) })
+	}
+	if !walk(e.Node) {
+		return "no node under " + e.Node.DriverName() + " implements blockdev.PermLocker"
+	}
+	return ""
+}
+
+// A writer that does not let others write, as a guest device without
+// share-rw.
+const exclusiveShared = blockdev.PermAll &^ (blockdev.PermWrite | blockdev.PermResize)
+
+// checkImageLocks: while the node has a writer that shares no writing, a
+// second open of the same image wanting write (another graph: another
+// process, as far as image locks go) is refused, as QEMU's locking
+// refuses it; once the first graph closes, the second open succeeds.
+func checkImageLocks(t *testing.T, e *Env) {
+	e.setUser(t, RootPerm, exclusiveShared)
+	e.write(t, 0, pattern(4096, 1), 0)
+	g2 := blockdev.NewGraph(zerolog.Nop())
+	t.Cleanup(func() { _ = g2.Close() })
+	_, _, err := add(g2, e.Opts, RootPerm, exclusiveShared)
+	if err == nil {
+		t.Fatal("a second writer opened the image while the first holds it")
+	}
+	if !strings.Contains(err.Error(), "lock") {
+		t.Errorf("second writer refused with %q: want QEMU's lock error", err)
+	}
+	if err := g2.Close(); err != nil {
+		t.Fatalf("closing the graph of the refused open: %v", err)
+	}
+	// The refusal left the first user as it was.
+	e.write(t, 4096, pattern(4096, 2), 0)
+	e.verify(t, 0, 16384, "a refused second open")
+
+	e.closeGraph(t)
+	e.Graph, e.Node, e.Child = nil, nil, nil
+	g3 := blockdev.NewGraph(zerolog.Nop())
+	defer func() {
+		if err := g3.Close(); err != nil {
+			t.Errorf("closing: %v", err)
+		}
+	}()
+	n, c, err := add(g3, e.Opts, RootPerm, exclusiveShared)
+	if err != nil {
+		t.Fatalf("a writer after the first one closed: %v", err)
+	}
+	e.Node, e.Child = n, c
+	e.verify(t, 0, 16384, "reopening after the lock was released")
+}
+
+// checkBitmapStore: a persistent bitmap records writes, is found again
+// with the same bits when the image is opened again, and is gone once
+// removed.
+func checkBitmapStore(t *testing.T, e *Env) {
+	const name = "drivertest"
+	var b *blockdev.DirtyBitmap
+	err := locked(e.Graph, func(*blockdev.Graph) error {
+		var err error
+		b, err = e.Node.AddDirtyBitmap(name, blockdev.BitmapOptions{Granularity: 65536, Persistent: true})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("adding a persistent bitmap: %v", err)
+	}
+	if !b.Persistent() || !b.Recording() {
+		t.Fatalf("new bitmap: persistent %v, recording %v", b.Persistent(), b.Recording())
+	}
+	e.write(t, 65536+7, pattern(100, 1), 0)
+	e.zero(t, 5*65536, 65536*2, 0)
+	if got := b.Bits().Count(); got != 3*65536 {
+		t.Fatalf("bitmap counts %d dirty bytes after dirtying 3 granules", got)
+	}
+	want := b.Bits().MarshalBits()
+
+	e.reopenImage(t, RootPerm)
+	b = e.Node.DirtyBitmap(name)
+	if b == nil {
+		t.Fatal("the persistent bitmap is gone after reopening the image")
+	}
+	if !b.Persistent() || !b.Recording() || b.Inconsistent() {
+		t.Fatalf("reloaded bitmap: persistent %v, recording %v, inconsistent %v", b.Persistent(), b.Recording(), b.Inconsistent())
+	}
+	if b.Bits().Granularity() != 65536 || string(b.Bits().MarshalBits()) != string(want) {
+		t.Fatalf("reloaded bitmap: granularity %d, %d dirty bytes; want the bits saved", b.Bits().Granularity(), b.Bits().Count())
+	}
+	e.verifyAll(t, "reopening the image")
+	err = locked(e.Graph, func(*blockdev.Graph) error { return e.Node.RemoveDirtyBitmap(name) })
+	if err != nil {
+		t.Fatalf("removing the bitmap: %v", err)
+	}
+	e.reopenImage(t, RootPerm)
+	if e.Node.DirtyBitmap(name) != nil {
+		t.Fatal("a removed persistent bitmap came back")
+	}
+}
+
+// checkCloseAfterError: requests that fail, in the node's entry points and
+// in the storage under the driver (blkdebug's inject-error on the node's
+// inline child), leave a node that closes cleanly, releasing every file
+// descriptor and goroutine it had.
+func checkCloseAfterError(t *testing.T, e *Env) {
+	e.closeGraph(t)
+	fds, goroutines := countFDs(t), runtime.NumGoroutine()
+
+	// Requests the node refuses.
+	g, n, c := Open(t, e.Opts, blockdev.PermConsistentRead)
+	l := n.Length()
+	if err := c.Read(ctx, l-1, make([]byte, 2)); err == nil {
+		t.Error("a read past the end succeeded")
+	}
+	if err := c.Write(ctx, 0, make([]byte, 512), 0); err == nil {
+		t.Error("a write without permission succeeded")
+	}
+	checkClosed(t, g, fds, goroutines)
+
+	// Requests that fail under the driver: a blkdebug node above each of
+	// its children fails each kind of request once.
+	perm := RootPerm
+	if e.ReadOnly {
+		perm = blockdev.PermConsistentRead
+	}
+	g, n, c = Open(t, e.Opts, perm)
+	if len(n.Children()) == 0 {
+		t.Logf("%s has no child to inject errors under", e.Node.DriverName())
+		checkClosed(t, g, fds, goroutines)
+		return
+	}
+	var debug []blockdev.DebugEventer
+	err := locked(g, func(lg *blockdev.Graph) error {
+		for i, x := range n.Children() {
+			var rules []any
+			for _, io := range []string{"read", "write", "write-zeroes", "flush"} {
+				rules = append(rules, map[string]any{"event": injectEvent, "iotype": io, "once": true,
+					"errno": int64(injectErrno)})
+			}
+			f, err := lg.AppendFilter(ctx, x.Node(), blockdev.Options{"driver": "blkdebug",
+				"node-name": fmt.Sprintf("drivertest-inject%d", i), "image": x.Node().Name(), "inject-error": rules})
+			if err != nil {
+				return fmt.Errorf("putting blkdebug above %s: %w", x.Name(), err)
+			}
+			debug = append(debug, f.Driver().(blockdev.DebugEventer))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range debug {
+		d.DebugEvent(injectEvent) // arm the rules
+	}
+	failed := 0
+	note := func(err error) {
+		if err != nil {
+			failed++
+		}
+	}
+	note(c.Read(ctx, 0, make([]byte, 65536)))
+	if !e.ReadOnly {
+		note(c.Write(ctx, 65536, pattern(65536, 1), 0))
+		note(c.WriteZeroes(ctx, 0, 65536, 0))
+		note(c.Flush(ctx))
+	}
+	t.Logf("%d requests failed with the injected errors", failed)
+	checkClosed(t, g, fds, goroutines)
+}
+
+// The injected errors: an errno nothing else produces, once each, after
+// an event no driver raises.
+const (
+	injectEvent = "none"
+	injectErrno = syscall.EREMOTEIO
+)
+
+// checkClosed closes g and checks that it released what it held. An
+// injected error a request did not meet may fail the closing flush;
+// nothing else may fail the close.
+func checkClosed(t *testing.T, g *blockdev.Graph, fds, goroutines int) {
+	t.Helper()
+	if err := g.Close(); err != nil && !errors.Is(err, injectErrno) {
+		t.Errorf("closing after failed requests: %v", err)
+	}
+	checkReleased(t, fds, goroutines)
+}
+
+// countFDs counts the process's open file descriptors.
+func countFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatalf("counting file descriptors: %v", err)
+	}
+	return len(ents)
+}
+
+// checkReleased fails unless the file descriptors and goroutines are back
+// to what they were (goroutines get a moment to finish).
+func checkReleased(t *testing.T, fds, goroutines int) {
+	t.Helper()
+	if n := countFDs(t); n > fds {
+		t.Errorf("%d file descriptors open after the close, %d before the open", n, fds)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for runtime.NumGoroutine() > goroutines && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > goroutines {
+		t.Errorf("%d goroutines after the close, %d before the open", n, goroutines)
+	}
+}
