@@ -16,8 +16,35 @@
 // entry points exactly as an export's would. A check that exercises an
 // optional ability (blockdev.Truncater, blockdev.Reopener,
 // blockdev.BitmapStore, a blockdev.PermLocker in the node's tree, ...)
-// is skipped, saying why, when the driver does not have it; nothing else
-// skips a check.
+// is skipped, saying why, when the driver does not have it (Truncate also
+// when the driver has it but the storage under it cannot be resized);
+// the checks that write are skipped when Config says the driver serves
+// reads only, Persist when it stores nothing. Nothing else skips a check.
+//
+// The checks, and what gates them:
+//
+//	Length, RoundTrip, Bounds        length, reads and writes, requests past the end
+//	Boundaries                       write, write-zeroes (with and without may-unmap)
+//	                                 and discard at and across sector, page, request
+//	                                 alignment, cluster and max-transfer boundaries
+//	Flush, WriteZeroes/*, Discard    flush and FUA; zeroing; discard changes nothing
+//	                                 but its range, which reads as before or as zero
+//	BlockStatus                      extents cover the node; "zero" reads as zeroes
+//	Persist                          Config.Stores: data survives close and reopen
+//	Truncate                         blockdev.Truncater: grow, shrink if it can
+//	ReadOnly, Permission             read-only opens; writes without the permission
+//	Reopen, ReopenAbort              blockdev.Reopener: read-only <-> read-write, and
+//	                                 a failed reopen leaving the node as it was
+//	ImageLocks                       a blockdev.PermLocker in the tree: a second
+//	                                 writer of the image is refused until the first closes
+//	BitmapStore                      blockdev.BitmapStore: persistent bitmaps reload
+//	CloseAfterError                  refused and injected (blkdebug) failures, then a
+//	                                 close that releases every fd and goroutine
+//	Concurrent                       requests from many goroutines
+//
+// Checks that write are skipped for a driver that serves reads only
+// (Config.ReadOnly). Every check but CloseAfterError, which measures the
+// whole process, runs in parallel with the others.
 //
 // Reads are compared with a model of the content the requests so far must
 // have left (all zeroes for a driver that stores nothing), so a check
@@ -61,9 +88,9 @@ type Config struct {
 // RootPerm is what the suite's root user holds.
 const RootPerm = blockdev.PermConsistentRead | blockdev.PermWrite | blockdev.PermResize
 
-// Env is what a check is given: a fresh directory, the options its node
+// env is what a check is given: a fresh directory, the options its node
 // was opened with, and the node itself with a root user.
-type Env struct {
+type env struct {
 	Config
 	// Dir is a fresh directory of the check's own.
 	Dir string
@@ -88,10 +115,13 @@ type check struct {
 	perm blockdev.Perm
 	// writes: the check writes (skipped with Config.ReadOnly).
 	writes bool
+	// serial: the check measures the whole process (file descriptors,
+	// goroutines) and runs alone, before the others run in parallel.
+	serial bool
 	// needs returns why the check does not apply to the driver ("" when
 	// it does): the optional ability it exercises is missing.
-	needs func(e *Env) string
-	run   func(t *testing.T, e *Env)
+	needs func(e *env) string
+	run   func(t *testing.T, e *env)
 }
 
 // checks is the suite, in the order Run runs it.
@@ -113,16 +143,20 @@ var checks = []check{
 	{name: "Permission", writes: true, perm: blockdev.PermConsistentRead, run: checkPermission},
 	{name: "ImageLocks", writes: true, needs: needsPermLocker, run: checkImageLocks},
 	{name: "BitmapStore", writes: true, needs: needsDriver[blockdev.BitmapStore]("blockdev.BitmapStore"), run: checkBitmapStore},
-	{name: "CloseAfterError", run: checkCloseAfterError},
+	{name: "CloseAfterError", serial: true, run: checkCloseAfterError},
 	{name: "Concurrent", writes: true, run: checkConcurrent},
 }
 
 var unmap = blockdev.Options{"discard": "unmap"}
 
-// Run runs the suite: every check as a subtest, each on a node of its own.
+// Run runs the suite: every check as a subtest, each on a node of its own,
+// in parallel but for the serial ones, which run first.
 func Run(t *testing.T, cfg Config) {
 	for _, c := range checks {
 		t.Run(c.name, func(t *testing.T) {
+			if !c.serial {
+				t.Parallel()
+			}
 			e := newEnv(t, cfg, c)
 			if c.writes && cfg.ReadOnly {
 				t.Skip(e.Node.DriverName() + " serves reads only (Config.ReadOnly)")
@@ -138,9 +172,9 @@ func Run(t *testing.T, cfg Config) {
 }
 
 // newEnv opens the check's node.
-func newEnv(t *testing.T, cfg Config, c check) *Env {
+func newEnv(t *testing.T, cfg Config, c check) *env {
 	t.Helper()
-	e := &Env{Config: cfg, Dir: t.TempDir()}
+	e := &env{Config: cfg, Dir: t.TempDir()}
 	o := cfg.Options(t)
 	for k, v := range c.extra {
 		o[k] = v
@@ -165,8 +199,8 @@ func newEnv(t *testing.T, cfg Config, c check) *Env {
 }
 
 // needsDriver gates a check on the node's driver implementing I.
-func needsDriver[I any](name string) func(e *Env) string {
-	return func(e *Env) string {
+func needsDriver[I any](name string) func(e *env) string {
+	return func(e *env) string {
 		if _, ok := e.Node.Driver().(I); !ok {
 			return e.Node.DriverName() + " does not implement " + name
 		}
@@ -174,7 +208,7 @@ func needsDriver[I any](name string) func(e *Env) string {
 	}
 }
 
-func needsStores(e *Env) string {
+func needsStores(e *env) string {
 	if !e.Stores {
 		return e.Node.DriverName() + " stores no data (Config.Stores is false)"
 	}

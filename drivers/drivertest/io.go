@@ -26,7 +26,7 @@ func pattern(n int, seed byte) []byte {
 }
 
 // want is what [off, off+n) must read as.
-func (e *Env) want(off, n int64) []byte {
+func (e *env) want(off, n int64) []byte {
 	if e.model == nil {
 		return make([]byte, n)
 	}
@@ -34,7 +34,7 @@ func (e *Env) want(off, n int64) []byte {
 }
 
 // write writes p at off and records it in the model.
-func (e *Env) write(t *testing.T, off int64, p []byte, flags blockdev.ReqFlags) {
+func (e *env) write(t *testing.T, off int64, p []byte, flags blockdev.ReqFlags) {
 	t.Helper()
 	if err := e.Child.Write(ctx, off, p, flags); err != nil {
 		t.Fatalf("write %d+%d: %v", off, len(p), err)
@@ -45,7 +45,7 @@ func (e *Env) write(t *testing.T, off int64, p []byte, flags blockdev.ReqFlags) 
 }
 
 // zero write-zeroes [off, off+n) and records it in the model.
-func (e *Env) zero(t *testing.T, off, n int64, flags blockdev.ReqFlags) {
+func (e *env) zero(t *testing.T, off, n int64, flags blockdev.ReqFlags) {
 	t.Helper()
 	if err := e.Child.WriteZeroes(ctx, off, n, flags); err != nil {
 		t.Fatalf("write-zeroes %d+%d (flags %#x): %v", off, n, flags, err)
@@ -58,7 +58,7 @@ func (e *Env) zero(t *testing.T, off, n int64, flags blockdev.ReqFlags) {
 // discard discards [off, off+n): afterwards each of its bytes reads as it
 // did or as zero (a discard may deallocate whole blocks or do nothing),
 // and the model takes what it reads as.
-func (e *Env) discard(t *testing.T, off, n int64) {
+func (e *env) discard(t *testing.T, off, n int64) {
 	t.Helper()
 	if err := e.Child.Discard(ctx, off, n); err != nil {
 		t.Fatalf("discard %d+%d: %v", off, n, err)
@@ -77,7 +77,7 @@ func (e *Env) discard(t *testing.T, off, n int64) {
 
 // read reads [off, off+n) into a buffer prefilled with garbage, so that a
 // driver that leaves the buffer alone is caught.
-func (e *Env) read(t *testing.T, off, n int64) []byte {
+func (e *env) read(t *testing.T, off, n int64) []byte {
 	t.Helper()
 	buf := bytes.Repeat([]byte{0x5a}, int(n))
 	if err := e.Child.Read(ctx, off, buf); err != nil {
@@ -88,7 +88,7 @@ func (e *Env) read(t *testing.T, off, n int64) []byte {
 
 // verify reads [off, off+n) (clipped to the node) and compares it with the
 // model.
-func (e *Env) verify(t *testing.T, off, n int64, after string) {
+func (e *env) verify(t *testing.T, off, n int64, after string) {
 	t.Helper()
 	off = max(off, 0)
 	n = min(n, e.Child.Length()-off)
@@ -104,7 +104,7 @@ func (e *Env) verify(t *testing.T, off, n int64, after string) {
 // verifyAll compares the whole node with the model; of a node larger than
 // 8 MiB (null-co's default 1 GiB) only the first 2 MiB and the last 1 MiB,
 // where the checks write.
-func (e *Env) verifyAll(t *testing.T, after string) {
+func (e *env) verifyAll(t *testing.T, after string) {
 	t.Helper()
 	l := e.Child.Length()
 	if l <= 8<<20 {
@@ -124,7 +124,7 @@ func firstDiff(a, b []byte) int {
 	return -1
 }
 
-func checkLength(t *testing.T, e *Env) {
+func checkLength(t *testing.T, e *env) {
 	n, c := e.Node, e.Child
 	if l := n.Length(); l < 1<<20 || l%512 != 0 {
 		t.Fatalf("length %d: want >= 1 MiB and a multiple of 512", l)
@@ -135,7 +135,7 @@ func checkLength(t *testing.T, e *Env) {
 	e.verifyAll(t, "open (a fresh node reads as zeroes)")
 }
 
-func checkRoundTrip(t *testing.T, e *Env) {
+func checkRoundTrip(t *testing.T, e *env) {
 	l := e.Child.Length()
 	cases := []struct{ off, n int64 }{
 		{0, 512}, {0, 1}, {1, 511}, {511, 2}, {512, 4096}, {4095, 4097},
@@ -158,7 +158,7 @@ func checkRoundTrip(t *testing.T, e *Env) {
 // boundaries returns the block sizes whose edges the node cares about:
 // sectors, pages, the request alignment, the cluster size and the largest
 // transfer, those that leave room for a few blocks in the node.
-func boundaries(e *Env) []int64 {
+func boundaries(e *env) []int64 {
 	bs := []int64{512, 4096, e.Node.RequestAlignment(), e.Node.MaxTransfer()}
 	if di, err := e.Node.Driver().Info(ctx); err == nil {
 		bs = append(bs, di.ClusterSize)
@@ -176,7 +176,7 @@ func boundaries(e *Env) []int64 {
 // checkBoundaries writes, zeroes (with and without may-unmap) and
 // discards ranges that start, end or cross at each boundary, comparing
 // the neighbourhood with the model after each request.
-func checkBoundaries(t *testing.T, e *Env) {
+func checkBoundaries(t *testing.T, e *env) {
 	for _, b := range boundaries(e) {
 		base := 2 * b // away from the start so that ranges can begin before a boundary
 		ranges := []struct{ off, n int64 }{
@@ -207,7 +207,7 @@ func checkBoundaries(t *testing.T, e *Env) {
 	e.verifyAll(t, "all the requests")
 }
 
-func checkBounds(t *testing.T, e *Env) {
+func checkBounds(t *testing.T, e *env) {
 	c := e.Child
 	l := c.Length()
 	buf := make([]byte, 2)
@@ -234,7 +234,7 @@ func checkBounds(t *testing.T, e *Env) {
 	e.verifyAll(t, "requests out of range")
 }
 
-func checkFlush(t *testing.T, e *Env) {
+func checkFlush(t *testing.T, e *env) {
 	e.write(t, 0, pattern(4096, 3), 0)
 	if err := e.Child.Flush(ctx); err != nil {
 		t.Fatalf("flush: %v", err)
@@ -250,8 +250,8 @@ func checkFlush(t *testing.T, e *Env) {
 	e.verify(t, 0, 16384, "flushes")
 }
 
-func checkWriteZeroes(flags blockdev.ReqFlags) func(t *testing.T, e *Env) {
-	return func(t *testing.T, e *Env) {
+func checkWriteZeroes(flags blockdev.ReqFlags) func(t *testing.T, e *env) {
+	return func(t *testing.T, e *env) {
 		e.write(t, 0, pattern(256<<10, 5), 0)
 		for _, r := range []struct{ off, n int64 }{{4096, 8192}, {65536 + 3, 70000}, {200000, 1}} {
 			e.zero(t, r.off, r.n, flags)
@@ -260,7 +260,7 @@ func checkWriteZeroes(flags blockdev.ReqFlags) func(t *testing.T, e *Env) {
 	}
 }
 
-func checkDiscard(t *testing.T, e *Env) {
+func checkDiscard(t *testing.T, e *env) {
 	e.write(t, 0, pattern(1<<20, 8), 0)
 	e.discard(t, 65536, 65536)
 	e.discard(t, 3, 5) // misaligned
@@ -270,7 +270,7 @@ func checkDiscard(t *testing.T, e *Env) {
 // checkBlockStatus walks the node's extents after some writes and
 // write-zeroes: they cover the node, and a range reported as zero reads
 // as zeroes (so written data is never reported as zero).
-func checkBlockStatus(t *testing.T, e *Env) {
+func checkBlockStatus(t *testing.T, e *env) {
 	if !e.ReadOnly {
 		e.write(t, 1<<19, pattern(8192, 1), 0)
 		e.write(t, 3<<16, pattern(65536, 2), 0)
@@ -297,7 +297,7 @@ func checkBlockStatus(t *testing.T, e *Env) {
 	}
 }
 
-func checkConcurrent(t *testing.T, e *Env) {
+func checkConcurrent(t *testing.T, e *env) {
 	c := e.Child
 	const workers, rounds, chunk = 8, 20, 4096 + 13
 	var wg sync.WaitGroup

@@ -22,7 +22,7 @@ import (
 
 // closeGraph closes the check's graph (the test's cleanup closing it again
 // does nothing).
-func (e *Env) closeGraph(t *testing.T) {
+func (e *env) closeGraph(t *testing.T) {
 	t.Helper()
 	if err := e.Graph.Close(); err != nil {
 		t.Fatalf("closing the graph: %v", err)
@@ -31,7 +31,7 @@ func (e *Env) closeGraph(t *testing.T) {
 
 // reopenImage closes the check's graph and opens its image again in a
 // new one, with a root user holding perm; the model carries over.
-func (e *Env) reopenImage(t *testing.T, perm blockdev.Perm) {
+func (e *env) reopenImage(t *testing.T, perm blockdev.Perm) {
 	t.Helper()
 	e.closeGraph(t)
 	e.Graph, e.Node, e.Child = Open(t, e.Opts, perm)
@@ -39,7 +39,7 @@ func (e *Env) reopenImage(t *testing.T, perm blockdev.Perm) {
 
 // checkPersist: what was written, flushed or not, reads back after the
 // node is closed and its image opened again.
-func checkPersist(t *testing.T, e *Env) {
+func checkPersist(t *testing.T, e *env) {
 	l := e.Child.Length()
 	e.write(t, 0, pattern(8192, 1), 0)
 	e.write(t, l/2-7, pattern(70000, 2), blockdev.ReqFUA)
@@ -58,7 +58,7 @@ func checkPersist(t *testing.T, e *Env) {
 // checkTruncate grows the node, and shrinks it where the driver can:
 // the new space reads as zeroes, the rest keeps its content, and space
 // given up and taken back reads as zeroes again.
-func checkTruncate(t *testing.T, e *Env) {
+func checkTruncate(t *testing.T, e *env) {
 	c := e.Child
 	l := c.Length()
 	e.write(t, l-8192, pattern(8192, 1), 0)
@@ -108,7 +108,7 @@ func checkTruncate(t *testing.T, e *Env) {
 
 // checkReadOnly closes the node and opens its image read-only: the
 // content is there, and neither a writer nor a write is let in.
-func checkReadOnly(t *testing.T, e *Env) {
+func checkReadOnly(t *testing.T, e *env) {
 	if !e.ReadOnly {
 		e.write(t, 4096, pattern(8192, 1), 0)
 	}
@@ -152,7 +152,7 @@ func checkReadOnly(t *testing.T, e *Env) {
 	e.verifyAll(t, "refused writes")
 }
 
-func checkPermission(t *testing.T, e *Env) {
+func checkPermission(t *testing.T, e *env) {
 	c := e.Child
 	if err := c.Write(ctx, 0, make([]byte, 512), 0); !errors.Is(err, blockdev.ErrPermission) {
 		t.Errorf("write without the write permission: got %v, want ErrPermission", err)
@@ -170,7 +170,7 @@ func checkPermission(t *testing.T, e *Env) {
 // ones it was opened with (blockdev-reopen's are complete), with the
 // children the driver opened itself (a backing file named in the image)
 // named as they are, and read-only as given.
-func (e *Env) reopenOptions(readOnly bool) []map[string]any {
+func (e *env) reopenOptions(readOnly bool) []map[string]any {
 	o := e.Opts.Clone()
 	o["read-only"] = readOnly
 	for _, c := range e.Node.Children() {
@@ -181,12 +181,12 @@ func (e *Env) reopenOptions(readOnly bool) []map[string]any {
 	return []map[string]any{o}
 }
 
-func (e *Env) reopen(readOnly bool) error {
+func (e *env) reopen(readOnly bool) error {
 	return locked(e.Graph, func(lg *blockdev.Graph) error { return lg.Reopen(ctx, e.reopenOptions(readOnly)) })
 }
 
 // setUser replaces the root user by one holding perm and sharing shared.
-func (e *Env) setUser(t *testing.T, perm, shared blockdev.Perm) {
+func (e *env) setUser(t *testing.T, perm, shared blockdev.Perm) {
 	t.Helper()
 	err := locked(e.Graph, func(lg *blockdev.Graph) error {
 		lg.DetachRoot(e.Child)
@@ -202,7 +202,7 @@ func (e *Env) setUser(t *testing.T, perm, shared blockdev.Perm) {
 // checkReopen reopens the node read-only and read-write again
 // (blockdev-reopen): the content stays, a read-only node takes no writer,
 // a read-write one does again.
-func checkReopen(t *testing.T, e *Env) {
+func checkReopen(t *testing.T, e *env) {
 	e.write(t, 4096, pattern(65536, 1), 0)
 	e.setUser(t, blockdev.PermConsistentRead, blockdev.PermAll)
 	if err := e.reopen(true); err != nil {
@@ -236,7 +236,7 @@ func checkReopen(t *testing.T, e *Env) {
 // checkReopenAbort: a reopen that fails after the driver prepared it (a
 // writer holds the node, so it cannot become read-only) leaves the node
 // as it was: read-write, written through, same options and content.
-func checkReopenAbort(t *testing.T, e *Env) {
+func checkReopenAbort(t *testing.T, e *env) {
 	e.write(t, 0, pattern(65536, 1), 0)
 	opts, filename, length := e.Node.Options(), e.Node.Filename(), e.Node.Length()
 	err := e.reopen(true)
@@ -269,7 +269,7 @@ func checkReopenAbort(t *testing.T, e *Env) {
 
 // needsPermLocker: image locks are the business of a node in the tree
 // that holds permissions outside the process (file).
-func needsPermLocker(e *Env) string {
+func needsPermLocker(e *env) string {
 	var walk func(n *blockdev.Node) bool
 	walk = func(n *blockdev.Node) bool {
 		if _, ok := n.Driver().(blockdev.PermLocker); ok {
@@ -291,7 +291,7 @@ const exclusiveShared = blockdev.PermAll &^ (blockdev.PermWrite | blockdev.PermR
 // second open of the same image wanting write (another graph: another
 // process, as far as image locks go) is refused, as QEMU's locking
 // refuses it; once the first graph closes, the second open succeeds.
-func checkImageLocks(t *testing.T, e *Env) {
+func checkImageLocks(t *testing.T, e *env) {
 	e.setUser(t, RootPerm, exclusiveShared)
 	e.write(t, 0, pattern(4096, 1), 0)
 	g2 := blockdev.NewGraph(zerolog.Nop())
@@ -329,7 +329,7 @@ func checkImageLocks(t *testing.T, e *Env) {
 // checkBitmapStore: a persistent bitmap records writes, is found again
 // with the same bits when the image is opened again, and is gone once
 // removed.
-func checkBitmapStore(t *testing.T, e *Env) {
+func checkBitmapStore(t *testing.T, e *env) {
 	const name = "drivertest"
 	var b *blockdev.DirtyBitmap
 	err := locked(e.Graph, func(*blockdev.Graph) error {
@@ -362,6 +362,16 @@ func checkBitmapStore(t *testing.T, e *Env) {
 		t.Fatalf("reloaded bitmap: granularity %d, %d dirty bytes; want the bits saved", b.Bits().Granularity(), b.Bits().Count())
 	}
 	e.verifyAll(t, "reopening the image")
+	if _, ok := e.Node.Driver().(blockdev.BitmapRecorder); ok {
+		// The driver stores whether the bitmap records too.
+		if err := locked(e.Graph, func(*blockdev.Graph) error { return b.SetRecording(false) }); err != nil {
+			t.Fatalf("disabling the bitmap: %v", err)
+		}
+		e.reopenImage(t, RootPerm)
+		if b = e.Node.DirtyBitmap(name); b == nil || b.Recording() {
+			t.Fatalf("a disabled persistent bitmap after reopening the image: %v", b)
+		}
+	}
 	err = locked(e.Graph, func(*blockdev.Graph) error { return e.Node.RemoveDirtyBitmap(name) })
 	if err != nil {
 		t.Fatalf("removing the bitmap: %v", err)
@@ -373,17 +383,16 @@ func checkBitmapStore(t *testing.T, e *Env) {
 }
 
 // checkCloseAfterError: requests that fail, in the node's entry points and
-// in the storage under the driver (blkdebug's inject-error on the node's
-// inline child), leave a node that closes cleanly, releasing every file
-// descriptor and goroutine it had.
-func checkCloseAfterError(t *testing.T, e *Env) {
+// in the storage under the driver (blkdebug above each of its children),
+// leave a node that closes cleanly, releasing every file descriptor and
+// goroutine it had.
+func checkCloseAfterError(t *testing.T, e *env) {
 	e.closeGraph(t)
 	fds, goroutines := countFDs(t), runtime.NumGoroutine()
 
 	// Requests the node refuses.
 	g, n, c := Open(t, e.Opts, blockdev.PermConsistentRead)
-	l := n.Length()
-	if err := c.Read(ctx, l-1, make([]byte, 2)); err == nil {
+	if err := c.Read(ctx, n.Length()-1, make([]byte, 2)); err == nil {
 		t.Error("a read past the end succeeded")
 	}
 	if err := c.Write(ctx, 0, make([]byte, 512), 0); err == nil {
@@ -391,41 +400,18 @@ func checkCloseAfterError(t *testing.T, e *Env) {
 	}
 	checkClosed(t, g, fds, goroutines)
 
-	// Requests that fail under the driver: a blkdebug node above each of
-	// its children fails each kind of request once.
+	// Requests that fail under the driver.
 	perm := RootPerm
 	if e.ReadOnly {
 		perm = blockdev.PermConsistentRead
 	}
 	g, n, c = Open(t, e.Opts, perm)
 	if len(n.Children()) == 0 {
-		t.Logf("%s has no child to inject errors under", e.Node.DriverName())
+		t.Logf("%s has no child to inject errors under", n.DriverName())
 		checkClosed(t, g, fds, goroutines)
 		return
 	}
-	var debug []blockdev.DebugEventer
-	err := locked(g, func(lg *blockdev.Graph) error {
-		for i, x := range n.Children() {
-			var rules []any
-			for _, io := range []string{"read", "write", "write-zeroes", "flush"} {
-				rules = append(rules, map[string]any{"event": injectEvent, "iotype": io, "once": true,
-					"errno": int64(injectErrno)})
-			}
-			f, err := lg.AppendFilter(ctx, x.Node(), blockdev.Options{"driver": "blkdebug",
-				"node-name": fmt.Sprintf("drivertest-inject%d", i), "image": x.Node().Name(), "inject-error": rules})
-			if err != nil {
-				return fmt.Errorf("putting blkdebug above %s: %w", x.Name(), err)
-			}
-			debug = append(debug, f.Driver().(blockdev.DebugEventer))
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range debug {
-		d.DebugEvent(injectEvent) // arm the rules
-	}
+	injectErrors(t, g, n)
 	failed := 0
 	note := func(err error) {
 		if err != nil {
@@ -440,6 +426,35 @@ func checkCloseAfterError(t *testing.T, e *Env) {
 	}
 	t.Logf("%d requests failed with the injected errors", failed)
 	checkClosed(t, g, fds, goroutines)
+}
+
+// injectErrors puts a blkdebug node above each child of n, failing the
+// next read, write, write-zeroes and flush that reach it.
+func injectErrors(t *testing.T, g *blockdev.Graph, n *blockdev.Node) {
+	t.Helper()
+	var rules []any
+	for _, io := range []string{"read", "write", "write-zeroes", "flush"} {
+		rules = append(rules, map[string]any{"event": injectEvent, "iotype": io, "once": true,
+			"errno": int64(injectErrno)})
+	}
+	var debug []blockdev.DebugEventer
+	err := locked(g, func(lg *blockdev.Graph) error {
+		for i, x := range n.Children() {
+			f, err := lg.AppendFilter(ctx, x.Node(), blockdev.Options{"driver": "blkdebug",
+				"node-name": fmt.Sprintf("drivertest-inject%d", i), "image": x.Node().Name(), "inject-error": rules})
+			if err != nil {
+				return fmt.Errorf("putting blkdebug above %s: %w", x.Name(), err)
+			}
+			debug = append(debug, f.Driver().(blockdev.DebugEventer))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range debug {
+		d.DebugEvent(injectEvent) // arms the rules
+	}
 }
 
 // The injected errors: an errno nothing else produces, once each, after
