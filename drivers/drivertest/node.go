@@ -199,6 +199,22 @@ func (e *env) setUser(t *testing.T, perm, shared blockdev.Perm) {
 	}
 }
 
+// needsReopener: a driver that cannot reopen refuses blockdev-reopen with
+// QEMU's message and stays as it was; the check then skips.
+func needsReopener(t *testing.T, e *env) string {
+	if _, ok := e.Node.Driver().(blockdev.Reopener); ok {
+		return ""
+	}
+	want := fmt.Sprintf("Block format '%s' used by node '%s' does not support reopening files", e.Node.DriverName(), e.Node.Name())
+	if err := e.reopen(true); err == nil || err.Error() != want {
+		t.Fatalf("blockdev-reopen of %s: got %v, want %q", e.Node.DriverName(), err, want)
+	}
+	if e.Node.ReadOnly() {
+		t.Fatal("a refused reopen made the node read-only")
+	}
+	return e.Node.DriverName() + " does not implement blockdev.Reopener (and refuses blockdev-reopen as QEMU does)"
+}
+
 // checkReopen reopens the node read-only and read-write again
 // (blockdev-reopen): the content stays, a read-only node takes no writer,
 // a read-write one does again.
@@ -269,7 +285,7 @@ func checkReopenAbort(t *testing.T, e *env) {
 
 // needsPermLocker: image locks are the business of a node in the tree
 // that holds permissions outside the process (file).
-func needsPermLocker(e *env) string {
+func needsPermLocker(_ *testing.T, e *env) string {
 	var walk func(n *blockdev.Node) bool
 	walk = func(n *blockdev.Node) bool {
 		if _, ok := n.Driver().(blockdev.PermLocker); ok {
