@@ -155,10 +155,15 @@ var unmap = blockdev.Options{"discard": "unmap"}
 func Run(t *testing.T, cfg Config) {
 	for _, c := range checks {
 		t.Run(c.name, func(t *testing.T) {
+			// The image is made before the checks go parallel: making
+			// one may run a tool (qemu-img), and a process forked while
+			// another check has its image open shares that image's
+			// descriptor, and so its lock, until it execs.
+			o := cfg.Options(t)
 			if !c.serial {
 				t.Parallel()
 			}
-			e := newEnv(t, cfg, c)
+			e := newEnv(t, cfg, c, o)
 			if c.writes && cfg.ReadOnly {
 				t.Skip(e.Node.DriverName() + " serves reads only (Config.ReadOnly)")
 			}
@@ -172,11 +177,10 @@ func Run(t *testing.T, cfg Config) {
 	}
 }
 
-// newEnv opens the check's node.
-func newEnv(t *testing.T, cfg Config, c check) *env {
+// newEnv opens the check's node from the options Config.Options gave.
+func newEnv(t *testing.T, cfg Config, c check, o blockdev.Options) *env {
 	t.Helper()
 	e := &env{Config: cfg, Dir: t.TempDir()}
-	o := cfg.Options(t)
 	for k, v := range c.extra {
 		o[k] = v
 	}

@@ -164,6 +164,31 @@ func checkPermission(t *testing.T, e *env) {
 		t.Errorf("resize without the resize permission succeeded")
 	}
 	e.verifyAll(t, "refused requests")
+
+	// A user that lets nobody else write keeps other writers out, and
+	// lets them in once it goes.
+	attach := func(user string, perm, shared blockdev.Perm) (c *blockdev.Child, err error) {
+		err = locked(e.Graph, func(lg *blockdev.Graph) error {
+			c, err = lg.AttachRoot(e.Node, "block device '"+user+"'", perm, shared)
+			return err
+		})
+		return c, err
+	}
+	excl, err := attach("excl", RootPerm, exclusiveShared)
+	if err != nil {
+		t.Fatalf("a writer sharing no write: %v", err)
+	}
+	if _, err := attach("w", blockdev.PermWrite, blockdev.PermAll); err == nil {
+		t.Fatal("a second writer attached next to one sharing no write")
+	}
+	_ = locked(e.Graph, func(lg *blockdev.Graph) error { lg.DetachRoot(excl); return nil })
+	w, err := attach("w", blockdev.PermWrite, blockdev.PermAll)
+	if err != nil {
+		t.Fatalf("a writer after the exclusive one went: %v", err)
+	}
+	if err := w.Write(ctx, 0, pattern(512, 1), 0); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // reopenOptions are blockdev-reopen's options for the check's node: the
