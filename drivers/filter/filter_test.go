@@ -18,66 +18,50 @@ func file(t *testing.T) map[string]any {
 	return map[string]any{"driver": "file", "filename": drivertest.Image(t, 4<<20)}
 }
 
-func TestConformanceCopyOnRead(t *testing.T) {
-	drivertest.Run(t, drivertest.Config{
-		Options: func(t *testing.T) blockdev.Options {
+// qcow2Chain is a qcow2 overlay of an empty raw base.
+func qcow2Chain(t *testing.T) map[string]any {
+	base := drivertest.Image(t, 4<<20)
+	top := drivertest.Image(t, 0)
+	g := blockdev.NewGraph(zerolog.Nop())
+	defer g.Close()
+	if err := g.Create(context.Background(), "qcow2", blockdev.Options{"size": int64(4 << 20),
+		"cluster-size": int64(4096), "backing-file": base, "backing-fmt": "raw",
+		"file": map[string]any{"driver": "file", "filename": top}}, "job 'test'"); err != nil {
+		t.Fatal(err)
+	}
+	return map[string]any{"driver": "qcow2", "file": map[string]any{"driver": "file", "filename": top}}
+}
+
+// Every filter runs the suite. copy-on-read and copy-before-write always
+// write to a child, so they cannot be opened read-only. mirror_top and
+// commit_top are not in blockdev-add's schema (jobs insert them), but the
+// graph opens them from the same options; commit_top takes no permission
+// on its child and serves reads only.
+func TestConformance(t *testing.T) {
+	for _, tc := range []struct {
+		name             string
+		opts             func(t *testing.T) blockdev.Options
+		readOnly, writes bool
+	}{
+		{"copy-on-read", func(t *testing.T) blockdev.Options {
 			return blockdev.Options{"driver": "copy-on-read", "file": file(t)}
-		},
-		Stores:      true,
-		WritesChild: true,
-	})
-}
-
-// copy-on-read over a qcow2 overlay of a raw base: reads copy what comes
-// from the base into the overlay.
-func TestConformanceCopyOnReadChain(t *testing.T) {
-	drivertest.Run(t, drivertest.Config{
-		Options: func(t *testing.T) blockdev.Options {
-			base := drivertest.Image(t, 4<<20)
-			top := drivertest.Image(t, 0)
-			g := blockdev.NewGraph(zerolog.Nop())
-			defer g.Close()
-			if err := g.Create(context.Background(), "qcow2", blockdev.Options{"size": int64(4 << 20),
-				"cluster-size": int64(4096), "backing-file": base, "backing-fmt": "raw",
-				"file": map[string]any{"driver": "file", "filename": top}}, "job 'test'"); err != nil {
-				t.Fatal(err)
-			}
-			return blockdev.Options{"driver": "copy-on-read",
-				"file": map[string]any{"driver": "qcow2", "file": map[string]any{"driver": "file", "filename": top}}}
-		},
-		Stores:      true,
-		WritesChild: true,
-	})
-}
-
-func TestConformanceCopyBeforeWrite(t *testing.T) {
-	drivertest.Run(t, drivertest.Config{
-		Options: func(t *testing.T) blockdev.Options {
+		}, false, true},
+		// Reads copy what comes from the base into the overlay.
+		{"copy-on-read-chain", func(t *testing.T) blockdev.Options {
+			return blockdev.Options{"driver": "copy-on-read", "file": qcow2Chain(t)}
+		}, false, true},
+		{"copy-before-write", func(t *testing.T) blockdev.Options {
 			return blockdev.Options{"driver": "copy-before-write", "file": file(t), "target": file(t)}
-		},
-		Stores:      true,
-		WritesChild: true,
-	})
-}
-
-// mirror_top and commit_top are not in blockdev-add's schema (jobs insert
-// them), but the graph opens them from the same options.
-func TestConformanceMirrorTop(t *testing.T) {
-	drivertest.Run(t, drivertest.Config{
-		Options: func(t *testing.T) blockdev.Options {
+		}, false, true},
+		{"mirror_top", func(t *testing.T) blockdev.Options {
 			return blockdev.Options{"driver": "mirror_top", "backing": file(t)}
-		},
-		Stores: true,
-	})
-}
-
-// commit_top takes no permission on its child: it serves reads only.
-func TestConformanceCommitTop(t *testing.T) {
-	drivertest.Run(t, drivertest.Config{
-		Options: func(t *testing.T) blockdev.Options {
+		}, false, false},
+		{"commit_top", func(t *testing.T) blockdev.Options {
 			return blockdev.Options{"driver": "commit_top", "backing": file(t)}
-		},
-		Stores:   true,
-		ReadOnly: true,
-	})
+		}, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			drivertest.Run(t, drivertest.Config{Options: tc.opts, Stores: true, ReadOnly: tc.readOnly, WritesChild: tc.writes})
+		})
+	}
 }
