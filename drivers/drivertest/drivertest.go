@@ -83,6 +83,11 @@ type Config struct {
 	// that, as in QEMU, it cannot be opened read-only: the ReadOnly check
 	// expects blockdev-add to refuse it.
 	WritesChild bool
+	// DiscardAlign, when set, is the alignment a discard needs: one that
+	// is not aligned may fail with EINVAL, changing nothing, as QEMU's
+	// host_device's does (the kernel refuses parts of sectors). Other
+	// discards must succeed.
+	DiscardAlign int64
 }
 
 // RootPerm is what the suite's root user holds.
