@@ -208,9 +208,11 @@ func checkBoundaries(t *testing.T, e *env) {
 			e.discard(t, r.off, r.n)
 			e.verify(t, lo, n, "discard of "+what)
 			e.zero(t, lo, n, blockdev.ReqMayUnmap)
+			e.write(t, r.off, pattern(int(r.n), byte(3*i+4)), 0)
 		}
 	}
 	e.verifyAll(t, "all the requests")
+	e.checkExtents(t)
 }
 
 func checkBounds(t *testing.T, e *env) {
@@ -274,8 +276,9 @@ func checkDiscard(t *testing.T, e *env) {
 }
 
 // checkBlockStatus walks the node's extents after some writes and
-// write-zeroes: they cover the node, and a range reported as zero reads
-// as zeroes (so written data is never reported as zero).
+// write-zeroes: they cover the node, a range reported as zero reads as
+// zeroes, and one holding written data is reported as data, never as
+// zero.
 func checkBlockStatus(t *testing.T, e *env) {
 	if !e.ReadOnly {
 		e.write(t, 1<<19, pattern(8192, 1), 0)
@@ -283,6 +286,12 @@ func checkBlockStatus(t *testing.T, e *env) {
 		e.zero(t, 3<<16+4096, 8192, 0)
 		e.write(t, 1<<18, pattern(1, 3), 0)
 	}
+	e.checkExtents(t)
+}
+
+// checkExtents walks the node's extents and compares them with the model.
+func (e *env) checkExtents(t *testing.T) {
+	t.Helper()
 	l := e.Child.Length()
 	for off := int64(0); off < l; {
 		st, err := e.Child.BlockStatus(ctx, off, l-off)
@@ -298,6 +307,12 @@ func checkBlockStatus(t *testing.T, e *env) {
 				t.Fatalf("block-status reports %d+%d as zero, but byte %d was written non-zero", off, st.Length, off+int64(i))
 			}
 			e.verify(t, off, n, fmt.Sprintf("block-status reporting %d+%d as zero", off, st.Length))
+		}
+		if e.model != nil && st.Flags&blockdev.StatusData == 0 {
+			n := min(st.Length, 4<<20)
+			if i := firstDiff(e.want(off, n), make([]byte, n)); i >= 0 {
+				t.Fatalf("block-status reports %d+%d without data (flags %#x), but byte %d was written non-zero", off, st.Length, st.Flags, off+int64(i))
+			}
 		}
 		off += st.Length
 	}

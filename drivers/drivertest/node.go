@@ -53,6 +53,7 @@ func checkPersist(t *testing.T, e *env) {
 		t.Fatalf("length %d after reopening the image, was %d", e.Node.Length(), l)
 	}
 	e.verifyAll(t, "closing and reopening the image")
+	e.checkExtents(t)
 }
 
 // checkTruncate grows the node, and shrinks it where the driver can:
