@@ -37,6 +37,16 @@ func TestConformanceAligned(t *testing.T) {
 	})
 }
 
+// Requests larger than max-transfer are split at its boundaries.
+func TestConformanceMaxTransfer(t *testing.T) {
+	drivertest.Run(t, drivertest.Config{
+		Options: func(t *testing.T) blockdev.Options {
+			return opts(t, blockdev.Options{"align": int64(512), "max-transfer": int64(65536)})
+		},
+		Stores: true,
+	})
+}
+
 func rules(rs ...map[string]any) []any {
 	out := make([]any, len(rs))
 	for i, r := range rs {

@@ -1,4 +1,6 @@
-// Package drivertest is the conformance suite every block driver runs:
+// Package drivertest is the conformance suite every block driver runs, in
+// the style of containerd's snapshots test suite. A driver gets all of it
+// with one call in its test file:
 //
 //	func TestConformance(t *testing.T) {
 //		drivertest.Run(t, drivertest.Config{
@@ -7,38 +9,229 @@
 //		})
 //	}
 //
-// It opens nodes through a real Graph (blockdev-add semantics, children
-// included) and drives them through a root Child, so requests pass the
-// node's entry points exactly as an export's would.
+// Run runs every named check as a subtest (TestConformance/Reopen, ...).
+// Each check gets a fresh temporary directory and a fresh node opened from
+// Config.Options through a real Graph (blockdev-add semantics, children
+// included), used through a root Child so that requests pass the node's
+// entry points exactly as an export's would. A check that exercises an
+// optional ability (blockdev.Truncater, blockdev.Reopener,
+// blockdev.BitmapStore, a blockdev.PermLocker in the node's tree, ...)
+// is skipped, saying why, when the driver does not have it (Truncate also
+// when the driver has it but the storage under it cannot be resized);
+// the checks that write are skipped when Config says the driver serves
+// reads only, Persist when it stores nothing. Nothing else skips a check.
+//
+// The checks, and what gates them:
+//
+//	Length, RoundTrip, Bounds        length, reads and writes, requests past the end
+//	Boundaries                       write, write-zeroes (with and without may-unmap)
+//	                                 and discard at and across sector, page, request
+//	                                 alignment, cluster and max-transfer boundaries
+//	Flush, WriteZeroes/*, Discard    flush and FUA; zeroing; discard changes nothing
+//	                                 but its range, which reads as before or as zero
+//	BlockStatus                      extents cover the node; "zero" reads as zeroes
+//	Persist                          Config.Stores: data survives close and reopen
+//	Truncate                         blockdev.Truncater: grow, shrink if it can
+//	ReadOnly, Permission             read-only opens; writes without the permission
+//	Reopen, ReopenAbort              blockdev.Reopener: read-only <-> read-write, and
+//	                                 a failed reopen leaving the node as it was
+//	ImageLocks                       a blockdev.PermLocker in the tree: a second
+//	                                 writer of the image is refused until the first closes
+//	BitmapStore                      blockdev.BitmapStore: persistent bitmaps reload
+//	CloseAfterError                  refused and injected (blkdebug) failures, then a
+//	                                 close that releases every fd and goroutine
+//	Concurrent                       requests from many goroutines
+//
+// Checks that write are skipped for a driver that serves reads only
+// (Config.ReadOnly). Every check but CloseAfterError, which measures the
+// whole process, runs in parallel with the others.
+//
+// Reads are compared with a model of the content the requests so far must
+// have left (all zeroes for a driver that stores nothing), so a check
+// notices data that changed outside a request as well as data a request
+// failed to change.
 package drivertest
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 
 	"github.com/rs/zerolog"
 
 	"github.com/qbmond/qbmond/blockdev"
+	_ "github.com/qbmond/qbmond/drivers/blkdebug" // CloseAfterError injects errors with it
 )
 
 // Config describes the driver under test.
 type Config struct {
 	// Options returns blockdev-add options for a fresh node of at least
-	// 1 MiB whose content reads as zeroes. The suite sets node-name (and,
-	// for some subtests, read-only or discard) itself.
+	// 1 MiB whose content reads as zeroes, with its images in a fresh
+	// directory of t. The suite sets node-name (and, for some checks,
+	// read-only or discard) itself. It is called once per check; a check
+	// that opens the same image again reuses the options it returned.
 	Options func(t *testing.T) blockdev.Options
 	// Stores tells whether written data reads back (false for null).
 	Stores bool
+	// ReadOnly says the driver serves reads only (commit_top takes no
+	// permission on its child): the node is opened read-only and the
+	// checks that write are skipped.
+	ReadOnly bool
+	// WritesChild says the driver always takes write on a child
+	// (copy-on-read for its copies, copy-before-write on its target), so
+	// that, as in QEMU, it cannot be opened read-only: the ReadOnly check
+	// expects blockdev-add to refuse it.
+	WritesChild bool
+	// DiscardAlign, when set, is the alignment a discard needs: one that
+	// is not aligned may fail with EINVAL, changing nothing, as QEMU's
+	// host_device's does (the kernel refuses parts of sectors). Other
+	// discards must succeed.
+	DiscardAlign int64
 }
 
 // RootPerm is what the suite's root user holds.
 const RootPerm = blockdev.PermConsistentRead | blockdev.PermWrite | blockdev.PermResize
+
+// env is what a check is given: a fresh directory, the options its node
+// was opened with, and the node itself with a root user.
+type env struct {
+	Config
+	// Dir is a fresh directory of the check's own.
+	Dir string
+	// Opts are the options the node was opened with (node-name
+	// included); opening them again opens the same image.
+	Opts  blockdev.Options
+	Graph *blockdev.Graph
+	Node  *blockdev.Node
+	// Child is the root user: RootPerm (PermConsistentRead only with
+	// Config.ReadOnly), sharing everything.
+	Child *blockdev.Child
+	// model is the content the node must read as (when Stores).
+	model []byte
+}
+
+// check is one named conformance check.
+type check struct {
+	name string
+	// extra options for the node (discard, read-only).
+	extra blockdev.Options
+	// perm of the root user instead of RootPerm.
+	perm blockdev.Perm
+	// writes: the check writes (skipped with Config.ReadOnly).
+	writes bool
+	// serial: the check measures the whole process (file descriptors,
+	// goroutines) and runs alone, before the others run in parallel.
+	serial bool
+	// needs returns why the check does not apply to the driver ("" when
+	// it does): the optional ability it exercises is missing. It may
+	// check what the driver does instead (refuse as QEMU does).
+	needs func(t *testing.T, e *env) string
+	run   func(t *testing.T, e *env)
+}
+
+// checks is the suite, in the order Run runs it.
+var checks = []check{
+	{name: "Length", run: checkLength},
+	{name: "RoundTrip", writes: true, run: checkRoundTrip},
+	{name: "Boundaries", writes: true, extra: unmap, run: checkBoundaries},
+	{name: "Bounds", run: checkBounds},
+	{name: "Flush", writes: true, run: checkFlush},
+	{name: "WriteZeroes/unmap=false", writes: true, run: checkWriteZeroes(0)},
+	{name: "WriteZeroes/unmap=true", writes: true, extra: unmap, run: checkWriteZeroes(blockdev.ReqMayUnmap)},
+	{name: "Discard", writes: true, extra: unmap, run: checkDiscard},
+	{name: "BlockStatus", run: checkBlockStatus},
+	{name: "Persist", writes: true, needs: needsStores, run: checkPersist},
+	{name: "Truncate", writes: true, needs: needsDriver[blockdev.Truncater]("blockdev.Truncater"), run: checkTruncate},
+	{name: "ReadOnly", run: checkReadOnly},
+	{name: "Reopen", writes: true, needs: needsReopener, run: checkReopen},
+	{name: "ReopenAbort", writes: true, needs: needsDriver[blockdev.Reopener]("blockdev.Reopener"), run: checkReopenAbort},
+	{name: "Permission", writes: true, perm: blockdev.PermConsistentRead, run: checkPermission},
+	{name: "ImageLocks", writes: true, needs: needsPermLocker, run: checkImageLocks},
+	{name: "BitmapStore", writes: true, needs: needsDriver[blockdev.BitmapStore]("blockdev.BitmapStore"), run: checkBitmapStore},
+	{name: "CloseAfterError", serial: true, run: checkCloseAfterError},
+	{name: "Concurrent", writes: true, run: checkConcurrent},
+}
+
+var unmap = blockdev.Options{"discard": "unmap"}
+
+// Run runs the suite: every check as a subtest, each on a node of its own,
+// in parallel but for the serial ones, which run first.
+func Run(t *testing.T, cfg Config) {
+	for _, c := range checks {
+		t.Run(c.name, func(t *testing.T) {
+			// The image is made before the checks go parallel: making
+			// one may run a tool (qemu-img), and a process forked while
+			// another check has its image open shares that image's
+			// descriptor, and so its lock, until it execs.
+			o := cfg.Options(t)
+			if !c.serial {
+				t.Parallel()
+			}
+			e := newEnv(t, cfg, c, o)
+			if c.writes && cfg.ReadOnly {
+				t.Skip(e.Node.DriverName() + " serves reads only (Config.ReadOnly)")
+			}
+			if c.needs != nil {
+				if why := c.needs(t, e); why != "" {
+					t.Skip(why)
+				}
+			}
+			c.run(t, e)
+		})
+	}
+}
+
+// newEnv opens the check's node from the options Config.Options gave.
+func newEnv(t *testing.T, cfg Config, c check, o blockdev.Options) *env {
+	t.Helper()
+	e := &env{Config: cfg, Dir: t.TempDir()}
+	for k, v := range c.extra {
+		o[k] = v
+	}
+	perm := RootPerm
+	if c.perm != 0 {
+		perm = c.perm
+	}
+	if cfg.ReadOnly {
+		o["read-only"] = true
+		perm = blockdev.PermConsistentRead
+	}
+	if !o.Has("node-name") {
+		o["node-name"] = "test"
+	}
+	e.Opts = o
+	e.Graph, e.Node, e.Child = Open(t, o, perm)
+	if cfg.Stores {
+		e.model = make([]byte, e.Node.Length())
+	}
+	return e
+}
+
+// needsDriver gates a check on the node's driver implementing I.
+func needsDriver[I any](name string) func(t *testing.T, e *env) string {
+	return func(_ *testing.T, e *env) string {
+		if _, ok := e.Node.Driver().(I); !ok {
+			return e.Node.DriverName() + " does not implement " + name
+		}
+		return ""
+	}
+}
+
+func needsStores(_ *testing.T, e *env) string {
+	if !e.Stores {
+		return e.Node.DriverName() + " stores no data (Config.Stores is false)"
+	}
+	return ""
+}
+
+// locked runs f with the graph lock held. Every graph operation of the
+// suite that needs the lock goes through here.
+func locked(g *blockdev.Graph, f func(lg *blockdev.Graph) error) error {
+	g.Lock()
+	defer g.Unlock()
+	return f(g)
+}
 
 // Open adds a node to a new graph from opts (node-name "test" unless set)
 // and attaches a root user holding perm and sharing everything. The graph
@@ -55,316 +248,36 @@ func Open(t testing.TB, opts blockdev.Options, perm blockdev.Perm) (*blockdev.Gr
 	if !opts.Has("node-name") {
 		opts["node-name"] = "test"
 	}
-	g.Lock()
-	defer g.Unlock()
-	n, err := g.Add(context.Background(), opts)
+	n, c, err := add(g, opts, perm, blockdev.PermAll)
 	if err != nil {
-		t.Fatalf("blockdev-add %v: %v", opts, err)
-	}
-	c, err := g.AttachRoot(n, "block device 'drivertest'", perm, blockdev.PermAll)
-	if err != nil {
-		t.Fatalf("attaching the test user: %v", err)
+		t.Fatal(err)
 	}
 	return g, n, c
 }
 
-func pattern(n int, seed byte) []byte {
-	p := make([]byte, n)
-	for i := range p {
-		p[i] = seed + byte(i*7+i/251)
-	}
-	return p
+// add adds a node from opts to g and attaches a root user holding perm
+// and sharing shared.
+func add(g *blockdev.Graph, opts blockdev.Options, perm, shared blockdev.Perm) (n *blockdev.Node, c *blockdev.Child, err error) {
+	err = locked(g, func(lg *blockdev.Graph) error {
+		if n, err = lg.Add(context.Background(), opts); err != nil {
+			return &stepError{"blockdev-add", err}
+		}
+		if c, err = lg.AttachRoot(n, "block device 'drivertest'", perm, shared); err != nil {
+			return &stepError{"attaching the test user", err}
+		}
+		return nil
+	})
+	return n, c, err
 }
 
-// Run runs the suite.
-func Run(t *testing.T, cfg Config) {
-	ctx := context.Background()
-	open := func(t *testing.T, extra blockdev.Options, perm blockdev.Perm) (*blockdev.Node, *blockdev.Child) {
-		o := cfg.Options(t)
-		for k, v := range extra {
-			o[k] = v
-		}
-		_, n, c := Open(t, o, perm)
-		return n, c
-	}
-
-	t.Run("Length", func(t *testing.T) {
-		n, c := open(t, nil, RootPerm)
-		if l := n.Length(); l < 1<<20 || l%512 != 0 {
-			t.Fatalf("length %d: want >= 1 MiB and a multiple of 512", l)
-		}
-		if c.Length() != n.Length() {
-			t.Fatalf("child length %d != node length %d", c.Length(), n.Length())
-		}
-	})
-
-	t.Run("RoundTrip", func(t *testing.T) {
-		_, c := open(t, nil, RootPerm)
-		l := c.Length()
-		cases := []struct{ off, n int64 }{
-			{0, 512}, {0, 1}, {1, 511}, {511, 2}, {512, 4096}, {4095, 4097},
-			{65536 + 7, 100000}, {l - 4096, 4096}, {l - 1, 1}, {l - 513, 513},
-		}
-		for i, tc := range cases {
-			p := pattern(int(tc.n), byte(i+1))
-			if err := c.Write(ctx, tc.off, p, 0); err != nil {
-				t.Fatalf("write %d+%d: %v", tc.off, tc.n, err)
-			}
-			got := make([]byte, tc.n)
-			if err := c.Read(ctx, tc.off, got); err != nil {
-				t.Fatalf("read %d+%d: %v", tc.off, tc.n, err)
-			}
-			if cfg.Stores && !bytes.Equal(got, p) {
-				t.Fatalf("read %d+%d after write: data differs", tc.off, tc.n)
-			}
-		}
-		// A FUA write completes like any other.
-		if err := c.Write(ctx, 8192, pattern(512, 9), blockdev.ReqFUA); err != nil {
-			t.Fatalf("FUA write: %v", err)
-		}
-		if cfg.Stores {
-			// Neighbours of a small write are untouched.
-			if err := c.Write(ctx, 20000, bytes.Repeat([]byte{0xaa}, 1024), 0); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.Write(ctx, 20100, []byte{1, 2, 3}, 0); err != nil {
-				t.Fatal(err)
-			}
-			got := make([]byte, 1024)
-			if err := c.Read(ctx, 20000, got); err != nil {
-				t.Fatal(err)
-			}
-			want := bytes.Repeat([]byte{0xaa}, 1024)
-			copy(want[100:], []byte{1, 2, 3})
-			if !bytes.Equal(got, want) {
-				t.Fatal("a 3-byte write changed its neighbours")
-			}
-		}
-	})
-
-	t.Run("Bounds", func(t *testing.T) {
-		_, c := open(t, nil, RootPerm)
-		l := c.Length()
-		buf := make([]byte, 2)
-		for _, off := range []int64{l - 1, l, l + 512, -1} {
-			if err := c.Read(ctx, off, buf); !errors.Is(err, blockdev.ErrOutOfRange) {
-				t.Errorf("read of 2 bytes at %d (length %d): got %v, want ErrOutOfRange", off, l, err)
-			}
-			if err := c.Write(ctx, off, buf, 0); !errors.Is(err, blockdev.ErrOutOfRange) {
-				t.Errorf("write of 2 bytes at %d: got %v, want ErrOutOfRange", off, err)
-			}
-		}
-		if err := c.WriteZeroes(ctx, l-512, 1024, 0); !errors.Is(err, blockdev.ErrOutOfRange) {
-			t.Errorf("write-zeroes past the end: got %v", err)
-		}
-		if err := c.Discard(ctx, l, 1); !errors.Is(err, blockdev.ErrOutOfRange) {
-			t.Errorf("discard past the end: got %v", err)
-		}
-		if _, err := c.BlockStatus(ctx, l-1, 2); !errors.Is(err, blockdev.ErrOutOfRange) {
-			t.Errorf("block-status past the end: got %v", err)
-		}
-		if err := c.Read(ctx, l, nil); err != nil {
-			t.Errorf("empty read at the end: %v", err)
-		}
-	})
-
-	t.Run("Flush", func(t *testing.T) {
-		_, c := open(t, nil, RootPerm)
-		if err := c.Write(ctx, 0, pattern(4096, 3), 0); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Flush(ctx); err != nil {
-			t.Fatalf("flush: %v", err)
-		}
-	})
-
-	for _, unmap := range []bool{false, true} {
-		t.Run(fmt.Sprintf("WriteZeroes/unmap=%v", unmap), func(t *testing.T) {
-			extra := blockdev.Options{}
-			var flags blockdev.ReqFlags
-			if unmap {
-				extra["discard"] = "unmap"
-				flags = blockdev.ReqMayUnmap
-			}
-			_, c := open(t, extra, RootPerm)
-			data := pattern(256<<10, 5)
-			if err := c.Write(ctx, 0, data, 0); err != nil {
-				t.Fatal(err)
-			}
-			for _, r := range []struct{ off, n int64 }{{4096, 8192}, {65536 + 3, 70000}, {200000, 1}} {
-				if err := c.WriteZeroes(ctx, r.off, r.n, flags); err != nil {
-					t.Fatalf("write-zeroes %d+%d: %v", r.off, r.n, err)
-				}
-				clear(data[r.off : r.off+r.n])
-			}
-			got := make([]byte, len(data))
-			if err := c.Read(ctx, 0, got); err != nil {
-				t.Fatal(err)
-			}
-			if cfg.Stores && !bytes.Equal(got, data) {
-				t.Fatal("after write-zeroes the data is not zero where zeroed or not intact elsewhere")
-			}
-			if !cfg.Stores {
-				// Drivers that store nothing must at least zero the range
-				// when they say it reads as zeroes.
-				checkZeroExtents(ctx, t, c, 0, int64(len(data)))
-			}
-		})
-	}
-
-	t.Run("Discard", func(t *testing.T) {
-		_, c := open(t, blockdev.Options{"discard": "unmap"}, RootPerm)
-		if err := c.Write(ctx, 0, pattern(1<<20, 8), 0); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Discard(ctx, 65536, 65536); err != nil {
-			t.Fatalf("discard: %v", err)
-		}
-		if err := c.Discard(ctx, 3, 5); err != nil {
-			t.Fatalf("misaligned discard: %v", err)
-		}
-		// Data outside discarded ranges stays.
-		got := make([]byte, 4096)
-		if err := c.Read(ctx, 200000, got); err != nil {
-			t.Fatal(err)
-		}
-		if cfg.Stores && !bytes.Equal(got, pattern(1<<20, 8)[200000:204096]) {
-			t.Fatal("discard changed data outside its range")
-		}
-	})
-
-	t.Run("BlockStatus", func(t *testing.T) {
-		_, c := open(t, nil, RootPerm)
-		if err := c.Write(ctx, 1<<19, pattern(8192, 1), 0); err != nil {
-			t.Fatal(err)
-		}
-		l := c.Length()
-		var covered int64
-		for off := int64(0); off < l; {
-			st, err := c.BlockStatus(ctx, off, l-off)
-			if err != nil {
-				t.Fatalf("block-status at %d: %v", off, err)
-			}
-			if st.Length <= 0 || st.Length > l-off {
-				t.Fatalf("block-status at %d: length %d out of (0, %d]", off, st.Length, l-off)
-			}
-			if st.Flags&blockdev.StatusZero != 0 {
-				checkZeroExtents(ctx, t, c, off, min(st.Length, 1<<20))
-			}
-			if cfg.Stores && off <= 1<<19 && off+st.Length > 1<<19 && st.Flags&blockdev.StatusZero != 0 {
-				t.Fatalf("written data at %d reported as zero", 1<<19)
-			}
-			covered += st.Length
-			off += st.Length
-		}
-		if covered != l {
-			t.Fatalf("extents cover %d bytes, node has %d", covered, l)
-		}
-	})
-
-	t.Run("ReadOnly", func(t *testing.T) {
-		o := cfg.Options(t)
-		o["read-only"] = true
-		o["node-name"] = "ro"
-		g := blockdev.NewGraph(zerolog.Nop())
-		defer g.Close()
-		g.Lock()
-		n, err := g.Add(ctx, o)
-		if err != nil {
-			g.Unlock()
-			t.Fatalf("read-only blockdev-add: %v", err)
-		}
-		if !n.ReadOnly() {
-			t.Error("node not read-only")
-		}
-		_, err = g.AttachRoot(n, "block device 'w'", blockdev.PermWrite, blockdev.PermAll)
-		if err == nil || err.Error() != "Block node is read-only" {
-			t.Errorf("attaching a writer to a read-only node: got %v", err)
-		}
-		c, err := g.AttachRoot(n, "block device 'r'", blockdev.PermConsistentRead, blockdev.PermAll)
-		g.Unlock()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Read(ctx, 0, make([]byte, 512)); err != nil {
-			t.Errorf("read from a read-only node: %v", err)
-		}
-		if err := c.Write(ctx, 0, make([]byte, 512), 0); !errors.Is(err, blockdev.ErrReadOnly) {
-			t.Errorf("write to a read-only node: got %v, want ErrReadOnly", err)
-		}
-	})
-
-	t.Run("Permission", func(t *testing.T) {
-		_, c := open(t, nil, blockdev.PermConsistentRead)
-		if err := c.Write(ctx, 0, make([]byte, 512), 0); !errors.Is(err, blockdev.ErrPermission) {
-			t.Errorf("write without the write permission: got %v, want ErrPermission", err)
-		}
-		if err := c.WriteZeroes(ctx, 0, 512, 0); !errors.Is(err, blockdev.ErrPermission) {
-			t.Errorf("write-zeroes without the write permission: got %v", err)
-		}
-		if err := c.Read(ctx, 0, make([]byte, 512)); err != nil {
-			t.Errorf("read: %v", err)
-		}
-	})
-
-	t.Run("Concurrent", func(t *testing.T) {
-		_, c := open(t, nil, RootPerm)
-		const workers, rounds, chunk = 8, 20, 4096 + 13
-		var wg sync.WaitGroup
-		errs := make(chan error, workers)
-		for w := range workers {
-			wg.Go(func() {
-				base := int64(w) * 64 << 10
-				for r := range rounds {
-					off := base + int64(r%4)*chunk
-					p := pattern(chunk, byte(w*31+r))
-					if err := c.Write(ctx, off, p, 0); err != nil {
-						errs <- err
-						return
-					}
-					got := make([]byte, chunk)
-					if err := c.Read(ctx, off, got); err != nil {
-						errs <- err
-						return
-					}
-					if cfg.Stores && !bytes.Equal(got, p) {
-						errs <- fmt.Errorf("worker %d round %d: read back differs", w, r)
-						return
-					}
-					if _, err := c.BlockStatus(ctx, off, chunk); err != nil {
-						errs <- err
-						return
-					}
-				}
-				if err := c.Flush(ctx); err != nil {
-					errs <- err
-				}
-			})
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Error(err)
-		}
-	})
+// stepError says which step of opening a node failed.
+type stepError struct {
+	step string
+	err  error
 }
 
-// checkZeroExtents reads [off, off+n) and fails unless it is all zero.
-func checkZeroExtents(ctx context.Context, t *testing.T, c *blockdev.Child, off, n int64) {
-	t.Helper()
-	buf := make([]byte, n)
-	for i := range buf {
-		buf[i] = 0x5a // a driver that leaves the buffer alone is caught
-	}
-	if err := c.Read(ctx, off, buf); err != nil {
-		t.Fatalf("read %d+%d: %v", off, n, err)
-	}
-	for i, b := range buf {
-		if b != 0 {
-			t.Fatalf("range %d+%d is reported zero but byte %d is not", off, n, off+int64(i))
-		}
-	}
-}
+func (e *stepError) Error() string { return e.step + ": " + e.err.Error() }
+func (e *stepError) Unwrap() error { return e.err }
 
 // Image creates an empty sparse file of size bytes in a temporary
 // directory of the test and returns its path.

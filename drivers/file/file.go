@@ -340,8 +340,12 @@ func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.R
 }
 
 // extendTo grows the file to end if it is shorter (a punched hole past
-// EOF must still make the node that long).
+// EOF must still make the node that long). A device has its size (and
+// fstat reports 0 for it).
 func (d *Driver) extendTo(end int64) error {
+	if d.device {
+		return nil
+	}
 	size, err := d.size()
 	if err != nil || size >= end {
 		return err
@@ -421,11 +425,34 @@ func (d *Driver) AllocatedSize(ctx context.Context) (int64, error) {
 	return st.Blocks * 512, nil
 }
 
-// Truncate sets the file's size.
+// Truncate sets the file's size. A device keeps its size, as with QEMU's
+// host_device: growing it fails, and so does any change when exact; a
+// smaller size is otherwise accepted and changes nothing.
 func (d *Driver) Truncate(ctx context.Context, size int64, exact bool) error {
 	defer d.bsc.invalidate()
-	return unix.Ftruncate(d.fd, size)
+	if !d.device {
+		return unix.Ftruncate(d.fd, size)
+	}
+	cur, err := d.Length(ctx)
+	switch {
+	case err != nil:
+		return err
+	case size != cur && exact:
+		return &sizeError{"Cannot resize device files", unix.ENOTSUP}
+	case size > cur:
+		return &sizeError{"Cannot grow device files", unix.EINVAL}
+	}
+	return nil
 }
+
+// sizeError is a refused resize: QEMU's message, and its errno.
+type sizeError struct {
+	msg   string
+	errno unix.Errno
+}
+
+func (e *sizeError) Error() string { return e.msg }
+func (e *sizeError) Unwrap() error { return e.errno }
 
 // Protocol marks file as a protocol driver.
 func (d *Driver) Protocol() {}
