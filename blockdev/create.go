@@ -102,3 +102,25 @@ func (g *Graph) Create(ctx context.Context, driver string, opts Options, user st
 	}()
 	return f(ctx, cc)
 }
+
+type backgroundKey struct{}
+
+// WithBackground returns a copy of ctx under which Background calls f.
+// The job that runs blockdev-create (package jobs) gives its
+// Job.Background, so that a driver's Create reaches it without the
+// drivers depending on the jobs package.
+func WithBackground(ctx context.Context, f func()) context.Context {
+	return context.WithValue(ctx, backgroundKey{}, f)
+}
+
+// Background marks the point where a Creator's Create first waits for
+// lengthy I/O, where QEMU's coroutine would first yield: the job that
+// runs it lets blockdev-create reply from here on, and the image is
+// written in the background, as in QSD. A create function calls it once
+// its target is open, before its first lengthy I/O. Outside a job (no
+// WithBackground in ctx) it does nothing.
+func Background(ctx context.Context) {
+	if f, _ := ctx.Value(backgroundKey{}).(func()); f != nil {
+		f()
+	}
+}

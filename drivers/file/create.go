@@ -10,7 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/qbmond/qbmond/blockdev"
-	"github.com/qbmond/qbmond/jobs"
 )
 
 func init() {
@@ -90,7 +89,7 @@ func create(ctx context.Context, cc *blockdev.CreateContext) (err error) {
 	if err = createLock(fd, name); err != nil {
 		return err
 	}
-	jobs.Background(ctx)
+	blockdev.Background(ctx)
 
 	if err = unix.Ftruncate(fd, 0); err != nil {
 		return fmt.Errorf("Could not resize file: %s", blockdev.Strerror(err))
