@@ -3,23 +3,33 @@ package blockdev
 import "context"
 
 // This file is the driver contract: the Driver interface every block
-// driver implements, and every optional ability the block layer discovers
-// on a driver by type assertion, each with who calls it and when. A driver
-// gains an ability by having the methods; nothing else needs registering.
+// driver implements, the Factory it registers, and every optional ability
+// the block layer discovers by type assertion, each with who calls it and
+// when. A driver registers once (Register) and gains an ability by having
+// the methods: probing and creation on its Factory, the rest on its
+// instances.
 
 // Driver is one block driver instance: the code behind one node. It is
 // modelled on QEMU's BlockDriver, in bytes rather than sectors.
 //
-// A driver package registers a factory under its QMP name, database/sql
-// style, and package blockdev never imports it:
+// A driver package registers a Factory under its QMP name, once,
+// database/sql style, and package blockdev never imports it:
 //
-//	func init() { blockdev.RegisterDriver("raw", func() blockdev.Driver { return new(Raw) }) }
+//	func init() { blockdev.Register("qcow2", format{}) }
+//
+//	type format struct{}                 // the Factory
+//	func (format) New() blockdev.Driver  { return new(Driver) }
+//	func (format) Probe(head []byte) int { ... } // a Prober
+//	func (format) Create(ctx, cc) error  { ... } // a Creator
+//
+// (RegisterDriver registers a plain function, for a driver that is neither
+// probed nor created.)
 //
 // The lifecycle of a node, as the graph drives it:
 //
 //	// blockdev-add {"driver": "raw", "node-name": "disk", "offset": 512,
 //	//               "file": {"driver": "file", "filename": "/img"}}
-//	d := factory()                   // a fresh, unopened instance
+//	d := factory.New()               // a fresh, unopened instance
 //	err := d.Open(ctx, oc)           // oc.Options() holds offset; the driver
 //	                                 // calls oc.OpenChild(ctx, "file", RoleData|RolePrimary),
 //	                                 // which opens (or looks up) the child node,
@@ -52,7 +62,8 @@ import "context"
 // the optional reopen/truncate/backing abilities run under the graph lock.
 //
 // Optional abilities are separate small interfaces, all declared in this
-// file and found by type assertion on the instance:
+// file and found by type assertion: on the registered Factory, Prober and
+// Creator; on the instance, the rest:
 //
 //   - requests: WriteFlagger, Aligner, TransferLimiter, CompressedWriter,
 //     FileMapper, FileWriter, DebugEventer, Ejecter;
@@ -94,6 +105,43 @@ type Driver interface {
 	// the driver has no such information (query views then omit
 	// dirty-flag and cluster-size).
 	Info(ctx context.Context) (DriverInfo, error)
+}
+
+// Registration.
+
+// Factory is what a driver package registers (see Register): it makes the
+// driver's instances. The graph calls New for every node it opens with the
+// driver (blockdev-add, an inline child, a backing file opened by name,
+// blockdev-create's inline target), then Open on the fresh instance, which
+// serves that node alone. A Factory may also be a Prober and a Creator.
+type Factory interface {
+	New() Driver
+}
+
+// FactoryFunc is a Factory made of a plain function.
+type FactoryFunc func() Driver
+
+// New calls f.
+func (f FactoryFunc) New() Driver { return f() }
+
+// Prober is a Factory whose format can be recognised by content. When an
+// image file must be opened without a format (a backing file its overlay's
+// header names without one, drive-backup's existing target given without
+// one), the graph reads the file's first bytes (up to 512; fewer for a
+// short file) and calls Probe on every registered Prober:
+// it returns 0 for no, 100 for a certain match by magic number. The best
+// score above 1 wins; raw matches anything, with score 1.
+type Prober interface {
+	Probe(head []byte) int
+}
+
+// Creator is a Factory whose images blockdev-create can create. The create
+// job calls Create without the graph lock; cc.Options() holds the driver's
+// variant of BlockdevCreateOptions (without "driver"), already validated
+// by the schema. Create calls Background once the target is open and
+// before its first lengthy I/O. Errors carry QEMU's text.
+type Creator interface {
+	Create(ctx context.Context, cc *CreateContext) error
 }
 
 // Requests.

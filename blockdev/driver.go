@@ -88,26 +88,46 @@ type ReopenState struct {
 	Opaque any
 }
 
-// Factory returns a fresh, unopened driver instance.
-type Factory func() Driver
+// registration is what Register found on a driver's Factory.
+type registration struct {
+	factory Factory
+	probe   Prober  // nil: not probed by content
+	create  Creator // nil: no blockdev-create
+}
 
 var (
 	registryMu sync.RWMutex
-	registry   = map[string]Factory{}
+	registry   = map[string]registration{}
 )
 
-// RegisterDriver makes a driver available under its QMP name. It panics if
-// the name is taken or the factory is nil, like database/sql.Register.
-func RegisterDriver(name string, f Factory) {
+// Register makes a driver available under its QMP name: the driver's one
+// registration. f makes the driver's instances (see Factory); whether the
+// format can be probed and created is found on f itself, by type assertion
+// (Prober, Creator), and every other ability on the instances New returns
+// (see Driver). It panics if the name is taken or f is nil, like
+// database/sql.Register.
+func Register(name string, f Factory) {
 	registryMu.Lock()
 	defer registryMu.Unlock()
 	if f == nil {
-		panic("blockdev: RegisterDriver " + name + " with a nil factory")
+		panic("blockdev: Register " + name + " with a nil factory")
 	}
 	if _, dup := registry[name]; dup {
-		panic("blockdev: RegisterDriver called twice for driver " + name)
+		panic("blockdev: Register called twice for driver " + name)
 	}
-	registry[name] = f
+	r := registration{factory: f}
+	r.probe, _ = f.(Prober)
+	r.create, _ = f.(Creator)
+	registry[name] = r
+}
+
+// RegisterDriver is Register(name, FactoryFunc(f)), for a driver whose
+// format is neither probed nor created.
+func RegisterDriver(name string, f func() Driver) {
+	if f == nil {
+		panic("blockdev: RegisterDriver " + name + " with a nil factory")
+	}
+	Register(name, FactoryFunc(f))
 }
 
 // Drivers lists the registered driver names, sorted.
@@ -122,14 +142,16 @@ func Drivers() []string {
 	return names
 }
 
-func lookupDriver(name string) (Factory, error) {
+// lookupDriver returns the function that makes a fresh instance of the
+// driver registered under name.
+func lookupDriver(name string) (func() Driver, error) {
 	registryMu.RLock()
-	f := registry[name]
+	r, ok := registry[name]
 	registryMu.RUnlock()
-	if f == nil {
+	if !ok {
 		return nil, fmt.Errorf("Unknown driver '%s'", name)
 	}
-	return f, nil
+	return r.factory.New, nil
 }
 
 // isNotSupported tells whether err means "not supported".

@@ -12,10 +12,6 @@ import (
 	"github.com/qbmond/qbmond/blockdev"
 )
 
-func init() {
-	blockdev.RegisterCreate("file", create)
-}
-
 // Linux ioctls and flags x/sys/unix does not define.
 const (
 	fsIocFSGetXattr = 0x801c581f // FS_IOC_FSGETXATTR: _IOR('X', 31, struct fsxattr)
