@@ -13,8 +13,8 @@ func HasCreate(driver string) bool {
 	return registry[driver].create != nil
 }
 
-// CreateContext is what a Creator's Create gets: its options and a way to reach
-// the nodes it writes the new image into.
+// CreateContext is what a Creator's Create gets: its options and a way to
+// reach the nodes it writes the new image into.
 type CreateContext struct {
 	g     *Graph
 	opts  Options
