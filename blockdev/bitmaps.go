@@ -122,18 +122,6 @@ type hintError struct{ msg, hint string }
 func (e *hintError) Error() string { return e.msg }
 func (e *hintError) Hint() string  { return e.hint }
 
-// BitmapStore is a format driver that keeps persistent dirty bitmaps (qbm;
-// qcow2 would). The graph calls it under the graph lock.
-type BitmapStore interface {
-	// CanStoreBitmap fails, with the reason, when the driver cannot add a
-	// persistent bitmap of that name and granularity.
-	CanStoreBitmap(name string, granularity uint64) error
-	// StoreBitmap starts keeping b; RemoveBitmap forgets it and deletes
-	// what was stored.
-	StoreBitmap(b *DirtyBitmap) error
-	RemoveBitmap(name string) error
-}
-
 // bitmapList is a node's bitmaps, newest first (as QEMU lists them). The
 // slice is replaced, never changed, so the write path reads it without a
 // lock.
@@ -321,14 +309,6 @@ func (b *DirtyBitmap) Clear() error {
 	return b.saved()
 }
 
-// BitmapSaver is a BitmapStore told when a persistent bitmap's bits
-// changed other than by writes (clear, merge, a transaction's undo), so
-// that a store which keeps bits durable as they change (qbm's
-// bitmap-sync=write) saves them before the command returns.
-type BitmapSaver interface {
-	SaveBitmap(name string) error
-}
-
 // saved tells the driver of a persistent bitmap that its bits changed.
 func (b *DirtyBitmap) saved() error {
 	if !b.persistent || b.readOnly {
@@ -338,13 +318,6 @@ func (b *DirtyBitmap) saved() error {
 		return s.SaveBitmap(b.name)
 	}
 	return nil
-}
-
-// BitmapRecorder is a BitmapStore that also stores whether a persistent
-// bitmap records writes (qbm's "enabled"). SetRecording tells it before
-// the state changes; an error leaves the bitmap as it was.
-type BitmapRecorder interface {
-	SetBitmapRecording(name string, on bool) error
 }
 
 // SetRecording enables or disables the bitmap; a persistent bitmap of a

@@ -13,16 +13,6 @@ import (
 // destination side writes from that file range (FileWriter). Either side
 // may decline, and the caller then copies through a buffer.
 
-// FileWriter is a driver that can write n bytes at off taken from the
-// open file fd at fileOff, without them passing through the process
-// where its storage allows (copy_file_range for files; a format maps the
-// range and passes it on). It returns ErrNotSupported, having written
-// nothing, when it cannot (the caller writes a buffer instead); a driver
-// that finds out only midway finishes the job itself, with a buffer.
-type FileWriter interface {
-	WriteFromFile(ctx context.Context, off, n int64, fd int, fileOff int64) error
-}
-
 // errNoOffload stops a CopyRange whose destination declines.
 var errNoOffload = errors.New("copy offload declined")
 

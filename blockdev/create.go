@@ -6,37 +6,15 @@ import (
 	"fmt"
 )
 
-// CreateFunc creates an image for blockdev-create. It runs in the create
-// job, without the graph lock; cc.Options() holds the driver's variant of
-// BlockdevCreateOptions (without "driver"), already validated by the
-// schema. Errors carry QEMU's text.
-type CreateFunc func(ctx context.Context, cc *CreateContext) error
-
-var createRegistry = map[string]CreateFunc{}
-
-// RegisterCreate makes blockdev-create available for a driver. It panics on
-// a duplicate, like RegisterDriver.
-func RegisterCreate(name string, f CreateFunc) {
-	registryMu.Lock()
-	defer registryMu.Unlock()
-	if f == nil {
-		panic("blockdev: RegisterCreate " + name + " with a nil function")
-	}
-	if _, dup := createRegistry[name]; dup {
-		panic("blockdev: RegisterCreate called twice for driver " + name)
-	}
-	createRegistry[name] = f
-}
-
 // HasCreate tells whether blockdev-create can create images of driver.
 func HasCreate(driver string) bool {
 	registryMu.RLock()
 	defer registryMu.RUnlock()
-	return createRegistry[driver] != nil
+	return registry[driver].create != nil
 }
 
-// CreateContext is what a CreateFunc gets: its options and a way to reach
-// the nodes it writes the new image into.
+// CreateContext is what a Creator's Create gets: its options and a way to
+// reach the nodes it writes the new image into.
 type CreateContext struct {
 	g     *Graph
 	opts  Options
@@ -54,7 +32,7 @@ func (cc *CreateContext) Graph() *Graph { return cc.g }
 // definition that becomes an implicit node) and attaches it to the create
 // job with write and resize permission, sharing everything, as QEMU's
 // image creation does. The edge is removed (and an implicit node closed)
-// when the CreateFunc returns. It takes the graph lock itself.
+// when Create returns. It takes the graph lock itself.
 func (cc *CreateContext) OpenChild(ctx context.Context, key string) (*Child, error) {
 	g := cc.g
 	g.Lock()
@@ -87,9 +65,9 @@ func (cc *CreateContext) OpenChild(ctx context.Context, key string) (*Child, err
 // hold the graph lock.
 func (g *Graph) Create(ctx context.Context, driver string, opts Options, user string) error {
 	registryMu.RLock()
-	f := createRegistry[driver]
+	cr := registry[driver].create
 	registryMu.RUnlock()
-	if f == nil {
+	if cr == nil {
 		return errors.New("Driver does not support blockdev-create")
 	}
 	cc := &CreateContext{g: g, opts: opts, user: user}
@@ -100,5 +78,27 @@ func (g *Graph) Create(ctx context.Context, driver string, opts Options, user st
 			g.DetachRoot(cc.roots[i])
 		}
 	}()
-	return f(ctx, cc)
+	return cr.Create(ctx, cc)
+}
+
+type backgroundKey struct{}
+
+// WithBackground returns a copy of ctx under which Background calls f.
+// The job that runs blockdev-create (package jobs) gives its
+// Job.Background, so that a driver's Create reaches it without the
+// drivers depending on the jobs package.
+func WithBackground(ctx context.Context, f func()) context.Context {
+	return context.WithValue(ctx, backgroundKey{}, f)
+}
+
+// Background marks the point where a Creator's Create first waits for
+// lengthy I/O, where QEMU's coroutine would first yield: the job that
+// runs it lets blockdev-create reply from here on, and the image is
+// written in the background, as in QSD. A create function calls it once
+// its target is open, before its first lengthy I/O. Outside a job (no
+// WithBackground in ctx) it does nothing.
+func Background(ctx context.Context) {
+	if f, _ := ctx.Value(backgroundKey{}).(func()); f != nil {
+		f()
+	}
 }

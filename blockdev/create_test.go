@@ -7,15 +7,20 @@ import (
 	"github.com/qbmond/qbmond/blockdev"
 )
 
-func init() {
-	// testfmt "creates" an image by writing a marker at offset 0 of its file.
-	blockdev.RegisterCreate("testfmt", func(ctx context.Context, cc *blockdev.CreateContext) error {
-		c, err := cc.OpenChild(ctx, "file")
-		if err != nil {
-			return err
-		}
-		return c.Write(ctx, 0, []byte("TEST"), 0)
-	})
+func init() { blockdev.Register("testcreate", testcreate{}) }
+
+// testcreate opens testfmt nodes and "creates" an image by writing a
+// marker at offset 0 of its file.
+type testcreate struct{}
+
+func (testcreate) New() blockdev.Driver { return new(testfmt) }
+
+func (testcreate) Create(ctx context.Context, cc *blockdev.CreateContext) error {
+	c, err := cc.OpenChild(ctx, "file")
+	if err != nil {
+		return err
+	}
+	return c.Write(ctx, 0, []byte("TEST"), 0)
 }
 
 func TestCreate(t *testing.T) {
@@ -24,11 +29,11 @@ func TestCreate(t *testing.T) {
 	if err := add(g, blockdev.Options{"driver": "null-co", "node-name": "target"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.Create(ctx, "testfmt", blockdev.Options{"file": "target"}, "job 'j0'"); err != nil {
+	if err := g.Create(ctx, "testcreate", blockdev.Options{"file": "target"}, "job 'j0'"); err != nil {
 		t.Fatal(err)
 	}
 	// An inline file definition is an implicit node that closes afterwards.
-	if err := g.Create(ctx, "testfmt", blockdev.Options{"file": map[string]any{"driver": "null-co"}}, "job 'j1'"); err != nil {
+	if err := g.Create(ctx, "testcreate", blockdev.Options{"file": map[string]any{"driver": "null-co"}}, "job 'j1'"); err != nil {
 		t.Fatal(err)
 	}
 	if got := names(g); len(got) != 1 || got[0] != "target" {
@@ -38,7 +43,7 @@ func TestCreate(t *testing.T) {
 	if err := del(g, "target"); err != nil {
 		t.Fatalf("blockdev-del after create: %v", err)
 	}
-	err := g.Create(ctx, "testfmt", blockdev.Options{"file": "nosuch"}, "job 'j2'")
+	err := g.Create(ctx, "testcreate", blockdev.Options{"file": "nosuch"}, "job 'j2'")
 	if err == nil || err.Error() != "Cannot find device='nosuch' nor node-name='nosuch'" {
 		t.Fatalf("missing node: %v", err)
 	}

@@ -11,14 +11,6 @@ import (
 // node whose driver stopped serving it.
 var errEjected = fmt.Errorf("No medium found: %w", syscall.ENOMEDIUM)
 
-// Ejecter is a driver that can stop serving its node for good: QEMU takes
-// the driver away from a node whose format driver found fatal corruption
-// (qcow2 marks the image corrupt), after which the node's requests find
-// no medium and the node cannot be described.
-type Ejecter interface {
-	Ejected() bool
-}
-
 // ejected tells whether n's driver has stopped serving it.
 func (n *Node) ejected() bool {
 	e, ok := n.drv.(Ejecter)

@@ -16,13 +16,6 @@ import (
 // filter a job inserts without a name is "implicit": it takes its child's
 // file name, so that the views of the nodes above it do not change.
 
-// Filter is a driver whose node is a filter. Its filtered child is the
-// child attached with RoleFiltered.
-type Filter interface {
-	// IsFilter marks the driver; it is never called.
-	IsFilter()
-}
-
 // isFilter tells whether the node's driver is a filter.
 func (n *Node) isFilter() bool {
 	_, ok := n.drv.(Filter)

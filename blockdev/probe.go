@@ -8,26 +8,8 @@ import (
 	"syscall"
 )
 
-// ProbeFunc scores how likely the first bytes of a file (up to 512; fewer
-// for a short file) are an image of the driver's format: 0 for no, 100
-// for a certain match by magic number.
-type ProbeFunc func(head []byte) int
-
-var probes = map[string]ProbeFunc{}
-
-// RegisterProbe lets a format driver be found by content when a backing
-// file name comes without a format. raw matches anything, with score 1.
-func RegisterProbe(name string, f ProbeFunc) {
-	registryMu.Lock()
-	defer registryMu.Unlock()
-	if _, dup := probes[name]; dup {
-		panic("blockdev: RegisterProbe called twice for driver " + name)
-	}
-	probes[name] = f
-}
-
-// probeFormat names the registered format that best matches the file's
-// first bytes, raw when none does.
+// probeFormat names the registered format whose Prober best matches the
+// file's first bytes, raw when none scores more than 1.
 func probeFormat(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -42,8 +24,11 @@ func probeFormat(path string) (string, error) {
 	registryMu.RLock()
 	defer registryMu.RUnlock()
 	best, score := "raw", 1
-	for name, p := range probes {
-		if s := p(head[:n]); s > score {
+	for name, r := range registry {
+		if r.probe == nil {
+			continue
+		}
+		if s := r.probe.Probe(head[:n]); s > score {
 			best, score = name, s
 		}
 	}

@@ -40,18 +40,6 @@ import (
 // failure undoes all of it and the drivers abort, so that every node is
 // exactly as it was. On success the drivers commit, children first.
 
-// OptionReopener is a Reopener whose driver options may change on
-// reopen. ReopenOptions lists those its ReopenPrepare takes from
-// ReopenState.Options (they may have new values), and among them those
-// that may also be left out, going back to their defaults (QEMU's
-// mutable_opts). Every other option must be given again unchanged. A name
-// covers its nested members ("overlap-check" covers
-// "overlap-check.template").
-type OptionReopener interface {
-	Reopener
-	ReopenOptions() (changeable, resettable []string)
-}
-
 func registerReopenCommand(d *qmp.Dispatcher, g *Graph) {
 	d.Register("blockdev-reopen", func(ctx context.Context, args json.RawMessage) (any, error) {
 		var a struct {

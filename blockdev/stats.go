@@ -152,15 +152,6 @@ type BlockStatsSpecificFile struct {
 	DiscardBytesOK  int64  `json:"discard-bytes-ok"`
 }
 
-// SpecificStatser is a driver with statistics of its own for
-// query-blockstats' driver-specific member (QEMU's BlockStatsSpecific: an
-// object with "driver" and the driver's members). Without it, file and
-// host_device nodes report the discards the node passed to the driver, as
-// QEMU's file-posix does, and other drivers report nothing.
-type SpecificStatser interface {
-	SpecificStats() any
-}
-
 // Stats returns the node's statistics in QEMU's shape. idle_time_ns is
 // present once a counted request has completed.
 func (n *Node) Stats() BlockDeviceStats {

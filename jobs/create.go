@@ -40,7 +40,9 @@ func (m *Manager) blockdevCreate(ctx context.Context, g *blockdev.Graph, raw jso
 		ManualDismiss: true,
 		Run: func(ctx context.Context, j *Job) error {
 			j.SetProgressRemaining(1)
-			err := g.Create(ctx, driver, opts, user)
+			// The driver's create function marks where the job goes on
+			// in the background (blockdev.Background).
+			err := g.Create(blockdev.WithBackground(ctx, j.Background), driver, opts, user)
 			j.ProgressUpdate(1)
 			return err
 		},

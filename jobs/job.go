@@ -182,15 +182,6 @@ func FromContext(ctx context.Context) *Job {
 	return j
 }
 
-// Background is Job.Background for the job running with ctx; code that
-// only has the context (an image driver's create function) calls it before
-// its first lengthy I/O. Outside a job it does nothing.
-func Background(ctx context.Context) {
-	if j := FromContext(ctx); j != nil {
-		j.Background()
-	}
-}
-
 // ID returns the job's id.
 func (j *Job) ID() string { return j.id }
 

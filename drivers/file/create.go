@@ -10,12 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/qbmond/qbmond/blockdev"
-	"github.com/qbmond/qbmond/jobs"
 )
-
-func init() {
-	blockdev.RegisterCreate("file", create)
-}
 
 // Linux ioctls and flags x/sys/unix does not define.
 const (
@@ -90,7 +85,7 @@ func create(ctx context.Context, cc *blockdev.CreateContext) (err error) {
 	if err = createLock(fd, name); err != nil {
 		return err
 	}
-	jobs.Background(ctx)
+	blockdev.Background(ctx)
 
 	if err = unix.Ftruncate(fd, 0); err != nil {
 		return fmt.Errorf("Could not resize file: %s", blockdev.Strerror(err))

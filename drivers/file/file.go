@@ -18,8 +18,18 @@ import (
 )
 
 func init() {
-	blockdev.RegisterDriver("file", func() blockdev.Driver { return new(Driver) })
+	blockdev.Register("file", fileFactory{})
 	blockdev.RegisterDriver("host_device", func() blockdev.Driver { return &Driver{device: true} })
+}
+
+// fileFactory is what the package registers for "file": it opens file
+// nodes and creates files. host_device nodes cannot be created (QEMU's
+// host_device has no blockdev-create either).
+type fileFactory struct{}
+
+func (fileFactory) New() blockdev.Driver { return new(Driver) }
+func (fileFactory) Create(ctx context.Context, cc *blockdev.CreateContext) error {
+	return create(ctx, cc)
 }
 
 // maxBounce caps one bounce buffer for O_DIRECT and zero-writing fallbacks.

@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/qbmond/qbmond/blockdev"
-	"github.com/qbmond/qbmond/jobs"
 )
 
 // createOptions are BlockdevCreateOptionsQbm, checked.
@@ -90,7 +89,7 @@ func create(ctx context.Context, cc *blockdev.CreateContext) error {
 	if err != nil {
 		return err
 	}
-	jobs.Background(ctx)
+	blockdev.Background(ctx)
 	descPath := c.Node().Filename()
 	if strings.HasPrefix(descPath, "json:") {
 		return errors.New("A QBM descriptor needs a plain file name")

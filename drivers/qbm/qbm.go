@@ -16,10 +16,16 @@ import (
 	"github.com/qbmond/qbmond/blockdev"
 )
 
-func init() {
-	blockdev.RegisterDriver("qbm", func() blockdev.Driver { return new(Driver) })
-	blockdev.RegisterProbe("qbm", Probe)
-	blockdev.RegisterCreate("qbm", create)
+func init() { blockdev.Register("qbm", format{}) }
+
+// format is what the package registers: it opens qbm nodes, recognises
+// qbm descriptors by content and creates them.
+type format struct{}
+
+func (format) New() blockdev.Driver  { return new(Driver) }
+func (format) Probe(head []byte) int { return Probe(head) }
+func (format) Create(ctx context.Context, cc *blockdev.CreateContext) error {
+	return create(ctx, cc)
 }
 
 // Creator is what qbmond writes as a new descriptor's "creator".

@@ -7,7 +7,6 @@ import (
 	"fmt"
 
 	"github.com/qbmond/qbmond/blockdev"
-	"github.com/qbmond/qbmond/jobs"
 )
 
 // createOptions are BlockdevCreateOptionsQcow2, checked.
@@ -215,7 +214,7 @@ func create(ctx context.Context, cc *blockdev.CreateContext) error {
 	}
 	// Like QSD, blockdev-create replies once the target is open; the
 	// image is written in the background.
-	jobs.Background(ctx)
+	blockdev.Background(ctx)
 	if err := c.Truncate(ctx, 0, false); err != nil {
 		return fmt.Errorf("Could not resize image: %w", err)
 	}

@@ -23,10 +23,16 @@ import (
 	"github.com/qbmond/qbmond/blockdev"
 )
 
-func init() {
-	blockdev.RegisterDriver("qcow2", func() blockdev.Driver { return new(Driver) })
-	blockdev.RegisterProbe("qcow2", probe)
-	blockdev.RegisterCreate("qcow2", create)
+func init() { blockdev.Register("qcow2", format{}) }
+
+// format is what the package registers: it opens qcow2 nodes, recognises
+// qcow2 images by content and creates them.
+type format struct{}
+
+func (format) New() blockdev.Driver  { return new(Driver) }
+func (format) Probe(head []byte) int { return probe(head) }
+func (format) Create(ctx context.Context, cc *blockdev.CreateContext) error {
+	return create(ctx, cc)
 }
 
 // probe recognises the magic number and a version of at least 2, as QEMU.
