@@ -126,20 +126,9 @@ func (d *Driver) writeLocked(ctx context.Context, off int64, p []byte) error {
 		}
 		// A run of clusters that all need new clusters, inside one L2
 		// table and the request.
-		old := []uint64{e}
-		last := (off + int64(len(p)) - 1) >> d.cb
-		limit := min(last, (vc/d.l2n+1)*d.l2n-1, vc+max(1, min(maxRunBytes/d.cs, d.maxAlloc()))-1)
-		for next := vc + 1; next <= limit; next++ {
-			e2, err := d.entry(ctx, next)
-			if err != nil {
-				return err
-			}
-			if a, err := d.needsAlloc(ctx, next, e2); err != nil {
-				return err
-			} else if !a {
-				break
-			}
-			old = append(old, e2)
+		old, err := d.allocRun(ctx, vc, e, (off+int64(len(p))-1)>>d.cb)
+		if err != nil {
+			return err
 		}
 		m := int64(len(old))
 		covered := min(int64(len(p)), m*d.cs-in)
@@ -204,11 +193,39 @@ func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int6
 	if err := d.file.Write(ctx, at, buf, 0); err != nil {
 		return err
 	}
+	return d.linkNew(ctx, vc, host, old)
+}
+
+// allocRun is the run of guest clusters from vc (whose entry is e) up to
+// last that all need new clusters, kept inside vc's L2 table and one
+// allocation: their current entries, at least e's.
+func (d *Driver) allocRun(ctx context.Context, vc int64, e uint64, last int64) ([]uint64, error) {
+	old := []uint64{e}
+	limit := min(last, (vc/d.l2n+1)*d.l2n-1, vc+max(1, min(maxRunBytes/d.cs, d.maxAlloc()))-1)
+	for next := vc + 1; next <= limit; next++ {
+		e2, err := d.entry(ctx, next)
+		if err != nil {
+			return nil, err
+		}
+		if a, err := d.needsAlloc(ctx, next, e2); err != nil {
+			return nil, err
+		} else if !a {
+			break
+		}
+		old = append(old, e2)
+	}
+	return old, nil
+}
+
+// linkNew points the L2 entries of the len(old) guest clusters from vc at
+// the new host clusters from host, which hold their data now, and drops
+// the clusters the old entries referenced.
+func (d *Driver) linkNew(ctx context.Context, vc, host int64, old []uint64) error {
 	tbl, tblOff, err := d.l2Table(ctx, vc/d.l2n)
 	if err != nil {
 		return err
 	}
-	entries := make([]uint64, m)
+	entries := make([]uint64, len(old))
 	for i := range entries {
 		entries[i] = uint64(host+int64(i)*d.cs) | flagCopied
 	}
@@ -848,19 +865,9 @@ func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOf
 			off, n, fileOff = off+d.cs, n-d.cs, fileOff+d.cs
 			continue
 		}
-		old := []uint64{e}
-		limit := min((off+n-1)>>d.cb, (vc/d.l2n+1)*d.l2n-1, vc+max(1, min(maxRunBytes/d.cs, d.maxAlloc()))-1)
-		for next := vc + 1; next <= limit; next++ {
-			e2, err := d.entry(ctx, next)
-			if err != nil {
-				return err
-			}
-			if a, err := d.needsAlloc(ctx, next, e2); err != nil {
-				return err
-			} else if !a {
-				break
-			}
-			old = append(old, e2)
+		old, err := d.allocRun(ctx, vc, e, (off+n-1)>>d.cb)
+		if err != nil {
+			return err
 		}
 		m := int64(len(old))
 		d.allocFor(olForData, 0, m*d.cs)
@@ -885,21 +892,8 @@ func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOf
 			_ = d.addRefcount(ctx, host/d.cs, m, -1, false)
 			return err
 		}
-		tbl, tblOff, err := d.l2Table(ctx, vc/d.l2n)
-		if err != nil {
+		if err := d.linkNew(ctx, vc, host, old); err != nil {
 			return err
-		}
-		entries := make([]uint64, m)
-		for i := range entries {
-			entries[i] = uint64(host+int64(i)*d.cs) | flagCopied
-		}
-		if err := d.writeEntries(ctx, tbl, tblOff, vc%d.l2n, entries); err != nil {
-			return err
-		}
-		for _, e := range old {
-			if err := d.freeEntry(ctx, e, d.passOther); err != nil {
-				return err
-			}
 		}
 		off, n, fileOff = off+m*d.cs, n-m*d.cs, fileOff+m*d.cs
 	}
