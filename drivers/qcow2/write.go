@@ -92,6 +92,24 @@ func (d *Driver) needsAlloc(ctx context.Context, vc int64, e uint64) (bool, erro
 	return k != kNormal || e&flagCopied == 0, nil
 }
 
+// writeTarget makes sure guest cluster vc has an L2 table and tells
+// whether a write to it needs new clusters (needsAlloc); e is its entry.
+func (d *Driver) writeTarget(ctx context.Context, vc int64) (e uint64, alloc bool, err error) {
+	if _, _, err := d.ensureL2(ctx, vc/d.l2n); err != nil {
+		return 0, false, err
+	}
+	if e, err = d.entry(ctx, vc); err != nil {
+		return 0, false, err
+	}
+	if alloc, err = d.needsAlloc(ctx, vc, e); err != nil {
+		return 0, false, err
+	}
+	if !alloc {
+		e, _ = d.entry(ctx, vc)
+	}
+	return e, alloc, nil
+}
+
 // writeLocked writes p at off under the exclusive lock, allocating.
 func (d *Driver) writeLocked(ctx context.Context, off int64, p []byte) error {
 	for len(p) > 0 {
@@ -100,19 +118,11 @@ func (d *Driver) writeLocked(ctx context.Context, off int64, p []byte) error {
 		}
 		vc := off >> d.cb
 		in := off & (d.cs - 1)
-		if _, _, err := d.ensureL2(ctx, vc/d.l2n); err != nil {
-			return err
-		}
-		e, err := d.entry(ctx, vc)
-		if err != nil {
-			return err
-		}
-		alloc, err := d.needsAlloc(ctx, vc, e)
+		e, alloc, err := d.writeTarget(ctx, vc)
 		if err != nil {
 			return err
 		}
 		if !alloc {
-			e, _ = d.entry(ctx, vc)
 			n := min(int64(len(p)), d.cs-in)
 			if err := d.preWrite(ctx, 0, int64(e&offsetMask)+in, n); err != nil {
 				return err
@@ -843,19 +853,11 @@ func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOf
 			return err
 		}
 		vc := off >> d.cb
-		if _, _, err := d.ensureL2(ctx, vc/d.l2n); err != nil {
-			return err
-		}
-		e, err := d.entry(ctx, vc)
-		if err != nil {
-			return err
-		}
-		alloc, err := d.needsAlloc(ctx, vc, e)
+		e, alloc, err := d.writeTarget(ctx, vc)
 		if err != nil {
 			return err
 		}
 		if !alloc {
-			e, _ = d.entry(ctx, vc)
 			if err := d.preWrite(ctx, 0, int64(e&offsetMask), d.cs); err != nil {
 				return err
 			}
