@@ -37,6 +37,22 @@ func qbmhAdd(name, desc string) map[string]any {
 		"file": map[string]any{"driver": "file", "filename": desc}}
 }
 
+// qbmhRefused writes each case's descriptor to dir/bad.qbm in turn and
+// checks that blockdev-add refuses it with the error it wants.
+func qbmhRefused(t *testing.T, c *client, dir string, cases []struct{ desc, want string }) {
+	t.Helper()
+	for i, tc := range cases {
+		p := filepath.Join(dir, "bad.qbm")
+		if err := os.WriteFile(p, []byte(tc.desc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, desc := c.fail("blockdev-add", qbmhAdd("b"+string(rune('0'+i)), p))
+		if desc != tc.want {
+			t.Errorf("case %d: got %q\nwant %q", i, desc, tc.want)
+		}
+	}
+}
+
 // A descriptor opened through a symbolic link, written to, and the daemon
 // killed: the real descriptor was marked in use, so the bitmap loads as
 // inconsistent (never as a clean bitmap missing the writes), through the
@@ -155,16 +171,7 @@ func TestQbmBitmapFileRules(t *testing.T) {
 		{descr(`"b": ` + entry(filepath.Join(other, "x.bitmap"))), outside(filepath.Join(other, "x.bitmap"))},
 		{descr(`"b": ` + entry("out.bitmap")), outside("out.bitmap")},
 	}
-	for i, tc := range cases {
-		p := filepath.Join(dir, "bad.qbm")
-		if err := os.WriteFile(p, []byte(tc.desc), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		_, desc := c.fail("blockdev-add", qbmhAdd("b"+string(rune('0'+i)), p))
-		if desc != tc.want {
-			t.Errorf("case %d: got %q\nwant %q", i, desc, tc.want)
-		}
-	}
+	qbmhRefused(t, c, dir, cases)
 	// Inside the directory, by relative or absolute name: accepted.
 	good := filepath.Join(dir, "good.qbm")
 	if err := os.WriteFile(good, []byte(descr(`"a": `+entry("ok2.bitmap")+`, "b": `+entry(filepath.Join(dir, "good.bitmap")))), 0o644); err != nil {
@@ -205,16 +212,7 @@ func TestQbmStrictDescriptor(t *testing.T) {
 		{descr(`"b": {"file": "b` + "\xc3\x28" + `.bitmap", "type": "dirty", "granularity-bytes": 65536}`),
 			"Failed to parse json from file: JSON parse error, invalid UTF-8 sequence in string"},
 	}
-	for i, tc := range cases {
-		p := filepath.Join(dir, "bad.qbm")
-		if err := os.WriteFile(p, []byte(tc.desc), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		_, desc := c.fail("blockdev-add", qbmhAdd("b"+string(rune('0'+i)), p))
-		if desc != tc.want {
-			t.Errorf("case %d: got %q\nwant %q", i, desc, tc.want)
-		}
-	}
+	qbmhRefused(t, c, dir, cases)
 	// Each member once: the bitmap loads, in use, hence inconsistent.
 	p := filepath.Join(dir, "good.qbm")
 	if err := os.WriteFile(p, []byte(descr(b+`, "in-use": true}`)), 0o644); err != nil {
