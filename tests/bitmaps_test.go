@@ -2,6 +2,7 @@ package tests
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -61,10 +62,10 @@ func bitmapDisk(t *testing.T, k kind, bitmaps []map[string]any, exported []any) 
 	return d, c, "nbd+unix:///d0?socket=" + sock
 }
 
-// bitmapWorkload writes at aligned and unaligned offsets, across
-// granule boundaries, zeroes and discards (the node has discard=unmap, so
-// discards mark bitmaps too).
-var bitmapWorkload = []string{
+// mixedWrites write and zero at aligned and unaligned offsets, across
+// cluster and granule boundaries: the start of bitmapWorkload and
+// qcow2Workload.
+var mixedWrites = []string{
 	"write -P 0xab 0 64k",
 	"write -P 0xcd 100001 3333",
 	"write -P 0x11 1m 1m",
@@ -72,11 +73,17 @@ var bitmapWorkload = []string{
 	"write -P 0x22 3m 512",
 	"write -P 0x33 4095 2",
 	"write -P 0x44 65535 65538",
+}
+
+// bitmapWorkload writes at aligned and unaligned offsets, across
+// granule boundaries, zeroes and discards (the node has discard=unmap, so
+// discards mark bitmaps too).
+var bitmapWorkload = append(slices.Clip(mixedWrites),
 	"discard 2560k 64k",
 	"write -z 3000000 100",
 	"write -P 0x55 4194304 1536",
 	"flush",
-}
+)
 
 // The same qemu-io workload through an NBD export marks the same bits in
 // qbmond's bitmaps as in QSD's, at several granularities, and the bitmap
