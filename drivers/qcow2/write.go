@@ -18,10 +18,7 @@ const maxRunBytes = 4 << 20
 // with refcount 1 run under the shared lock; the others allocate under
 // the exclusive one.
 func (d *Driver) Write(ctx context.Context, off int64, p []byte, flags blockdev.ReqFlags) error {
-	if err := d.clearAutoclear(ctx); err != nil {
-		return err
-	}
-	if err := d.check(); err != nil {
+	if err := d.beforeChange(ctx); err != nil {
 		return err
 	}
 	if flags&blockdev.ReqCompressed != 0 {
@@ -77,6 +74,16 @@ func (d *Driver) writeInPlace(ctx context.Context, off int64, p []byte) (bool, e
 		p = p[r.n:]
 	}
 	return true, nil
+}
+
+// beforeChange readies the image for a request that changes it: the
+// auto-clear features cleared after a reopen read-write, and no fatal
+// corruption met.
+func (d *Driver) beforeChange(ctx context.Context) error {
+	if err := d.clearAutoclear(ctx); err != nil {
+		return err
+	}
+	return d.check()
 }
 
 // needsAlloc tells whether a write to the cluster with entry e must put
@@ -455,10 +462,7 @@ func (d *Driver) hasBackingFile() bool {
 // the restored chain reads the older backup's data there. qbmond also
 // counts a backing file named in the header and writes the zeroes.
 func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.ReqFlags) error {
-	if err := d.clearAutoclear(ctx); err != nil {
-		return err
-	}
-	if err := d.check(); err != nil {
+	if err := d.beforeChange(ctx); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -558,10 +562,7 @@ func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.R
 // no zero flag, and deallocating would expose the backing file's data).
 // Partial clusters are ignored.
 func (d *Driver) Discard(ctx context.Context, off, n int64) error {
-	if err := d.clearAutoclear(ctx); err != nil {
-		return err
-	}
-	if err := d.check(); err != nil {
+	if err := d.beforeChange(ctx); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -839,10 +840,7 @@ func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOf
 	if _, ok := d.file.Node().Driver().(blockdev.FileWriter); !ok {
 		return blockdev.ErrNotSupported // declined before any debug event
 	}
-	if err := d.clearAutoclear(ctx); err != nil {
-		return err
-	}
-	if err := d.check(); err != nil {
+	if err := d.beforeChange(ctx); err != nil {
 		return err
 	}
 	d.mu.Lock()
