@@ -7,12 +7,11 @@ import (
 	"testing"
 )
 
-// bitmapState is what the test compares between daemons: sha256 and count
-// of every bitmap, in order.
-func bitmapState(t *testing.T, c *client, node string, names []string) string {
+// nodeBitmaps returns the dirty-bitmaps of node as query-named-block-nodes
+// shows them.
+func nodeBitmaps(t *testing.T, c *client, node string) []map[string]any {
 	t.Helper()
-	var b strings.Builder
-	counts := map[string]string{}
+	var out []map[string]any
 	for _, n := range c.ok("query-named-block-nodes", map[string]any{"flat": true}).([]any) {
 		m := n.(map[string]any)
 		if m["node-name"] != node {
@@ -20,14 +19,25 @@ func bitmapState(t *testing.T, c *client, node string, names []string) string {
 		}
 		bms, _ := m["dirty-bitmaps"].([]any)
 		for _, bm := range bms {
-			bi := bm.(map[string]any)
-			name, _ := bi["name"].(string) // an anonymous bitmap has none
-			if name == "" {
-				fmt.Fprintf(&b, "anonymous: count=%v granularity=%v recording=%v busy=%v\n", bi["count"], bi["granularity"], bi["recording"], bi["busy"])
-				continue
-			}
-			counts[name] = fmt.Sprintf("count=%v granularity=%v recording=%v", bi["count"], bi["granularity"], bi["recording"])
+			out = append(out, bm.(map[string]any))
 		}
+	}
+	return out
+}
+
+// bitmapState is what the test compares between daemons: sha256 and count
+// of every bitmap, in order.
+func bitmapState(t *testing.T, c *client, node string, names []string) string {
+	t.Helper()
+	var b strings.Builder
+	counts := map[string]string{}
+	for _, bi := range nodeBitmaps(t, c, node) {
+		name, _ := bi["name"].(string) // an anonymous bitmap has none
+		if name == "" {
+			fmt.Fprintf(&b, "anonymous: count=%v granularity=%v recording=%v busy=%v\n", bi["count"], bi["granularity"], bi["recording"], bi["busy"])
+			continue
+		}
+		counts[name] = fmt.Sprintf("count=%v granularity=%v recording=%v", bi["count"], bi["granularity"], bi["recording"])
 	}
 	for _, name := range names {
 		r := c.ok("x-debug-block-dirty-bitmap-sha256", map[string]any{"node": node, "name": name}).(map[string]any)

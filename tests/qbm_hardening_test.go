@@ -14,24 +14,6 @@ import (
 	"testing"
 )
 
-// qbmhBitmaps returns the dirty-bitmaps of node as query-named-block-nodes
-// shows them.
-func qbmhBitmaps(t *testing.T, c *client, node string) []map[string]any {
-	t.Helper()
-	var out []map[string]any
-	for _, n := range c.ok("query-named-block-nodes", map[string]any{"flat": true}).([]any) {
-		m := n.(map[string]any)
-		if m["node-name"] != node {
-			continue
-		}
-		bms, _ := m["dirty-bitmaps"].([]any)
-		for _, bm := range bms {
-			out = append(out, bm.(map[string]any))
-		}
-	}
-	return out
-}
-
 func qbmhAdd(name, desc string) map[string]any {
 	return map[string]any{"driver": "qbm", "node-name": name,
 		"file": map[string]any{"driver": "file", "filename": desc}}
@@ -68,7 +50,7 @@ func TestQbmDescriptorThroughSymlinkKill(t *testing.T) {
 	}
 	uri := qbmExport(t, c, dir, link, nil)
 	qemuIO(t, uri, bitmapWorkload)
-	if bms := qbmhBitmaps(t, c, "n0"); len(bms) != 1 || bms[0]["count"] == float64(0) {
+	if bms := nodeBitmaps(t, c, "n0"); len(bms) != 1 || bms[0]["count"] == float64(0) {
 		t.Fatalf("bitmaps before the kill: %v", bms)
 	}
 	d.kill()
@@ -82,7 +64,7 @@ func TestQbmDescriptorThroughSymlinkKill(t *testing.T) {
 		}
 		node := "r" + string(rune('0'+i))
 		c.ok("blockdev-add", qbmhAdd(node, p))
-		bms := qbmhBitmaps(t, c, node)
+		bms := nodeBitmaps(t, c, node)
 		if len(bms) != 1 || bms[0]["name"] != "dirty.0" || bms[0]["inconsistent"] != true {
 			t.Fatalf("bitmap after kill -9, opened as %s: %v", p, bms)
 		}
@@ -219,7 +201,7 @@ func TestQbmStrictDescriptor(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.ok("blockdev-add", qbmhAdd("g0", p))
-	if bms := qbmhBitmaps(t, c, "g0"); len(bms) != 1 || bms[0]["inconsistent"] != true {
+	if bms := nodeBitmaps(t, c, "g0"); len(bms) != 1 || bms[0]["inconsistent"] != true {
 		t.Fatalf("bitmap loaded in use: %v", bms)
 	}
 }

@@ -518,12 +518,7 @@ func honestyProbes() map[string]honestyProbe {
 	} {
 		base := qcow2Create
 		if rel == "backing-fmt" {
-			// A backing format needs a backing file.
-			base = func(e *honestyEnv, k kind) map[string]any {
-				o := qcow2Create(e, k)
-				o["backing-file"] = "raw.img"
-				return o
-			}
+			base = withBackingFile(base)
 		}
 		p["blockdev-create.options(qcow2)."+rel] = createProbe(base, rel, false, values...)
 	}
@@ -540,11 +535,7 @@ func honestyProbes() map[string]honestyProbe {
 	} {
 		base := qbmCreateBase
 		if rel == "backing-fmt" {
-			base = func(e *honestyEnv, k kind) map[string]any {
-				o := qbmCreateBase(e, k)
-				o["backing-file"] = "raw.img"
-				return o
-			}
+			base = withBackingFile(base)
 		}
 		p["blockdev-create.options(qbm)."+rel] = createProbe(base, rel, true, values...)
 	}
@@ -876,4 +867,14 @@ func keysOf[V any](m map[string]V) map[string]bool {
 		out[k] = true
 	}
 	return out
+}
+
+// withBackingFile is base with backing-file raw.img: a backing format
+// needs a backing file.
+func withBackingFile(base func(*honestyEnv, kind) map[string]any) func(*honestyEnv, kind) map[string]any {
+	return func(e *honestyEnv, k kind) map[string]any {
+		o := base(e, k)
+		o["backing-file"] = "raw.img"
+		return o
+	}
 }
