@@ -73,14 +73,7 @@ func blkdebugExport(t *testing.T, k kind, setup string, rules, nodeOpts map[stri
 	for key, v := range nodeOpts {
 		opts[key] = v
 	}
-	d := startDaemon(t, k, dir)
-	c := d.connect()
-	opts["node-name"] = "n0"
-	c.ok("blockdev-add", opts)
-	sock := filepath.Join(dir, "nbd.sock")
-	c.ok("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
-	c.ok("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "n0", "writable": true})
-	uri := "nbd+unix:///n0?socket=" + sock
+	d, _, uri := exportNode(t, k, dir, opts, true, false)
 	return d, uri
 }
 

@@ -249,15 +249,21 @@ func chainJobProbe(cmd, rel string, values ...any) honestyProbe {
 			v = sub[s]
 		}
 		setMember(args, rel, v)
-		if d := errDesc(c.cmd(cmd, args)); d != "" {
-			return d
-		}
-		if args["auto-dismiss"] == true {
-			waitJobGone(e.t, c, id)
-			return ""
-		}
-		return waitConcluded(e.t, c, id)
+		return runJobProbe(e.t, c, cmd, args, id)
 	}}
+}
+
+// runJobProbe sends the job command cmd with args and returns its error,
+// or once job id has ended, its own error ("" when it dismissed itself).
+func runJobProbe(t *testing.T, c *client, cmd string, args map[string]any, id string) string {
+	if d := errDesc(c.cmd(cmd, args)); d != "" {
+		return d
+	}
+	if args["auto-dismiss"] == true {
+		waitJobGone(t, c, id)
+		return ""
+	}
+	return waitConcluded(t, c, id)
 }
 
 // waitJobGone waits for a job that dismisses itself.
@@ -307,14 +313,7 @@ func backupProbe(cmd, rel string, values ...any) honestyProbe {
 			v = map[string]string{"$job": id, "$filter": fmt.Sprintf("hf%d", n)}[s]
 		}
 		setMember(args, rel, v)
-		if d := errDesc(c.cmd(cmd, args)); d != "" {
-			return d
-		}
-		if args["auto-dismiss"] == true {
-			waitJobGone(e.t, c, id)
-			return ""
-		}
-		return waitConcluded(e.t, c, id)
+		return runJobProbe(e.t, c, cmd, args, id)
 	}}
 }
 
