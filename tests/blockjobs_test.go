@@ -118,11 +118,7 @@ func (o *jobOutcome) String() string {
 // is QSD's.
 func compareOutcomes(t *testing.T, ours, qsd *jobOutcome) {
 	t.Helper()
-	if o, q := ours.String(), qsd.String(); o != q {
-		t.Errorf("qbmond and QSD differ\nqbmond:\n%s\nQSD:\n%s", o, q)
-	} else {
-		t.Logf("outcome (both):\n%s", o)
-	}
+	sameText(t, "outcome", ours.String(), qsd.String())
 }
 
 // compareLikeQSD runs scenario on qbmond, then on QSD, each time with a
