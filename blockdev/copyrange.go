@@ -28,8 +28,8 @@ func (e *TargetError) Unwrap() error { return e.Err }
 // node by copy offload. ok is false, with nothing done, when the nodes
 // do not allow it; the caller then reads and writes. Errors of the
 // destination are TargetErrors. The write is a
-// write in every other way: it needs PermWrite, passes before-write hooks
-// and write observers, and marks dirty bitmaps.
+// write in every other way: it needs PermWrite, passes write observers
+// and marks dirty bitmaps.
 func CopyRange(ctx context.Context, src *Child, srcOff int64, dst *Child, dstOff, n int64) (ok bool, err error) {
 	if _, can := dst.node.Load().drv.(FileWriter); !can {
 		return false, nil
@@ -49,7 +49,7 @@ func CopyRange(ctx context.Context, src *Child, srcOff int64, dst *Child, dstOff
 
 // WriteFromFile writes n bytes at off taken from the open file fd at
 // fileOff, on behalf of from, through the node's entry point like Write
-// (admission, permissions, observers, hooks, tracking, bitmaps,
+// (admission, permissions, observers, tracking, bitmaps,
 // statistics; no detect-zeroes). It fails with errNoOffload, having done
 // nothing, when the driver cannot.
 func (n *Node) WriteFromFile(ctx context.Context, from *Child, off, length int64, fd int, fileOff int64) (err error) {
@@ -76,9 +76,6 @@ func (n *Node) WriteFromFile(ctx context.Context, from *Child, off, length int64
 	}()
 	if n.tracking() {
 		defer n.trk.leave(n.trk.enter(off, off+length, false))
-	}
-	if err := n.runHooks(ctx, off, length, WriteOpWrite); err != nil {
-		return err
 	}
 	err = fw.WriteFromFile(ctx, off, length, fd, fileOff)
 	if errors.Is(err, ErrNotSupported) {

@@ -23,7 +23,6 @@ import (
 //     tracker), so concurrent unaligned writes never lose data.
 //   - detect-zeroes: an all-zero write becomes write-zeroes (may-unmap with
 //     detect-zeroes=unmap).
-//   - before-write hooks, with the aligned range, before the driver runs.
 //   - end: accounting (query-blockstats) and the drain guard.
 
 type opKind uint8
@@ -351,9 +350,6 @@ func (n *Node) Write(ctx context.Context, from *Child, off int64, p []byte, flag
 	if n.tracking() {
 		defer n.trk.leave(n.trk.enter(start, end, !s.aligned()))
 	}
-	if err := n.runHooks(ctx, start, end-start, WriteOpWrite); err != nil {
-		return err
-	}
 	wf := flags & n.writeFlags
 	if s.aligned() {
 		n.debugEvent(DbgPwritev)
@@ -496,9 +492,6 @@ func (n *Node) writeZeroes(ctx context.Context, off, length int64, flags ReqFlag
 	if n.tracking() {
 		defer n.trk.leave(n.trk.enter(start, end, !s.aligned()))
 	}
-	if err := n.runHooks(ctx, start, end-start, WriteOpWriteZeroes); err != nil {
-		return err
-	}
 	zf := flags&^ReqFUA | flags&n.writeFlags
 	var err error
 	if s.aligned() {
@@ -560,9 +553,6 @@ func (n *Node) Discard(ctx context.Context, from *Child, off, length int64) (err
 		s := n.span(off, length)
 		start, end := s.outer()
 		defer n.trk.leave(n.trk.enter(start, end, false))
-	}
-	if err := n.runHooks(ctx, off, length, WriteOpDiscard); err != nil {
-		return err
 	}
 	if err := n.drv.Discard(ctx, off, length); err != nil {
 		n.stats.discardFailed.Add(1)

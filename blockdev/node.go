@@ -81,11 +81,9 @@ type Node struct {
 	// corUsers counts the users that copy on read into the node
 	// (EnableCopyOnRead): while > 0 every modifying request is tracked.
 	corUsers atomic.Int32
-	// hooks is the current list of before-write hooks (copy on write).
-	hooks  atomic.Pointer[[]*hookEntry]
-	hookMu sync.Mutex // serialises changes of hooks and observers
 	// observers see modifying requests enter and leave (observe.go).
-	observers atomic.Pointer[[]*observerEntry]
+	observers  atomic.Pointer[[]*observerEntry]
+	observerMu sync.Mutex // serialises changes of observers
 	// stats are the node's I/O statistics (query-blockstats).
 	stats ioStats
 	// bitmaps are the node's dirty bitmaps.

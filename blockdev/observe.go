@@ -24,8 +24,8 @@ type observerEntry struct{ o WriteObserver }
 // it is removed still get their Leave.
 func (n *Node) AddWriteObserver(o WriteObserver) (remove func()) {
 	e := &observerEntry{o: o}
-	n.hookMu.Lock()
-	defer n.hookMu.Unlock()
+	n.observerMu.Lock()
+	defer n.observerMu.Unlock()
 	var list []*observerEntry
 	if cur := n.observers.Load(); cur != nil {
 		list = append(list, *cur...)
@@ -33,8 +33,8 @@ func (n *Node) AddWriteObserver(o WriteObserver) (remove func()) {
 	list = append(list, e)
 	n.observers.Store(&list)
 	return func() {
-		n.hookMu.Lock()
-		defer n.hookMu.Unlock()
+		n.observerMu.Lock()
+		defer n.observerMu.Unlock()
 		cur := n.observers.Load()
 		if cur == nil {
 			return

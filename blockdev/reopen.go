@@ -90,17 +90,42 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 	if len(options) == 0 {
 		return nil // nothing to do (QEMU 7.2 aborts on an empty list)
 	}
-	// A node listed more than once takes the union of its options.
-	var listed []*Node
-	merged := map[*Node]Options{}
+	listed, merged, err := g.reopenListed(options)
+	if err != nil {
+		return err
+	}
+	// Jobs on the listed nodes' subtrees, and above them, pause for the
+	// whole command, failed or not (QEMU drains each subtree first).
+	defer g.pauseJobs(subtrees(listed))()
+	queue, err := g.reopenQueue(listed, merged)
+	if err != nil {
+		return err
+	}
+	r := newReopenTx(g, queue)
+	defer r.release()
+	if err := r.prepare(ctx); err != nil {
+		return r.abort(err)
+	}
+	tx, err := r.switchOver(ctx)
+	if err != nil {
+		return r.abort(err)
+	}
+	r.commit(ctx, tx)
+	return nil
+}
+
+// reopenListed finds the nodes options names, in the order listed; a node
+// listed more than once takes the union of its options (merged).
+func (g *Graph) reopenListed(options []map[string]any) (listed []*Node, merged map[*Node]Options, err error) {
+	merged = map[*Node]Options{}
 	for _, o := range options {
 		name, given := o["node-name"].(string)
 		if !given {
-			return errors.New("node-name not specified")
+			return nil, nil, errors.New("node-name not specified")
 		}
 		n := g.Lookup(name)
 		if n == nil {
-			return fmt.Errorf("Failed to find node with node-name='%s'", name)
+			return nil, nil, fmt.Errorf("Failed to find node with node-name='%s'", name)
 		}
 		if prev, ok := merged[n]; ok {
 			merged[n] = mergeOptions(prev, o)
@@ -109,17 +134,25 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 		listed = append(listed, n)
 		merged[n] = Options(o)
 	}
-	// Jobs on the listed nodes' subtrees, and above them, pause for the
-	// whole command, failed or not (QEMU drains each subtree first).
-	var subtree []*Node
-	for _, n := range listed {
+	return listed, merged, nil
+}
+
+// subtrees is every node below (and including) the nodes, each once.
+func subtrees(nodes []*Node) []*Node {
+	var all []*Node
+	for _, n := range nodes {
 		for _, x := range n.subtree() {
-			if !slices.Contains(subtree, x) {
-				subtree = append(subtree, x)
+			if !slices.Contains(all, x) {
+				all = append(all, x)
 			}
 		}
 	}
-	defer g.pauseJobs(subtree)()
+	return all
+}
+
+// reopenQueue is the reopen queue of the listed nodes and the children
+// that reopen with them, parents before children.
+func (g *Graph) reopenQueue(listed []*Node, merged map[*Node]Options) ([]*reopenEntry, error) {
 	var queue []*reopenEntry
 	for _, n := range listed {
 		if i := queueIndex(queue, n); i >= 0 {
@@ -128,11 +161,17 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 			queue = append(queue[:i], queue[i+1:]...)
 		}
 		if err := g.queueReopen(&queue, n, merged[n], nil, 0, false); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	// Parents before children: a node prepares drained, while its driver
-	// may still do I/O on its children, which drain in their turn.
+	return parentsFirst(queue), nil
+}
+
+// parentsFirst orders queue so that no entry comes after a node below it:
+// a node prepares drained, while its driver may still do I/O on its
+// children, which drain in their turn. The order is stable: each time the
+// first node that nothing left is above.
+func parentsFirst(queue []*reopenEntry) []*reopenEntry {
 	var nodes []*Node
 	for _, e := range queue {
 		nodes = append(nodes, e.n)
@@ -142,7 +181,7 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 		byNode[e.n] = e
 	}
 	queue = queue[:0]
-	for len(nodes) > 0 { // stable: the first node nothing left is above
+	for len(nodes) > 0 {
 		for i, n := range nodes {
 			if !slices.ContainsFunc(nodes, func(m *Node) bool { return m != n && reaches(m, n) }) {
 				queue = append(queue, byNode[n])
@@ -151,80 +190,68 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 			}
 		}
 	}
-	var undrains []func()
-	defer func() {
-		for i := len(undrains) - 1; i >= 0; i-- {
-			undrains[i]()
-		}
-	}()
-	// Nodes that might leave the graph (a former backing or file node)
-	// stay open until the end, so that a failure can put them back.
-	var holds []*Child
-	defer func() {
-		for _, h := range holds {
-			g.DetachRoot(h)
-		}
-	}()
+	return queue
+}
 
-	old := make([]genericSettings, len(queue))
+// reopenTx is one blockdev-reopen in progress over its ordered queue:
+// prepare, then switchOver, then commit; abort undoes whatever of the
+// first two was done, release ends the drains and holds either way.
+type reopenTx struct {
+	g     *Graph
+	queue []*reopenEntry
+	// old are the queue's settings before the reopen, by index.
+	old []genericSettings
+	// flagsSet: switchOver has changed the nodes' read-only flags.
+	flagsSet bool
+	// undrains end the drains prepare began, in order.
+	undrains []func()
+	// holds keep nodes that might leave the graph (a former backing or
+	// file node) open until the end, so that a failure can put them
+	// back.
+	holds []*Child
+}
+
+func newReopenTx(g *Graph, queue []*reopenEntry) *reopenTx {
+	r := &reopenTx{g: g, queue: queue, old: make([]genericSettings, len(queue))}
 	for i, e := range queue {
-		old[i] = e.n.genericSettings()
+		r.old[i] = e.n.genericSettings()
 	}
-	flagsSet := false
-	abort := func(err error) error {
-		if flagsSet {
-			for i, e := range queue {
-				e.n.readOnly.Store(old[i].readOnly)
-				e.n.wasWritable = false
-			}
-		}
-		for i := len(queue) - 1; i >= 0; i-- {
-			e := queue[i]
-			if e.undoFile != nil {
-				e.undoFile()
-			}
-			if e.undoBacking != nil {
-				e.undoBacking()
-			}
-		}
-		if flagsSet {
-			// Permissions as they were (the links moved back already
-			// worked out theirs).
-			tx := newPermTx()
-			ok := true
-			for _, e := range queue {
-				if g.refreshPerms(e.n, tx) != nil {
-					ok = false
-					break
-				}
-			}
-			if ok {
-				tx.apply()
-			} else {
-				tx.abort()
-			}
-		}
-		for i := len(queue) - 1; i >= 0; i-- {
-			if e := queue[i]; e.prepared {
-				e.n.drv.(Reopener).ReopenAbort(e.rs)
-			}
-		}
-		return err
-	}
-	for _, e := range queue {
-		undrains = append(undrains, g.Drain(e.n))
-		if err := g.prepareReopen(ctx, e); err != nil {
-			return abort(err)
-		}
-	}
+	return r
+}
 
-	// The new settings, links and permissions.
-	flagsSet = true
-	for _, e := range queue {
+// release lets the held nodes go, then ends the drains, last first.
+func (r *reopenTx) release() {
+	for _, h := range r.holds {
+		r.g.DetachRoot(h)
+	}
+	for i := len(r.undrains) - 1; i >= 0; i-- {
+		r.undrains[i]()
+	}
+}
+
+// prepare drains each node in turn and has its driver check and open what
+// the new options need; nothing visible changes yet.
+func (r *reopenTx) prepare(ctx context.Context) error {
+	for _, e := range r.queue {
+		r.undrains = append(r.undrains, r.g.Drain(e.n))
+		if err := r.g.prepareReopen(ctx, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// switchOver puts the new read-only flags and links (backing, file) in
+// place and works out the permissions of everything they touch. The
+// returned permission transaction is applied by commit.
+func (r *reopenTx) switchOver(ctx context.Context) (*permTx, error) {
+	g := r.g
+	r.flagsSet = true
+	for _, e := range r.queue {
 		e.n.wasWritable = !e.n.ReadOnly() && e.readOnly
 		e.n.readOnly.Store(e.readOnly)
 	}
-	for _, e := range queue {
+	for _, e := range r.queue {
 		n := e.n
 		if e.backingSet {
 			var ob *Node
@@ -232,14 +259,14 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 				ob = b.node.Load()
 				h, err := g.AttachRoot(ob, "reopen", 0, PermAll)
 				if err != nil {
-					return abort(err)
+					return nil, err
 				}
-				holds = append(holds, h)
+				r.holds = append(r.holds, h)
 			}
 			restore := keepInheritsFrom(e.backing)
 			if err := g.SetBacking(ctx, n, e.backing); err != nil {
 				restore()
-				return abort(err)
+				return nil, err
 			}
 			e.undoBacking = func() {
 				_ = g.SetBacking(ctx, n, ob)
@@ -251,12 +278,12 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 			of := c.node.Load()
 			h, err := g.AttachRoot(of, "reopen", 0, PermAll)
 			if err != nil {
-				return abort(err)
+				return nil, err
 			}
-			holds = append(holds, h)
+			r.holds = append(r.holds, h)
 			m, err := g.moveEdges([]*Child{c}, e.file)
 			if err != nil {
-				return abort(err)
+				return nil, err
 			}
 			m.commit()
 			restore := keepInheritsFrom(e.file)
@@ -274,19 +301,26 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 		}
 	}
 	tx := newPermTx()
-	for _, e := range queue {
+	for _, e := range r.queue {
 		if err := g.refreshPerms(e.n, tx); err != nil {
 			tx.abort()
-			return abort(err)
+			return nil, err
 		}
 	}
-	for i := len(queue) - 1; i >= 0; i-- { // children first, as QEMU
-		if e := queue[i]; e.prepared {
+	return tx, nil
+}
+
+// commit has the drivers commit, children first as QEMU, applies the new
+// permissions and takes the new generic settings into the nodes.
+func (r *reopenTx) commit(ctx context.Context, tx *permTx) {
+	g := r.g
+	for i := len(r.queue) - 1; i >= 0; i-- {
+		if e := r.queue[i]; e.prepared {
 			e.n.drv.(Reopener).ReopenCommit(e.rs)
 		}
 	}
 	tx.apply()
-	for _, e := range queue {
+	for _, e := range r.queue {
 		n := e.n
 		n.wasWritable = false
 		n.autoReadOnly, n.discard = e.autoReadOnly, e.discard
@@ -305,11 +339,54 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 			}
 		}
 	}
-	for _, e := range queue {
+	for _, e := range r.queue {
 		e.n.refreshFilenames()
 	}
-	g.log.Debug().Int("nodes", len(queue)).Msg("nodes reopened")
-	return nil
+	g.log.Debug().Int("nodes", len(r.queue)).Msg("nodes reopened")
+}
+
+// abort undoes what prepare and switchOver did, so that every node is
+// exactly as it was: the read-only flags, the links (last first), the
+// permissions, and the drivers that prepared abort. It returns err.
+func (r *reopenTx) abort(err error) error {
+	if r.flagsSet {
+		for i, e := range r.queue {
+			e.n.readOnly.Store(r.old[i].readOnly)
+			e.n.wasWritable = false
+		}
+	}
+	for i := len(r.queue) - 1; i >= 0; i-- {
+		e := r.queue[i]
+		if e.undoFile != nil {
+			e.undoFile()
+		}
+		if e.undoBacking != nil {
+			e.undoBacking()
+		}
+	}
+	if r.flagsSet {
+		// Permissions as they were (the links moved back already
+		// worked out theirs).
+		tx := newPermTx()
+		ok := true
+		for _, e := range r.queue {
+			if r.g.refreshPerms(e.n, tx) != nil {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			tx.apply()
+		} else {
+			tx.abort()
+		}
+	}
+	for i := len(r.queue) - 1; i >= 0; i-- {
+		if e := r.queue[i]; e.prepared {
+			e.n.drv.(Reopener).ReopenAbort(e.rs)
+		}
+	}
+	return err
 }
 
 func queueIndex(queue []*reopenEntry, n *Node) int {

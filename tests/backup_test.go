@@ -129,10 +129,7 @@ func waitGone(c *client, ids ...string) {
 // (full, full+inc1, full+inc1+inc2) equals the guest's disk at the moment
 // its backup began; the bitmap ends holding only the writes made since.
 func TestIncrementalBackupCycleLikeQSD(t *testing.T) {
-	runOn := func(k kind) *jobOutcome {
-		o := &jobOutcome{}
-		defer o.showOnFailure(t, k)
-		dir := shortTempDir(t)
+	compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
 		backupSource(t, dir, "full.qcow2")
 		d := startDaemon(t, k, dir)
 		c := d.connect()
@@ -180,10 +177,7 @@ func TestIncrementalBackupCycleLikeQSD(t *testing.T) {
 		}
 		// The point-in-time copies stay right after the daemon is gone.
 		sameAs(t, ref2, filepath.Join(dir, "inc2.qcow2"))
-		o.scrub(dir)
-		return o
-	}
-	compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+	})
 }
 
 // TestBackupFailedIncrementalLikeQSD fails an incremental backup on its
@@ -193,10 +187,7 @@ func TestIncrementalBackupCycleLikeQSD(t *testing.T) {
 // copies everything the failed one should have, and the restored chain
 // equals the guest's disk when the retry began.
 func TestBackupFailedIncrementalLikeQSD(t *testing.T) {
-	runOn := func(k kind) *jobOutcome {
-		o := &jobOutcome{}
-		defer o.showOnFailure(t, k)
-		dir := shortTempDir(t)
+	compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
 		backupSource(t, dir, "full.qcow2", "other.qcow2")
 		sh(t, dir, "qemu-img create -q -f qcow2 -b full.qcow2 -F qcow2 bad.qcow2\nqemu-img create -q -f qcow2 -b full.qcow2 -F qcow2 inc.qcow2\ncp src.qcow2 src2.qcow2")
 		d := startDaemon(t, k, dir)
@@ -254,10 +245,7 @@ func TestBackupFailedIncrementalLikeQSD(t *testing.T) {
 		for _, img := range []string{"src.qcow2", "full.qcow2", "inc.qcow2"} {
 			o.headerOf(t, dir, img)
 		}
-		o.scrub(dir)
-		return o
-	}
-	compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+	})
 }
 
 // TestBackupFleecingLikeQSD is image fleecing: a sync=none backup into a
@@ -265,10 +253,7 @@ func TestBackupFailedIncrementalLikeQSD(t *testing.T) {
 // NBD. While the guest goes on writing, the fleecing export reads what
 // the disk held when the job started; the disk reads the new data.
 func TestBackupFleecingLikeQSD(t *testing.T) {
-	runOn := func(k kind) *jobOutcome {
-		o := &jobOutcome{}
-		defer o.showOnFailure(t, k)
-		dir := shortTempDir(t)
+	compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
 		backupSource(t, dir)
 		sh(t, dir, "qemu-img create -q -f qcow2 -b src.qcow2 -F qcow2 fleece.qcow2")
 		d := startDaemon(t, k, dir)
@@ -299,10 +284,7 @@ func TestBackupFleecingLikeQSD(t *testing.T) {
 		d.stop()
 		o.headerOf(t, dir, "src.qcow2")
 		sameAs(t, now, filepath.Join(dir, "src.qcow2"))
-		o.scrub(dir)
-		return o
-	}
-	compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+	})
 }
 
 // TestSnapshotRunningExportLikeQSD takes external snapshots of a disk a
@@ -311,10 +293,7 @@ func TestBackupFleecingLikeQSD(t *testing.T) {
 // export follows the active layer; each frozen layer keeps what the guest
 // had written when it was frozen; bad requests change nothing.
 func TestSnapshotRunningExportLikeQSD(t *testing.T) {
-	runOn := func(k kind) *jobOutcome {
-		o := &jobOutcome{}
-		defer o.showOnFailure(t, k)
-		dir := shortTempDir(t)
+	compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
 		backupSource(t, dir)
 		sh(t, dir, "qemu-img create -q -f qcow2 -u -b ov1.qcow2 -F qcow2 ov2.qcow2 8M")
 		d := startDaemon(t, k, dir)
@@ -356,10 +335,7 @@ func TestSnapshotRunningExportLikeQSD(t *testing.T) {
 		sameAs(t, ref0, filepath.Join(dir, "src.qcow2"))
 		sameAs(t, ref1, ov1)
 		sameAs(t, ref2, filepath.Join(dir, "ov2.qcow2"))
-		o.scrub(dir)
-		return o
-	}
-	compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+	})
 }
 
 // TestBackupTransactionLikeQSD runs a transaction of a bitmap add, an
@@ -368,10 +344,7 @@ func TestSnapshotRunningExportLikeQSD(t *testing.T) {
 // no bitmap, no job, the graph as before. Without it the backup is the
 // disk at the snapshot and the bitmap counts the writes after it.
 func TestBackupTransactionLikeQSD(t *testing.T) {
-	runOn := func(k kind) *jobOutcome {
-		o := &jobOutcome{}
-		defer o.showOnFailure(t, k)
-		dir := shortTempDir(t)
+	compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
 		backupSource(t, dir, "bk.qcow2")
 		d := startDaemon(t, k, dir)
 		c := d.connect()
@@ -420,10 +393,7 @@ func TestBackupTransactionLikeQSD(t *testing.T) {
 		if _, err := os.Stat(ov); err != nil {
 			t.Fatal(err)
 		}
-		o.scrub(dir)
-		return o
-	}
-	compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+	})
 }
 
 // TestBackupErrorPoliciesLikeQSD fails one write to the target (EIO or
@@ -443,10 +413,7 @@ func TestBackupErrorPoliciesLikeQSD(t *testing.T) {
 		{"source-report-eio", "source", "report", 5},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			runOn := func(k kind) *jobOutcome {
-				o := &jobOutcome{}
-				defer o.showOnFailure(t, k)
-				dir := shortTempDir(t)
+			compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
 				backupSource(t, dir, "bk.qcow2")
 				d := startDaemon(t, k, dir)
 				c := d.connect()
@@ -506,10 +473,7 @@ func TestBackupErrorPoliciesLikeQSD(t *testing.T) {
 				}
 				d.stop()
 				o.headerOf(t, dir, "src.qcow2")
-				o.scrub(dir)
-				return o
-			}
-			compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+			})
 		})
 	}
 }
@@ -525,10 +489,7 @@ func TestBackupCompressLikeQSD(t *testing.T) {
 }
 
 func backupCompress(t *testing.T, ct string) {
-	runOn := func(k kind) *jobOutcome {
-		o := &jobOutcome{}
-		defer o.showOnFailure(t, k)
-		dir := shortTempDir(t)
+	compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
 		backupSource(t, dir)
 		sh(t, dir, "qemu-img create -q -f raw bk.raw 8M\nqemu-img create -q -f qcow2 -o compression_type="+ct+" bk.qcow2 8M")
 		d := startDaemon(t, k, dir)
@@ -567,8 +528,5 @@ func backupCompress(t *testing.T, ct string) {
 		if st.Size() > 512<<10 {
 			t.Errorf("%s: the compressed image takes %d KiB", k, st.Size()>>10)
 		}
-		o.scrub(dir)
-		return o
-	}
-	compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+	})
 }

@@ -2,16 +2,16 @@ package tests
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
 
-// bitmapState is what the test compares between daemons: sha256 and count
-// of every bitmap, in order.
-func bitmapState(t *testing.T, c *client, node string, names []string) string {
+// nodeBitmaps returns the dirty-bitmaps of node as query-named-block-nodes
+// shows them.
+func nodeBitmaps(t *testing.T, c *client, node string) []map[string]any {
 	t.Helper()
-	var b strings.Builder
-	counts := map[string]string{}
+	var out []map[string]any
 	for _, n := range c.ok("query-named-block-nodes", map[string]any{"flat": true}).([]any) {
 		m := n.(map[string]any)
 		if m["node-name"] != node {
@@ -19,14 +19,25 @@ func bitmapState(t *testing.T, c *client, node string, names []string) string {
 		}
 		bms, _ := m["dirty-bitmaps"].([]any)
 		for _, bm := range bms {
-			bi := bm.(map[string]any)
-			name, _ := bi["name"].(string) // an anonymous bitmap has none
-			if name == "" {
-				fmt.Fprintf(&b, "anonymous: count=%v granularity=%v recording=%v busy=%v\n", bi["count"], bi["granularity"], bi["recording"], bi["busy"])
-				continue
-			}
-			counts[name] = fmt.Sprintf("count=%v granularity=%v recording=%v", bi["count"], bi["granularity"], bi["recording"])
+			out = append(out, bm.(map[string]any))
 		}
+	}
+	return out
+}
+
+// bitmapState is what the test compares between daemons: sha256 and count
+// of every bitmap, in order.
+func bitmapState(t *testing.T, c *client, node string, names []string) string {
+	t.Helper()
+	var b strings.Builder
+	counts := map[string]string{}
+	for _, bi := range nodeBitmaps(t, c, node) {
+		name, _ := bi["name"].(string) // an anonymous bitmap has none
+		if name == "" {
+			fmt.Fprintf(&b, "anonymous: count=%v granularity=%v recording=%v busy=%v\n", bi["count"], bi["granularity"], bi["recording"], bi["busy"])
+			continue
+		}
+		counts[name] = fmt.Sprintf("count=%v granularity=%v recording=%v", bi["count"], bi["granularity"], bi["recording"])
 	}
 	for _, name := range names {
 		r := c.ok("x-debug-block-dirty-bitmap-sha256", map[string]any{"node": node, "name": name}).(map[string]any)
@@ -61,10 +72,10 @@ func bitmapDisk(t *testing.T, k kind, bitmaps []map[string]any, exported []any) 
 	return d, c, "nbd+unix:///d0?socket=" + sock
 }
 
-// bitmapWorkload writes at aligned and unaligned offsets, across
-// granule boundaries, zeroes and discards (the node has discard=unmap, so
-// discards mark bitmaps too).
-var bitmapWorkload = []string{
+// mixedWrites write and zero at aligned and unaligned offsets, across
+// cluster and granule boundaries: the start of bitmapWorkload and
+// qcow2Workload.
+var mixedWrites = []string{
 	"write -P 0xab 0 64k",
 	"write -P 0xcd 100001 3333",
 	"write -P 0x11 1m 1m",
@@ -72,11 +83,17 @@ var bitmapWorkload = []string{
 	"write -P 0x22 3m 512",
 	"write -P 0x33 4095 2",
 	"write -P 0x44 65535 65538",
+}
+
+// bitmapWorkload writes at aligned and unaligned offsets, across
+// granule boundaries, zeroes and discards (the node has discard=unmap, so
+// discards mark bitmaps too).
+var bitmapWorkload = append(slices.Clip(mixedWrites),
 	"discard 2560k 64k",
 	"write -z 3000000 100",
 	"write -P 0x55 4194304 1536",
 	"flush",
-}
+)
 
 // The same qemu-io workload through an NBD export marks the same bits in
 // qbmond's bitmaps as in QSD's, at several granularities, and the bitmap

@@ -73,14 +73,7 @@ func blkdebugExport(t *testing.T, k kind, setup string, rules, nodeOpts map[stri
 	for key, v := range nodeOpts {
 		opts[key] = v
 	}
-	d := startDaemon(t, k, dir)
-	c := d.connect()
-	opts["node-name"] = "n0"
-	c.ok("blockdev-add", opts)
-	sock := filepath.Join(dir, "nbd.sock")
-	c.ok("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
-	c.ok("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "n0", "writable": true})
-	uri := "nbd+unix:///n0?socket=" + sock
+	d, _, uri := exportNode(t, k, dir, opts, true, false)
 	return d, uri
 }
 
@@ -102,6 +95,18 @@ func qemuIOResults(t *testing.T, uri string, ops ...string) []string {
 	}
 	for len(got) < len(ops) {
 		got = append(got, ops[len(got)]+": ?")
+	}
+	return got
+}
+
+// qemuIOFirstLines runs each op in its own qemu-io on uri and returns, for
+// each, the op and the first line qemu-io printed.
+func qemuIOFirstLines(t *testing.T, uri string, ops ...string) []string {
+	t.Helper()
+	var got []string
+	for _, op := range ops {
+		out, _ := exec.Command(requireTool(t, "qemu-io"), "-f", "raw", "-c", op, uri).CombinedOutput()
+		got = append(got, op+": "+strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0])
 	}
 	return got
 }
@@ -184,9 +189,7 @@ func TestBlkdebugEventsLikeQSD(t *testing.T) {
 					t.Fatalf("QSD: event %s fired=%v, the scenario expects %v:\n%s", ev, fired, !c.quiet, strings.Join(want, "\n"))
 				}
 				got := blkdebugOps(t, kindQbmond, c.setup, probeRules(ev), c.nodeOpts, c.raw, c.ops)
-				if strings.Join(got, "\n") != strings.Join(want, "\n") {
-					t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-				}
+				sameLines(t, "results", got, want)
 			})
 		}
 	}
@@ -240,21 +243,14 @@ func TestBlkdebugRMWEventsLikeQSD(t *testing.T) {
 				}
 				d, _, uri := exportNode(t, k, dir, map[string]any{"driver": "raw", "file": bd}, true, false)
 				defer d.stop()
-				var got []string
-				for _, op := range ops {
-					out, _ := exec.Command(requireTool(t, "qemu-io"), "-f", "raw", "-c", op, uri).CombinedOutput()
-					got = append(got, op+": "+strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0])
-				}
-				return got
+				return qemuIOFirstLines(t, uri, ops...)
 			}
 			want, got := run(kindQSD), run(kindQbmond)
 			t.Logf("QSD:\n%s", strings.Join(want, "\n"))
 			if !strings.Contains(strings.Join(want, "\n"), "failed") {
 				t.Fatalf("the event did not fire on QSD")
 			}
-			if strings.Join(got, "\n") != strings.Join(want, "\n") {
-				t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-			}
+			sameLines(t, "results", got, want)
 		})
 	}
 }
@@ -304,17 +300,12 @@ func TestBlkdebugConfigFileLikeQSD(t *testing.T) {
 				}
 				got := []string{fmt.Sprint("file name: ", strings.ReplaceAll(nodeFilename(t, c, "n0"), dir, "$DIR"))}
 				uri := startNBD(t, c, dir, "n0")
-				for _, op := range tc.ops {
-					out, _ := exec.Command(requireTool(t, "qemu-io"), "-f", "raw", "-c", op, uri).CombinedOutput()
-					got = append(got, op+": "+strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0])
-				}
+				got = append(got, qemuIOFirstLines(t, uri, tc.ops...)...)
 				return got
 			}
 			want, got := run(kindQSD), run(kindQbmond)
 			t.Logf("QSD:\n%s", strings.Join(want, "\n"))
-			if strings.Join(got, "\n") != strings.Join(want, "\n") {
-				t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-			}
+			sameLines(t, "results", got, want)
 		})
 	}
 }
@@ -407,19 +398,14 @@ func TestBlkdebugL1GrowLikeQSD(t *testing.T) {
 				c.waitJob("c", "null")
 				got := c.jobEvents()
 				uri := startNBD(t, c, dir, "base")
-				for _, op := range []string{"read -P 2 128k 4k", "read -P 1 0 4k"} {
-					out, _ := exec.Command(requireTool(t, "qemu-io"), "-f", "raw", "-c", op, uri).CombinedOutput()
-					got = append(got, op+": "+strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0])
-				}
+				got = append(got, qemuIOFirstLines(t, uri, "read -P 2 128k 4k", "read -P 1 0 4k")...)
 				return got
 			}
 			want := run(kindQSD)
 			if !strings.Contains(want[len(want)-1], "failed") {
 				t.Fatalf("QSD did not raise %s:\n%s", ev, strings.Join(want, "\n"))
 			}
-			if got := run(kindQbmond); strings.Join(got, "\n") != strings.Join(want, "\n") {
-				t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-			}
+			sameLines(t, "results", run(kindQbmond), want)
 		})
 	}
 }
@@ -457,9 +443,7 @@ func TestBlkdebugCompressedWriteEventsLikeQSD(t *testing.T) {
 			if !strings.Contains(want[len(want)-1], "failed") {
 				t.Fatalf("QSD did not raise %s", ev)
 			}
-			if got := run(kindQbmond); strings.Join(got, "\n") != strings.Join(want, "\n") {
-				t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-			}
+			sameLines(t, "results", run(kindQbmond), want)
 		})
 	}
 }
@@ -501,9 +485,7 @@ func TestBlkdebugWriteTriggerLikeQSD(t *testing.T) {
 			want := blkdebugOps(t, kindQSD, evRaw, rules, nil, true, ops)
 			got := blkdebugOps(t, kindQbmond, evRaw, rules, nil, true, ops)
 			t.Logf("QSD:\n%s", strings.Join(want, "\n"))
-			if strings.Join(got, "\n") != strings.Join(want, "\n") {
-				t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-			}
+			sameLines(t, "results", got, want)
 			// The issue's own form: all in one qemu-io, where a failed
 			// structured read ends QSD's connection, so every read after
 			// it fails too; qbmond's server does the same now.
@@ -558,9 +540,7 @@ func TestBlkdebugOnceRulesLikeQSD(t *testing.T) {
 				rules := map[string]any{"inject-error": []any{map[string]any{"event": ev, "once": true}}}
 				want := blkdebugOps(t, kindQSD, sc.setup, rules, nil, false, sc.ops)
 				got := blkdebugOps(t, kindQbmond, sc.setup, rules, nil, false, sc.ops)
-				if strings.Join(got, "\n") != strings.Join(want, "\n") {
-					t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-				}
+				sameLines(t, "results", got, want)
 			})
 		}
 	}
@@ -588,9 +568,7 @@ func TestBlkdebugCOWOrderLikeQSD(t *testing.T) {
 				ops := []string{"write -P 5 132k 4k", "read 0 4k"}
 				want := blkdebugOps(t, kindQSD, evBacking, rules, nil, false, ops)
 				got := blkdebugOps(t, kindQbmond, evBacking, rules, nil, false, ops)
-				if strings.Join(got, "\n") != strings.Join(want, "\n") {
-					t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-				}
+				sameLines(t, "results", got, want)
 			})
 		}
 	}
@@ -616,18 +594,11 @@ func TestBlkdebugCORWriteLikeQSD(t *testing.T) {
 					"inject-error": []any{map[string]any{"event": "cor_write", "iotype": iotype}}})
 				c.ok("blockdev-add", map[string]any{"driver": "copy-on-read", "node-name": "cor", "file": "bd"})
 				uri := startNBD(t, c, dir, "cor")
-				var got []string
-				for _, op := range []string{"read -P 1 0 4k", "read -P 2 512k 4k", "read -P 2 512k 4k", "read -P 2 600k 4k"} {
-					out, _ := exec.Command(requireTool(t, "qemu-io"), "-f", "raw", "-c", op, uri).CombinedOutput()
-					got = append(got, op+": "+strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0])
-				}
-				return got
+				return qemuIOFirstLines(t, uri, "read -P 1 0 4k", "read -P 2 512k 4k", "read -P 2 512k 4k", "read -P 2 600k 4k")
 			}
 			want, got := run(kindQSD), run(kindQbmond)
 			t.Logf("QSD:\n%s", strings.Join(want, "\n"))
-			if strings.Join(got, "\n") != strings.Join(want, "\n") {
-				t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-			}
+			sameLines(t, "results", got, want)
 		})
 	}
 }
@@ -684,9 +655,7 @@ func TestBlkdebugRuleSemanticsLikeQSD(t *testing.T) {
 			want := blkdebugOps(t, kindQSD, evRaw, tc.rules, nil, true, tc.ops)
 			got := blkdebugOps(t, kindQbmond, evRaw, tc.rules, nil, true, tc.ops)
 			t.Logf("QSD:\n%s", strings.Join(want, "\n"))
-			if strings.Join(got, "\n") != strings.Join(want, "\n") {
-				t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-			}
+			sameLines(t, "results", got, want)
 		})
 	}
 }

@@ -86,9 +86,7 @@ func TestBlkdebugLikeQSD(t *testing.T) {
 			}
 			want := blkdebugIO(t, kindQSD, rules, tc.cmds, tc.overRaw)
 			got := blkdebugIO(t, kindQbmond, rules, tc.cmds, tc.overRaw)
-			if strings.Join(got, "\n") != strings.Join(want, "\n") {
-				t.Errorf("qbmond:\n%s\nqemu-storage-daemon:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-			}
+			sameLines(t, "results", got, want)
 			t.Logf("%s", strings.Join(want, "\n"))
 		})
 	}

@@ -118,11 +118,23 @@ func (o *jobOutcome) String() string {
 // is QSD's.
 func compareOutcomes(t *testing.T, ours, qsd *jobOutcome) {
 	t.Helper()
-	if o, q := ours.String(), qsd.String(); o != q {
-		t.Errorf("qbmond and QSD differ\nqbmond:\n%s\nQSD:\n%s", o, q)
-	} else {
-		t.Logf("outcome (both):\n%s", o)
+	sameText(t, "outcome", ours.String(), qsd.String())
+}
+
+// compareLikeQSD runs scenario on qbmond, then on QSD, each time with a
+// fresh scratch directory and outcome, and compares the two outcomes (the
+// directory written as $DIR in the replies).
+func compareLikeQSD(t *testing.T, scenario func(k kind, o *jobOutcome, dir string)) {
+	t.Helper()
+	run := func(k kind) *jobOutcome {
+		o := &jobOutcome{}
+		defer o.showOnFailure(t, k)
+		dir := shortTempDir(t)
+		scenario(k, o, dir)
+		o.scrub(dir)
+		return o
 	}
+	compareOutcomes(t, run(kindQbmond), run(kindQSD))
 }
 
 // record runs a command and notes its reply in the outcome: errors with
@@ -169,6 +181,42 @@ func layerScript(n int) string {
 	}
 	b.WriteString("mkdir ref && cp *.qcow2 ref/\n")
 	return b.String()
+}
+
+// startLayers makes the n layers of layerScript in dir, starts a daemon of
+// kind k there and opens them (addLayers).
+func startLayers(t *testing.T, k kind, dir string, n int) (*daemon, *client) {
+	t.Helper()
+	sh(t, dir, layerScript(n))
+	d := startDaemon(t, k, dir)
+	c := d.connect()
+	addLayers(t, c, dir, n)
+	return d, c
+}
+
+// streamLikeQSD streams into one of the four layers of layerScript with
+// args (job-id s0 added), l3 exported over NBD, and compares the replies,
+// events, graph and images with QSD's; the export reads the same all
+// along. after, if not nil, checks the scratch directory at the end.
+func streamLikeQSD(t *testing.T, args map[string]any, after func(dir string)) {
+	t.Helper()
+	compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
+		d, c := startLayers(t, k, dir, 4)
+		uri := startNBD(t, c, dir, "l3")
+		a := map[string]any{"job-id": "s0"}
+		for k, v := range args {
+			a[k] = v
+		}
+		o.start(c, "block-stream", a)
+		c.waitJob("s0", "null")
+		o.events = c.jobEvents()
+		o.graph = graphView(t, c, dir)
+		identical(t, filepath.Join(dir, "ref", "l3.qcow2"), uri, "-f", "qcow2", "-F", "raw")
+		o.finish(t, d, dir, 4)
+		if after != nil {
+			after(dir)
+		}
+	})
 }
 
 // addLayers opens l0..l{n-1} as nodes named like their files, each backed
@@ -229,13 +277,8 @@ func TestBlockCommitPassiveLikeQSD(t *testing.T) {
 		{"5-layers-all", 5, map[string]any{"top-node": "l3", "base-node": "l0", "speed": 1 << 30}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			runOn := func(k kind) *jobOutcome {
-				o := &jobOutcome{}
-				dir := shortTempDir(t)
-				sh(t, dir, layerScript(tc.layers))
-				d := startDaemon(t, k, dir)
-				c := d.connect()
-				addLayers(t, c, dir, tc.layers)
+			compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
+				d, c := startLayers(t, k, dir, tc.layers)
 				active := fmt.Sprintf("l%d", tc.layers-1)
 				uri := startNBD(t, c, dir, active)
 				args := map[string]any{"job-id": "j0", "device": active}
@@ -250,9 +293,7 @@ func TestBlockCommitPassiveLikeQSD(t *testing.T) {
 				identical(t, filepath.Join(dir, "ref", active+".qcow2"), uri, "-f", "qcow2", "-F", "raw")
 				o.finish(t, d, dir, tc.layers)
 				identical(t, filepath.Join(dir, "ref", active+".qcow2"), filepath.Join(dir, active+".qcow2"))
-				return o
-			}
-			compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+			})
 		})
 	}
 }
@@ -261,9 +302,7 @@ func TestBlockCommitPassiveLikeQSD(t *testing.T) {
 // headers (no node names below the active layer): the committed layers
 // close, as QEMU's implicit nodes do.
 func TestBlockCommitImplicitChain(t *testing.T) {
-	runOn := func(k kind) *jobOutcome {
-		o := &jobOutcome{}
-		dir := shortTempDir(t)
+	compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
 		sh(t, dir, layerScript(4))
 		d := startDaemon(t, k, dir)
 		c := d.connect()
@@ -284,9 +323,7 @@ func TestBlockCommitImplicitChain(t *testing.T) {
 		o.graph = graphView(t, c, dir)
 		identical(t, filepath.Join(dir, "ref", "l3.qcow2"), uri, "-f", "qcow2", "-F", "raw")
 		o.finish(t, d, dir, 4)
-		return o
-	}
-	compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+	})
 }
 
 // qemuIOWrites writes through an NBD export and applies the same writes
@@ -310,13 +347,8 @@ func qemuIOWrites(t *testing.T, uri, ref string, cmds []string) {
 func TestBlockCommitActiveLikeQSD(t *testing.T) {
 	for _, base := range []string{"", "l1"} {
 		t.Run("base="+base, func(t *testing.T) {
-			runOn := func(k kind) *jobOutcome {
-				o := &jobOutcome{}
-				dir := shortTempDir(t)
-				sh(t, dir, layerScript(3))
-				d := startDaemon(t, k, dir)
-				c := d.connect()
-				addLayers(t, c, dir, 3)
+			compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
+				d, c := startLayers(t, k, dir, 3)
 				uri := startNBD(t, c, dir, "l2")
 				ref := filepath.Join(dir, "ref", "l2.qcow2")
 				args := map[string]any{"job-id": "j0", "device": "l2", "speed": 65536}
@@ -344,9 +376,7 @@ func TestBlockCommitActiveLikeQSD(t *testing.T) {
 					pivot = base + ".qcow2"
 				}
 				identical(t, ref, filepath.Join(dir, pivot))
-				return o
-			}
-			compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+			})
 		})
 	}
 }
@@ -365,28 +395,13 @@ func TestBlockStreamLikeQSD(t *testing.T) {
 		{"backing-file", map[string]any{"base-node": "l0", "backing-file": "l0.qcow2"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			runOn := func(k kind) *jobOutcome {
-				o := &jobOutcome{}
-				dir := shortTempDir(t)
-				sh(t, dir, layerScript(4))
-				d := startDaemon(t, k, dir)
-				c := d.connect()
-				addLayers(t, c, dir, 4)
-				uri := startNBD(t, c, dir, "l3")
-				args := map[string]any{"job-id": "s0", "device": "l3"}
-				for k, v := range tc.args {
-					args[k] = v
-				}
-				o.start(c, "block-stream", args)
-				c.waitJob("s0", "null")
-				o.events = c.jobEvents()
-				o.graph = graphView(t, c, dir)
-				identical(t, filepath.Join(dir, "ref", "l3.qcow2"), uri, "-f", "qcow2", "-F", "raw")
-				o.finish(t, d, dir, 4)
-				identical(t, filepath.Join(dir, "ref", "l3.qcow2"), filepath.Join(dir, "l3.qcow2"))
-				return o
+			args := map[string]any{"device": "l3"}
+			for k, v := range tc.args {
+				args[k] = v
 			}
-			compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+			streamLikeQSD(t, args, func(dir string) {
+				identical(t, filepath.Join(dir, "ref", "l3.qcow2"), filepath.Join(dir, "l3.qcow2"))
+			})
 		})
 	}
 }
@@ -397,13 +412,8 @@ func TestBlockStreamLikeQSD(t *testing.T) {
 // job-finalize and job-dismiss. Replies and event sequences match QSD's,
 // and a cancelled commit leaves the chain as it was.
 func TestBlockJobControlLikeQSD(t *testing.T) {
-	runOn := func(k kind) *jobOutcome {
-		o := &jobOutcome{}
-		dir := shortTempDir(t)
-		sh(t, dir, layerScript(3))
-		d := startDaemon(t, k, dir)
-		c := d.connect()
-		addLayers(t, c, dir, 3)
+	compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
+		d, c := startLayers(t, k, dir, 3)
 		uri := startNBD(t, c, dir, "l2")
 		// A throttled passive commit: the first chunk goes at once, the
 		// next waits for the limit.
@@ -466,9 +476,7 @@ func TestBlockJobControlLikeQSD(t *testing.T) {
 		o.graph = graphView(t, c, dir)
 		identical(t, filepath.Join(dir, "ref", "l2.qcow2"), uri, "-f", "qcow2", "-F", "raw")
 		o.finish(t, d, dir, 3)
-		return o
-	}
-	compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+	})
 }
 
 // blkdebugChain opens l0..l2 with a blkdebug filter between the base l0
@@ -507,9 +515,7 @@ mkdir ref && cp l0.raw *.qcow2 ref/
 func TestBlockCommitErrorsLikeQSD(t *testing.T) {
 	for _, policy := range []string{"report", "stop"} {
 		t.Run(policy, func(t *testing.T) {
-			runOn := func(k kind) *jobOutcome {
-				o := &jobOutcome{}
-				dir := shortTempDir(t)
+			compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
 				sh(t, dir, blkdebugScript)
 				d := startDaemon(t, k, dir)
 				c := d.connect()
@@ -535,9 +541,7 @@ func TestBlockCommitErrorsLikeQSD(t *testing.T) {
 					o.headers = append(o.headers, img+": "+strings.ReplaceAll(backingOf(t, filepath.Join(dir, img)), dir, "$DIR"))
 				}
 				identical(t, filepath.Join(dir, "ref", "l2.qcow2"), filepath.Join(dir, "l2.qcow2"))
-				return o
-			}
-			compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+			})
 		})
 	}
 }
@@ -548,13 +552,8 @@ func TestBlockCommitErrorsLikeQSD(t *testing.T) {
 func TestBlockJobBitmapsLikeQSD(t *testing.T) {
 	for _, job := range []string{"block-stream", "block-commit", "active-commit"} {
 		t.Run(job, func(t *testing.T) {
-			runOn := func(k kind) *jobOutcome {
-				o := &jobOutcome{}
-				dir := shortTempDir(t)
-				sh(t, dir, layerScript(3))
-				d := startDaemon(t, k, dir)
-				c := d.connect()
-				addLayers(t, c, dir, 3)
+			compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
+				d, c := startLayers(t, k, dir, 3)
 				c.ok("block-dirty-bitmap-add", map[string]any{"node": "l2", "name": "b0", "granularity": 65536})
 				uri := startNBD(t, c, dir, "l2")
 				ref := filepath.Join(dir, "ref", "l2.qcow2")
@@ -582,9 +581,7 @@ func TestBlockJobBitmapsLikeQSD(t *testing.T) {
 				o.replies = append(o.replies, strings.Split(strings.TrimSpace(bitmapState(t, c, "l2", []string{"b0"})), "\n")...)
 				identical(t, ref, uri, "-f", "qcow2", "-F", "raw")
 				o.finish(t, d, dir, 3)
-				return o
-			}
-			compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+			})
 		})
 	}
 }

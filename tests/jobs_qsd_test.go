@@ -131,9 +131,7 @@ func TestQuitEndsJobsAndExportsLikeQSD(t *testing.T) {
 		}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			runOn := func(k kind) *jobOutcome {
-				o := &jobOutcome{}
-				dir := shortTempDir(t)
+			compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
 				sh(t, dir, layerScript(3)+"qemu-img create -q -f qcow2 tgt.qcow2 8M\nqemu-img create -q -f qcow2 x.qcow2 8M\n")
 				extra, connect2 := secondMonitor(dir)
 				d := startDaemon(t, k, dir, extra...)
@@ -157,9 +155,7 @@ func TestQuitEndsJobsAndExportsLikeQSD(t *testing.T) {
 				if err := d.waitExit(30 * time.Second); err != nil {
 					t.Errorf("%s after quit: %v\n%s", k, err, d.stderr)
 				}
-				return o
-			}
-			compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+			})
 		})
 	}
 }
@@ -426,9 +422,7 @@ func TestOverlappingJobsLikeQSD(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			runOn := func(k kind) *jobOutcome {
-				o := &jobOutcome{}
-				dir := shortTempDir(t)
+			compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
 				sh(t, dir, parallelScript())
 				d := startDaemon(t, k, dir)
 				c := d.connect()
@@ -442,9 +436,7 @@ func TestOverlappingJobsLikeQSD(t *testing.T) {
 					checkClean(t, p, false)
 					o.headers = append(o.headers, fmt.Sprintf("img-%d: %s", i, strings.ReplaceAll(backingOf(t, p), dir, "$DIR")))
 				}
-				return o
-			}
-			compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+			})
 		})
 	}
 }
@@ -466,27 +458,7 @@ func TestNoOpStreamLikeQSD(t *testing.T) {
 		{"backing-file", map[string]any{"device": "l3", "base-node": "l2", "backing-file": "l2.qcow2"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			runOn := func(k kind) *jobOutcome {
-				o := &jobOutcome{}
-				dir := shortTempDir(t)
-				sh(t, dir, layerScript(4))
-				d := startDaemon(t, k, dir)
-				c := d.connect()
-				addLayers(t, c, dir, 4)
-				uri := startNBD(t, c, dir, "l3")
-				args := map[string]any{"job-id": "s0"}
-				for k, v := range tc.args {
-					args[k] = v
-				}
-				o.start(c, "block-stream", args)
-				c.waitJob("s0", "null")
-				o.events = c.jobEvents()
-				o.graph = graphView(t, c, dir)
-				identical(t, filepath.Join(dir, "ref", "l3.qcow2"), uri, "-f", "qcow2", "-F", "raw")
-				o.finish(t, d, dir, 4)
-				return o
-			}
-			compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+			streamLikeQSD(t, tc.args, nil)
 		})
 	}
 }
@@ -496,13 +468,8 @@ func TestNoOpStreamLikeQSD(t *testing.T) {
 // itself down to the bottom while it exists (not the bottom's own), and a
 // bottom that is the filtered node itself is accepted.
 func TestCopyOnReadBottomLikeQSD(t *testing.T) {
-	runOn := func(k kind) *jobOutcome {
-		o := &jobOutcome{}
-		dir := shortTempDir(t)
-		sh(t, dir, layerScript(4))
-		d := startDaemon(t, k, dir)
-		c := d.connect()
-		addLayers(t, c, dir, 4)
+	compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
+		d, c := startLayers(t, k, dir, 4)
 		reopen := func(i int, backing any) {
 			o.record(c, "blockdev-reopen", map[string]any{"options": []any{map[string]any{
 				"driver": "qcow2", "node-name": fmt.Sprintf("l%d", i), "read-only": i < 3, "backing": backing,
@@ -520,7 +487,5 @@ func TestCopyOnReadBottomLikeQSD(t *testing.T) {
 		o.record(c, "blockdev-del", map[string]any{"node-name": "cor3"})
 		o.graph = graphView(t, c, dir)
 		o.finish(t, d, dir, 4)
-		return o
-	}
-	compareOutcomes(t, runOn(kindQbmond), runOn(kindQSD))
+	})
 }

@@ -75,12 +75,7 @@ func nbdServerFor(t *testing.T, k kind, extra map[string]any) (*daemon, *client,
 	}
 	c.ok("blockdev-add", map[string]any{"driver": "raw", "node-name": "n0",
 		"file": map[string]any{"driver": "file", "filename": p}})
-	sock := filepath.Join(dir, "nbd.sock")
-	args := map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}}
-	for k, v := range extra {
-		args[k] = v
-	}
-	c.ok("nbd-server-start", args)
+	sock := nbdServerStart(c, dir, extra)
 	c.ok("block-export-add", map[string]any{"type": "nbd", "id": "e0", "name": "e0", "node-name": "n0"})
 	return d, c, sock
 }

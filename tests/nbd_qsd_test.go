@@ -130,11 +130,26 @@ func (r *rawNBD) optReplies() bool {
 	}
 }
 
+// nbdServerStart starts the NBD server on dir/nbd.sock, with the extra
+// nbd-server-start arguments, and returns the socket's path.
+func nbdServerStart(c *client, dir string, extra map[string]any) string {
+	sock := filepath.Join(dir, "nbd.sock")
+	args := map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}}
+	for k, v := range extra {
+		args[k] = v
+	}
+	c.ok("nbd-server-start", args)
+	return sock
+}
+
+// appendString appends s after its 32-bit length.
+func appendString(p []byte, s string) []byte {
+	return append(nbe.AppendUint32(p, uint32(len(s))), s...)
+}
+
 // infoData is the payload of NBD_OPT_INFO/GO: a name and info requests.
 func infoData(name string, infos ...uint16) []byte {
-	p := nbe.AppendUint32(nil, uint32(len(name)))
-	p = append(p, name...)
-	p = nbe.AppendUint16(p, uint16(len(infos)))
+	p := nbe.AppendUint16(appendString(nil, name), uint16(len(infos)))
 	for _, i := range infos {
 		p = nbe.AppendUint16(p, i)
 	}
@@ -143,12 +158,9 @@ func infoData(name string, infos ...uint16) []byte {
 
 // metaData is the payload of NBD_OPT_{LIST,SET}_META_CONTEXT.
 func metaData(name string, queries ...string) []byte {
-	p := nbe.AppendUint32(nil, uint32(len(name)))
-	p = append(p, name...)
-	p = nbe.AppendUint32(p, uint32(len(queries)))
+	p := nbe.AppendUint32(appendString(nil, name), uint32(len(queries)))
 	for _, q := range queries {
-		p = nbe.AppendUint32(p, uint32(len(q)))
-		p = append(p, q...)
+		p = appendString(p, q)
 	}
 	return p
 }
@@ -263,12 +275,7 @@ func nbdPeers(t *testing.T, extra map[string]any) map[kind]string {
 			c.ok("blockdev-add", map[string]any{"driver": "raw", "node-name": fmt.Sprintf("n%d", i),
 				"file": map[string]any{"driver": "file", "filename": p}})
 		}
-		sock := filepath.Join(dir, "nbd.sock")
-		args := map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}}
-		for k, v := range extra {
-			args[k] = v
-		}
-		c.ok("nbd-server-start", args)
+		sock := nbdServerStart(c, dir, extra)
 		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "rw", "name": "rw", "node-name": "n0", "writable": true,
 			"description": "the disk"})
 		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "ro", "name": "ro", "node-name": "n1"})

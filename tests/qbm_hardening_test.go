@@ -14,27 +14,25 @@ import (
 	"testing"
 )
 
-// qbmhBitmaps returns the dirty-bitmaps of node as query-named-block-nodes
-// shows them.
-func qbmhBitmaps(t *testing.T, c *client, node string) []map[string]any {
-	t.Helper()
-	var out []map[string]any
-	for _, n := range c.ok("query-named-block-nodes", map[string]any{"flat": true}).([]any) {
-		m := n.(map[string]any)
-		if m["node-name"] != node {
-			continue
-		}
-		bms, _ := m["dirty-bitmaps"].([]any)
-		for _, bm := range bms {
-			out = append(out, bm.(map[string]any))
-		}
-	}
-	return out
-}
-
 func qbmhAdd(name, desc string) map[string]any {
 	return map[string]any{"driver": "qbm", "node-name": name,
 		"file": map[string]any{"driver": "file", "filename": desc}}
+}
+
+// qbmhRefused writes each case's descriptor to dir/bad.qbm in turn and
+// checks that blockdev-add refuses it with the error it wants.
+func qbmhRefused(t *testing.T, c *client, dir string, cases []struct{ desc, want string }) {
+	t.Helper()
+	for i, tc := range cases {
+		p := filepath.Join(dir, "bad.qbm")
+		if err := os.WriteFile(p, []byte(tc.desc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, desc := c.fail("blockdev-add", qbmhAdd("b"+string(rune('0'+i)), p))
+		if desc != tc.want {
+			t.Errorf("case %d: got %q\nwant %q", i, desc, tc.want)
+		}
+	}
 }
 
 // A descriptor opened through a symbolic link, written to, and the daemon
@@ -52,7 +50,7 @@ func TestQbmDescriptorThroughSymlinkKill(t *testing.T) {
 	}
 	uri := qbmExport(t, c, dir, link, nil)
 	qemuIO(t, uri, bitmapWorkload)
-	if bms := qbmhBitmaps(t, c, "n0"); len(bms) != 1 || bms[0]["count"] == float64(0) {
+	if bms := nodeBitmaps(t, c, "n0"); len(bms) != 1 || bms[0]["count"] == float64(0) {
 		t.Fatalf("bitmaps before the kill: %v", bms)
 	}
 	d.kill()
@@ -66,7 +64,7 @@ func TestQbmDescriptorThroughSymlinkKill(t *testing.T) {
 		}
 		node := "r" + string(rune('0'+i))
 		c.ok("blockdev-add", qbmhAdd(node, p))
-		bms := qbmhBitmaps(t, c, node)
+		bms := nodeBitmaps(t, c, node)
 		if len(bms) != 1 || bms[0]["name"] != "dirty.0" || bms[0]["inconsistent"] != true {
 			t.Fatalf("bitmap after kill -9, opened as %s: %v", p, bms)
 		}
@@ -155,16 +153,7 @@ func TestQbmBitmapFileRules(t *testing.T) {
 		{descr(`"b": ` + entry(filepath.Join(other, "x.bitmap"))), outside(filepath.Join(other, "x.bitmap"))},
 		{descr(`"b": ` + entry("out.bitmap")), outside("out.bitmap")},
 	}
-	for i, tc := range cases {
-		p := filepath.Join(dir, "bad.qbm")
-		if err := os.WriteFile(p, []byte(tc.desc), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		_, desc := c.fail("blockdev-add", qbmhAdd("b"+string(rune('0'+i)), p))
-		if desc != tc.want {
-			t.Errorf("case %d: got %q\nwant %q", i, desc, tc.want)
-		}
-	}
+	qbmhRefused(t, c, dir, cases)
 	// Inside the directory, by relative or absolute name: accepted.
 	good := filepath.Join(dir, "good.qbm")
 	if err := os.WriteFile(good, []byte(descr(`"a": `+entry("ok2.bitmap")+`, "b": `+entry(filepath.Join(dir, "good.bitmap")))), 0o644); err != nil {
@@ -205,23 +194,14 @@ func TestQbmStrictDescriptor(t *testing.T) {
 		{descr(`"b": {"file": "b` + "\xc3\x28" + `.bitmap", "type": "dirty", "granularity-bytes": 65536}`),
 			"Failed to parse json from file: JSON parse error, invalid UTF-8 sequence in string"},
 	}
-	for i, tc := range cases {
-		p := filepath.Join(dir, "bad.qbm")
-		if err := os.WriteFile(p, []byte(tc.desc), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		_, desc := c.fail("blockdev-add", qbmhAdd("b"+string(rune('0'+i)), p))
-		if desc != tc.want {
-			t.Errorf("case %d: got %q\nwant %q", i, desc, tc.want)
-		}
-	}
+	qbmhRefused(t, c, dir, cases)
 	// Each member once: the bitmap loads, in use, hence inconsistent.
 	p := filepath.Join(dir, "good.qbm")
 	if err := os.WriteFile(p, []byte(descr(b+`, "in-use": true}`)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	c.ok("blockdev-add", qbmhAdd("g0", p))
-	if bms := qbmhBitmaps(t, c, "g0"); len(bms) != 1 || bms[0]["inconsistent"] != true {
+	if bms := nodeBitmaps(t, c, "g0"); len(bms) != 1 || bms[0]["inconsistent"] != true {
 		t.Fatalf("bitmap loaded in use: %v", bms)
 	}
 }

@@ -184,12 +184,7 @@ func TestQbmBitmapsAfterKill(t *testing.T) {
 			before := bitmapState(t, c, "n0", qbmBitmaps)
 			d.kill()
 			c = reopenQbm(t, dir)
-			var bms []any
-			for _, n := range c.ok("query-named-block-nodes", map[string]any{"flat": true}).([]any) {
-				if m := n.(map[string]any); m["node-name"] == "n0" {
-					bms, _ = m["dirty-bitmaps"].([]any)
-				}
-			}
+			bms := nodeBitmaps(t, c, "n0")
 			if len(bms) != 2 {
 				t.Fatalf("bitmaps after kill: %v", bms)
 			}
@@ -199,8 +194,7 @@ func TestQbmBitmapsAfterKill(t *testing.T) {
 				}
 				return
 			}
-			for _, bm := range bms {
-				m := bm.(map[string]any)
+			for _, m := range bms {
 				if m["inconsistent"] != true || m["persistent"] != true || m["recording"] != false {
 					t.Fatalf("bitmap after kill: %v", m)
 				}

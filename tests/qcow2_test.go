@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -128,20 +129,13 @@ qemu-img convert -c -O qcow2 -o compression_type=%s src.raw comp.qcow2
 // qcow2Workload writes and zeroes at aligned and unaligned offsets and
 // across cluster boundaries (no discards: the reference file would
 // punch holes where the export's node ignores them).
-var qcow2Workload = []string{
-	"write -P 0xab 0 64k",
-	"write -P 0xcd 100001 3333",
-	"write -P 0x11 1m 1m",
-	"write -z 1m 4k",
-	"write -P 0x22 3m 512",
-	"write -P 0x33 4095 2",
-	"write -P 0x44 65535 65538",
+var qcow2Workload = append(slices.Clip(mixedWrites),
 	"write -z 3000000 100",
 	"write -z 2m 1m",
 	"write -P 0x55 4194303 1",
 	"read -P 0 1m 4k",
 	"flush",
-}
+)
 
 // Writes through a qbmond export of a qcow2 image leave an image that
 // qemu-img check finds clean and that equals a raw file given the same

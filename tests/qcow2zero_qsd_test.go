@@ -149,10 +149,16 @@ func sameData(t *testing.T, ref, img string, refFormat ...string) string {
 // sameLines fails unless qbmond's lines are QSD's.
 func sameLines(t *testing.T, what string, ours, qsd []string) {
 	t.Helper()
-	if o, q := strings.Join(ours, "\n"), strings.Join(qsd, "\n"); o != q {
-		t.Errorf("%s: qbmond and QSD differ\nqbmond:\n%s\nQSD:\n%s", what, o, q)
+	sameText(t, what, strings.Join(ours, "\n"), strings.Join(qsd, "\n"))
+}
+
+// sameText fails unless qbmond's text is QSD's, and logs it when it is.
+func sameText(t *testing.T, what, ours, qsd string) {
+	t.Helper()
+	if ours != qsd {
+		t.Errorf("%s: qbmond and QSD differ\nqbmond:\n%s\nQSD:\n%s", what, ours, qsd)
 	} else {
-		t.Logf("%s (both):\n%s", what, o)
+		t.Logf("%s (both):\n%s", what, ours)
 	}
 }
 

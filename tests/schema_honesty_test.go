@@ -249,15 +249,21 @@ func chainJobProbe(cmd, rel string, values ...any) honestyProbe {
 			v = sub[s]
 		}
 		setMember(args, rel, v)
-		if d := errDesc(c.cmd(cmd, args)); d != "" {
-			return d
-		}
-		if args["auto-dismiss"] == true {
-			waitJobGone(e.t, c, id)
-			return ""
-		}
-		return waitConcluded(e.t, c, id)
+		return runJobProbe(e.t, c, cmd, args, id)
 	}}
+}
+
+// runJobProbe sends the job command cmd with args and returns its error,
+// or once job id has ended, its own error ("" when it dismissed itself).
+func runJobProbe(t *testing.T, c *client, cmd string, args map[string]any, id string) string {
+	if d := errDesc(c.cmd(cmd, args)); d != "" {
+		return d
+	}
+	if args["auto-dismiss"] == true {
+		waitJobGone(t, c, id)
+		return ""
+	}
+	return waitConcluded(t, c, id)
 }
 
 // waitJobGone waits for a job that dismisses itself.
@@ -307,14 +313,7 @@ func backupProbe(cmd, rel string, values ...any) honestyProbe {
 			v = map[string]string{"$job": id, "$filter": fmt.Sprintf("hf%d", n)}[s]
 		}
 		setMember(args, rel, v)
-		if d := errDesc(c.cmd(cmd, args)); d != "" {
-			return d
-		}
-		if args["auto-dismiss"] == true {
-			waitJobGone(e.t, c, id)
-			return ""
-		}
-		return waitConcluded(e.t, c, id)
+		return runJobProbe(e.t, c, cmd, args, id)
 	}}
 }
 
@@ -518,12 +517,7 @@ func honestyProbes() map[string]honestyProbe {
 	} {
 		base := qcow2Create
 		if rel == "backing-fmt" {
-			// A backing format needs a backing file.
-			base = func(e *honestyEnv, k kind) map[string]any {
-				o := qcow2Create(e, k)
-				o["backing-file"] = "raw.img"
-				return o
-			}
+			base = withBackingFile(base)
 		}
 		p["blockdev-create.options(qcow2)."+rel] = createProbe(base, rel, false, values...)
 	}
@@ -540,11 +534,7 @@ func honestyProbes() map[string]honestyProbe {
 	} {
 		base := qbmCreateBase
 		if rel == "backing-fmt" {
-			base = func(e *honestyEnv, k kind) map[string]any {
-				o := qbmCreateBase(e, k)
-				o["backing-file"] = "raw.img"
-				return o
-			}
+			base = withBackingFile(base)
 		}
 		p["blockdev-create.options(qbm)."+rel] = createProbe(base, rel, true, values...)
 	}
@@ -876,4 +866,14 @@ func keysOf[V any](m map[string]V) map[string]bool {
 		out[k] = true
 	}
 	return out
+}
+
+// withBackingFile is base with backing-file raw.img: a backing format
+// needs a backing file.
+func withBackingFile(base func(*honestyEnv, kind) map[string]any) func(*honestyEnv, kind) map[string]any {
+	return func(e *honestyEnv, k kind) map[string]any {
+		o := base(e, k)
+		o["backing-file"] = "raw.img"
+		return o
+	}
 }

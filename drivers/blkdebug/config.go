@@ -108,22 +108,18 @@ func (sc *scanner) lit(c byte) bool {
 // word is %Ns: leading space skipped, then 1..max non-space characters.
 func (sc *scanner) word(max int) (string, bool) {
 	sc.skipSpace()
-	j := sc.i
-	for j < len(sc.s) && j-sc.i < max && !isSpace(sc.s[j]) {
-		j++
-	}
-	if j == sc.i {
-		return "", false
-	}
-	w := sc.s[sc.i:j]
-	sc.i = j
-	return w, true
+	return sc.run(max, func(b byte) bool { return !isSpace(b) })
 }
 
 // notIn is %N[^c]: 1..max characters other than c.
 func (sc *scanner) notIn(max int, c byte) (string, bool) {
+	return sc.run(max, func(b byte) bool { return b != c })
+}
+
+// run takes 1..max characters for which ok holds.
+func (sc *scanner) run(max int, ok func(byte) bool) (string, bool) {
 	j := sc.i
-	for j < len(sc.s) && j-sc.i < max && sc.s[j] != c {
+	for j < len(sc.s) && j-sc.i < max && ok(sc.s[j]) {
 		j++
 	}
 	if j == sc.i {

@@ -186,20 +186,11 @@ func TestLockingOff(t *testing.T) {
 func TestLockShrinksAndReleases(t *testing.T) {
 	img := drivertest.Image(t, 1<<20)
 	a := newProcess(t)
-	n, err := a.add(blockdev.Options{"driver": "raw", "node-name": "r",
+	n := a.mustAdd(blockdev.Options{"driver": "raw", "node-name": "r",
 		"file": map[string]any{"driver": "file", "filename": img}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	wantLocked(t, img) // no users, no locks
-	reader, err := a.attach(n, cr, all&^resize)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writer, err := a.attach(n, cr|w, all&^resize)
-	if err != nil {
-		t.Fatal(err)
-	}
+	reader := a.mustAttach(n, cr, all&^resize)
+	writer := a.mustAttach(n, cr|w, all&^resize)
 	wantLocked(t, img, 100, 101, 203)
 	a.detach(writer)
 	wantLocked(t, img, 100, 203)
@@ -211,19 +202,13 @@ func TestLockShrinksAndReleases(t *testing.T) {
 func TestLockReleasedOnDelete(t *testing.T) {
 	img := drivertest.Image(t, 1<<20)
 	a := newProcess(t)
-	n, err := a.add(blockdev.Options{"driver": "raw", "node-name": "r",
+	n := a.mustAdd(blockdev.Options{"driver": "raw", "node-name": "r",
 		"file": map[string]any{"driver": "file", "filename": img}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := a.attach(n, cr|w, all&^w)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := a.mustAttach(n, cr|w, all&^w)
 	wantLocked(t, img, 100, 101, 201)
 	a.detach(c)
 	a.g.Lock()
-	err = a.g.Delete(context.Background(), "r")
+	err := a.g.Delete(context.Background(), "r")
 	a.g.Unlock()
 	if err != nil {
 		t.Fatal(err)
@@ -246,4 +231,24 @@ func TestLockReleasedOnClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantLocked(t, img)
+}
+
+// mustAdd is add, failing the test on error.
+func (p *process) mustAdd(o blockdev.Options) *blockdev.Node {
+	p.t.Helper()
+	n, err := p.add(o)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return n
+}
+
+// mustAttach is attach, failing the test on error.
+func (p *process) mustAttach(n *blockdev.Node, perm, shared blockdev.Perm) *blockdev.Child {
+	p.t.Helper()
+	c, err := p.attach(n, perm, shared)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return c
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"syscall"
 	"time"
 
@@ -53,9 +52,9 @@ func (d *CBW) Open(ctx context.Context, oc *blockdev.OpenContext) (err error) {
 	if di, err := tn.Driver().Info(ctx); err == nil && di.ClusterSize > 0 {
 		cluster = max(cluster, di.ClusterSize)
 	} else if tn.BackingNode() == nil {
-		fmt.Fprintf(os.Stderr, "warning: The target block device doesn't provide information about the block size "+
+		d.node.Warn(fmt.Sprintf("The target block device doesn't provide information about the block size "+
 			"and it doesn't have a backing file. The default block size of %d bytes is used. If the actual block "+
-			"size of the target exceeds this default, the backup may be unusable\n", defaultCluster)
+			"size of the target exceeds this default, the backup may be unusable", defaultCluster), nil)
 	}
 	if d.bc, err = blockdev.NewBlockCopy(d.child, d.target, cluster, d.child.Length()); err != nil {
 		return err

@@ -189,14 +189,8 @@ func TestBitmapFileRules(t *testing.T) {
 // A read-only node reopened read-write opens its bitmap files again: one
 // renamed over meanwhile is refused rather than written unchecked.
 func TestReopenReplacedBitmapFile(t *testing.T) {
-	dir := t.TempDir()
-	desc := create(t, dir, blockdev.Options{"size": int64(1 << 20), "dirty-bitmaps": int64(1)})
-	o := qbmOpts(desc)
-	o["read-only"] = true
-	h, err := openNode(t, o, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, _, h := openOneBitmapReadOnly(t)
+	var err error
 	bm := filepath.Join(dir, "disk-dirty.0.bitmap")
 	rawImage(t, dir, "new.bitmap", make([]byte, 16))
 	if err := os.Rename(filepath.Join(dir, "new.bitmap"), bm); err != nil {

@@ -575,19 +575,28 @@ func TestCrashAfterClearAndMerge(t *testing.T) {
 	}
 }
 
-// A read-only node reopened read-write (as a job does with a commit base)
-// writes and records into its persistent bitmap, with the descriptor
-// marking the bitmap in use; reopened read-only again, everything is
-// saved as at a clean close and loads back the same.
-func TestReopenReadWrite(t *testing.T) {
-	dir := t.TempDir()
-	desc := create(t, dir, blockdev.Options{"size": int64(1 << 20), "dirty-bitmaps": int64(1)})
+// openOneBitmapReadOnly creates a 1 MiB image with one persistent dirty
+// bitmap in a new directory and opens it read-only, with no permission
+// taken; it returns the directory, the descriptor's path and the node.
+func openOneBitmapReadOnly(t *testing.T) (dir, desc string, h *handle) {
+	t.Helper()
+	dir = t.TempDir()
+	desc = create(t, dir, blockdev.Options{"size": int64(1 << 20), "dirty-bitmaps": int64(1)})
 	o := qbmOpts(desc)
 	o["read-only"] = true
 	h, err := openNode(t, o, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return dir, desc, h
+}
+
+// A read-only node reopened read-write (as a job does with a commit base)
+// writes and records into its persistent bitmap, with the descriptor
+// marking the bitmap in use; reopened read-only again, everything is
+// saved as at a clean close and loads back the same.
+func TestReopenReadWrite(t *testing.T) {
+	_, desc, h := openOneBitmapReadOnly(t)
 	setRO := func(ro bool) {
 		t.Helper()
 		h.g.Lock()

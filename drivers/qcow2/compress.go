@@ -130,10 +130,7 @@ func (d *Driver) compressCluster(in []byte) (out []byte, ok bool, err error) {
 // writeCompressed writes whole clusters (the image's last one may be
 // short) compressed into clusters not allocated before.
 func (d *Driver) writeCompressed(ctx context.Context, off int64, p []byte) error {
-	if err := d.clearAutoclear(ctx); err != nil {
-		return err
-	}
-	if err := d.check(); err != nil {
+	if err := d.beforeChange(ctx); err != nil {
 		return err
 	}
 	if off&(d.cs-1) != 0 {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -56,11 +54,7 @@ func TestCompressedWrites(t *testing.T) {
 			equalBytes(t, "read back", h.readAll(t), want)
 			h.close(t)
 			checkClean(t, img)
-			ref := filepath.Join(dir, "ref.raw")
-			if err := os.WriteFile(ref, want, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			if out := run(t, "qemu-img", "compare", "-f", "raw", "-F", "qcow2", ref, img); !strings.Contains(out, "identical") {
+			if out := compareRaw(t, dir, img, want); !strings.Contains(out, "identical") {
 				t.Fatalf("qemu-img compare: %s", out)
 			}
 			out := run(t, "qemu-img", "check", img)

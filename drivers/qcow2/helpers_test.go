@@ -43,6 +43,18 @@ func run(t testing.TB, name string, args ...string) string {
 	return string(out)
 }
 
+// compareRaw has qemu-img compare the qcow2 image img with content, put
+// in dir/ref.raw; a difference fails the test. It returns what qemu-img
+// printed.
+func compareRaw(t testing.TB, dir, img string, content []byte) string {
+	t.Helper()
+	ref := filepath.Join(dir, "ref.raw")
+	if err := os.WriteFile(ref, content, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return run(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", img, ref)
+}
+
 // qemuImgCreate makes an image with qemu-img create -f qcow2.
 func qemuImgCreate(t testing.TB, dir, name string, size string, opts ...string) string {
 	t.Helper()

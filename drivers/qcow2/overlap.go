@@ -127,31 +127,25 @@ func (s sortedOffs) hits(start, end, size int64) bool {
 	return i < len(s) && s[i] < end
 }
 
-// olTrackL1 follows the change of an L1 entry from old to e.
-func (d *Driver) olTrackL1(old, e uint64) {
-	if old&offsetMask == e&offsetMask {
+// track follows the change of a table entry pointing at one of the
+// offsets from old to e, mask picking the offset out of an entry (0: none).
+func (s *sortedOffs) track(old, e, mask uint64) {
+	if old&mask == e&mask {
 		return
 	}
-	if o := int64(old & offsetMask); o != 0 {
-		d.olL2.remove(o)
+	if o := int64(old & mask); o != 0 {
+		s.remove(o)
 	}
-	if n := int64(e & offsetMask); n != 0 {
-		d.olL2.add(n)
+	if n := int64(e & mask); n != 0 {
+		s.add(n)
 	}
 }
 
+// olTrackL1 follows the change of an L1 entry from old to e.
+func (d *Driver) olTrackL1(old, e uint64) { d.olL2.track(old, e, offsetMask) }
+
 // olTrackRT follows the change of a refcount table entry from old to e.
-func (d *Driver) olTrackRT(old, e uint64) {
-	if old&refTableMask == e&refTableMask {
-		return
-	}
-	if o := int64(old & refTableMask); o != 0 {
-		d.olRB.remove(o)
-	}
-	if n := int64(e & refTableMask); n != 0 {
-		d.olRB.add(n)
-	}
-}
+func (d *Driver) olTrackRT(old, e uint64) { d.olRB.track(old, e, refTableMask) }
 
 // olRebuild recomputes the offsets of the L2 tables and refcount blocks
 // from the L1 and refcount tables held in memory.

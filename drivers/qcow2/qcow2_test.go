@@ -191,11 +191,7 @@ func TestWriteInterop(t *testing.T) {
 			applyWorkload(t, h, ref)
 			h.close(t)
 			checkClean(t, img)
-			refPath := filepath.Join(dir, "ref.raw")
-			if err := os.WriteFile(refPath, ref, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			run(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", img, refPath)
+			compareRaw(t, dir, img, ref)
 		})
 	}
 }
@@ -214,11 +210,7 @@ func TestWriteOverBacking(t *testing.T) {
 			applyWorkload(t, h, ref)
 			h.close(t)
 			checkClean(t, top)
-			refPath := filepath.Join(dir, "ref.raw")
-			if err := os.WriteFile(refPath, ref, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			run(t, "qemu-img", "compare", "-F", "raw", top, refPath)
+			compareRaw(t, dir, top, ref)
 		})
 	}
 }
@@ -433,11 +425,7 @@ func TestPartialWriteIntoFreshAndReusedClusters(t *testing.T) {
 			equalBytes(t, "content", h.readAll(t), ref)
 			h.close(t)
 			checkClean(t, img)
-			refPath := filepath.Join(dir, "ref.raw")
-			if err := os.WriteFile(refPath, ref, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			run(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", img, refPath)
+			compareRaw(t, dir, img, ref)
 		})
 	}
 }

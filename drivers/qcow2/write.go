@@ -18,10 +18,7 @@ const maxRunBytes = 4 << 20
 // with refcount 1 run under the shared lock; the others allocate under
 // the exclusive one.
 func (d *Driver) Write(ctx context.Context, off int64, p []byte, flags blockdev.ReqFlags) error {
-	if err := d.clearAutoclear(ctx); err != nil {
-		return err
-	}
-	if err := d.check(); err != nil {
+	if err := d.beforeChange(ctx); err != nil {
 		return err
 	}
 	if flags&blockdev.ReqCompressed != 0 {
@@ -79,6 +76,16 @@ func (d *Driver) writeInPlace(ctx context.Context, off int64, p []byte) (bool, e
 	return true, nil
 }
 
+// beforeChange readies the image for a request that changes it: the
+// auto-clear features cleared after a reopen read-write, and no fatal
+// corruption met.
+func (d *Driver) beforeChange(ctx context.Context) error {
+	if err := d.clearAutoclear(ctx); err != nil {
+		return err
+	}
+	return d.check()
+}
+
 // needsAlloc tells whether a write to the cluster with entry e must put
 // the data into a new cluster: anything but a normal cluster with the
 // COPIED flag. A normal cluster without the flag is copied even when its
@@ -92,6 +99,24 @@ func (d *Driver) needsAlloc(ctx context.Context, vc int64, e uint64) (bool, erro
 	return k != kNormal || e&flagCopied == 0, nil
 }
 
+// writeTarget makes sure guest cluster vc has an L2 table and tells
+// whether a write to it needs new clusters (needsAlloc); e is its entry.
+func (d *Driver) writeTarget(ctx context.Context, vc int64) (e uint64, alloc bool, err error) {
+	if _, _, err := d.ensureL2(ctx, vc/d.l2n); err != nil {
+		return 0, false, err
+	}
+	if e, err = d.entry(ctx, vc); err != nil {
+		return 0, false, err
+	}
+	if alloc, err = d.needsAlloc(ctx, vc, e); err != nil {
+		return 0, false, err
+	}
+	if !alloc {
+		e, _ = d.entry(ctx, vc)
+	}
+	return e, alloc, nil
+}
+
 // writeLocked writes p at off under the exclusive lock, allocating.
 func (d *Driver) writeLocked(ctx context.Context, off int64, p []byte) error {
 	for len(p) > 0 {
@@ -100,19 +125,11 @@ func (d *Driver) writeLocked(ctx context.Context, off int64, p []byte) error {
 		}
 		vc := off >> d.cb
 		in := off & (d.cs - 1)
-		if _, _, err := d.ensureL2(ctx, vc/d.l2n); err != nil {
-			return err
-		}
-		e, err := d.entry(ctx, vc)
-		if err != nil {
-			return err
-		}
-		alloc, err := d.needsAlloc(ctx, vc, e)
+		e, alloc, err := d.writeTarget(ctx, vc)
 		if err != nil {
 			return err
 		}
 		if !alloc {
-			e, _ = d.entry(ctx, vc)
 			n := min(int64(len(p)), d.cs-in)
 			if err := d.preWrite(ctx, 0, int64(e&offsetMask)+in, n); err != nil {
 				return err
@@ -126,20 +143,9 @@ func (d *Driver) writeLocked(ctx context.Context, off int64, p []byte) error {
 		}
 		// A run of clusters that all need new clusters, inside one L2
 		// table and the request.
-		old := []uint64{e}
-		last := (off + int64(len(p)) - 1) >> d.cb
-		limit := min(last, (vc/d.l2n+1)*d.l2n-1, vc+max(1, min(maxRunBytes/d.cs, d.maxAlloc()))-1)
-		for next := vc + 1; next <= limit; next++ {
-			e2, err := d.entry(ctx, next)
-			if err != nil {
-				return err
-			}
-			if a, err := d.needsAlloc(ctx, next, e2); err != nil {
-				return err
-			} else if !a {
-				break
-			}
-			old = append(old, e2)
+		old, err := d.allocRun(ctx, vc, e, (off+int64(len(p))-1)>>d.cb)
+		if err != nil {
+			return err
 		}
 		m := int64(len(old))
 		covered := min(int64(len(p)), m*d.cs-in)
@@ -204,11 +210,39 @@ func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int6
 	if err := d.file.Write(ctx, at, buf, 0); err != nil {
 		return err
 	}
+	return d.linkNew(ctx, vc, host, old)
+}
+
+// allocRun is the run of guest clusters from vc (whose entry is e) up to
+// last that all need new clusters, kept inside vc's L2 table and one
+// allocation: their current entries, at least e's.
+func (d *Driver) allocRun(ctx context.Context, vc int64, e uint64, last int64) ([]uint64, error) {
+	old := []uint64{e}
+	limit := min(last, (vc/d.l2n+1)*d.l2n-1, vc+max(1, min(maxRunBytes/d.cs, d.maxAlloc()))-1)
+	for next := vc + 1; next <= limit; next++ {
+		e2, err := d.entry(ctx, next)
+		if err != nil {
+			return nil, err
+		}
+		if a, err := d.needsAlloc(ctx, next, e2); err != nil {
+			return nil, err
+		} else if !a {
+			break
+		}
+		old = append(old, e2)
+	}
+	return old, nil
+}
+
+// linkNew points the L2 entries of the len(old) guest clusters from vc at
+// the new host clusters from host, which hold their data now, and drops
+// the clusters the old entries referenced.
+func (d *Driver) linkNew(ctx context.Context, vc, host int64, old []uint64) error {
 	tbl, tblOff, err := d.l2Table(ctx, vc/d.l2n)
 	if err != nil {
 		return err
 	}
-	entries := make([]uint64, m)
+	entries := make([]uint64, len(old))
 	for i := range entries {
 		entries[i] = uint64(host+int64(i)*d.cs) | flagCopied
 	}
@@ -428,10 +462,7 @@ func (d *Driver) hasBackingFile() bool {
 // the restored chain reads the older backup's data there. qbmond also
 // counts a backing file named in the header and writes the zeroes.
 func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.ReqFlags) error {
-	if err := d.clearAutoclear(ctx); err != nil {
-		return err
-	}
-	if err := d.check(); err != nil {
+	if err := d.beforeChange(ctx); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -531,10 +562,7 @@ func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.R
 // no zero flag, and deallocating would expose the backing file's data).
 // Partial clusters are ignored.
 func (d *Driver) Discard(ctx context.Context, off, n int64) error {
-	if err := d.clearAutoclear(ctx); err != nil {
-		return err
-	}
-	if err := d.check(); err != nil {
+	if err := d.beforeChange(ctx); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -812,10 +840,7 @@ func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOf
 	if _, ok := d.file.Node().Driver().(blockdev.FileWriter); !ok {
 		return blockdev.ErrNotSupported // declined before any debug event
 	}
-	if err := d.clearAutoclear(ctx); err != nil {
-		return err
-	}
-	if err := d.check(); err != nil {
+	if err := d.beforeChange(ctx); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -826,19 +851,11 @@ func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOf
 			return err
 		}
 		vc := off >> d.cb
-		if _, _, err := d.ensureL2(ctx, vc/d.l2n); err != nil {
-			return err
-		}
-		e, err := d.entry(ctx, vc)
-		if err != nil {
-			return err
-		}
-		alloc, err := d.needsAlloc(ctx, vc, e)
+		e, alloc, err := d.writeTarget(ctx, vc)
 		if err != nil {
 			return err
 		}
 		if !alloc {
-			e, _ = d.entry(ctx, vc)
 			if err := d.preWrite(ctx, 0, int64(e&offsetMask), d.cs); err != nil {
 				return err
 			}
@@ -848,19 +865,9 @@ func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOf
 			off, n, fileOff = off+d.cs, n-d.cs, fileOff+d.cs
 			continue
 		}
-		old := []uint64{e}
-		limit := min((off+n-1)>>d.cb, (vc/d.l2n+1)*d.l2n-1, vc+max(1, min(maxRunBytes/d.cs, d.maxAlloc()))-1)
-		for next := vc + 1; next <= limit; next++ {
-			e2, err := d.entry(ctx, next)
-			if err != nil {
-				return err
-			}
-			if a, err := d.needsAlloc(ctx, next, e2); err != nil {
-				return err
-			} else if !a {
-				break
-			}
-			old = append(old, e2)
+		old, err := d.allocRun(ctx, vc, e, (off+n-1)>>d.cb)
+		if err != nil {
+			return err
 		}
 		m := int64(len(old))
 		d.allocFor(olForData, 0, m*d.cs)
@@ -885,21 +892,8 @@ func (d *Driver) WriteFromFile(ctx context.Context, off, n int64, fd int, fileOf
 			_ = d.addRefcount(ctx, host/d.cs, m, -1, false)
 			return err
 		}
-		tbl, tblOff, err := d.l2Table(ctx, vc/d.l2n)
-		if err != nil {
+		if err := d.linkNew(ctx, vc, host, old); err != nil {
 			return err
-		}
-		entries := make([]uint64, m)
-		for i := range entries {
-			entries[i] = uint64(host+int64(i)*d.cs) | flagCopied
-		}
-		if err := d.writeEntries(ctx, tbl, tblOff, vc%d.l2n, entries); err != nil {
-			return err
-		}
-		for _, e := range old {
-			if err := d.freeEntry(ctx, e, d.passOther); err != nil {
-				return err
-			}
 		}
 		off, n, fileOff = off+m*d.cs, n-m*d.cs, fileOff+m*d.cs
 	}
