@@ -27,7 +27,8 @@ import (
 // node wait too, so a caller drains the nodes it changes, not the ones
 // it still reads or writes through. Caller holds the graph lock, also
 // when it calls the returned function.
-func (g *Graph) Drain(nodes ...*Node) (undrain func()) {
+func (lk *Locked) Drain(nodes ...*Node) (undrain func()) {
+	g := lk.g
 	// Jobs using the nodes, or nodes above them, pause for the drained
 	// section, as QEMU's do (before the nodes are locked, so that a job
 	// in I/O on them reaches its pause point).
@@ -39,8 +40,8 @@ func (g *Graph) Drain(nodes ...*Node) (undrain func()) {
 // command QEMU runs as one) does before its actions: every job pauses
 // and every request in flight finishes, and all go on at once. Caller
 // holds the graph lock.
-func (g *Graph) DrainAll() {
-	g.Drain(g.Nodes()...)()
+func (lk *Locked) DrainAll() {
+	lk.Drain(lk.Nodes()...)()
 }
 
 // pauseJobs is the part of a drain that pauses the jobs using nodes or
@@ -186,7 +187,8 @@ func (n *Node) jobsAbove(seen map[DrainNotifier]bool, out *[]DrainNotifier, visi
 // SetDrainNotifier has d told of the drained sections of the edge's node
 // and of the nodes below it; sections in progress count at once. Graph
 // lock held.
-func (g *Graph) SetDrainNotifier(c *Child, d DrainNotifier) {
+func (lk *Locked) SetDrainNotifier(c *Child, d DrainNotifier) {
+	g := lk.g
 	c.drainer = d
 	n := c.node.Load()
 	for _, rec := range g.drains {
@@ -340,12 +342,13 @@ func (n *Node) reopenSet() []*Node {
 // first (n drained), then the new setting and permissions are checked
 // (everything drained), then drivers commit; on any failure everything is
 // as before. Caller holds the graph lock.
-func (g *Graph) SetReadOnly(ctx context.Context, n *Node, readOnly bool) error {
+func (lk *Locked) SetReadOnly(ctx context.Context, n *Node, readOnly bool) error {
+	g := lk.g
 	if n.ReadOnly() == readOnly {
 		return nil
 	}
 	set := n.reopenSet()
-	undrainTop := g.Drain(n)
+	undrainTop := lk.Drain(n)
 	defer undrainTop()
 
 	states := make([]*ReopenState, 0, len(set))
@@ -368,7 +371,7 @@ func (g *Graph) SetReadOnly(ctx context.Context, n *Node, readOnly bool) error {
 		states = append(states, rs)
 	}
 
-	undrainRest := g.Drain(set[1:]...)
+	undrainRest := lk.Drain(set[1:]...)
 	defer undrainRest()
 	old := make([]bool, len(set))
 	for i, x := range set {
@@ -492,7 +495,8 @@ func (n *Node) refreshFilenames() {
 // drained around the change. The image header is not touched (see
 // ChangeBackingFile). A former backing node that nothing holds any more
 // closes. Caller holds the graph lock.
-func (g *Graph) SetBacking(ctx context.Context, n, base *Node) error {
+func (lk *Locked) SetBacking(ctx context.Context, n, base *Node) error {
+	g := lk.g
 	old := n.backing()
 	if old == nil && base == nil || old != nil && old.node.Load() == base {
 		return nil
@@ -508,7 +512,7 @@ func (g *Graph) SetBacking(ctx context.Context, n, base *Node) error {
 		return fmt.Errorf("Driver '%s' of node '%s' does not support backing files", n.drvName, n.name)
 	}
 	inherit := base != nil && base.inheritsFromChain(n)
-	undrain := g.Drain(n)
+	undrain := lk.Drain(n)
 	var oldNode *Node
 	switch {
 	case old != nil && base != nil:
@@ -581,16 +585,16 @@ func (n *Node) changeBacking(ctx context.Context, filename, format string) error
 // is reopened read-write for the rewrite and read-only again afterwards,
 // as QEMU's change-backing-file does. A driver without BackingChanger
 // fails with ErrNotSupported. Caller holds the graph lock.
-func (g *Graph) ChangeBackingFile(ctx context.Context, n *Node, filename, format string) error {
+func (lk *Locked) ChangeBackingFile(ctx context.Context, n *Node, filename, format string) error {
 	ro := n.ReadOnly()
 	if ro {
-		if err := g.SetReadOnly(ctx, n, false); err != nil {
+		if err := lk.SetReadOnly(ctx, n, false); err != nil {
 			return err
 		}
 	}
 	err := n.changeBacking(ctx, filename, format)
 	if ro {
-		if rerr := g.SetReadOnly(ctx, n, true); rerr != nil && err == nil {
+		if rerr := lk.SetReadOnly(ctx, n, true); rerr != nil && err == nil {
 			err = rerr
 		}
 	}
@@ -611,7 +615,8 @@ func (g *Graph) ChangeBackingFile(ctx context.Context, n *Node, filename, format
 // read-write for the header rewrite. Op blockers are not consulted (the
 // job that calls it holds them); the drop-intermediate command checks
 // them. Caller holds the graph lock.
-func (g *Graph) DropIntermediate(ctx context.Context, active, top, base *Node, backingFile string) error {
+func (lk *Locked) DropIntermediate(ctx context.Context, active, top, base *Node, backingFile string) error {
+	g := lk.g
 	if err := checkDrop(active, top, base); err != nil {
 		return err
 	}
@@ -630,7 +635,7 @@ func (g *Graph) DropIntermediate(ctx context.Context, active, top, base *Node, b
 	}
 	inherit := base != nil && base.inheritsFromChain(explicitTop)
 	for _, overlay := range overlays {
-		if err := g.dropOverlay(ctx, overlay, base, name, format); err != nil {
+		if err := lk.dropOverlay(ctx, overlay, base, name, format); err != nil {
 			return err
 		}
 	}
@@ -643,7 +648,8 @@ func (g *Graph) DropIntermediate(ctx context.Context, active, top, base *Node, b
 }
 
 // dropOverlay is DropIntermediate's switch of one overlay to base.
-func (g *Graph) dropOverlay(ctx context.Context, overlay, base *Node, name, format string) error {
+func (lk *Locked) dropOverlay(ctx context.Context, overlay, base *Node, name, format string) error {
+	g := lk.g
 	if _, ok := overlay.drv.(BackingChanger); !ok {
 		return fmt.Errorf("Could not update backing file link: %s", Strerror(ErrNotSupported))
 	}
@@ -653,21 +659,22 @@ func (g *Graph) dropOverlay(ctx context.Context, overlay, base *Node, name, form
 	}
 	ro := overlay.ReadOnly()
 	if ro {
-		if err := g.SetReadOnly(ctx, overlay, false); err != nil {
+		if err := lk.SetReadOnly(ctx, overlay, false); err != nil {
 			return err
 		}
 	}
-	err := g.dropLocked(ctx, overlay, base, name, format, bu)
+	err := lk.dropLocked(ctx, overlay, base, name, format, bu)
 	if ro {
-		if rerr := g.SetReadOnly(ctx, overlay, true); rerr != nil {
+		if rerr := lk.SetReadOnly(ctx, overlay, true); rerr != nil {
 			g.log.Warn().Str("node", overlay.name).Err(rerr).Msg("reopening read-only")
 		}
 	}
 	return err
 }
 
-func (g *Graph) dropLocked(ctx context.Context, overlay, base *Node, name, format string, bu BackingUpdater) error {
-	undrain := g.Drain(overlay)
+func (lk *Locked) dropLocked(ctx context.Context, overlay, base *Node, name, format string, bu BackingUpdater) error {
+	g := lk.g
+	undrain := lk.Drain(overlay)
 	defer undrain()
 	edge := overlay.backing()
 	var m *edgeMove
@@ -752,7 +759,8 @@ func CheckDropUsers(active, top, base *Node) error {
 // refuses it. Requests waiting
 // for from move to to with their edges. If nothing holds from afterwards,
 // it closes. Caller holds the graph lock.
-func (g *Graph) ReplaceNode(ctx context.Context, from, to *Node, keep ...*Child) error {
+func (lk *Locked) ReplaceNode(ctx context.Context, from, to *Node, keep ...*Child) error {
+	g := lk.g
 	if from == to {
 		return nil
 	}
@@ -777,7 +785,7 @@ func (g *Graph) ReplaceNode(ctx context.Context, from, to *Node, keep ...*Child)
 	if len(edges) == 0 {
 		return nil
 	}
-	undrain := g.Drain(drain...)
+	undrain := lk.Drain(drain...)
 	m, err := g.moveEdges(edges, to)
 	if err != nil {
 		undrain()

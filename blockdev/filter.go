@@ -84,7 +84,8 @@ func (n *Node) SkipFilters() *Node {
 // parents it took over; the caller adds its own edge if it needs one
 // before a parent could go away. On a permission conflict nothing
 // changes. Caller holds the graph lock.
-func (g *Graph) AppendFilter(ctx context.Context, n *Node, opts Options) (*Node, error) {
+func (lk *Locked) AppendFilter(ctx context.Context, n *Node, opts Options) (*Node, error) {
+	g := lk.g
 	if g.closed {
 		return nil, errors.New("the block layer is shutting down")
 	}
@@ -101,7 +102,7 @@ func (g *Graph) AppendFilter(ctx context.Context, n *Node, opts Options) (*Node,
 	}
 	f.implicitFilter = implicit
 	f.refreshFilename()
-	if err := g.ReplaceNode(ctx, n, f, f.filtered()); err != nil {
+	if err := lk.ReplaceNode(ctx, n, f, f.filtered()); err != nil {
 		g.rollback(tx)
 		return nil, err
 	}
@@ -118,7 +119,8 @@ func (g *Graph) AppendFilter(ctx context.Context, n *Node, opts Options) (*Node,
 // filtered child and the filter closes once nothing else holds it
 // (QEMU's bdrv_replace_node of a filter by its child). Caller holds the
 // graph lock.
-func (g *Graph) RemoveFilter(ctx context.Context, f *Node) error {
+func (lk *Locked) RemoveFilter(ctx context.Context, f *Node) error {
+	g := lk.g
 	c := f.filtered()
 	if c == nil {
 		return fmt.Errorf("blockdev: %s is not a filter", f.name)
@@ -127,7 +129,7 @@ func (g *Graph) RemoveFilter(ctx context.Context, f *Node) error {
 	// What the filter froze for itself goes with it (QEMU's
 	// bdrv_cor_filter_drop unfreezes first).
 	f.unfreezeOwn()
-	if err := g.ReplaceNode(ctx, f, child, c); err != nil {
+	if err := lk.ReplaceNode(ctx, f, child, c); err != nil {
 		return err
 	}
 	g.release(f)
@@ -155,7 +157,8 @@ func (n *Node) IsRoot() bool {
 // its driver changed what ChildPerm answers (mirror_top once its job
 // stops forwarding writes). Relaxing cannot fail; a tightening that
 // conflicts fails without changing anything. Caller holds the graph lock.
-func (g *Graph) RefreshPerms(n *Node) error {
+func (lk *Locked) RefreshPerms(n *Node) error {
+	g := lk.g
 	tx := newPermTx()
 	if err := g.refreshPerms(n, tx); err != nil {
 		tx.abort()

@@ -47,7 +47,7 @@ func ChainFrozen(top, base *Node) error {
 // frozen and QEMU's error comes back. The returned function unfreezes
 // exactly the links it froze (once). Graph lock held, also when it is
 // called.
-func (g *Graph) FreezeChain(top, base *Node) (unfreeze func(), err error) {
+func (lk *Locked) FreezeChain(top, base *Node) (unfreeze func(), err error) {
 	links, err := freezeLinks(top, base)
 	if err != nil {
 		return nil, err

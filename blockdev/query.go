@@ -262,7 +262,8 @@ func (n *Node) Info(ctx context.Context, flat bool) BlockDeviceInfo {
 
 // QueryNamedBlockNodes is query-named-block-nodes: every node, newest
 // first, as QEMU lists them. Caller holds the graph lock.
-func (g *Graph) QueryNamedBlockNodes(ctx context.Context, flat bool) []BlockDeviceInfo {
+func (lk *Locked) QueryNamedBlockNodes(ctx context.Context, flat bool) []BlockDeviceInfo {
+	g := lk.g
 	out := make([]BlockDeviceInfo, 0, g.count)
 	for n := g.tail; n != nil; n = n.prev {
 		out = append(out, n.Info(ctx, flat))
@@ -304,7 +305,8 @@ func permList(p Perm) []string {
 // the order QEMU meets them (walking nodes oldest first, each node then its
 // children), and both lists come newest first as QEMU prints them. Caller
 // holds the graph lock.
-func (g *Graph) QueryBlockGraph() XDbgBlockGraph {
+func (lk *Locked) QueryBlockGraph() XDbgBlockGraph {
+	g := lk.g
 	ids := make(map[*Node]uint64, g.count)
 	id := func(n *Node) uint64 {
 		if v, ok := ids[n]; ok {

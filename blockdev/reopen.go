@@ -60,9 +60,9 @@ func registerReopenCommand(d *qmp.Dispatcher, g *Graph) {
 		if err := decodeJSON(args, &a); err != nil {
 			return nil, qmp.Errorf("%v", err)
 		}
-		g.Lock()
-		defer g.Unlock()
-		return struct{}{}, g.Reopen(ctx, a.Options)
+		return WithLock(g, func(lk *Locked) (any, error) {
+			return struct{}{}, lk.Reopen(ctx, a.Options)
+		})
 	})
 }
 
@@ -98,7 +98,8 @@ type reopenEntry struct {
 
 // Reopen is blockdev-reopen: options is the list of BlockdevOptions, one
 // per node to reopen. Caller holds the graph lock.
-func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
+func (lk *Locked) Reopen(ctx context.Context, options []map[string]any) error {
+	g := lk.g
 	if len(options) == 0 {
 		return nil // nothing to do (QEMU 7.2 aborts on an empty list)
 	}
@@ -110,7 +111,7 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 		if !given {
 			return errors.New("node-name not specified")
 		}
-		n := g.Lookup(name)
+		n := lk.Lookup(name)
 		if n == nil {
 			return fmt.Errorf("Failed to find node with node-name='%s'", name)
 		}
@@ -174,7 +175,7 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 	var holds []*Child
 	defer func() {
 		for _, h := range holds {
-			g.DetachRoot(h)
+			lk.DetachRoot(h)
 		}
 	}()
 
@@ -224,8 +225,8 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 		return err
 	}
 	for _, e := range queue {
-		undrains = append(undrains, g.Drain(e.n))
-		if err := g.prepareReopen(ctx, e); err != nil {
+		undrains = append(undrains, lk.Drain(e.n))
+		if err := lk.prepareReopen(ctx, e); err != nil {
 			return abort(err)
 		}
 	}
@@ -242,26 +243,26 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 			var ob *Node
 			if b := n.backing(); b != nil {
 				ob = b.node.Load()
-				h, err := g.AttachRoot(ob, "reopen", 0, PermAll)
+				h, err := lk.AttachRoot(ob, "reopen", 0, PermAll)
 				if err != nil {
 					return abort(err)
 				}
 				holds = append(holds, h)
 			}
 			restore := keepInheritsFrom(e.backing)
-			if err := g.SetBacking(ctx, n, e.backing); err != nil {
+			if err := lk.SetBacking(ctx, n, e.backing); err != nil {
 				restore()
 				return abort(err)
 			}
 			e.undoBacking = func() {
-				_ = g.SetBacking(ctx, n, ob)
+				_ = lk.SetBacking(ctx, n, ob)
 				restore()
 			}
 		}
 		if e.fileSet {
 			c := n.Child("file")
 			of := c.node.Load()
-			h, err := g.AttachRoot(of, "reopen", 0, PermAll)
+			h, err := lk.AttachRoot(of, "reopen", 0, PermAll)
 			if err != nil {
 				return abort(err)
 			}
@@ -473,7 +474,7 @@ func (e *reopenEntry) parseGeneric(inh genericSettings) error {
 // prepareReopen checks one node's new links and driver options and has
 // its driver prepare (QEMU's bdrv_reopen_prepare). Nothing visible
 // changes.
-func (g *Graph) prepareReopen(ctx context.Context, e *reopenEntry) error {
+func (lk *Locked) prepareReopen(ctx context.Context, e *reopenEntry) error {
 	n, o := e.n, e.opts
 	e.drvOpts = make(Options, len(o))
 	for k, v := range o {
@@ -527,7 +528,7 @@ func (g *Graph) prepareReopen(ctx context.Context, e *reopenEntry) error {
 	}
 	for _, name := range []string{"backing", "file"} {
 		if v, ok := o[name]; ok {
-			if err := g.reopenLink(e, name, v); err != nil {
+			if err := lk.reopenLink(e, name, v); err != nil {
 				return err
 			}
 		}
@@ -599,13 +600,13 @@ func (g *Graph) prepareReopen(ctx context.Context, e *reopenEntry) error {
 // reopenLink checks a change of the backing or file link to v (a
 // node-name; null for backing: none; inline options: the same child) and
 // records it.
-func (g *Graph) reopenLink(e *reopenEntry, name string, v any) error {
+func (lk *Locked) reopenLink(e *reopenEntry, name string, v any) error {
 	n := e.n
 	var target *Node
 	switch ref := v.(type) {
 	case nil:
 	case string:
-		if target = g.Lookup(ref); target == nil {
+		if target = lk.Lookup(ref); target == nil {
 			return fmt.Errorf("Cannot find device='' nor node-name='%s'", ref)
 		}
 	case map[string]any:

@@ -5,7 +5,8 @@ package blockdev
 // AttachRoot (QEMU's blk_set_perm). On a conflict nothing changes and
 // the error names the users as any other conflict does. Caller holds the
 // graph lock.
-func (g *Graph) SetRootPerm(c *Child, perm, shared Perm) error {
+func (lk *Locked) SetRootPerm(c *Child, perm, shared Perm) error {
+	g := lk.g
 	if c.parent != nil {
 		panic("blockdev: SetRootPerm of a node's child")
 	}

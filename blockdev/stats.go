@@ -244,7 +244,8 @@ func (n *Node) BlockStats() *BlockStats {
 // BlockBackends, of which qbmond (like qemu-storage-daemon) has none, so
 // the list is empty; with it, every node in opening order, oldest first.
 // Caller holds the graph lock.
-func (g *Graph) QueryBlockStats(queryNodes bool) []*BlockStats {
+func (lk *Locked) QueryBlockStats(queryNodes bool) []*BlockStats {
+	g := lk.g
 	out := []*BlockStats{}
 	if !queryNodes {
 		return out

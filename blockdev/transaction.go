@@ -48,33 +48,34 @@ func (f txFunc) Clean() {
 // grouped is the transaction's completion-mode: only backups support
 // grouped completion, and the other actions refuse it as QEMU does.
 // Graph lock held.
-func (g *Graph) PrepareTxAction(ctx context.Context, typ string, data json.RawMessage, grouped bool) (TxAction, error) {
+func (lk *Locked) PrepareTxAction(ctx context.Context, typ string, data json.RawMessage, grouped bool) (TxAction, error) {
 	if grouped && typ != "abort" {
 		return nil, fmt.Errorf("Action '%s' does not support Transaction property completion-mode = grouped", typ)
 	}
 	switch typ {
 	case "blockdev-snapshot", "blockdev-snapshot-sync":
-		return g.prepareSnapshot(ctx, typ, data)
+		return lk.prepareSnapshot(ctx, typ, data)
 	}
-	t, err := g.prepareAction(typ, data)
+	t, err := lk.prepareAction(typ, data)
 	if err != nil {
 		return nil, err
 	}
 	return t, nil
 }
 
-func (g *Graph) prepareAction(typ string, data json.RawMessage) (TxAction, error) {
+func (lk *Locked) prepareAction(typ string, data json.RawMessage) (TxAction, error) {
+	g := lk.g
 	switch typ {
 	case "abort":
 		return nil, errors.New("Transaction aborted using Abort action")
 	case "block-dirty-bitmap-add":
-		n, b, err := g.addBitmapArgs(data)
+		n, b, err := lk.addBitmapArgs(data)
 		if err != nil {
 			return nil, err
 		}
 		return txFunc{onAbort: func() { n.dropBitmap(b, true) }}, nil
 	case "block-dirty-bitmap-merge":
-		dst, srcs, err := g.mergeArgs(data)
+		dst, srcs, err := lk.mergeArgs(data)
 		if err != nil {
 			return nil, err
 		}
@@ -105,7 +106,7 @@ func (g *Graph) prepareAction(typ string, data json.RawMessage) (TxAction, error
 			},
 		}, nil
 	}
-	n, b, err := g.lookupBitmapArgs(data)
+	n, b, err := lk.lookupBitmapArgs(data)
 	if err != nil {
 		return nil, err
 	}

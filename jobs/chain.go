@@ -108,8 +108,8 @@ func layersBetween(top, base *blockdev.Node) int {
 
 // lookupNode is QEMU's bdrv_lookup_bs for a node given by node-name (a
 // storage daemon has no devices). Graph lock held.
-func lookupNode(g *blockdev.Graph, node string) (*blockdev.Node, error) {
-	if n := g.Lookup(node); n != nil {
+func lookupNode(lk *blockdev.Locked, node string) (*blockdev.Node, error) {
+	if n := lk.Lookup(node); n != nil {
 		return n, nil
 	}
 	return nil, fmt.Errorf("Cannot find device='' nor node-name='%s'", node)

@@ -45,8 +45,8 @@ type commitPlan struct {
 
 // resolveCommit is qmp_block_commit's checks, in QEMU's order. Graph lock
 // held.
-func resolveCommit(g *blockdev.Graph, a *commitArgs) (*commitPlan, error) {
-	bs := g.Lookup(a.Device)
+func resolveCommit(lk *blockdev.Locked, a *commitArgs) (*commitPlan, error) {
+	bs := lk.Lookup(a.Device)
 	if bs == nil {
 		// libvirt probes for block-commit with this error class.
 		return nil, &qmp.Error{Class: qmp.ClassDeviceNotFound, Desc: fmt.Sprintf("Device '%s' not found", a.Device)}
@@ -63,7 +63,7 @@ func resolveCommit(g *blockdev.Graph, a *commitArgs) (*commitPlan, error) {
 		return nil, errors.New("'top-node' and 'top' are mutually exclusive")
 	case a.TopNode != nil:
 		var err error
-		if top, err = lookupNode(g, *a.TopNode); err != nil {
+		if top, err = lookupNode(lk, *a.TopNode); err != nil {
 			return nil, err
 		}
 		if !chainContains(bs, top) {
@@ -87,7 +87,7 @@ func resolveCommit(g *blockdev.Graph, a *commitArgs) (*commitPlan, error) {
 		return nil, errors.New("'base-node' and 'base' are mutually exclusive")
 	case a.BaseNode != nil:
 		var err error
-		if base, err = lookupNode(g, *a.BaseNode); err != nil {
+		if base, err = lookupNode(lk, *a.BaseNode); err != nil {
 			return nil, err
 		}
 		if !chainContains(top, base) {
@@ -133,9 +133,7 @@ func resolveCommit(g *blockdev.Graph, a *commitArgs) (*commitPlan, error) {
 
 // blockCommit checks block-commit's arguments and starts the job.
 func (m *Manager) blockCommit(ctx context.Context, g *blockdev.Graph, a *commitArgs) error {
-	g.Lock()
-	p, err := resolveCommit(g, a)
-	g.Unlock()
+	p, err := blockdev.WithLock(g, func(lk *blockdev.Locked) (*commitPlan, error) { return resolveCommit(lk, a) })
 	if err != nil {
 		return err
 	}
@@ -158,17 +156,17 @@ func (m *Manager) blockCommit(ctx context.Context, g *blockdev.Graph, a *commitA
 			}},
 		Speed:   a.Speed,
 		OnError: a.OnError,
-		Undo:    func(*BlockJob) { cj.undo(ctx) },
-		Setup: func(b *BlockJob) error {
+		Undo:    func(lk *blockdev.Locked, _ *BlockJob) { cj.undo(ctx, lk) },
+		Setup: func(lk *blockdev.Locked, b *BlockJob) error {
 			// The graph may have changed since the checks: resolve again.
-			p, err := resolveCommit(g, a)
+			p, err := resolveCommit(lk, a)
 			if err != nil {
 				return err
 			}
 			if p.active {
 				return errors.New("the top node has become the active layer")
 			}
-			return cj.setup(ctx, b, p.bs, p.top, p.base)
+			return cj.setup(ctx, lk, b, p.bs, p.top, p.base)
 		},
 	})
 	return err
@@ -190,8 +188,7 @@ type commitJob struct {
 // setup is QEMU's commit_start: the job's edges with QEMU's permissions,
 // base made writable, and the commit_top filter above top. On failure
 // StartBlock calls undo. Graph lock held.
-func (cj *commitJob) setup(ctx context.Context, b *BlockJob, active, top, base *blockdev.Node) error {
-	g := b.Graph()
+func (cj *commitJob) setup(ctx context.Context, lk *blockdev.Locked, b *BlockJob, active, top, base *blockdev.Node) error {
 	cj.b, cj.active, cj.top, cj.base = b, active, top, base
 	if top.SkipFilters() == base.SkipFilters() {
 		return errors.New("Invalid files for merge: top and base are the same")
@@ -200,11 +197,11 @@ func (cj *commitJob) setup(ctx context.Context, b *BlockJob, active, top, base *
 	if base.Length() < top.Length() {
 		basePerm |= blockdev.PermResize
 	}
-	if err := b.Created(active, 0, blockdev.PermAll); err != nil {
+	if err := b.Created(lk, active, 0, blockdev.PermAll); err != nil {
 		return err
 	}
 	if base.ReadOnly() {
-		if err := g.SetReadOnly(ctx, base, false); err != nil {
+		if err := lk.SetReadOnly(ctx, base, false); err != nil {
 			return err
 		}
 		cj.baseReadOnly = true
@@ -214,7 +211,7 @@ func (cj *commitJob) setup(ctx context.Context, b *BlockJob, active, top, base *
 		opts["node-name"] = *cj.filterName
 	}
 	var err error
-	if cj.commitTop, err = g.AppendFilter(ctx, top, opts); err != nil {
+	if cj.commitTop, err = lk.AppendFilter(ctx, top, opts); err != nil {
 		return err
 	}
 	// So that it can always be taken out again.
@@ -229,22 +226,22 @@ func (cj *commitJob) setup(ctx context.Context, b *BlockJob, active, top, base *
 		if it == filteredBase {
 			shared |= blockdev.PermConsistentRead
 		}
-		if _, err := b.AddNode(it, "intermediate node", 0, shared); err != nil {
+		if _, err := b.AddNode(lk, it, "intermediate node", 0, shared); err != nil {
 			return err
 		}
 	}
 	// The links from the filter down to base stay as they are until the
 	// job ends.
-	if cj.unfreeze, err = g.FreezeChain(cj.commitTop, base); err != nil {
+	if cj.unfreeze, err = lk.FreezeChain(cj.commitTop, base); err != nil {
 		return err
 	}
-	if _, err := b.AddNode(base, "base", 0, blockdev.PermAll); err != nil {
+	if _, err := b.AddNode(lk, base, "base", 0, blockdev.PermAll); err != nil {
 		return err
 	}
-	if cj.baseC, err = b.AddBackend(base, basePerm, blockdev.PermConsistentRead|blockdev.PermWriteUnchanged); err != nil {
+	if cj.baseC, err = b.AddBackend(lk, base, basePerm, blockdev.PermConsistentRead|blockdev.PermWriteUnchanged); err != nil {
 		return err
 	}
-	if cj.topC, err = b.AddBackend(top, 0, blockdev.PermAll); err != nil {
+	if cj.topC, err = b.AddBackend(lk, top, 0, blockdev.PermAll); err != nil {
 		return err
 	}
 	return nil
@@ -252,24 +249,23 @@ func (cj *commitJob) setup(ctx context.Context, b *BlockJob, active, top, base *
 
 // undo takes the job's edges and the filter away and makes base read-only
 // again if the job made it writable. Graph lock held.
-func (cj *commitJob) undo(ctx context.Context) {
+func (cj *commitJob) undo(ctx context.Context, lk *blockdev.Locked) {
 	if cj.b == nil {
 		return // setup did not start
 	}
-	g := cj.b.Graph()
-	cj.thaw()
-	cj.b.release()
+	cj.thaw(lk)
+	cj.b.release(lk)
 	if cj.commitTop != nil {
-		if err := g.RemoveFilter(ctx, cj.commitTop); err != nil {
+		if err := lk.RemoveFilter(ctx, cj.commitTop); err != nil {
 			cj.b.log.Error().Err(err).Str("node", cj.commitTop.Name()).Msg("commit: cannot remove the commit_top filter")
 		}
 		cj.commitTop = nil
 	}
-	cj.restoreBase(ctx)
+	cj.restoreBase(ctx, lk)
 }
 
 // thaw unfreezes the links the job froze, if it did. Graph lock held.
-func (cj *commitJob) thaw() {
+func (cj *commitJob) thaw(lk *blockdev.Locked) {
 	if cj.unfreeze != nil {
 		cj.unfreeze()
 		cj.unfreeze = nil
@@ -278,10 +274,10 @@ func (cj *commitJob) thaw() {
 
 // restoreBase makes base read-only again if the job made it writable.
 // Graph lock held; the job's edge to base is gone.
-func (cj *commitJob) restoreBase(ctx context.Context) {
+func (cj *commitJob) restoreBase(ctx context.Context, lk *blockdev.Locked) {
 	if cj.baseReadOnly {
 		cj.baseReadOnly = false
-		if err := cj.b.Graph().SetReadOnly(ctx, cj.base, true); err != nil {
+		if err := lk.SetReadOnly(ctx, cj.base, true); err != nil {
 			cj.b.log.Warn().Err(err).Str("node", cj.base.Name()).
 				Msg("commit: cannot make the base read-only again")
 		}
@@ -394,34 +390,36 @@ func offloadRun(ctx context.Context, from, to *blockdev.Child, layers int, off, 
 // (QEMU's commit_prepare, bdrv_drop_intermediate from the filter down).
 func (cj *commitJob) prepare(j *Job) error {
 	g := cj.b.Graph()
-	g.Lock()
-	defer g.Unlock()
-	// The job's edges and frozen links would stand in the way of the
-	// change.
-	cj.thaw()
-	cj.b.release()
-	bf := ""
-	if cj.backingFile != nil {
-		bf = *cj.backingFile
-	}
-	if err := g.DropIntermediate(j.Context(), cj.active, cj.commitTop, cj.base, bf); err != nil {
-		return err
-	}
-	cj.commitTop = nil // closed with the dropped layers
-	return nil
+	return g.Do(func(lk *blockdev.Locked) error {
+		// The job's edges and frozen links would stand in the way of the
+		// change.
+		cj.thaw(lk)
+		cj.b.release(lk)
+		bf := ""
+		if cj.backingFile != nil {
+			bf = *cj.backingFile
+		}
+		if err := lk.DropIntermediate(j.Context(), cj.active, cj.commitTop, cj.base, bf); err != nil {
+			return err
+		}
+		cj.commitTop = nil // closed with the dropped layers
+		return nil
+	})
 }
 
 // abort takes the filter out again: the chain is as before the job.
 func (cj *commitJob) abort(j *Job) {
 	g := cj.b.Graph()
-	g.Lock()
-	defer g.Unlock()
-	cj.undo(context.Background())
+	g.Do(func(lk *blockdev.Locked) error {
+		cj.undo(context.Background(), lk)
+		return nil
+	})
 }
 
 func (cj *commitJob) clean(j *Job) {
 	g := cj.b.Graph()
-	g.Lock()
-	defer g.Unlock()
-	cj.undo(context.Background())
+	g.Do(func(lk *blockdev.Locked) error {
+		cj.undo(context.Background(), lk)
+		return nil
+	})
 }

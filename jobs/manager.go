@@ -32,6 +32,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/qbmond/qbmond/internal/lockorder"
 	"github.com/qbmond/qbmond/keyval"
 	"github.com/qbmond/qbmond/qmp"
 )
@@ -46,7 +47,7 @@ type Manager struct {
 	em  Emitter
 	log zerolog.Logger
 
-	ctl sync.Mutex // serialises commands and completion processing
+	ctl lockorder.Mutex[lockorder.JobControl] // serialises commands and completion processing
 
 	mu     sync.Mutex // guards the jobs' state and the list
 	jobs   []*Job     // newest first, as QEMU lists them

@@ -55,16 +55,20 @@ func Open(t testing.TB, opts blockdev.Options, perm blockdev.Perm) (*blockdev.Gr
 	if !opts.Has("node-name") {
 		opts["node-name"] = "test"
 	}
-	g.Lock()
-	defer g.Unlock()
-	n, err := g.Add(context.Background(), opts)
-	if err != nil {
-		t.Fatalf("blockdev-add %v: %v", opts, err)
-	}
-	c, err := g.AttachRoot(n, "block device 'drivertest'", perm, blockdev.PermAll)
-	if err != nil {
-		t.Fatalf("attaching the test user: %v", err)
-	}
+	var n *blockdev.Node
+	var c *blockdev.Child
+	g.Do(func(lk *blockdev.Locked) error {
+		var err error
+		n, err = lk.Add(context.Background(), opts)
+		if err != nil {
+			t.Fatalf("blockdev-add %v: %v", opts, err)
+		}
+		c, err = lk.AttachRoot(n, "block device 'drivertest'", perm, blockdev.PermAll)
+		if err != nil {
+			t.Fatalf("attaching the test user: %v", err)
+		}
+		return nil
+	})
 	return g, n, c
 }
 
@@ -268,24 +272,25 @@ func Run(t *testing.T, cfg Config) {
 		o["node-name"] = "ro"
 		g := blockdev.NewGraph(zerolog.Nop())
 		defer g.Close()
-		g.Lock()
-		n, err := g.Add(ctx, o)
-		if err != nil {
-			g.Unlock()
-			t.Fatalf("read-only blockdev-add: %v", err)
-		}
-		if !n.ReadOnly() {
-			t.Error("node not read-only")
-		}
-		_, err = g.AttachRoot(n, "block device 'w'", blockdev.PermWrite, blockdev.PermAll)
-		if err == nil || err.Error() != "Block node is read-only" {
-			t.Errorf("attaching a writer to a read-only node: got %v", err)
-		}
-		c, err := g.AttachRoot(n, "block device 'r'", blockdev.PermConsistentRead, blockdev.PermAll)
-		g.Unlock()
-		if err != nil {
-			t.Fatal(err)
-		}
+		var c *blockdev.Child
+		g.Do(func(lk *blockdev.Locked) error {
+			n, err := lk.Add(ctx, o)
+			if err != nil {
+				t.Fatalf("read-only blockdev-add: %v", err)
+			}
+			if !n.ReadOnly() {
+				t.Error("node not read-only")
+			}
+			_, err = lk.AttachRoot(n, "block device 'w'", blockdev.PermWrite, blockdev.PermAll)
+			if err == nil || err.Error() != "Block node is read-only" {
+				t.Errorf("attaching a writer to a read-only node: got %v", err)
+			}
+			c, err = lk.AttachRoot(n, "block device 'r'", blockdev.PermConsistentRead, blockdev.PermAll)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return nil
+		})
 		if err := c.Read(ctx, 0, make([]byte, 512)); err != nil {
 			t.Errorf("read from a read-only node: %v", err)
 		}
