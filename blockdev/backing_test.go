@@ -149,7 +149,7 @@ func TestBackingStatusAbove(t *testing.T) {
 		}
 	}
 	lk, unlock = lockGraph(g)
-	info := top.Info(ctx, false)
+	info := top.Info(ctx, lk, false)
 	lk.DetachRoot(bc)
 	lk.DetachRoot(tc)
 	unlock()
@@ -179,7 +179,7 @@ func TestBackingFromHeader(t *testing.T) {
 	}
 	lk, unlock := lockGraph(g)
 	top := lk.Lookup("top")
-	info := top.Info(context.Background(), false)
+	info := top.Info(context.Background(), lk, false)
 	var backingRO bool
 	for _, c := range top.Children() {
 		if c.Name() == "backing" {

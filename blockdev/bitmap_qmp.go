@@ -13,16 +13,15 @@ import (
 
 func registerBitmapCommands(d *qmp.Dispatcher, g *Graph) {
 	d.Register("block-dirty-bitmap-add", g.qmpBitmapAdd)
-	d.Register("block-dirty-bitmap-remove", g.bitmapCmd(func(n *Node, b *DirtyBitmap) error { return n.RemoveDirtyBitmap(b.name) }))
-	d.Register("block-dirty-bitmap-clear", g.bitmapCmd(func(_ *Node, b *DirtyBitmap) error { return b.Clear() }))
-	d.Register("block-dirty-bitmap-enable", g.bitmapCmd(func(_ *Node, b *DirtyBitmap) error { return b.SetRecording(true) }))
-	d.Register("block-dirty-bitmap-disable", g.bitmapCmd(func(_ *Node, b *DirtyBitmap) error { return b.SetRecording(false) }))
+	d.Register("block-dirty-bitmap-remove", g.bitmapCmd(func(lk *Locked, n *Node, b *DirtyBitmap) error { return n.RemoveDirtyBitmap(lk, b.name) }))
+	d.Register("block-dirty-bitmap-clear", g.bitmapCmd(func(lk *Locked, _ *Node, b *DirtyBitmap) error { return b.Clear(lk) }))
+	d.Register("block-dirty-bitmap-enable", g.bitmapCmd(func(_ *Locked, _ *Node, b *DirtyBitmap) error { return b.SetRecording(true) }))
+	d.Register("block-dirty-bitmap-disable", g.bitmapCmd(func(_ *Locked, _ *Node, b *DirtyBitmap) error { return b.SetRecording(false) }))
 	d.Register("block-dirty-bitmap-merge", g.qmpBitmapMerge)
 	d.Register("x-debug-block-dirty-bitmap-sha256", g.qmpBitmapSHA256)
 }
 
-// LookupBitmap finds a node's bitmap with QEMU's errors. Caller holds the
-// graph lock.
+// LookupBitmap finds a node's bitmap with QEMU's errors.
 func (lk *Locked) LookupBitmap(node, name string) (*Node, *DirtyBitmap, error) {
 	n := lk.Lookup(node)
 	if n == nil {
@@ -41,7 +40,6 @@ type bitmapArgs struct {
 }
 
 // lookupBitmapArgs finds the bitmap a BlockDirtyBitmap argument names.
-// Caller holds the graph lock.
 func (lk *Locked) lookupBitmapArgs(args json.RawMessage) (*Node, *DirtyBitmap, error) {
 	var a bitmapArgs
 	if err := json.Unmarshal(args, &a); err != nil {
@@ -50,14 +48,14 @@ func (lk *Locked) lookupBitmapArgs(args json.RawMessage) (*Node, *DirtyBitmap, e
 	return lk.LookupBitmap(a.Node, a.Name)
 }
 
-func (g *Graph) bitmapCmd(f func(*Node, *DirtyBitmap) error) qmp.Handler {
+func (g *Graph) bitmapCmd(f func(*Locked, *Node, *DirtyBitmap) error) qmp.Handler {
 	return func(ctx context.Context, args json.RawMessage) (any, error) {
 		return WithLock(g, func(lk *Locked) (any, error) {
 			n, b, err := lk.lookupBitmapArgs(args)
 			if err != nil {
 				return nil, err
 			}
-			if err := f(n, b); err != nil {
+			if err := f(lk, n, b); err != nil {
 				return nil, err
 			}
 			return struct{}{}, nil
@@ -75,8 +73,7 @@ func (g *Graph) qmpBitmapAdd(ctx context.Context, args json.RawMessage) (any, er
 }
 
 // addBitmapArgs adds the bitmap block-dirty-bitmap-add's arguments (as
-// the command or as a transaction action) describe. Caller holds the
-// graph lock.
+// the command or as a transaction action) describe.
 func (lk *Locked) addBitmapArgs(args json.RawMessage) (*Node, *DirtyBitmap, error) {
 	var a struct {
 		Node        string  `json:"node"`
@@ -97,7 +94,7 @@ func (lk *Locked) addBitmapArgs(args json.RawMessage) (*Node, *DirtyBitmap, erro
 	if n == nil {
 		return nil, nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.Node, a.Node)
 	}
-	b, err := n.AddDirtyBitmap(a.Name, o)
+	b, err := n.AddDirtyBitmap(lk, a.Name, o)
 	return n, b, err
 }
 
@@ -122,7 +119,7 @@ func (g *Graph) qmpBitmapMerge(ctx context.Context, args json.RawMessage) (any, 
 		if err != nil {
 			return nil, err
 		}
-		if err := dst.MergeInto(srcs); err != nil {
+		if err := dst.MergeInto(lk, srcs); err != nil {
 			return nil, err
 		}
 		return struct{}{}, nil
@@ -130,7 +127,7 @@ func (g *Graph) qmpBitmapMerge(ctx context.Context, args json.RawMessage) (any, 
 }
 
 // mergeArgs finds the target and the sources block-dirty-bitmap-merge's
-// arguments name. Caller holds the graph lock.
+// arguments name.
 func (lk *Locked) mergeArgs(args json.RawMessage) (*DirtyBitmap, []*DirtyBitmap, error) {
 	var a struct {
 		Node    string      `json:"node"`

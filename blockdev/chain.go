@@ -14,7 +14,8 @@ import (
 // backing chain, modelled on QEMU's bdrv_drain, bdrv_op_block_all,
 // bdrv_reopen_set_read_only, bdrv_set_backing_hd, bdrv_replace_node,
 // bdrv_change_backing_file and bdrv_drop_intermediate. Every function here
-// expects the graph lock to be held.
+// runs with the graph lock held (the exported ones take the *Locked that
+// proves it).
 
 // Drain quiesces the nodes: it waits for their requests in flight and
 // holds new ones until the returned function is called (once; later calls
@@ -38,8 +39,7 @@ func (lk *Locked) Drain(nodes ...*Node) (undrain func()) {
 
 // DrainAll is QEMU's bdrv_drain_all, which a transaction (and every
 // command QEMU runs as one) does before its actions: every job pauses
-// and every request in flight finishes, and all go on at once. Caller
-// holds the graph lock.
+// and every request in flight finishes, and all go on at once.
 func (lk *Locked) DrainAll() {
 	lk.Drain(lk.Nodes()...)()
 }
@@ -185,8 +185,7 @@ func (n *Node) jobsAbove(seen map[DrainNotifier]bool, out *[]DrainNotifier, visi
 }
 
 // SetDrainNotifier has d told of the drained sections of the edge's node
-// and of the nodes below it; sections in progress count at once. Graph
-// lock held.
+// and of the nodes below it; sections in progress count at once.
 func (lk *Locked) SetDrainNotifier(c *Child, d DrainNotifier) {
 	g := lk.g
 	c.drainer = d
@@ -248,8 +247,8 @@ func topoOrder(nodes []*Node) []*Node {
 
 // FindOverlay returns the node of active's chain whose next node (through
 // filters and backing links) is n: QEMU's bdrv_find_overlay. It returns
-// nil when n is active or not in its chain. Caller holds the graph lock.
-func FindOverlay(active, n *Node) *Node {
+// nil when n is active or not in its chain.
+func FindOverlay(_ *Locked, active, n *Node) *Node {
 	if active == nil || n == nil || active == n {
 		return nil
 	}
@@ -262,8 +261,8 @@ func FindOverlay(active, n *Node) *Node {
 }
 
 // InChain tells whether n is active or a node of its chain, filters
-// included (QEMU's bdrv_chain_contains). Caller holds the graph lock.
-func InChain(active, n *Node) bool {
+// included (QEMU's bdrv_chain_contains).
+func InChain(_ *Locked, active, n *Node) bool {
 	for cur := active; cur != nil; cur = cur.FilterOrCOW() {
 		if cur == n {
 			return true
@@ -279,7 +278,7 @@ type blocker struct{ reason error }
 // instance "block device is in use by block job: commit". It returns the
 // function that removes the mark. Caller holds the graph lock, also when
 // it calls the returned function.
-func (n *Node) AddBlocker(reason error) (remove func()) {
+func (n *Node) AddBlocker(_ *Locked, reason error) (remove func()) {
 	b := &blocker{reason}
 	n.blockers = append(n.blockers, b)
 	return func() {
@@ -341,7 +340,7 @@ func (n *Node) reopenSet() []*Node {
 // one, and the permissions below n are worked out again. Drivers prepare
 // first (n drained), then the new setting and permissions are checked
 // (everything drained), then drivers commit; on any failure everything is
-// as before. Caller holds the graph lock.
+// as before.
 func (lk *Locked) SetReadOnly(ctx context.Context, n *Node, readOnly bool) error {
 	g := lk.g
 	if n.ReadOnly() == readOnly {
@@ -494,7 +493,7 @@ func (n *Node) refreshFilenames() {
 // nothing changes on a conflict or when n's backing link is frozen; n is
 // drained around the change. The image header is not touched (see
 // ChangeBackingFile). A former backing node that nothing holds any more
-// closes. Caller holds the graph lock.
+// closes.
 func (lk *Locked) SetBacking(ctx context.Context, n, base *Node) error {
 	g := lk.g
 	old := n.backing()
@@ -584,7 +583,7 @@ func (n *Node) changeBacking(ctx context.Context, filename, format string) error
 // names in the query views; the backing node itself stays. A read-only n
 // is reopened read-write for the rewrite and read-only again afterwards,
 // as QEMU's change-backing-file does. A driver without BackingChanger
-// fails with ErrNotSupported. Caller holds the graph lock.
+// fails with ErrNotSupported.
 func (lk *Locked) ChangeBackingFile(ctx context.Context, n *Node, filename, format string) error {
 	ro := n.ReadOnly()
 	if ro {
@@ -614,13 +613,13 @@ func (lk *Locked) ChangeBackingFile(ctx context.Context, n *Node, filename, form
 // overlay is drained around its switch and, when read-only, reopened
 // read-write for the header rewrite. Op blockers are not consulted (the
 // job that calls it holds them); the drop-intermediate command checks
-// them. Caller holds the graph lock.
+// them.
 func (lk *Locked) DropIntermediate(ctx context.Context, active, top, base *Node, backingFile string) error {
 	g := lk.g
-	if err := checkDrop(active, top, base); err != nil {
+	if err := checkDrop(lk, active, top, base); err != nil {
 		return err
 	}
-	overlays := []*Node{FindOverlay(active, top)}
+	overlays := []*Node{FindOverlay(lk, active, top)}
 	for _, c := range top.parents {
 		if c.parent != nil && c.role&RoleCOW != 0 && c.name == "backing" && !slices.Contains(overlays, c.parent) {
 			overlays = append(overlays, c.parent)
@@ -705,17 +704,17 @@ func (lk *Locked) dropLocked(ctx context.Context, overlay, base *Node, name, for
 
 // checkDrop checks that top lies strictly below active and base strictly
 // below top in active's backing chain.
-func checkDrop(active, top, base *Node) error {
+func checkDrop(lk *Locked, active, top, base *Node) error {
 	if active == nil || top == nil {
 		return errors.New("drop-intermediate: missing node")
 	}
 	if top == active {
 		return fmt.Errorf("Top image file %s is the active layer", top.name)
 	}
-	if !InChain(active, top) {
+	if !InChain(lk, active, top) {
 		return fmt.Errorf("'%s' is not in this backing file chain", top.name)
 	}
-	if base != nil && (base == top || !InChain(top, base)) {
+	if base != nil && (base == top || !InChain(lk, top, base)) {
 		return fmt.Errorf("'%s' is not in this backing file chain", base.name)
 	}
 	return nil
@@ -724,7 +723,7 @@ func checkDrop(active, top, base *Node) error {
 // CheckDropUsers is the drop-intermediate command's check that nothing
 // but the chain uses the nodes to be dropped (from top down to, excluding,
 // base) and that no operation blocks them, active or base.
-func CheckDropUsers(active, top, base *Node) error {
+func CheckDropUsers(lk *Locked, active, top, base *Node) error {
 	for _, n := range []*Node{active, base} {
 		if n != nil {
 			if err := n.Blocker(); err != nil {
@@ -732,7 +731,7 @@ func CheckDropUsers(active, top, base *Node) error {
 			}
 		}
 	}
-	overlay := FindOverlay(active, top)
+	overlay := FindOverlay(lk, active, top)
 	for cur, above := top, overlay; cur != nil && cur != base; cur, above = cur.FilterOrCOW(), cur {
 		if err := cur.Blocker(); err != nil {
 			return err
@@ -758,7 +757,7 @@ func CheckDropUsers(active, top, base *Node) error {
 // parents, from and to are drained around the change; a frozen edge
 // refuses it. Requests waiting
 // for from move to to with their edges. If nothing holds from afterwards,
-// it closes. Caller holds the graph lock.
+// it closes.
 func (lk *Locked) ReplaceNode(ctx context.Context, from, to *Node, keep ...*Child) error {
 	g := lk.g
 	if from == to {

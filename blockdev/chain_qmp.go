@@ -45,7 +45,7 @@ func (g *Graph) qmpChangeBackingFile(ctx context.Context, args json.RawMessage) 
 		if err != nil {
 			return nil, err
 		}
-		if !bs.IsRoot() {
+		if !bs.IsRoot(lk) {
 			return nil, fmt.Errorf("Need a root block node")
 		}
 		image, err := lk.lookupBS("", a.Image)
@@ -58,7 +58,7 @@ func (g *Graph) qmpChangeBackingFile(ctx context.Context, args json.RawMessage) 
 		if err := bs.Blocker(); err != nil {
 			return nil, err
 		}
-		if !InChain(bs, image) {
+		if !InChain(lk, bs, image) {
 			return nil, fmt.Errorf("'%s' and image file are not in the same chain", a.Device)
 		}
 		ro := image.ReadOnly()
@@ -109,10 +109,10 @@ func (g *Graph) qmpDropIntermediate(ctx context.Context, args json.RawMessage) (
 		if err != nil {
 			return nil, err
 		}
-		if err := checkDrop(active, top, base); err != nil {
+		if err := checkDrop(lk, active, top, base); err != nil {
 			return nil, err
 		}
-		if err := CheckDropUsers(active, top, base); err != nil {
+		if err := CheckDropUsers(lk, active, top, base); err != nil {
 			return nil, err
 		}
 		if err := lk.DropIntermediate(ctx, active, top, base, a.BackingFile); err != nil {

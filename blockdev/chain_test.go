@@ -117,10 +117,10 @@ func TestDropIntermediateNamed(t *testing.T) {
 	var base, active *blockdev.Node
 	err := locked(g, func(lk *blockdev.Locked) error {
 		active, base = lk.Lookup("active"), lk.Lookup("base")
-		if o := blockdev.FindOverlay(active, lk.Lookup("mid")); o == nil || o.Name() != "top" {
+		if o := blockdev.FindOverlay(lk, active, lk.Lookup("mid")); o == nil || o.Name() != "top" {
 			t.Errorf("overlay of mid: %v", o)
 		}
-		if o := blockdev.FindOverlay(active, active); o != nil {
+		if o := blockdev.FindOverlay(lk, active, active); o != nil {
 			t.Errorf("overlay of active: %v", o.Name())
 		}
 		return lk.DropIntermediate(ctx, active, lk.Lookup("top"), base, "")
@@ -200,7 +200,7 @@ func TestDropIntermediateErrorsChangeNothing(t *testing.T) {
 	drop := func(top, base string) error {
 		return locked(g, func(lk *blockdev.Locked) error {
 			a, tp, b := lk.Lookup("active"), lk.Lookup(top), lk.Lookup(base)
-			if err := blockdev.CheckDropUsers(a, tp, b); err != nil {
+			if err := blockdev.CheckDropUsers(lk, a, tp, b); err != nil {
 				return err
 			}
 			return lk.DropIntermediate(ctx, a, tp, b, "")
@@ -221,7 +221,7 @@ func TestDropIntermediateErrorsChangeNothing(t *testing.T) {
 	// A blocked node.
 	var remove func()
 	locked(g, func(lk *blockdev.Locked) error {
-		remove = lk.Lookup("top").AddBlocker(errors.New("block device is in use by block job: commit"))
+		remove = lk.Lookup("top").AddBlocker(lk, errors.New("block device is in use by block job: commit"))
 		return nil
 	})
 	wantErr(t, drop("top", "base"), "Node 'top' is busy: block device is in use by block job: commit")
@@ -279,8 +279,8 @@ func TestBlockers(t *testing.T) {
 	mustAdd(t, g, layer("n", nil))
 	lk, unlock := lockGraph(g)
 	n := lk.Lookup("n")
-	r1 := n.AddBlocker(errors.New("first"))
-	r2 := n.AddBlocker(errors.New("second"))
+	r1 := n.AddBlocker(lk, errors.New("first"))
+	r2 := n.AddBlocker(lk, errors.New("second"))
 	wantErr(t, n.Blocker(), "Node 'n' is busy: second")
 	r2()
 	wantErr(t, n.Blocker(), "Node 'n' is busy: first")

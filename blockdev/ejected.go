@@ -27,7 +27,6 @@ func (n *Node) ejected() bool {
 
 // checkEjected fails query-named-block-nodes as QEMU does when a node
 // in the list has lost its driver (the first one, in the list's order).
-// Caller holds the graph lock.
 func (lk *Locked) checkEjected() error {
 	g := lk.g
 	for n := g.tail; n != nil; n = n.prev {

@@ -83,7 +83,7 @@ func (n *Node) SkipFilters() *Node {
 // an automatic one and is implicit. Nothing holds the filter but the
 // parents it took over; the caller adds its own edge if it needs one
 // before a parent could go away. On a permission conflict nothing
-// changes. Caller holds the graph lock.
+// changes.
 func (lk *Locked) AppendFilter(ctx context.Context, n *Node, opts Options) (*Node, error) {
 	g := lk.g
 	if g.closed {
@@ -117,8 +117,7 @@ func (lk *Locked) AppendFilter(ctx context.Context, n *Node, opts Options) (*Nod
 
 // RemoveFilter takes a filter out of the graph: its parents move to its
 // filtered child and the filter closes once nothing else holds it
-// (QEMU's bdrv_replace_node of a filter by its child). Caller holds the
-// graph lock.
+// (QEMU's bdrv_replace_node of a filter by its child).
 func (lk *Locked) RemoveFilter(ctx context.Context, f *Node) error {
 	g := lk.g
 	c := f.filtered()
@@ -138,13 +137,12 @@ func (lk *Locked) RemoveFilter(ctx context.Context, f *Node) error {
 }
 
 // CumulativePerm returns what n's users hold together and let others
-// hold (QEMU's bdrv_get_cumulative_perm). Caller holds the graph lock.
-func (n *Node) CumulativePerm() (perm, shared Perm) { return n.cumulative(nil) }
+// hold (QEMU's bdrv_get_cumulative_perm).
+func (n *Node) CumulativePerm(_ *Locked) (perm, shared Perm) { return n.cumulative(nil) }
 
 // IsRoot tells whether neither a node nor a job uses n (only root users
-// such as exports, or nobody): QEMU's bdrv_is_root_node. Caller holds
-// the graph lock.
-func (n *Node) IsRoot() bool {
+// such as exports, or nobody): QEMU's bdrv_is_root_node.
+func (n *Node) IsRoot(_ *Locked) bool {
 	for _, c := range n.parents {
 		if c.parent != nil || c.job != "" {
 			return false
@@ -156,7 +154,7 @@ func (n *Node) IsRoot() bool {
 // RefreshPerms recomputes the permissions n takes on its children, after
 // its driver changed what ChildPerm answers (mirror_top once its job
 // stops forwarding writes). Relaxing cannot fail; a tightening that
-// conflicts fails without changing anything. Caller holds the graph lock.
+// conflicts fails without changing anything.
 func (lk *Locked) RefreshPerms(n *Node) error {
 	g := lk.g
 	tx := newPermTx()

@@ -45,11 +45,11 @@ func TestAppendAndRemoveFilter(t *testing.T) {
 		t.Fatalf("the root edge is on %s, not on the filter", root.Node().Name())
 	}
 	lk, unlock := lockGraph(g)
-	if f.Filename() != active.Filename() || f.FilterOrCOW() != active || !blockdev.InChain(f, lk.Lookup("base")) ||
-		blockdev.FindOverlay(f, active) != f || f.SkipFilters() != active {
+	if f.Filename() != active.Filename() || f.FilterOrCOW() != active || !blockdev.InChain(lk, f, lk.Lookup("base")) ||
+		blockdev.FindOverlay(lk, f, active) != f || f.SkipFilters() != active {
 		t.Errorf("filter %s: file %q (active %q), next %v", f.Name(), f.Filename(), active.Filename(), f.FilterOrCOW())
 	}
-	info := f.Info(ctx, false)
+	info := f.Info(ctx, lk, false)
 	if info.BackingFileDepth != 2 || info.BackingFile != "" || info.Drv != "mirror_top" {
 		t.Errorf("filter view %+v", info)
 	}
@@ -87,7 +87,7 @@ func TestCopyOnReadFilter(t *testing.T) {
 	g, active, root := twoLayers(t)
 	ctx := context.Background()
 	lk, unlock := lockGraph(g)
-	if _, err := active.AddDirtyBitmap("b0", blockdev.BitmapOptions{Granularity: 4096}); err != nil {
+	if _, err := active.AddDirtyBitmap(lk, "b0", blockdev.BitmapOptions{Granularity: 4096}); err != nil {
 		t.Fatal(err)
 	}
 	f, err := lk.AppendFilter(ctx, active, blockdev.Options{"driver": "copy-on-read", "file": "active"})

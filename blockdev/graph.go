@@ -17,9 +17,10 @@ import (
 
 // Graph is the node graph: every open node by name, in opening order, and
 // the edges between them. One lock, the graph lock, guards its structure:
-// command handlers (and, later, jobs changing the graph) hold it; I/O does
-// not take it. Methods documented "caller holds the graph lock" expect
-// Lock to be held.
+// command handlers and a job's graph changes hold it, through Do, whose
+// *Locked is the receiver (or an argument) of every operation that needs
+// it; I/O does not take it. Its place among qbmond's locks is in package
+// lockorder.
 type Graph struct {
 	mu  lockorder.Mutex[lockorder.Graph]
 	log zerolog.Logger
@@ -87,8 +88,7 @@ func (lk *Locked) Unlocked(fn func()) {
 // that runs with it held but was not handed a Locked.
 func (g *Graph) held() *Locked { return &Locked{g: g} }
 
-// Lookup returns the open node called name, or nil. Caller holds the graph
-// lock.
+// Lookup returns the open node called name, or nil.
 func (lk *Locked) Lookup(name string) *Node {
 	g := lk.g
 	if n := g.names[name]; n != nil && n.listed {
@@ -105,8 +105,7 @@ func (lk *Locked) Find(name string) (*Node, error) {
 	return nil, fmt.Errorf("Failed to find node with node-name='%s'", name)
 }
 
-// Nodes returns the open nodes in opening order, oldest first. Caller holds
-// the graph lock.
+// Nodes returns the open nodes in opening order, oldest first.
 func (lk *Locked) Nodes() []*Node {
 	g := lk.g
 	ns := make([]*Node, 0, g.count)
@@ -116,7 +115,7 @@ func (lk *Locked) Nodes() []*Node {
 	return ns
 }
 
-// Len returns the number of open nodes. Caller holds the graph lock.
+// Len returns the number of open nodes.
 func (lk *Locked) Len() int { g := lk.g; return g.count }
 
 func (g *Graph) listAppend(n *Node) {
@@ -190,7 +189,7 @@ type inherited struct {
 // Add opens a tree of nodes from blockdev-add options and gives the monitor
 // a reference to its root. It is all-or-nothing: when any node of the tree
 // fails to open, every node it opened is closed and every edge it attached
-// is detached again. Caller holds the graph lock.
+// is detached again.
 func (lk *Locked) Add(ctx context.Context, opts Options) (*Node, error) {
 	g := lk.g
 	if g.closed {
@@ -564,7 +563,7 @@ func (g *Graph) attach(parent, child *Node, name string, role Role) (*Child, err
 // edge to n with the given permissions. user names it in permission errors
 // as QEMU names the parent: a BlockBackend (an export's, a job's main
 // one, blockdev-create's) has no name in QSD, "an unnamed block device";
-// a named one would be "block device 'x'". Caller holds the graph lock.
+// a named one would be "block device 'x'".
 func (lk *Locked) AttachRoot(n *Node, user string, perm, shared Perm) (*Child, error) {
 	g := lk.g
 	return g.attachUser(n, user, "root", "", perm, shared)
@@ -574,7 +573,7 @@ func (lk *Locked) AttachRoot(n *Node, user string, perm, shared Perm) (*Child, e
 // ("main node", "intermediate node", ...), as QEMU's block_job_add_bdrv;
 // user names the job in permission errors ("commit job 'j0'"), and
 // x-debug-query-block-graph shows the edge from a "block-job" vertex.
-// Caller holds the graph lock; DetachRoot removes the edge.
+// DetachRoot removes the edge.
 func (lk *Locked) AttachJob(n *Node, id, user, role string, perm, shared Perm) (*Child, error) {
 	g := lk.g
 	return g.attachUser(n, user, role, id, perm, shared)
@@ -590,8 +589,7 @@ func (g *Graph) attachUser(n *Node, user, name, job string, perm, shared Perm) (
 }
 
 // DetachRoot removes an edge AttachRoot created; the node stays if
-// something else holds it, and closes otherwise. Caller holds the graph
-// lock.
+// something else holds it, and closes otherwise.
 func (lk *Locked) DetachRoot(c *Child) {
 	g := lk.g
 	if c.parent != nil {
@@ -604,7 +602,7 @@ func (lk *Locked) DetachRoot(c *Child) {
 // RemoveBackend is DetachRoot as QEMU's blk_remove_bs does it for an
 // export: the node's I/O is drained, then the edge goes in a drained
 // section of its own (a job on the node pauses for each), then the node
-// closes if nothing else holds it. Caller holds the graph lock.
+// closes if nothing else holds it.
 func (lk *Locked) RemoveBackend(c *Child) {
 	g := lk.g
 	if c.parent != nil {
@@ -660,8 +658,7 @@ func (g *Graph) detach(c *Child) {
 }
 
 // Delete drops the monitor's reference to a node (blockdev-del): the node
-// and the implicit children only it held close. Caller holds the graph
-// lock.
+// and the implicit children only it held close.
 func (lk *Locked) Delete(ctx context.Context, name string) error {
 	g := lk.g
 	n, err := lk.Find(name)

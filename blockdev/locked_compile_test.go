@@ -43,6 +43,8 @@ func TestGraphLockByType(t *testing.T) {
 			"g.Add undefined"},
 		{"LookupWithoutLock", `func f(g *blockdev.Graph) *blockdev.Node { return g.Lookup("n") }`,
 			"g.Lookup undefined"},
+		{"BitmapWithoutLock", `func f(n *blockdev.Node) { n.AddDirtyBitmap("b", blockdev.BitmapOptions{}) }`,
+			"not enough arguments in call to n.AddDirtyBitmap"},
 		{"ForgedLocked", `func f(g *blockdev.Graph) blockdev.Locked { return blockdev.Locked{g: g} }`,
 			"cannot refer to unexported field g"},
 	}

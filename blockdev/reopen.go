@@ -97,7 +97,7 @@ type reopenEntry struct {
 }
 
 // Reopen is blockdev-reopen: options is the list of BlockdevOptions, one
-// per node to reopen. Caller holds the graph lock.
+// per node to reopen.
 func (lk *Locked) Reopen(ctx context.Context, options []map[string]any) error {
 	g := lk.g
 	if len(options) == 0 {

@@ -52,7 +52,7 @@ type snapshotArgs struct {
 }
 
 // prepareSnapshot prepares a blockdev-snapshot or blockdev-snapshot-sync
-// action. Graph lock held.
+// action.
 func (lk *Locked) prepareSnapshot(ctx context.Context, typ string, data json.RawMessage) (TxAction, error) {
 	g := lk.g
 	var a snapshotArgs
@@ -183,7 +183,7 @@ func (lk *Locked) prepareSnapshot(ctx context.Context, typ string, data json.Raw
 
 // appendOverlay makes old the backing node of overlay and moves every
 // parent of old to overlay (QEMU's bdrv_append). On failure nothing has
-// changed. Graph lock held.
+// changed.
 func (lk *Locked) appendOverlay(ctx context.Context, overlay, old *Node) error {
 	g := lk.g
 	if err := lk.SetBacking(ctx, overlay, old); err != nil {
@@ -248,7 +248,7 @@ func ProbeFormat(path string) (string, error) { return probeFormat(path) }
 // a node-name the root is implicit) that no monitor reference holds: the
 // returned edge, held by user with no permission and sharing everything,
 // keeps it open until the caller detaches it (by then something else
-// should hold it, or it closes). All or nothing. Graph lock held.
+// should hold it, or it closes). All or nothing.
 func (lk *Locked) OpenHeld(ctx context.Context, opts Options, user string) (*Node, *Child, error) {
 	g := lk.g
 	if g.closed {

@@ -230,12 +230,11 @@ func (n *Node) dataChild() *Child {
 }
 
 // BlockStats returns the node's query-blockstats entry with the data
-// child's entry nested as parent (node level: no backing). Caller holds
-// the graph lock.
-func (n *Node) BlockStats() *BlockStats {
+// child's entry nested as parent (node level: no backing).
+func (n *Node) BlockStats(lk *Locked) *BlockStats {
 	bs := &BlockStats{NodeName: n.name, Stats: n.Stats(), DriverSpecific: n.specificStats()}
 	if c := n.dataChild(); c != nil {
-		bs.Parent = c.node.Load().BlockStats()
+		bs.Parent = c.node.Load().BlockStats(lk)
 	}
 	return bs
 }
@@ -243,7 +242,6 @@ func (n *Node) BlockStats() *BlockStats {
 // QueryBlockStats is query-blockstats. Without queryNodes QEMU lists named
 // BlockBackends, of which qbmond (like qemu-storage-daemon) has none, so
 // the list is empty; with it, every node in opening order, oldest first.
-// Caller holds the graph lock.
 func (lk *Locked) QueryBlockStats(queryNodes bool) []*BlockStats {
 	g := lk.g
 	out := []*BlockStats{}
@@ -251,7 +249,7 @@ func (lk *Locked) QueryBlockStats(queryNodes bool) []*BlockStats {
 		return out
 	}
 	for n := g.head; n != nil; n = n.next {
-		out = append(out, n.BlockStats())
+		out = append(out, n.BlockStats(lk))
 	}
 	return out
 }

@@ -47,7 +47,6 @@ func (f txFunc) Clean() {
 // PrepareTxAction prepares one of the graph's transaction actions.
 // grouped is the transaction's completion-mode: only backups support
 // grouped completion, and the other actions refuse it as QEMU does.
-// Graph lock held.
 func (lk *Locked) PrepareTxAction(ctx context.Context, typ string, data json.RawMessage, grouped bool) (TxAction, error) {
 	if grouped && typ != "abort" {
 		return nil, fmt.Errorf("Action '%s' does not support Transaction property completion-mode = grouped", typ)
@@ -81,7 +80,7 @@ func (lk *Locked) prepareAction(typ string, data json.RawMessage) (TxAction, err
 		}
 		shadow, own := dst.startShadow()
 		backup := dst.bits.Copy()
-		if err := dst.MergeInto(srcs); err != nil {
+		if err := dst.MergeInto(lk, srcs); err != nil {
 			if own {
 				dst.shadow.Store(nil)
 			}
@@ -121,7 +120,7 @@ func (lk *Locked) prepareAction(typ string, data json.RawMessage) (TxAction, err
 		return txFunc{
 			onCommit: func() {
 				b.Release()
-				if err := n.RemoveDirtyBitmap(b.name); err != nil {
+				if err := n.RemoveDirtyBitmap(lk, b.name); err != nil {
 					g.log.Warn().Err(err).Str("bitmap", b.name).Msg("transaction: removing bitmap")
 				}
 			},

@@ -28,6 +28,7 @@ type Manager struct {
 	d   *qmp.Dispatcher
 	log zerolog.Logger
 
+	// mu is the export lock, taken before the graph lock.
 	mu      lockorder.Mutex[lockorder.Exports]
 	gone    sync.Map // export name → chan struct{} closed when its last client left
 	srv     *nbd.Server

@@ -76,7 +76,7 @@ type txStep struct {
 // prepareBackupLocked prepares a blockdev-backup or drive-backup action:
 // the checks, the copy-before-write filter and the job, created but not
 // started (QEMU's do_backup_common and backup_job_create). Control lock
-// and graph lock held.
+// and
 func (m *Manager) prepareBackupLocked(ctx context.Context, lk *blockdev.Locked, typ string, data json.RawMessage, txn *Txn) (*txStep, error) {
 	var a backupArgs
 	if err := json.Unmarshal(data, &a); err != nil {
@@ -238,7 +238,7 @@ func checkBackup(lk *blockdev.Locked, bs, target *blockdev.Node, a *backupArgs) 
 }
 
 // before is the part of backup_job_create before the job exists: the
-// bitmap frozen, the sizes compared, the filter inserted. Graph lock held.
+// bitmap frozen, the sizes compared, the filter inserted.
 func (bj *backupJob) before(lk *blockdev.Locked, b *BlockJob, filterName *string) error {
 	bj.b = b
 	if bm := bj.bitmap; bm != nil {
@@ -247,7 +247,7 @@ func (bj *backupJob) before(lk *blockdev.Locked, b *BlockJob, filterName *string
 				return err
 			}
 		}
-		if err := bm.CreateSuccessor(); err != nil {
+		if err := bm.CreateSuccessor(lk); err != nil {
 			return err
 		}
 		bj.frozen = true
@@ -276,8 +276,7 @@ func (bj *backupJob) before(lk *blockdev.Locked, b *BlockJob, filterName *string
 	return nil
 }
 
-// setup is the end of backup_job_create once the job exists. Graph lock
-// held.
+// setup is the end of backup_job_create once the job exists.
 func (bj *backupJob) setup(lk *blockdev.Locked, b *BlockJob) error {
 	if err := b.Created(lk, bj.cbw, 0, blockdev.PermAll); err != nil {
 		return err
@@ -290,12 +289,11 @@ func (bj *backupJob) setup(lk *blockdev.Locked, b *BlockJob) error {
 	return nil
 }
 
-// undo takes away what before did, when the job cannot start. Graph lock
-// held.
+// undo takes away what before did, when the job cannot start.
 func (bj *backupJob) undo(lk *blockdev.Locked) {
 	if bj.frozen {
 		bj.frozen = false
-		bj.bitmap.Reclaim()
+		bj.bitmap.Reclaim(lk)
 	}
 	bj.dropFilter(lk)
 }
@@ -319,9 +317,9 @@ func (bj *backupJob) cleanupBitmap(ok bool) {
 		bj.frozen = false
 		bm := bj.bitmap
 		if (ok || bj.bitmapMode == "always") && bj.bitmapMode != "never" {
-			bm.Abdicate()
+			bm.Abdicate(lk)
 		} else {
-			bm.Reclaim()
+			bm.Reclaim(lk)
 		}
 		if !ok && bj.bitmapMode == "always" {
 			// What was not copied is still to be backed up.
@@ -428,7 +426,7 @@ func (bj *backupJob) run(ctx context.Context, j *Job) error {
 // target image drive-backup names (QEMU's drive_backup_prepare): of the
 // source's format unless format says otherwise, backed by the source's
 // backing file for sync top and by the source itself for sync none. The
-// returned function drops the caller's hold on it. Graph lock held.
+// returned function drops the caller's hold on it.
 func openDriveBackupTarget(ctx context.Context, lk *blockdev.Locked, bs *blockdev.Node, a *backupArgs) (*blockdev.Node, func(), error) {
 	existing := a.Mode != nil && *a.Mode == "existing"
 	format := ""

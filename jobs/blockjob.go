@@ -241,7 +241,7 @@ func (m *Manager) createBlock(g *blockdev.Graph, spec BlockSpec, held *blockdev.
 
 // Created is the end of QEMU's block_job_create, which a kind's Setup
 // calls first: the job's edge to its main node, then the initial speed's
-// check. Graph lock held.
+// check.
 func (b *BlockJob) Created(lk *blockdev.Locked, main *blockdev.Node, perm, shared blockdev.Perm) error {
 	if _, err := b.AddNode(lk, main, "main node", perm, shared); err != nil {
 		return err
@@ -252,7 +252,7 @@ func (b *BlockJob) Created(lk *blockdev.Locked, main *blockdev.Node, perm, share
 	return nil
 }
 
-// release drops the job's edges and blockers (graph lock held).
+// release drops the job's edges and blockers.
 func (b *BlockJob) release(lk *blockdev.Locked) {
 	for _, u := range b.unblock {
 		u()
@@ -266,15 +266,14 @@ func (b *BlockJob) release(lk *blockdev.Locked) {
 
 // AddNode gives the job an edge to n under the name role with the
 // permissions it needs and lets others share, and blocks graph changes of
-// n while the job exists (QEMU's block_job_add_bdrv). Graph lock held
-// (Setup, or a kind's hooks that take it).
+// n while the job exists (QEMU's block_job_add_bdrv).
 func (b *BlockJob) AddNode(lk *blockdev.Locked, n *blockdev.Node, role string, perm, shared blockdev.Perm) (*blockdev.Child, error) {
 	c, err := lk.AttachJob(n, b.j.id, fmt.Sprintf("%s job '%s'", b.j.typ, b.j.id), role, perm, shared)
 	if err != nil {
 		return nil, err
 	}
 	b.edges = append(b.edges, c)
-	b.unblock = append(b.unblock, n.AddBlocker(fmt.Errorf("block device is in use by block job: %s", b.j.typ)))
+	b.unblock = append(b.unblock, n.AddBlocker(lk, fmt.Errorf("block device is in use by block job: %s", b.j.typ)))
 	lk.SetDrainNotifier(c, b)
 	return c, nil
 }
@@ -299,8 +298,7 @@ func (b *BlockJob) DrainEnd() {
 }
 
 // AddBackend gives the job an edge to n for its I/O, as QEMU's jobs open
-// a BlockBackend on a node (it blocks nothing; AddNode does). Graph lock
-// held.
+// a BlockBackend on a node (it blocks nothing; AddNode does).
 func (b *BlockJob) AddBackend(lk *blockdev.Locked, n *blockdev.Node, perm, shared blockdev.Perm) (*blockdev.Child, error) {
 	c, err := lk.AttachRoot(n, "an unnamed block device", perm, shared)
 	if err != nil {
@@ -313,7 +311,6 @@ func (b *BlockJob) AddBackend(lk *blockdev.Locked, n *blockdev.Node, perm, share
 
 // DropFilter takes a filter the job put into the graph out of it again,
 // unless it closed already with its last user; a failure is logged.
-// Graph lock held.
 func (b *BlockJob) DropFilter(ctx context.Context, lk *blockdev.Locked, f *blockdev.Node) {
 	if lk.Lookup(f.Name()) != f {
 		return
@@ -324,7 +321,7 @@ func (b *BlockJob) DropFilter(ctx context.Context, lk *blockdev.Locked, f *block
 }
 
 // DropNode releases an edge AddNode or AddBackend made before the job
-// ends. Graph lock held.
+// ends.
 func (b *BlockJob) DropNode(lk *blockdev.Locked, c *blockdev.Child) {
 	for i, e := range b.edges {
 		if e == c {

@@ -43,15 +43,14 @@ type commitPlan struct {
 	active        bool
 }
 
-// resolveCommit is qmp_block_commit's checks, in QEMU's order. Graph lock
-// held.
+// resolveCommit is qmp_block_commit's checks, in QEMU's order.
 func resolveCommit(lk *blockdev.Locked, a *commitArgs) (*commitPlan, error) {
 	bs := lk.Lookup(a.Device)
 	if bs == nil {
 		// libvirt probes for block-commit with this error class.
 		return nil, &qmp.Error{Class: qmp.ClassDeviceNotFound, Desc: fmt.Sprintf("Device '%s' not found", a.Device)}
 	}
-	if !bs.IsRoot() {
+	if !bs.IsRoot(lk) {
 		return nil, errors.New("Need a root block node")
 	}
 	if err := bs.Blocker(); err != nil {
@@ -66,7 +65,7 @@ func resolveCommit(lk *blockdev.Locked, a *commitArgs) (*commitPlan, error) {
 		if top, err = lookupNode(lk, *a.TopNode); err != nil {
 			return nil, err
 		}
-		if !chainContains(bs, top) {
+		if !chainContains(lk, bs, top) {
 			return nil, fmt.Errorf("'%s' is not in this backing file chain", *a.TopNode)
 		}
 	case a.Top != nil:
@@ -90,7 +89,7 @@ func resolveCommit(lk *blockdev.Locked, a *commitArgs) (*commitPlan, error) {
 		if base, err = lookupNode(lk, *a.BaseNode); err != nil {
 			return nil, err
 		}
-		if !chainContains(top, base) {
+		if !chainContains(lk, top, base) {
 			return nil, fmt.Errorf("'%s' is not in this backing file chain", *a.BaseNode)
 		}
 	case a.Base != nil:
@@ -113,7 +112,7 @@ func resolveCommit(lk *blockdev.Locked, a *commitArgs) (*commitPlan, error) {
 	}
 	// Active commit when top is the active layer or somebody writes to
 	// it, as in QEMU.
-	topPerm, _ := top.CumulativePerm()
+	topPerm, _ := top.CumulativePerm(lk)
 	p := &commitPlan{bs: bs, top: top, base: base,
 		active: top.SkipFilters() == bs.SkipFilters() || topPerm&blockdev.PermWrite != 0}
 	if p.active {
@@ -187,7 +186,7 @@ type commitJob struct {
 
 // setup is QEMU's commit_start: the job's edges with QEMU's permissions,
 // base made writable, and the commit_top filter above top. On failure
-// StartBlock calls undo. Graph lock held.
+// StartBlock calls undo.
 func (cj *commitJob) setup(ctx context.Context, lk *blockdev.Locked, b *BlockJob, active, top, base *blockdev.Node) error {
 	cj.b, cj.active, cj.top, cj.base = b, active, top, base
 	if top.SkipFilters() == base.SkipFilters() {
@@ -215,7 +214,7 @@ func (cj *commitJob) setup(ctx context.Context, lk *blockdev.Locked, b *BlockJob
 		return err
 	}
 	// So that it can always be taken out again.
-	cj.commitTop.SetNeverFreeze()
+	cj.commitTop.SetNeverFreeze(lk)
 	cj.layers = layersBetween(top, base)
 	// The layers from top down to base hold data base is getting: nobody
 	// else may read them as consistent, but filters on base may be.
@@ -248,7 +247,7 @@ func (cj *commitJob) setup(ctx context.Context, lk *blockdev.Locked, b *BlockJob
 }
 
 // undo takes the job's edges and the filter away and makes base read-only
-// again if the job made it writable. Graph lock held.
+// again if the job made it writable.
 func (cj *commitJob) undo(ctx context.Context, lk *blockdev.Locked) {
 	if cj.b == nil {
 		return // setup did not start
@@ -264,7 +263,7 @@ func (cj *commitJob) undo(ctx context.Context, lk *blockdev.Locked) {
 	cj.restoreBase(ctx, lk)
 }
 
-// thaw unfreezes the links the job froze, if it did. Graph lock held.
+// thaw unfreezes the links the job froze, if it did.
 func (cj *commitJob) thaw(lk *blockdev.Locked) {
 	if cj.unfreeze != nil {
 		cj.unfreeze()
@@ -273,7 +272,7 @@ func (cj *commitJob) thaw(lk *blockdev.Locked) {
 }
 
 // restoreBase makes base read-only again if the job made it writable.
-// Graph lock held; the job's edge to base is gone.
+// The job's edge to base is gone.
 func (cj *commitJob) restoreBase(ctx context.Context, lk *blockdev.Locked) {
 	if cj.baseReadOnly {
 		cj.baseReadOnly = false

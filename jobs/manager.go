@@ -18,7 +18,9 @@
 // the processing of a finished body (QEMU does both under its big lock),
 // and a state lock for the fields the body reads and writes. The control
 // lock comes before the graph lock: hooks may take the graph lock, and
-// code holding the graph lock must not call the manager's commands.
+// code holding the graph lock must not call the manager's commands
+// (package lockorder ranks the locks; tests built with the lockcheck tag
+// panic on a wrong order).
 // Events are emitted with the state lock held, so they leave in the order
 // of the transitions.
 package jobs

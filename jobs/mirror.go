@@ -103,7 +103,7 @@ func (m *Manager) startActiveCommit(ctx context.Context, g *blockdev.Graph, a *c
 
 // before is QEMU's commit_active_start and the start of mirror_start_job:
 // base made writable and the mirror_top filter put above the active
-// layer, before the job exists. Graph lock held.
+// layer, before the job exists.
 func (mj *mirrorJob) before(ctx context.Context, lk *blockdev.Locked, b *BlockJob, top, base *blockdev.Node) error {
 	mj.b, mj.top, mj.base = b, top, base
 	if base.ReadOnly() {
@@ -124,7 +124,7 @@ func (mj *mirrorJob) before(ctx context.Context, lk *blockdev.Locked, b *BlockJo
 		return err
 	}
 	// So that it can always be taken out again.
-	mj.mirrorTop.SetNeverFreeze()
+	mj.mirrorTop.SetNeverFreeze(lk)
 	if s, ok := mj.mirrorTop.Driver().(stopper); ok {
 		s.SetCommit()
 		if err := lk.RefreshPerms(mj.mirrorTop); err != nil {
@@ -136,7 +136,7 @@ func (mj *mirrorJob) before(ctx context.Context, lk *blockdev.Locked, b *BlockJo
 
 // setup is the rest of mirror_start_job once the job exists: its edges
 // with QEMU's permissions and the write observer. On failure StartBlock
-// calls undoSetup. Graph lock held.
+// calls undoSetup.
 func (mj *mirrorJob) setup(ctx context.Context, lk *blockdev.Locked, b *BlockJob) error {
 	top, base := mj.top, mj.base
 	if err := b.Created(lk, mj.mirrorTop, blockdev.PermConsistentRead,
@@ -186,8 +186,7 @@ func (mj *mirrorJob) setup(ctx context.Context, lk *blockdev.Locked, b *BlockJob
 	return nil
 }
 
-// undoSetup takes away what a failed before and setup did. Graph lock
-// held.
+// undoSetup takes away what a failed before and setup did.
 func (mj *mirrorJob) undoSetup(ctx context.Context, lk *blockdev.Locked) {
 	if mj.b == nil {
 		return
@@ -199,7 +198,7 @@ func (mj *mirrorJob) undoSetup(ctx context.Context, lk *blockdev.Locked) {
 }
 
 // dropFilter stops the filter forwarding and takes it out of the graph,
-// if it is still there. Graph lock held.
+// if it is still there.
 func (mj *mirrorJob) dropFilter(ctx context.Context, lk *blockdev.Locked) {
 	f := mj.mirrorTop
 	if f == nil {
@@ -218,7 +217,7 @@ func (mj *mirrorJob) dropFilter(ctx context.Context, lk *blockdev.Locked) {
 	mj.b.DropFilter(ctx, lk, f)
 }
 
-// thaw unfreezes the links the job froze, if it did. Graph lock held.
+// thaw unfreezes the links the job froze, if it did.
 func (mj *mirrorJob) thaw(lk *blockdev.Locked) {
 	if mj.unfreeze != nil {
 		mj.unfreeze()

@@ -37,8 +37,7 @@ type streamArgs struct {
 // streamPlan is what block-stream's checks resolved.
 type streamPlan struct{ bs, base, bottom *blockdev.Node }
 
-// resolveStream is qmp_block_stream's checks, in QEMU's order. Graph
-// lock held.
+// resolveStream is qmp_block_stream's checks, in QEMU's order.
 func resolveStream(lk *blockdev.Locked, a *streamArgs) (*streamPlan, error) {
 	switch {
 	case a.Base != nil && a.BaseNode != nil:
@@ -63,7 +62,7 @@ func resolveStream(lk *blockdev.Locked, a *streamArgs) (*streamPlan, error) {
 		if p.base, err = lookupNode(lk, *a.BaseNode); err != nil {
 			return nil, err
 		}
-		if p.base == bs || !chainContains(bs, p.base) {
+		if p.base == bs || !chainContains(lk, bs, p.base) {
 			return nil, fmt.Errorf("Node '%s' is not a backing image of '%s'", *a.BaseNode, a.Device)
 		}
 	}
@@ -75,7 +74,7 @@ func resolveStream(lk *blockdev.Locked, a *streamArgs) (*streamPlan, error) {
 		if p.bottom.IsFilter() {
 			return nil, fmt.Errorf("Node '%s' is a filter, use a non-filter node as 'bottom'", *a.Bottom)
 		}
-		if !chainContains(bs, p.bottom) {
+		if !chainContains(lk, bs, p.bottom) {
 			return nil, fmt.Errorf("Node '%s' is not in a chain starting from '%s'", *a.Bottom, a.Device)
 		}
 	}
@@ -143,8 +142,7 @@ type streamJob struct {
 }
 
 // before is the start of QEMU's stream_start, before the job exists: bs
-// made writable and the copy-on-read filter put above it. Graph lock
-// held.
+// made writable and the copy-on-read filter put above it.
 func (sj *streamJob) before(ctx context.Context, lk *blockdev.Locked, b *BlockJob, bs, base, bottom *blockdev.Node) error {
 	sj.b, sj.bs = b, bs
 	if bottom != nil {
@@ -189,7 +187,7 @@ func (sj *streamJob) before(ctx context.Context, lk *blockdev.Locked, b *BlockJo
 }
 
 // setup is the rest of stream_start once the job exists: its edges with
-// QEMU's permissions. On failure StartBlock calls undo. Graph lock held.
+// QEMU's permissions. On failure StartBlock calls undo.
 func (sj *streamJob) setup(lk *blockdev.Locked, b *BlockJob) error {
 	if err := b.Created(lk, sj.cor, 0, blockdev.PermAll); err != nil {
 		return err
@@ -213,7 +211,7 @@ func (sj *streamJob) setup(lk *blockdev.Locked, b *BlockJob) error {
 }
 
 // undo takes the job's edges and the filter away and makes bs read-only
-// again if the job made it writable. Graph lock held.
+// again if the job made it writable.
 func (sj *streamJob) undo(ctx context.Context, lk *blockdev.Locked) {
 	if sj.b == nil {
 		return

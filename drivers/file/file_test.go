@@ -146,8 +146,8 @@ func TestSparseStatusAndActualSize(t *testing.T) {
 	if err != nil || st.Flags&blockdev.StatusData == 0 || st.Length < 64<<10 {
 		t.Fatalf("data: %+v %v", st, err)
 	}
-	_, unlock := drivertest.Lock(g)
-	info := n.Info(ctx, true)
+	lk, unlock := drivertest.Lock(g)
+	info := n.Info(ctx, lk, true)
 	unlock()
 	if info.Image.ActualSize == nil || *info.Image.ActualSize < 64<<10 {
 		t.Fatalf("actual-size after 64 KiB of data: %v", info.Image.ActualSize)

@@ -272,9 +272,9 @@ func TestTruncateOverLongerBacking(t *testing.T) {
 
 func addBitmap(t testing.TB, h *handle, name string, g uint64) *blockdev.DirtyBitmap {
 	t.Helper()
-	_, unlock := drivertest.Lock(h.g)
+	lk, unlock := drivertest.Lock(h.g)
 	defer func() { unlock() }()
-	b, err := h.n.AddDirtyBitmap(name, blockdev.BitmapOptions{Granularity: g, Persistent: true})
+	b, err := h.n.AddDirtyBitmap(lk, name, blockdev.BitmapOptions{Granularity: g, Persistent: true})
 	if err != nil {
 		t.Fatalf("add %s: %v", name, err)
 	}
@@ -322,8 +322,8 @@ func TestPersistentBitmap(t *testing.T) {
 	if b.Bits().SHA256() != sum || b.Bits().Count() != count || count != 3*4096+4096+65536 {
 		t.Fatalf("bits after reopen: count %d (want %d)", b.Bits().Count(), count)
 	}
-	_, unlock = drivertest.Lock(h.g)
-	err = h.n.RemoveDirtyBitmap("back up/1")
+	lk, unlock := drivertest.Lock(h.g)
+	err = h.n.RemoveDirtyBitmap(lk, "back up/1")
 	unlock()
 	if err != nil {
 		t.Fatal(err)
@@ -422,8 +422,8 @@ func TestReadOnly(t *testing.T) {
 	if !h.n.Child("image").Node().ReadOnly() {
 		t.Fatal("image opened read-write under a read-only node")
 	}
-	_, unlock := drivertest.Lock(h.g)
-	_, err = h.n.AddDirtyBitmap("x", blockdev.BitmapOptions{Persistent: true})
+	lk, unlock := drivertest.Lock(h.g)
+	_, err = h.n.AddDirtyBitmap(lk, "x", blockdev.BitmapOptions{Persistent: true})
 	unlock()
 	if err == nil || !strings.Contains(err.Error(), "read-only") {
 		t.Fatalf("persistent bitmap on a read-only node: %v", err)
@@ -540,21 +540,21 @@ func TestCrashAfterClearAndMerge(t *testing.T) {
 	h := mustOpen(t, o)
 	b0, b1 := h.n.DirtyBitmap("dirty.0"), h.n.DirtyBitmap("dirty.1")
 	h.write(t, 0, pattern(4096, 1))
-	_, unlock := drivertest.Lock(h.g)
-	if err := b0.Clear(); err != nil {
+	lk, unlock := drivertest.Lock(h.g)
+	if err := b0.Clear(lk); err != nil {
 		unlock()
 		t.Fatal(err)
 	}
 	unlock()
 	h.write(t, 1<<20, pattern(4096, 2))
-	_, unlock = drivertest.Lock(h.g)
-	err := b0.MergeInto([]*blockdev.DirtyBitmap{b1}) // b1 has both writes
+	lk, unlock = drivertest.Lock(h.g)
+	err := b0.MergeInto(lk, []*blockdev.DirtyBitmap{b1}) // b1 has both writes
 	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, unlock = drivertest.Lock(h.g)
-	err = b1.Clear()
+	lk, unlock = drivertest.Lock(h.g)
+	err = b1.Clear(lk)
 	unlock()
 	if err != nil {
 		t.Fatal(err)
