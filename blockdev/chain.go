@@ -289,9 +289,8 @@ func (n *Node) AddBlocker(_ *Locked, reason error) (remove func()) {
 }
 
 // Blocker returns nil when nothing blocks the node, else QEMU's error for
-// the newest blocker: "Node 'X' is busy: <reason>". Caller holds the graph
-// lock.
-func (n *Node) Blocker() error {
+// the newest blocker: "Node 'X' is busy: <reason>".
+func (n *Node) Blocker(_ *Locked) error {
 	if len(n.blockers) == 0 {
 		return nil
 	}
@@ -300,10 +299,9 @@ func (n *Node) Blocker() error {
 
 // opBlocker is Blocker, then the blocker a parent puts on its backing
 // node: QEMU blocks most operations on a backing node (not commit,
-// stream or backup), an external snapshot among them. Caller holds the
-// graph lock.
-func (n *Node) opBlocker() error {
-	if err := n.Blocker(); err != nil {
+// stream or backup), an external snapshot among them.
+func (n *Node) opBlocker(lk *Locked) error {
+	if err := n.Blocker(lk); err != nil {
 		return err
 	}
 	// Newest first: QEMU puts each blocker at the head of its list.
@@ -726,14 +724,14 @@ func checkDrop(lk *Locked, active, top, base *Node) error {
 func CheckDropUsers(lk *Locked, active, top, base *Node) error {
 	for _, n := range []*Node{active, base} {
 		if n != nil {
-			if err := n.Blocker(); err != nil {
+			if err := n.Blocker(lk); err != nil {
 				return err
 			}
 		}
 	}
 	overlay := FindOverlay(lk, active, top)
 	for cur, above := top, overlay; cur != nil && cur != base; cur, above = cur.FilterOrCOW(), cur {
-		if err := cur.Blocker(); err != nil {
+		if err := cur.Blocker(lk); err != nil {
 			return err
 		}
 		for _, c := range cur.Parents() {

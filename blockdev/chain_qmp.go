@@ -55,7 +55,7 @@ func (g *Graph) qmpChangeBackingFile(ctx context.Context, args json.RawMessage) 
 		if image.BackingNode() == nil {
 			return nil, fmt.Errorf("not allowing backing file change on an image without a backing file")
 		}
-		if err := bs.Blocker(); err != nil {
+		if err := bs.Blocker(lk); err != nil {
 			return nil, err
 		}
 		if !InChain(lk, bs, image) {

@@ -226,7 +226,7 @@ func TestDropIntermediateErrorsChangeNothing(t *testing.T) {
 	})
 	wantErr(t, drop("top", "base"), "Node 'top' is busy: block device is in use by block job: commit")
 	wantErr(t, del(g, "top"), "Node 'top' is busy: block device is in use by block job: commit")
-	locked(g, func(lk *blockdev.Locked) error { remove(); remove(); return lk.Lookup("top").Blocker() })
+	locked(g, func(lk *blockdev.Locked) error { remove(); remove(); return lk.Lookup("top").Blocker(lk) })
 
 	if got := chain(g); !slices.Equal(got, []string{"active", "top", "mid", "base"}) {
 		t.Fatalf("chain after failures %v", got)
@@ -281,11 +281,11 @@ func TestBlockers(t *testing.T) {
 	n := lk.Lookup("n")
 	r1 := n.AddBlocker(lk, errors.New("first"))
 	r2 := n.AddBlocker(lk, errors.New("second"))
-	wantErr(t, n.Blocker(), "Node 'n' is busy: second")
+	wantErr(t, n.Blocker(lk), "Node 'n' is busy: second")
 	r2()
-	wantErr(t, n.Blocker(), "Node 'n' is busy: first")
+	wantErr(t, n.Blocker(lk), "Node 'n' is busy: first")
 	r1()
-	if n.Blocker() != nil {
+	if n.Blocker(lk) != nil {
 		t.Error("still blocked")
 	}
 	unlock()

@@ -673,7 +673,7 @@ func (lk *Locked) Delete(ctx context.Context, name string) error {
 			return fmt.Errorf("Node %s is in use", name)
 		}
 	}
-	if err := n.opBlocker(); err != nil {
+	if err := n.opBlocker(lk); err != nil {
 		return err
 	}
 	if !n.monitor {

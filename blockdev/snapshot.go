@@ -79,7 +79,7 @@ func (lk *Locked) prepareSnapshot(ctx context.Context, typ string, data json.Raw
 		undrain()
 		return nil, err
 	}
-	if err := old.opBlocker(); err != nil {
+	if err := old.opBlocker(lk); err != nil {
 		return fail(err)
 	}
 	if !old.ReadOnly() {
@@ -135,7 +135,7 @@ func (lk *Locked) prepareSnapshot(ctx context.Context, typ string, data json.Raw
 		drop()
 		return fail(errors.New("The overlay is already in use"))
 	}
-	if err := overlay.opBlocker(); err != nil {
+	if err := overlay.opBlocker(lk); err != nil {
 		drop()
 		return fail(err)
 	}

@@ -187,10 +187,10 @@ func checkBackup(lk *blockdev.Locked, bs, target *blockdev.Node, a *backupArgs) 
 	if compress && !target.SupportsCompressedWrites() {
 		return nil, spec, errors.New("Compression is not supported for this drive ")
 	}
-	if err := bs.Blocker(); err != nil {
+	if err := bs.Blocker(lk); err != nil {
 		return nil, spec, err
 	}
-	if err := target.Blocker(); err != nil {
+	if err := target.Blocker(lk); err != nil {
 		return nil, spec, err
 	}
 	if p := a.XPerf; p != nil {
@@ -435,7 +435,7 @@ func openDriveBackupTarget(ctx context.Context, lk *blockdev.Locked, bs *blockde
 	} else if !existing {
 		format = bs.DriverName()
 	}
-	if err := bs.Blocker(); err != nil {
+	if err := bs.Blocker(lk); err != nil {
 		return nil, nil, err
 	}
 	var source *blockdev.Node

@@ -53,7 +53,7 @@ func resolveCommit(lk *blockdev.Locked, a *commitArgs) (*commitPlan, error) {
 	if !bs.IsRoot(lk) {
 		return nil, errors.New("Need a root block node")
 	}
-	if err := bs.Blocker(); err != nil {
+	if err := bs.Blocker(lk); err != nil {
 		return nil, err
 	}
 	top := bs
@@ -103,7 +103,7 @@ func resolveCommit(lk *blockdev.Locked, a *commitArgs) (*commitPlan, error) {
 		}
 	}
 	for it := top; it != nil && it != base.FilterOrCOW(); it = it.FilterOrCOW() {
-		if err := it.Blocker(); err != nil {
+		if err := it.Blocker(lk); err != nil {
 			return nil, err
 		}
 	}
@@ -123,7 +123,7 @@ func resolveCommit(lk *blockdev.Locked, a *commitArgs) (*commitPlan, error) {
 			return nil, errors.New("'backing-file' specified, but 'top' has a writer on it")
 		}
 	} else if ov := findOverlay(bs, top); ov != nil {
-		if err := ov.Blocker(); err != nil {
+		if err := ov.Blocker(lk); err != nil {
 			return nil, err
 		}
 	}

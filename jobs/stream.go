@@ -83,7 +83,7 @@ func resolveStream(lk *blockdev.Locked, a *streamArgs) (*streamPlan, error) {
 		end = p.bottom.FilterOrCOW()
 	}
 	for it := bs; it != nil && it != end; it = it.FilterOrCOW() {
-		if err := it.Blocker(); err != nil {
+		if err := it.Blocker(lk); err != nil {
 			return nil, err
 		}
 	}
