@@ -18,59 +18,67 @@ const Checked = true
 func (m *Mutex[R]) Lock() {
 	var r R
 	id := goid()
-	acquire(id, r)
+	acquire(id, hold{r, m})
 	m.mu.Lock()
-	push(id, r)
+	push(id, hold{r, m})
 }
 
 // Unlock unlocks m.
 func (m *Mutex[R]) Unlock() {
 	var r R
-	pop(goid(), r)
+	pop(goid(), hold{r, m})
 	m.mu.Unlock()
+}
+
+// hold is one lock a goroutine holds: its rank and which lock it is.
+type hold struct {
+	r  Rank
+	mu any
 }
 
 var (
 	heldMu sync.Mutex
-	held   = map[uint64][]Rank{} // by goroutine, in the order taken
+	held   = map[uint64][]hold{} // by goroutine, in the order taken
 )
 
-func acquire(id uint64, r Rank) {
+func acquire(id uint64, h hold) {
 	heldMu.Lock()
 	defer heldMu.Unlock()
-	for _, h := range held[id] {
-		if h.rank() > r.rank() {
-			panic(fmt.Sprintf("lockorder: taking the %s while holding the %s (see package lockorder)", r.name(), h.name()))
+	for _, o := range held[id] {
+		if o.mu == h.mu {
+			panic(fmt.Sprintf("lockorder: taking the %s while holding it already", h.r.name()))
+		}
+		if o.r.rank() > h.r.rank() {
+			panic(fmt.Sprintf("lockorder: taking the %s while holding the %s (see package lockorder)", h.r.name(), o.r.name()))
 		}
 	}
 }
 
-func push(id uint64, r Rank) {
+func push(id uint64, h hold) {
 	heldMu.Lock()
-	held[id] = append(held[id], r)
+	held[id] = append(held[id], h)
 	heldMu.Unlock()
 }
 
-// pop forgets the most recent hold of a lock of rank r by goroutine id,
-// or, when that goroutine holds none (a lock handed to another goroutine
-// to release), by any goroutine.
-func pop(id uint64, r Rank) {
+// pop forgets goroutine id's hold h or, when that goroutine does not hold
+// it (a lock handed to another goroutine to release), whoever's.
+func pop(id uint64, h hold) {
 	heldMu.Lock()
 	defer heldMu.Unlock()
-	if drop(id, r) {
+	if drop(id, h) {
 		return
 	}
 	for other := range held {
-		if drop(other, r) {
+		if drop(other, h) {
 			return
 		}
 	}
 }
 
-func drop(id uint64, r Rank) bool {
+func drop(id uint64, h hold) bool {
 	hs := held[id]
 	for i := len(hs) - 1; i >= 0; i-- {
-		if hs[i] == r {
+		if hs[i] == h {
 			hs = append(hs[:i], hs[i+1:]...)
 			if len(hs) == 0 {
 				delete(held, id)

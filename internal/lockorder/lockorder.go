@@ -14,10 +14,14 @@
 // The job control lock and the export lock are never held together; they
 // are ranked only so that the order is total.
 //
+// Two locks of one rank may nest when they are different locks (a private
+// graph opened while the daemon's graph lock is held, to create an image).
+//
 // Each of these locks is a Mutex whose type names its rank. Built with the
 // lockcheck tag (make test does), every Lock checks the locks the calling
-// goroutine already holds and panics when it holds one of a higher rank;
-// without the tag a Mutex is a sync.Mutex and the checks compile to nothing.
+// goroutine already holds and panics when it holds one of a higher rank,
+// or this very lock (which would deadlock); without the tag a Mutex is a
+// sync.Mutex and the checks compile to nothing.
 package lockorder
 
 import "sync"

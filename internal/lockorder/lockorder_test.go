@@ -49,6 +49,14 @@ func TestOrder(t *testing.T) {
 	if msg := wrong(func() { exp.Lock(); exp.Unlock() }); !strings.Contains(msg, "taking the export lock while holding the graph lock") {
 		t.Fatalf("export lock under the graph lock: panic %q", msg)
 	}
+	if msg := wrong(func() { g.Lock() }); !strings.Contains(msg, "taking the graph lock while holding it already") {
+		t.Fatalf("graph lock twice: panic %q", msg)
+	}
+	// Two graph locks nest (a private graph under the daemon's).
+	var g2 Mutex[Graph]
+	if msg := wrong(func() { g2.Lock(); g2.Unlock() }); msg != "" {
+		t.Fatalf("two graph locks: panic %q", msg)
+	}
 	// The failed attempts left nothing behind.
 	ctl.Lock()
 	g.Lock()
