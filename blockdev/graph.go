@@ -48,10 +48,13 @@ func NewGraph(log zerolog.Logger) *Graph {
 }
 
 // Locked is the graph lock, held: Graph.Do hands one to its function for
-// as long as the lock is held, and every operation that reads or changes
-// the graph's structure is a method of Locked or takes one, so code
-// without the lock cannot call it. A Locked is valid only inside the Do
-// that made it; do not keep it.
+// as long as the lock is held, and the operations that need the lock are
+// methods of Locked or take one, so code without the lock cannot call
+// them (the accessors of a node's edges that drivers use while the node
+// opens, such as Children, Parents and BackingNode, are the exception:
+// their doc says the lock must be held). A driver's Open gets it from its
+// OpenContext. A Locked is valid only inside the Do that made it; do not
+// keep it.
 type Locked struct {
 	g *Graph
 }
@@ -116,7 +119,7 @@ func (lk *Locked) Nodes() []*Node {
 }
 
 // Len returns the number of open nodes.
-func (lk *Locked) Len() int { g := lk.g; return g.count }
+func (lk *Locked) Len() int { return lk.g.count }
 
 func (g *Graph) listAppend(n *Node) {
 	n.prev, n.next = g.tail, nil
