@@ -75,8 +75,8 @@ type txStep struct {
 
 // prepareBackupLocked prepares a blockdev-backup or drive-backup action:
 // the checks, the copy-before-write filter and the job, created but not
-// started (QEMU's do_backup_common and backup_job_create). Control lock
-// and
+// started (QEMU's do_backup_common and backup_job_create). The control
+// lock is held too.
 func (m *Manager) prepareBackupLocked(ctx context.Context, lk *blockdev.Locked, typ string, data json.RawMessage, txn *Txn) (*txStep, error) {
 	var a backupArgs
 	if err := json.Unmarshal(data, &a); err != nil {

@@ -76,8 +76,8 @@ type BlockJob struct {
 }
 
 // BlockSpec describes a block job to start with StartBlock. The kind's
-// graph work is in three parts, called with the graph lock held, in the
-// order QEMU does it (lk is the lock): Before runs before the job exists (the filter an
+// graph work is in three parts, each handed the graph lock, in the order
+// QEMU does it: Before runs before the job exists (the filter an
 // active commit or a stream inserts first), Setup once it is created
 // (it calls BlockJob.Created first, then attaches the nodes), and Undo
 // takes away what both did when the job cannot start after all.
