@@ -114,15 +114,15 @@ func TestBackingStatusAbove(t *testing.T) {
 		"backing": "base"}); err != nil {
 		t.Fatal(err)
 	}
-	g.Lock()
-	base, top := g.Lookup("base"), g.Lookup("top")
-	bc, err := g.AttachRoot(base, "test", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
+	lk, unlock := lockGraph(g)
+	base, top := lk.Lookup("base"), lk.Lookup("top")
+	bc, err := lk.AttachRoot(base, "test", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
 	if err != nil {
-		g.Unlock()
+		unlock()
 		t.Fatal(err)
 	}
-	tc, err := g.AttachRoot(top, "test", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
-	g.Unlock()
+	tc, err := lk.AttachRoot(top, "test", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
+	unlock()
 	if err != nil {
 		t.Fatalf("writer on top while base is its backing: %v", err)
 	}
@@ -148,11 +148,11 @@ func TestBackingStatusAbove(t *testing.T) {
 			t.Errorf("at %d: %+v depth %d %v, want %+v", w.off, st, depth, err, w)
 		}
 	}
-	g.Lock()
-	info := top.Info(ctx, false)
-	g.DetachRoot(bc)
-	g.DetachRoot(tc)
-	g.Unlock()
+	lk, unlock = lockGraph(g)
+	info := top.Info(ctx, lk, false)
+	lk.DetachRoot(bc)
+	lk.DetachRoot(tc)
+	unlock()
 	if err := del(g, "base"); err == nil || err.Error() != "Node 'base' is busy: node is used as backing hd of 'top'" {
 		t.Errorf("deleting a backing node: %v", err)
 	}
@@ -177,9 +177,9 @@ func TestBackingFromHeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g.Lock()
-	top := g.Lookup("top")
-	info := top.Info(context.Background(), false)
+	lk, unlock := lockGraph(g)
+	top := lk.Lookup("top")
+	info := top.Info(context.Background(), lk, false)
 	var backingRO bool
 	for _, c := range top.Children() {
 		if c.Name() == "backing" {
@@ -189,7 +189,7 @@ func TestBackingFromHeader(t *testing.T) {
 			}
 		}
 	}
-	g.Unlock()
+	unlock()
 	if !backingRO {
 		t.Error("backing node not read-only")
 	}

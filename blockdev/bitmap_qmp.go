@@ -13,18 +13,17 @@ import (
 
 func registerBitmapCommands(d *qmp.Dispatcher, g *Graph) {
 	d.Register("block-dirty-bitmap-add", g.qmpBitmapAdd)
-	d.Register("block-dirty-bitmap-remove", g.bitmapCmd(func(n *Node, b *DirtyBitmap) error { return n.RemoveDirtyBitmap(b.name) }))
-	d.Register("block-dirty-bitmap-clear", g.bitmapCmd(func(_ *Node, b *DirtyBitmap) error { return b.Clear() }))
-	d.Register("block-dirty-bitmap-enable", g.bitmapCmd(func(_ *Node, b *DirtyBitmap) error { return b.SetRecording(true) }))
-	d.Register("block-dirty-bitmap-disable", g.bitmapCmd(func(_ *Node, b *DirtyBitmap) error { return b.SetRecording(false) }))
+	d.Register("block-dirty-bitmap-remove", g.bitmapCmd(func(lk *Locked, n *Node, b *DirtyBitmap) error { return n.RemoveDirtyBitmap(lk, b.name) }))
+	d.Register("block-dirty-bitmap-clear", g.bitmapCmd(func(lk *Locked, _ *Node, b *DirtyBitmap) error { return b.Clear(lk) }))
+	d.Register("block-dirty-bitmap-enable", g.bitmapCmd(func(_ *Locked, _ *Node, b *DirtyBitmap) error { return b.SetRecording(true) }))
+	d.Register("block-dirty-bitmap-disable", g.bitmapCmd(func(_ *Locked, _ *Node, b *DirtyBitmap) error { return b.SetRecording(false) }))
 	d.Register("block-dirty-bitmap-merge", g.qmpBitmapMerge)
 	d.Register("x-debug-block-dirty-bitmap-sha256", g.qmpBitmapSHA256)
 }
 
-// LookupBitmap finds a node's bitmap with QEMU's errors. Caller holds the
-// graph lock.
-func (g *Graph) LookupBitmap(node, name string) (*Node, *DirtyBitmap, error) {
-	n := g.Lookup(node)
+// LookupBitmap finds a node's bitmap with QEMU's errors.
+func (lk *Locked) LookupBitmap(node, name string) (*Node, *DirtyBitmap, error) {
+	n := lk.Lookup(node)
 	if n == nil {
 		return nil, nil, fmt.Errorf("Node '%s' not found", node)
 	}
@@ -41,43 +40,41 @@ type bitmapArgs struct {
 }
 
 // lookupBitmapArgs finds the bitmap a BlockDirtyBitmap argument names.
-// Caller holds the graph lock.
-func (g *Graph) lookupBitmapArgs(args json.RawMessage) (*Node, *DirtyBitmap, error) {
+func (lk *Locked) lookupBitmapArgs(args json.RawMessage) (*Node, *DirtyBitmap, error) {
 	var a bitmapArgs
 	if err := json.Unmarshal(args, &a); err != nil {
 		return nil, nil, qmp.Errorf("%v", err)
 	}
-	return g.LookupBitmap(a.Node, a.Name)
+	return lk.LookupBitmap(a.Node, a.Name)
 }
 
-func (g *Graph) bitmapCmd(f func(*Node, *DirtyBitmap) error) qmp.Handler {
+func (g *Graph) bitmapCmd(f func(*Locked, *Node, *DirtyBitmap) error) qmp.Handler {
 	return func(ctx context.Context, args json.RawMessage) (any, error) {
-		g.Lock()
-		defer g.Unlock()
-		n, b, err := g.lookupBitmapArgs(args)
-		if err != nil {
-			return nil, err
-		}
-		if err := f(n, b); err != nil {
-			return nil, err
-		}
-		return struct{}{}, nil
+		return WithLock(g, func(lk *Locked) (any, error) {
+			n, b, err := lk.lookupBitmapArgs(args)
+			if err != nil {
+				return nil, err
+			}
+			if err := f(lk, n, b); err != nil {
+				return nil, err
+			}
+			return struct{}{}, nil
+		})
 	}
 }
 
 func (g *Graph) qmpBitmapAdd(ctx context.Context, args json.RawMessage) (any, error) {
-	g.Lock()
-	defer g.Unlock()
-	if _, _, err := g.addBitmapArgs(args); err != nil {
-		return nil, err
-	}
-	return struct{}{}, nil
+	return WithLock(g, func(lk *Locked) (any, error) {
+		if _, _, err := lk.addBitmapArgs(args); err != nil {
+			return nil, err
+		}
+		return struct{}{}, nil
+	})
 }
 
 // addBitmapArgs adds the bitmap block-dirty-bitmap-add's arguments (as
-// the command or as a transaction action) describe. Caller holds the
-// graph lock.
-func (g *Graph) addBitmapArgs(args json.RawMessage) (*Node, *DirtyBitmap, error) {
+// the command or as a transaction action) describe.
+func (lk *Locked) addBitmapArgs(args json.RawMessage) (*Node, *DirtyBitmap, error) {
 	var a struct {
 		Node        string  `json:"node"`
 		Name        string  `json:"name"`
@@ -93,11 +90,11 @@ func (g *Graph) addBitmapArgs(args json.RawMessage) (*Node, *DirtyBitmap, error)
 		// Given as 0: refused like any other non-power of two.
 		o.Granularity = max(*a.Granularity, 1)
 	}
-	n := g.Lookup(a.Node)
+	n := lk.Lookup(a.Node)
 	if n == nil {
 		return nil, nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.Node, a.Node)
 	}
-	b, err := n.AddDirtyBitmap(a.Name, o)
+	b, err := n.AddDirtyBitmap(lk, a.Name, o)
 	return n, b, err
 }
 
@@ -117,21 +114,21 @@ func (r *bitmapRef) UnmarshalJSON(b []byte) error {
 }
 
 func (g *Graph) qmpBitmapMerge(ctx context.Context, args json.RawMessage) (any, error) {
-	g.Lock()
-	defer g.Unlock()
-	dst, srcs, err := g.mergeArgs(args)
-	if err != nil {
-		return nil, err
-	}
-	if err := dst.MergeInto(srcs); err != nil {
-		return nil, err
-	}
-	return struct{}{}, nil
+	return WithLock(g, func(lk *Locked) (any, error) {
+		dst, srcs, err := lk.mergeArgs(args)
+		if err != nil {
+			return nil, err
+		}
+		if err := dst.MergeInto(lk, srcs); err != nil {
+			return nil, err
+		}
+		return struct{}{}, nil
+	})
 }
 
 // mergeArgs finds the target and the sources block-dirty-bitmap-merge's
-// arguments name. Caller holds the graph lock.
-func (g *Graph) mergeArgs(args json.RawMessage) (*DirtyBitmap, []*DirtyBitmap, error) {
+// arguments name.
+func (lk *Locked) mergeArgs(args json.RawMessage) (*DirtyBitmap, []*DirtyBitmap, error) {
 	var a struct {
 		Node    string      `json:"node"`
 		Target  string      `json:"target"`
@@ -140,21 +137,21 @@ func (g *Graph) mergeArgs(args json.RawMessage) (*DirtyBitmap, []*DirtyBitmap, e
 	if err := json.Unmarshal(args, &a); err != nil {
 		return nil, nil, qmp.Errorf("%v", err)
 	}
-	n, dst, err := g.LookupBitmap(a.Node, a.Target)
+	n, dst, err := lk.LookupBitmap(a.Node, a.Target)
 	if err != nil {
 		return nil, nil, err
 	}
-	srcs, err := g.resolveBitmaps(n, a.Bitmaps)
+	srcs, err := lk.resolveBitmaps(n, a.Bitmaps)
 	return dst, srcs, err
 }
 
 // resolveBitmaps finds merge sources, with QEMU's errors.
-func (g *Graph) resolveBitmaps(n *Node, refs []bitmapRef) ([]*DirtyBitmap, error) {
+func (lk *Locked) resolveBitmaps(n *Node, refs []bitmapRef) ([]*DirtyBitmap, error) {
 	out := make([]*DirtyBitmap, 0, len(refs))
 	for _, r := range refs {
 		sn, name := n, r.local
 		if r.external != nil {
-			if sn = g.Lookup(r.external.Node); sn == nil {
+			if sn = lk.Lookup(r.external.Node); sn == nil {
 				return nil, fmt.Errorf("Node '%s' not found", r.external.Node)
 			}
 			name = r.external.Name
@@ -169,13 +166,13 @@ func (g *Graph) resolveBitmaps(n *Node, refs []bitmapRef) ([]*DirtyBitmap, error
 }
 
 func (g *Graph) qmpBitmapSHA256(ctx context.Context, args json.RawMessage) (any, error) {
-	g.Lock()
-	defer g.Unlock()
-	_, b, err := g.lookupBitmapArgs(args)
-	if err != nil {
-		return nil, err
-	}
-	return struct {
-		SHA256 string `json:"sha256"`
-	}{b.bits.SHA256()}, nil
+	return WithLock(g, func(lk *Locked) (any, error) {
+		_, b, err := lk.lookupBitmapArgs(args)
+		if err != nil {
+			return nil, err
+		}
+		return struct {
+			SHA256 string `json:"sha256"`
+		}{b.bits.SHA256()}, nil
+	})
 }

@@ -199,8 +199,8 @@ type BitmapOptions struct {
 // maxBitmapName is QEMU's limit on bitmap names, in bytes.
 const maxBitmapName = 1023
 
-// AddDirtyBitmap creates a bitmap on the node. Caller holds the graph lock.
-func (n *Node) AddDirtyBitmap(name string, o BitmapOptions) (*DirtyBitmap, error) {
+// AddDirtyBitmap creates a bitmap on the node.
+func (n *Node) AddDirtyBitmap(_ *Locked, name string, o BitmapOptions) (*DirtyBitmap, error) {
 	if name == "" {
 		return nil, errors.New("Bitmap name cannot be empty")
 	}
@@ -265,8 +265,7 @@ func (n *Node) insertBitmap(b *DirtyBitmap) {
 }
 
 // RemoveDirtyBitmap deletes a bitmap (and what the driver stored of it).
-// Caller holds the graph lock.
-func (n *Node) RemoveDirtyBitmap(name string) error {
+func (n *Node) RemoveDirtyBitmap(_ *Locked, name string) error {
 	b := n.DirtyBitmap(name)
 	if b == nil {
 		return fmt.Errorf("Dirty bitmap '%s' not found", name)
@@ -300,8 +299,8 @@ func (n *Node) dropBitmap(b *DirtyBitmap, force bool) error {
 	return nil
 }
 
-// Clear resets every bit. Caller holds the graph lock.
-func (b *DirtyBitmap) Clear() error {
+// Clear resets every bit.
+func (b *DirtyBitmap) Clear(_ *Locked) error {
 	if err := b.Check(CheckDefault); err != nil {
 		return err
 	}
@@ -338,8 +337,8 @@ func (b *DirtyBitmap) SetRecording(on bool) error {
 }
 
 // MergeInto adds the bits of every source to b, all or nothing: every
-// source is checked before any bit changes. Caller holds the graph lock.
-func (b *DirtyBitmap) MergeInto(sources []*DirtyBitmap) error {
+// source is checked before any bit changes.
+func (b *DirtyBitmap) MergeInto(_ *Locked, sources []*DirtyBitmap) error {
 	if err := b.Check(CheckDefault); err != nil {
 		return err
 	}
@@ -364,8 +363,8 @@ func (b *DirtyBitmap) MergeInto(sources []*DirtyBitmap) error {
 // CreateSuccessor freezes the bitmap for a backup (QEMU's
 // bdrv_dirty_bitmap_create_successor): it stops recording and is busy,
 // and an anonymous successor records what it would have. Abdicate or
-// Reclaim ends the freeze. Caller holds the graph lock.
-func (b *DirtyBitmap) CreateSuccessor() error {
+// Reclaim ends the freeze.
+func (b *DirtyBitmap) CreateSuccessor(_ *Locked) error {
 	if b.Busy() {
 		return errors.New("Cannot create a successor for a bitmap that is in-use by an operation")
 	}
@@ -384,8 +383,8 @@ func (b *DirtyBitmap) CreateSuccessor() error {
 
 // Abdicate ends a freeze with the successor taking the bitmap's place: the
 // bits become what was written since the freeze (a backup that copied
-// everything the bitmap had). Caller holds the graph lock.
-func (b *DirtyBitmap) Abdicate() {
+// everything the bitmap had).
+func (b *DirtyBitmap) Abdicate(_ *Locked) {
 	s := b.successor.Load()
 	if s == nil {
 		return
@@ -422,8 +421,8 @@ func (n *Node) moveBitmap(b, at *DirtyBitmap) {
 
 // Reclaim ends a freeze keeping everything: the successor's bits are
 // merged back (a backup that failed, or did not mean to change the
-// bitmap). Caller holds the graph lock.
-func (b *DirtyBitmap) Reclaim() {
+// bitmap).
+func (b *DirtyBitmap) Reclaim(_ *Locked) {
 	s := b.successor.Load()
 	if s == nil {
 		return

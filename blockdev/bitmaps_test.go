@@ -15,17 +15,17 @@ func TestDirtyBitmapsUnderIO(t *testing.T) {
 	g := newGraph(t)
 	mustAdd(t, g, blockdev.Options{"driver": "testmem", "node-name": "m", "size": int64(1 << 20), "align": int64(1)})
 	mustAdd(t, g, blockdev.Options{"driver": "testmem", "node-name": "other", "size": int64(2 << 20), "align": int64(1)})
-	g.Lock()
-	n := g.Lookup("m")
-	a, err := n.AddDirtyBitmap("a", blockdev.BitmapOptions{Granularity: 4096})
+	lk, unlock := lockGraph(g)
+	n := lk.Lookup("m")
+	a, err := n.AddDirtyBitmap(lk, "a", blockdev.BitmapOptions{Granularity: 4096})
 	if err != nil {
-		g.Unlock()
+		unlock()
 		t.Fatal(err)
 	}
-	b, _ := n.AddDirtyBitmap("b", blockdev.BitmapOptions{Granularity: 512, Disabled: true})
-	o, _ := g.Lookup("other").AddDirtyBitmap("o", blockdev.BitmapOptions{})
-	c, err := g.AttachRoot(n, "test", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
-	g.Unlock()
+	b, _ := n.AddDirtyBitmap(lk, "b", blockdev.BitmapOptions{Granularity: 512, Disabled: true})
+	o, _ := lk.Lookup("other").AddDirtyBitmap(lk, "o", blockdev.BitmapOptions{})
+	c, err := lk.AttachRoot(n, "test", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,14 +44,14 @@ func TestDirtyBitmapsUnderIO(t *testing.T) {
 		}(w)
 	}
 	for i := 0; i < 50; i++ {
-		g.Lock()
-		if err := b.MergeInto([]*blockdev.DirtyBitmap{a}); err != nil {
+		_, unlock := lockGraph(g)
+		if err := b.MergeInto(lk, []*blockdev.DirtyBitmap{a}); err != nil {
 			t.Error(err)
 		}
 		if i%10 == 0 {
-			b.Clear()
+			b.Clear(lk)
 		}
-		g.Unlock()
+		unlock()
 	}
 	wg.Wait()
 	if a.Bits().Count() == 0 {
@@ -63,26 +63,26 @@ func TestDirtyBitmapsUnderIO(t *testing.T) {
 			t.Errorf("b holds more than a could give: %d vs %d", b.Bits().Count(), a.Bits().Count())
 		}
 	}
-	g.Lock()
-	defer g.Unlock()
-	if err := b.MergeInto([]*blockdev.DirtyBitmap{o}); err == nil ||
+	lk, unlock = lockGraph(g)
+	defer func() { unlock() }()
+	if err := b.MergeInto(lk, []*blockdev.DirtyBitmap{o}); err == nil ||
 		err.Error() != "Bitmaps are of different sizes (destination size is 1048576, source size is 2097152) and can't be merged" {
 		t.Errorf("merge of different sizes: %v", err)
 	}
 	a.Acquire()
-	if err := n.RemoveDirtyBitmap("a"); err == nil || err.Error() != "Bitmap 'a' is currently in use by another operation and cannot be used" {
+	if err := n.RemoveDirtyBitmap(lk, "a"); err == nil || err.Error() != "Bitmap 'a' is currently in use by another operation and cannot be used" {
 		t.Errorf("remove of a busy bitmap: %v", err)
 	}
-	if err := a.Clear(); err == nil {
+	if err := a.Clear(lk); err == nil {
 		t.Error("clear of a busy bitmap")
 	}
 	a.Release()
-	if err := n.RemoveDirtyBitmap("a"); err != nil {
+	if err := n.RemoveDirtyBitmap(lk, "a"); err != nil {
 		t.Error(err)
 	}
-	if _, err := n.AddDirtyBitmap("a", blockdev.BitmapOptions{Persistent: true}); err == nil ||
+	if _, err := n.AddDirtyBitmap(lk, "a", blockdev.BitmapOptions{Persistent: true}); err == nil ||
 		err.Error() != "Can't store persistent bitmaps to m: Operation not supported" {
 		t.Errorf("persistent on testmem: %v", err)
 	}
-	g.DetachRoot(c)
+	lk.DetachRoot(c)
 }

@@ -14,7 +14,8 @@ import (
 // backing chain, modelled on QEMU's bdrv_drain, bdrv_op_block_all,
 // bdrv_reopen_set_read_only, bdrv_set_backing_hd, bdrv_replace_node,
 // bdrv_change_backing_file and bdrv_drop_intermediate. Every function here
-// expects the graph lock to be held.
+// runs with the graph lock held (the exported ones take the *Locked that
+// proves it).
 
 // Drain quiesces the nodes: it waits for their requests in flight and
 // holds new ones until the returned function is called (once; later calls
@@ -27,7 +28,8 @@ import (
 // node wait too, so a caller drains the nodes it changes, not the ones
 // it still reads or writes through. Caller holds the graph lock, also
 // when it calls the returned function.
-func (g *Graph) Drain(nodes ...*Node) (undrain func()) {
+func (lk *Locked) Drain(nodes ...*Node) (undrain func()) {
+	g := lk.g
 	// Jobs using the nodes, or nodes above them, pause for the drained
 	// section, as QEMU's do (before the nodes are locked, so that a job
 	// in I/O on them reaches its pause point).
@@ -37,10 +39,9 @@ func (g *Graph) Drain(nodes ...*Node) (undrain func()) {
 
 // DrainAll is QEMU's bdrv_drain_all, which a transaction (and every
 // command QEMU runs as one) does before its actions: every job pauses
-// and every request in flight finishes, and all go on at once. Caller
-// holds the graph lock.
-func (g *Graph) DrainAll() {
-	g.Drain(g.Nodes()...)()
+// and every request in flight finishes, and all go on at once.
+func (lk *Locked) DrainAll() {
+	lk.Drain(lk.Nodes()...)()
 }
 
 // pauseJobs is the part of a drain that pauses the jobs using nodes or
@@ -184,9 +185,9 @@ func (n *Node) jobsAbove(seen map[DrainNotifier]bool, out *[]DrainNotifier, visi
 }
 
 // SetDrainNotifier has d told of the drained sections of the edge's node
-// and of the nodes below it; sections in progress count at once. Graph
-// lock held.
-func (g *Graph) SetDrainNotifier(c *Child, d DrainNotifier) {
+// and of the nodes below it; sections in progress count at once.
+func (lk *Locked) SetDrainNotifier(c *Child, d DrainNotifier) {
+	g := lk.g
 	c.drainer = d
 	n := c.node.Load()
 	for _, rec := range g.drains {
@@ -246,8 +247,8 @@ func topoOrder(nodes []*Node) []*Node {
 
 // FindOverlay returns the node of active's chain whose next node (through
 // filters and backing links) is n: QEMU's bdrv_find_overlay. It returns
-// nil when n is active or not in its chain. Caller holds the graph lock.
-func FindOverlay(active, n *Node) *Node {
+// nil when n is active or not in its chain.
+func FindOverlay(_ *Locked, active, n *Node) *Node {
 	if active == nil || n == nil || active == n {
 		return nil
 	}
@@ -260,8 +261,8 @@ func FindOverlay(active, n *Node) *Node {
 }
 
 // InChain tells whether n is active or a node of its chain, filters
-// included (QEMU's bdrv_chain_contains). Caller holds the graph lock.
-func InChain(active, n *Node) bool {
+// included (QEMU's bdrv_chain_contains).
+func InChain(_ *Locked, active, n *Node) bool {
 	for cur := active; cur != nil; cur = cur.FilterOrCOW() {
 		if cur == n {
 			return true
@@ -277,7 +278,7 @@ type blocker struct{ reason error }
 // instance "block device is in use by block job: commit". It returns the
 // function that removes the mark. Caller holds the graph lock, also when
 // it calls the returned function.
-func (n *Node) AddBlocker(reason error) (remove func()) {
+func (n *Node) AddBlocker(_ *Locked, reason error) (remove func()) {
 	b := &blocker{reason}
 	n.blockers = append(n.blockers, b)
 	return func() {
@@ -288,9 +289,8 @@ func (n *Node) AddBlocker(reason error) (remove func()) {
 }
 
 // Blocker returns nil when nothing blocks the node, else QEMU's error for
-// the newest blocker: "Node 'X' is busy: <reason>". Caller holds the graph
-// lock.
-func (n *Node) Blocker() error {
+// the newest blocker: "Node 'X' is busy: <reason>".
+func (n *Node) Blocker(_ *Locked) error {
 	if len(n.blockers) == 0 {
 		return nil
 	}
@@ -299,10 +299,9 @@ func (n *Node) Blocker() error {
 
 // opBlocker is Blocker, then the blocker a parent puts on its backing
 // node: QEMU blocks most operations on a backing node (not commit,
-// stream or backup), an external snapshot among them. Caller holds the
-// graph lock.
-func (n *Node) opBlocker() error {
-	if err := n.Blocker(); err != nil {
+// stream or backup), an external snapshot among them.
+func (n *Node) opBlocker(lk *Locked) error {
+	if err := n.Blocker(lk); err != nil {
 		return err
 	}
 	// Newest first: QEMU puts each blocker at the head of its list.
@@ -339,13 +338,14 @@ func (n *Node) reopenSet() []*Node {
 // one, and the permissions below n are worked out again. Drivers prepare
 // first (n drained), then the new setting and permissions are checked
 // (everything drained), then drivers commit; on any failure everything is
-// as before. Caller holds the graph lock.
-func (g *Graph) SetReadOnly(ctx context.Context, n *Node, readOnly bool) error {
+// as before.
+func (lk *Locked) SetReadOnly(ctx context.Context, n *Node, readOnly bool) error {
+	g := lk.g
 	if n.ReadOnly() == readOnly {
 		return nil
 	}
 	set := n.reopenSet()
-	undrainTop := g.Drain(n)
+	undrainTop := lk.Drain(n)
 	defer undrainTop()
 
 	states := make([]*ReopenState, 0, len(set))
@@ -368,7 +368,7 @@ func (g *Graph) SetReadOnly(ctx context.Context, n *Node, readOnly bool) error {
 		states = append(states, rs)
 	}
 
-	undrainRest := g.Drain(set[1:]...)
+	undrainRest := lk.Drain(set[1:]...)
 	defer undrainRest()
 	old := make([]bool, len(set))
 	for i, x := range set {
@@ -491,8 +491,9 @@ func (n *Node) refreshFilenames() {
 // nothing changes on a conflict or when n's backing link is frozen; n is
 // drained around the change. The image header is not touched (see
 // ChangeBackingFile). A former backing node that nothing holds any more
-// closes. Caller holds the graph lock.
-func (g *Graph) SetBacking(ctx context.Context, n, base *Node) error {
+// closes.
+func (lk *Locked) SetBacking(ctx context.Context, n, base *Node) error {
+	g := lk.g
 	old := n.backing()
 	if old == nil && base == nil || old != nil && old.node.Load() == base {
 		return nil
@@ -508,7 +509,7 @@ func (g *Graph) SetBacking(ctx context.Context, n, base *Node) error {
 		return fmt.Errorf("Driver '%s' of node '%s' does not support backing files", n.drvName, n.name)
 	}
 	inherit := base != nil && base.inheritsFromChain(n)
-	undrain := g.Drain(n)
+	undrain := lk.Drain(n)
 	var oldNode *Node
 	switch {
 	case old != nil && base != nil:
@@ -580,17 +581,17 @@ func (n *Node) changeBacking(ctx context.Context, filename, format string) error
 // names in the query views; the backing node itself stays. A read-only n
 // is reopened read-write for the rewrite and read-only again afterwards,
 // as QEMU's change-backing-file does. A driver without BackingChanger
-// fails with ErrNotSupported. Caller holds the graph lock.
-func (g *Graph) ChangeBackingFile(ctx context.Context, n *Node, filename, format string) error {
+// fails with ErrNotSupported.
+func (lk *Locked) ChangeBackingFile(ctx context.Context, n *Node, filename, format string) error {
 	ro := n.ReadOnly()
 	if ro {
-		if err := g.SetReadOnly(ctx, n, false); err != nil {
+		if err := lk.SetReadOnly(ctx, n, false); err != nil {
 			return err
 		}
 	}
 	err := n.changeBacking(ctx, filename, format)
 	if ro {
-		if rerr := g.SetReadOnly(ctx, n, true); rerr != nil && err == nil {
+		if rerr := lk.SetReadOnly(ctx, n, true); rerr != nil && err == nil {
 			err = rerr
 		}
 	}
@@ -610,12 +611,13 @@ func (g *Graph) ChangeBackingFile(ctx context.Context, n *Node, filename, format
 // overlay is drained around its switch and, when read-only, reopened
 // read-write for the header rewrite. Op blockers are not consulted (the
 // job that calls it holds them); the drop-intermediate command checks
-// them. Caller holds the graph lock.
-func (g *Graph) DropIntermediate(ctx context.Context, active, top, base *Node, backingFile string) error {
-	if err := checkDrop(active, top, base); err != nil {
+// them.
+func (lk *Locked) DropIntermediate(ctx context.Context, active, top, base *Node, backingFile string) error {
+	g := lk.g
+	if err := checkDrop(lk, active, top, base); err != nil {
 		return err
 	}
-	overlays := []*Node{FindOverlay(active, top)}
+	overlays := []*Node{FindOverlay(lk, active, top)}
 	for _, c := range top.parents {
 		if c.parent != nil && c.role&RoleCOW != 0 && c.name == "backing" && !slices.Contains(overlays, c.parent) {
 			overlays = append(overlays, c.parent)
@@ -630,7 +632,7 @@ func (g *Graph) DropIntermediate(ctx context.Context, active, top, base *Node, b
 	}
 	inherit := base != nil && base.inheritsFromChain(explicitTop)
 	for _, overlay := range overlays {
-		if err := g.dropOverlay(ctx, overlay, base, name, format); err != nil {
+		if err := lk.dropOverlay(ctx, overlay, base, name, format); err != nil {
 			return err
 		}
 	}
@@ -643,7 +645,8 @@ func (g *Graph) DropIntermediate(ctx context.Context, active, top, base *Node, b
 }
 
 // dropOverlay is DropIntermediate's switch of one overlay to base.
-func (g *Graph) dropOverlay(ctx context.Context, overlay, base *Node, name, format string) error {
+func (lk *Locked) dropOverlay(ctx context.Context, overlay, base *Node, name, format string) error {
+	g := lk.g
 	if _, ok := overlay.drv.(BackingChanger); !ok {
 		return fmt.Errorf("Could not update backing file link: %s", Strerror(ErrNotSupported))
 	}
@@ -653,21 +656,22 @@ func (g *Graph) dropOverlay(ctx context.Context, overlay, base *Node, name, form
 	}
 	ro := overlay.ReadOnly()
 	if ro {
-		if err := g.SetReadOnly(ctx, overlay, false); err != nil {
+		if err := lk.SetReadOnly(ctx, overlay, false); err != nil {
 			return err
 		}
 	}
-	err := g.dropLocked(ctx, overlay, base, name, format, bu)
+	err := lk.dropLocked(ctx, overlay, base, name, format, bu)
 	if ro {
-		if rerr := g.SetReadOnly(ctx, overlay, true); rerr != nil {
+		if rerr := lk.SetReadOnly(ctx, overlay, true); rerr != nil {
 			g.log.Warn().Str("node", overlay.name).Err(rerr).Msg("reopening read-only")
 		}
 	}
 	return err
 }
 
-func (g *Graph) dropLocked(ctx context.Context, overlay, base *Node, name, format string, bu BackingUpdater) error {
-	undrain := g.Drain(overlay)
+func (lk *Locked) dropLocked(ctx context.Context, overlay, base *Node, name, format string, bu BackingUpdater) error {
+	g := lk.g
+	undrain := lk.Drain(overlay)
 	defer undrain()
 	edge := overlay.backing()
 	var m *edgeMove
@@ -698,17 +702,17 @@ func (g *Graph) dropLocked(ctx context.Context, overlay, base *Node, name, forma
 
 // checkDrop checks that top lies strictly below active and base strictly
 // below top in active's backing chain.
-func checkDrop(active, top, base *Node) error {
+func checkDrop(lk *Locked, active, top, base *Node) error {
 	if active == nil || top == nil {
 		return errors.New("drop-intermediate: missing node")
 	}
 	if top == active {
 		return fmt.Errorf("Top image file %s is the active layer", top.name)
 	}
-	if !InChain(active, top) {
+	if !InChain(lk, active, top) {
 		return fmt.Errorf("'%s' is not in this backing file chain", top.name)
 	}
-	if base != nil && (base == top || !InChain(top, base)) {
+	if base != nil && (base == top || !InChain(lk, top, base)) {
 		return fmt.Errorf("'%s' is not in this backing file chain", base.name)
 	}
 	return nil
@@ -717,17 +721,17 @@ func checkDrop(active, top, base *Node) error {
 // CheckDropUsers is the drop-intermediate command's check that nothing
 // but the chain uses the nodes to be dropped (from top down to, excluding,
 // base) and that no operation blocks them, active or base.
-func CheckDropUsers(active, top, base *Node) error {
+func CheckDropUsers(lk *Locked, active, top, base *Node) error {
 	for _, n := range []*Node{active, base} {
 		if n != nil {
-			if err := n.Blocker(); err != nil {
+			if err := n.Blocker(lk); err != nil {
 				return err
 			}
 		}
 	}
-	overlay := FindOverlay(active, top)
+	overlay := FindOverlay(lk, active, top)
 	for cur, above := top, overlay; cur != nil && cur != base; cur, above = cur.FilterOrCOW(), cur {
-		if err := cur.Blocker(); err != nil {
+		if err := cur.Blocker(lk); err != nil {
 			return err
 		}
 		for _, c := range cur.Parents() {
@@ -751,8 +755,9 @@ func CheckDropUsers(active, top, base *Node) error {
 // parents, from and to are drained around the change; a frozen edge
 // refuses it. Requests waiting
 // for from move to to with their edges. If nothing holds from afterwards,
-// it closes. Caller holds the graph lock.
-func (g *Graph) ReplaceNode(ctx context.Context, from, to *Node, keep ...*Child) error {
+// it closes.
+func (lk *Locked) ReplaceNode(ctx context.Context, from, to *Node, keep ...*Child) error {
+	g := lk.g
 	if from == to {
 		return nil
 	}
@@ -777,7 +782,7 @@ func (g *Graph) ReplaceNode(ctx context.Context, from, to *Node, keep ...*Child)
 	if len(edges) == 0 {
 		return nil
 	}
-	undrain := g.Drain(drain...)
+	undrain := lk.Drain(drain...)
 	m, err := g.moveEdges(edges, to)
 	if err != nil {
 		undrain()

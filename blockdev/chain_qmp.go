@@ -16,12 +16,12 @@ func registerChainCommands(d *qmp.Dispatcher, g *Graph) {
 // lookupBS finds a node as QEMU's bdrv_lookup_bs does with a device name
 // and a node-name (qbmond has no named block backends, so only the node
 // name can match).
-func (g *Graph) lookupBS(device, node string) (*Node, error) {
+func (lk *Locked) lookupBS(device, node string) (*Node, error) {
 	name := node
 	if name == "" {
 		name = device
 	}
-	if n := g.Lookup(name); n != nil {
+	if n := lk.Lookup(name); n != nil {
 		return n, nil
 	}
 	return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", device, node)
@@ -40,47 +40,47 @@ func (g *Graph) qmpChangeBackingFile(ctx context.Context, args json.RawMessage) 
 	if err := json.Unmarshal(args, &a); err != nil {
 		return nil, qmp.Errorf("%v", err)
 	}
-	g.Lock()
-	defer g.Unlock()
-	bs, err := g.lookupBS(a.Device, a.Device)
-	if err != nil {
-		return nil, err
-	}
-	if !bs.IsRoot() {
-		return nil, fmt.Errorf("Need a root block node")
-	}
-	image, err := g.lookupBS("", a.Image)
-	if err != nil {
-		return nil, err
-	}
-	if image.BackingNode() == nil {
-		return nil, fmt.Errorf("not allowing backing file change on an image without a backing file")
-	}
-	if err := bs.Blocker(); err != nil {
-		return nil, err
-	}
-	if !InChain(bs, image) {
-		return nil, fmt.Errorf("'%s' and image file are not in the same chain", a.Device)
-	}
-	ro := image.ReadOnly()
-	if ro {
-		if err := g.SetReadOnly(ctx, image, false); err != nil {
+	return WithLock(g, func(lk *Locked) (any, error) {
+		bs, err := lk.lookupBS(a.Device, a.Device)
+		if err != nil {
 			return nil, err
 		}
-	}
-	err = image.changeBacking(ctx, a.BackingFile, image.drvName)
-	if err != nil {
-		err = fmt.Errorf("Could not change backing file to '%s': %s", a.BackingFile, Strerror(err))
-	}
-	if ro {
-		if rerr := g.SetReadOnly(ctx, image, true); rerr != nil && err == nil {
-			err = rerr
+		if !bs.IsRoot(lk) {
+			return nil, fmt.Errorf("Need a root block node")
 		}
-	}
-	if err != nil {
-		return nil, err
-	}
-	return struct{}{}, nil
+		image, err := lk.lookupBS("", a.Image)
+		if err != nil {
+			return nil, err
+		}
+		if image.BackingNode() == nil {
+			return nil, fmt.Errorf("not allowing backing file change on an image without a backing file")
+		}
+		if err := bs.Blocker(lk); err != nil {
+			return nil, err
+		}
+		if !InChain(lk, bs, image) {
+			return nil, fmt.Errorf("'%s' and image file are not in the same chain", a.Device)
+		}
+		ro := image.ReadOnly()
+		if ro {
+			if err := lk.SetReadOnly(ctx, image, false); err != nil {
+				return nil, err
+			}
+		}
+		err = image.changeBacking(ctx, a.BackingFile, image.drvName)
+		if err != nil {
+			err = fmt.Errorf("Could not change backing file to '%s': %s", a.BackingFile, Strerror(err))
+		}
+		if ro {
+			if rerr := lk.SetReadOnly(ctx, image, true); rerr != nil && err == nil {
+				err = rerr
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+		return struct{}{}, nil
+	})
 }
 
 // qmpDropIntermediate is qbmond's drop-intermediate (see DropIntermediate):
@@ -96,28 +96,28 @@ func (g *Graph) qmpDropIntermediate(ctx context.Context, args json.RawMessage) (
 	if err := json.Unmarshal(args, &a); err != nil {
 		return nil, qmp.Errorf("%v", err)
 	}
-	g.Lock()
-	defer g.Unlock()
-	active, err := g.lookupBS(a.Device, a.Device)
-	if err != nil {
-		return nil, err
-	}
-	top, err := g.lookupBS("", a.Top)
-	if err != nil {
-		return nil, err
-	}
-	base, err := g.lookupBS("", a.Base)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkDrop(active, top, base); err != nil {
-		return nil, err
-	}
-	if err := CheckDropUsers(active, top, base); err != nil {
-		return nil, err
-	}
-	if err := g.DropIntermediate(ctx, active, top, base, a.BackingFile); err != nil {
-		return nil, err
-	}
-	return struct{}{}, nil
+	return WithLock(g, func(lk *Locked) (any, error) {
+		active, err := lk.lookupBS(a.Device, a.Device)
+		if err != nil {
+			return nil, err
+		}
+		top, err := lk.lookupBS("", a.Top)
+		if err != nil {
+			return nil, err
+		}
+		base, err := lk.lookupBS("", a.Base)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkDrop(lk, active, top, base); err != nil {
+			return nil, err
+		}
+		if err := CheckDropUsers(lk, active, top, base); err != nil {
+			return nil, err
+		}
+		if err := lk.DropIntermediate(ctx, active, top, base, a.BackingFile); err != nil {
+			return nil, err
+		}
+		return struct{}{}, nil
+	})
 }

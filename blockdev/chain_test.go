@@ -75,35 +75,33 @@ func layer(name string, backing any, extra ...any) blockdev.Options {
 // edge of node.
 func fillBlock(t *testing.T, g *blockdev.Graph, node string, blk int64, b byte) {
 	t.Helper()
-	g.Lock()
-	c, err := g.AttachRoot(g.Lookup(node), "test", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
-	g.Unlock()
+	lk, unlock := lockGraph(g)
+	c, err := lk.AttachRoot(lk.Lookup(node), "test", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Write(context.Background(), blk*cowBlock, bytes.Repeat([]byte{b}, cowBlock), 0); err != nil {
 		t.Fatal(err)
 	}
-	g.Lock()
-	g.DetachRoot(c)
-	g.Unlock()
+	lk, unlock = lockGraph(g)
+	lk.DetachRoot(c)
+	unlock()
 }
 
 func chain(g *blockdev.Graph) []string {
-	g.Lock()
-	defer g.Unlock()
+	lk, unlock := lockGraph(g)
+	defer func() { unlock() }()
 	var out []string
-	for n := g.Lookup("active"); n != nil; n = n.BackingNode() {
+	for n := lk.Lookup("active"); n != nil; n = n.BackingNode() {
 		out = append(out, n.Name())
 	}
 	return out
 }
 
 // locked runs f under the graph lock.
-func locked(g *blockdev.Graph, f func() error) error {
-	g.Lock()
-	defer g.Unlock()
-	return f()
+func locked(g *blockdev.Graph, f func(lk *blockdev.Locked) error) error {
+	return g.Do(f)
 }
 
 func TestDropIntermediateNamed(t *testing.T) {
@@ -117,15 +115,15 @@ func TestDropIntermediateNamed(t *testing.T) {
 		t.Fatalf("chain %v", got)
 	}
 	var base, active *blockdev.Node
-	err := locked(g, func() error {
-		active, base = g.Lookup("active"), g.Lookup("base")
-		if o := blockdev.FindOverlay(active, g.Lookup("mid")); o == nil || o.Name() != "top" {
+	err := locked(g, func(lk *blockdev.Locked) error {
+		active, base = lk.Lookup("active"), lk.Lookup("base")
+		if o := blockdev.FindOverlay(lk, active, lk.Lookup("mid")); o == nil || o.Name() != "top" {
 			t.Errorf("overlay of mid: %v", o)
 		}
-		if o := blockdev.FindOverlay(active, active); o != nil {
+		if o := blockdev.FindOverlay(lk, active, active); o != nil {
 			t.Errorf("overlay of active: %v", o.Name())
 		}
-		return g.DropIntermediate(ctx, active, g.Lookup("top"), base, "")
+		return lk.DropIntermediate(ctx, active, lk.Lookup("top"), base, "")
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -138,8 +136,8 @@ func TestDropIntermediateNamed(t *testing.T) {
 		t.Errorf("header names %q %q, want %q chaincow", name, format, base.Filename())
 	}
 	// blockdev-add'ed layers stay, with their own links, until deleted.
-	if err := locked(g, func() error {
-		if b := g.Lookup("top").BackingNode(); b == nil || b.Name() != "mid" {
+	if err := locked(g, func(lk *blockdev.Locked) error {
+		if b := lk.Lookup("top").BackingNode(); b == nil || b.Name() != "mid" {
 			t.Errorf("top's backing: %v", b)
 		}
 		return nil
@@ -155,11 +153,11 @@ func TestDropIntermediateNamed(t *testing.T) {
 	}
 	// An explicit backing file name goes to the header as given.
 	mustAdd(t, g, layer("m2", "base"))
-	if err := locked(g, func() error {
-		if err := g.SetBacking(ctx, active, g.Lookup("m2")); err != nil {
+	if err := locked(g, func(lk *blockdev.Locked) error {
+		if err := lk.SetBacking(ctx, active, lk.Lookup("m2")); err != nil {
 			return err
 		}
-		return g.DropIntermediate(ctx, active, g.Lookup("m2"), base, "rel/base.img")
+		return lk.DropIntermediate(ctx, active, lk.Lookup("m2"), base, "rel/base.img")
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -176,9 +174,9 @@ func TestDropIntermediateImplicitCloses(t *testing.T) {
 	if before != 8 { // 4 layers and their files
 		t.Fatalf("nodes %v", names(g))
 	}
-	err := locked(g, func() error {
-		active := g.Lookup("active")
-		return g.DropIntermediate(context.Background(), active, active.BackingNode(), g.Lookup("base"), "")
+	err := locked(g, func(lk *blockdev.Locked) error {
+		active := lk.Lookup("active")
+		return lk.DropIntermediate(context.Background(), active, active.BackingNode(), lk.Lookup("base"), "")
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -200,12 +198,12 @@ func TestDropIntermediateErrorsChangeNothing(t *testing.T) {
 	mustAdd(t, g, layer("active", "top", "x-fail-change", true))
 	mustAdd(t, g, layer("other", nil))
 	drop := func(top, base string) error {
-		return locked(g, func() error {
-			a, tp, b := g.Lookup("active"), g.Lookup(top), g.Lookup(base)
-			if err := blockdev.CheckDropUsers(a, tp, b); err != nil {
+		return locked(g, func(lk *blockdev.Locked) error {
+			a, tp, b := lk.Lookup("active"), lk.Lookup(top), lk.Lookup(base)
+			if err := blockdev.CheckDropUsers(lk, a, tp, b); err != nil {
 				return err
 			}
-			return g.DropIntermediate(ctx, a, tp, b, "")
+			return lk.DropIntermediate(ctx, a, tp, b, "")
 		})
 	}
 	wantErr(t, drop("active", "base"), "Top image file active is the active layer")
@@ -222,27 +220,30 @@ func TestDropIntermediateErrorsChangeNothing(t *testing.T) {
 	}
 	// A blocked node.
 	var remove func()
-	locked(g, func() error {
-		remove = g.Lookup("top").AddBlocker(errors.New("block device is in use by block job: commit"))
+	locked(g, func(lk *blockdev.Locked) error {
+		remove = lk.Lookup("top").AddBlocker(lk, errors.New("block device is in use by block job: commit"))
 		return nil
 	})
 	wantErr(t, drop("top", "base"), "Node 'top' is busy: block device is in use by block job: commit")
 	wantErr(t, del(g, "top"), "Node 'top' is busy: block device is in use by block job: commit")
-	locked(g, func() error { remove(); remove(); return g.Lookup("top").Blocker() })
+	locked(g, func(lk *blockdev.Locked) error { remove(); remove(); return lk.Lookup("top").Blocker(lk) })
 
 	if got := chain(g); !slices.Equal(got, []string{"active", "top", "mid", "base"}) {
 		t.Fatalf("chain after failures %v", got)
 	}
-	locked(g, func() error {
-		if n := len(g.Lookup("base").Parents()); n != 1 {
+	locked(g, func(lk *blockdev.Locked) error {
+		if n := len(lk.Lookup("base").Parents()); n != 1 {
 			t.Errorf("base has %d parents, want 1", n)
 		}
-		if n := len(g.Lookup("top").Parents()); n != 1 {
+		if n := len(lk.Lookup("top").Parents()); n != 1 {
 			t.Errorf("top has %d parents, want 1", n)
 		}
 		return nil
 	})
-	if c := g.Lookup("active"); c.Driver().(*chaincow).changes != 0 {
+	lk, unlock := lockGraph(g)
+	c := lk.Lookup("active")
+	unlock()
+	if c.Driver().(*chaincow).changes != 0 {
 		t.Error("header changed")
 	}
 }
@@ -253,17 +254,17 @@ func TestSetBackingAndCycles(t *testing.T) {
 	mustAdd(t, g, layer("base", nil))
 	mustAdd(t, g, layer("active", "base"))
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "r", "file": map[string]any{"driver": "testmem", "size": 4096}})
-	locked(g, func() error {
-		a, b := g.Lookup("active"), g.Lookup("base")
-		wantErr(t, g.SetBacking(ctx, b, a), "Making 'active' a backing child of 'base' would create a cycle")
-		wantErr(t, g.SetBacking(ctx, g.Lookup("r"), b), "Driver 'raw' of node 'r' does not support backing files")
-		if err := g.SetBacking(ctx, a, nil); err != nil {
+	locked(g, func(lk *blockdev.Locked) error {
+		a, b := lk.Lookup("active"), lk.Lookup("base")
+		wantErr(t, lk.SetBacking(ctx, b, a), "Making 'active' a backing child of 'base' would create a cycle")
+		wantErr(t, lk.SetBacking(ctx, lk.Lookup("r"), b), "Driver 'raw' of node 'r' does not support backing files")
+		if err := lk.SetBacking(ctx, a, nil); err != nil {
 			t.Fatal(err)
 		}
 		if a.BackingNode() != nil || len(b.Parents()) != 0 {
 			t.Error("backing link left")
 		}
-		if err := g.SetBacking(ctx, a, b); err != nil {
+		if err := lk.SetBacking(ctx, a, b); err != nil {
 			t.Fatal(err)
 		}
 		if a.BackingNode() != b {
@@ -276,18 +277,18 @@ func TestSetBackingAndCycles(t *testing.T) {
 func TestBlockers(t *testing.T) {
 	g := newGraph(t)
 	mustAdd(t, g, layer("n", nil))
-	g.Lock()
-	n := g.Lookup("n")
-	r1 := n.AddBlocker(errors.New("first"))
-	r2 := n.AddBlocker(errors.New("second"))
-	wantErr(t, n.Blocker(), "Node 'n' is busy: second")
+	lk, unlock := lockGraph(g)
+	n := lk.Lookup("n")
+	r1 := n.AddBlocker(lk, errors.New("first"))
+	r2 := n.AddBlocker(lk, errors.New("second"))
+	wantErr(t, n.Blocker(lk), "Node 'n' is busy: second")
 	r2()
-	wantErr(t, n.Blocker(), "Node 'n' is busy: first")
+	wantErr(t, n.Blocker(lk), "Node 'n' is busy: first")
 	r1()
-	if n.Blocker() != nil {
+	if n.Blocker(lk) != nil {
 		t.Error("still blocked")
 	}
-	g.Unlock()
+	unlock()
 }
 
 // Reads through the active layer return the same data while its backing
@@ -303,9 +304,9 @@ func TestChainChangesUnderIO(t *testing.T) {
 		fillBlock(t, g, "base", blk, byte(blk+1))
 		fillBlock(t, g, "copy", blk, byte(blk+1))
 	}
-	g.Lock()
-	root, err := g.AttachRoot(g.Lookup("active"), "block device 'io'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
-	g.Unlock()
+	lk, unlock := lockGraph(g)
+	root, err := lk.AttachRoot(lk.Lookup("active"), "block device 'io'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,30 +334,30 @@ func TestChainChangesUnderIO(t *testing.T) {
 		})
 	}
 	for i := range 100 {
-		err := locked(g, func() error {
-			a := g.Lookup("active")
+		err := locked(g, func(lk *blockdev.Locked) error {
+			a := lk.Lookup("active")
 			from, to := "base", "copy"
 			if i%2 == 1 {
 				from, to = to, from
 			}
 			switch i % 3 {
 			case 0:
-				return g.SetBacking(ctx, a, g.Lookup(to))
+				return lk.SetBacking(ctx, a, lk.Lookup(to))
 			case 1:
 				// to above from, then drop to.
-				if err := g.SetBacking(ctx, g.Lookup(to), g.Lookup(from)); err != nil {
+				if err := lk.SetBacking(ctx, lk.Lookup(to), lk.Lookup(from)); err != nil {
 					return err
 				}
-				if err := g.SetBacking(ctx, a, g.Lookup(to)); err != nil {
+				if err := lk.SetBacking(ctx, a, lk.Lookup(to)); err != nil {
 					return err
 				}
-				if err := g.DropIntermediate(ctx, a, g.Lookup(to), g.Lookup(from), ""); err != nil {
+				if err := lk.DropIntermediate(ctx, a, lk.Lookup(to), lk.Lookup(from), ""); err != nil {
 					return err
 				}
-				return g.SetBacking(ctx, g.Lookup(to), nil)
+				return lk.SetBacking(ctx, lk.Lookup(to), nil)
 			default:
-				undrain := g.Drain(a, g.Lookup(from))
-				undrain2 := g.Drain(g.Lookup(from), a) // overlapping
+				undrain := lk.Drain(a, lk.Lookup(from))
+				undrain2 := lk.Drain(lk.Lookup(from), a) // overlapping
 				undrain()
 				undrain2()
 				undrain2()
@@ -378,9 +379,9 @@ func TestDrainOverlapParentAfterChild(t *testing.T) {
 	ctx := context.Background()
 	mustAdd(t, g, layer("base", nil))
 	mustAdd(t, g, layer("active", "base"))
-	g.Lock()
-	root, _ := g.AttachRoot(g.Lookup("active"), "block device 'io'", blockdev.PermConsistentRead, blockdev.PermAll)
-	g.Unlock()
+	lk, unlock := lockGraph(g)
+	root, _ := lk.AttachRoot(lk.Lookup("active"), "block device 'io'", blockdev.PermConsistentRead, blockdev.PermAll)
+	unlock()
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	for range 4 {
@@ -403,12 +404,12 @@ func TestDrainOverlapParentAfterChild(t *testing.T) {
 	go func() {
 		defer close(done)
 		for range 200 {
-			g.Lock()
-			u1 := g.Drain(g.Lookup("base"))
-			u2 := g.Drain(g.Lookup("active"), g.Lookup("base"))
+			lk, unlock := lockGraph(g)
+			u1 := lk.Drain(lk.Lookup("base"))
+			u2 := lk.Drain(lk.Lookup("active"), lk.Lookup("base"))
 			u2()
 			u1()
-			g.Unlock()
+			unlock()
 		}
 	}()
 	select {
@@ -427,29 +428,29 @@ func TestReplaceNode(t *testing.T) {
 	mustAdd(t, g, layer("top", "base"))
 	fillBlock(t, g, "base", 0, 0xbb)
 	fillBlock(t, g, "top", 0, 0x77)
-	g.Lock()
-	r1, _ := g.AttachRoot(g.Lookup("top"), "export 'a'", blockdev.PermConsistentRead, blockdev.PermAll)
-	r2, _ := g.AttachRoot(g.Lookup("top"), "export 'b'", blockdev.PermConsistentRead, blockdev.PermAll)
-	g.Unlock()
+	lk, unlock := lockGraph(g)
+	r1, _ := lk.AttachRoot(lk.Lookup("top"), "export 'a'", blockdev.PermConsistentRead, blockdev.PermAll)
+	r2, _ := lk.AttachRoot(lk.Lookup("top"), "export 'b'", blockdev.PermConsistentRead, blockdev.PermAll)
+	unlock()
 	buf := make([]byte, 512)
 	if err := r1.Read(ctx, 0, buf); err != nil || buf[0] != 0x77 {
 		t.Fatalf("before: %v %x", err, buf[0])
 	}
 	// A conflict leaves everything as it was.
-	g.Lock()
-	x, err := g.AttachRoot(g.Lookup("base"), "block device 'x'", 0, blockdev.PermConsistentRead|blockdev.PermWriteUnchanged|blockdev.PermResize|blockdev.PermWrite)
+	lk, unlock = lockGraph(g)
+	x, err := lk.AttachRoot(lk.Lookup("base"), "block device 'x'", 0, blockdev.PermConsistentRead|blockdev.PermWriteUnchanged|blockdev.PermResize|blockdev.PermWrite)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g.DetachRoot(x)
-	x, err = g.AttachRoot(g.Lookup("base"), "block device 'x'", 0, blockdev.PermAll)
+	lk.DetachRoot(x)
+	x, err = lk.AttachRoot(lk.Lookup("base"), "block device 'x'", 0, blockdev.PermAll)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g.Unlock()
-	g.Lock()
-	err = g.ReplaceNode(ctx, g.Lookup("top"), g.Lookup("base"), r2)
-	g.Unlock()
+	unlock()
+	lk, unlock = lockGraph(g)
+	err = lk.ReplaceNode(ctx, lk.Lookup("top"), lk.Lookup("base"), r2)
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -459,24 +460,24 @@ func TestReplaceNode(t *testing.T) {
 	if err := r2.Read(ctx, 0, buf); err != nil || buf[0] != 0x77 {
 		t.Errorf("kept edge reads %v %x", err, buf[0])
 	}
-	g.Lock()
+	lk, unlock = lockGraph(g)
 	if r1.Node().Name() != "base" || r2.Node().Name() != "top" {
 		t.Errorf("edges on %s %s", r1.Node().Name(), r2.Node().Name())
 	}
 	// Moving a writer onto a node whose user shares no write fails.
-	g.DetachRoot(x)
-	w, _ := g.AttachRoot(g.Lookup("top"), "export 'w'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
-	x, _ = g.AttachRoot(g.Lookup("base"), "block device 'x'", 0, blockdev.PermAll&^blockdev.PermWrite)
-	err = g.ReplaceNode(ctx, g.Lookup("top"), g.Lookup("base"))
-	g.Unlock()
+	lk.DetachRoot(x)
+	w, _ := lk.AttachRoot(lk.Lookup("top"), "export 'w'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
+	x, _ = lk.AttachRoot(lk.Lookup("base"), "block device 'x'", 0, blockdev.PermAll&^blockdev.PermWrite)
+	err = lk.ReplaceNode(ctx, lk.Lookup("top"), lk.Lookup("base"))
+	unlock()
 	if err == nil {
 		t.Fatal("conflicting replace succeeded")
 	}
-	g.Lock()
-	if w.Node().Name() != "top" || r2.Node().Name() != "top" || len(g.Lookup("top").Parents()) != 2 {
+	lk, unlock = lockGraph(g)
+	if w.Node().Name() != "top" || r2.Node().Name() != "top" || len(lk.Lookup("top").Parents()) != 2 {
 		t.Error("failed replace changed edges")
 	}
-	g.Unlock()
+	unlock()
 }
 
 func TestSetReadOnlyReopensFile(t *testing.T) {
@@ -485,35 +486,35 @@ func TestSetReadOnlyReopensFile(t *testing.T) {
 	img := drivertest.Image(t, 1<<20)
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "disk", "read-only": true,
 		"file": map[string]any{"driver": "file", "filename": img}})
-	g.Lock()
-	defer g.Unlock()
-	disk := g.Lookup("disk")
+	lk, unlock := lockGraph(g)
+	defer func() { unlock() }()
+	disk := lk.Lookup("disk")
 	file := disk.Children()[0].Node()
 	if !file.ReadOnly() {
 		t.Fatal("file child not read-only")
 	}
-	if err := g.SetReadOnly(ctx, disk, false); err != nil {
+	if err := lk.SetReadOnly(ctx, disk, false); err != nil {
 		t.Fatal(err)
 	}
 	if disk.ReadOnly() || file.ReadOnly() {
 		t.Fatal("still read-only")
 	}
-	w, err := g.AttachRoot(disk, "block device 'w'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
+	w, err := lk.AttachRoot(disk, "block device 'w'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g.Unlock()
+	unlock()
 	werr := w.Write(ctx, 0, bytes.Repeat([]byte{0x5a}, 512), 0)
-	g.Lock()
+	lk, unlock = lockGraph(g)
 	if werr != nil {
 		t.Fatal(werr)
 	}
-	wantErr(t, g.SetReadOnly(ctx, disk, true), "Read-only block node 'disk' cannot support read-write users")
+	wantErr(t, lk.SetReadOnly(ctx, disk, true), "Read-only block node 'disk' cannot support read-write users")
 	if disk.ReadOnly() || file.ReadOnly() {
 		t.Fatal("failed reopen changed the mode")
 	}
-	g.DetachRoot(w)
-	if err := g.SetReadOnly(ctx, disk, true); err != nil {
+	lk.DetachRoot(w)
+	if err := lk.SetReadOnly(ctx, disk, true); err != nil {
 		t.Fatal(err)
 	}
 	if !disk.ReadOnly() || !file.ReadOnly() {
@@ -521,14 +522,14 @@ func TestSetReadOnlyReopensFile(t *testing.T) {
 	}
 	// A separately added file node does not inherit the mode.
 	mustAddLocked := func(o blockdev.Options) {
-		if _, err := g.Add(ctx, o); err != nil {
+		if _, err := lk.Add(ctx, o); err != nil {
 			t.Fatal(err)
 		}
 	}
 	mustAddLocked(blockdev.Options{"driver": "file", "node-name": "f2", "filename": img, "read-only": true})
 	mustAddLocked(blockdev.Options{"driver": "testcow", "node-name": "d2", "file": "f2", "read-only": true})
-	wantErr(t, g.SetReadOnly(ctx, g.Lookup("d2"), false), "Block node is read-only")
-	if !g.Lookup("d2").ReadOnly() {
+	wantErr(t, lk.SetReadOnly(ctx, lk.Lookup("d2"), false), "Block node is read-only")
+	if !lk.Lookup("d2").ReadOnly() {
 		t.Error("failed reopen changed the mode")
 	}
 }
@@ -547,28 +548,28 @@ func TestSetReadOnlyKeepsImageLocks(t *testing.T) {
 	mustAdd(t, other, blockdev.Options{"driver": "raw", "node-name": "o",
 		"file": map[string]any{"driver": "file", "filename": img}})
 	tryWrite := func() error {
-		other.Lock()
-		defer other.Unlock()
-		c, err := other.AttachRoot(other.Lookup("o"), "block device 'o'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
-		if err == nil {
-			other.DetachRoot(c)
-		}
-		return err
+		return other.Do(func(lk *blockdev.Locked) error {
+			c, err := lk.AttachRoot(lk.Lookup("o"), "block device 'o'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
+			if err == nil {
+				lk.DetachRoot(c)
+			}
+			return err
+		})
 	}
-	g.Lock()
-	if err := g.SetReadOnly(ctx, g.Lookup("disk"), false); err != nil {
+	lk, unlock := lockGraph(g)
+	if err := lk.SetReadOnly(ctx, lk.Lookup("disk"), false); err != nil {
 		t.Fatal(err)
 	}
-	w, err := g.AttachRoot(g.Lookup("disk"), "block device 'w'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermConsistentRead)
-	g.Unlock()
+	w, err := lk.AttachRoot(lk.Lookup("disk"), "block device 'w'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermConsistentRead)
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
 	wantErr(t, tryWrite(), `Failed to get "write" lock`)
-	g.Lock()
-	g.DetachRoot(w)
-	err = g.SetReadOnly(ctx, g.Lookup("disk"), true)
-	g.Unlock()
+	lk, unlock = lockGraph(g)
+	lk.DetachRoot(w)
+	err = lk.SetReadOnly(ctx, lk.Lookup("disk"), true)
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}

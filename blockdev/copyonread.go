@@ -20,8 +20,8 @@ func (n *Node) tracking() bool { return n.align > 1 || n.corUsers.Load() > 0 }
 // function is called (once). n is drained meanwhile, so that no write in
 // flight escapes the tracking. Caller holds the graph lock, also when it
 // calls the returned function.
-func (g *Graph) EnableCopyOnRead(n *Node) (disable func()) {
-	undrain := g.Drain(n)
+func (lk *Locked) EnableCopyOnRead(n *Node) (disable func()) {
+	undrain := lk.Drain(n)
 	n.corUsers.Add(1)
 	undrain()
 	done := false

@@ -34,29 +34,29 @@ func (cc *CreateContext) Graph() *Graph { return cc.g }
 // image creation does. The edge is removed (and an implicit node closed)
 // when Create returns. It takes the graph lock itself.
 func (cc *CreateContext) OpenChild(ctx context.Context, key string) (*Child, error) {
-	g := cc.g
-	g.Lock()
-	defer g.Unlock()
-	if g.closed {
-		return nil, errors.New("the block layer is shutting down")
-	}
-	v, ok := cc.opts[key]
-	if !ok || v == nil {
-		return nil, fmt.Errorf("Parameter '%s' is missing", key)
-	}
-	tx := &openTx{}
-	n, err := g.resolveRef(ctx, tx, key, v, inherited{})
-	if err != nil {
-		g.rollback(tx)
-		return nil, err
-	}
-	c, err := g.AttachRoot(n, cc.user, PermConsistentRead|PermWrite|PermResize, PermAll)
-	if err != nil {
-		g.release(n)
-		return nil, err
-	}
-	cc.roots = append(cc.roots, c)
-	return c, nil
+	return WithLock(cc.g, func(lk *Locked) (*Child, error) {
+		g := lk.g
+		if g.closed {
+			return nil, errors.New("the block layer is shutting down")
+		}
+		v, ok := cc.opts[key]
+		if !ok || v == nil {
+			return nil, fmt.Errorf("Parameter '%s' is missing", key)
+		}
+		tx := &openTx{}
+		n, err := lk.resolveRef(ctx, tx, key, v, inherited{})
+		if err != nil {
+			g.rollback(tx)
+			return nil, err
+		}
+		c, err := lk.AttachRoot(n, cc.user, PermConsistentRead|PermWrite|PermResize, PermAll)
+		if err != nil {
+			g.release(n)
+			return nil, err
+		}
+		cc.roots = append(cc.roots, c)
+		return c, nil
+	})
 }
 
 // Create runs blockdev-create's work for driver with opts (the variant's
@@ -71,13 +71,12 @@ func (g *Graph) Create(ctx context.Context, driver string, opts Options, user st
 		return errors.New("Driver does not support blockdev-create")
 	}
 	cc := &CreateContext{g: g, opts: opts, user: user}
-	defer func() {
-		g.Lock()
-		defer g.Unlock()
+	defer g.Do(func(lk *Locked) error {
 		for i := len(cc.roots) - 1; i >= 0; i-- {
-			g.DetachRoot(cc.roots[i])
+			lk.DetachRoot(cc.roots[i])
 		}
-	}()
+		return nil
+	})
 	return cr.Create(ctx, cc)
 }
 

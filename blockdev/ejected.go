@@ -19,8 +19,8 @@ func (n *Node) ejected() bool {
 
 // checkEjected fails query-named-block-nodes as QEMU does when a node
 // in the list has lost its driver (the first one, in the list's order).
-// Caller holds the graph lock.
-func (g *Graph) checkEjected() error {
+func (lk *Locked) checkEjected() error {
+	g := lk.g
 	for n := g.tail; n != nil; n = n.prev {
 		if n.ejected() {
 			return qmp.Errorf("Block device %s is ejected", n.name)

@@ -76,8 +76,9 @@ func (n *Node) SkipFilters() *Node {
 // an automatic one and is implicit. Nothing holds the filter but the
 // parents it took over; the caller adds its own edge if it needs one
 // before a parent could go away. On a permission conflict nothing
-// changes. Caller holds the graph lock.
-func (g *Graph) AppendFilter(ctx context.Context, n *Node, opts Options) (*Node, error) {
+// changes.
+func (lk *Locked) AppendFilter(ctx context.Context, n *Node, opts Options) (*Node, error) {
+	g := lk.g
 	if g.closed {
 		return nil, errors.New("the block layer is shutting down")
 	}
@@ -94,7 +95,7 @@ func (g *Graph) AppendFilter(ctx context.Context, n *Node, opts Options) (*Node,
 	}
 	f.implicitFilter = implicit
 	f.refreshFilename()
-	if err := g.ReplaceNode(ctx, n, f, f.filtered()); err != nil {
+	if err := lk.ReplaceNode(ctx, n, f, f.filtered()); err != nil {
 		g.rollback(tx)
 		return nil, err
 	}
@@ -109,9 +110,9 @@ func (g *Graph) AppendFilter(ctx context.Context, n *Node, opts Options) (*Node,
 
 // RemoveFilter takes a filter out of the graph: its parents move to its
 // filtered child and the filter closes once nothing else holds it
-// (QEMU's bdrv_replace_node of a filter by its child). Caller holds the
-// graph lock.
-func (g *Graph) RemoveFilter(ctx context.Context, f *Node) error {
+// (QEMU's bdrv_replace_node of a filter by its child).
+func (lk *Locked) RemoveFilter(ctx context.Context, f *Node) error {
+	g := lk.g
 	c := f.filtered()
 	if c == nil {
 		return fmt.Errorf("blockdev: %s is not a filter", f.name)
@@ -120,7 +121,7 @@ func (g *Graph) RemoveFilter(ctx context.Context, f *Node) error {
 	// What the filter froze for itself goes with it (QEMU's
 	// bdrv_cor_filter_drop unfreezes first).
 	f.unfreezeOwn()
-	if err := g.ReplaceNode(ctx, f, child, c); err != nil {
+	if err := lk.ReplaceNode(ctx, f, child, c); err != nil {
 		return err
 	}
 	g.release(f)
@@ -129,13 +130,12 @@ func (g *Graph) RemoveFilter(ctx context.Context, f *Node) error {
 }
 
 // CumulativePerm returns what n's users hold together and let others
-// hold (QEMU's bdrv_get_cumulative_perm). Caller holds the graph lock.
-func (n *Node) CumulativePerm() (perm, shared Perm) { return n.cumulative(nil) }
+// hold (QEMU's bdrv_get_cumulative_perm).
+func (n *Node) CumulativePerm(_ *Locked) (perm, shared Perm) { return n.cumulative(nil) }
 
 // IsRoot tells whether neither a node nor a job uses n (only root users
-// such as exports, or nobody): QEMU's bdrv_is_root_node. Caller holds
-// the graph lock.
-func (n *Node) IsRoot() bool {
+// such as exports, or nobody): QEMU's bdrv_is_root_node.
+func (n *Node) IsRoot(_ *Locked) bool {
 	for _, c := range n.parents {
 		if c.parent != nil || c.job != "" {
 			return false
@@ -147,8 +147,9 @@ func (n *Node) IsRoot() bool {
 // RefreshPerms recomputes the permissions n takes on its children, after
 // its driver changed what ChildPerm answers (mirror_top once its job
 // stops forwarding writes). Relaxing cannot fail; a tightening that
-// conflicts fails without changing anything. Caller holds the graph lock.
-func (g *Graph) RefreshPerms(n *Node) error {
+// conflicts fails without changing anything.
+func (lk *Locked) RefreshPerms(n *Node) error {
+	g := lk.g
 	tx := newPermTx()
 	if err := g.refreshPerms(n, tx); err != nil {
 		tx.abort()

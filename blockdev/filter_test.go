@@ -35,8 +35,8 @@ func TestAppendAndRemoveFilter(t *testing.T) {
 	ctx := context.Background()
 	fillBlock(t, g, "active", 1, 0xa1)
 	var f *blockdev.Node
-	if err := locked(g, func() (err error) {
-		f, err = g.AppendFilter(ctx, active, blockdev.Options{"driver": "mirror_top", "backing": "active"})
+	if err := locked(g, func(lk *blockdev.Locked) (err error) {
+		f, err = lk.AppendFilter(ctx, active, blockdev.Options{"driver": "mirror_top", "backing": "active"})
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -44,16 +44,16 @@ func TestAppendAndRemoveFilter(t *testing.T) {
 	if root.Node() != f {
 		t.Fatalf("the root edge is on %s, not on the filter", root.Node().Name())
 	}
-	g.Lock()
-	if f.Filename() != active.Filename() || f.FilterOrCOW() != active || !blockdev.InChain(f, g.Lookup("base")) ||
-		blockdev.FindOverlay(f, active) != f || f.SkipFilters() != active {
+	lk, unlock := lockGraph(g)
+	if f.Filename() != active.Filename() || f.FilterOrCOW() != active || !blockdev.InChain(lk, f, lk.Lookup("base")) ||
+		blockdev.FindOverlay(lk, f, active) != f || f.SkipFilters() != active {
 		t.Errorf("filter %s: file %q (active %q), next %v", f.Name(), f.Filename(), active.Filename(), f.FilterOrCOW())
 	}
-	info := f.Info(ctx, false)
+	info := f.Info(ctx, lk, false)
 	if info.BackingFileDepth != 2 || info.BackingFile != "" || info.Drv != "mirror_top" {
 		t.Errorf("filter view %+v", info)
 	}
-	g.Unlock()
+	unlock()
 	for _, c := range []struct {
 		blk   int64
 		depth int
@@ -67,15 +67,15 @@ func TestAppendAndRemoveFilter(t *testing.T) {
 	if err := root.Read(ctx, 0, p); err != nil || p[0] != 0xb0 || p[cowBlock] != 0xa1 {
 		t.Fatalf("read through the filter: %v %x %x", err, p[0], p[cowBlock])
 	}
-	if err := locked(g, func() error { return g.RemoveFilter(ctx, f) }); err != nil {
+	if err := locked(g, func(lk *blockdev.Locked) error { return lk.RemoveFilter(ctx, f) }); err != nil {
 		t.Fatal(err)
 	}
 	if root.Node() != active {
 		t.Fatalf("the root edge is on %s after the removal", root.Node().Name())
 	}
-	g.Lock()
-	defer g.Unlock()
-	if g.Lookup(f.Name()) != nil {
+	lk, unlock = lockGraph(g)
+	defer func() { unlock() }()
+	if lk.Lookup(f.Name()) != nil {
 		t.Errorf("the filter %s is still in the graph", f.Name())
 	}
 }
@@ -86,12 +86,12 @@ func TestAppendAndRemoveFilter(t *testing.T) {
 func TestCopyOnReadFilter(t *testing.T) {
 	g, active, root := twoLayers(t)
 	ctx := context.Background()
-	g.Lock()
-	if _, err := active.AddDirtyBitmap("b0", blockdev.BitmapOptions{Granularity: 4096}); err != nil {
+	lk, unlock := lockGraph(g)
+	if _, err := active.AddDirtyBitmap(lk, "b0", blockdev.BitmapOptions{Granularity: 4096}); err != nil {
 		t.Fatal(err)
 	}
-	f, err := g.AppendFilter(ctx, active, blockdev.Options{"driver": "copy-on-read", "file": "active"})
-	g.Unlock()
+	f, err := lk.AppendFilter(ctx, active, blockdev.Options{"driver": "copy-on-read", "file": "active"})
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,9 +120,9 @@ func TestCopyOnReadFilter(t *testing.T) {
 	if b := active.DirtyBitmap("b0"); b == nil || b.Bits().Count() != 0 {
 		t.Errorf("the copies marked the bitmap: %v", b)
 	}
-	g.Lock()
-	defer g.Unlock()
-	if err := g.RemoveFilter(ctx, f); err != nil {
+	lk, unlock = lockGraph(g)
+	defer func() { unlock() }()
+	if err := lk.RemoveFilter(ctx, f); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -139,9 +139,9 @@ func TestCopyOnReadRacingWrites(t *testing.T) {
 func copyOnReadRacingWrites(t *testing.T) {
 	g, active, root := twoLayers(t)
 	ctx := context.Background()
-	g.Lock()
-	f, err := g.AppendFilter(ctx, active, blockdev.Options{"driver": "copy-on-read", "file": "active"})
-	g.Unlock()
+	lk, unlock := lockGraph(g)
+	f, err := lk.AppendFilter(ctx, active, blockdev.Options{"driver": "copy-on-read", "file": "active"})
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,9 +187,9 @@ func copyOnReadRacingWrites(t *testing.T) {
 			t.Errorf("block %d reads %x, its last write was %x", blk, p[0], final[blk])
 		}
 	}
-	g.Lock()
-	defer g.Unlock()
-	if err := g.RemoveFilter(ctx, f); err != nil {
+	lk, unlock = lockGraph(g)
+	defer func() { unlock() }()
+	if err := lk.RemoveFilter(ctx, f); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -9,12 +9,12 @@ import "fmt"
 // change, a node replaced under it) until the job lets go. Links to a
 // node marked never-freeze (the filters commit and mirror put into a
 // chain, which must stay removable) cannot be frozen at all. Every
-// function here expects the graph lock to be held.
+// function here runs with the graph lock held (the exported ones take the
+// *Locked that proves it).
 
 // SetNeverFreeze marks n as a node links to which may never be frozen
-// (QEMU's never_freeze, set on commit_top and mirror_top). Graph lock
-// held.
-func (n *Node) SetNeverFreeze() { n.neverFreeze = true }
+// (QEMU's never_freeze, set on commit_top and mirror_top).
+func (n *Node) SetNeverFreeze(_ *Locked) { n.neverFreeze = true }
 
 // chainLinks returns the filtered-or-backing links from top down to, not
 // including, base's own (all of them when base is nil or not met).
@@ -32,8 +32,8 @@ func chainLinks(top, base *Node) []*Child {
 }
 
 // ChainFrozen returns QEMU's error when a link from top down to base is
-// frozen (bdrv_is_backing_chain_frozen), else nil. Graph lock held.
-func ChainFrozen(top, base *Node) error {
+// frozen (bdrv_is_backing_chain_frozen), else nil.
+func ChainFrozen(_ *Locked, top, base *Node) error {
 	for _, c := range chainLinks(top, base) {
 		if c.frozen {
 			return fmt.Errorf("Cannot change '%s' link from '%s' to '%s'", c.name, c.parent.name, c.node.Load().name)
@@ -47,8 +47,8 @@ func ChainFrozen(top, base *Node) error {
 // frozen and QEMU's error comes back. The returned function unfreezes
 // exactly the links it froze (once). Graph lock held, also when it is
 // called.
-func (g *Graph) FreezeChain(top, base *Node) (unfreeze func(), err error) {
-	links, err := freezeLinks(top, base)
+func (lk *Locked) FreezeChain(top, base *Node) (unfreeze func(), err error) {
+	links, err := freezeLinks(lk, top, base)
 	if err != nil {
 		return nil, err
 	}
@@ -61,8 +61,8 @@ func (g *Graph) FreezeChain(top, base *Node) (unfreeze func(), err error) {
 	}, nil
 }
 
-func freezeLinks(top, base *Node) ([]*Child, error) {
-	if err := ChainFrozen(top, base); err != nil {
+func freezeLinks(lk *Locked, top, base *Node) ([]*Child, error) {
+	if err := ChainFrozen(lk, top, base); err != nil {
 		return nil, err
 	}
 	links := chainLinks(top, base)
@@ -85,9 +85,9 @@ func thaw(links []*Child) {
 
 // FreezeChain freezes the links from the node being opened down to base
 // for as long as the node is open, or until it is taken out as a filter
-// (QEMU's copy-on-read filter with a bottom node). Graph lock held.
+// (QEMU's copy-on-read filter with a bottom node).
 func (oc *OpenContext) FreezeChain(base *Node) error {
-	links, err := freezeLinks(oc.node, base)
+	links, err := freezeLinks(oc.Locked(), oc.node, base)
 	if err != nil {
 		return err
 	}

@@ -7,21 +7,22 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"github.com/rs/zerolog"
 
+	"github.com/qbmond/qbmond/internal/lockorder"
 	"github.com/qbmond/qbmond/keyval"
 )
 
 // Graph is the node graph: every open node by name, in opening order, and
 // the edges between them. One lock, the graph lock, guards its structure:
-// command handlers (and, later, jobs changing the graph) hold it; I/O does
-// not take it. Methods documented "caller holds the graph lock" expect
-// Lock to be held.
+// command handlers and a job's graph changes hold it, through Do, whose
+// *Locked is the receiver (or an argument) of every operation that needs
+// it; I/O does not take it. Its place among qbmond's locks is in package
+// lockorder.
 type Graph struct {
-	mu  sync.Mutex
+	mu  lockorder.Mutex[lockorder.Graph]
 	log zerolog.Logger
 
 	names      map[string]*Node
@@ -46,15 +47,53 @@ func NewGraph(log zerolog.Logger) *Graph {
 	return &Graph{log: log, names: map[string]*Node{}}
 }
 
-// Lock takes the graph lock.
-func (g *Graph) Lock() { g.mu.Lock() }
+// Locked is the graph lock, held: Graph.Do hands one to its function for
+// as long as the lock is held, and the operations that need the lock are
+// methods of Locked or take one, so code without the lock cannot call
+// them (the accessors of a node's edges that drivers use while the node
+// opens, such as Children, Parents and BackingNode, are the exception:
+// their doc says the lock must be held). A driver's Open gets it from its
+// OpenContext. A Locked is valid only inside the Do that made it; do not
+// keep it.
+type Locked struct {
+	g *Graph
+}
 
-// Unlock releases the graph lock.
-func (g *Graph) Unlock() { g.mu.Unlock() }
+// Do runs fn with the graph lock held and returns its error. The lock is
+// the innermost of qbmond's locks (package lockorder): fn must not take
+// the job manager's or the export manager's lock.
+func (g *Graph) Do(fn func(lk *Locked) error) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return fn(&Locked{g: g})
+}
 
-// Lookup returns the open node called name, or nil. Caller holds the graph
-// lock.
-func (g *Graph) Lookup(name string) *Node {
+// WithLock is Do for a function that also returns a value.
+func WithLock[T any](g *Graph, fn func(lk *Locked) (T, error)) (T, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return fn(&Locked{g: g})
+}
+
+// Graph returns the graph lk locks.
+func (lk *Locked) Graph() *Graph { return lk.g }
+
+// Unlocked runs fn with the graph lock released, and takes it again before
+// it returns (a job's abort inside a failing transaction, whose clean-up
+// takes the lock itself). fn must not use lk.
+func (lk *Locked) Unlocked(fn func()) {
+	lk.g.mu.Unlock()
+	defer lk.g.mu.Lock()
+	fn()
+}
+
+// held returns the proof of the graph lock for code inside the package
+// that runs with it held but was not handed a Locked.
+func (g *Graph) held() *Locked { return &Locked{g: g} }
+
+// Lookup returns the open node called name, or nil.
+func (lk *Locked) Lookup(name string) *Node {
+	g := lk.g
 	if n := g.names[name]; n != nil && n.listed {
 		return n
 	}
@@ -62,16 +101,16 @@ func (g *Graph) Lookup(name string) *Node {
 }
 
 // Find is Lookup with QEMU's error for an unknown node.
-func (g *Graph) Find(name string) (*Node, error) {
-	if n := g.Lookup(name); n != nil {
+func (lk *Locked) Find(name string) (*Node, error) {
+	if n := lk.Lookup(name); n != nil {
 		return n, nil
 	}
 	return nil, fmt.Errorf("Failed to find node with node-name='%s'", name)
 }
 
-// Nodes returns the open nodes in opening order, oldest first. Caller holds
-// the graph lock.
-func (g *Graph) Nodes() []*Node {
+// Nodes returns the open nodes in opening order, oldest first.
+func (lk *Locked) Nodes() []*Node {
+	g := lk.g
 	ns := make([]*Node, 0, g.count)
 	for n := g.head; n != nil; n = n.next {
 		ns = append(ns, n)
@@ -79,8 +118,8 @@ func (g *Graph) Nodes() []*Node {
 	return ns
 }
 
-// Len returns the number of open nodes. Caller holds the graph lock.
-func (g *Graph) Len() int { return g.count }
+// Len returns the number of open nodes.
+func (lk *Locked) Len() int { return lk.g.count }
 
 func (g *Graph) listAppend(n *Node) {
 	n.prev, n.next = g.tail, nil
@@ -153,8 +192,9 @@ type inherited struct {
 // Add opens a tree of nodes from blockdev-add options and gives the monitor
 // a reference to its root. It is all-or-nothing: when any node of the tree
 // fails to open, every node it opened is closed and every edge it attached
-// is detached again. Caller holds the graph lock.
-func (g *Graph) Add(ctx context.Context, opts Options) (*Node, error) {
+// is detached again.
+func (lk *Locked) Add(ctx context.Context, opts Options) (*Node, error) {
+	g := lk.g
 	if g.closed {
 		return nil, errors.New("the block layer is shutting down")
 	}
@@ -330,8 +370,11 @@ type OpenContext struct {
 // as node-name, read-only and cache removed; child definitions included).
 func (oc *OpenContext) Options() Options { return oc.opts }
 
-// Graph returns the graph the node opens in (its lock is held).
+// Graph returns the graph the node opens in.
 func (oc *OpenContext) Graph() *Graph { return oc.g }
+
+// Locked returns the graph lock, which is held while a node opens.
+func (oc *OpenContext) Locked() *Locked { return oc.g.held() }
 
 // Node returns the node being opened (not yet in the graph).
 func (oc *OpenContext) Node() *Node { return oc.node }
@@ -386,7 +429,7 @@ func (oc *OpenContext) OpenChild(ctx context.Context, name string, role Role) (*
 // openRef opens (or looks up) the BlockdevRef v and attaches it as the
 // child called name.
 func (oc *OpenContext) openRef(ctx context.Context, name string, v any, role Role, inh inherited) (*Child, error) {
-	child, err := oc.g.resolveRef(ctx, oc.tx, name, v, inh)
+	child, err := oc.g.held().resolveRef(ctx, oc.tx, name, v, inh)
 	if err != nil {
 		return nil, err
 	}
@@ -404,10 +447,11 @@ func (oc *OpenContext) openRef(ctx context.Context, name string, v any, role Rol
 // resolveRef finds the node a BlockdevRef under key name names: an
 // existing node by its name, or a new implicit node opened (within tx)
 // from an inline definition.
-func (g *Graph) resolveRef(ctx context.Context, tx *openTx, name string, v any, inh inherited) (*Node, error) {
+func (lk *Locked) resolveRef(ctx context.Context, tx *openTx, name string, v any, inh inherited) (*Node, error) {
+	g := lk.g
 	switch ref := v.(type) {
 	case string:
-		n := g.Lookup(ref)
+		n := lk.Lookup(ref)
 		if n == nil {
 			return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", ref, ref)
 		}
@@ -522,8 +566,9 @@ func (g *Graph) attach(parent, child *Node, name string, role Role) (*Child, err
 // edge to n with the given permissions. user names it in permission errors
 // as QEMU names the parent: a BlockBackend (an export's, a job's main
 // one, blockdev-create's) has no name in QSD, "an unnamed block device";
-// a named one would be "block device 'x'". Caller holds the graph lock.
-func (g *Graph) AttachRoot(n *Node, user string, perm, shared Perm) (*Child, error) {
+// a named one would be "block device 'x'".
+func (lk *Locked) AttachRoot(n *Node, user string, perm, shared Perm) (*Child, error) {
+	g := lk.g
 	return g.attachUser(n, user, "root", "", perm, shared)
 }
 
@@ -531,8 +576,9 @@ func (g *Graph) AttachRoot(n *Node, user string, perm, shared Perm) (*Child, err
 // ("main node", "intermediate node", ...), as QEMU's block_job_add_bdrv;
 // user names the job in permission errors ("commit job 'j0'"), and
 // x-debug-query-block-graph shows the edge from a "block-job" vertex.
-// Caller holds the graph lock; DetachRoot removes the edge.
-func (g *Graph) AttachJob(n *Node, id, user, role string, perm, shared Perm) (*Child, error) {
+// DetachRoot removes the edge.
+func (lk *Locked) AttachJob(n *Node, id, user, role string, perm, shared Perm) (*Child, error) {
+	g := lk.g
 	return g.attachUser(n, user, role, id, perm, shared)
 }
 
@@ -546,9 +592,9 @@ func (g *Graph) attachUser(n *Node, user, name, job string, perm, shared Perm) (
 }
 
 // DetachRoot removes an edge AttachRoot created; the node stays if
-// something else holds it, and closes otherwise. Caller holds the graph
-// lock.
-func (g *Graph) DetachRoot(c *Child) {
+// something else holds it, and closes otherwise.
+func (lk *Locked) DetachRoot(c *Child) {
+	g := lk.g
 	if c.parent != nil {
 		panic("blockdev: DetachRoot of a node's child")
 	}
@@ -559,14 +605,15 @@ func (g *Graph) DetachRoot(c *Child) {
 // RemoveBackend is DetachRoot as QEMU's blk_remove_bs does it for an
 // export: the node's I/O is drained, then the edge goes in a drained
 // section of its own (a job on the node pauses for each), then the node
-// closes if nothing else holds it. Caller holds the graph lock.
-func (g *Graph) RemoveBackend(c *Child) {
+// closes if nothing else holds it.
+func (lk *Locked) RemoveBackend(c *Child) {
+	g := lk.g
 	if c.parent != nil {
 		panic("blockdev: RemoveBackend of a node's child")
 	}
 	n := c.node.Load()
-	g.Drain(n)()
-	undrain := g.Drain(n)
+	lk.Drain(n)()
+	undrain := lk.Drain(n)
 	g.detach(c)
 	undrain()
 	g.release(n)
@@ -614,10 +661,10 @@ func (g *Graph) detach(c *Child) {
 }
 
 // Delete drops the monitor's reference to a node (blockdev-del): the node
-// and the implicit children only it held close. Caller holds the graph
-// lock.
-func (g *Graph) Delete(ctx context.Context, name string) error {
-	n, err := g.Find(name)
+// and the implicit children only it held close.
+func (lk *Locked) Delete(ctx context.Context, name string) error {
+	g := lk.g
+	n, err := lk.Find(name)
 	if err != nil {
 		return err
 	}
@@ -629,7 +676,7 @@ func (g *Graph) Delete(ctx context.Context, name string) error {
 			return fmt.Errorf("Node %s is in use", name)
 		}
 	}
-	if err := n.opBlocker(); err != nil {
+	if err := n.opBlocker(lk); err != nil {
 		return err
 	}
 	if !n.monitor {
@@ -685,8 +732,8 @@ func (n *Node) closeDriver(ctx context.Context) error {
 // SIGTERM). It takes the graph lock itself. The graph accepts no new nodes
 // afterwards; requests still holding a Child get ErrClosed.
 func (g *Graph) Close() error {
-	g.Lock()
-	defer g.Unlock()
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	g.closed = true
 	var errs []error
 	// Parents close before the nodes below them, whatever order the

@@ -56,23 +56,23 @@ func newGraph(t testing.TB) *blockdev.Graph {
 
 // add runs blockdev-add under the graph lock.
 func add(g *blockdev.Graph, o blockdev.Options) error {
-	g.Lock()
-	defer g.Unlock()
-	_, err := g.Add(context.Background(), o)
+	lk, unlock := lockGraph(g)
+	defer unlock()
+	_, err := lk.Add(context.Background(), o)
 	return err
 }
 
 func del(g *blockdev.Graph, name string) error {
-	g.Lock()
-	defer g.Unlock()
-	return g.Delete(context.Background(), name)
+	lk, unlock := lockGraph(g)
+	defer unlock()
+	return lk.Delete(context.Background(), name)
 }
 
 func names(g *blockdev.Graph) []string {
-	g.Lock()
-	defer g.Unlock()
+	lk, unlock := lockGraph(g)
+	defer unlock()
 	var out []string
-	for _, n := range g.Nodes() {
+	for _, n := range lk.Nodes() {
 		out = append(out, n.Name())
 	}
 	return out
@@ -136,9 +136,9 @@ func TestAutoNames(t *testing.T) {
 	for i := range 150 {
 		name := "r" + string(rune('a'+i%26)) + strings.Repeat("x", i/26)
 		mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": name, "file": map[string]any{"driver": "file", "filename": img}})
-		g.Lock()
-		f := g.Lookup(name).Child("file").Node().Name()
-		g.Unlock()
+		lk, unlock := lockGraph(g)
+		f := lk.Lookup(name).Child("file").Node().Name()
+		unlock()
 		if !auto.MatchString(f) {
 			t.Fatalf("implicit node named %q", f)
 		}
@@ -191,9 +191,9 @@ func TestImplicitChildSharedByReference(t *testing.T) {
 	g := newGraph(t)
 	img := drivertest.Image(t, 1<<20)
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "a", "file": map[string]any{"driver": "file", "filename": img}})
-	g.Lock()
-	auto := g.Lookup("a").Child("file").Node().Name()
-	g.Unlock()
+	lk, unlock := lockGraph(g)
+	auto := lk.Lookup("a").Child("file").Node().Name()
+	unlock()
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "b", "file": auto})
 	if err := del(g, "a"); err != nil {
 		t.Fatal(err)
@@ -227,9 +227,9 @@ func TestAtomicTree(t *testing.T) {
 	if got := strings.Join(names(g), ","); got != "shared" {
 		t.Fatalf("left behind: %s", got)
 	}
-	g.Lock()
-	parents := len(g.Lookup("shared").Parents())
-	g.Unlock()
+	lk, unlock := lockGraph(g)
+	parents := len(lk.Lookup("shared").Parents())
+	unlock()
 	if parents != 0 {
 		t.Fatalf("the failed tree left %d edges on 'shared'", parents)
 	}
@@ -250,9 +250,9 @@ func TestPermissionConflicts(t *testing.T) {
 		"Permission conflict on node 'f': permissions 'resize' are both required by node 'q1' (uses node 'f' as 'file' child) and unshared by node 'r1' (uses node 'f' as 'file' child).")
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "r2", "file": "f", "read-only": true})
 
-	g.Lock()
-	defer g.Unlock()
-	f := g.Lookup("f")
+	lk, unlock := lockGraph(g)
+	defer unlock()
+	f := lk.Lookup("f")
 	var got []string
 	for _, c := range f.Parents() {
 		got = append(got, c.Parent().Name()+":"+c.Perm().String()+"/"+c.Shared().String())
@@ -266,14 +266,14 @@ func TestPermissionConflicts(t *testing.T) {
 	}
 	// A root user that wants to resize f conflicts with q1, which does not
 	// share resize; the error names both users.
-	_, err := g.AttachRoot(f, "block device 'x'", blockdev.PermResize, blockdev.PermAll)
+	_, err := lk.AttachRoot(f, "block device 'x'", blockdev.PermResize, blockdev.PermAll)
 	wantErr(t, err, "Permission conflict on node 'f': permissions 'resize' are both required by block device 'x' (uses node 'f' as 'root' child) and unshared by node 'q1' (uses node 'f' as 'file' child).")
 	if len(f.Parents()) != 2 {
 		t.Fatal("the failed attach left an edge")
 	}
 	// A writer on q1 propagates nothing new (q1 already writes f), but a
 	// writer on r2, which is read-only, is refused.
-	_, err = g.AttachRoot(g.Lookup("r2"), "block device 'y'", blockdev.PermWrite, blockdev.PermAll)
+	_, err = lk.AttachRoot(lk.Lookup("r2"), "block device 'y'", blockdev.PermWrite, blockdev.PermAll)
 	wantErr(t, err, "Block node is read-only")
 }
 
@@ -284,19 +284,19 @@ func TestPermissionPropagationConflict(t *testing.T) {
 	img := drivertest.Image(t, 1<<20)
 	mustAdd(t, g, blockdev.Options{"driver": "file", "node-name": "f", "filename": img})
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "r", "file": "f"})
-	g.Lock()
-	defer g.Unlock()
-	w, err := g.AttachRoot(g.Lookup("f"), "block device 'w'", blockdev.PermWrite, blockdev.PermAll)
+	lk, unlock := lockGraph(g)
+	defer unlock()
+	w, err := lk.AttachRoot(lk.Lookup("f"), "block device 'w'", blockdev.PermWrite, blockdev.PermAll)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = g.AttachRoot(g.Lookup("r"), "block device 'reader'", blockdev.PermConsistentRead, blockdev.PermConsistentRead)
+	_, err = lk.AttachRoot(lk.Lookup("r"), "block device 'reader'", blockdev.PermConsistentRead, blockdev.PermConsistentRead)
 	wantErr(t, err, "Permission conflict on node 'f': permissions 'write' are both required by block device 'w' (uses node 'f' as 'root' child) and unshared by node 'r' (uses node 'f' as 'file' child).")
-	if got := g.Lookup("r").Child("file").Shared(); got != blockdev.PermAll {
+	if got := lk.Lookup("r").Child("file").Shared(); got != blockdev.PermAll {
 		t.Fatalf("failed attach changed r's shared perms on f: %v", got)
 	}
-	g.DetachRoot(w)
-	if _, err := g.AttachRoot(g.Lookup("r"), "block device 'reader'", blockdev.PermConsistentRead, blockdev.PermConsistentRead); err != nil {
+	lk.DetachRoot(w)
+	if _, err := lk.AttachRoot(lk.Lookup("r"), "block device 'reader'", blockdev.PermConsistentRead, blockdev.PermConsistentRead); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -306,9 +306,9 @@ func TestIOUnderGraphChanges(t *testing.T) {
 	g := newGraph(t)
 	img := drivertest.Image(t, 4<<20)
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "disk", "file": map[string]any{"driver": "file", "filename": img}})
-	g.Lock()
-	c, err := g.AttachRoot(g.Lookup("disk"), "block device 'io'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
-	g.Unlock()
+	lk, unlock := lockGraph(g)
+	c, err := lk.AttachRoot(lk.Lookup("disk"), "block device 'io'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,10 +339,10 @@ func TestIOUnderGraphChanges(t *testing.T) {
 	for i := range 200 {
 		name := "n" + strings.Repeat("x", i%20) + string(rune('a'+i%26))
 		_ = add(g, blockdev.Options{"driver": "raw", "node-name": name, "file": "disk"})
-		g.Lock()
-		g.QueryNamedBlockNodes(ctx, false)
-		g.QueryBlockGraph()
-		g.Unlock()
+		lk, unlock := lockGraph(g)
+		lk.QueryNamedBlockNodes(ctx, false)
+		lk.QueryBlockGraph()
+		unlock()
 		_ = del(g, name)
 	}
 	close(stop)
@@ -353,9 +353,9 @@ func TestCloseFlushesAndRefusesIO(t *testing.T) {
 	g := blockdev.NewGraph(zerolog.Nop())
 	img := drivertest.Image(t, 1<<20)
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "disk", "file": map[string]any{"driver": "file", "filename": img}})
-	g.Lock()
-	c, err := g.AttachRoot(g.Lookup("disk"), "block device 'io'", blockdev.PermWrite, blockdev.PermAll)
-	g.Unlock()
+	lk, unlock := lockGraph(g)
+	c, err := lk.AttachRoot(lk.Lookup("disk"), "block device 'io'", blockdev.PermWrite, blockdev.PermAll)
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -134,10 +134,10 @@ const rw = blockdev.PermConsistentRead | blockdev.PermWrite
 func openRoot(t *testing.T, g *blockdev.Graph, opts blockdev.Options, perm blockdev.Perm) (*blockdev.Node, *blockdev.Child) {
 	t.Helper()
 	mustAdd(t, g, opts)
-	g.Lock()
-	defer g.Unlock()
-	n := g.Lookup(opts["node-name"].(string))
-	c, err := g.AttachRoot(n, "block device 'test'", perm, blockdev.PermAll)
+	lk, unlock := lockGraph(g)
+	defer unlock()
+	n := lk.Lookup(opts["node-name"].(string))
+	c, err := lk.AttachRoot(n, "block device 'test'", perm, blockdev.PermAll)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,9 +329,9 @@ func TestStatsCountRootRequests(t *testing.T) {
 	g := newGraph(t)
 	raw, c := openRoot(t, g, blockdev.Options{"driver": "raw", "node-name": "disk", "discard": "unmap",
 		"file": map[string]any{"driver": "testmem", "node-name": "mem", "size": int64(1 << 20), "align": int64(512)}}, rw)
-	g.Lock()
-	mem := g.Lookup("mem")
-	g.Unlock()
+	lk, unlock := lockGraph(g)
+	mem := lk.Lookup("mem")
+	unlock()
 	d := mem.Driver().(*memdrv)
 	ctx := context.Background()
 
@@ -428,9 +428,9 @@ func TestQueryBlockStatsLikeQSD(t *testing.T) {
 	// wr_highest_offset 1100 on both nodes. qbmond counts the root user's
 	// requests on the node it uses, on purpose; the file node below, which
 	// only its parent uses, matches QSD exactly.
-	g.Lock()
-	c, err := g.AttachRoot(g.Lookup("disk"), "export 'e0'", rw, blockdev.PermAll)
-	g.Unlock()
+	lk, unlock := lockGraph(g)
+	c, err := lk.AttachRoot(lk.Lookup("disk"), "export 'e0'", rw, blockdev.PermAll)
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}

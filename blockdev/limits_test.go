@@ -58,9 +58,9 @@ func TestTransferLimitSplitsAndIsInherited(t *testing.T) {
 	mustAdd(t, g, blockdev.Options{"driver": "testlimit", "node-name": "lim", "size": int64(256 << 10),
 		"align": int64(512), "max-transfer": int64(4096)})
 	top, root := openRoot(t, g, blockdev.Options{"driver": "copy-on-read", "node-name": "cor", "file": "lim"}, rw)
-	g.Lock()
-	lim := g.Lookup("lim")
-	g.Unlock()
+	lk, unlock := lockGraph(g)
+	lim := lk.Lookup("lim")
+	unlock()
 	if lim.MaxTransfer() != 4096 || top.MaxTransfer() != 4096 {
 		t.Fatalf("limits: node %d, filter %d; want 4096 for both", lim.MaxTransfer(), top.MaxTransfer())
 	}

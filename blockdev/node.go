@@ -184,8 +184,7 @@ func driverAlignment(d Driver) int64 {
 func (n *Node) Filename() string { return n.filename }
 
 // MonitorOwned tells whether a blockdev-add reference holds the node.
-// Caller holds the graph lock.
-func (n *Node) MonitorOwned() bool { return n.monitor }
+func (n *Node) MonitorOwned(_ *Locked) bool { return n.monitor }
 
 // Children returns the node's children in attach order. Caller holds the
 // graph lock.

@@ -55,10 +55,10 @@ func TestWriteObserverGateAndMove(t *testing.T) {
 	g := newGraph(t)
 	mustAdd(t, g, blockdev.Options{"driver": "testmem", "node-name": "a", "size": int64(64 << 10)})
 	mustAdd(t, g, blockdev.Options{"driver": "testmem", "node-name": "b", "size": int64(64 << 10)})
-	g.Lock()
-	a, b := g.Lookup("a"), g.Lookup("b")
-	c, err := g.AttachRoot(a, "block device 'test'", rw, blockdev.PermAll)
-	g.Unlock()
+	lk, unlock := lockGraph(g)
+	a, b := lk.Lookup("a"), lk.Lookup("b")
+	c, err := lk.AttachRoot(a, "block device 'test'", rw, blockdev.PermAll)
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,9 +73,9 @@ func TestWriteObserverGateAndMove(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- c.Write(context.Background(), 0, fill(4096, 7), 0) }()
 	<-waiting
-	g.Lock()
-	err = g.ReplaceNode(context.Background(), a, b)
-	g.Unlock()
+	lk, unlock = lockGraph(g)
+	err = lk.ReplaceNode(context.Background(), a, b)
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}

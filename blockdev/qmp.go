@@ -35,9 +35,9 @@ func (g *Graph) qmpQueryBlockStats(ctx context.Context, args json.RawMessage) (a
 			return nil, qmp.Errorf("%v", err)
 		}
 	}
-	g.Lock()
-	defer g.Unlock()
-	return g.QueryBlockStats(a.QueryNodes), nil
+	return WithLock(g, func(lk *Locked) (any, error) {
+		return lk.QueryBlockStats(a.QueryNodes), nil
+	})
 }
 
 func (g *Graph) qmpBlockdevAdd(ctx context.Context, args json.RawMessage) (any, error) {
@@ -45,12 +45,12 @@ func (g *Graph) qmpBlockdevAdd(ctx context.Context, args json.RawMessage) (any, 
 	if err != nil {
 		return nil, qmp.Errorf("%v", err)
 	}
-	g.Lock()
-	defer g.Unlock()
-	if _, err := g.Add(ctx, opts); err != nil {
-		return nil, err
-	}
-	return struct{}{}, nil
+	return WithLock(g, func(lk *Locked) (any, error) {
+		if _, err := lk.Add(ctx, opts); err != nil {
+			return nil, err
+		}
+		return struct{}{}, nil
+	})
 }
 
 func (g *Graph) qmpBlockdevDel(ctx context.Context, args json.RawMessage) (any, error) {
@@ -60,12 +60,12 @@ func (g *Graph) qmpBlockdevDel(ctx context.Context, args json.RawMessage) (any, 
 	if err := json.Unmarshal(args, &a); err != nil {
 		return nil, qmp.Errorf("%v", err)
 	}
-	g.Lock()
-	defer g.Unlock()
-	if err := g.Delete(ctx, a.NodeName); err != nil {
-		return nil, err
-	}
-	return struct{}{}, nil
+	return WithLock(g, func(lk *Locked) (any, error) {
+		if err := lk.Delete(ctx, a.NodeName); err != nil {
+			return nil, err
+		}
+		return struct{}{}, nil
+	})
 }
 
 func (g *Graph) qmpQueryNamedBlockNodes(ctx context.Context, args json.RawMessage) (any, error) {
@@ -75,12 +75,12 @@ func (g *Graph) qmpQueryNamedBlockNodes(ctx context.Context, args json.RawMessag
 	if err := json.Unmarshal(args, &a); err != nil {
 		return nil, qmp.Errorf("%v", err)
 	}
-	g.Lock()
-	defer g.Unlock()
-	if err := g.checkEjected(); err != nil {
-		return nil, err
-	}
-	return g.QueryNamedBlockNodes(ctx, a.Flat), nil
+	return WithLock(g, func(lk *Locked) (any, error) {
+		if err := lk.checkEjected(); err != nil {
+			return nil, err
+		}
+		return lk.QueryNamedBlockNodes(ctx, a.Flat), nil
+	})
 }
 
 // query-block lists BlockBackends; qbmond, like qemu-storage-daemon, has no
@@ -90,7 +90,7 @@ func (g *Graph) qmpQueryBlock(ctx context.Context, args json.RawMessage) (any, e
 }
 
 func (g *Graph) qmpQueryBlockGraph(ctx context.Context, args json.RawMessage) (any, error) {
-	g.Lock()
-	defer g.Unlock()
-	return g.QueryBlockGraph(), nil
+	return WithLock(g, func(lk *Locked) (any, error) {
+		return lk.QueryBlockGraph(), nil
+	})
 }

@@ -291,10 +291,10 @@ func TestReportCorruptionEvent(t *testing.T) {
 	if _, qerr := exec(t, d, "blockdev-add", `{"driver":"null-co","node-name":"n0"}`); qerr != nil {
 		t.Fatal(qerr)
 	}
-	g.Lock()
-	n := g.Lookup("n0")
+	lk, unlock := lockGraph(g)
+	n := lk.Lookup("n0")
 	n.ReportCorruption("L2 table offset 0x5 unaligned", 5, -1, true) // under the graph lock too
-	g.Unlock()
+	unlock()
 	if len(got) != 1 || got[0].Name != "BLOCK_IMAGE_CORRUPTED" {
 		t.Fatalf("events %v", got)
 	}

@@ -242,8 +242,8 @@ func (n *Node) imageInfo(ctx context.Context) *ImageInfo {
 }
 
 // Info builds the node's BlockDeviceInfo. Unless flat, the image nests the
-// backing chain's images (backing-image). Caller holds the graph lock.
-func (n *Node) Info(ctx context.Context, flat bool) BlockDeviceInfo {
+// backing chain's images (backing-image).
+func (n *Node) Info(ctx context.Context, _ *Locked, flat bool) BlockDeviceInfo {
 	info := BlockDeviceInfo{
 		File:         n.filename,
 		NodeName:     n.name,
@@ -274,11 +274,12 @@ func (n *Node) Info(ctx context.Context, flat bool) BlockDeviceInfo {
 }
 
 // QueryNamedBlockNodes is query-named-block-nodes: every node, newest
-// first, as QEMU lists them. Caller holds the graph lock.
-func (g *Graph) QueryNamedBlockNodes(ctx context.Context, flat bool) []BlockDeviceInfo {
+// first, as QEMU lists them.
+func (lk *Locked) QueryNamedBlockNodes(ctx context.Context, flat bool) []BlockDeviceInfo {
+	g := lk.g
 	out := make([]BlockDeviceInfo, 0, g.count)
 	for n := g.tail; n != nil; n = n.prev {
-		out = append(out, n.Info(ctx, flat))
+		out = append(out, n.Info(ctx, lk, flat))
 	}
 	return out
 }
@@ -315,9 +316,9 @@ func permList(p Perm) []string {
 
 // QueryBlockGraph is x-debug-query-block-graph. Node ids are numbered in
 // the order QEMU meets them (walking nodes oldest first, each node then its
-// children), and both lists come newest first as QEMU prints them. Caller
-// holds the graph lock.
-func (g *Graph) QueryBlockGraph() XDbgBlockGraph {
+// children), and both lists come newest first as QEMU prints them.
+func (lk *Locked) QueryBlockGraph() XDbgBlockGraph {
+	g := lk.g
 	ids := make(map[*Node]uint64, g.count)
 	id := func(n *Node) uint64 {
 		if v, ok := ids[n]; ok {

@@ -48,9 +48,9 @@ func registerReopenCommand(d *qmp.Dispatcher, g *Graph) {
 		if err := decodeJSON(args, &a); err != nil {
 			return nil, qmp.Errorf("%v", err)
 		}
-		g.Lock()
-		defer g.Unlock()
-		return struct{}{}, g.Reopen(ctx, a.Options)
+		return WithLock(g, func(lk *Locked) (any, error) {
+			return struct{}{}, lk.Reopen(ctx, a.Options)
+		})
 	})
 }
 
@@ -85,12 +85,13 @@ type reopenEntry struct {
 }
 
 // Reopen is blockdev-reopen: options is the list of BlockdevOptions, one
-// per node to reopen. Caller holds the graph lock.
-func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
+// per node to reopen.
+func (lk *Locked) Reopen(ctx context.Context, options []map[string]any) error {
+	g := lk.g
 	if len(options) == 0 {
 		return nil // nothing to do (QEMU 7.2 aborts on an empty list)
 	}
-	listed, merged, err := g.reopenListed(options)
+	listed, merged, err := lk.reopenListed(options)
 	if err != nil {
 		return err
 	}
@@ -101,7 +102,7 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 	if err != nil {
 		return err
 	}
-	r := newReopenTx(g, queue)
+	r := newReopenTx(lk, queue)
 	defer r.release()
 	if err := r.prepare(ctx); err != nil {
 		return r.abort(err)
@@ -116,14 +117,14 @@ func (g *Graph) Reopen(ctx context.Context, options []map[string]any) error {
 
 // reopenListed finds the nodes options names, in the order listed; a node
 // listed more than once takes the union of its options (merged).
-func (g *Graph) reopenListed(options []map[string]any) (listed []*Node, merged map[*Node]Options, err error) {
+func (lk *Locked) reopenListed(options []map[string]any) (listed []*Node, merged map[*Node]Options, err error) {
 	merged = map[*Node]Options{}
 	for _, o := range options {
 		name, given := o["node-name"].(string)
 		if !given {
 			return nil, nil, errors.New("node-name not specified")
 		}
-		n := g.Lookup(name)
+		n := lk.Lookup(name)
 		if n == nil {
 			return nil, nil, fmt.Errorf("Failed to find node with node-name='%s'", name)
 		}
@@ -197,6 +198,7 @@ func parentsFirst(queue []*reopenEntry) []*reopenEntry {
 // prepare, then switchOver, then commit; abort undoes whatever of the
 // first two was done, release ends the drains and holds either way.
 type reopenTx struct {
+	lk    *Locked
 	g     *Graph
 	queue []*reopenEntry
 	// old are the queue's settings before the reopen, by index.
@@ -211,8 +213,8 @@ type reopenTx struct {
 	holds []*Child
 }
 
-func newReopenTx(g *Graph, queue []*reopenEntry) *reopenTx {
-	r := &reopenTx{g: g, queue: queue, old: make([]genericSettings, len(queue))}
+func newReopenTx(lk *Locked, queue []*reopenEntry) *reopenTx {
+	r := &reopenTx{lk: lk, g: lk.g, queue: queue, old: make([]genericSettings, len(queue))}
 	for i, e := range queue {
 		r.old[i] = e.n.genericSettings()
 	}
@@ -222,7 +224,7 @@ func newReopenTx(g *Graph, queue []*reopenEntry) *reopenTx {
 // release lets the held nodes go, then ends the drains, last first.
 func (r *reopenTx) release() {
 	for _, h := range r.holds {
-		r.g.DetachRoot(h)
+		r.lk.DetachRoot(h)
 	}
 	for i := len(r.undrains) - 1; i >= 0; i-- {
 		r.undrains[i]()
@@ -233,8 +235,8 @@ func (r *reopenTx) release() {
 // the new options need; nothing visible changes yet.
 func (r *reopenTx) prepare(ctx context.Context) error {
 	for _, e := range r.queue {
-		r.undrains = append(r.undrains, r.g.Drain(e.n))
-		if err := r.g.prepareReopen(ctx, e); err != nil {
+		r.undrains = append(r.undrains, r.lk.Drain(e.n))
+		if err := r.lk.prepareReopen(ctx, e); err != nil {
 			return err
 		}
 	}
@@ -245,7 +247,7 @@ func (r *reopenTx) prepare(ctx context.Context) error {
 // place and works out the permissions of everything they touch. The
 // returned permission transaction is applied by commit.
 func (r *reopenTx) switchOver(ctx context.Context) (*permTx, error) {
-	g := r.g
+	g, lk := r.g, r.lk
 	r.flagsSet = true
 	for _, e := range r.queue {
 		e.n.wasWritable = !e.n.ReadOnly() && e.readOnly
@@ -257,26 +259,26 @@ func (r *reopenTx) switchOver(ctx context.Context) (*permTx, error) {
 			var ob *Node
 			if b := n.backing(); b != nil {
 				ob = b.node.Load()
-				h, err := g.AttachRoot(ob, "reopen", 0, PermAll)
+				h, err := lk.AttachRoot(ob, "reopen", 0, PermAll)
 				if err != nil {
 					return nil, err
 				}
 				r.holds = append(r.holds, h)
 			}
 			restore := keepInheritsFrom(e.backing)
-			if err := g.SetBacking(ctx, n, e.backing); err != nil {
+			if err := lk.SetBacking(ctx, n, e.backing); err != nil {
 				restore()
 				return nil, err
 			}
 			e.undoBacking = func() {
-				_ = g.SetBacking(ctx, n, ob)
+				_ = lk.SetBacking(ctx, n, ob)
 				restore()
 			}
 		}
 		if e.fileSet {
 			c := n.Child("file")
 			of := c.node.Load()
-			h, err := g.AttachRoot(of, "reopen", 0, PermAll)
+			h, err := lk.AttachRoot(of, "reopen", 0, PermAll)
 			if err != nil {
 				return nil, err
 			}
@@ -538,7 +540,7 @@ func (e *reopenEntry) parseGeneric(inh genericSettings) error {
 // prepareReopen checks one node's new links and driver options and has
 // its driver prepare (QEMU's bdrv_reopen_prepare). Nothing visible
 // changes.
-func (g *Graph) prepareReopen(ctx context.Context, e *reopenEntry) error {
+func (lk *Locked) prepareReopen(ctx context.Context, e *reopenEntry) error {
 	n, o := e.n, e.opts
 	e.drvOpts = make(Options, len(o))
 	for k, v := range o {
@@ -592,7 +594,7 @@ func (g *Graph) prepareReopen(ctx context.Context, e *reopenEntry) error {
 	}
 	for _, name := range []string{"backing", "file"} {
 		if v, ok := o[name]; ok {
-			if err := g.reopenLink(e, name, v); err != nil {
+			if err := lk.reopenLink(e, name, v); err != nil {
 				return err
 			}
 		}
@@ -664,13 +666,13 @@ func (g *Graph) prepareReopen(ctx context.Context, e *reopenEntry) error {
 // reopenLink checks a change of the backing or file link to v (a
 // node-name; null for backing: none; inline options: the same child) and
 // records it.
-func (g *Graph) reopenLink(e *reopenEntry, name string, v any) error {
+func (lk *Locked) reopenLink(e *reopenEntry, name string, v any) error {
 	n := e.n
 	var target *Node
 	switch ref := v.(type) {
 	case nil:
 	case string:
-		if target = g.Lookup(ref); target == nil {
+		if target = lk.Lookup(ref); target == nil {
 			return fmt.Errorf("Cannot find device='' nor node-name='%s'", ref)
 		}
 	case map[string]any:

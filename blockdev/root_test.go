@@ -12,19 +12,19 @@ import (
 func TestRootUser(t *testing.T) {
 	g := newGraph(t)
 	mustAdd(t, g, blockdev.Options{"driver": "null-co", "node-name": "n0"})
-	g.Lock()
-	n := g.Lookup("n0")
-	root, err := g.AttachRoot(n, "block device 'e0'", blockdev.PermConsistentRead|blockdev.PermWrite,
+	lk, unlock := lockGraph(g)
+	n := lk.Lookup("n0")
+	root, err := lk.AttachRoot(n, "block device 'e0'", blockdev.PermConsistentRead|blockdev.PermWrite,
 		blockdev.PermConsistentRead|blockdev.PermWrite|blockdev.PermWriteUnchanged)
-	g.Unlock()
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
 	wantErr(t, del(g, "n0"), "Node n0 is in use")
 
-	g.Lock()
-	gr := g.QueryBlockGraph()
-	g.Unlock()
+	lk, unlock = lockGraph(g)
+	gr := lk.QueryBlockGraph()
+	unlock()
 	var backends int
 	for _, x := range gr.Nodes {
 		if x.Type == "block-backend" && x.Name == "" {
@@ -44,9 +44,9 @@ func TestRootUser(t *testing.T) {
 		t.Errorf("%d block-backend nodes, want 1: %+v", backends, gr.Nodes)
 	}
 
-	g.Lock()
-	g.DetachRoot(root)
-	g.Unlock()
+	lk, unlock = lockGraph(g)
+	lk.DetachRoot(root)
+	unlock()
 	if err := del(g, "n0"); err != nil {
 		t.Fatalf("blockdev-del after the export went: %v", err)
 	}

@@ -24,16 +24,16 @@ func registerSnapshotCommands(d *qmp.Dispatcher, g *Graph) {
 	for _, name := range []string{"blockdev-snapshot", "blockdev-snapshot-sync"} {
 		d.Register(name, func(ctx context.Context, args json.RawMessage) (any, error) {
 			// QEMU runs both as a transaction of one action.
-			g.Lock()
-			defer g.Unlock()
-			g.DrainAll()
-			a, err := g.PrepareTxAction(ctx, name, args, false)
-			if err != nil {
-				return nil, err
-			}
-			a.Commit()
-			a.Clean()
-			return struct{}{}, nil
+			return WithLock(g, func(lk *Locked) (any, error) {
+				lk.DrainAll()
+				a, err := lk.PrepareTxAction(ctx, name, args, false)
+				if err != nil {
+					return nil, err
+				}
+				a.Commit()
+				a.Clean()
+				return struct{}{}, nil
+			})
 		})
 	}
 }
@@ -52,8 +52,9 @@ type snapshotArgs struct {
 }
 
 // prepareSnapshot prepares a blockdev-snapshot or blockdev-snapshot-sync
-// action. Graph lock held.
-func (g *Graph) prepareSnapshot(ctx context.Context, typ string, data json.RawMessage) (TxAction, error) {
+// action.
+func (lk *Locked) prepareSnapshot(ctx context.Context, typ string, data json.RawMessage) (TxAction, error) {
+	g := lk.g
 	var a snapshotArgs
 	if err := json.Unmarshal(data, &a); err != nil {
 		return nil, qmp.Errorf("%v", err)
@@ -69,22 +70,22 @@ func (g *Graph) prepareSnapshot(ctx context.Context, typ string, data json.RawMe
 			nodeName = *a.NodeName
 		}
 	}
-	old, err := g.lookupBS(device, nodeName)
+	old, err := lk.lookupBS(device, nodeName)
 	if err != nil {
 		return nil, err
 	}
-	undrain := g.Drain(old)
+	undrain := lk.Drain(old)
 	fail := func(err error) (TxAction, error) {
 		undrain()
 		return nil, err
 	}
-	if err := old.opBlocker(); err != nil {
+	if err := old.opBlocker(lk); err != nil {
 		return fail(err)
 	}
 	if !old.ReadOnly() {
 		undrain()
 		err := old.flushAll(ctx)
-		undrain = g.Drain(old)
+		undrain = lk.Drain(old)
 		if err != nil {
 			return fail(errors.New("An IO error has occurred"))
 		}
@@ -99,7 +100,7 @@ func (g *Graph) prepareSnapshot(ctx context.Context, typ string, data json.RawMe
 		if nodeName != "" && a.SnapshotNodeName == nil {
 			return fail(errors.New("New overlay node-name missing"))
 		}
-		if a.SnapshotNodeName != nil && g.Lookup(*a.SnapshotNodeName) != nil {
+		if a.SnapshotNodeName != nil && lk.Lookup(*a.SnapshotNodeName) != nil {
 			return fail(errors.New("New overlay node-name already in use"))
 		}
 		if a.Mode == nil || *a.Mode != "existing" {
@@ -121,7 +122,7 @@ func (g *Graph) prepareSnapshot(ctx context.Context, typ string, data json.RawMe
 		}
 		created = true
 	} else {
-		if overlay, err = g.lookupBS(a.Overlay, a.Overlay); err != nil {
+		if overlay, err = lk.lookupBS(a.Overlay, a.Overlay); err != nil {
 			return fail(err)
 		}
 	}
@@ -134,7 +135,7 @@ func (g *Graph) prepareSnapshot(ctx context.Context, typ string, data json.RawMe
 		drop()
 		return fail(errors.New("The overlay is already in use"))
 	}
-	if err := overlay.opBlocker(); err != nil {
+	if err := overlay.opBlocker(lk); err != nil {
 		drop()
 		return fail(err)
 	}
@@ -151,23 +152,23 @@ func (g *Graph) prepareSnapshot(ctx context.Context, typ string, data json.RawMe
 		return fail(errors.New("The overlay does not support backing images"))
 	}
 	undrain()
-	if err := g.appendOverlay(ctx, overlay, old); err != nil {
+	if err := lk.appendOverlay(ctx, overlay, old); err != nil {
 		drop()
 		return nil, err
 	}
 	return txFunc{
 		onCommit: func() {
-			if err := g.SetReadOnly(ctx, old, true); err != nil {
+			if err := lk.SetReadOnly(ctx, old, true); err != nil {
 				g.log.Warn().Err(err).Str("node", old.name).Msg("snapshot: cannot make the old active layer read-only")
 			}
 		},
 		onAbort: func() {
 			// The parents back to old, and old no longer the
 			// overlay's backing node.
-			if err := g.ReplaceNode(ctx, overlay, old, overlay.backing()); err != nil {
+			if err := lk.ReplaceNode(ctx, overlay, old, overlay.backing()); err != nil {
 				g.log.Error().Err(err).Msg("snapshot: cannot undo the overlay")
 			}
-			if err := g.SetBacking(ctx, overlay, nil); err != nil {
+			if err := lk.SetBacking(ctx, overlay, nil); err != nil {
 				g.log.Error().Err(err).Msg("snapshot: cannot detach the overlay's backing node")
 			}
 			drop()
@@ -182,13 +183,14 @@ func (g *Graph) prepareSnapshot(ctx context.Context, typ string, data json.RawMe
 
 // appendOverlay makes old the backing node of overlay and moves every
 // parent of old to overlay (QEMU's bdrv_append). On failure nothing has
-// changed. Graph lock held.
-func (g *Graph) appendOverlay(ctx context.Context, overlay, old *Node) error {
-	if err := g.SetBacking(ctx, overlay, old); err != nil {
+// changed.
+func (lk *Locked) appendOverlay(ctx context.Context, overlay, old *Node) error {
+	g := lk.g
+	if err := lk.SetBacking(ctx, overlay, old); err != nil {
 		return err
 	}
-	if err := g.ReplaceNode(ctx, old, overlay, overlay.backing()); err != nil {
-		if uerr := g.SetBacking(ctx, overlay, nil); uerr != nil {
+	if err := lk.ReplaceNode(ctx, old, overlay, overlay.backing()); err != nil {
+		if uerr := lk.SetBacking(ctx, overlay, nil); uerr != nil {
 			g.log.Error().Err(uerr).Msg("snapshot: cannot detach the overlay's backing node")
 		}
 		return err
@@ -246,8 +248,9 @@ func ProbeFormat(path string) (string, error) { return probeFormat(path) }
 // a node-name the root is implicit) that no monitor reference holds: the
 // returned edge, held by user with no permission and sharing everything,
 // keeps it open until the caller detaches it (by then something else
-// should hold it, or it closes). All or nothing. Graph lock held.
-func (g *Graph) OpenHeld(ctx context.Context, opts Options, user string) (*Node, *Child, error) {
+// should hold it, or it closes). All or nothing.
+func (lk *Locked) OpenHeld(ctx context.Context, opts Options, user string) (*Node, *Child, error) {
+	g := lk.g
 	if g.closed {
 		return nil, nil, errors.New("the block layer is shutting down")
 	}
@@ -257,7 +260,7 @@ func (g *Graph) OpenHeld(ctx context.Context, opts Options, user string) (*Node,
 		g.rollback(tx)
 		return nil, nil, err
 	}
-	c, err := g.AttachRoot(n, user, 0, PermAll)
+	c, err := lk.AttachRoot(n, user, 0, PermAll)
 	if err != nil {
 		g.rollback(tx)
 		return nil, nil, err

@@ -221,12 +221,11 @@ func (n *Node) dataChild() *Child {
 }
 
 // BlockStats returns the node's query-blockstats entry with the data
-// child's entry nested as parent (node level: no backing). Caller holds
-// the graph lock.
-func (n *Node) BlockStats() *BlockStats {
+// child's entry nested as parent (node level: no backing).
+func (n *Node) BlockStats(lk *Locked) *BlockStats {
 	bs := &BlockStats{NodeName: n.name, Stats: n.Stats(), DriverSpecific: n.specificStats()}
 	if c := n.dataChild(); c != nil {
-		bs.Parent = c.node.Load().BlockStats()
+		bs.Parent = c.node.Load().BlockStats(lk)
 	}
 	return bs
 }
@@ -234,14 +233,14 @@ func (n *Node) BlockStats() *BlockStats {
 // QueryBlockStats is query-blockstats. Without queryNodes QEMU lists named
 // BlockBackends, of which qbmond (like qemu-storage-daemon) has none, so
 // the list is empty; with it, every node in opening order, oldest first.
-// Caller holds the graph lock.
-func (g *Graph) QueryBlockStats(queryNodes bool) []*BlockStats {
+func (lk *Locked) QueryBlockStats(queryNodes bool) []*BlockStats {
+	g := lk.g
 	out := []*BlockStats{}
 	if !queryNodes {
 		return out
 	}
 	for n := g.head; n != nil; n = n.next {
-		out = append(out, n.BlockStats())
+		out = append(out, n.BlockStats(lk))
 	}
 	return out
 }

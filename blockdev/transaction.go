@@ -47,40 +47,40 @@ func (f txFunc) Clean() {
 // PrepareTxAction prepares one of the graph's transaction actions.
 // grouped is the transaction's completion-mode: only backups support
 // grouped completion, and the other actions refuse it as QEMU does.
-// Graph lock held.
-func (g *Graph) PrepareTxAction(ctx context.Context, typ string, data json.RawMessage, grouped bool) (TxAction, error) {
+func (lk *Locked) PrepareTxAction(ctx context.Context, typ string, data json.RawMessage, grouped bool) (TxAction, error) {
 	if grouped && typ != "abort" {
 		return nil, fmt.Errorf("Action '%s' does not support Transaction property completion-mode = grouped", typ)
 	}
 	switch typ {
 	case "blockdev-snapshot", "blockdev-snapshot-sync":
-		return g.prepareSnapshot(ctx, typ, data)
+		return lk.prepareSnapshot(ctx, typ, data)
 	}
-	t, err := g.prepareAction(typ, data)
+	t, err := lk.prepareAction(typ, data)
 	if err != nil {
 		return nil, err
 	}
 	return t, nil
 }
 
-func (g *Graph) prepareAction(typ string, data json.RawMessage) (TxAction, error) {
+func (lk *Locked) prepareAction(typ string, data json.RawMessage) (TxAction, error) {
+	g := lk.g
 	switch typ {
 	case "abort":
 		return nil, errors.New("Transaction aborted using Abort action")
 	case "block-dirty-bitmap-add":
-		n, b, err := g.addBitmapArgs(data)
+		n, b, err := lk.addBitmapArgs(data)
 		if err != nil {
 			return nil, err
 		}
 		return txFunc{onAbort: func() { n.dropBitmap(b, true) }}, nil
 	case "block-dirty-bitmap-merge":
-		dst, srcs, err := g.mergeArgs(data)
+		dst, srcs, err := lk.mergeArgs(data)
 		if err != nil {
 			return nil, err
 		}
 		shadow, own := dst.startShadow()
 		backup := dst.bits.Copy()
-		if err := dst.MergeInto(srcs); err != nil {
+		if err := dst.MergeInto(lk, srcs); err != nil {
 			if own {
 				dst.shadow.Store(nil)
 			}
@@ -105,7 +105,7 @@ func (g *Graph) prepareAction(typ string, data json.RawMessage) (TxAction, error
 			},
 		}, nil
 	}
-	n, b, err := g.lookupBitmapArgs(data)
+	n, b, err := lk.lookupBitmapArgs(data)
 	if err != nil {
 		return nil, err
 	}
@@ -120,7 +120,7 @@ func (g *Graph) prepareAction(typ string, data json.RawMessage) (TxAction, error
 		return txFunc{
 			onCommit: func() {
 				b.Release()
-				if err := n.RemoveDirtyBitmap(b.name); err != nil {
+				if err := n.RemoveDirtyBitmap(lk, b.name); err != nil {
 					g.log.Warn().Err(err).Str("bitmap", b.name).Msg("transaction: removing bitmap")
 				}
 			},

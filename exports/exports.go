@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/internal/lockorder"
 	"github.com/qbmond/qbmond/nbd"
 	"github.com/qbmond/qbmond/qmp"
 )
@@ -27,7 +28,8 @@ type Manager struct {
 	d   *qmp.Dispatcher
 	log zerolog.Logger
 
-	mu      sync.Mutex
+	// mu is the export lock, taken before the graph lock.
+	mu      lockorder.Mutex[lockorder.Exports]
 	gone    sync.Map // export name → chan struct{} closed when its last client left
 	srv     *nbd.Server
 	serving chan struct{} // closed when the server's Serve returns
@@ -212,69 +214,69 @@ func (m *Manager) add(a exportArgs) error {
 	if m.find(a.ID) != nil {
 		return fmt.Errorf("Block export id '%s' is already in use", a.ID)
 	}
-	m.g.Lock()
-	defer m.g.Unlock()
-	node := m.g.Lookup(a.NodeName)
-	if node == nil {
-		if a.legacy {
-			return fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.NodeName, a.NodeName)
+	return m.g.Do(func(lk *blockdev.Locked) error {
+		node := lk.Lookup(a.NodeName)
+		if node == nil {
+			if a.legacy {
+				return fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.NodeName, a.NodeName)
+			}
+			return fmt.Errorf("Cannot find device='' nor node-name='%s'", a.NodeName)
 		}
-		return fmt.Errorf("Cannot find device='' nor node-name='%s'", a.NodeName)
-	}
-	if a.legacy && node.ReadOnly() {
-		a.Writable = false
-	}
-	if a.Writable && node.ReadOnly() {
-		return errors.New("Cannot export read-only node as writable")
-	}
-	// The export's BlockBackend is attached sharing everything, before
-	// the server is looked for (QEMU's blk_exp_add); once the NBD export
-	// is set up it stops sharing resize (nbd_export_create), a second
-	// step that can conflict in its own right.
-	perm := blockdev.PermConsistentRead
-	if a.Writable {
-		perm |= blockdev.PermWrite
-	}
-	root, err := m.g.AttachRoot(node, "an unnamed block device", perm, blockdev.PermAll)
-	if err != nil {
-		return err
-	}
-	if err := m.checkNBD(a); err != nil {
-		m.g.DetachRoot(root)
-		return err
-	}
-	name := a.NodeName
-	if a.Name != nil {
-		name = *a.Name
-	}
-	if err := m.g.SetRootPerm(root, perm, blockdev.PermAll&^blockdev.PermResize); err != nil {
-		m.g.DetachRoot(root)
-		return err
-	}
-	bitmaps, err := m.exportBitmaps(node, a.Bitmaps, a.Writable)
-	if err != nil {
-		m.g.DetachRoot(root)
-		return err
-	}
-	names := make([]string, len(bitmaps))
-	for i, b := range bitmaps {
-		names[i] = b.Name()
-	}
-	be := &nodeBackend{root: root, writable: a.Writable, writethrough: a.Writethrough, bitmaps: bitmaps}
-	ex := &nbd.Export{Name: name, Backend: be, Writable: a.Writable, AllocationDepth: a.AllocationDepth, Bitmaps: names}
-	if a.Description != nil {
-		ex.Description, ex.DescriptionSet = *a.Description, true
-	}
-	err = m.srv.AddExport(ex)
-	if err != nil {
-		m.g.DetachRoot(root)
-		return err
-	}
-	for _, b := range bitmaps {
-		b.Acquire()
-	}
-	m.exports = append([]*export{{id: a.ID, name: name, node: node, root: root, bitmaps: bitmaps}}, m.exports...)
-	return nil
+		if a.legacy && node.ReadOnly() {
+			a.Writable = false
+		}
+		if a.Writable && node.ReadOnly() {
+			return errors.New("Cannot export read-only node as writable")
+		}
+		// The export's BlockBackend is attached sharing everything, before
+		// the server is looked for (QEMU's blk_exp_add); once the NBD export
+		// is set up it stops sharing resize (nbd_export_create), a second
+		// step that can conflict in its own right.
+		perm := blockdev.PermConsistentRead
+		if a.Writable {
+			perm |= blockdev.PermWrite
+		}
+		root, err := lk.AttachRoot(node, "an unnamed block device", perm, blockdev.PermAll)
+		if err != nil {
+			return err
+		}
+		if err := m.checkNBD(a); err != nil {
+			lk.DetachRoot(root)
+			return err
+		}
+		name := a.NodeName
+		if a.Name != nil {
+			name = *a.Name
+		}
+		if err := lk.SetRootPerm(root, perm, blockdev.PermAll&^blockdev.PermResize); err != nil {
+			lk.DetachRoot(root)
+			return err
+		}
+		bitmaps, err := m.exportBitmaps(lk, node, a.Bitmaps, a.Writable)
+		if err != nil {
+			lk.DetachRoot(root)
+			return err
+		}
+		names := make([]string, len(bitmaps))
+		for i, b := range bitmaps {
+			names[i] = b.Name()
+		}
+		be := &nodeBackend{root: root, writable: a.Writable, writethrough: a.Writethrough, bitmaps: bitmaps}
+		ex := &nbd.Export{Name: name, Backend: be, Writable: a.Writable, AllocationDepth: a.AllocationDepth, Bitmaps: names}
+		if a.Description != nil {
+			ex.Description, ex.DescriptionSet = *a.Description, true
+		}
+		err = m.srv.AddExport(ex)
+		if err != nil {
+			lk.DetachRoot(root)
+			return err
+		}
+		for _, b := range bitmaps {
+			b.Acquire()
+		}
+		m.exports = append([]*export{{id: a.ID, name: name, node: node, root: root, bitmaps: bitmaps}}, m.exports...)
+		return nil
+	})
 }
 
 // checkNBD checks what the NBD export adds to a block export, as QEMU's
@@ -306,8 +308,8 @@ func (m *Manager) checkNBD(a exportArgs) error {
 // is looked up on the node and down its backing chain, {node, name}
 // anywhere; none may be busy or inconsistent, and a read-only export of a
 // writable node only takes bitmaps that do not record (they would change
-// under the client). Caller holds the graph lock.
-func (m *Manager) exportBitmaps(node *blockdev.Node, refs []any, writable bool) ([]*blockdev.DirtyBitmap, error) {
+// under the client).
+func (m *Manager) exportBitmaps(lk *blockdev.Locked, node *blockdev.Node, refs []any, writable bool) ([]*blockdev.DirtyBitmap, error) {
 	var out []*blockdev.DirtyBitmap
 	for _, r := range refs {
 		var b *blockdev.DirtyBitmap
@@ -323,7 +325,7 @@ func (m *Manager) exportBitmaps(node *blockdev.Node, refs []any, writable bool) 
 			nn, _ := r["node"].(string)
 			name, _ := r["name"].(string)
 			var err error
-			if _, b, err = m.g.LookupBitmap(nn, name); err != nil {
+			if _, b, err = lk.LookupBitmap(nn, name); err != nil {
 				return nil, err
 			}
 		default:
@@ -440,12 +442,13 @@ func (m *Manager) finishLocked(e *export) {
 		return
 	}
 	e.finished = true
-	m.g.Lock()
-	for _, b := range e.bitmaps {
-		b.Release()
-	}
-	m.g.RemoveBackend(e.root)
-	m.g.Unlock()
+	m.g.Do(func(lk *blockdev.Locked) error {
+		for _, b := range e.bitmaps {
+			b.Release()
+		}
+		lk.RemoveBackend(e.root)
+		return nil
+	})
 	for i, x := range m.exports {
 		if x == e {
 			m.exports = append(m.exports[:i], m.exports[i+1:]...)

@@ -75,24 +75,24 @@ type txStep struct {
 
 // prepareBackupLocked prepares a blockdev-backup or drive-backup action:
 // the checks, the copy-before-write filter and the job, created but not
-// started (QEMU's do_backup_common and backup_job_create). Control lock
-// and graph lock held.
-func (m *Manager) prepareBackupLocked(ctx context.Context, g *blockdev.Graph, typ string, data json.RawMessage, txn *Txn) (*txStep, error) {
+// started (QEMU's do_backup_common and backup_job_create). The control
+// lock is held too.
+func (m *Manager) prepareBackupLocked(ctx context.Context, lk *blockdev.Locked, typ string, data json.RawMessage, txn *Txn) (*txStep, error) {
 	var a backupArgs
 	if err := json.Unmarshal(data, &a); err != nil {
 		return nil, qmp.Errorf("%v", err)
 	}
-	bs := g.Lookup(a.Device)
+	bs := lk.Lookup(a.Device)
 	if bs == nil {
 		return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.Device, a.Device)
 	}
-	if typ == "blockdev-backup" && g.Lookup(a.Target) == nil {
+	if typ == "blockdev-backup" && lk.Lookup(a.Target) == nil {
 		return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.Target, a.Target)
 	}
 	// The source stays drained until the transaction is over (QEMU's
 	// prepare and clean): jobs on it pause meanwhile, and the new job
 	// begins paused.
-	undrain := g.Drain(bs)
+	undrain := lk.Drain(bs)
 	ok := false
 	defer func() {
 		if !ok {
@@ -103,13 +103,13 @@ func (m *Manager) prepareBackupLocked(ctx context.Context, g *blockdev.Graph, ty
 	var dropTarget func()
 	if typ == "drive-backup" {
 		var err error
-		if target, dropTarget, err = openDriveBackupTarget(ctx, g, bs, &a); err != nil {
+		if target, dropTarget, err = openDriveBackupTarget(ctx, lk, bs, &a); err != nil {
 			return nil, err
 		}
-	} else if target = g.Lookup(a.Target); target == nil {
+	} else if target = lk.Lookup(a.Target); target == nil {
 		return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.Target, a.Target)
 	}
-	_, spec, err := checkBackup(g, bs, target, &a)
+	_, spec, err := checkBackup(lk, bs, target, &a)
 	if err != nil {
 		if dropTarget != nil {
 			dropTarget()
@@ -117,7 +117,7 @@ func (m *Manager) prepareBackupLocked(ctx context.Context, g *blockdev.Graph, ty
 		return nil, err
 	}
 	spec.Txn = txn
-	j, err := m.createBlockLocked(g, spec)
+	j, err := m.createBlockLocked(lk, spec)
 	if dropTarget != nil {
 		dropTarget() // the job holds the target now, or nothing does
 	}
@@ -130,17 +130,17 @@ func (m *Manager) prepareBackupLocked(ctx context.Context, g *blockdev.Graph, ty
 		clean: undrain,
 		abort: func() {
 			// The job's abort and clean-up take the graph lock.
-			g.Unlock()
-			defer g.Lock()
-			if finish := m.cancelCtl(j, true); finish != nil {
-				finish()
-			}
+			lk.Unlocked(func() {
+				if finish := m.cancelCtl(j, true); finish != nil {
+					finish()
+				}
+			})
 		},
 	}, nil
 }
 
 // checkBackup is do_backup_common's checks, then the spec of the job.
-func checkBackup(g *blockdev.Graph, bs, target *blockdev.Node, a *backupArgs) (*backupJob, BlockSpec, error) {
+func checkBackup(lk *blockdev.Locked, bs, target *blockdev.Node, a *backupArgs) (*backupJob, BlockSpec, error) {
 	var spec BlockSpec
 	sync := a.Sync
 	if sync == "bitmap" || sync == "incremental" {
@@ -187,10 +187,10 @@ func checkBackup(g *blockdev.Graph, bs, target *blockdev.Node, a *backupArgs) (*
 	if compress && !target.SupportsCompressedWrites() {
 		return nil, spec, errors.New("Compression is not supported for this drive ")
 	}
-	if err := bs.Blocker(); err != nil {
+	if err := bs.Blocker(lk); err != nil {
 		return nil, spec, err
 	}
-	if err := target.Blocker(); err != nil {
+	if err := target.Blocker(lk); err != nil {
 		return nil, spec, err
 	}
 	if p := a.XPerf; p != nil {
@@ -230,16 +230,16 @@ func checkBackup(g *blockdev.Graph, bs, target *blockdev.Node, a *backupArgs) (*
 		Speed:         speed,
 		OnError:       onSrc,
 		OnTargetError: onTgt,
-		Before:        func(b *BlockJob) error { return bj.before(b, a.FilterNodeName) },
+		Before:        func(lk *blockdev.Locked, b *BlockJob) error { return bj.before(lk, b, a.FilterNodeName) },
 		Setup:         bj.setup,
-		Undo:          func(*BlockJob) { bj.undo() },
+		Undo:          func(lk *blockdev.Locked, _ *BlockJob) { bj.undo(lk) },
 	}
 	return bj, spec, nil
 }
 
 // before is the part of backup_job_create before the job exists: the
-// bitmap frozen, the sizes compared, the filter inserted. Graph lock held.
-func (bj *backupJob) before(b *BlockJob, filterName *string) error {
+// bitmap frozen, the sizes compared, the filter inserted.
+func (bj *backupJob) before(lk *blockdev.Locked, b *BlockJob, filterName *string) error {
 	bj.b = b
 	if bm := bj.bitmap; bm != nil {
 		if bj.bitmapMode != "never" {
@@ -247,7 +247,7 @@ func (bj *backupJob) before(b *BlockJob, filterName *string) error {
 				return err
 			}
 		}
-		if err := bm.CreateSuccessor(); err != nil {
+		if err := bm.CreateSuccessor(lk); err != nil {
 			return err
 		}
 		bj.frozen = true
@@ -255,13 +255,12 @@ func (bj *backupJob) before(b *BlockJob, filterName *string) error {
 	if bj.target.Length() != bj.length {
 		return errors.New("Source and target image have different sizes")
 	}
-	g := b.Graph()
 	opts := blockdev.Options{"driver": "copy-before-write", "file": bj.source.Name(), "target": bj.target.Name(),
 		"read-only": false}
 	if filterName != nil {
 		opts["node-name"] = *filterName
 	}
-	cbw, err := g.AppendFilter(context.Background(), bj.source, opts)
+	cbw, err := lk.AppendFilter(context.Background(), bj.source, opts)
 	if err != nil {
 		return fmt.Errorf("Could not create node: %w", err)
 	}
@@ -277,13 +276,12 @@ func (bj *backupJob) before(b *BlockJob, filterName *string) error {
 	return nil
 }
 
-// setup is the end of backup_job_create once the job exists. Graph lock
-// held.
-func (bj *backupJob) setup(b *BlockJob) error {
-	if err := b.Created(bj.cbw, 0, blockdev.PermAll); err != nil {
+// setup is the end of backup_job_create once the job exists.
+func (bj *backupJob) setup(lk *blockdev.Locked, b *BlockJob) error {
+	if err := b.Created(lk, bj.cbw, 0, blockdev.PermAll); err != nil {
 		return err
 	}
-	if _, err := b.AddNode(bj.target, "target", 0, blockdev.PermAll); err != nil {
+	if _, err := b.AddNode(lk, bj.target, "target", 0, blockdev.PermAll); err != nil {
 		return err
 	}
 	j := b.Job()
@@ -291,23 +289,22 @@ func (bj *backupJob) setup(b *BlockJob) error {
 	return nil
 }
 
-// undo takes away what before did, when the job cannot start. Graph lock
-// held.
-func (bj *backupJob) undo() {
+// undo takes away what before did, when the job cannot start.
+func (bj *backupJob) undo(lk *blockdev.Locked) {
 	if bj.frozen {
 		bj.frozen = false
-		bj.bitmap.Reclaim()
+		bj.bitmap.Reclaim(lk)
 	}
-	bj.dropFilter()
+	bj.dropFilter(lk)
 }
 
-func (bj *backupJob) dropFilter() {
+func (bj *backupJob) dropFilter(lk *blockdev.Locked) {
 	f := bj.cbw
 	if f == nil {
 		return
 	}
 	bj.cbw = nil
-	bj.b.DropFilter(context.Background(), f)
+	bj.b.DropFilter(context.Background(), lk, f)
 }
 
 // cleanupBitmap is QEMU's backup_cleanup_sync_bitmap.
@@ -316,27 +313,29 @@ func (bj *backupJob) cleanupBitmap(ok bool) {
 		return
 	}
 	g := bj.b.Graph()
-	g.Lock()
-	defer g.Unlock()
-	bj.frozen = false
-	bm := bj.bitmap
-	if (ok || bj.bitmapMode == "always") && bj.bitmapMode != "never" {
-		bm.Abdicate()
-	} else {
-		bm.Reclaim()
-	}
-	if !ok && bj.bitmapMode == "always" {
-		// What was not copied is still to be backed up.
-		bm.MergeBits(bj.bc.Bitmap())
-	}
+	g.Do(func(lk *blockdev.Locked) error {
+		bj.frozen = false
+		bm := bj.bitmap
+		if (ok || bj.bitmapMode == "always") && bj.bitmapMode != "never" {
+			bm.Abdicate(lk)
+		} else {
+			bm.Reclaim(lk)
+		}
+		if !ok && bj.bitmapMode == "always" {
+			// What was not copied is still to be backed up.
+			bm.MergeBits(bj.bc.Bitmap())
+		}
+		return nil
+	})
 }
 
 func (bj *backupJob) clean(*Job) {
 	g := bj.b.Graph()
-	g.Lock()
-	defer g.Unlock()
-	bj.b.release()
-	bj.dropFilter()
+	g.Do(func(lk *blockdev.Locked) error {
+		bj.b.release(lk)
+		bj.dropFilter(lk)
+		return nil
+	})
 }
 
 // run is QEMU's backup_run: the copy bitmap set up by sync mode, then the
@@ -427,8 +426,8 @@ func (bj *backupJob) run(ctx context.Context, j *Job) error {
 // target image drive-backup names (QEMU's drive_backup_prepare): of the
 // source's format unless format says otherwise, backed by the source's
 // backing file for sync top and by the source itself for sync none. The
-// returned function drops the caller's hold on it. Graph lock held.
-func openDriveBackupTarget(ctx context.Context, g *blockdev.Graph, bs *blockdev.Node, a *backupArgs) (*blockdev.Node, func(), error) {
+// returned function drops the caller's hold on it.
+func openDriveBackupTarget(ctx context.Context, lk *blockdev.Locked, bs *blockdev.Node, a *backupArgs) (*blockdev.Node, func(), error) {
 	existing := a.Mode != nil && *a.Mode == "existing"
 	format := ""
 	if a.Format != nil {
@@ -436,7 +435,7 @@ func openDriveBackupTarget(ctx context.Context, g *blockdev.Graph, bs *blockdev.
 	} else if !existing {
 		format = bs.DriverName()
 	}
-	if err := bs.Blocker(); err != nil {
+	if err := bs.Blocker(lk); err != nil {
 		return nil, nil, err
 	}
 	var source *blockdev.Node
@@ -469,13 +468,13 @@ func openDriveBackupTarget(ctx context.Context, g *blockdev.Graph, bs *blockdev.
 	if setBacking {
 		opts["backing"] = nil
 	}
-	n, hold, err := g.OpenHeld(ctx, opts, "drive-backup")
+	n, hold, err := lk.OpenHeld(ctx, opts, "drive-backup")
 	if err != nil {
 		return nil, nil, err
 	}
-	drop := func() { g.DetachRoot(hold) }
+	drop := func() { lk.DetachRoot(hold) }
 	if setBacking {
-		if err := g.SetBacking(ctx, n, source); err != nil {
+		if err := lk.SetBacking(ctx, n, source); err != nil {
 			drop()
 			return nil, nil, err
 		}

@@ -76,8 +76,8 @@ type BlockJob struct {
 }
 
 // BlockSpec describes a block job to start with StartBlock. The kind's
-// graph work is in three parts, called with the graph lock held, in the
-// order QEMU does it: Before runs before the job exists (the filter an
+// graph work is in three parts, each handed the graph lock, in the order
+// QEMU does it: Before runs before the job exists (the filter an
 // active commit or a stream inserts first), Setup once it is created
 // (it calls BlockJob.Created first, then attaches the nodes), and Undo
 // takes away what both did when the job cannot start after all.
@@ -90,9 +90,9 @@ type BlockSpec struct {
 	// write errors (backup).
 	OnError       OnError
 	OnTargetError OnError
-	Before        func(b *BlockJob) error
-	Setup         func(b *BlockJob) error
-	Undo          func(b *BlockJob)
+	Before        func(lk *blockdev.Locked, b *BlockJob) error
+	Setup         func(lk *blockdev.Locked, b *BlockJob) error
+	Undo          func(lk *blockdev.Locked, b *BlockJob)
 }
 
 // BlockJobOf returns the block-job state of j, or nil for other jobs.
@@ -131,19 +131,24 @@ func (m *Manager) StartBlock(ctx context.Context, g *blockdev.Graph, spec BlockS
 // kind's hooks are wrapped so that the BLOCK_JOB_* events are sent and the
 // nodes are released after the kind's Clean.
 func (m *Manager) CreateBlock(g *blockdev.Graph, spec BlockSpec) (*Job, error) {
-	return m.createBlock(g, spec, false)
+	return m.createBlock(g, spec, nil)
 }
 
 // createBlockLocked is CreateBlock for a caller that holds the control
 // lock and the graph lock (a transaction).
-func (m *Manager) createBlockLocked(g *blockdev.Graph, spec BlockSpec) (*Job, error) {
-	return m.createBlock(g, spec, true)
+func (m *Manager) createBlockLocked(lk *blockdev.Locked, spec BlockSpec) (*Job, error) {
+	return m.createBlock(lk.Graph(), spec, lk)
 }
 
-func (m *Manager) createBlock(g *blockdev.Graph, spec BlockSpec, locked bool) (*Job, error) {
-	lock, unlock := g.Lock, g.Unlock
-	if locked {
-		lock, unlock = func() {}, func() {}
+// createBlock is CreateBlock; held is the graph lock when the caller holds
+// it, else nil.
+func (m *Manager) createBlock(g *blockdev.Graph, spec BlockSpec, held *blockdev.Locked) (*Job, error) {
+	locked := held != nil
+	withLock := func(fn func(lk *blockdev.Locked) error) error {
+		if held != nil {
+			return fn(held)
+		}
+		return g.Do(fn)
 	}
 	b := &BlockJob{g: g, log: m.log, onError: spec.OnError, onTargetError: spec.OnTargetError, ioStatus: "ok"}
 	if b.onError == "" {
@@ -192,22 +197,22 @@ func (m *Manager) createBlock(g *blockdev.Graph, spec BlockSpec, locked bool) (*
 		if h.Clean != nil {
 			h.Clean(j)
 		}
-		g.Lock()
-		b.release()
-		g.Unlock()
+		g.Do(func(lk *blockdev.Locked) error {
+			b.release(lk)
+			return nil
+		})
 	}
 	undo := func() {
-		lock()
-		b.release()
-		if spec.Undo != nil {
-			spec.Undo(b)
-		}
-		unlock()
+		withLock(func(lk *blockdev.Locked) error {
+			b.release(lk)
+			if spec.Undo != nil {
+				spec.Undo(lk, b)
+			}
+			return nil
+		})
 	}
 	if spec.Before != nil {
-		lock()
-		err := spec.Before(b)
-		unlock()
+		err := withLock(func(lk *blockdev.Locked) error { return spec.Before(lk, b) })
 		if err != nil {
 			undo()
 			return nil, err
@@ -218,10 +223,7 @@ func (m *Manager) createBlock(g *blockdev.Graph, spec BlockSpec, locked bool) (*
 		if spec.Setup == nil {
 			return nil
 		}
-		lock()
-		err := spec.Setup(b)
-		unlock()
-		return err
+		return withLock(func(lk *blockdev.Locked) error { return spec.Setup(lk, b) })
 	}
 	var j *Job
 	var err error
@@ -239,9 +241,9 @@ func (m *Manager) createBlock(g *blockdev.Graph, spec BlockSpec, locked bool) (*
 
 // Created is the end of QEMU's block_job_create, which a kind's Setup
 // calls first: the job's edge to its main node, then the initial speed's
-// check. Graph lock held.
-func (b *BlockJob) Created(main *blockdev.Node, perm, shared blockdev.Perm) error {
-	if _, err := b.AddNode(main, "main node", perm, shared); err != nil {
+// check.
+func (b *BlockJob) Created(lk *blockdev.Locked, main *blockdev.Node, perm, shared blockdev.Perm) error {
+	if _, err := b.AddNode(lk, main, "main node", perm, shared); err != nil {
 		return err
 	}
 	if b.Speed() < 0 {
@@ -250,30 +252,29 @@ func (b *BlockJob) Created(main *blockdev.Node, perm, shared blockdev.Perm) erro
 	return nil
 }
 
-// release drops the job's edges and blockers (graph lock held).
-func (b *BlockJob) release() {
+// release drops the job's edges and blockers.
+func (b *BlockJob) release(lk *blockdev.Locked) {
 	for _, u := range b.unblock {
 		u()
 	}
 	b.unblock = nil
 	for i := len(b.edges) - 1; i >= 0; i-- {
-		b.g.DetachRoot(b.edges[i])
+		lk.DetachRoot(b.edges[i])
 	}
 	b.edges = nil
 }
 
 // AddNode gives the job an edge to n under the name role with the
 // permissions it needs and lets others share, and blocks graph changes of
-// n while the job exists (QEMU's block_job_add_bdrv). Graph lock held
-// (Setup, or a kind's hooks that take it).
-func (b *BlockJob) AddNode(n *blockdev.Node, role string, perm, shared blockdev.Perm) (*blockdev.Child, error) {
-	c, err := b.g.AttachJob(n, b.j.id, fmt.Sprintf("%s job '%s'", b.j.typ, b.j.id), role, perm, shared)
+// n while the job exists (QEMU's block_job_add_bdrv).
+func (b *BlockJob) AddNode(lk *blockdev.Locked, n *blockdev.Node, role string, perm, shared blockdev.Perm) (*blockdev.Child, error) {
+	c, err := lk.AttachJob(n, b.j.id, fmt.Sprintf("%s job '%s'", b.j.typ, b.j.id), role, perm, shared)
 	if err != nil {
 		return nil, err
 	}
 	b.edges = append(b.edges, c)
-	b.unblock = append(b.unblock, n.AddBlocker(fmt.Errorf("block device is in use by block job: %s", b.j.typ)))
-	b.g.SetDrainNotifier(c, b)
+	b.unblock = append(b.unblock, n.AddBlocker(lk, fmt.Errorf("block device is in use by block job: %s", b.j.typ)))
+	lk.SetDrainNotifier(c, b)
 	return c, nil
 }
 
@@ -297,10 +298,9 @@ func (b *BlockJob) DrainEnd() {
 }
 
 // AddBackend gives the job an edge to n for its I/O, as QEMU's jobs open
-// a BlockBackend on a node (it blocks nothing; AddNode does). Graph lock
-// held.
-func (b *BlockJob) AddBackend(n *blockdev.Node, perm, shared blockdev.Perm) (*blockdev.Child, error) {
-	c, err := b.g.AttachRoot(n, "an unnamed block device", perm, shared)
+// a BlockBackend on a node (it blocks nothing; AddNode does).
+func (b *BlockJob) AddBackend(lk *blockdev.Locked, n *blockdev.Node, perm, shared blockdev.Perm) (*blockdev.Child, error) {
+	c, err := lk.AttachRoot(n, "an unnamed block device", perm, shared)
 	if err != nil {
 		return nil, err
 	}
@@ -311,25 +311,24 @@ func (b *BlockJob) AddBackend(n *blockdev.Node, perm, shared blockdev.Perm) (*bl
 
 // DropFilter takes a filter the job put into the graph out of it again,
 // unless it closed already with its last user; a failure is logged.
-// Graph lock held.
-func (b *BlockJob) DropFilter(ctx context.Context, f *blockdev.Node) {
-	if b.g.Lookup(f.Name()) != f {
+func (b *BlockJob) DropFilter(ctx context.Context, lk *blockdev.Locked, f *blockdev.Node) {
+	if lk.Lookup(f.Name()) != f {
 		return
 	}
-	if err := b.g.RemoveFilter(ctx, f); err != nil {
+	if err := lk.RemoveFilter(ctx, f); err != nil {
 		b.log.Error().Err(err).Str("node", f.Name()).Str("driver", f.DriverName()).Msg("cannot remove a job's filter")
 	}
 }
 
 // DropNode releases an edge AddNode or AddBackend made before the job
-// ends. Graph lock held.
-func (b *BlockJob) DropNode(c *blockdev.Child) {
+// ends.
+func (b *BlockJob) DropNode(lk *blockdev.Locked, c *blockdev.Child) {
 	for i, e := range b.edges {
 		if e == c {
 			b.edges = append(b.edges[:i], b.edges[i+1:]...)
 			b.unblock[i]()
 			b.unblock = append(b.unblock[:i], b.unblock[i+1:]...)
-			b.g.DetachRoot(c)
+			lk.DetachRoot(c)
 			return
 		}
 	}

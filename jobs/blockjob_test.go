@@ -129,15 +129,15 @@ func TestBlockJobSetupFails(t *testing.T) {
 	undone := 0
 	_, err := m.StartBlock(context.Background(), blockdev.NewGraph(zerolog.Nop()), BlockSpec{
 		Spec:   Spec{ID: "j", Type: "stream", Run: func(context.Context, *Job) error { return nil }},
-		Before: func(*BlockJob) error { return errors.New("no such chain") },
-		Undo:   func(*BlockJob) { undone++ },
+		Before: func(*blockdev.Locked, *BlockJob) error { return errors.New("no such chain") },
+		Undo:   func(*blockdev.Locked, *BlockJob) { undone++ },
 	})
 	wantErr(t, err, "no such chain")
 	r.none(t)
 	_, err = m.StartBlock(context.Background(), blockdev.NewGraph(zerolog.Nop()), BlockSpec{
 		Spec:  Spec{ID: "j", Type: "stream", Run: func(context.Context, *Job) error { return nil }},
-		Setup: func(*BlockJob) error { return errors.New("permission conflict") },
-		Undo:  func(*BlockJob) { undone++ },
+		Setup: func(*blockdev.Locked, *BlockJob) error { return errors.New("permission conflict") },
+		Undo:  func(*blockdev.Locked, *BlockJob) { undone++ },
 	})
 	wantErr(t, err, "permission conflict")
 	r.expect(t, "j:created", "j:null")

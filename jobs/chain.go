@@ -38,7 +38,9 @@ func manualFlags(autoFinalize, autoDismiss *bool) (manualFinalize, manualDismiss
 
 // chainContains tells whether n is top or lies below it in top's chain,
 // filters included (QEMU's bdrv_chain_contains).
-func chainContains(top, n *blockdev.Node) bool { return blockdev.InChain(top, n) }
+func chainContains(lk *blockdev.Locked, top, n *blockdev.Node) bool {
+	return blockdev.InChain(lk, top, n)
+}
 
 // chainNext is the next node of n's backing chain that is not a filter
 // (QEMU's bdrv_backing_chain_next).
@@ -107,9 +109,9 @@ func layersBetween(top, base *blockdev.Node) int {
 }
 
 // lookupNode is QEMU's bdrv_lookup_bs for a node given by node-name (a
-// storage daemon has no devices). Graph lock held.
-func lookupNode(g *blockdev.Graph, node string) (*blockdev.Node, error) {
-	if n := g.Lookup(node); n != nil {
+// storage daemon has no devices).
+func lookupNode(lk *blockdev.Locked, node string) (*blockdev.Node, error) {
+	if n := lk.Lookup(node); n != nil {
 		return n, nil
 	}
 	return nil, fmt.Errorf("Cannot find device='' nor node-name='%s'", node)

@@ -43,18 +43,17 @@ type commitPlan struct {
 	active        bool
 }
 
-// resolveCommit is qmp_block_commit's checks, in QEMU's order. Graph lock
-// held.
-func resolveCommit(g *blockdev.Graph, a *commitArgs) (*commitPlan, error) {
-	bs := g.Lookup(a.Device)
+// resolveCommit is qmp_block_commit's checks, in QEMU's order.
+func resolveCommit(lk *blockdev.Locked, a *commitArgs) (*commitPlan, error) {
+	bs := lk.Lookup(a.Device)
 	if bs == nil {
 		// libvirt probes for block-commit with this error class.
 		return nil, &qmp.Error{Class: qmp.ClassDeviceNotFound, Desc: fmt.Sprintf("Device '%s' not found", a.Device)}
 	}
-	if !bs.IsRoot() {
+	if !bs.IsRoot(lk) {
 		return nil, errors.New("Need a root block node")
 	}
-	if err := bs.Blocker(); err != nil {
+	if err := bs.Blocker(lk); err != nil {
 		return nil, err
 	}
 	top := bs
@@ -63,10 +62,10 @@ func resolveCommit(g *blockdev.Graph, a *commitArgs) (*commitPlan, error) {
 		return nil, errors.New("'top-node' and 'top' are mutually exclusive")
 	case a.TopNode != nil:
 		var err error
-		if top, err = lookupNode(g, *a.TopNode); err != nil {
+		if top, err = lookupNode(lk, *a.TopNode); err != nil {
 			return nil, err
 		}
-		if !chainContains(bs, top) {
+		if !chainContains(lk, bs, top) {
 			return nil, fmt.Errorf("'%s' is not in this backing file chain", *a.TopNode)
 		}
 	case a.Top != nil:
@@ -87,10 +86,10 @@ func resolveCommit(g *blockdev.Graph, a *commitArgs) (*commitPlan, error) {
 		return nil, errors.New("'base-node' and 'base' are mutually exclusive")
 	case a.BaseNode != nil:
 		var err error
-		if base, err = lookupNode(g, *a.BaseNode); err != nil {
+		if base, err = lookupNode(lk, *a.BaseNode); err != nil {
 			return nil, err
 		}
-		if !chainContains(top, base) {
+		if !chainContains(lk, top, base) {
 			return nil, fmt.Errorf("'%s' is not in this backing file chain", *a.BaseNode)
 		}
 	case a.Base != nil:
@@ -104,7 +103,7 @@ func resolveCommit(g *blockdev.Graph, a *commitArgs) (*commitPlan, error) {
 		}
 	}
 	for it := top; it != nil && it != base.FilterOrCOW(); it = it.FilterOrCOW() {
-		if err := it.Blocker(); err != nil {
+		if err := it.Blocker(lk); err != nil {
 			return nil, err
 		}
 	}
@@ -113,7 +112,7 @@ func resolveCommit(g *blockdev.Graph, a *commitArgs) (*commitPlan, error) {
 	}
 	// Active commit when top is the active layer or somebody writes to
 	// it, as in QEMU.
-	topPerm, _ := top.CumulativePerm()
+	topPerm, _ := top.CumulativePerm(lk)
 	p := &commitPlan{bs: bs, top: top, base: base,
 		active: top.SkipFilters() == bs.SkipFilters() || topPerm&blockdev.PermWrite != 0}
 	if p.active {
@@ -124,7 +123,7 @@ func resolveCommit(g *blockdev.Graph, a *commitArgs) (*commitPlan, error) {
 			return nil, errors.New("'backing-file' specified, but 'top' has a writer on it")
 		}
 	} else if ov := findOverlay(bs, top); ov != nil {
-		if err := ov.Blocker(); err != nil {
+		if err := ov.Blocker(lk); err != nil {
 			return nil, err
 		}
 	}
@@ -133,9 +132,7 @@ func resolveCommit(g *blockdev.Graph, a *commitArgs) (*commitPlan, error) {
 
 // blockCommit checks block-commit's arguments and starts the job.
 func (m *Manager) blockCommit(ctx context.Context, g *blockdev.Graph, a *commitArgs) error {
-	g.Lock()
-	p, err := resolveCommit(g, a)
-	g.Unlock()
+	p, err := blockdev.WithLock(g, func(lk *blockdev.Locked) (*commitPlan, error) { return resolveCommit(lk, a) })
 	if err != nil {
 		return err
 	}
@@ -158,17 +155,17 @@ func (m *Manager) blockCommit(ctx context.Context, g *blockdev.Graph, a *commitA
 			}},
 		Speed:   a.Speed,
 		OnError: a.OnError,
-		Undo:    func(*BlockJob) { cj.undo(ctx) },
-		Setup: func(b *BlockJob) error {
+		Undo:    func(lk *blockdev.Locked, _ *BlockJob) { cj.undo(ctx, lk) },
+		Setup: func(lk *blockdev.Locked, b *BlockJob) error {
 			// The graph may have changed since the checks: resolve again.
-			p, err := resolveCommit(g, a)
+			p, err := resolveCommit(lk, a)
 			if err != nil {
 				return err
 			}
 			if p.active {
 				return errors.New("the top node has become the active layer")
 			}
-			return cj.setup(ctx, b, p.bs, p.top, p.base)
+			return cj.setup(ctx, lk, b, p.bs, p.top, p.base)
 		},
 	})
 	return err
@@ -189,9 +186,8 @@ type commitJob struct {
 
 // setup is QEMU's commit_start: the job's edges with QEMU's permissions,
 // base made writable, and the commit_top filter above top. On failure
-// StartBlock calls undo. Graph lock held.
-func (cj *commitJob) setup(ctx context.Context, b *BlockJob, active, top, base *blockdev.Node) error {
-	g := b.Graph()
+// StartBlock calls undo.
+func (cj *commitJob) setup(ctx context.Context, lk *blockdev.Locked, b *BlockJob, active, top, base *blockdev.Node) error {
 	cj.b, cj.active, cj.top, cj.base = b, active, top, base
 	if top.SkipFilters() == base.SkipFilters() {
 		return errors.New("Invalid files for merge: top and base are the same")
@@ -200,11 +196,11 @@ func (cj *commitJob) setup(ctx context.Context, b *BlockJob, active, top, base *
 	if base.Length() < top.Length() {
 		basePerm |= blockdev.PermResize
 	}
-	if err := b.Created(active, 0, blockdev.PermAll); err != nil {
+	if err := b.Created(lk, active, 0, blockdev.PermAll); err != nil {
 		return err
 	}
 	if base.ReadOnly() {
-		if err := g.SetReadOnly(ctx, base, false); err != nil {
+		if err := lk.SetReadOnly(ctx, base, false); err != nil {
 			return err
 		}
 		cj.baseReadOnly = true
@@ -214,11 +210,11 @@ func (cj *commitJob) setup(ctx context.Context, b *BlockJob, active, top, base *
 		opts["node-name"] = *cj.filterName
 	}
 	var err error
-	if cj.commitTop, err = g.AppendFilter(ctx, top, opts); err != nil {
+	if cj.commitTop, err = lk.AppendFilter(ctx, top, opts); err != nil {
 		return err
 	}
 	// So that it can always be taken out again.
-	cj.commitTop.SetNeverFreeze()
+	cj.commitTop.SetNeverFreeze(lk)
 	cj.layers = layersBetween(top, base)
 	// The layers from top down to base hold data base is getting: nobody
 	// else may read them as consistent, but filters on base may be.
@@ -229,47 +225,46 @@ func (cj *commitJob) setup(ctx context.Context, b *BlockJob, active, top, base *
 		if it == filteredBase {
 			shared |= blockdev.PermConsistentRead
 		}
-		if _, err := b.AddNode(it, "intermediate node", 0, shared); err != nil {
+		if _, err := b.AddNode(lk, it, "intermediate node", 0, shared); err != nil {
 			return err
 		}
 	}
 	// The links from the filter down to base stay as they are until the
 	// job ends.
-	if cj.unfreeze, err = g.FreezeChain(cj.commitTop, base); err != nil {
+	if cj.unfreeze, err = lk.FreezeChain(cj.commitTop, base); err != nil {
 		return err
 	}
-	if _, err := b.AddNode(base, "base", 0, blockdev.PermAll); err != nil {
+	if _, err := b.AddNode(lk, base, "base", 0, blockdev.PermAll); err != nil {
 		return err
 	}
-	if cj.baseC, err = b.AddBackend(base, basePerm, blockdev.PermConsistentRead|blockdev.PermWriteUnchanged); err != nil {
+	if cj.baseC, err = b.AddBackend(lk, base, basePerm, blockdev.PermConsistentRead|blockdev.PermWriteUnchanged); err != nil {
 		return err
 	}
-	if cj.topC, err = b.AddBackend(top, 0, blockdev.PermAll); err != nil {
+	if cj.topC, err = b.AddBackend(lk, top, 0, blockdev.PermAll); err != nil {
 		return err
 	}
 	return nil
 }
 
 // undo takes the job's edges and the filter away and makes base read-only
-// again if the job made it writable. Graph lock held.
-func (cj *commitJob) undo(ctx context.Context) {
+// again if the job made it writable.
+func (cj *commitJob) undo(ctx context.Context, lk *blockdev.Locked) {
 	if cj.b == nil {
 		return // setup did not start
 	}
-	g := cj.b.Graph()
-	cj.thaw()
-	cj.b.release()
+	cj.thaw(lk)
+	cj.b.release(lk)
 	if cj.commitTop != nil {
-		if err := g.RemoveFilter(ctx, cj.commitTop); err != nil {
+		if err := lk.RemoveFilter(ctx, cj.commitTop); err != nil {
 			cj.b.log.Error().Err(err).Str("node", cj.commitTop.Name()).Msg("commit: cannot remove the commit_top filter")
 		}
 		cj.commitTop = nil
 	}
-	cj.restoreBase(ctx)
+	cj.restoreBase(ctx, lk)
 }
 
-// thaw unfreezes the links the job froze, if it did. Graph lock held.
-func (cj *commitJob) thaw() {
+// thaw unfreezes the links the job froze, if it did.
+func (cj *commitJob) thaw(lk *blockdev.Locked) {
 	if cj.unfreeze != nil {
 		cj.unfreeze()
 		cj.unfreeze = nil
@@ -277,11 +272,11 @@ func (cj *commitJob) thaw() {
 }
 
 // restoreBase makes base read-only again if the job made it writable.
-// Graph lock held; the job's edge to base is gone.
-func (cj *commitJob) restoreBase(ctx context.Context) {
+// The job's edge to base is gone.
+func (cj *commitJob) restoreBase(ctx context.Context, lk *blockdev.Locked) {
 	if cj.baseReadOnly {
 		cj.baseReadOnly = false
-		if err := cj.b.Graph().SetReadOnly(ctx, cj.base, true); err != nil {
+		if err := lk.SetReadOnly(ctx, cj.base, true); err != nil {
 			cj.b.log.Warn().Err(err).Str("node", cj.base.Name()).
 				Msg("commit: cannot make the base read-only again")
 		}
@@ -394,34 +389,36 @@ func offloadRun(ctx context.Context, from, to *blockdev.Child, layers int, off, 
 // (QEMU's commit_prepare, bdrv_drop_intermediate from the filter down).
 func (cj *commitJob) prepare(j *Job) error {
 	g := cj.b.Graph()
-	g.Lock()
-	defer g.Unlock()
-	// The job's edges and frozen links would stand in the way of the
-	// change.
-	cj.thaw()
-	cj.b.release()
-	bf := ""
-	if cj.backingFile != nil {
-		bf = *cj.backingFile
-	}
-	if err := g.DropIntermediate(j.Context(), cj.active, cj.commitTop, cj.base, bf); err != nil {
-		return err
-	}
-	cj.commitTop = nil // closed with the dropped layers
-	return nil
+	return g.Do(func(lk *blockdev.Locked) error {
+		// The job's edges and frozen links would stand in the way of the
+		// change.
+		cj.thaw(lk)
+		cj.b.release(lk)
+		bf := ""
+		if cj.backingFile != nil {
+			bf = *cj.backingFile
+		}
+		if err := lk.DropIntermediate(j.Context(), cj.active, cj.commitTop, cj.base, bf); err != nil {
+			return err
+		}
+		cj.commitTop = nil // closed with the dropped layers
+		return nil
+	})
 }
 
 // abort takes the filter out again: the chain is as before the job.
 func (cj *commitJob) abort(j *Job) {
 	g := cj.b.Graph()
-	g.Lock()
-	defer g.Unlock()
-	cj.undo(context.Background())
+	g.Do(func(lk *blockdev.Locked) error {
+		cj.undo(context.Background(), lk)
+		return nil
+	})
 }
 
 func (cj *commitJob) clean(j *Job) {
 	g := cj.b.Graph()
-	g.Lock()
-	defer g.Unlock()
-	cj.undo(context.Background())
+	g.Do(func(lk *blockdev.Locked) error {
+		cj.undo(context.Background(), lk)
+		return nil
+	})
 }

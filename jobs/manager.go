@@ -18,7 +18,9 @@
 // the processing of a finished body (QEMU does both under its big lock),
 // and a state lock for the fields the body reads and writes. The control
 // lock comes before the graph lock: hooks may take the graph lock, and
-// code holding the graph lock must not call the manager's commands.
+// code holding the graph lock must not call the manager's commands
+// (package lockorder ranks the locks; tests built with the lockcheck tag
+// panic on a wrong order).
 // Events are emitted with the state lock held, so they leave in the order
 // of the transitions.
 package jobs
@@ -32,6 +34,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/qbmond/qbmond/internal/lockorder"
 	"github.com/qbmond/qbmond/keyval"
 	"github.com/qbmond/qbmond/qmp"
 )
@@ -46,7 +49,7 @@ type Manager struct {
 	em  Emitter
 	log zerolog.Logger
 
-	ctl sync.Mutex // serialises commands and completion processing
+	ctl lockorder.Mutex[lockorder.JobControl] // serialises commands and completion processing
 
 	mu     sync.Mutex // guards the jobs' state and the list
 	jobs   []*Job     // newest first, as QEMU lists them

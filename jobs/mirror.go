@@ -88,27 +88,26 @@ func (m *Manager) startActiveCommit(ctx context.Context, g *blockdev.Graph, a *c
 			}},
 		Speed:   a.Speed,
 		OnError: a.OnError,
-		Before: func(b *BlockJob) error {
-			p, err := resolveCommit(g, a)
+		Before: func(lk *blockdev.Locked, b *BlockJob) error {
+			p, err := resolveCommit(lk, a)
 			if err != nil {
 				return err
 			}
-			return mj.before(ctx, b, p.top, p.base)
+			return mj.before(ctx, lk, b, p.top, p.base)
 		},
-		Setup: func(b *BlockJob) error { return mj.setup(ctx, b) },
-		Undo:  func(*BlockJob) { mj.undoSetup(ctx) },
+		Setup: func(lk *blockdev.Locked, b *BlockJob) error { return mj.setup(ctx, lk, b) },
+		Undo:  func(lk *blockdev.Locked, _ *BlockJob) { mj.undoSetup(ctx, lk) },
 	})
 	return err
 }
 
 // before is QEMU's commit_active_start and the start of mirror_start_job:
 // base made writable and the mirror_top filter put above the active
-// layer, before the job exists. Graph lock held.
-func (mj *mirrorJob) before(ctx context.Context, b *BlockJob, top, base *blockdev.Node) error {
-	g := b.Graph()
+// layer, before the job exists.
+func (mj *mirrorJob) before(ctx context.Context, lk *blockdev.Locked, b *BlockJob, top, base *blockdev.Node) error {
 	mj.b, mj.top, mj.base = b, top, base
 	if base.ReadOnly() {
-		if err := g.SetReadOnly(ctx, base, false); err != nil {
+		if err := lk.SetReadOnly(ctx, base, false); err != nil {
 			return err
 		}
 		mj.baseReadOnly = true
@@ -121,14 +120,14 @@ func (mj *mirrorJob) before(ctx context.Context, b *BlockJob, top, base *blockde
 		opts["node-name"] = *mj.filterName
 	}
 	var err error
-	if mj.mirrorTop, err = g.AppendFilter(ctx, top, opts); err != nil {
+	if mj.mirrorTop, err = lk.AppendFilter(ctx, top, opts); err != nil {
 		return err
 	}
 	// So that it can always be taken out again.
-	mj.mirrorTop.SetNeverFreeze()
+	mj.mirrorTop.SetNeverFreeze(lk)
 	if s, ok := mj.mirrorTop.Driver().(stopper); ok {
 		s.SetCommit()
-		if err := g.RefreshPerms(mj.mirrorTop); err != nil {
+		if err := lk.RefreshPerms(mj.mirrorTop); err != nil {
 			return err
 		}
 	}
@@ -137,10 +136,10 @@ func (mj *mirrorJob) before(ctx context.Context, b *BlockJob, top, base *blockde
 
 // setup is the rest of mirror_start_job once the job exists: its edges
 // with QEMU's permissions and the write observer. On failure StartBlock
-// calls undoSetup. Graph lock held.
-func (mj *mirrorJob) setup(ctx context.Context, b *BlockJob) error {
+// calls undoSetup.
+func (mj *mirrorJob) setup(ctx context.Context, lk *blockdev.Locked, b *BlockJob) error {
 	top, base := mj.top, mj.base
-	if err := b.Created(mj.mirrorTop, blockdev.PermConsistentRead,
+	if err := b.Created(lk, mj.mirrorTop, blockdev.PermConsistentRead,
 		blockdev.PermConsistentRead|blockdev.PermWriteUnchanged|blockdev.PermWrite); err != nil {
 		return err
 	}
@@ -149,7 +148,7 @@ func (mj *mirrorJob) setup(ctx context.Context, b *BlockJob) error {
 	if base.Length() < top.Length() {
 		perm |= blockdev.PermResize
 	}
-	if mj.baseC, err = b.AddBackend(base, perm,
+	if mj.baseC, err = b.AddBackend(lk, base, perm,
 		blockdev.PermWriteUnchanged|blockdev.PermConsistentRead|blockdev.PermWrite); err != nil {
 		return err
 	}
@@ -160,11 +159,11 @@ func (mj *mirrorJob) setup(ctx context.Context, b *BlockJob) error {
 	if mj.dirty, err = bitmap.New(top.Length(), gran); err != nil {
 		return err
 	}
-	if mj.topC, err = b.AddNode(top, "source", 0,
+	if mj.topC, err = b.AddNode(lk, top, "source", 0,
 		blockdev.PermWriteUnchanged|blockdev.PermWrite|blockdev.PermConsistentRead); err != nil {
 		return err
 	}
-	if _, err := b.AddNode(base, "target", 0, blockdev.PermAll); err != nil {
+	if _, err := b.AddNode(lk, base, "target", 0, blockdev.PermAll); err != nil {
 		return err
 	}
 	mj.layers = layersBetween(top, base)
@@ -174,64 +173,62 @@ func (mj *mirrorJob) setup(ctx context.Context, b *BlockJob) error {
 		if it == filteredBase {
 			shared |= blockdev.PermConsistentRead
 		}
-		if _, err := b.AddNode(it, "intermediate node", 0, shared); err != nil {
+		if _, err := b.AddNode(lk, it, "intermediate node", 0, shared); err != nil {
 			return err
 		}
 	}
 	// The links from the filter down to base stay as they are until the
 	// job ends.
-	if mj.unfreeze, err = b.Graph().FreezeChain(mj.mirrorTop, base); err != nil {
+	if mj.unfreeze, err = lk.FreezeChain(mj.mirrorTop, base); err != nil {
 		return err
 	}
 	mj.removeObs = mj.mirrorTop.AddWriteObserver(blockdev.WriteObserver{Enter: mj.enter, Leave: mj.leave})
 	return nil
 }
 
-// undoSetup takes away what a failed before and setup did. Graph lock
-// held.
-func (mj *mirrorJob) undoSetup(ctx context.Context) {
+// undoSetup takes away what a failed before and setup did.
+func (mj *mirrorJob) undoSetup(ctx context.Context, lk *blockdev.Locked) {
 	if mj.b == nil {
 		return
 	}
-	mj.thaw()
-	mj.b.release()
-	mj.dropFilter(ctx)
-	mj.restoreBase(ctx)
+	mj.thaw(lk)
+	mj.b.release(lk)
+	mj.dropFilter(ctx, lk)
+	mj.restoreBase(ctx, lk)
 }
 
 // dropFilter stops the filter forwarding and takes it out of the graph,
-// if it is still there. Graph lock held.
-func (mj *mirrorJob) dropFilter(ctx context.Context) {
+// if it is still there.
+func (mj *mirrorJob) dropFilter(ctx context.Context, lk *blockdev.Locked) {
 	f := mj.mirrorTop
 	if f == nil {
 		return
 	}
 	mj.mirrorTop = nil
-	g := mj.b.Graph()
-	if g.Lookup(f.Name()) != f {
+	if lk.Lookup(f.Name()) != f {
 		return // it closed with its last user
 	}
 	if s, ok := f.Driver().(stopper); ok {
 		s.Stop()
-		if err := g.RefreshPerms(f); err != nil {
+		if err := lk.RefreshPerms(f); err != nil {
 			mj.b.log.Error().Err(err).Msg("commit: mirror_top permissions")
 		}
 	}
-	mj.b.DropFilter(ctx, f)
+	mj.b.DropFilter(ctx, lk, f)
 }
 
-// thaw unfreezes the links the job froze, if it did. Graph lock held.
-func (mj *mirrorJob) thaw() {
+// thaw unfreezes the links the job froze, if it did.
+func (mj *mirrorJob) thaw(lk *blockdev.Locked) {
 	if mj.unfreeze != nil {
 		mj.unfreeze()
 		mj.unfreeze = nil
 	}
 }
 
-func (mj *mirrorJob) restoreBase(ctx context.Context) {
+func (mj *mirrorJob) restoreBase(ctx context.Context, lk *blockdev.Locked) {
 	if mj.baseReadOnly {
 		mj.baseReadOnly = false
-		if err := mj.b.Graph().SetReadOnly(ctx, mj.base, true); err != nil {
+		if err := lk.SetReadOnly(ctx, mj.base, true); err != nil {
 			mj.b.log.Warn().Err(err).Str("node", mj.base.Name()).Msg("commit: cannot make the base read-only again")
 		}
 	}
@@ -501,39 +498,39 @@ func (mj *mirrorJob) waitWork(j *Job) error {
 // edges go, the filter leaves the graph and the writes held back go on.
 func (mj *mirrorJob) exit(j *Job, abort bool) error {
 	g := mj.b.Graph()
-	g.Lock()
 	defer mj.openGate()
-	defer g.Unlock()
-	if mj.exited {
-		return nil
-	}
-	mj.exited = true
-	mj.thaw()
-	ctx := j.Context()
-	if mj.removeObs != nil {
-		mj.removeObs()
-	}
-	mj.b.DropNode(mj.baseC)
-	if s, ok := mj.mirrorTop.Driver().(stopper); ok {
-		s.Stop()
-		if err := g.RefreshPerms(mj.mirrorTop); err != nil {
-			mj.b.log.Error().Err(err).Msg("commit: mirror_top permissions")
+	return g.Do(func(lk *blockdev.Locked) error {
+		if mj.exited {
+			return nil
 		}
-	}
-	var err error
-	if mj.completing() && !abort && !j.IsCancelled() {
-		if ro := mj.top.ReadOnly(); ro != mj.base.ReadOnly() {
-			if rerr := g.SetReadOnly(ctx, mj.base, ro); rerr != nil {
-				mj.b.log.Warn().Err(rerr).Str("node", mj.base.Name()).Msg("commit: base read-only state")
+		mj.exited = true
+		mj.thaw(lk)
+		ctx := j.Context()
+		if mj.removeObs != nil {
+			mj.removeObs()
+		}
+		mj.b.DropNode(lk, mj.baseC)
+		if s, ok := mj.mirrorTop.Driver().(stopper); ok {
+			s.Stop()
+			if err := lk.RefreshPerms(mj.mirrorTop); err != nil {
+				mj.b.log.Error().Err(err).Msg("commit: mirror_top permissions")
 			}
 		}
-		if err = g.ReplaceNode(ctx, mj.top, mj.base); err != nil {
-			mj.b.log.Error().Err(err).Msg("commit: the pivot failed")
-		} else {
-			mj.baseReadOnly = false // base is the active layer now
+		var err error
+		if mj.completing() && !abort && !j.IsCancelled() {
+			if ro := mj.top.ReadOnly(); ro != mj.base.ReadOnly() {
+				if rerr := lk.SetReadOnly(ctx, mj.base, ro); rerr != nil {
+					mj.b.log.Warn().Err(rerr).Str("node", mj.base.Name()).Msg("commit: base read-only state")
+				}
+			}
+			if err = lk.ReplaceNode(ctx, mj.top, mj.base); err != nil {
+				mj.b.log.Error().Err(err).Msg("commit: the pivot failed")
+			} else {
+				mj.baseReadOnly = false // base is the active layer now
+			}
 		}
-	}
-	mj.b.release()
-	mj.dropFilter(context.Background())
-	return err
+		mj.b.release(lk)
+		mj.dropFilter(context.Background(), lk)
+		return err
+	})
 }

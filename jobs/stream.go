@@ -37,9 +37,8 @@ type streamArgs struct {
 // streamPlan is what block-stream's checks resolved.
 type streamPlan struct{ bs, base, bottom *blockdev.Node }
 
-// resolveStream is qmp_block_stream's checks, in QEMU's order. Graph
-// lock held.
-func resolveStream(g *blockdev.Graph, a *streamArgs) (*streamPlan, error) {
+// resolveStream is qmp_block_stream's checks, in QEMU's order.
+func resolveStream(lk *blockdev.Locked, a *streamArgs) (*streamPlan, error) {
 	switch {
 	case a.Base != nil && a.BaseNode != nil:
 		return nil, errors.New("'base' and 'base-node' cannot be specified at the same time")
@@ -48,7 +47,7 @@ func resolveStream(g *blockdev.Graph, a *streamArgs) (*streamPlan, error) {
 	case a.Bottom != nil && a.BaseNode != nil:
 		return nil, errors.New("'bottom' and 'base-node' cannot be specified at the same time")
 	}
-	bs := g.Lookup(a.Device)
+	bs := lk.Lookup(a.Device)
 	if bs == nil {
 		return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.Device, a.Device)
 	}
@@ -60,22 +59,22 @@ func resolveStream(g *blockdev.Graph, a *streamArgs) (*streamPlan, error) {
 	}
 	if a.BaseNode != nil {
 		var err error
-		if p.base, err = lookupNode(g, *a.BaseNode); err != nil {
+		if p.base, err = lookupNode(lk, *a.BaseNode); err != nil {
 			return nil, err
 		}
-		if p.base == bs || !chainContains(bs, p.base) {
+		if p.base == bs || !chainContains(lk, bs, p.base) {
 			return nil, fmt.Errorf("Node '%s' is not a backing image of '%s'", *a.BaseNode, a.Device)
 		}
 	}
 	if a.Bottom != nil {
 		var err error
-		if p.bottom, err = lookupNode(g, *a.Bottom); err != nil {
+		if p.bottom, err = lookupNode(lk, *a.Bottom); err != nil {
 			return nil, err
 		}
 		if p.bottom.IsFilter() {
 			return nil, fmt.Errorf("Node '%s' is a filter, use a non-filter node as 'bottom'", *a.Bottom)
 		}
-		if !chainContains(bs, p.bottom) {
+		if !chainContains(lk, bs, p.bottom) {
 			return nil, fmt.Errorf("Node '%s' is not in a chain starting from '%s'", *a.Bottom, a.Device)
 		}
 	}
@@ -84,7 +83,7 @@ func resolveStream(g *blockdev.Graph, a *streamArgs) (*streamPlan, error) {
 		end = p.bottom.FilterOrCOW()
 	}
 	for it := bs; it != nil && it != end; it = it.FilterOrCOW() {
-		if err := it.Blocker(); err != nil {
+		if err := it.Blocker(lk); err != nil {
 			return nil, err
 		}
 	}
@@ -95,9 +94,10 @@ func resolveStream(g *blockdev.Graph, a *streamArgs) (*streamPlan, error) {
 }
 
 func (m *Manager) blockStream(ctx context.Context, g *blockdev.Graph, a *streamArgs) error {
-	g.Lock()
-	_, err := resolveStream(g, a)
-	g.Unlock()
+	err := g.Do(func(lk *blockdev.Locked) error {
+		_, err := resolveStream(lk, a)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -113,15 +113,15 @@ func (m *Manager) blockStream(ctx context.Context, g *blockdev.Graph, a *streamA
 			Hooks: Hooks{Prepare: sj.prepare, Clean: sj.clean}},
 		Speed:   a.Speed,
 		OnError: a.OnError,
-		Before: func(b *BlockJob) error {
-			p, err := resolveStream(g, a)
+		Before: func(lk *blockdev.Locked, b *BlockJob) error {
+			p, err := resolveStream(lk, a)
 			if err != nil {
 				return err
 			}
-			return sj.before(ctx, b, p.bs, p.base, p.bottom)
+			return sj.before(ctx, lk, b, p.bs, p.base, p.bottom)
 		},
-		Setup: func(b *BlockJob) error { return sj.setup(b) },
-		Undo:  func(*BlockJob) { sj.undo(ctx) },
+		Setup: func(lk *blockdev.Locked, b *BlockJob) error { return sj.setup(lk, b) },
+		Undo:  func(lk *blockdev.Locked, _ *BlockJob) { sj.undo(ctx, lk) },
 	})
 	return err
 }
@@ -142,10 +142,8 @@ type streamJob struct {
 }
 
 // before is the start of QEMU's stream_start, before the job exists: bs
-// made writable and the copy-on-read filter put above it. Graph lock
-// held.
-func (sj *streamJob) before(ctx context.Context, b *BlockJob, bs, base, bottom *blockdev.Node) error {
-	g := b.Graph()
+// made writable and the copy-on-read filter put above it.
+func (sj *streamJob) before(ctx context.Context, lk *blockdev.Locked, b *BlockJob, bs, base, bottom *blockdev.Node) error {
 	sj.b, sj.bs = b, bs
 	if bottom != nil {
 		sj.baseOverlay, sj.aboveBase = bottom, bottom
@@ -165,11 +163,11 @@ func (sj *streamJob) before(ctx context.Context, b *BlockJob, bs, base, bottom *
 	if bs.ReadOnly() {
 		// The chain is held for the reopen (QEMU freezes it from bs down
 		// to the node above base meanwhile; the filter holds it after).
-		unfreeze, err := g.FreezeChain(bs, sj.aboveBase)
+		unfreeze, err := lk.FreezeChain(bs, sj.aboveBase)
 		if err != nil {
 			return err
 		}
-		err = g.SetReadOnly(ctx, bs, false)
+		err = lk.SetReadOnly(ctx, bs, false)
 		unfreeze()
 		if err != nil {
 			return err
@@ -182,29 +180,29 @@ func (sj *streamJob) before(ctx context.Context, b *BlockJob, bs, base, bottom *
 		opts["node-name"] = *sj.filterName
 	}
 	var err error
-	if sj.cor, err = g.AppendFilter(ctx, bs, opts); err != nil {
+	if sj.cor, err = lk.AppendFilter(ctx, bs, opts); err != nil {
 		return fmt.Errorf("Could not create node: %w", err)
 	}
 	return nil
 }
 
 // setup is the rest of stream_start once the job exists: its edges with
-// QEMU's permissions. On failure StartBlock calls undo. Graph lock held.
-func (sj *streamJob) setup(b *BlockJob) error {
-	if err := b.Created(sj.cor, 0, blockdev.PermAll); err != nil {
+// QEMU's permissions. On failure StartBlock calls undo.
+func (sj *streamJob) setup(lk *blockdev.Locked, b *BlockJob) error {
+	if err := b.Created(lk, sj.cor, 0, blockdev.PermAll); err != nil {
 		return err
 	}
 	basic := blockdev.PermConsistentRead | blockdev.PermWriteUnchanged
 	var err error
-	if sj.corC, err = b.AddBackend(sj.cor, blockdev.PermConsistentRead, basic|blockdev.PermWrite); err != nil {
+	if sj.corC, err = b.AddBackend(lk, sj.cor, blockdev.PermConsistentRead, basic|blockdev.PermWrite); err != nil {
 		return err
 	}
-	if sj.bsC, err = b.AddNode(sj.bs, "active node", 0, basic|blockdev.PermWrite); err != nil {
+	if sj.bsC, err = b.AddNode(lk, sj.bs, "active node", 0, basic|blockdev.PermWrite); err != nil {
 		return err
 	}
 	base := sj.aboveBase.FilterOrCOW()
 	for it := sj.bs.FilterOrCOW(); it != nil && it != base; it = it.FilterOrCOW() {
-		if _, err := b.AddNode(it, "intermediate node", 0, basic); err != nil {
+		if _, err := b.AddNode(lk, it, "intermediate node", 0, basic); err != nil {
 			return err
 		}
 	}
@@ -213,28 +211,28 @@ func (sj *streamJob) setup(b *BlockJob) error {
 }
 
 // undo takes the job's edges and the filter away and makes bs read-only
-// again if the job made it writable. Graph lock held.
-func (sj *streamJob) undo(ctx context.Context) {
+// again if the job made it writable.
+func (sj *streamJob) undo(ctx context.Context, lk *blockdev.Locked) {
 	if sj.b == nil {
 		return
 	}
-	sj.b.release()
-	sj.dropFilter(ctx)
+	sj.b.release(lk)
+	sj.dropFilter(ctx, lk)
 	if sj.readOnly {
 		sj.readOnly = false
-		if err := sj.b.Graph().SetReadOnly(ctx, sj.bs, true); err != nil {
+		if err := lk.SetReadOnly(ctx, sj.bs, true); err != nil {
 			sj.b.log.Warn().Err(err).Str("node", sj.bs.Name()).Msg("stream: cannot make the node read-only again")
 		}
 	}
 }
 
-func (sj *streamJob) dropFilter(ctx context.Context) {
+func (sj *streamJob) dropFilter(ctx context.Context, lk *blockdev.Locked) {
 	f := sj.cor
 	if f == nil {
 		return
 	}
 	sj.cor = nil
-	sj.b.DropFilter(ctx, f)
+	sj.b.DropFilter(ctx, lk, f)
 }
 
 // run is QEMU's stream_run: chunk by chunk, what the active layer does
@@ -295,36 +293,37 @@ func (sj *streamJob) run(ctx context.Context, j *Job) error {
 // the active layer's backing node and names it in the image header.
 func (sj *streamJob) prepare(j *Job) error {
 	g := sj.b.Graph()
-	g.Lock()
-	defer g.Unlock()
-	ctx := j.Context()
-	sj.dropFilter(ctx)
-	if sj.bs.BackingNode() == nil {
-		return nil
-	}
-	base := sj.aboveBase.FilterOrCOW()
-	name, format := "", ""
-	if ub := base; ub != nil {
-		ub = ub.SkipFilters()
-		name = ub.Filename()
-		if sj.backingFile != nil {
-			name = *sj.backingFile
+	return g.Do(func(lk *blockdev.Locked) error {
+		ctx := j.Context()
+		sj.dropFilter(ctx, lk)
+		if sj.bs.BackingNode() == nil {
+			return nil
 		}
-		format = ub.DriverName()
-	}
-	sj.b.release()
-	if err := g.SetBacking(ctx, sj.bs, base); err != nil {
-		return err
-	}
-	if err := g.ChangeBackingFile(ctx, sj.bs, name, format); err != nil {
-		return fmt.Errorf("Could not change the backing file: %s", blockdev.Strerror(err))
-	}
-	return nil
+		base := sj.aboveBase.FilterOrCOW()
+		name, format := "", ""
+		if ub := base; ub != nil {
+			ub = ub.SkipFilters()
+			name = ub.Filename()
+			if sj.backingFile != nil {
+				name = *sj.backingFile
+			}
+			format = ub.DriverName()
+		}
+		sj.b.release(lk)
+		if err := lk.SetBacking(ctx, sj.bs, base); err != nil {
+			return err
+		}
+		if err := lk.ChangeBackingFile(ctx, sj.bs, name, format); err != nil {
+			return fmt.Errorf("Could not change the backing file: %s", blockdev.Strerror(err))
+		}
+		return nil
+	})
 }
 
 func (sj *streamJob) clean(j *Job) {
 	g := sj.b.Graph()
-	g.Lock()
-	defer g.Unlock()
-	sj.undo(context.Background())
+	g.Do(func(lk *blockdev.Locked) error {
+		sj.undo(context.Background(), lk)
+		return nil
+	})
 }

@@ -55,17 +55,44 @@ func (m *Manager) transaction(ctx context.Context, g *blockdev.Graph, a *txReque
 		txn = NewTxn()
 	}
 	m.ctl.Lock()
-	g.Lock()
-	g.DrainAll()
 	var steps []*txStep
-	unlock := func() {
-		g.Unlock()
-		m.ctl.Unlock()
-	}
-	fail := func(err error) error {
-		for i := len(steps) - 1; i >= 0; i-- {
-			if steps[i].abort != nil {
-				steps[i].abort()
+	err := g.Do(func(lk *blockdev.Locked) error {
+		lk.DrainAll()
+		fail := func(err error) error {
+			for i := len(steps) - 1; i >= 0; i-- {
+				if steps[i].abort != nil {
+					steps[i].abort()
+				}
+			}
+			for _, s := range steps {
+				if s.clean != nil {
+					s.clean()
+				}
+			}
+			return err
+		}
+		for _, act := range a.Actions {
+			switch act.Type {
+			case "blockdev-backup", "drive-backup":
+				s, err := m.prepareBackupLocked(ctx, lk, act.Type, act.Data, txn)
+				if err != nil {
+					return fail(err)
+				}
+				steps = append(steps, s)
+			default:
+				t, err := lk.PrepareTxAction(ctx, act.Type, act.Data, grouped)
+				if err != nil {
+					return fail(err)
+				}
+				steps = append(steps, &txStep{commit: t.Commit, abort: t.Abort, clean: t.Clean})
+			}
+		}
+		for _, s := range steps {
+			if s.commit != nil {
+				s.commit()
+			}
+			if s.job != nil && s.job.beginCtl(ctx) {
+				s.job.waitStarted()
 			}
 		}
 		for _, s := range steps {
@@ -73,39 +100,12 @@ func (m *Manager) transaction(ctx context.Context, g *blockdev.Graph, a *txReque
 				s.clean()
 			}
 		}
-		unlock()
+		return nil
+	})
+	m.ctl.Unlock()
+	if err != nil {
 		return err
 	}
-	for _, act := range a.Actions {
-		switch act.Type {
-		case "blockdev-backup", "drive-backup":
-			s, err := m.prepareBackupLocked(ctx, g, act.Type, act.Data, txn)
-			if err != nil {
-				return fail(err)
-			}
-			steps = append(steps, s)
-		default:
-			t, err := g.PrepareTxAction(ctx, act.Type, act.Data, grouped)
-			if err != nil {
-				return fail(err)
-			}
-			steps = append(steps, &txStep{commit: t.Commit, abort: t.Abort, clean: t.Clean})
-		}
-	}
-	for _, s := range steps {
-		if s.commit != nil {
-			s.commit()
-		}
-		if s.job != nil && s.job.beginCtl(ctx) {
-			s.job.waitStarted()
-		}
-	}
-	for _, s := range steps {
-		if s.clean != nil {
-			s.clean()
-		}
-	}
-	unlock()
 	// A job that had nothing to do has ended already; as in QEMU, its
 	// end (events included) comes before the reply.
 	for _, s := range steps {

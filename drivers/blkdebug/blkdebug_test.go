@@ -91,13 +91,13 @@ func TestWriteEveryTime(t *testing.T) {
 	// The graph's closing flush fails too: this test closes it itself.
 	g := blockdev.NewGraph(zerolog.Nop())
 	defer g.Close()
-	g.Lock()
-	n, err := g.Add(ctx, opts(t, blockdev.Options{"node-name": "b", "inject-error": rules(map[string]any{"event": "pwritev"})}))
+	lk, unlock := drivertest.Lock(g)
+	n, err := lk.Add(ctx, opts(t, blockdev.Options{"node-name": "b", "inject-error": rules(map[string]any{"event": "pwritev"})}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := g.AttachRoot(n, "block device 'test'", drivertest.RootPerm, blockdev.PermAll)
-	g.Unlock()
+	c, err := lk.AttachRoot(n, "block device 'test'", drivertest.RootPerm, blockdev.PermAll)
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,10 +195,10 @@ func TestOpenErrors(t *testing.T) {
 		for k, v := range tc.extra {
 			o[k] = v
 		}
-		g.Lock()
-		_, err := g.Add(context.Background(), o)
-		left := g.Len()
-		g.Unlock()
+		lk, unlock := drivertest.Lock(g)
+		_, err := lk.Add(context.Background(), o)
+		left := lk.Len()
+		unlock()
 		g.Close()
 		if err == nil || err.Error() != tc.want {
 			t.Errorf("%v: got %v, want %q", tc.extra, err, tc.want)
@@ -211,8 +211,8 @@ func TestOpenErrors(t *testing.T) {
 
 func TestPermissionsPassThrough(t *testing.T) {
 	g, n, _ := drivertest.Open(t, opts(t, nil), blockdev.PermConsistentRead)
-	g.Lock()
-	defer g.Unlock()
+	_, unlock := drivertest.Lock(g)
+	defer unlock()
 	if p := n.Child("image").Perm(); p != blockdev.PermConsistentRead {
 		t.Fatalf("image perm with a reader above: %v", p.Names())
 	}

@@ -227,10 +227,8 @@ func needsStores(_ *testing.T, e *env) string {
 
 // locked runs f with the graph lock held. Every graph operation of the
 // suite that needs the lock goes through here.
-func locked(g *blockdev.Graph, f func(lg *blockdev.Graph) error) error {
-	g.Lock()
-	defer g.Unlock()
-	return f(g)
+func locked(g *blockdev.Graph, f func(lk *blockdev.Locked) error) error {
+	return g.Do(f)
 }
 
 // Open adds a node to a new graph from opts (node-name "test" unless set)
@@ -258,11 +256,11 @@ func Open(t testing.TB, opts blockdev.Options, perm blockdev.Perm) (*blockdev.Gr
 // add adds a node from opts to g and attaches a root user holding perm
 // and sharing shared.
 func add(g *blockdev.Graph, opts blockdev.Options, perm, shared blockdev.Perm) (n *blockdev.Node, c *blockdev.Child, err error) {
-	err = locked(g, func(lg *blockdev.Graph) error {
-		if n, err = lg.Add(context.Background(), opts); err != nil {
+	err = locked(g, func(lk *blockdev.Locked) error {
+		if n, err = lk.Add(context.Background(), opts); err != nil {
 			return &stepError{"blockdev-add", err}
 		}
-		if c, err = lg.AttachRoot(n, "block device 'drivertest'", perm, shared); err != nil {
+		if c, err = lk.AttachRoot(n, "block device 'drivertest'", perm, shared); err != nil {
 			return &stepError{"attaching the test user", err}
 		}
 		return nil

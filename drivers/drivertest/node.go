@@ -138,8 +138,8 @@ func checkReadOnly(t *testing.T, e *env) {
 	if !n.ReadOnly() {
 		t.Error("node not read-only")
 	}
-	err = locked(g, func(lg *blockdev.Graph) error {
-		_, err := lg.AttachRoot(n, "block device 'w'", blockdev.PermWrite, blockdev.PermAll)
+	err = locked(g, func(lk *blockdev.Locked) error {
+		_, err := lk.AttachRoot(n, "block device 'w'", blockdev.PermWrite, blockdev.PermAll)
 		return err
 	})
 	if err == nil || err.Error() != "Block node is read-only" {
@@ -171,8 +171,8 @@ func checkPermission(t *testing.T, e *env) {
 	// A user that lets nobody else write keeps other writers out, and
 	// lets them in once it goes.
 	attach := func(user string, perm, shared blockdev.Perm) (c *blockdev.Child, err error) {
-		err = locked(e.Graph, func(lg *blockdev.Graph) error {
-			c, err = lg.AttachRoot(e.Node, "block device '"+user+"'", perm, shared)
+		err = locked(e.Graph, func(lk *blockdev.Locked) error {
+			c, err = lk.AttachRoot(e.Node, "block device '"+user+"'", perm, shared)
 			return err
 		})
 		return c, err
@@ -184,7 +184,7 @@ func checkPermission(t *testing.T, e *env) {
 	if _, err := attach("w", blockdev.PermWrite, blockdev.PermAll); err == nil {
 		t.Fatal("a second writer attached next to one sharing no write")
 	}
-	_ = locked(e.Graph, func(lg *blockdev.Graph) error { lg.DetachRoot(excl); return nil })
+	_ = locked(e.Graph, func(lk *blockdev.Locked) error { lk.DetachRoot(excl); return nil })
 	w, err := attach("w", blockdev.PermWrite, blockdev.PermAll)
 	if err != nil {
 		t.Fatalf("a writer after the exclusive one went: %v", err)
@@ -210,15 +210,15 @@ func (e *env) reopenOptions(readOnly bool) []map[string]any {
 }
 
 func (e *env) reopen(readOnly bool) error {
-	return locked(e.Graph, func(lg *blockdev.Graph) error { return lg.Reopen(ctx, e.reopenOptions(readOnly)) })
+	return locked(e.Graph, func(lk *blockdev.Locked) error { return lk.Reopen(ctx, e.reopenOptions(readOnly)) })
 }
 
 // setUser replaces the root user by one holding perm and sharing shared.
 func (e *env) setUser(t *testing.T, perm, shared blockdev.Perm) {
 	t.Helper()
-	err := locked(e.Graph, func(lg *blockdev.Graph) error {
-		lg.DetachRoot(e.Child)
-		c, err := lg.AttachRoot(e.Node, "block device 'drivertest'", perm, shared)
+	err := locked(e.Graph, func(lk *blockdev.Locked) error {
+		lk.DetachRoot(e.Child)
+		c, err := lk.AttachRoot(e.Node, "block device 'drivertest'", perm, shared)
 		e.Child = c
 		return err
 	})
@@ -256,8 +256,8 @@ func checkReopen(t *testing.T, e *env) {
 		t.Fatal("not read-only after reopening read-only")
 	}
 	e.verifyAll(t, "reopening read-only")
-	err := locked(e.Graph, func(lg *blockdev.Graph) error {
-		_, err := lg.AttachRoot(e.Node, "block device 'w'", blockdev.PermWrite, blockdev.PermAll)
+	err := locked(e.Graph, func(lk *blockdev.Locked) error {
+		_, err := lk.AttachRoot(e.Node, "block device 'w'", blockdev.PermWrite, blockdev.PermAll)
 		return err
 	})
 	if err == nil {
@@ -376,9 +376,9 @@ func checkImageLocks(t *testing.T, e *env) {
 func checkBitmapStore(t *testing.T, e *env) {
 	const name = "drivertest"
 	var b *blockdev.DirtyBitmap
-	err := locked(e.Graph, func(*blockdev.Graph) error {
+	err := locked(e.Graph, func(lk *blockdev.Locked) error {
 		var err error
-		b, err = e.Node.AddDirtyBitmap(name, blockdev.BitmapOptions{Granularity: 65536, Persistent: true})
+		b, err = e.Node.AddDirtyBitmap(lk, name, blockdev.BitmapOptions{Granularity: 65536, Persistent: true})
 		return err
 	})
 	if err != nil {
@@ -408,7 +408,7 @@ func checkBitmapStore(t *testing.T, e *env) {
 	e.verifyAll(t, "reopening the image")
 	if _, ok := e.Node.Driver().(blockdev.BitmapRecorder); ok {
 		// The driver stores whether the bitmap records too.
-		if err := locked(e.Graph, func(*blockdev.Graph) error { return b.SetRecording(false) }); err != nil {
+		if err := locked(e.Graph, func(lk *blockdev.Locked) error { return b.SetRecording(false) }); err != nil {
 			t.Fatalf("disabling the bitmap: %v", err)
 		}
 		e.reopenImage(t, RootPerm)
@@ -416,7 +416,7 @@ func checkBitmapStore(t *testing.T, e *env) {
 			t.Fatalf("a disabled persistent bitmap after reopening the image: %v", b)
 		}
 	}
-	err = locked(e.Graph, func(*blockdev.Graph) error { return e.Node.RemoveDirtyBitmap(name) })
+	err = locked(e.Graph, func(lk *blockdev.Locked) error { return e.Node.RemoveDirtyBitmap(lk, name) })
 	if err != nil {
 		t.Fatalf("removing the bitmap: %v", err)
 	}
@@ -482,9 +482,9 @@ func injectErrors(t *testing.T, g *blockdev.Graph, n *blockdev.Node) {
 			"errno": int64(injectErrno)})
 	}
 	var debug []blockdev.DebugEventer
-	err := locked(g, func(lg *blockdev.Graph) error {
+	err := locked(g, func(lk *blockdev.Locked) error {
 		for i, x := range n.Children() {
-			f, err := lg.AppendFilter(ctx, x.Node(), blockdev.Options{"driver": "blkdebug",
+			f, err := lk.AppendFilter(ctx, x.Node(), blockdev.Options{"driver": "blkdebug",
 				"node-name": fmt.Sprintf("drivertest-inject%d", i), "image": x.Node().Name(), "inject-error": rules})
 			if err != nil {
 				return fmt.Errorf("putting blkdebug above %s: %w", x.Name(), err)

@@ -51,9 +51,9 @@ func TestConformanceDirect(t *testing.T) {
 
 func add(t *testing.T, g *blockdev.Graph, o blockdev.Options) (*blockdev.Node, error) {
 	t.Helper()
-	g.Lock()
-	defer g.Unlock()
-	return g.Add(context.Background(), o)
+	lk, unlock := drivertest.Lock(g)
+	defer unlock()
+	return lk.Add(context.Background(), o)
 }
 
 func TestOpenErrors(t *testing.T) {
@@ -146,9 +146,9 @@ func TestSparseStatusAndActualSize(t *testing.T) {
 	if err != nil || st.Flags&blockdev.StatusData == 0 || st.Length < 64<<10 {
 		t.Fatalf("data: %+v %v", st, err)
 	}
-	g.Lock()
-	info := n.Info(ctx, true)
-	g.Unlock()
+	lk, unlock := drivertest.Lock(g)
+	info := n.Info(ctx, lk, true)
+	unlock()
 	if info.Image.ActualSize == nil || *info.Image.ActualSize < 64<<10 {
 		t.Fatalf("actual-size after 64 KiB of data: %v", info.Image.ActualSize)
 	}

@@ -60,21 +60,21 @@ func newProcess(t *testing.T) *process {
 }
 
 func (p *process) add(o blockdev.Options) (*blockdev.Node, error) {
-	p.g.Lock()
-	defer p.g.Unlock()
-	return p.g.Add(context.Background(), o)
+	lk, unlock := drivertest.Lock(p.g)
+	defer unlock()
+	return lk.Add(context.Background(), o)
 }
 
 func (p *process) attach(n *blockdev.Node, perm, shared blockdev.Perm) (*blockdev.Child, error) {
-	p.g.Lock()
-	defer p.g.Unlock()
-	return p.g.AttachRoot(n, "block device 'u'", perm, shared)
+	lk, unlock := drivertest.Lock(p.g)
+	defer unlock()
+	return lk.AttachRoot(n, "block device 'u'", perm, shared)
 }
 
 func (p *process) detach(c *blockdev.Child) {
-	p.g.Lock()
-	defer p.g.Unlock()
-	p.g.DetachRoot(c)
+	lk, unlock := drivertest.Lock(p.g)
+	defer unlock()
+	lk.DetachRoot(c)
 }
 
 // open adds a file node on img and attaches a user with perm and shared.
@@ -125,18 +125,18 @@ func TestLockWriterBlocksWriter(t *testing.T) {
 		t.Fatalf("hint %q, want %q", le.Hint(), want)
 	}
 	// A reader that does not share write with a writer.
-	_, err = b.add(blockdev.Options{"driver": "file", "node-name": "r", "filename": img, "read-only": true})
+	r, err := b.add(blockdev.Options{"driver": "file", "node-name": "r", "filename": img, "read-only": true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = b.attach(b.g.Lookup("r"), readerPerm, readerShared)
+	_, err = b.attach(r, readerPerm, readerShared)
 	if err == nil || err.Error() != `Failed to get shared "write" lock` {
 		t.Fatalf("reader not sharing write: %v", err)
 	}
 	// The failed attempts left nothing behind.
 	wantLocked(t, img, 100, 101, 103, 201, 203)
 	// A reader that shares everything is fine (qemu-img info -U).
-	if _, err := b.attach(b.g.Lookup("r"), cr, all); err != nil {
+	if _, err := b.attach(r, cr, all); err != nil {
 		t.Fatalf("force-share reader: %v", err)
 	}
 }
@@ -207,9 +207,9 @@ func TestLockReleasedOnDelete(t *testing.T) {
 	c := a.mustAttach(n, cr|w, all&^w)
 	wantLocked(t, img, 100, 101, 201)
 	a.detach(c)
-	a.g.Lock()
-	err := a.g.Delete(context.Background(), "r")
-	a.g.Unlock()
+	lk, unlock := drivertest.Lock(a.g)
+	err := lk.Delete(context.Background(), "r")
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -85,7 +85,7 @@ func (d *CBW) Open(ctx context.Context, oc *blockdev.OpenContext) (err error) {
 		ref, _ := v.(map[string]any)
 		node, _ := ref["node"].(string)
 		name, _ := ref["name"].(string)
-		_, b, err := oc.Graph().LookupBitmap(node, name)
+		_, b, err := oc.Locked().LookupBitmap(node, name)
 		if err != nil {
 			return err
 		}

@@ -116,7 +116,7 @@ func (d *COR) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 			layers++
 		}
 		if bottom == nil {
-			if oc.Graph().Lookup(name) == nil {
+			if oc.Locked().Lookup(name) == nil {
 				return fmt.Errorf("Bottom node '%s' not found", name)
 			}
 			return errors.New("Bottom node is not in the backing chain of the filtered node")
@@ -127,7 +127,7 @@ func (d *COR) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 		d.layers, d.none = layers, layers == 0
 	}
 	if !d.none {
-		d.disable = oc.Graph().EnableCopyOnRead(d.child.Node())
+		d.disable = oc.Locked().EnableCopyOnRead(d.child.Node())
 	}
 	return nil
 }

@@ -64,18 +64,18 @@ func TestSizeRounding(t *testing.T) {
 func TestBadOptions(t *testing.T) {
 	g := blockdev.NewGraph(zerolog.Nop())
 	defer g.Close()
-	g.Lock()
-	defer g.Unlock()
+	lk, unlock := drivertest.Lock(g)
+	defer unlock()
 	for _, o := range []blockdev.Options{
 		{"driver": "null-co", "node-name": "a", "size": int64(-1)},
 		{"driver": "null-co", "node-name": "a", "latency-ns": int64(-1)},
 		{"driver": "null-co", "node-name": "a", "size": "x"},
 	} {
-		if _, err := g.Add(context.Background(), o); err == nil {
+		if _, err := lk.Add(context.Background(), o); err == nil {
 			t.Errorf("%v: no error", o)
 		}
 	}
-	if g.Len() != 0 {
-		t.Errorf("%d nodes left after failures", g.Len())
+	if lk.Len() != 0 {
+		t.Errorf("%d nodes left after failures", lk.Len())
 	}
 }

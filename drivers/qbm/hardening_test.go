@@ -196,9 +196,9 @@ func TestReopenReplacedBitmapFile(t *testing.T) {
 	if err := os.Rename(filepath.Join(dir, "new.bitmap"), bm); err != nil {
 		t.Fatal(err)
 	}
-	h.g.Lock()
-	err = h.g.SetReadOnly(ctx, h.n, false)
-	h.g.Unlock()
+	lk, unlock := drivertest.Lock(h.g)
+	err = lk.SetReadOnly(ctx, h.n, false)
+	unlock()
 	want := `Bitmap "dirty.0" file was replaced since the node was opened: ` + bm
 	if err == nil || err.Error() != want {
 		t.Fatalf("got %v\nwant %s", err, want)

@@ -76,15 +76,15 @@ func openNode(t testing.TB, o blockdev.Options, perm blockdev.Perm) (*handle, er
 	if !o.Has("node-name") {
 		o["node-name"] = "q"
 	}
-	g.Lock()
-	n, err := g.Add(ctx, o)
+	lk, unlock := drivertest.Lock(g)
+	n, err := lk.Add(ctx, o)
 	if err != nil {
-		g.Unlock()
+		unlock()
 		g.Close()
 		return nil, err
 	}
-	c, err := g.AttachRoot(n, "block device 'test'", perm, blockdev.PermAll)
-	g.Unlock()
+	c, err := lk.AttachRoot(n, "block device 'test'", perm, blockdev.PermAll)
+	unlock()
 	if err != nil {
 		g.Close()
 		return nil, err
@@ -250,9 +250,9 @@ func TestTruncateOverLongerBacking(t *testing.T) {
 		"backing-file": "base.raw", "backing-fmt": "raw"})
 	h := mustOpen(t, qbmOpts(desc))
 	g := h.g
-	g.Lock()
+	_, unlock := drivertest.Lock(g)
 	err := h.c.Truncate(ctx, 2<<20, false)
-	g.Unlock()
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,9 +272,9 @@ func TestTruncateOverLongerBacking(t *testing.T) {
 
 func addBitmap(t testing.TB, h *handle, name string, g uint64) *blockdev.DirtyBitmap {
 	t.Helper()
-	h.g.Lock()
-	defer h.g.Unlock()
-	b, err := h.n.AddDirtyBitmap(name, blockdev.BitmapOptions{Granularity: g, Persistent: true})
+	lk, unlock := drivertest.Lock(h.g)
+	defer func() { unlock() }()
+	b, err := h.n.AddDirtyBitmap(lk, name, blockdev.BitmapOptions{Granularity: g, Persistent: true})
 	if err != nil {
 		t.Fatalf("add %s: %v", name, err)
 	}
@@ -299,9 +299,9 @@ func TestPersistentBitmap(t *testing.T) {
 		t.Fatal(err)
 	}
 	sum, count := b.Bits().SHA256(), b.Bits().Count()
-	h.g.Lock()
+	_, unlock := drivertest.Lock(h.g)
 	err := b.SetRecording(false)
-	h.g.Unlock()
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,9 +322,9 @@ func TestPersistentBitmap(t *testing.T) {
 	if b.Bits().SHA256() != sum || b.Bits().Count() != count || count != 3*4096+4096+65536 {
 		t.Fatalf("bits after reopen: count %d (want %d)", b.Bits().Count(), count)
 	}
-	h.g.Lock()
-	err = h.n.RemoveDirtyBitmap("back up/1")
-	h.g.Unlock()
+	lk, unlock := drivertest.Lock(h.g)
+	err = h.n.RemoveDirtyBitmap(lk, "back up/1")
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -422,9 +422,9 @@ func TestReadOnly(t *testing.T) {
 	if !h.n.Child("image").Node().ReadOnly() {
 		t.Fatal("image opened read-write under a read-only node")
 	}
-	h.g.Lock()
-	_, err = h.n.AddDirtyBitmap("x", blockdev.BitmapOptions{Persistent: true})
-	h.g.Unlock()
+	lk, unlock := drivertest.Lock(h.g)
+	_, err = h.n.AddDirtyBitmap(lk, "x", blockdev.BitmapOptions{Persistent: true})
+	unlock()
 	if err == nil || !strings.Contains(err.Error(), "read-only") {
 		t.Fatalf("persistent bitmap on a read-only node: %v", err)
 	}
@@ -540,22 +540,22 @@ func TestCrashAfterClearAndMerge(t *testing.T) {
 	h := mustOpen(t, o)
 	b0, b1 := h.n.DirtyBitmap("dirty.0"), h.n.DirtyBitmap("dirty.1")
 	h.write(t, 0, pattern(4096, 1))
-	h.g.Lock()
-	if err := b0.Clear(); err != nil {
-		h.g.Unlock()
+	lk, unlock := drivertest.Lock(h.g)
+	if err := b0.Clear(lk); err != nil {
+		unlock()
 		t.Fatal(err)
 	}
-	h.g.Unlock()
+	unlock()
 	h.write(t, 1<<20, pattern(4096, 2))
-	h.g.Lock()
-	err := b0.MergeInto([]*blockdev.DirtyBitmap{b1}) // b1 has both writes
-	h.g.Unlock()
+	lk, unlock = drivertest.Lock(h.g)
+	err := b0.MergeInto(lk, []*blockdev.DirtyBitmap{b1}) // b1 has both writes
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.g.Lock()
-	err = b1.Clear()
-	h.g.Unlock()
+	lk, unlock = drivertest.Lock(h.g)
+	err = b1.Clear(lk)
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -599,9 +599,9 @@ func TestReopenReadWrite(t *testing.T) {
 	_, desc, h := openOneBitmapReadOnly(t)
 	setRO := func(ro bool) {
 		t.Helper()
-		h.g.Lock()
-		defer h.g.Unlock()
-		if err := h.g.SetReadOnly(ctx, h.n, ro); err != nil {
+		lk, unlock := drivertest.Lock(h.g)
+		defer func() { unlock() }()
+		if err := lk.SetReadOnly(ctx, h.n, ro); err != nil {
 			t.Fatalf("reopen read-only=%v: %v", ro, err)
 		}
 	}
@@ -609,9 +609,9 @@ func TestReopenReadWrite(t *testing.T) {
 	if e := readDesc(t, desc).Bitmap("dirty.0"); !e.InUse || e.SHA256 != "" {
 		t.Fatalf("entry once read-write: %+v", e)
 	}
-	h.g.Lock()
-	w, err := h.g.AttachRoot(h.n, "block device 'w'", blockdev.PermWrite, blockdev.PermAll)
-	h.g.Unlock()
+	lk, unlock := drivertest.Lock(h.g)
+	w, err := lk.AttachRoot(h.n, "block device 'w'", blockdev.PermWrite, blockdev.PermAll)
+	unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -619,9 +619,9 @@ func TestReopenReadWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	sum := h.n.DirtyBitmap("dirty.0").Bits().SHA256()
-	h.g.Lock()
-	h.g.DetachRoot(w)
-	h.g.Unlock()
+	lk, unlock = drivertest.Lock(h.g)
+	lk.DetachRoot(w)
+	unlock()
 	setRO(true)
 	if e := readDesc(t, desc).Bitmap("dirty.0"); e.InUse || e.SHA256 == "" {
 		t.Fatalf("entry once read-only again: %+v", e)

@@ -134,15 +134,15 @@ func openOpts(t testing.TB, o blockdev.Options, perm blockdev.Perm) (*handle, er
 	if !o.Has("node-name") {
 		o["node-name"] = "q"
 	}
-	g.Lock()
-	n, err := g.Add(context.Background(), o)
+	lk, unlock := drivertest.Lock(g)
+	n, err := lk.Add(context.Background(), o)
 	if err != nil {
-		g.Unlock()
+		unlock()
 		g.Close()
 		return nil, err
 	}
-	c, err := g.AttachRoot(n, "block device 'test'", perm, blockdev.PermAll)
-	g.Unlock()
+	c, err := lk.AttachRoot(n, "block device 'test'", perm, blockdev.PermAll)
+	unlock()
 	if err != nil {
 		g.Close()
 		return nil, err

@@ -94,10 +94,10 @@ func TestOffsetSizeErrors(t *testing.T) {
 		if tc.size != nil {
 			o["size"] = tc.size
 		}
-		g.Lock()
-		_, err := g.Add(context.Background(), o)
-		left := g.Len()
-		g.Unlock()
+		lk, unlock := drivertest.Lock(g)
+		_, err := lk.Add(context.Background(), o)
+		left := lk.Len()
+		unlock()
 		if err == nil || err.Error() != tc.want {
 			t.Errorf("offset %v size %v: got %v, want %q", tc.off, tc.size, err, tc.want)
 		}
@@ -106,9 +106,9 @@ func TestOffsetSizeErrors(t *testing.T) {
 		}
 	}
 	// Offset at the very end is fine: an empty node.
-	g.Lock()
-	defer g.Unlock()
-	n, err := g.Add(context.Background(), blockdev.Options{"driver": "raw", "node-name": "r", "offset": int64(1 << 20),
+	lk, unlock := drivertest.Lock(g)
+	defer unlock()
+	n, err := lk.Add(context.Background(), blockdev.Options{"driver": "raw", "node-name": "r", "offset": int64(1 << 20),
 		"file": map[string]any{"driver": "file", "filename": img}})
 	if err != nil || n.Length() != 0 {
 		t.Fatalf("offset at the end: %v", err)
@@ -119,20 +119,20 @@ func TestPermissionsPassThrough(t *testing.T) {
 	// A writer on raw makes raw take write on its file child; a reader
 	// does not.
 	g, n, _ := drivertest.Open(t, blockdev.Options{"driver": "raw", "file": fileOpts(t, 1<<20)}, blockdev.PermConsistentRead)
-	g.Lock()
-	defer g.Unlock()
+	lk, unlock := drivertest.Lock(g)
+	defer unlock()
 	fc := n.Child("file")
 	if fc.Perm() != blockdev.PermConsistentRead {
 		t.Fatalf("file perm with a reader above: %v", fc.Perm().Names())
 	}
-	w, err := g.AttachRoot(n, "block device 'w'", blockdev.PermWrite|blockdev.PermConsistentRead, blockdev.PermAll)
+	w, err := lk.AttachRoot(n, "block device 'w'", blockdev.PermWrite|blockdev.PermConsistentRead, blockdev.PermAll)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if fc.Perm() != blockdev.PermConsistentRead|blockdev.PermWrite {
 		t.Fatalf("file perm with a writer above: %v", fc.Perm().Names())
 	}
-	g.DetachRoot(w)
+	lk.DetachRoot(w)
 	if fc.Perm() != blockdev.PermConsistentRead {
 		t.Fatalf("file perm after the writer left: %v", fc.Perm().Names())
 	}
