@@ -127,11 +127,11 @@ type BlockDeviceInfo struct {
 // BlockDirtyInfo is QEMU's BlockDirtyInfo, one bitmap in the query views.
 type BlockDirtyInfo struct {
 	Name         string `json:"name,omitempty"` // none for anonymous bitmaps
-	Recording    bool   `json:"recording"`
-	Persistent   bool   `json:"persistent"`
-	Busy         bool   `json:"busy"`
-	Granularity  uint64 `json:"granularity"`
 	Count        int64  `json:"count"`
+	Granularity  uint64 `json:"granularity"`
+	Recording    bool   `json:"recording"`
+	Busy         bool   `json:"busy"`
+	Persistent   bool   `json:"persistent"`
 	Inconsistent bool   `json:"inconsistent,omitempty"`
 }
 

@@ -494,11 +494,10 @@ func (m *Manager) cmdServerRemove(_ context.Context, raw json.RawMessage) (any, 
 
 // BlockExportInfo is one entry of query-block-exports.
 type BlockExportInfo struct {
-	// Members in the order QSD prints them.
+	ID           string `json:"id"`
+	Type         string `json:"type"`
 	NodeName     string `json:"node-name"`
 	ShuttingDown bool   `json:"shutting-down"`
-	Type         string `json:"type"`
-	ID           string `json:"id"`
 }
 
 func (m *Manager) cmdQuery(context.Context, json.RawMessage) (any, error) {

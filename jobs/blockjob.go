@@ -549,28 +549,28 @@ func (b *BlockJob) IOStatus() string {
 
 // BlockJobInfo is one element of query-block-jobs, members in QSD's order.
 type BlockJobInfo struct {
-	AutoFinalize bool   `json:"auto-finalize"`
-	IOStatus     string `json:"io-status"`
+	Type         string `json:"type"`
 	Device       string `json:"device"`
-	AutoDismiss  bool   `json:"auto-dismiss"`
-	Busy         bool   `json:"busy"`
 	Len          uint64 `json:"len"`
 	Offset       uint64 `json:"offset"`
-	Status       Status `json:"status"`
+	Busy         bool   `json:"busy"`
 	Paused       bool   `json:"paused"`
 	Speed        int64  `json:"speed"`
+	IOStatus     string `json:"io-status"`
 	Ready        bool   `json:"ready"`
-	Type         string `json:"type"`
+	Status       Status `json:"status"`
+	AutoFinalize bool   `json:"auto-finalize"`
+	AutoDismiss  bool   `json:"auto-dismiss"`
 	Error        string `json:"error,omitempty"`
 }
 
 // blockEvent is the data of BLOCK_JOB_COMPLETED, _CANCELLED and _READY.
 type blockEvent struct {
+	Type   string `json:"type"`
 	Device string `json:"device"`
 	Len    uint64 `json:"len"`
 	Offset uint64 `json:"offset"`
 	Speed  int64  `json:"speed"`
-	Type   string `json:"type"`
 	Error  string `json:"error,omitempty"`
 }
 

@@ -101,11 +101,11 @@ var ErrCanceled = errors.New("Operation canceled")
 // tagged "-" serve query-block-jobs and block job events). The members are
 // in the order QSD prints them.
 type Info struct {
-	CurrentProgress uint64 `json:"current-progress"`
-	Status          Status `json:"status"`
-	TotalProgress   uint64 `json:"total-progress"`
-	Type            string `json:"type"`
 	ID              string `json:"id"`
+	Type            string `json:"type"`
+	Status          Status `json:"status"`
+	CurrentProgress uint64 `json:"current-progress"`
+	TotalProgress   uint64 `json:"total-progress"`
 	Error           string `json:"error,omitempty"`
 
 	// Failed tells whether the job has an error (Error may be set then).

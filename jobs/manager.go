@@ -281,8 +281,8 @@ func (m *Manager) transitionLocked(j *Job, to Status) {
 
 // StatusChange is the data of JOB_STATUS_CHANGE, members in QSD's order.
 type StatusChange struct {
-	Status Status `json:"status"`
 	ID     string `json:"id"`
+	Status Status `json:"status"`
 }
 
 func (m *Manager) findLocked(id string) *Job {
