@@ -132,127 +132,174 @@ func Append(dst []byte, v any) ([]byte, error) {
 	if err != nil {
 		return dst, err
 	}
-	// Fast path: no object with two members or more, nothing to reorder.
-	if bytes.IndexByte(raw, ',') < 0 || bytes.IndexByte(raw, '{') < 0 {
-		return restyle(dst, raw), nil
+	if bytes.IndexByte(raw, '{') >= 0 {
+		// encoding/json's output is compact and valid: reorder its
+		// objects into a copy, then restyle the whole.
+		var r reorderer
+		raw, _ = r.value(make([]byte, 0, len(raw)), raw)
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	return appendTokens(dst, dec)
+	return restyle(dst, raw), nil
 }
 
-// appendTokens prints the next value of dec, reordering objects.
-func appendTokens(dst []byte, dec *json.Decoder) ([]byte, error) {
-	tok, err := dec.Token()
-	if err != nil {
-		return dst, err
-	}
-	switch t := tok.(type) {
-	case json.Delim:
-		switch t {
-		case '{':
-			type member struct {
-				key string
-				val []byte
+// reorderer rewrites compact JSON with every object's members in QDict
+// order. Member values are written in their source order first, then the
+// object is rebuilt from a copy in the new order: no allocation per
+// member.
+type reorderer struct {
+	members []member // a stack shared by the nested objects
+	keys    []uint64
+	tmp     []byte
+}
+
+type member struct {
+	bucket       uint32
+	keyLo, keyHi int // in the object's src
+	valLo, valHi int // in dst, relative to the object's start
+}
+
+// value appends the JSON value at the start of src to dst and returns how
+// much of src it used.
+func (r *reorderer) value(dst, src []byte) ([]byte, int) {
+	switch src[0] {
+	case '{':
+		start, base := len(dst), len(r.members)
+		dst = append(dst, '{')
+		i := 1
+		for src[i] != '}' {
+			if src[i] == ',' {
+				i++
 			}
-			var ms []member
-			for dec.More() {
-				kt, err := dec.Token()
-				if err != nil {
-					return dst, err
-				}
-				k, _ := kt.(string)
-				val, err := appendTokens(nil, dec)
-				if err != nil {
-					return dst, err
-				}
-				ms = append(ms, member{k, val})
-			}
-			if _, err := dec.Token(); err != nil { // '}'
-				return dst, err
-			}
-			slices.Reverse(ms)
-			slices.SortStableFunc(ms, func(a, b member) int { return int(Bucket(a.key)) - int(Bucket(b.key)) })
-			dst = append(dst, '{')
-			for i, m := range ms {
-				if i > 0 {
-					dst = append(dst, ", "...)
-				}
-				dst = appendString(dst, m.key)
-				dst = append(dst, ": "...)
-				dst = append(dst, m.val...)
-			}
-			return append(dst, '}'), nil
-		case '[':
-			dst = append(dst, '[')
-			for i := 0; dec.More(); i++ {
-				if i > 0 {
-					dst = append(dst, ", "...)
-				}
-				if dst, err = appendTokens(dst, dec); err != nil {
-					return dst, err
-				}
-			}
-			if _, err := dec.Token(); err != nil { // ']'
-				return dst, err
-			}
-			return append(dst, ']'), nil
+			kl := stringLen(src[i:])
+			m := member{bucket: bucketBytes(src[i+1 : i+kl-1]), keyLo: i, keyHi: i + kl}
+			i += kl + 1 // the key and ':'
+			m.valLo = len(dst) - start
+			var n int
+			dst, n = r.value(dst, src[i:])
+			m.valHi = len(dst) - start
+			i += n
+			r.members = append(r.members, m)
 		}
-		return dst, fmt.Errorf("qjson: unexpected %v", t)
-	case string:
-		return appendString(dst, t), nil
-	case json.Number:
-		return append(dst, t...), nil
-	case bool:
-		if t {
-			return append(dst, "true"...), nil
+		ms := r.members[base:]
+		// By bucket, the member added last first within a bucket: one
+		// integer per member sorts faster than the members.
+		last := uint64(len(ms) - 1)
+		keys := r.keys[:0]
+		for j, m := range ms {
+			keys = append(keys, uint64(m.bucket)<<32|(last-uint64(j)))
 		}
-		return append(dst, "false"...), nil
-	case nil:
-		return append(dst, "null"...), nil
+		slices.Sort(keys)
+		r.keys = keys
+		r.tmp = append(r.tmp[:0], dst[start:]...)
+		dst = append(dst[:start], '{')
+		for j, k := range keys {
+			m := ms[last-(k&0xFFFFFFFF)]
+			if j > 0 {
+				dst = append(dst, ',')
+			}
+			dst = append(dst, src[m.keyLo:m.keyHi]...)
+			dst = append(dst, ':')
+			dst = append(dst, r.tmp[m.valLo:m.valHi]...)
+		}
+		r.members = r.members[:base]
+		return append(dst, '}'), i + 1
+	case '[':
+		dst = append(dst, '[')
+		i := 1
+		for src[i] != ']' {
+			if src[i] == ',' {
+				dst = append(dst, ',')
+				i++
+			}
+			var n int
+			dst, n = r.value(dst, src[i:])
+			i += n
+		}
+		return append(dst, ']'), i + 1
 	}
-	return dst, fmt.Errorf("qjson: unexpected token %T", tok)
+	n := scalarLen(src)
+	return append(dst, src[:n]...), n
 }
 
-func appendString(dst []byte, s string) []byte {
-	raw, _ := marshal(s)
-	return restyle(dst, raw)
+// bucketBytes is Bucket of a member name as encoding/json writes it
+// between its quotes; a name with escapes is decoded first.
+func bucketBytes(b []byte) uint32 {
+	if bytes.IndexByte(b, '\\') >= 0 {
+		var s string
+		_ = json.Unmarshal(append(append([]byte{'"'}, b...), '"'), &s)
+		return Bucket(s)
+	}
+	v := uint32(0x238F13AF) * uint32(len(b))
+	for i := 0; i < len(b); i++ {
+		v += uint32(b[i]) << (uint(i) * 5 % 24)
+	}
+	return (1103515243*v + 12345) % Buckets
 }
 
-// restyle rewrites compact encoding/json output in QEMU's style.
+// stringLen is the length of the JSON string at the start of src, quotes
+// included.
+func stringLen(src []byte) int {
+	for i := 1; ; i++ {
+		switch src[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+}
+
+// scalarLen is the length of the string, number or literal at the start
+// of src.
+func scalarLen(src []byte) int {
+	if src[0] == '"' {
+		return stringLen(src)
+	}
+	for i, c := range src {
+		if c == ',' || c == '}' || c == ']' {
+			return i
+		}
+	}
+	return len(src)
+}
+
+// restyle rewrites compact encoding/json output in QEMU's style, copying
+// the runs between the bytes it changes in bulk.
 func restyle(dst, src []byte) []byte {
+	dst = slices.Grow(dst, len(src)+len(src)/8)
 	inString := false
+	run := 0 // start of the bytes not copied yet
 	for i := 0; i < len(src); i++ {
 		c := src[i]
 		if !inString {
 			switch c {
 			case '"':
 				inString = true
-				dst = append(dst, c)
 			case ':', ',':
-				dst = append(dst, c, ' ')
-			default:
-				dst = append(dst, c)
+				dst = append(dst, src[run:i+1]...)
+				dst = append(dst, ' ')
+				run = i + 1
 			}
 			continue
 		}
 		switch {
 		case c == '"':
 			inString = false
-			dst = append(dst, c)
 		case c == '\\':
-			// encoding/json escapes: keep the short ones, upper-case \u.
 			if src[i+1] == 'u' {
-				dst = append(dst, '\\', 'u')
+				// encoding/json's \u escapes, in upper-case hex.
+				dst = append(dst, src[run:i+2]...)
 				dst = append(dst, bytes.ToUpper(src[i+2:i+6])...)
 				i += 5
+				run = i + 1
 			} else {
-				dst = append(dst, c, src[i+1])
-				i++
+				i++ // a short escape, kept
 			}
 		case c == 0x7F:
+			dst = append(dst, src[run:i]...)
 			dst = append(dst, `\u007F`...)
+			run = i + 1
 		case c >= 0x80:
+			dst = append(dst, src[run:i]...)
 			r, n := utf8.DecodeRune(src[i:])
 			if r > 0xFFFF {
 				r -= 0x10000
@@ -261,9 +308,8 @@ func restyle(dst, src []byte) []byte {
 				dst = fmt.Appendf(dst, `\u%04X`, r)
 			}
 			i += n - 1
-		default:
-			dst = append(dst, c)
+			run = i + 1
 		}
 	}
-	return dst
+	return append(dst, src[run:]...)
 }

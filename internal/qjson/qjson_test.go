@@ -40,3 +40,38 @@ func TestAppendLikeQEMU(t *testing.T) {
 		t.Errorf("buckets: %d %d %d", Bucket("micro"), Bucket("minor"), Bucket("driver"))
 	}
 }
+
+type benchInfo struct {
+	File       string         `json:"file"`
+	NodeName   string         `json:"node-name,omitempty"`
+	Ro         bool           `json:"ro"`
+	Drv        string         `json:"drv"`
+	Depth      int64          `json:"backing_file_depth"`
+	Encrypted  bool           `json:"encrypted"`
+	Detect     string         `json:"detect_zeroes"`
+	Bps        int64          `json:"bps"`
+	BpsRd      int64          `json:"bps_rd"`
+	BpsWr      int64          `json:"bps_wr"`
+	Iops       int64          `json:"iops"`
+	IopsRd     int64          `json:"iops_rd"`
+	IopsWr     int64          `json:"iops_wr"`
+	Image      map[string]any `json:"image"`
+	Cache      map[string]any `json:"cache"`
+	WriteThres int64          `json:"write_threshold"`
+}
+
+// BenchmarkAppend prints a query-named-block-nodes reply of 1,000 nodes.
+func BenchmarkAppend(b *testing.B) {
+	v := make([]benchInfo, 1000)
+	for i := range v {
+		v[i] = benchInfo{File: "/tmp/x.qcow2", NodeName: "node", Drv: "qcow2", Detect: "off",
+			Image: map[string]any{"filename": "/tmp/x.qcow2", "format": "qcow2", "virtual-size": 1 << 30, "dirty-flag": false},
+			Cache: map[string]any{"writeback": true, "direct": false, "no-flush": false}}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Append(nil, v); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
