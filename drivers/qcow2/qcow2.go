@@ -106,6 +106,8 @@ type Driver struct {
 	// autoclearPending: reopened read-write with auto-clear features
 	// still set; the first write clears them.
 	autoclearPending atomic.Bool
+	// bm: the persistent dirty bitmaps in the image (bitmaps.go).
+	bm bitmapState
 
 	passReq, passOther bool
 
@@ -529,7 +531,11 @@ func (d *Driver) Close() error {
 		return nil
 	}
 	ctx := context.Background()
-	wrote := d.metaDirty()
+	stored, err := d.storeBitmaps(ctx)
+	if err != nil && d.warn != nil {
+		d.warn(fmt.Sprintf("Lost persistent bitmaps during inactivation of node '%s'", d.bm.node.Name()), err)
+	}
+	wrote := d.metaDirty() || stored
 	if err := d.syncMeta(ctx); err != nil {
 		return err
 	}
