@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -197,6 +198,142 @@ func TestQcow2PersistentBitmapsAfterCrash(t *testing.T) {
 		c.ok("blockdev-del", map[string]any{"node-name": "n0"})
 		fmt.Fprintf(&tr, "on disk after close: %s\n", imageBitmaps(t, img))
 		checkClean(t, img, false)
+		d.stop()
+		res = append(res, tr.String())
+	}
+	if res[0] != res[1] {
+		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
+	}
+}
+
+// reply renders a command's outcome: "ok" or the error's description.
+func reply(c *client, name string, args any) string {
+	r := c.cmd(name, args)
+	if e, ok := r["error"].(map[string]any); ok {
+		return fmt.Sprint(e["desc"])
+	}
+	return "ok"
+}
+
+// blockdev-reopen read-only stores the bitmaps (in use no more) and keeps
+// them; back to read-write they are in use again before the next write
+// (QEMU marks them at the reopen) and the node's close stores them.
+func TestQcow2PersistentBitmapsReopen(t *testing.T) {
+	src := qcow2BitmapImage(t, shortTempDir(t))
+	var res []string
+	for _, k := range []kind{kindQSD, kindQbmond} {
+		dir := shortTempDir(t)
+		img := filepath.Join(dir, "img.qcow2")
+		copyFile(t, src, img)
+		d := startDaemon(t, k, dir)
+		c := d.connect()
+		var tr strings.Builder
+		c.ok("blockdev-add", map[string]any{"driver": "file", "node-name": "f0", "filename": img})
+		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "n0", "file": "f0"})
+		c.ok("block-dirty-bitmap-add", map[string]any{"node": "n0", "name": "p0", "persistent": true})
+		c.ok("block-dirty-bitmap-clear", map[string]any{"node": "n0", "name": "b0"})
+		ro := map[string]any{"driver": "qcow2", "node-name": "n0", "file": "f0", "read-only": true}
+		c.ok("blockdev-reopen", map[string]any{"options": []any{ro}})
+		fmt.Fprintf(&tr, "on disk read-only: %s\n", imageBitmaps(t, img))
+		fmt.Fprintf(&tr, "read-only:\n%s", qcow2Bitmaps(t, c, "n0"))
+		fmt.Fprintf(&tr, "clear read-only: %s\n", reply(c, "block-dirty-bitmap-clear", map[string]any{"node": "n0", "name": "b1"}))
+		fmt.Fprintf(&tr, "remove read-only: %s\n", reply(c, "block-dirty-bitmap-remove", map[string]any{"node": "n0", "name": "b1"}))
+		fmt.Fprintf(&tr, "add persistent read-only: %s\n", reply(c, "block-dirty-bitmap-add", map[string]any{"node": "n0", "name": "p1", "persistent": true}))
+		ro["read-only"] = false
+		c.ok("blockdev-reopen", map[string]any{"options": []any{ro}})
+		c.ok("block-dirty-bitmap-clear", map[string]any{"node": "n0", "name": "b1"})
+		c.ok("block-dirty-bitmap-remove", map[string]any{"node": "n0", "name": "b3"})
+		c.ok("block-dirty-bitmap-add", map[string]any{"node": "n0", "name": "p2", "persistent": true, "disabled": true})
+		fmt.Fprintf(&tr, "read-write again:\n%s", qcow2Bitmaps(t, c, "n0"))
+		c.ok("blockdev-del", map[string]any{"node-name": "n0"})
+		c.ok("blockdev-del", map[string]any{"node-name": "f0"})
+		fmt.Fprintf(&tr, "on disk after close: %s\n", imageBitmaps(t, img))
+		checkClean(t, img, false)
+		d.stop()
+		res = append(res, tr.String())
+	}
+	if res[0] != res[1] {
+		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
+	}
+}
+
+// QEMU's refusals of block-dirty-bitmap-add persistent on qcow2 nodes,
+// and its errors for malformed bitmap directories at open.
+func TestQcow2PersistentBitmapErrors(t *testing.T) {
+	ref := shortTempDir(t)
+	v2 := filepath.Join(ref, "v2.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", v2, "64M")
+	big := filepath.Join(ref, "big.qcow2")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", big, "4T")
+	src := qcow2BitmapImage(t, ref)
+	raw, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The bitmaps extension and the directory's first entry.
+	var extAt int
+	for i := 104; i+8 < 65536; i += 8 {
+		if binary.BigEndian.Uint32(raw[i:]) == 0x23852875 {
+			extAt = i + 8
+			break
+		}
+	}
+	if extAt == 0 {
+		t.Fatal("no bitmaps extension")
+	}
+	dirAt := int(binary.BigEndian.Uint64(raw[extAt+16:]))
+	broken := map[string]func(b []byte){
+		"nb0":        func(b []byte) { binary.BigEndian.PutUint32(b[extAt:], 0) },
+		"nb5":        func(b []byte) { binary.BigEndian.PutUint32(b[extAt:], 5) },
+		"nb3":        func(b []byte) { binary.BigEndian.PutUint32(b[extAt:], 3) },
+		"reserved":   func(b []byte) { binary.BigEndian.PutUint32(b[extAt+4:], 1) },
+		"diroff":     func(b []byte) { binary.BigEndian.PutUint64(b[extAt+16:], uint64(dirAt+8)) },
+		"flags":      func(b []byte) { b[dirAt+15] |= 4 },
+		"type":       func(b []byte) { b[dirAt+16] = 2 },
+		"extra":      func(b []byte) { binary.BigEndian.PutUint32(b[dirAt+20:], 8) },
+		"table":      func(b []byte) { binary.BigEndian.PutUint64(b[dirAt:], 0) },
+		"tableentry": nil, // set below: a reserved bit in b0's table
+		"dup":        func(b []byte) { copy(b[dirAt+24:dirAt+26], "b1") },
+	}
+	t0 := int(binary.BigEndian.Uint64(raw[dirAt:]))
+	broken["tableentry"] = func(b []byte) { b[t0+7] |= 2 }
+	names := []string{"nb0", "nb5", "nb3", "reserved", "diroff", "flags", "type", "extra", "table", "tableentry", "dup"}
+	var res []string
+	for _, k := range []kind{kindQSD, kindQbmond} {
+		dir := shortTempDir(t)
+		d := startDaemon(t, k, dir)
+		c := d.connect()
+		var tr strings.Builder
+		add := func(node, img string, ro bool, extra map[string]any) {
+			o := qcow2Node(img)
+			o["node-name"] = node
+			o["read-only"] = ro
+			c.ok("blockdev-add", o)
+			a := map[string]any{"node": node, "name": "p", "persistent": true}
+			for k, v := range extra {
+				a[k] = v
+			}
+			fmt.Fprintf(&tr, "%s: %s\n", node, reply(c, "block-dirty-bitmap-add", a))
+		}
+		for _, f := range []string{v2, big} {
+			copyFile(t, f, filepath.Join(dir, filepath.Base(f)))
+		}
+		add("v2", filepath.Join(dir, "v2.qcow2"), false, nil)
+		add("big", filepath.Join(dir, "big.qcow2"), false, map[string]any{"granularity": 512})
+		copyFile(t, big, filepath.Join(dir, "bigro.qcow2"))
+		add("bigro", filepath.Join(dir, "bigro.qcow2"), true, nil)
+		for _, n := range names {
+			b := append([]byte(nil), raw...)
+			broken[n](b)
+			img := filepath.Join(dir, n+".qcow2")
+			if err := os.WriteFile(img, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			o := qcow2Node(img)
+			o["node-name"] = n
+			o["read-only"] = true
+			fmt.Fprintf(&tr, "open %s: %s\n", n, reply(c, "blockdev-add", o))
+		}
 		d.stop()
 		res = append(res, tr.String())
 	}
