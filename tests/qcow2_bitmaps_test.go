@@ -394,3 +394,37 @@ func TestQcow2BitmapAllOnesEntries(t *testing.T) {
 		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
 	}
 }
+
+// A daemon that exits with the node open stores its bitmaps.
+func TestQcow2PersistentBitmapsAtExit(t *testing.T) {
+	src := qcow2BitmapImage(t, shortTempDir(t))
+	var res []string
+	for _, k := range []kind{kindQSD, kindQbmond} {
+		dir := shortTempDir(t)
+		img := filepath.Join(dir, "img.qcow2")
+		copyFile(t, src, img)
+		d := startDaemon(t, k, dir)
+		c := d.connect()
+		o := qcow2Node(img)
+		o["node-name"] = "n0"
+		c.ok("blockdev-add", o)
+		c.ok("block-dirty-bitmap-add", map[string]any{"node": "n0", "name": "p0", "persistent": true, "granularity": 1 << 20})
+		c.ok("block-dirty-bitmap-merge", map[string]any{"node": "n0", "target": "p0", "bitmaps": []any{"b3", "b1"}})
+		c.ok("block-dirty-bitmap-disable", map[string]any{"node": "n0", "name": "b0"})
+		var tr strings.Builder
+		fmt.Fprintf(&tr, "open:\n%s", qcow2Bitmaps(t, c, "n0"))
+		d.stop()
+		fmt.Fprintf(&tr, "on disk after exit: %s\n", imageBitmaps(t, img))
+		checkClean(t, img, false)
+		d = startDaemon(t, k, dir)
+		c = d.connect()
+		o["read-only"] = true
+		c.ok("blockdev-add", o)
+		fmt.Fprintf(&tr, "reloaded:\n%s", qcow2Bitmaps(t, c, "n0"))
+		d.stop()
+		res = append(res, tr.String())
+	}
+	if res[0] != res[1] {
+		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
+	}
+}
