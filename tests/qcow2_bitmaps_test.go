@@ -428,3 +428,86 @@ func TestQcow2PersistentBitmapsAtExit(t *testing.T) {
 		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
 	}
 }
+
+// The libvirt checkpoint and push-mode backup flow on a qcow2 disk, in
+// QSD and qbmond: a full backup with checkpoint c1 (persistent), a daemon
+// restart, an incremental backup since c1 through a temporary bitmap with
+// checkpoint c2 created in the same transaction (c1 disabled), deletion of
+// c2 (merged back into c1, re-enabled), and an incremental backup since
+// c1 again. Each backup reads as the guest's disk at its checkpoint, and
+// the bitmaps match QSD's at every step.
+func TestQcow2CheckpointFlow(t *testing.T) {
+	var res []string
+	for _, k := range []kind{kindQSD, kindQbmond} {
+		dir := shortTempDir(t)
+		sh(t, dir, `qemu-img create -q -f qcow2 src.qcow2 8M
+qemu-io -f qcow2 -c 'write -P 0x11 0 3M' -c 'write -P 0x12 5M 1M' src.qcow2 >/dev/null
+qemu-img create -q -f qcow2 full.qcow2 8M
+qemu-img create -q -f qcow2 -b full.qcow2 -F qcow2 inc1.qcow2
+qemu-img create -q -f qcow2 -b full.qcow2 -F qcow2 inc2.qcow2`)
+		var tr strings.Builder
+		d := startDaemon(t, k, dir)
+		c := d.connect()
+		addQcow2(t, c, dir, "src", "src.qcow2")
+		uri := startNBD(t, c, dir, "src")
+		backup := func(target, img, bitmap string, actions ...any) string {
+			t.Helper()
+			ref := pointInTime(t, uri, dir, target+".raw")
+			addQcow2(t, c, dir, target, img)
+			job := map[string]any{"job-id": target, "device": "src", "target": target, "sync": "full"}
+			if bitmap != "" {
+				job["sync"], job["bitmap"] = "incremental", bitmap
+			}
+			actions = append(actions, map[string]any{"type": "blockdev-backup", "data": job})
+			c.ok("transaction", map[string]any{"actions": actions})
+			c.waitJob(target, "null")
+			c.ok("blockdev-del", map[string]any{"node-name": target})
+			return ref
+		}
+		act := func(typ string, data map[string]any) any {
+			data["node"] = "src"
+			return map[string]any{"type": typ, "data": data}
+		}
+		ref0 := backup("tfull", "full.qcow2", "", act("block-dirty-bitmap-add", map[string]any{"name": "c1", "persistent": true}))
+		sameAs(t, ref0, filepath.Join(dir, "full.qcow2"))
+		qemuIO(t, uri, []string{"write -P 0x21 64k 64k", "write -z 5M 4k"})
+		fmt.Fprintf(&tr, "before restart:\n%s", qcow2Bitmaps(t, c, "src"))
+		d.stop()
+		fmt.Fprintf(&tr, "on disk: %s\n", imageBitmaps(t, filepath.Join(dir, "src.qcow2")))
+
+		d = startDaemon(t, k, dir)
+		c = d.connect()
+		addQcow2(t, c, dir, "src", "src.qcow2")
+		uri = startNBD(t, c, dir, "src")
+		qemuIO(t, uri, []string{"write -P 0x22 7M 128k"})
+		ref1 := backup("tinc1", "inc1.qcow2", "tmp",
+			act("block-dirty-bitmap-add", map[string]any{"name": "tmp", "disabled": true}),
+			act("block-dirty-bitmap-merge", map[string]any{"target": "tmp", "bitmaps": []any{"c1"}}),
+			act("block-dirty-bitmap-disable", map[string]any{"name": "c1"}),
+			act("block-dirty-bitmap-add", map[string]any{"name": "c2", "persistent": true}))
+		sameAs(t, ref1, filepath.Join(dir, "inc1.qcow2"))
+		c.ok("block-dirty-bitmap-remove", map[string]any{"node": "src", "name": "tmp"})
+		qemuIO(t, uri, []string{"write -P 0x23 2M 8k"})
+		fmt.Fprintf(&tr, "after backup 1:\n%s", qcow2Bitmaps(t, c, "src"))
+		c.ok("transaction", map[string]any{"actions": []any{
+			act("block-dirty-bitmap-enable", map[string]any{"name": "c1"}),
+			act("block-dirty-bitmap-merge", map[string]any{"target": "c1", "bitmaps": []any{"c2"}}),
+			act("block-dirty-bitmap-remove", map[string]any{"name": "c2"}),
+		}})
+		qemuIO(t, uri, []string{"write -P 0x24 6M 4k"})
+		fmt.Fprintf(&tr, "after deleting c2:\n%s", qcow2Bitmaps(t, c, "src"))
+		ref2 := backup("tinc2", "inc2.qcow2", "tmp",
+			act("block-dirty-bitmap-add", map[string]any{"name": "tmp", "disabled": true}),
+			act("block-dirty-bitmap-merge", map[string]any{"target": "tmp", "bitmaps": []any{"c1"}}))
+		sameAs(t, ref2, filepath.Join(dir, "inc2.qcow2"))
+		c.ok("block-dirty-bitmap-remove", map[string]any{"node": "src", "name": "tmp"})
+		d.stop()
+		src := filepath.Join(dir, "src.qcow2")
+		fmt.Fprintf(&tr, "on disk at the end: %s\n", imageBitmaps(t, src))
+		checkClean(t, src, false)
+		res = append(res, tr.String())
+	}
+	if res[0] != res[1] {
+		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
+	}
+}
