@@ -47,6 +47,12 @@ func qcow2Bitmaps(t *testing.T, c *client, node string) string {
 		if m["node-name"] != node {
 			continue
 		}
+		// The image's own list (ImageInfoSpecificQCow2's bitmaps).
+		img, _ := m["image"].(map[string]any)
+		spec, _ := img["format-specific"].(map[string]any)
+		data, _ := spec["data"].(map[string]any)
+		js, _ := json.Marshal(data["bitmaps"])
+		fmt.Fprintf(&b, "image bitmaps: %s\n", js)
 		bms, _ := m["dirty-bitmaps"].([]any)
 		for _, bm := range bms {
 			bi := bm.(map[string]any)

@@ -467,6 +467,12 @@ func (d *Driver) StoreBitmap(b *blockdev.DirtyBitmap) error { return nil }
 // RemoveBitmap deletes the bitmap from the image now (a bitmap not yet
 // stored has nothing to delete).
 func (d *Driver) RemoveBitmap(name string) error {
+	ctx := context.Background()
+	// After a reopen read-write the bitmaps are marked in use first, as
+	// before a write.
+	if err := d.clearAutoclear(ctx); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.waitAllFlights()
@@ -482,7 +488,6 @@ func (d *Driver) RemoveBitmap(name string) error {
 	}
 	e := d.bm.dir[idx]
 	list := append(append([]bitmapEntry(nil), d.bm.dir[:idx]...), d.bm.dir[idx+1:]...)
-	ctx := context.Background()
 	if err := d.writeBitmapDir(ctx, list); err != nil {
 		return fmt.Errorf("Failed to update bitmap extension: %s", blockdev.Strerror(err))
 	}
@@ -490,7 +495,18 @@ func (d *Driver) RemoveBitmap(name string) error {
 	return nil
 }
 
-var _ blockdev.BitmapStore = (*Driver)(nil)
+// SaveBitmap is told that a persistent bitmap's bits changed other than
+// by a write (clear, merge, a transaction's undo): after a reopen
+// read-write, the bitmaps are marked in use now, as before a write, so
+// that a crash cannot leave the image's copy looking valid.
+func (d *Driver) SaveBitmap(name string) error {
+	return d.clearAutoclear(context.Background())
+}
+
+var (
+	_ blockdev.BitmapStore = (*Driver)(nil)
+	_ blockdev.BitmapSaver = (*Driver)(nil)
+)
 
 // resizeBitmapsCheck refuses to resize an image whose bitmaps cannot
 // follow (inconsistent or in use by an operation), with the bitmap's own
@@ -511,4 +527,30 @@ func (d *Driver) resizeBitmapsCheck() error {
 		}
 	}
 	return nil
+}
+
+// Qcow2BitmapInfo is one bitmap of the image as ImageInfoSpecificQCow2
+// lists it (QEMU's Qcow2BitmapInfo).
+type Qcow2BitmapInfo struct {
+	Name        string   `json:"name"`
+	Granularity uint32   `json:"granularity"`
+	Flags       []string `json:"flags"`
+}
+
+// bitmapInfo lists the directory's bitmaps with their flags on disk.
+// Caller holds d.mu.
+func (d *Driver) bitmapInfo() []Qcow2BitmapInfo {
+	var out []Qcow2BitmapInfo
+	for i := range d.bm.dir {
+		e := &d.bm.dir[i]
+		flags := []string{}
+		if e.flags&bmeInUse != 0 {
+			flags = append(flags, "in-use")
+		}
+		if e.flags&bmeAuto != 0 {
+			flags = append(flags, "auto")
+		}
+		out = append(out, Qcow2BitmapInfo{Name: e.name, Granularity: uint32(e.granularity()), Flags: flags})
+	}
+	return out
 }

@@ -451,6 +451,9 @@ type FormatSpecificQCow2 struct {
 	RefcountBits    int    `json:"refcount-bits"`
 	Corrupt         *bool  `json:"corrupt,omitempty"`
 	ExtendedL2      *bool  `json:"extended-l2,omitempty"`
+	// Bitmaps lists the bitmaps of the image's directory (absent when
+	// there are none).
+	Bitmaps []Qcow2BitmapInfo `json:"bitmaps,omitempty"`
 }
 
 // FormatSpecific returns the qcow2 part of ImageInfo.
@@ -467,6 +470,7 @@ func (d *Driver) FormatSpecific(ctx context.Context) (any, error) {
 		ext := false
 		s.Compat, s.LazyRefcounts, s.Corrupt, s.ExtendedL2 = "1.1", &lazy, &corrupt, &ext
 	}
+	s.Bitmaps = d.bitmapInfo()
 	return FormatSpecificInfo{Type: "qcow2", Data: s}, nil
 }
 
