@@ -517,3 +517,59 @@ qemu-img create -q -f qcow2 -b full.qcow2 -F qcow2 inc2.qcow2`)
 		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
 	}
 }
+
+// Persistent bitmaps of a qcow2 chain through blockdev-snapshot, an
+// active block-commit and block-stream, as QSD keeps them: the bitmaps
+// stay on their nodes, record what reaches them, and each image stores
+// its own at close.
+func TestQcow2PersistentBitmapsChain(t *testing.T) {
+	var res []string
+	for _, k := range []kind{kindQSD, kindQbmond} {
+		dir := shortTempDir(t)
+		sh(t, dir, `qemu-img create -q -f qcow2 base.qcow2 8M
+qemu-img bitmap --add base.qcow2 c1
+qemu-io -f qcow2 -c 'write -P 0x11 0 1M' base.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 ov.qcow2
+qemu-img create -q -f qcow2 -b ov.qcow2 -F qcow2 ov2.qcow2`)
+		var tr strings.Builder
+		d := startDaemon(t, k, dir)
+		c := d.connect()
+		addQcow2(t, c, dir, "base", "base.qcow2")
+		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "ov", "backing": nil,
+			"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "ov.qcow2")}})
+		c.ok("blockdev-snapshot", map[string]any{"node": "base", "overlay": "ov"})
+		c.ok("block-dirty-bitmap-add", map[string]any{"node": "ov", "name": "c2", "persistent": true})
+		uri := startNBD(t, c, dir, "ov")
+		qemuIO(t, uri, []string{"write -P 0x22 2M 64k", "write -P 0x23 5M 4k"})
+		state := func(what string) {
+			fmt.Fprintf(&tr, "%s:\nbase: %sov: %s", what, qcow2Bitmaps(t, c, "base"), qcow2Bitmaps(t, c, "ov"))
+		}
+		state("after snapshot")
+		c.ok("block-export-del", map[string]any{"id": "e0"})
+		waitExportGone(t, c)
+		c.ok("block-commit", map[string]any{"job-id": "cm", "device": "ov"})
+		c.waitJob("cm", "ready")
+		c.ok("job-complete", map[string]any{"id": "cm"})
+		c.waitJob("cm", "null")
+		fmt.Fprintf(&tr, "after commit: base: %s", qcow2Bitmaps(t, c, "base"))
+		c.ok("blockdev-del", map[string]any{"node-name": "ov"})
+		fmt.Fprintf(&tr, "ov on disk: %s\n", imageBitmaps(t, filepath.Join(dir, "ov.qcow2")))
+		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "ov2", "backing": nil,
+			"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "ov2.qcow2")}})
+		c.ok("blockdev-snapshot", map[string]any{"node": "base", "overlay": "ov2"})
+		c.ok("block-dirty-bitmap-add", map[string]any{"node": "ov2", "name": "c3", "persistent": true})
+		c.ok("block-stream", map[string]any{"job-id": "st", "device": "ov2"})
+		c.waitJob("st", "null")
+		fmt.Fprintf(&tr, "after stream: ov2: %s", qcow2Bitmaps(t, c, "ov2"))
+		d.stop()
+		for _, img := range []string{"base", "ov", "ov2"} {
+			p := filepath.Join(dir, img+".qcow2")
+			fmt.Fprintf(&tr, "%s on disk: %s\n", img, imageBitmaps(t, p))
+			checkClean(t, p, false)
+		}
+		res = append(res, tr.String())
+	}
+	if res[0] != res[1] {
+		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
+	}
+}
