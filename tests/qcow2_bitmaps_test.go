@@ -573,3 +573,51 @@ qemu-img create -q -f qcow2 -b ov.qcow2 -F qcow2 ov2.qcow2`)
 		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
 	}
 }
+
+// A libvirt pull-mode backup from a qcow2 disk whose checkpoint bitmap
+// was stored in the image: a temporary bitmap merged from the checkpoint
+// in the same transaction as the fleecing job (sync=none into an
+// overlay), the overlay exported with the temporary bitmap; nbdinfo
+// --map of qemu:dirty-bitmap and the fleecing export's content are
+// QSD's, and the export reads the disk as it was at the checkpoint.
+func TestQcow2PullBackupFromStoredCheckpoint(t *testing.T) {
+	var res []string
+	for _, k := range []kind{kindQSD, kindQbmond} {
+		dir := shortTempDir(t)
+		sh(t, dir, `qemu-img create -q -f qcow2 src.qcow2 8M
+qemu-img bitmap --add src.qcow2 c1
+qemu-io -f qcow2 -c 'write -P 0x11 0 1M' -c 'write -P 0x12 3M 100k' -c 'write -z 6M 64k' src.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b src.qcow2 -F qcow2 fleece.qcow2`)
+		var tr strings.Builder
+		d := startDaemon(t, k, dir)
+		c := d.connect()
+		addQcow2(t, c, dir, "src", "src.qcow2")
+		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "fl", "backing": "src",
+			"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "fleece.qcow2")}})
+		uri := startNBD(t, c, dir, "src")
+		ref := pointInTime(t, uri, dir, "ref.raw")
+		c.ok("transaction", map[string]any{"actions": []any{
+			map[string]any{"type": "block-dirty-bitmap-add", "data": map[string]any{"node": "src", "name": "tmp", "disabled": true}},
+			map[string]any{"type": "block-dirty-bitmap-merge", "data": map[string]any{"node": "src", "target": "tmp", "bitmaps": []any{"c1"}}},
+			map[string]any{"type": "blockdev-backup", "data": map[string]any{"job-id": "fleece", "device": "src", "target": "fl", "sync": "none"}},
+		}})
+		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "e1", "node-name": "fl", "name": "fleece",
+			"bitmaps": []any{map[string]any{"node": "src", "name": "tmp"}}})
+		fleece := "nbd+unix:///fleece?socket=" + filepath.Join(dir, "nbd.sock")
+		qemuIO(t, uri, []string{"write -P 0x21 0 64k", "write -P 0x22 5M 1M"})
+		tr.WriteString(run(t, "nbdinfo", "--map=qemu:dirty-bitmap:tmp", fleece))
+		identical(t, ref, fleece, "-f", "raw", "-F", "raw")
+		c.ok("block-export-del", map[string]any{"id": "e1"})
+		c.waitEvent(func(ev map[string]any) bool { return ev["event"] == "BLOCK_EXPORT_DELETED" })
+		c.ok("block-job-cancel", map[string]any{"device": "fleece"})
+		c.waitJob("fleece", "null")
+		c.ok("block-dirty-bitmap-remove", map[string]any{"node": "src", "name": "tmp"})
+		fmt.Fprintf(&tr, "after:\n%s", qcow2Bitmaps(t, c, "src"))
+		d.stop()
+		fmt.Fprintf(&tr, "on disk: %s\n", imageBitmaps(t, filepath.Join(dir, "src.qcow2")))
+		res = append(res, tr.String())
+	}
+	if res[0] != res[1] {
+		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
+	}
+}
