@@ -127,6 +127,12 @@ func (d *Driver) loadBitmaps(ctx context.Context, oc *blockdev.OpenContext) erro
 		var bits *bitmap.Bitmap
 		var err error
 		if e.flags&bmeInUse != 0 {
+			// Its table need not cover the disk (QEMU does not check):
+			// refuse what no image could have stored rather than run
+			// out of memory.
+			if (uint64(size)>>e.granBits)/8 > maxBitmapPhysSize {
+				return fmt.Errorf("Bitmap '%s' doesn't satisfy the constraints", e.name)
+			}
 			bits, err = bitmap.New(size, e.granularity())
 		} else {
 			bits, err = d.readBitmapBits(ctx, e, size)
