@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -619,5 +620,53 @@ qemu-img create -q -f qcow2 -b src.qcow2 -F qcow2 fleece.qcow2`)
 	}
 	if res[0] != res[1] {
 		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
+	}
+}
+
+// BenchmarkQcow2BitmapsOpenStoreClose opens a 1 TiB qcow2 image with four
+// persistent 64 KiB bitmaps (16 Mibit each: all dirty, half dirty, a few
+// bits, one bit) read-write, which marks them in use, and closes it, which
+// stores them, in QSD and in qbmond: go test -run NONE -bench
+// Qcow2BitmapsOpenStoreClose ./tests/
+func BenchmarkQcow2BitmapsOpenStoreClose(b *testing.B) {
+	dir := shortTempDir(b)
+	img := filepath.Join(dir, "big.qcow2")
+	// qemu-io discards at most 2 GiB a request.
+	discards := func(from, n int) []string {
+		args := []string{"qemu-io", "-f", "qcow2"}
+		for g := from; g < from+n; g++ {
+			args = append(args, "-c", fmt.Sprintf("discard %dG 1G", g))
+		}
+		return append(args, img)
+	}
+	for _, cmd := range [][]string{
+		{"qemu-img", "create", "-q", "-f", "qcow2", img, "1T"},
+		{"qemu-img", "bitmap", "--add", img, "dense"},
+		discards(0, 1024),
+		{"qemu-img", "bitmap", "--add", img, "sparse"},
+		{"qemu-io", "-f", "qcow2", "-c", "write 0 64k", "-c", "write 100G 1M", "-c", "write 900G 64k", img},
+		{"qemu-img", "bitmap", "--add", img, "half"},
+		discards(256, 512),
+		{"qemu-img", "bitmap", "--add", img, "one"},
+		{"qemu-io", "-f", "qcow2", "-c", "write 5G 512", img},
+	} {
+		if out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput(); err != nil {
+			b.Fatalf("%v: %v\n%s", cmd, err, out)
+		}
+	}
+	for _, k := range []kind{kindQSD, kindQbmond} {
+		b.Run(string(k), func(b *testing.B) {
+			d := startDaemon(b, k, dir)
+			c := d.connect()
+			o := qcow2Node(img)
+			o["node-name"] = "n0"
+			b.ResetTimer()
+			for range b.N {
+				c.ok("blockdev-add", o)
+				c.ok("blockdev-del", map[string]any{"node-name": "n0"})
+			}
+			b.StopTimer()
+			d.stop()
+		})
 	}
 }
