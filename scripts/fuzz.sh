@@ -22,6 +22,7 @@ budget() {
 	case "$1 $2" in
 	"drivers/blkdebug FuzzConfig") echo 250000 ;;
 	"drivers/qbm FuzzParse") echo 120000 ;;
+	"drivers/qcow2 FuzzBitmapDirectory") echo 200000 ;;
 	"drivers/qcow2 FuzzOpen") echo 4000 ;;
 	"keyval FuzzParse") echo 250000 ;;
 	"nbd FuzzOptions") echo 90000 ;;

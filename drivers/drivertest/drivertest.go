@@ -74,6 +74,10 @@ type Config struct {
 	Options func(t *testing.T) blockdev.Options
 	// Stores tells whether written data reads back (false for null).
 	Stores bool
+	// RefusesBitmaps says the image cannot hold persistent bitmaps
+	// although the driver is a blockdev.BitmapStore (qcow2 v2): the
+	// BitmapStore check then wants block-dirty-bitmap-add to fail.
+	RefusesBitmaps bool
 	// ReadOnly says the driver serves reads only (commit_top takes no
 	// permission on its child): the node is opened read-only and the
 	// checks that write are skipped.

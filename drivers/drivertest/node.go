@@ -381,6 +381,12 @@ func checkBitmapStore(t *testing.T, e *env) {
 		b, err = e.Node.AddDirtyBitmap(lk, name, blockdev.BitmapOptions{Granularity: 65536, Persistent: true})
 		return err
 	})
+	if e.RefusesBitmaps {
+		if err == nil {
+			t.Fatal("adding a persistent bitmap to an image that cannot hold one succeeded")
+		}
+		return
+	}
 	if err != nil {
 		t.Fatalf("adding a persistent bitmap: %v", err)
 	}

@@ -36,6 +36,18 @@ func FuzzOpen(f *testing.F) {
 		}
 		f.Add(b)
 	}
+	// An image with persistent bitmaps (the bitmaps extension, directory
+	// and tables), one in use.
+	bm := qemuImgCreate(f, f.TempDir(), "bm.qcow2", "64k", "-o", "cluster_size=512")
+	run(f, "qemu-img", "bitmap", "--add", "-g", "512", bm, "b0")
+	run(f, "qemu-img", "bitmap", "--add", bm, "b1")
+	qemuIO(f, bm, "write 0 5000", "write 40000 3000")
+	run(f, "qemu-img", "bitmap", "--disable", bm, "b1")
+	if b, err := os.ReadFile(bm); err != nil {
+		f.Fatal(err)
+	} else {
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p := filepath.Join(t.TempDir(), "fuzz.qcow2")
 		if err := os.WriteFile(p, data, 0o600); err != nil {

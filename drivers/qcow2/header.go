@@ -104,6 +104,11 @@ type header struct {
 	features      []featureName
 	unknown       []extension
 	extensionsEnd int // end of the extension area as read
+	// bitmaps is the bitmaps extension (nil: none, or ignored because
+	// the auto-clear bit says a program without bitmap support wrote the
+	// image since; bitmapsIgnored then tells it).
+	bitmaps        *bitmapExt
+	bitmapsIgnored bool
 }
 
 func (h *header) clusterSize() int64 { return 1 << h.clusterBits }
@@ -205,6 +210,19 @@ func parseHeader(buf []byte) (*header, error) {
 				}
 				h.features = append(h.features, featureName{data[i], data[i+1], string(name)})
 			}
+		case extBitmaps:
+			if len(data) != bitmapExtLen {
+				return nil, errors.New("bitmaps_ext: Invalid extension length")
+			}
+			if h.autoclear&autoclearBitmaps == 0 {
+				h.bitmapsIgnored = true
+				break
+			}
+			e, err := parseBitmapExt(data, cs)
+			if err != nil {
+				return nil, err
+			}
+			h.bitmaps = &e
 		default:
 			h.unknown = append(h.unknown, extension{typ, append([]byte(nil), data...)})
 		}
@@ -304,6 +322,9 @@ func (h *header) encode() ([]byte, error) {
 			copy(tab[48*i+2:48*i+48], f.name)
 		}
 		addExt(extFeatures, tab)
+	}
+	if h.bitmaps != nil {
+		addExt(extBitmaps, h.bitmaps.encode())
 	}
 	for _, e := range h.unknown {
 		addExt(e.typ, e.data)

@@ -224,6 +224,9 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 		d.rt[i] = binary.BigEndian.Uint64(rtbuf[8*i:])
 	}
 	d.olRebuild()
+	if err := d.readBitmapDir(ctx); err != nil {
+		return err
+	}
 
 	if ctx, err = d.enterChain(ctx); err != nil {
 		return err
@@ -234,6 +237,16 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 	// Corruption found at run time becomes BLOCK_IMAGE_CORRUPTED.
 	d.OnCorrupt(oc.Node().ReportCorruption)
 	d.warn = oc.Node().Warn
+	if h.bitmapsIgnored {
+		msg := "a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent"
+		if h.version < 3 {
+			msg = "This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent"
+		}
+		d.warn(msg+". Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.", nil)
+	}
+	if err := d.loadBitmaps(ctx, oc); err != nil {
+		return err
+	}
 
 	if d.ro {
 		return nil
@@ -246,16 +259,17 @@ func (d *Driver) Open(ctx context.Context, oc *blockdev.OpenContext) error {
 			return err
 		}
 	}
-	if h.autoclear != 0 {
-		// Auto-clear features this driver does not maintain (bitmaps)
-		// must be cleared before writing.
+	if h.autoclear&^d.autoclearKept() != 0 {
+		// Auto-clear features this driver does not maintain must be
+		// cleared before writing.
 		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], h.autoclear&d.autoclearKept())
 		if err := file.Write(ctx, offAutoclear, b[:], 0); err != nil {
 			return err
 		}
-		h.autoclear = 0
+		h.autoclear &= d.autoclearKept()
 	}
-	return nil
+	return d.markBitmapsInUse(ctx)
 }
 
 // l1Needed is the number of L1 entries a disk of size bytes needs; ok is

@@ -14,9 +14,8 @@ package qcow2
 // snapshot table, bitmap directory), "cached" adds the active L2 tables,
 // the refcount blocks and the snapshots' L1 tables (all known in memory),
 // "all" also the snapshots' L2 tables. Images with internal snapshots are
-// read-only here and the bitmaps' auto-clear bit is dropped when an image
-// is opened writable, so the snapshot and bitmap structures never need a
-// check; their flags are accepted and kept. The L2 table and refcount
+// read-only here, so the snapshot structures never need a check; their
+// flags are accepted and kept. The bitmap directory is checked. The L2 table and refcount
 // block offsets are held sorted in memory, so that a check costs two
 // binary searches whatever the image's size.
 
@@ -191,6 +190,9 @@ func (d *Driver) overlaps(ign olMask, off, size int64) olMask {
 	}
 	if chk&olRefcountBlock != 0 && d.olRB.hits(start, end, d.cs) {
 		return olRefcountBlock
+	}
+	if b := d.h.bitmaps; chk&olBitmapDirectory != 0 && b != nil && in(int64(b.dirOff), int64(b.dirSize)) {
+		return olBitmapDirectory
 	}
 	return 0
 }

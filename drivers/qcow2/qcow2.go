@@ -106,6 +106,8 @@ type Driver struct {
 	// autoclearPending: reopened read-write with auto-clear features
 	// still set; the first write clears them.
 	autoclearPending atomic.Bool
+	// bm: the persistent dirty bitmaps in the image (bitmaps.go).
+	bm bitmapState
 
 	passReq, passOther bool
 
@@ -449,6 +451,9 @@ type FormatSpecificQCow2 struct {
 	RefcountBits    int    `json:"refcount-bits"`
 	Corrupt         *bool  `json:"corrupt,omitempty"`
 	ExtendedL2      *bool  `json:"extended-l2,omitempty"`
+	// Bitmaps lists the bitmaps of the image's directory (absent when
+	// there are none).
+	Bitmaps []Qcow2BitmapInfo `json:"bitmaps,omitempty"`
 }
 
 // FormatSpecific returns the qcow2 part of ImageInfo.
@@ -465,6 +470,7 @@ func (d *Driver) FormatSpecific(ctx context.Context) (any, error) {
 		ext := false
 		s.Compat, s.LazyRefcounts, s.Corrupt, s.ExtendedL2 = "1.1", &lazy, &corrupt, &ext
 	}
+	s.Bitmaps = d.bitmapInfo()
 	return FormatSpecificInfo{Type: "qcow2", Data: s}, nil
 }
 
@@ -529,7 +535,11 @@ func (d *Driver) Close() error {
 		return nil
 	}
 	ctx := context.Background()
-	wrote := d.metaDirty()
+	stored, err := d.storeBitmaps(ctx)
+	if err != nil && d.warn != nil {
+		d.warn(fmt.Sprintf("Lost persistent bitmaps during inactivation of node '%s'", d.bm.node.Name()), err)
+	}
+	wrote := d.metaDirty() || stored
 	if err := d.syncMeta(ctx); err != nil {
 		return err
 	}

@@ -38,7 +38,8 @@ func TestConformanceV2(t *testing.T) {
 		Options: func(t *testing.T) blockdev.Options {
 			return qcowOpts(qemuImgCreate(t, t.TempDir(), "v2.qcow2", "4M", "-o", "compat=0.10,cluster_size=1024"))
 		},
-		Stores: true,
+		Stores:         true,
+		RefusesBitmaps: true,
 	})
 }
 

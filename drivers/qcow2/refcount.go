@@ -459,6 +459,9 @@ func (d *Driver) rebuildRefcounts(ctx context.Context) error {
 			}
 		}
 	}
+	if err := d.bitmapRefs(ctx, ref); err != nil {
+		return err
+	}
 	// New structure at the end: m blocks then a table of tc clusters.
 	e := fileClusters
 	var m, tc int64 = 1, 1

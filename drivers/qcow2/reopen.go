@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 
 	"github.com/qbmond/qbmond/blockdev"
@@ -62,6 +63,13 @@ func (d *Driver) ReopenPrepare(ctx context.Context, rs *blockdev.ReopenState) er
 	if st.olCheck, err = parseOverlapCheck(o); err != nil {
 		return err
 	}
+	if rs.ReadOnly && !d.ro {
+		// The bitmaps are stored; if the reopen is aborted they are
+		// marked in use again before the next write.
+		if _, err := d.storeBitmaps(ctx); err != nil {
+			return err
+		}
+	}
 	if rs.ReadOnly && !d.ro || !d.ro && d.lazy && !st.lazy {
 		if err := d.syncMeta(ctx); err != nil {
 			return err
@@ -97,7 +105,7 @@ func (d *Driver) ReopenCommit(rs *blockdev.ReopenState) {
 	d.waitAllFlights()
 	st := rs.Opaque.(reopenSettings)
 	d.ro = rs.ReadOnly
-	d.autoclearPending.Store(!d.ro && d.h.autoclear != 0)
+	d.autoclearPending.Store(!d.ro && (d.h.autoclear != 0 || len(d.bm.dir) > 0))
 	d.lazy, d.passReq, d.passOther = st.lazy, st.passReq, st.passOther
 	d.olCheck = st.olCheck
 	d.l2c.resize(st.l2Tables)
@@ -106,10 +114,26 @@ func (d *Driver) ReopenCommit(rs *blockdev.ReopenState) {
 
 // ReopenAbort leaves everything as it was (an image made consistent on
 // disk stays so; the dirty bit is set again before the next change).
-func (d *Driver) ReopenAbort(rs *blockdev.ReopenState) {}
+func (d *Driver) ReopenAbort(rs *blockdev.ReopenState) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.ro && len(d.bm.dir) > 0 {
+		d.autoclearPending.Store(true)
+	}
+}
 
-// clearAutoclear clears the auto-clear features before the first write
-// after a reopen read-write, as Open does for an image opened writable.
+// autoclearKept are the auto-clear bits this driver maintains: the
+// bitmaps bit, when the image has the extension.
+func (d *Driver) autoclearKept() uint64 {
+	if d.h.bitmaps != nil {
+		return autoclearBitmaps
+	}
+	return 0
+}
+
+// clearAutoclear clears the auto-clear features this driver does not
+// maintain and marks the bitmaps in use before the first write after a
+// reopen read-write, as Open does for an image opened writable.
 func (d *Driver) clearAutoclear(ctx context.Context) error {
 	if !d.autoclearPending.Load() {
 		return nil
@@ -119,11 +143,17 @@ func (d *Driver) clearAutoclear(ctx context.Context) error {
 	if !d.autoclearPending.Load() {
 		return nil
 	}
-	var b [8]byte
-	if err := d.file.Write(ctx, offAutoclear, b[:], 0); err != nil {
+	if keep := d.autoclearKept(); d.h.autoclear&^keep != 0 {
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], d.h.autoclear&keep)
+		if err := d.file.Write(ctx, offAutoclear, b[:], 0); err != nil {
+			return err
+		}
+		d.h.autoclear &= keep
+	}
+	if err := d.markBitmapsInUse(ctx); err != nil {
 		return err
 	}
-	d.h.autoclear = 0
 	d.autoclearPending.Store(false)
 	return nil
 }

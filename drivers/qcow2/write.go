@@ -609,6 +609,9 @@ func (d *Driver) Truncate(ctx context.Context, size int64, exact bool) error {
 	if err := d.clearAutoclear(ctx); err != nil {
 		return err
 	}
+	if err := d.resizeBitmapsCheck(); err != nil {
+		return err
+	}
 	old := d.virtualSize()
 	if err := d.grow(ctx, size); err != nil {
 		return err
