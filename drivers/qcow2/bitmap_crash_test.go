@@ -96,12 +96,12 @@ func TestCrashBitmaps(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	h.g.Lock()
-	_, err = h.n.AddDirtyBitmap("new", blockdev.BitmapOptions{Granularity: 4096, Persistent: true})
-	if err == nil {
-		err = h.n.RemoveDirtyBitmap("gone")
-	}
-	h.g.Unlock()
+	err = h.g.Do(func(lk *blockdev.Locked) error {
+		if _, err := h.n.AddDirtyBitmap(lk, "new", blockdev.BitmapOptions{Granularity: 4096, Persistent: true}); err != nil {
+			return err
+		}
+		return h.n.RemoveDirtyBitmap(lk, "gone")
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
