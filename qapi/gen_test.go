@@ -1,0 +1,57 @@
+package qapi_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"testing"
+
+	"github.com/qbmond/qbmond/qapi"
+	"github.com/qbmond/qbmond/schema"
+)
+
+// TestGeneratedIsCurrent fails when types_gen.go is not what the schema
+// generates now: run go generate ./qapi/.
+func TestGeneratedIsCurrent(t *testing.T) {
+	s, err := schema.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := s.GoTypes("qapi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile("types_gen.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("types_gen.go is stale: run go generate ./qapi/")
+	}
+	for _, c := range s.Commands() {
+		if qapi.CommandArgs[c] == nil {
+			t.Errorf("command %s has no arguments type", c)
+		}
+	}
+	if len(qapi.CommandArgs) != len(s.Commands()) {
+		t.Errorf("CommandArgs has %d commands, the schema %d", len(qapi.CommandArgs), len(s.Commands()))
+	}
+}
+
+// TestAlternate decodes and encodes each branch of an alternate.
+func TestAlternate(t *testing.T) {
+	for _, in := range []string{`"node0"`, `{"driver":"null-co"}`, `null`} {
+		var r qapi.BlockdevRefOrNull
+		if err := json.Unmarshal([]byte(in), &r); err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+		out, err := json.Marshal(r)
+		if err != nil || string(out) != in {
+			t.Errorf("%s: got %s, %v", in, out, err)
+		}
+	}
+	var r qapi.BlockdevRefOrNull
+	if err := json.Unmarshal([]byte(`1`), &r); err == nil {
+		t.Error("a number decoded as BlockdevRefOrNull")
+	}
+}
