@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/qbmond/qbmond/qapi"
+	"github.com/qbmond/qbmond/qmp"
 )
 
 // The transaction command applies its actions all or nothing: every
@@ -68,13 +71,21 @@ func (lk *Locked) prepareAction(typ string, data json.RawMessage) (TxAction, err
 	case "abort":
 		return nil, errors.New("Transaction aborted using Abort action")
 	case "block-dirty-bitmap-add":
-		n, b, err := lk.addBitmapArgs(data)
+		var a qapi.BlockDirtyBitmapAdd
+		if err := json.Unmarshal(data, &a); err != nil {
+			return nil, qmp.Errorf("%v", err)
+		}
+		n, b, err := lk.addBitmapArgs(&a)
 		if err != nil {
 			return nil, err
 		}
 		return txFunc{onAbort: func() { n.dropBitmap(b, true) }}, nil
 	case "block-dirty-bitmap-merge":
-		dst, srcs, err := lk.mergeArgs(data)
+		var a qapi.BlockDirtyBitmapMerge
+		if err := json.Unmarshal(data, &a); err != nil {
+			return nil, qmp.Errorf("%v", err)
+		}
+		dst, srcs, err := lk.mergeArgs(&a)
 		if err != nil {
 			return nil, err
 		}
@@ -105,7 +116,11 @@ func (lk *Locked) prepareAction(typ string, data json.RawMessage) (TxAction, err
 			},
 		}, nil
 	}
-	n, b, err := lk.lookupBitmapArgs(data)
+	var a qapi.BlockDirtyBitmap
+	if err := json.Unmarshal(data, &a); err != nil {
+		return nil, qmp.Errorf("%v", err)
+	}
+	n, b, err := lk.LookupBitmap(a.Node, a.Name)
 	if err != nil {
 		return nil, err
 	}
