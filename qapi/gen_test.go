@@ -55,3 +55,25 @@ func TestAlternate(t *testing.T) {
 		t.Error("a number decoded as BlockdevRefOrNull")
 	}
 }
+
+// TestUnion decodes a union flat, base and variant, and writes it back.
+func TestUnion(t *testing.T) {
+	in := `{"type":"block-dirty-bitmap-add","data":{"node":"n","name":"b","granularity":65536}}`
+	var u qapi.TransactionAction
+	if err := json.Unmarshal([]byte(in), &u); err != nil {
+		t.Fatal(err)
+	}
+	if u.Type != qapi.TransactionActionKindBlockDirtyBitmapAdd || u.BlockDirtyBitmapAdd == nil ||
+		u.BlockDirtyBitmapAdd.Data.Name != "b" || *u.BlockDirtyBitmapAdd.Data.Granularity != 65536 || u.Abort != nil {
+		t.Fatalf("got %+v", u)
+	}
+	out, err := json.Marshal(u)
+	if err != nil || string(out) != in {
+		t.Errorf("got %s, %v", out, err)
+	}
+	in = `{"type":"fd","data":{"str":"3"}}`
+	var a qapi.SocketAddressLegacy
+	if err := json.Unmarshal([]byte(in), &a); err != nil || a.Fd == nil || a.Fd.Data.Str != "3" {
+		t.Fatalf("got %+v, %v", a, err)
+	}
+}

@@ -11,7 +11,11 @@ package qapi
 
 //go:generate go run ../cmd/qapigen -o types_gen.go
 
-import "fmt"
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+)
 
 // Deref returns *p, or the zero value of T when p is nil (an optional
 // member left out).
@@ -52,4 +56,27 @@ func errNoBranch(alternate string, b []byte) error {
 		return fmt.Errorf("qapi: %s: no branch is set", alternate)
 	}
 	return fmt.Errorf("qapi: %s: no branch takes %s", alternate, b)
+}
+
+// marshalUnion writes a union flat: the members of base, then those of
+// variant (nil: none), in one object.
+func marshalUnion(base, variant any) ([]byte, error) {
+	b, err := json.Marshal(base)
+	if err != nil || variant == nil {
+		return b, err
+	}
+	v, err := json.Marshal(variant)
+	if err != nil {
+		return nil, err
+	}
+	v = bytes.TrimSpace(v)
+	switch {
+	case len(v) < 2 || v[0] != '{':
+		return nil, fmt.Errorf("qapi: a union's variant is not an object: %s", v)
+	case string(v) == "{}":
+		return b, nil
+	case string(b) == "{}":
+		return v, nil
+	}
+	return append(append(b[:len(b)-1:len(b)-1], ','), v[1:]...), nil
 }

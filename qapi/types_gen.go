@@ -9,14 +9,16 @@
 //   - A mandatory member is a plain field. An optional member has
 //     omitempty and tells absence apart from a zero value: scalars, enums,
 //     structs and alternates are pointers (nil: absent), lists are slices
-//     (nil: absent), 'any' and unions are nil when absent.
+//     (nil: absent), 'any' and the unions left as JSON are nil when absent.
 //   - str is string, bool is bool, number is float64, int and int64 are
 //     int64, the sized integers are their Go types, size is uint64; 'any'
 //     is any (numbers in it are json.Number).
 //   - An enum is a string type with one constant per value.
-//   - A union is json.RawMessage (an alias): every handler that takes one
-//     hands it to its own decoder (block options to the drivers, export
-//     and create options, transaction actions, socket addresses). Its
+//   - A union is a struct: its base's members, then one pointer per
+//     variant with a type (json:"-"), only the one the tag names set.
+//     BlockdevOptions and BlockdevCreateOptions are left as JSON
+//     (json.RawMessage, an alias): blockdev-add, blockdev-reopen and
+//     blockdev-create hand them to the drivers as generic options. Their
 //     variants' named structs are generated like any struct.
 //   - An alternate is a struct with one field per branch, exactly one of
 //     them set (a pointer, a union's RawMessage, or a bool for null),
@@ -69,8 +71,38 @@ type ImageInfoSpecificQCow2EncryptionBase struct {
 	Format BlockdevQcow2EncryptionFormat `json:"format"`
 }
 
-// ImageInfoSpecificQCow2Encryption is the QAPI union ImageInfoSpecificQCow2Encryption (on format), left as JSON.
-type ImageInfoSpecificQCow2Encryption = json.RawMessage
+// ImageInfoSpecificQCow2Encryption is the QAPI union ImageInfoSpecificQCow2Encryption: the base's members, then one field per
+// variant, set for the one its discriminator 'format' names.
+type ImageInfoSpecificQCow2Encryption struct {
+	Format BlockdevQcow2EncryptionFormat `json:"format"`
+	Luks   *QCryptoBlockInfoLUKS         `json:"-"`
+}
+
+// UnmarshalJSON reads the base's members, then the variant's.
+func (u *ImageInfoSpecificQCow2Encryption) UnmarshalJSON(b []byte) error {
+	type base ImageInfoSpecificQCow2Encryption
+	*u = ImageInfoSpecificQCow2Encryption{}
+	if err := json.Unmarshal(b, (*base)(u)); err != nil {
+		return err
+	}
+	switch u.Format {
+	case BlockdevQcow2EncryptionFormatLuks:
+		u.Luks = new(QCryptoBlockInfoLUKS)
+		return json.Unmarshal(b, u.Luks)
+	}
+	return nil
+}
+
+// MarshalJSON writes the base's members, then the variant's, in one object.
+func (u ImageInfoSpecificQCow2Encryption) MarshalJSON() ([]byte, error) {
+	type base ImageInfoSpecificQCow2Encryption
+	var v any
+	switch {
+	case u.Format == BlockdevQcow2EncryptionFormatLuks && u.Luks != nil:
+		v = u.Luks
+	}
+	return marshalUnion(base(u), v)
+}
 
 // Qcow2BitmapInfoFlags is the QAPI enum Qcow2BitmapInfoFlags.
 type Qcow2BitmapInfoFlags string
@@ -99,16 +131,16 @@ const (
 
 // ImageInfoSpecificQCow2 is the QAPI struct ImageInfoSpecificQCow2.
 type ImageInfoSpecificQCow2 struct {
-	Compat          string                           `json:"compat"`
-	DataFile        *string                          `json:"data-file,omitempty"`
-	DataFileRaw     *bool                            `json:"data-file-raw,omitempty"`
-	ExtendedL2      *bool                            `json:"extended-l2,omitempty"`
-	LazyRefcounts   *bool                            `json:"lazy-refcounts,omitempty"`
-	Corrupt         *bool                            `json:"corrupt,omitempty"`
-	RefcountBits    int64                            `json:"refcount-bits"`
-	Encrypt         ImageInfoSpecificQCow2Encryption `json:"encrypt,omitempty"`
-	Bitmaps         []Qcow2BitmapInfo                `json:"bitmaps,omitempty"`
-	CompressionType Qcow2CompressionType             `json:"compression-type"`
+	Compat          string                            `json:"compat"`
+	DataFile        *string                           `json:"data-file,omitempty"`
+	DataFileRaw     *bool                             `json:"data-file-raw,omitempty"`
+	ExtendedL2      *bool                             `json:"extended-l2,omitempty"`
+	LazyRefcounts   *bool                             `json:"lazy-refcounts,omitempty"`
+	Corrupt         *bool                             `json:"corrupt,omitempty"`
+	RefcountBits    int64                             `json:"refcount-bits"`
+	Encrypt         *ImageInfoSpecificQCow2Encryption `json:"encrypt,omitempty"`
+	Bitmaps         []Qcow2BitmapInfo                 `json:"bitmaps,omitempty"`
+	CompressionType Qcow2CompressionType              `json:"compression-type"`
 }
 
 // ImageInfoSpecificVmdk is the QAPI struct ImageInfoSpecificVmdk.
@@ -164,25 +196,73 @@ const (
 	ImageInfoSpecificKindRbd   ImageInfoSpecificKind = "rbd"
 )
 
-// ImageInfoSpecific is the QAPI union ImageInfoSpecific (on type), left as JSON.
-type ImageInfoSpecific = json.RawMessage
+// ImageInfoSpecific is the QAPI union ImageInfoSpecific: the base's members, then one field per
+// variant, set for the one its discriminator 'type' names.
+type ImageInfoSpecific struct {
+	Type  ImageInfoSpecificKind          `json:"type"`
+	Qcow2 *ImageInfoSpecificQCow2Wrapper `json:"-"`
+	Vmdk  *ImageInfoSpecificVmdkWrapper  `json:"-"`
+	Luks  *ImageInfoSpecificLUKSWrapper  `json:"-"`
+	Rbd   *ImageInfoSpecificRbdWrapper   `json:"-"`
+}
+
+// UnmarshalJSON reads the base's members, then the variant's.
+func (u *ImageInfoSpecific) UnmarshalJSON(b []byte) error {
+	type base ImageInfoSpecific
+	*u = ImageInfoSpecific{}
+	if err := json.Unmarshal(b, (*base)(u)); err != nil {
+		return err
+	}
+	switch u.Type {
+	case ImageInfoSpecificKindQcow2:
+		u.Qcow2 = new(ImageInfoSpecificQCow2Wrapper)
+		return json.Unmarshal(b, u.Qcow2)
+	case ImageInfoSpecificKindVmdk:
+		u.Vmdk = new(ImageInfoSpecificVmdkWrapper)
+		return json.Unmarshal(b, u.Vmdk)
+	case ImageInfoSpecificKindLuks:
+		u.Luks = new(ImageInfoSpecificLUKSWrapper)
+		return json.Unmarshal(b, u.Luks)
+	case ImageInfoSpecificKindRbd:
+		u.Rbd = new(ImageInfoSpecificRbdWrapper)
+		return json.Unmarshal(b, u.Rbd)
+	}
+	return nil
+}
+
+// MarshalJSON writes the base's members, then the variant's, in one object.
+func (u ImageInfoSpecific) MarshalJSON() ([]byte, error) {
+	type base ImageInfoSpecific
+	var v any
+	switch {
+	case u.Type == ImageInfoSpecificKindQcow2 && u.Qcow2 != nil:
+		v = u.Qcow2
+	case u.Type == ImageInfoSpecificKindVmdk && u.Vmdk != nil:
+		v = u.Vmdk
+	case u.Type == ImageInfoSpecificKindLuks && u.Luks != nil:
+		v = u.Luks
+	case u.Type == ImageInfoSpecificKindRbd && u.Rbd != nil:
+		v = u.Rbd
+	}
+	return marshalUnion(base(u), v)
+}
 
 // ImageInfo is the QAPI struct ImageInfo.
 type ImageInfo struct {
-	Filename              string            `json:"filename"`
-	Format                string            `json:"format"`
-	DirtyFlag             *bool             `json:"dirty-flag,omitempty"`
-	ActualSize            *int64            `json:"actual-size,omitempty"`
-	VirtualSize           int64             `json:"virtual-size"`
-	ClusterSize           *int64            `json:"cluster-size,omitempty"`
-	Encrypted             *bool             `json:"encrypted,omitempty"`
-	Compressed            *bool             `json:"compressed,omitempty"`
-	BackingFilename       *string           `json:"backing-filename,omitempty"`
-	FullBackingFilename   *string           `json:"full-backing-filename,omitempty"`
-	BackingFilenameFormat *string           `json:"backing-filename-format,omitempty"`
-	Snapshots             []SnapshotInfo    `json:"snapshots,omitempty"`
-	BackingImage          *ImageInfo        `json:"backing-image,omitempty"`
-	FormatSpecific        ImageInfoSpecific `json:"format-specific,omitempty"`
+	Filename              string             `json:"filename"`
+	Format                string             `json:"format"`
+	DirtyFlag             *bool              `json:"dirty-flag,omitempty"`
+	ActualSize            *int64             `json:"actual-size,omitempty"`
+	VirtualSize           int64              `json:"virtual-size"`
+	ClusterSize           *int64             `json:"cluster-size,omitempty"`
+	Encrypted             *bool              `json:"encrypted,omitempty"`
+	Compressed            *bool              `json:"compressed,omitempty"`
+	BackingFilename       *string            `json:"backing-filename,omitempty"`
+	FullBackingFilename   *string            `json:"full-backing-filename,omitempty"`
+	BackingFilenameFormat *string            `json:"backing-filename-format,omitempty"`
+	Snapshots             []SnapshotInfo     `json:"snapshots,omitempty"`
+	BackingImage          *ImageInfo         `json:"backing-image,omitempty"`
+	FormatSpecific        *ImageInfoSpecific `json:"format-specific,omitempty"`
 }
 
 // BlockdevCacheInfo is the QAPI struct BlockdevCacheInfo.
@@ -367,18 +447,54 @@ type BlockStatsSpecificFile struct {
 	DiscardBytesOk  uint64 `json:"discard-bytes-ok"`
 }
 
-// BlockStatsSpecific is the QAPI union BlockStatsSpecific (on driver), left as JSON.
-type BlockStatsSpecific = json.RawMessage
+// BlockStatsSpecific is the QAPI union BlockStatsSpecific: the base's members, then one field per
+// variant, set for the one its discriminator 'driver' names.
+type BlockStatsSpecific struct {
+	Driver     BlockdevDriver          `json:"driver"`
+	File       *BlockStatsSpecificFile `json:"-"`
+	HostDevice *BlockStatsSpecificFile `json:"-"`
+}
+
+// UnmarshalJSON reads the base's members, then the variant's.
+func (u *BlockStatsSpecific) UnmarshalJSON(b []byte) error {
+	type base BlockStatsSpecific
+	*u = BlockStatsSpecific{}
+	if err := json.Unmarshal(b, (*base)(u)); err != nil {
+		return err
+	}
+	switch u.Driver {
+	case BlockdevDriverFile:
+		u.File = new(BlockStatsSpecificFile)
+		return json.Unmarshal(b, u.File)
+	case BlockdevDriverHostDevice:
+		u.HostDevice = new(BlockStatsSpecificFile)
+		return json.Unmarshal(b, u.HostDevice)
+	}
+	return nil
+}
+
+// MarshalJSON writes the base's members, then the variant's, in one object.
+func (u BlockStatsSpecific) MarshalJSON() ([]byte, error) {
+	type base BlockStatsSpecific
+	var v any
+	switch {
+	case u.Driver == BlockdevDriverFile && u.File != nil:
+		v = u.File
+	case u.Driver == BlockdevDriverHostDevice && u.HostDevice != nil:
+		v = u.HostDevice
+	}
+	return marshalUnion(base(u), v)
+}
 
 // BlockStats is the QAPI struct BlockStats.
 type BlockStats struct {
-	Device         *string            `json:"device,omitempty"`
-	Qdev           *string            `json:"qdev,omitempty"`
-	NodeName       *string            `json:"node-name,omitempty"`
-	Stats          BlockDeviceStats   `json:"stats"`
-	DriverSpecific BlockStatsSpecific `json:"driver-specific,omitempty"`
-	Parent         *BlockStats        `json:"parent,omitempty"`
-	Backing        *BlockStats        `json:"backing,omitempty"`
+	Device         *string             `json:"device,omitempty"`
+	Qdev           *string             `json:"qdev,omitempty"`
+	NodeName       *string             `json:"node-name,omitempty"`
+	Stats          BlockDeviceStats    `json:"stats"`
+	DriverSpecific *BlockStatsSpecific `json:"driver-specific,omitempty"`
+	Parent         *BlockStats         `json:"parent,omitempty"`
+	Backing        *BlockStats         `json:"backing,omitempty"`
 }
 
 // BlockdevDriver is the QAPI enum BlockdevDriver.
@@ -1164,8 +1280,98 @@ type DriveBackupWrapper struct {
 	Data DriveBackup `json:"data"`
 }
 
-// TransactionAction is the QAPI union TransactionAction (on type), left as JSON.
-type TransactionAction = json.RawMessage
+// TransactionAction is the QAPI union TransactionAction: the base's members, then one field per
+// variant, set for the one its discriminator 'type' names.
+type TransactionAction struct {
+	Type                    TransactionActionKind         `json:"type"`
+	Abort                   *AbortWrapper                 `json:"-"`
+	BlockDirtyBitmapAdd     *BlockDirtyBitmapAddWrapper   `json:"-"`
+	BlockDirtyBitmapRemove  *BlockDirtyBitmapWrapper      `json:"-"`
+	BlockDirtyBitmapClear   *BlockDirtyBitmapWrapper      `json:"-"`
+	BlockDirtyBitmapEnable  *BlockDirtyBitmapWrapper      `json:"-"`
+	BlockDirtyBitmapDisable *BlockDirtyBitmapWrapper      `json:"-"`
+	BlockDirtyBitmapMerge   *BlockDirtyBitmapMergeWrapper `json:"-"`
+	BlockdevBackup          *BlockdevBackupWrapper        `json:"-"`
+	BlockdevSnapshot        *BlockdevSnapshotWrapper      `json:"-"`
+	BlockdevSnapshotSync    *BlockdevSnapshotSyncWrapper  `json:"-"`
+	DriveBackup             *DriveBackupWrapper           `json:"-"`
+}
+
+// UnmarshalJSON reads the base's members, then the variant's.
+func (u *TransactionAction) UnmarshalJSON(b []byte) error {
+	type base TransactionAction
+	*u = TransactionAction{}
+	if err := json.Unmarshal(b, (*base)(u)); err != nil {
+		return err
+	}
+	switch u.Type {
+	case TransactionActionKindAbort:
+		u.Abort = new(AbortWrapper)
+		return json.Unmarshal(b, u.Abort)
+	case TransactionActionKindBlockDirtyBitmapAdd:
+		u.BlockDirtyBitmapAdd = new(BlockDirtyBitmapAddWrapper)
+		return json.Unmarshal(b, u.BlockDirtyBitmapAdd)
+	case TransactionActionKindBlockDirtyBitmapRemove:
+		u.BlockDirtyBitmapRemove = new(BlockDirtyBitmapWrapper)
+		return json.Unmarshal(b, u.BlockDirtyBitmapRemove)
+	case TransactionActionKindBlockDirtyBitmapClear:
+		u.BlockDirtyBitmapClear = new(BlockDirtyBitmapWrapper)
+		return json.Unmarshal(b, u.BlockDirtyBitmapClear)
+	case TransactionActionKindBlockDirtyBitmapEnable:
+		u.BlockDirtyBitmapEnable = new(BlockDirtyBitmapWrapper)
+		return json.Unmarshal(b, u.BlockDirtyBitmapEnable)
+	case TransactionActionKindBlockDirtyBitmapDisable:
+		u.BlockDirtyBitmapDisable = new(BlockDirtyBitmapWrapper)
+		return json.Unmarshal(b, u.BlockDirtyBitmapDisable)
+	case TransactionActionKindBlockDirtyBitmapMerge:
+		u.BlockDirtyBitmapMerge = new(BlockDirtyBitmapMergeWrapper)
+		return json.Unmarshal(b, u.BlockDirtyBitmapMerge)
+	case TransactionActionKindBlockdevBackup:
+		u.BlockdevBackup = new(BlockdevBackupWrapper)
+		return json.Unmarshal(b, u.BlockdevBackup)
+	case TransactionActionKindBlockdevSnapshot:
+		u.BlockdevSnapshot = new(BlockdevSnapshotWrapper)
+		return json.Unmarshal(b, u.BlockdevSnapshot)
+	case TransactionActionKindBlockdevSnapshotSync:
+		u.BlockdevSnapshotSync = new(BlockdevSnapshotSyncWrapper)
+		return json.Unmarshal(b, u.BlockdevSnapshotSync)
+	case TransactionActionKindDriveBackup:
+		u.DriveBackup = new(DriveBackupWrapper)
+		return json.Unmarshal(b, u.DriveBackup)
+	}
+	return nil
+}
+
+// MarshalJSON writes the base's members, then the variant's, in one object.
+func (u TransactionAction) MarshalJSON() ([]byte, error) {
+	type base TransactionAction
+	var v any
+	switch {
+	case u.Type == TransactionActionKindAbort && u.Abort != nil:
+		v = u.Abort
+	case u.Type == TransactionActionKindBlockDirtyBitmapAdd && u.BlockDirtyBitmapAdd != nil:
+		v = u.BlockDirtyBitmapAdd
+	case u.Type == TransactionActionKindBlockDirtyBitmapRemove && u.BlockDirtyBitmapRemove != nil:
+		v = u.BlockDirtyBitmapRemove
+	case u.Type == TransactionActionKindBlockDirtyBitmapClear && u.BlockDirtyBitmapClear != nil:
+		v = u.BlockDirtyBitmapClear
+	case u.Type == TransactionActionKindBlockDirtyBitmapEnable && u.BlockDirtyBitmapEnable != nil:
+		v = u.BlockDirtyBitmapEnable
+	case u.Type == TransactionActionKindBlockDirtyBitmapDisable && u.BlockDirtyBitmapDisable != nil:
+		v = u.BlockDirtyBitmapDisable
+	case u.Type == TransactionActionKindBlockDirtyBitmapMerge && u.BlockDirtyBitmapMerge != nil:
+		v = u.BlockDirtyBitmapMerge
+	case u.Type == TransactionActionKindBlockdevBackup && u.BlockdevBackup != nil:
+		v = u.BlockdevBackup
+	case u.Type == TransactionActionKindBlockdevSnapshot && u.BlockdevSnapshot != nil:
+		v = u.BlockdevSnapshot
+	case u.Type == TransactionActionKindBlockdevSnapshotSync && u.BlockdevSnapshotSync != nil:
+		v = u.BlockdevSnapshotSync
+	case u.Type == TransactionActionKindDriveBackup && u.DriveBackup != nil:
+		v = u.DriveBackup
+	}
+	return marshalUnion(base(u), v)
+}
 
 // TransactionProperties is the QAPI struct TransactionProperties.
 type TransactionProperties struct {
@@ -1239,8 +1445,56 @@ type StringWrapper struct {
 	Data String `json:"data"`
 }
 
-// SocketAddressLegacy is the QAPI union SocketAddressLegacy (on type), left as JSON.
-type SocketAddressLegacy = json.RawMessage
+// SocketAddressLegacy is the QAPI union SocketAddressLegacy: the base's members, then one field per
+// variant, set for the one its discriminator 'type' names.
+type SocketAddressLegacy struct {
+	Type  SocketAddressType          `json:"type"`
+	Inet  *InetSocketAddressWrapper  `json:"-"`
+	Unix  *UnixSocketAddressWrapper  `json:"-"`
+	Vsock *VsockSocketAddressWrapper `json:"-"`
+	Fd    *StringWrapper             `json:"-"`
+}
+
+// UnmarshalJSON reads the base's members, then the variant's.
+func (u *SocketAddressLegacy) UnmarshalJSON(b []byte) error {
+	type base SocketAddressLegacy
+	*u = SocketAddressLegacy{}
+	if err := json.Unmarshal(b, (*base)(u)); err != nil {
+		return err
+	}
+	switch u.Type {
+	case SocketAddressTypeInet:
+		u.Inet = new(InetSocketAddressWrapper)
+		return json.Unmarshal(b, u.Inet)
+	case SocketAddressTypeUnix:
+		u.Unix = new(UnixSocketAddressWrapper)
+		return json.Unmarshal(b, u.Unix)
+	case SocketAddressTypeVsock:
+		u.Vsock = new(VsockSocketAddressWrapper)
+		return json.Unmarshal(b, u.Vsock)
+	case SocketAddressTypeFd:
+		u.Fd = new(StringWrapper)
+		return json.Unmarshal(b, u.Fd)
+	}
+	return nil
+}
+
+// MarshalJSON writes the base's members, then the variant's, in one object.
+func (u SocketAddressLegacy) MarshalJSON() ([]byte, error) {
+	type base SocketAddressLegacy
+	var v any
+	switch {
+	case u.Type == SocketAddressTypeInet && u.Inet != nil:
+		v = u.Inet
+	case u.Type == SocketAddressTypeUnix && u.Unix != nil:
+		v = u.Unix
+	case u.Type == SocketAddressTypeVsock && u.Vsock != nil:
+		v = u.Vsock
+	case u.Type == SocketAddressTypeFd && u.Fd != nil:
+		v = u.Fd
+	}
+	return marshalUnion(base(u), v)
+}
 
 // BlockExportType is the QAPI enum BlockExportType.
 type BlockExportType string
@@ -1264,8 +1518,43 @@ type BlockExportOptionsNbd struct {
 	AllocationDepth *bool                   `json:"allocation-depth,omitempty"`
 }
 
-// BlockExportOptions is the QAPI union BlockExportOptions (on type), left as JSON.
-type BlockExportOptions = json.RawMessage
+// BlockExportOptions is the QAPI union BlockExportOptions: the base's members, then one field per
+// variant, set for the one its discriminator 'type' names.
+type BlockExportOptions struct {
+	Type          BlockExportType        `json:"type"`
+	ID            string                 `json:"id"`
+	FixedIothread *bool                  `json:"fixed-iothread,omitempty"`
+	NodeName      string                 `json:"node-name"`
+	Writable      *bool                  `json:"writable,omitempty"`
+	Writethrough  *bool                  `json:"writethrough,omitempty"`
+	Nbd           *BlockExportOptionsNbd `json:"-"`
+}
+
+// UnmarshalJSON reads the base's members, then the variant's.
+func (u *BlockExportOptions) UnmarshalJSON(b []byte) error {
+	type base BlockExportOptions
+	*u = BlockExportOptions{}
+	if err := json.Unmarshal(b, (*base)(u)); err != nil {
+		return err
+	}
+	switch u.Type {
+	case BlockExportTypeNbd:
+		u.Nbd = new(BlockExportOptionsNbd)
+		return json.Unmarshal(b, u.Nbd)
+	}
+	return nil
+}
+
+// MarshalJSON writes the base's members, then the variant's, in one object.
+func (u BlockExportOptions) MarshalJSON() ([]byte, error) {
+	type base BlockExportOptions
+	var v any
+	switch {
+	case u.Type == BlockExportTypeNbd && u.Nbd != nil:
+		v = u.Nbd
+	}
+	return marshalUnion(base(u), v)
+}
 
 // BlockExportRemoveMode is the QAPI enum BlockExportRemoveMode.
 type BlockExportRemoveMode string
@@ -1424,8 +1713,44 @@ type QCryptoBlockCreateOptionsLUKS struct {
 	IterTime     *int64                  `json:"iter-time,omitempty"`
 }
 
-// QCryptoBlockCreateOptions is the QAPI union QCryptoBlockCreateOptions (on format), left as JSON.
-type QCryptoBlockCreateOptions = json.RawMessage
+// QCryptoBlockCreateOptions is the QAPI union QCryptoBlockCreateOptions: the base's members, then one field per
+// variant, set for the one its discriminator 'format' names.
+type QCryptoBlockCreateOptions struct {
+	Format QCryptoBlockFormat             `json:"format"`
+	Qcow   *QCryptoBlockOptionsQCow       `json:"-"`
+	Luks   *QCryptoBlockCreateOptionsLUKS `json:"-"`
+}
+
+// UnmarshalJSON reads the base's members, then the variant's.
+func (u *QCryptoBlockCreateOptions) UnmarshalJSON(b []byte) error {
+	type base QCryptoBlockCreateOptions
+	*u = QCryptoBlockCreateOptions{}
+	if err := json.Unmarshal(b, (*base)(u)); err != nil {
+		return err
+	}
+	switch u.Format {
+	case QCryptoBlockFormatQcow:
+		u.Qcow = new(QCryptoBlockOptionsQCow)
+		return json.Unmarshal(b, u.Qcow)
+	case QCryptoBlockFormatLuks:
+		u.Luks = new(QCryptoBlockCreateOptionsLUKS)
+		return json.Unmarshal(b, u.Luks)
+	}
+	return nil
+}
+
+// MarshalJSON writes the base's members, then the variant's, in one object.
+func (u QCryptoBlockCreateOptions) MarshalJSON() ([]byte, error) {
+	type base QCryptoBlockCreateOptions
+	var v any
+	switch {
+	case u.Format == QCryptoBlockFormatQcow && u.Qcow != nil:
+		v = u.Qcow
+	case u.Format == QCryptoBlockFormatLuks && u.Luks != nil:
+		v = u.Luks
+	}
+	return marshalUnion(base(u), v)
+}
 
 // SchemaMetaType is the QAPI enum SchemaMetaType.
 type SchemaMetaType string
@@ -1441,8 +1766,76 @@ const (
 	SchemaMetaTypeEvent     SchemaMetaType = "event"
 )
 
-// SchemaInfo is the QAPI union SchemaInfo (on meta-type), left as JSON.
-type SchemaInfo = json.RawMessage
+// SchemaInfo is the QAPI union SchemaInfo: the base's members, then one field per
+// variant, set for the one its discriminator 'meta-type' names.
+type SchemaInfo struct {
+	Name      string               `json:"name"`
+	MetaType  SchemaMetaType       `json:"meta-type"`
+	Features  []string             `json:"features,omitempty"`
+	Builtin   *SchemaInfoBuiltin   `json:"-"`
+	Enum      *SchemaInfoEnum      `json:"-"`
+	Array     *SchemaInfoArray     `json:"-"`
+	Object    *SchemaInfoObject    `json:"-"`
+	Alternate *SchemaInfoAlternate `json:"-"`
+	Command   *SchemaInfoCommand   `json:"-"`
+	Event     *SchemaInfoEvent     `json:"-"`
+}
+
+// UnmarshalJSON reads the base's members, then the variant's.
+func (u *SchemaInfo) UnmarshalJSON(b []byte) error {
+	type base SchemaInfo
+	*u = SchemaInfo{}
+	if err := json.Unmarshal(b, (*base)(u)); err != nil {
+		return err
+	}
+	switch u.MetaType {
+	case SchemaMetaTypeBuiltin:
+		u.Builtin = new(SchemaInfoBuiltin)
+		return json.Unmarshal(b, u.Builtin)
+	case SchemaMetaTypeEnum:
+		u.Enum = new(SchemaInfoEnum)
+		return json.Unmarshal(b, u.Enum)
+	case SchemaMetaTypeArray:
+		u.Array = new(SchemaInfoArray)
+		return json.Unmarshal(b, u.Array)
+	case SchemaMetaTypeObject:
+		u.Object = new(SchemaInfoObject)
+		return json.Unmarshal(b, u.Object)
+	case SchemaMetaTypeAlternate:
+		u.Alternate = new(SchemaInfoAlternate)
+		return json.Unmarshal(b, u.Alternate)
+	case SchemaMetaTypeCommand:
+		u.Command = new(SchemaInfoCommand)
+		return json.Unmarshal(b, u.Command)
+	case SchemaMetaTypeEvent:
+		u.Event = new(SchemaInfoEvent)
+		return json.Unmarshal(b, u.Event)
+	}
+	return nil
+}
+
+// MarshalJSON writes the base's members, then the variant's, in one object.
+func (u SchemaInfo) MarshalJSON() ([]byte, error) {
+	type base SchemaInfo
+	var v any
+	switch {
+	case u.MetaType == SchemaMetaTypeBuiltin && u.Builtin != nil:
+		v = u.Builtin
+	case u.MetaType == SchemaMetaTypeEnum && u.Enum != nil:
+		v = u.Enum
+	case u.MetaType == SchemaMetaTypeArray && u.Array != nil:
+		v = u.Array
+	case u.MetaType == SchemaMetaTypeObject && u.Object != nil:
+		v = u.Object
+	case u.MetaType == SchemaMetaTypeAlternate && u.Alternate != nil:
+		v = u.Alternate
+	case u.MetaType == SchemaMetaTypeCommand && u.Command != nil:
+		v = u.Command
+	case u.MetaType == SchemaMetaTypeEvent && u.Event != nil:
+		v = u.Event
+	}
+	return marshalUnion(base(u), v)
+}
 
 // SchemaInfoBuiltin is the QAPI struct SchemaInfoBuiltin.
 type SchemaInfoBuiltin struct {
