@@ -146,8 +146,8 @@ type ImageInfoSpecificQCow2 struct {
 // ImageInfoSpecificVmdk is the QAPI struct ImageInfoSpecificVmdk.
 type ImageInfoSpecificVmdk struct {
 	CreateType string      `json:"create-type"`
-	Cid        int64       `json:"cid"`
-	ParentCid  int64       `json:"parent-cid"`
+	CID        int64       `json:"cid"`
+	ParentCID  int64       `json:"parent-cid"`
 	Extents    []ImageInfo `json:"extents"`
 }
 
@@ -1390,10 +1390,10 @@ type InetSocketAddress struct {
 	Port      string  `json:"port"`
 	Numeric   *bool   `json:"numeric,omitempty"`
 	To        *uint16 `json:"to,omitempty"`
-	Ipv4      *bool   `json:"ipv4,omitempty"`
-	Ipv6      *bool   `json:"ipv6,omitempty"`
+	IPv4      *bool   `json:"ipv4,omitempty"`
+	IPv6      *bool   `json:"ipv6,omitempty"`
 	KeepAlive *bool   `json:"keep-alive,omitempty"`
-	Mptcp     *bool   `json:"mptcp,omitempty"`
+	MPTCP     *bool   `json:"mptcp,omitempty"`
 }
 
 // UnixSocketAddress is the QAPI struct UnixSocketAddress.
@@ -1405,7 +1405,7 @@ type UnixSocketAddress struct {
 
 // VsockSocketAddress is the QAPI struct VsockSocketAddress.
 type VsockSocketAddress struct {
-	Cid  string `json:"cid"`
+	CID  string `json:"cid"`
 	Port string `json:"port"`
 }
 
@@ -1501,7 +1501,7 @@ type BlockExportType string
 
 // Values of BlockExportType.
 const (
-	BlockExportTypeNbd BlockExportType = "nbd"
+	BlockExportTypeNBD BlockExportType = "nbd"
 )
 
 // BlockExportOptionsNbdBase is the QAPI struct BlockExportOptionsNbdBase.
@@ -1527,7 +1527,7 @@ type BlockExportOptions struct {
 	NodeName      string                 `json:"node-name"`
 	Writable      *bool                  `json:"writable,omitempty"`
 	Writethrough  *bool                  `json:"writethrough,omitempty"`
-	Nbd           *BlockExportOptionsNbd `json:"-"`
+	NBD           *BlockExportOptionsNbd `json:"-"`
 }
 
 // UnmarshalJSON reads the base's members, then the variant's.
@@ -1538,9 +1538,9 @@ func (u *BlockExportOptions) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	switch u.Type {
-	case BlockExportTypeNbd:
-		u.Nbd = new(BlockExportOptionsNbd)
-		return json.Unmarshal(b, u.Nbd)
+	case BlockExportTypeNBD:
+		u.NBD = new(BlockExportOptionsNbd)
+		return json.Unmarshal(b, u.NBD)
 	}
 	return nil
 }
@@ -1550,8 +1550,8 @@ func (u BlockExportOptions) MarshalJSON() ([]byte, error) {
 	type base BlockExportOptions
 	var v any
 	switch {
-	case u.Type == BlockExportTypeNbd && u.Nbd != nil:
-		v = u.Nbd
+	case u.Type == BlockExportTypeNBD && u.NBD != nil:
+		v = u.NBD
 	}
 	return marshalUnion(base(u), v)
 }
@@ -2062,8 +2062,8 @@ type TransactionArgs struct {
 	Properties *TransactionProperties `json:"properties,omitempty"`
 }
 
-// NbdServerStartArgs is the arguments of nbd-server-start.
-type NbdServerStartArgs struct {
+// NBDServerStartArgs is the arguments of nbd-server-start.
+type NBDServerStartArgs struct {
 	Addr           SocketAddressLegacy `json:"addr"`
 	MaxConnections *uint32             `json:"max-connections,omitempty"`
 }
@@ -2074,8 +2074,8 @@ type BlockExportDelArgs struct {
 	Mode *BlockExportRemoveMode `json:"mode,omitempty"`
 }
 
-// NbdServerRemoveArgs is the arguments of nbd-server-remove.
-type NbdServerRemoveArgs struct {
+// NBDServerRemoveArgs is the arguments of nbd-server-remove.
+type NBDServerRemoveArgs struct {
 	Name string                 `json:"name"`
 	Mode *BlockExportRemoveMode `json:"mode,omitempty"`
 }
@@ -2127,12 +2127,12 @@ var CommandArgs = map[string]func() any{
 	"blockdev-snapshot-sync":            func() any { return new(BlockdevSnapshotSync) },
 	"blockdev-reopen":                   func() any { return new(BlockdevReopenArgs) },
 	"transaction":                       func() any { return new(TransactionArgs) },
-	"nbd-server-start":                  func() any { return new(NbdServerStartArgs) },
+	"nbd-server-start":                  func() any { return new(NBDServerStartArgs) },
 	"nbd-server-stop":                   func() any { return new(Empty) },
 	"block-export-add":                  func() any { return new(BlockExportOptions) },
 	"block-export-del":                  func() any { return new(BlockExportDelArgs) },
 	"nbd-server-add":                    func() any { return new(NbdServerAddOptions) },
-	"nbd-server-remove":                 func() any { return new(NbdServerRemoveArgs) },
+	"nbd-server-remove":                 func() any { return new(NBDServerRemoveArgs) },
 	"query-block-exports":               func() any { return new(Empty) },
 	"qmp_capabilities":                  func() any { return new(QmpCapabilitiesArgs) },
 	"query-version":                     func() any { return new(Empty) },

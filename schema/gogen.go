@@ -109,7 +109,8 @@ func (g *goGen) declare(ident, from string) error {
 }
 
 // initialisms are words Go spells in capitals.
-var initialisms = map[string]string{"id": "ID", "json": "JSON", "uri": "URI", "url": "URL", "sha256": "SHA256"}
+var initialisms = map[string]string{"id": "ID", "json": "JSON", "uri": "URI", "url": "URL", "sha256": "SHA256",
+	"nbd": "NBD", "ipv4": "IPv4", "ipv6": "IPv6", "cid": "CID", "mptcp": "MPTCP"}
 
 // goName turns a QAPI name into an exported Go identifier.
 func goName(name string) string {
