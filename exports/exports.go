@@ -411,11 +411,13 @@ func (m *Manager) cmdServerAdd(_ context.Context, a *qapi.NbdServerAddOptions) (
 	if a.Name != nil {
 		name = *a.Name
 	}
-	ea := &qapi.BlockExportOptions{Type: qapi.BlockExportTypeNBD, ID: name, NodeName: a.Device,
-		Writable: a.Writable, NBD: &qapi.BlockExportOptionsNbd{Name: &name, Description: a.Description}}
+	opts := &qapi.BlockExportOptionsNbd{}
+	opts.Name, opts.Description = &name, a.Description
 	if a.Bitmap != nil {
-		ea.NBD.Bitmaps = []qapi.BlockDirtyBitmapOrStr{{Local: a.Bitmap}}
+		opts.Bitmaps = []qapi.BlockDirtyBitmapOrStr{{Local: a.Bitmap}}
 	}
+	ea := &qapi.BlockExportOptions{Type: qapi.BlockExportTypeNBD, ID: name, NodeName: a.Device,
+		Writable: a.Writable, NBD: opts}
 	return nil, m.add(ea, true)
 }
 

@@ -4,7 +4,8 @@
 //
 //   - A struct is a Go struct whose fields are its members in schema order,
 //     a base's members first (internal/qjson takes the declaration order as
-//     QAPI's order of adding them). Member names become CamelCase with
+//     QAPI's order of adding them): a named base is embedded as the first
+//     field, an inline one's members are written out. Member names become CamelCase with
 //     '-' and '_' dropped ("node-name" is NodeName; "id" is ID).
 //   - A mandatory member is a plain field. An optional member has
 //     omitempty and tells absence apart from a zero value: scalars, enums,
@@ -573,7 +574,7 @@ type BlockdevOptionsGenericFormat struct {
 
 // BlockdevOptionsGenericCOWFormat is the QAPI struct BlockdevOptionsGenericCOWFormat.
 type BlockdevOptionsGenericCOWFormat struct {
-	File    BlockdevRef        `json:"file"`
+	BlockdevOptionsGenericFormat
 	Backing *BlockdevRefOrNull `json:"backing,omitempty"`
 }
 
@@ -635,8 +636,7 @@ func (a Qcow2OverlapChecks) MarshalJSON() ([]byte, error) {
 
 // BlockdevOptionsQcow2 is the QAPI struct BlockdevOptionsQcow2.
 type BlockdevOptionsQcow2 struct {
-	File                BlockdevRef         `json:"file"`
-	Backing             *BlockdevRefOrNull  `json:"backing,omitempty"`
+	BlockdevOptionsGenericCOWFormat
 	LazyRefcounts       *bool               `json:"lazy-refcounts,omitempty"`
 	PassDiscardRequest  *bool               `json:"pass-discard-request,omitempty"`
 	PassDiscardSnapshot *bool               `json:"pass-discard-snapshot,omitempty"`
@@ -660,7 +660,7 @@ const (
 
 // BlockdevOptionsQbm is the QAPI struct BlockdevOptionsQbm.
 type BlockdevOptionsQbm struct {
-	File       BlockdevRef        `json:"file"`
+	BlockdevOptionsGenericFormat
 	Image      *BlockdevRef       `json:"image,omitempty"`
 	Backing    *BlockdevRefOrNull `json:"backing,omitempty"`
 	BitmapSync *QbmBitmapSync     `json:"bitmap-sync,omitempty"`
@@ -779,7 +779,7 @@ const (
 
 // BlockdevOptionsCbw is the QAPI struct BlockdevOptionsCbw.
 type BlockdevOptionsCbw struct {
-	File       BlockdevRef       `json:"file"`
+	BlockdevOptionsGenericFormat
 	Target     BlockdevRef       `json:"target"`
 	Bitmap     *BlockDirtyBitmap `json:"bitmap,omitempty"`
 	OnCbwError *OnCbwError       `json:"on-cbw-error,omitempty"`
@@ -788,15 +788,15 @@ type BlockdevOptionsCbw struct {
 
 // BlockdevOptionsCor is the QAPI struct BlockdevOptionsCor.
 type BlockdevOptionsCor struct {
-	File   BlockdevRef `json:"file"`
-	Bottom *string     `json:"bottom,omitempty"`
+	BlockdevOptionsGenericFormat
+	Bottom *string `json:"bottom,omitempty"`
 }
 
 // BlockdevOptionsRaw is the QAPI struct BlockdevOptionsRaw.
 type BlockdevOptionsRaw struct {
-	File   BlockdevRef `json:"file"`
-	Offset *int64      `json:"offset,omitempty"`
-	Size   *int64      `json:"size,omitempty"`
+	BlockdevOptionsGenericFormat
+	Offset *int64 `json:"offset,omitempty"`
+	Size   *int64 `json:"size,omitempty"`
 }
 
 // BlockdevOptions is the QAPI union BlockdevOptions (on driver), left as JSON.
@@ -1157,40 +1157,16 @@ type BackupCommon struct {
 
 // BlockdevBackup is the QAPI struct BlockdevBackup.
 type BlockdevBackup struct {
-	JobID          *string          `json:"job-id,omitempty"`
-	Device         string           `json:"device"`
-	Sync           MirrorSyncMode   `json:"sync"`
-	Speed          *int64           `json:"speed,omitempty"`
-	Bitmap         *string          `json:"bitmap,omitempty"`
-	BitmapMode     *BitmapSyncMode  `json:"bitmap-mode,omitempty"`
-	Compress       *bool            `json:"compress,omitempty"`
-	OnSourceError  *BlockdevOnError `json:"on-source-error,omitempty"`
-	OnTargetError  *BlockdevOnError `json:"on-target-error,omitempty"`
-	AutoFinalize   *bool            `json:"auto-finalize,omitempty"`
-	AutoDismiss    *bool            `json:"auto-dismiss,omitempty"`
-	FilterNodeName *string          `json:"filter-node-name,omitempty"`
-	XPerf          *BackupPerf      `json:"x-perf,omitempty"`
-	Target         string           `json:"target"`
+	BackupCommon
+	Target string `json:"target"`
 }
 
 // DriveBackup is the QAPI struct DriveBackup.
 type DriveBackup struct {
-	JobID          *string          `json:"job-id,omitempty"`
-	Device         string           `json:"device"`
-	Sync           MirrorSyncMode   `json:"sync"`
-	Speed          *int64           `json:"speed,omitempty"`
-	Bitmap         *string          `json:"bitmap,omitempty"`
-	BitmapMode     *BitmapSyncMode  `json:"bitmap-mode,omitempty"`
-	Compress       *bool            `json:"compress,omitempty"`
-	OnSourceError  *BlockdevOnError `json:"on-source-error,omitempty"`
-	OnTargetError  *BlockdevOnError `json:"on-target-error,omitempty"`
-	AutoFinalize   *bool            `json:"auto-finalize,omitempty"`
-	AutoDismiss    *bool            `json:"auto-dismiss,omitempty"`
-	FilterNodeName *string          `json:"filter-node-name,omitempty"`
-	XPerf          *BackupPerf      `json:"x-perf,omitempty"`
-	Target         string           `json:"target"`
-	Format         *string          `json:"format,omitempty"`
-	Mode           *NewImageMode    `json:"mode,omitempty"`
+	BackupCommon
+	Target string        `json:"target"`
+	Format *string       `json:"format,omitempty"`
+	Mode   *NewImageMode `json:"mode,omitempty"`
 }
 
 // BlockdevSnapshot is the QAPI struct BlockdevSnapshot.
@@ -1386,8 +1362,7 @@ type InetSocketAddressBase struct {
 
 // InetSocketAddress is the QAPI struct InetSocketAddress.
 type InetSocketAddress struct {
-	Host      string  `json:"host"`
-	Port      string  `json:"port"`
+	InetSocketAddressBase
 	Numeric   *bool   `json:"numeric,omitempty"`
 	To        *uint16 `json:"to,omitempty"`
 	IPv4      *bool   `json:"ipv4,omitempty"`
@@ -1512,8 +1487,7 @@ type BlockExportOptionsNbdBase struct {
 
 // BlockExportOptionsNbd is the QAPI struct BlockExportOptionsNbd.
 type BlockExportOptionsNbd struct {
-	Name            *string                 `json:"name,omitempty"`
-	Description     *string                 `json:"description,omitempty"`
+	BlockExportOptionsNbdBase
 	Bitmaps         []BlockDirtyBitmapOrStr `json:"bitmaps,omitempty"`
 	AllocationDepth *bool                   `json:"allocation-depth,omitempty"`
 }
@@ -1567,11 +1541,10 @@ const (
 
 // NbdServerAddOptions is the QAPI struct NbdServerAddOptions.
 type NbdServerAddOptions struct {
-	Name        *string `json:"name,omitempty"`
-	Description *string `json:"description,omitempty"`
-	Device      string  `json:"device"`
-	Writable    *bool   `json:"writable,omitempty"`
-	Bitmap      *string `json:"bitmap,omitempty"`
+	BlockExportOptionsNbdBase
+	Device   string  `json:"device"`
+	Writable *bool   `json:"writable,omitempty"`
+	Bitmap   *string `json:"bitmap,omitempty"`
 }
 
 // BlockExportInfo is the QAPI struct BlockExportInfo.
@@ -1704,7 +1677,7 @@ type QCryptoBlockOptionsLUKS struct {
 
 // QCryptoBlockCreateOptionsLUKS is the QAPI struct QCryptoBlockCreateOptionsLUKS.
 type QCryptoBlockCreateOptionsLUKS struct {
-	KeySecret    *string                 `json:"key-secret,omitempty"`
+	QCryptoBlockOptionsLUKS
 	CipherAlg    *QCryptoCipherAlgorithm `json:"cipher-alg,omitempty"`
 	CipherMode   *QCryptoCipherMode      `json:"cipher-mode,omitempty"`
 	IvgenAlg     *QCryptoIVGenAlgorithm  `json:"ivgen-alg,omitempty"`

@@ -555,6 +555,9 @@ func (l *loader) resolveStruct(t *typ, d *rawDef) error {
 		if base.tag != nil {
 			return l.errorf(d.pos, "struct %s: base '%s' is a union", t.name, base.name)
 		}
+		if !base.implicit {
+			t.base = base
+		}
 	}
 	raw, ok := d.fields["data"]
 	if !ok {
