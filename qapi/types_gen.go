@@ -94,15 +94,20 @@ func (u *ImageInfoSpecificQCow2Encryption) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// Variant is the variant the tag names (a pointer to its type), nil
+// when it has no members.
+func (u *ImageInfoSpecificQCow2Encryption) Variant() any {
+	switch {
+	case u.Format == BlockdevQcow2EncryptionFormatLuks && u.Luks != nil:
+		return u.Luks
+	}
+	return nil
+}
+
 // MarshalJSON writes the base's members, then the variant's, in one object.
 func (u ImageInfoSpecificQCow2Encryption) MarshalJSON() ([]byte, error) {
 	type base ImageInfoSpecificQCow2Encryption
-	var v any
-	switch {
-	case u.Format == BlockdevQcow2EncryptionFormatLuks && u.Luks != nil:
-		v = u.Luks
-	}
-	return marshalUnion(base(u), v)
+	return marshalUnion(base(u), u.Variant())
 }
 
 // Qcow2BitmapInfoFlags is the QAPI enum Qcow2BitmapInfoFlags.
@@ -231,21 +236,26 @@ func (u *ImageInfoSpecific) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// Variant is the variant the tag names (a pointer to its type), nil
+// when it has no members.
+func (u *ImageInfoSpecific) Variant() any {
+	switch {
+	case u.Type == ImageInfoSpecificKindQcow2 && u.Qcow2 != nil:
+		return u.Qcow2
+	case u.Type == ImageInfoSpecificKindVmdk && u.Vmdk != nil:
+		return u.Vmdk
+	case u.Type == ImageInfoSpecificKindLuks && u.Luks != nil:
+		return u.Luks
+	case u.Type == ImageInfoSpecificKindRbd && u.Rbd != nil:
+		return u.Rbd
+	}
+	return nil
+}
+
 // MarshalJSON writes the base's members, then the variant's, in one object.
 func (u ImageInfoSpecific) MarshalJSON() ([]byte, error) {
 	type base ImageInfoSpecific
-	var v any
-	switch {
-	case u.Type == ImageInfoSpecificKindQcow2 && u.Qcow2 != nil:
-		v = u.Qcow2
-	case u.Type == ImageInfoSpecificKindVmdk && u.Vmdk != nil:
-		v = u.Vmdk
-	case u.Type == ImageInfoSpecificKindLuks && u.Luks != nil:
-		v = u.Luks
-	case u.Type == ImageInfoSpecificKindRbd && u.Rbd != nil:
-		v = u.Rbd
-	}
-	return marshalUnion(base(u), v)
+	return marshalUnion(base(u), u.Variant())
 }
 
 // ImageInfo is the QAPI struct ImageInfo.
@@ -474,17 +484,22 @@ func (u *BlockStatsSpecific) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// Variant is the variant the tag names (a pointer to its type), nil
+// when it has no members.
+func (u *BlockStatsSpecific) Variant() any {
+	switch {
+	case u.Driver == BlockdevDriverFile && u.File != nil:
+		return u.File
+	case u.Driver == BlockdevDriverHostDevice && u.HostDevice != nil:
+		return u.HostDevice
+	}
+	return nil
+}
+
 // MarshalJSON writes the base's members, then the variant's, in one object.
 func (u BlockStatsSpecific) MarshalJSON() ([]byte, error) {
 	type base BlockStatsSpecific
-	var v any
-	switch {
-	case u.Driver == BlockdevDriverFile && u.File != nil:
-		v = u.File
-	case u.Driver == BlockdevDriverHostDevice && u.HostDevice != nil:
-		v = u.HostDevice
-	}
-	return marshalUnion(base(u), v)
+	return marshalUnion(base(u), u.Variant())
 }
 
 // BlockStats is the QAPI struct BlockStats.
@@ -1318,35 +1333,40 @@ func (u *TransactionAction) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// Variant is the variant the tag names (a pointer to its type), nil
+// when it has no members.
+func (u *TransactionAction) Variant() any {
+	switch {
+	case u.Type == TransactionActionKindAbort && u.Abort != nil:
+		return u.Abort
+	case u.Type == TransactionActionKindBlockDirtyBitmapAdd && u.BlockDirtyBitmapAdd != nil:
+		return u.BlockDirtyBitmapAdd
+	case u.Type == TransactionActionKindBlockDirtyBitmapRemove && u.BlockDirtyBitmapRemove != nil:
+		return u.BlockDirtyBitmapRemove
+	case u.Type == TransactionActionKindBlockDirtyBitmapClear && u.BlockDirtyBitmapClear != nil:
+		return u.BlockDirtyBitmapClear
+	case u.Type == TransactionActionKindBlockDirtyBitmapEnable && u.BlockDirtyBitmapEnable != nil:
+		return u.BlockDirtyBitmapEnable
+	case u.Type == TransactionActionKindBlockDirtyBitmapDisable && u.BlockDirtyBitmapDisable != nil:
+		return u.BlockDirtyBitmapDisable
+	case u.Type == TransactionActionKindBlockDirtyBitmapMerge && u.BlockDirtyBitmapMerge != nil:
+		return u.BlockDirtyBitmapMerge
+	case u.Type == TransactionActionKindBlockdevBackup && u.BlockdevBackup != nil:
+		return u.BlockdevBackup
+	case u.Type == TransactionActionKindBlockdevSnapshot && u.BlockdevSnapshot != nil:
+		return u.BlockdevSnapshot
+	case u.Type == TransactionActionKindBlockdevSnapshotSync && u.BlockdevSnapshotSync != nil:
+		return u.BlockdevSnapshotSync
+	case u.Type == TransactionActionKindDriveBackup && u.DriveBackup != nil:
+		return u.DriveBackup
+	}
+	return nil
+}
+
 // MarshalJSON writes the base's members, then the variant's, in one object.
 func (u TransactionAction) MarshalJSON() ([]byte, error) {
 	type base TransactionAction
-	var v any
-	switch {
-	case u.Type == TransactionActionKindAbort && u.Abort != nil:
-		v = u.Abort
-	case u.Type == TransactionActionKindBlockDirtyBitmapAdd && u.BlockDirtyBitmapAdd != nil:
-		v = u.BlockDirtyBitmapAdd
-	case u.Type == TransactionActionKindBlockDirtyBitmapRemove && u.BlockDirtyBitmapRemove != nil:
-		v = u.BlockDirtyBitmapRemove
-	case u.Type == TransactionActionKindBlockDirtyBitmapClear && u.BlockDirtyBitmapClear != nil:
-		v = u.BlockDirtyBitmapClear
-	case u.Type == TransactionActionKindBlockDirtyBitmapEnable && u.BlockDirtyBitmapEnable != nil:
-		v = u.BlockDirtyBitmapEnable
-	case u.Type == TransactionActionKindBlockDirtyBitmapDisable && u.BlockDirtyBitmapDisable != nil:
-		v = u.BlockDirtyBitmapDisable
-	case u.Type == TransactionActionKindBlockDirtyBitmapMerge && u.BlockDirtyBitmapMerge != nil:
-		v = u.BlockDirtyBitmapMerge
-	case u.Type == TransactionActionKindBlockdevBackup && u.BlockdevBackup != nil:
-		v = u.BlockdevBackup
-	case u.Type == TransactionActionKindBlockdevSnapshot && u.BlockdevSnapshot != nil:
-		v = u.BlockdevSnapshot
-	case u.Type == TransactionActionKindBlockdevSnapshotSync && u.BlockdevSnapshotSync != nil:
-		v = u.BlockdevSnapshotSync
-	case u.Type == TransactionActionKindDriveBackup && u.DriveBackup != nil:
-		v = u.DriveBackup
-	}
-	return marshalUnion(base(u), v)
+	return marshalUnion(base(u), u.Variant())
 }
 
 // TransactionProperties is the QAPI struct TransactionProperties.
@@ -1454,21 +1474,26 @@ func (u *SocketAddressLegacy) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// Variant is the variant the tag names (a pointer to its type), nil
+// when it has no members.
+func (u *SocketAddressLegacy) Variant() any {
+	switch {
+	case u.Type == SocketAddressTypeInet && u.Inet != nil:
+		return u.Inet
+	case u.Type == SocketAddressTypeUnix && u.Unix != nil:
+		return u.Unix
+	case u.Type == SocketAddressTypeVsock && u.Vsock != nil:
+		return u.Vsock
+	case u.Type == SocketAddressTypeFd && u.Fd != nil:
+		return u.Fd
+	}
+	return nil
+}
+
 // MarshalJSON writes the base's members, then the variant's, in one object.
 func (u SocketAddressLegacy) MarshalJSON() ([]byte, error) {
 	type base SocketAddressLegacy
-	var v any
-	switch {
-	case u.Type == SocketAddressTypeInet && u.Inet != nil:
-		v = u.Inet
-	case u.Type == SocketAddressTypeUnix && u.Unix != nil:
-		v = u.Unix
-	case u.Type == SocketAddressTypeVsock && u.Vsock != nil:
-		v = u.Vsock
-	case u.Type == SocketAddressTypeFd && u.Fd != nil:
-		v = u.Fd
-	}
-	return marshalUnion(base(u), v)
+	return marshalUnion(base(u), u.Variant())
 }
 
 // BlockExportType is the QAPI enum BlockExportType.
@@ -1519,15 +1544,20 @@ func (u *BlockExportOptions) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// Variant is the variant the tag names (a pointer to its type), nil
+// when it has no members.
+func (u *BlockExportOptions) Variant() any {
+	switch {
+	case u.Type == BlockExportTypeNBD && u.NBD != nil:
+		return u.NBD
+	}
+	return nil
+}
+
 // MarshalJSON writes the base's members, then the variant's, in one object.
 func (u BlockExportOptions) MarshalJSON() ([]byte, error) {
 	type base BlockExportOptions
-	var v any
-	switch {
-	case u.Type == BlockExportTypeNBD && u.NBD != nil:
-		v = u.NBD
-	}
-	return marshalUnion(base(u), v)
+	return marshalUnion(base(u), u.Variant())
 }
 
 // BlockExportRemoveMode is the QAPI enum BlockExportRemoveMode.
@@ -1712,17 +1742,22 @@ func (u *QCryptoBlockCreateOptions) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// Variant is the variant the tag names (a pointer to its type), nil
+// when it has no members.
+func (u *QCryptoBlockCreateOptions) Variant() any {
+	switch {
+	case u.Format == QCryptoBlockFormatQcow && u.Qcow != nil:
+		return u.Qcow
+	case u.Format == QCryptoBlockFormatLuks && u.Luks != nil:
+		return u.Luks
+	}
+	return nil
+}
+
 // MarshalJSON writes the base's members, then the variant's, in one object.
 func (u QCryptoBlockCreateOptions) MarshalJSON() ([]byte, error) {
 	type base QCryptoBlockCreateOptions
-	var v any
-	switch {
-	case u.Format == QCryptoBlockFormatQcow && u.Qcow != nil:
-		v = u.Qcow
-	case u.Format == QCryptoBlockFormatLuks && u.Luks != nil:
-		v = u.Luks
-	}
-	return marshalUnion(base(u), v)
+	return marshalUnion(base(u), u.Variant())
 }
 
 // SchemaMetaType is the QAPI enum SchemaMetaType.
@@ -1787,27 +1822,32 @@ func (u *SchemaInfo) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// Variant is the variant the tag names (a pointer to its type), nil
+// when it has no members.
+func (u *SchemaInfo) Variant() any {
+	switch {
+	case u.MetaType == SchemaMetaTypeBuiltin && u.Builtin != nil:
+		return u.Builtin
+	case u.MetaType == SchemaMetaTypeEnum && u.Enum != nil:
+		return u.Enum
+	case u.MetaType == SchemaMetaTypeArray && u.Array != nil:
+		return u.Array
+	case u.MetaType == SchemaMetaTypeObject && u.Object != nil:
+		return u.Object
+	case u.MetaType == SchemaMetaTypeAlternate && u.Alternate != nil:
+		return u.Alternate
+	case u.MetaType == SchemaMetaTypeCommand && u.Command != nil:
+		return u.Command
+	case u.MetaType == SchemaMetaTypeEvent && u.Event != nil:
+		return u.Event
+	}
+	return nil
+}
+
 // MarshalJSON writes the base's members, then the variant's, in one object.
 func (u SchemaInfo) MarshalJSON() ([]byte, error) {
 	type base SchemaInfo
-	var v any
-	switch {
-	case u.MetaType == SchemaMetaTypeBuiltin && u.Builtin != nil:
-		v = u.Builtin
-	case u.MetaType == SchemaMetaTypeEnum && u.Enum != nil:
-		v = u.Enum
-	case u.MetaType == SchemaMetaTypeArray && u.Array != nil:
-		v = u.Array
-	case u.MetaType == SchemaMetaTypeObject && u.Object != nil:
-		v = u.Object
-	case u.MetaType == SchemaMetaTypeAlternate && u.Alternate != nil:
-		v = u.Alternate
-	case u.MetaType == SchemaMetaTypeCommand && u.Command != nil:
-		v = u.Command
-	case u.MetaType == SchemaMetaTypeEvent && u.Event != nil:
-		v = u.Event
-	}
-	return marshalUnion(base(u), v)
+	return marshalUnion(base(u), u.Variant())
 }
 
 // SchemaInfoBuiltin is the QAPI struct SchemaInfoBuiltin.

@@ -353,15 +353,16 @@ func (g *goGen) union(name string, t *typ) error {
 		g.printf("}\n")
 	}
 	g.printf("return nil\n}\n\n")
-	g.printf("// MarshalJSON writes the base's members, then the variant's, in one object.\nfunc (u %s) MarshalJSON() ([]byte, error) {\n", name)
-	g.printf("type base %s\nvar v any\n", name)
+	g.printf("// Variant is the variant the tag names (a pointer to its type), nil\n// when it has no members.\nfunc (u *%s) Variant() any {\n", name)
 	if len(vs) > 0 {
 		g.printf("switch {\n")
 		for _, v := range vs {
-			g.printf("case u.%s == %s && u.%s != nil:\nv = u.%s\n", tag, v.tagConst, v.field, v.field)
+			g.printf("case u.%s == %s && u.%s != nil:\nreturn u.%s\n", tag, v.tagConst, v.field, v.field)
 		}
 		g.printf("}\n")
 	}
-	g.printf("return marshalUnion(base(u), v)\n}\n\n")
+	g.printf("return nil\n}\n\n")
+	g.printf("// MarshalJSON writes the base's members, then the variant's, in one object.\nfunc (u %s) MarshalJSON() ([]byte, error) {\n", name)
+	g.printf("type base %s\nreturn marshalUnion(base(u), u.Variant())\n}\n\n", name)
 	return nil
 }
