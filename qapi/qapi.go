@@ -51,6 +51,15 @@ func qapiKind(b []byte) byte {
 	return 0
 }
 
+// unmarshal is json.Unmarshal keeping numbers in 'any' members exact
+// (json.Number), as qmp.RegisterTyped decodes them: unions and alternates
+// read their parts with it.
+func unmarshal(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	return dec.Decode(v)
+}
+
 func errNoBranch(alternate string, b []byte) error {
 	if b == nil {
 		return fmt.Errorf("qapi: %s: no branch is set", alternate)

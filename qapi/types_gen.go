@@ -5,15 +5,17 @@
 //   - A struct is a Go struct whose fields are its members in schema order,
 //     a base's members first (internal/qjson takes the declaration order as
 //     QAPI's order of adding them): a named base is embedded as the first
-//     field, an inline one's members are written out. Member names become CamelCase with
-//     '-' and '_' dropped ("node-name" is NodeName; "id" is ID).
+//     field, an inline one's members are written out. Member names become
+//     CamelCase with '-' and '_' dropped ("node-name" is NodeName; "id" is
+//     ID).
 //   - A mandatory member is a plain field. An optional member has
 //     omitempty and tells absence apart from a zero value: scalars, enums,
 //     structs and alternates are pointers (nil: absent), lists are slices
 //     (nil: absent), 'any' and the unions left as JSON are nil when absent.
 //   - str is string, bool is bool, number is float64, int and int64 are
 //     int64, the sized integers are their Go types, size is uint64; 'any'
-//     is any (numbers in it are json.Number).
+//     is any (numbers in it are json.Number when qmp.RegisterTyped, a
+//     union or an alternate decodes it).
 //   - An enum is a string type with one constant per value.
 //   - A union is a struct: its base's members, then one pointer per
 //     variant with a type (json:"-"), only the one the tag names set.
@@ -83,13 +85,13 @@ type ImageInfoSpecificQCow2Encryption struct {
 func (u *ImageInfoSpecificQCow2Encryption) UnmarshalJSON(b []byte) error {
 	type base ImageInfoSpecificQCow2Encryption
 	*u = ImageInfoSpecificQCow2Encryption{}
-	if err := json.Unmarshal(b, (*base)(u)); err != nil {
+	if err := unmarshal(b, (*base)(u)); err != nil {
 		return err
 	}
 	switch u.Format {
 	case BlockdevQcow2EncryptionFormatLuks:
 		u.Luks = new(QCryptoBlockInfoLUKS)
-		return json.Unmarshal(b, u.Luks)
+		return unmarshal(b, u.Luks)
 	}
 	return nil
 }
@@ -216,22 +218,22 @@ type ImageInfoSpecific struct {
 func (u *ImageInfoSpecific) UnmarshalJSON(b []byte) error {
 	type base ImageInfoSpecific
 	*u = ImageInfoSpecific{}
-	if err := json.Unmarshal(b, (*base)(u)); err != nil {
+	if err := unmarshal(b, (*base)(u)); err != nil {
 		return err
 	}
 	switch u.Type {
 	case ImageInfoSpecificKindQcow2:
 		u.Qcow2 = new(ImageInfoSpecificQCow2Wrapper)
-		return json.Unmarshal(b, u.Qcow2)
+		return unmarshal(b, u.Qcow2)
 	case ImageInfoSpecificKindVmdk:
 		u.Vmdk = new(ImageInfoSpecificVmdkWrapper)
-		return json.Unmarshal(b, u.Vmdk)
+		return unmarshal(b, u.Vmdk)
 	case ImageInfoSpecificKindLuks:
 		u.Luks = new(ImageInfoSpecificLUKSWrapper)
-		return json.Unmarshal(b, u.Luks)
+		return unmarshal(b, u.Luks)
 	case ImageInfoSpecificKindRbd:
 		u.Rbd = new(ImageInfoSpecificRbdWrapper)
-		return json.Unmarshal(b, u.Rbd)
+		return unmarshal(b, u.Rbd)
 	}
 	return nil
 }
@@ -470,16 +472,16 @@ type BlockStatsSpecific struct {
 func (u *BlockStatsSpecific) UnmarshalJSON(b []byte) error {
 	type base BlockStatsSpecific
 	*u = BlockStatsSpecific{}
-	if err := json.Unmarshal(b, (*base)(u)); err != nil {
+	if err := unmarshal(b, (*base)(u)); err != nil {
 		return err
 	}
 	switch u.Driver {
 	case BlockdevDriverFile:
 		u.File = new(BlockStatsSpecificFile)
-		return json.Unmarshal(b, u.File)
+		return unmarshal(b, u.File)
 	case BlockdevDriverHostDevice:
 		u.HostDevice = new(BlockStatsSpecificFile)
-		return json.Unmarshal(b, u.HostDevice)
+		return unmarshal(b, u.HostDevice)
 	}
 	return nil
 }
@@ -630,10 +632,10 @@ func (a *Qcow2OverlapChecks) UnmarshalJSON(b []byte) error {
 	switch qapiKind(b) {
 	case 'o':
 		a.Flags = new(Qcow2OverlapCheckFlags)
-		return json.Unmarshal(b, a.Flags)
+		return unmarshal(b, a.Flags)
 	case 's':
 		a.Mode = new(Qcow2OverlapCheckMode)
-		return json.Unmarshal(b, a.Mode)
+		return unmarshal(b, a.Mode)
 	}
 	return errNoBranch("Qcow2OverlapChecks", b)
 }
@@ -832,7 +834,7 @@ func (a *BlockdevRef) UnmarshalJSON(b []byte) error {
 		return nil
 	case 's':
 		a.Reference = new(string)
-		return json.Unmarshal(b, a.Reference)
+		return unmarshal(b, a.Reference)
 	}
 	return errNoBranch("BlockdevRef", b)
 }
@@ -864,7 +866,7 @@ func (a *BlockdevRefOrNull) UnmarshalJSON(b []byte) error {
 		return nil
 	case 's':
 		a.Reference = new(string)
-		return json.Unmarshal(b, a.Reference)
+		return unmarshal(b, a.Reference)
 	case 'z':
 		a.Null = true
 		return nil
@@ -912,10 +914,10 @@ func (a *BlockDirtyBitmapOrStr) UnmarshalJSON(b []byte) error {
 	switch qapiKind(b) {
 	case 's':
 		a.Local = new(string)
-		return json.Unmarshal(b, a.Local)
+		return unmarshal(b, a.Local)
 	case 'o':
 		a.External = new(BlockDirtyBitmap)
-		return json.Unmarshal(b, a.External)
+		return unmarshal(b, a.External)
 	}
 	return errNoBranch("BlockDirtyBitmapOrStr", b)
 }
@@ -1292,43 +1294,43 @@ type TransactionAction struct {
 func (u *TransactionAction) UnmarshalJSON(b []byte) error {
 	type base TransactionAction
 	*u = TransactionAction{}
-	if err := json.Unmarshal(b, (*base)(u)); err != nil {
+	if err := unmarshal(b, (*base)(u)); err != nil {
 		return err
 	}
 	switch u.Type {
 	case TransactionActionKindAbort:
 		u.Abort = new(AbortWrapper)
-		return json.Unmarshal(b, u.Abort)
+		return unmarshal(b, u.Abort)
 	case TransactionActionKindBlockDirtyBitmapAdd:
 		u.BlockDirtyBitmapAdd = new(BlockDirtyBitmapAddWrapper)
-		return json.Unmarshal(b, u.BlockDirtyBitmapAdd)
+		return unmarshal(b, u.BlockDirtyBitmapAdd)
 	case TransactionActionKindBlockDirtyBitmapRemove:
 		u.BlockDirtyBitmapRemove = new(BlockDirtyBitmapWrapper)
-		return json.Unmarshal(b, u.BlockDirtyBitmapRemove)
+		return unmarshal(b, u.BlockDirtyBitmapRemove)
 	case TransactionActionKindBlockDirtyBitmapClear:
 		u.BlockDirtyBitmapClear = new(BlockDirtyBitmapWrapper)
-		return json.Unmarshal(b, u.BlockDirtyBitmapClear)
+		return unmarshal(b, u.BlockDirtyBitmapClear)
 	case TransactionActionKindBlockDirtyBitmapEnable:
 		u.BlockDirtyBitmapEnable = new(BlockDirtyBitmapWrapper)
-		return json.Unmarshal(b, u.BlockDirtyBitmapEnable)
+		return unmarshal(b, u.BlockDirtyBitmapEnable)
 	case TransactionActionKindBlockDirtyBitmapDisable:
 		u.BlockDirtyBitmapDisable = new(BlockDirtyBitmapWrapper)
-		return json.Unmarshal(b, u.BlockDirtyBitmapDisable)
+		return unmarshal(b, u.BlockDirtyBitmapDisable)
 	case TransactionActionKindBlockDirtyBitmapMerge:
 		u.BlockDirtyBitmapMerge = new(BlockDirtyBitmapMergeWrapper)
-		return json.Unmarshal(b, u.BlockDirtyBitmapMerge)
+		return unmarshal(b, u.BlockDirtyBitmapMerge)
 	case TransactionActionKindBlockdevBackup:
 		u.BlockdevBackup = new(BlockdevBackupWrapper)
-		return json.Unmarshal(b, u.BlockdevBackup)
+		return unmarshal(b, u.BlockdevBackup)
 	case TransactionActionKindBlockdevSnapshot:
 		u.BlockdevSnapshot = new(BlockdevSnapshotWrapper)
-		return json.Unmarshal(b, u.BlockdevSnapshot)
+		return unmarshal(b, u.BlockdevSnapshot)
 	case TransactionActionKindBlockdevSnapshotSync:
 		u.BlockdevSnapshotSync = new(BlockdevSnapshotSyncWrapper)
-		return json.Unmarshal(b, u.BlockdevSnapshotSync)
+		return unmarshal(b, u.BlockdevSnapshotSync)
 	case TransactionActionKindDriveBackup:
 		u.DriveBackup = new(DriveBackupWrapper)
-		return json.Unmarshal(b, u.DriveBackup)
+		return unmarshal(b, u.DriveBackup)
 	}
 	return nil
 }
@@ -1454,22 +1456,22 @@ type SocketAddressLegacy struct {
 func (u *SocketAddressLegacy) UnmarshalJSON(b []byte) error {
 	type base SocketAddressLegacy
 	*u = SocketAddressLegacy{}
-	if err := json.Unmarshal(b, (*base)(u)); err != nil {
+	if err := unmarshal(b, (*base)(u)); err != nil {
 		return err
 	}
 	switch u.Type {
 	case SocketAddressTypeInet:
 		u.Inet = new(InetSocketAddressWrapper)
-		return json.Unmarshal(b, u.Inet)
+		return unmarshal(b, u.Inet)
 	case SocketAddressTypeUnix:
 		u.Unix = new(UnixSocketAddressWrapper)
-		return json.Unmarshal(b, u.Unix)
+		return unmarshal(b, u.Unix)
 	case SocketAddressTypeVsock:
 		u.Vsock = new(VsockSocketAddressWrapper)
-		return json.Unmarshal(b, u.Vsock)
+		return unmarshal(b, u.Vsock)
 	case SocketAddressTypeFd:
 		u.Fd = new(StringWrapper)
-		return json.Unmarshal(b, u.Fd)
+		return unmarshal(b, u.Fd)
 	}
 	return nil
 }
@@ -1533,13 +1535,13 @@ type BlockExportOptions struct {
 func (u *BlockExportOptions) UnmarshalJSON(b []byte) error {
 	type base BlockExportOptions
 	*u = BlockExportOptions{}
-	if err := json.Unmarshal(b, (*base)(u)); err != nil {
+	if err := unmarshal(b, (*base)(u)); err != nil {
 		return err
 	}
 	switch u.Type {
 	case BlockExportTypeNBD:
 		u.NBD = new(BlockExportOptionsNbd)
-		return json.Unmarshal(b, u.NBD)
+		return unmarshal(b, u.NBD)
 	}
 	return nil
 }
@@ -1728,16 +1730,16 @@ type QCryptoBlockCreateOptions struct {
 func (u *QCryptoBlockCreateOptions) UnmarshalJSON(b []byte) error {
 	type base QCryptoBlockCreateOptions
 	*u = QCryptoBlockCreateOptions{}
-	if err := json.Unmarshal(b, (*base)(u)); err != nil {
+	if err := unmarshal(b, (*base)(u)); err != nil {
 		return err
 	}
 	switch u.Format {
 	case QCryptoBlockFormatQcow:
 		u.Qcow = new(QCryptoBlockOptionsQCow)
-		return json.Unmarshal(b, u.Qcow)
+		return unmarshal(b, u.Qcow)
 	case QCryptoBlockFormatLuks:
 		u.Luks = new(QCryptoBlockCreateOptionsLUKS)
-		return json.Unmarshal(b, u.Luks)
+		return unmarshal(b, u.Luks)
 	}
 	return nil
 }
@@ -1793,31 +1795,31 @@ type SchemaInfo struct {
 func (u *SchemaInfo) UnmarshalJSON(b []byte) error {
 	type base SchemaInfo
 	*u = SchemaInfo{}
-	if err := json.Unmarshal(b, (*base)(u)); err != nil {
+	if err := unmarshal(b, (*base)(u)); err != nil {
 		return err
 	}
 	switch u.MetaType {
 	case SchemaMetaTypeBuiltin:
 		u.Builtin = new(SchemaInfoBuiltin)
-		return json.Unmarshal(b, u.Builtin)
+		return unmarshal(b, u.Builtin)
 	case SchemaMetaTypeEnum:
 		u.Enum = new(SchemaInfoEnum)
-		return json.Unmarshal(b, u.Enum)
+		return unmarshal(b, u.Enum)
 	case SchemaMetaTypeArray:
 		u.Array = new(SchemaInfoArray)
-		return json.Unmarshal(b, u.Array)
+		return unmarshal(b, u.Array)
 	case SchemaMetaTypeObject:
 		u.Object = new(SchemaInfoObject)
-		return json.Unmarshal(b, u.Object)
+		return unmarshal(b, u.Object)
 	case SchemaMetaTypeAlternate:
 		u.Alternate = new(SchemaInfoAlternate)
-		return json.Unmarshal(b, u.Alternate)
+		return unmarshal(b, u.Alternate)
 	case SchemaMetaTypeCommand:
 		u.Command = new(SchemaInfoCommand)
-		return json.Unmarshal(b, u.Command)
+		return unmarshal(b, u.Command)
 	case SchemaMetaTypeEvent:
 		u.Event = new(SchemaInfoEvent)
-		return json.Unmarshal(b, u.Event)
+		return unmarshal(b, u.Event)
 	}
 	return nil
 }
