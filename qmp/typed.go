@@ -30,6 +30,17 @@ func RegisterTyped[A any](d *Dispatcher, name string, h func(ctx context.Context
 		}
 		return h(ctx, a)
 	})
+	d.mu.Lock()
+	d.typed[name] = true
+	d.mu.Unlock()
+}
+
+// Typed tells whether the handler of name was registered with
+// RegisterTyped (a test checks that every command taking arguments is).
+func (d *Dispatcher) Typed(name string) bool {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.typed[name]
 }
 
 // decodeArgs decodes validated arguments into their generated type. The
