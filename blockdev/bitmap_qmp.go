@@ -2,9 +2,9 @@ package blockdev
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 
+	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/qmp"
 )
 
@@ -12,13 +12,13 @@ import (
 // also accepts a device name; qbmond has no named devices).
 
 func registerBitmapCommands(d *qmp.Dispatcher, g *Graph) {
-	d.Register("block-dirty-bitmap-add", g.qmpBitmapAdd)
-	d.Register("block-dirty-bitmap-remove", g.bitmapCmd(func(lk *Locked, n *Node, b *DirtyBitmap) error { return n.RemoveDirtyBitmap(lk, b.name) }))
-	d.Register("block-dirty-bitmap-clear", g.bitmapCmd(func(lk *Locked, _ *Node, b *DirtyBitmap) error { return b.Clear(lk) }))
-	d.Register("block-dirty-bitmap-enable", g.bitmapCmd(func(_ *Locked, _ *Node, b *DirtyBitmap) error { return b.SetRecording(true) }))
-	d.Register("block-dirty-bitmap-disable", g.bitmapCmd(func(_ *Locked, _ *Node, b *DirtyBitmap) error { return b.SetRecording(false) }))
-	d.Register("block-dirty-bitmap-merge", g.qmpBitmapMerge)
-	d.Register("x-debug-block-dirty-bitmap-sha256", g.qmpBitmapSHA256)
+	qmp.RegisterTyped(d, "block-dirty-bitmap-add", g.qmpBitmapAdd)
+	qmp.RegisterTyped(d, "block-dirty-bitmap-remove", g.bitmapCmd(func(lk *Locked, n *Node, b *DirtyBitmap) error { return n.RemoveDirtyBitmap(lk, b.name) }))
+	qmp.RegisterTyped(d, "block-dirty-bitmap-clear", g.bitmapCmd(func(lk *Locked, _ *Node, b *DirtyBitmap) error { return b.Clear(lk) }))
+	qmp.RegisterTyped(d, "block-dirty-bitmap-enable", g.bitmapCmd(func(_ *Locked, _ *Node, b *DirtyBitmap) error { return b.SetRecording(true) }))
+	qmp.RegisterTyped(d, "block-dirty-bitmap-disable", g.bitmapCmd(func(_ *Locked, _ *Node, b *DirtyBitmap) error { return b.SetRecording(false) }))
+	qmp.RegisterTyped(d, "block-dirty-bitmap-merge", g.qmpBitmapMerge)
+	qmp.RegisterTyped(d, "x-debug-block-dirty-bitmap-sha256", g.qmpBitmapSHA256)
 }
 
 // LookupBitmap finds a node's bitmap with QEMU's errors.
@@ -34,24 +34,10 @@ func (lk *Locked) LookupBitmap(node, name string) (*Node, *DirtyBitmap, error) {
 	return n, b, nil
 }
 
-type bitmapArgs struct {
-	Node string `json:"node"`
-	Name string `json:"name"`
-}
-
-// lookupBitmapArgs finds the bitmap a BlockDirtyBitmap argument names.
-func (lk *Locked) lookupBitmapArgs(args json.RawMessage) (*Node, *DirtyBitmap, error) {
-	var a bitmapArgs
-	if err := json.Unmarshal(args, &a); err != nil {
-		return nil, nil, qmp.Errorf("%v", err)
-	}
-	return lk.LookupBitmap(a.Node, a.Name)
-}
-
-func (g *Graph) bitmapCmd(f func(*Locked, *Node, *DirtyBitmap) error) qmp.Handler {
-	return func(ctx context.Context, args json.RawMessage) (any, error) {
+func (g *Graph) bitmapCmd(f func(*Locked, *Node, *DirtyBitmap) error) func(context.Context, *qapi.BlockDirtyBitmap) (any, error) {
+	return func(ctx context.Context, a *qapi.BlockDirtyBitmap) (any, error) {
 		return WithLock(g, func(lk *Locked) (any, error) {
-			n, b, err := lk.lookupBitmapArgs(args)
+			n, b, err := lk.LookupBitmap(a.Node, a.Name)
 			if err != nil {
 				return nil, err
 			}
@@ -63,9 +49,9 @@ func (g *Graph) bitmapCmd(f func(*Locked, *Node, *DirtyBitmap) error) qmp.Handle
 	}
 }
 
-func (g *Graph) qmpBitmapAdd(ctx context.Context, args json.RawMessage) (any, error) {
+func (g *Graph) qmpBitmapAdd(ctx context.Context, a *qapi.BlockDirtyBitmapAdd) (any, error) {
 	return WithLock(g, func(lk *Locked) (any, error) {
-		if _, _, err := lk.addBitmapArgs(args); err != nil {
+		if _, _, err := lk.addBitmapArgs(a); err != nil {
 			return nil, err
 		}
 		return struct{}{}, nil
@@ -74,21 +60,11 @@ func (g *Graph) qmpBitmapAdd(ctx context.Context, args json.RawMessage) (any, er
 
 // addBitmapArgs adds the bitmap block-dirty-bitmap-add's arguments (as
 // the command or as a transaction action) describe.
-func (lk *Locked) addBitmapArgs(args json.RawMessage) (*Node, *DirtyBitmap, error) {
-	var a struct {
-		Node        string  `json:"node"`
-		Name        string  `json:"name"`
-		Granularity *uint64 `json:"granularity"`
-		Persistent  bool    `json:"persistent"`
-		Disabled    bool    `json:"disabled"`
-	}
-	if err := json.Unmarshal(args, &a); err != nil {
-		return nil, nil, qmp.Errorf("%v", err)
-	}
-	o := BitmapOptions{Persistent: a.Persistent, Disabled: a.Disabled}
+func (lk *Locked) addBitmapArgs(a *qapi.BlockDirtyBitmapAdd) (*Node, *DirtyBitmap, error) {
+	o := BitmapOptions{Persistent: qapi.Deref(a.Persistent), Disabled: qapi.Deref(a.Disabled)}
 	if a.Granularity != nil {
 		// Given as 0: refused like any other non-power of two.
-		o.Granularity = max(*a.Granularity, 1)
+		o.Granularity = max(uint64(*a.Granularity), 1)
 	}
 	n := lk.Lookup(a.Node)
 	if n == nil {
@@ -98,24 +74,9 @@ func (lk *Locked) addBitmapArgs(args json.RawMessage) (*Node, *DirtyBitmap, erro
 	return n, b, err
 }
 
-// bitmapRef is BlockDirtyBitmapOrStr: a name on the target's node, or
-// {node, name} anywhere.
-type bitmapRef struct {
-	local    string
-	external *bitmapArgs
-}
-
-func (r *bitmapRef) UnmarshalJSON(b []byte) error {
-	if len(b) > 0 && b[0] == '"' {
-		return json.Unmarshal(b, &r.local)
-	}
-	r.external = new(bitmapArgs)
-	return json.Unmarshal(b, r.external)
-}
-
-func (g *Graph) qmpBitmapMerge(ctx context.Context, args json.RawMessage) (any, error) {
+func (g *Graph) qmpBitmapMerge(ctx context.Context, a *qapi.BlockDirtyBitmapMerge) (any, error) {
 	return WithLock(g, func(lk *Locked) (any, error) {
-		dst, srcs, err := lk.mergeArgs(args)
+		dst, srcs, err := lk.mergeArgs(a)
 		if err != nil {
 			return nil, err
 		}
@@ -128,15 +89,7 @@ func (g *Graph) qmpBitmapMerge(ctx context.Context, args json.RawMessage) (any, 
 
 // mergeArgs finds the target and the sources block-dirty-bitmap-merge's
 // arguments name.
-func (lk *Locked) mergeArgs(args json.RawMessage) (*DirtyBitmap, []*DirtyBitmap, error) {
-	var a struct {
-		Node    string      `json:"node"`
-		Target  string      `json:"target"`
-		Bitmaps []bitmapRef `json:"bitmaps"`
-	}
-	if err := json.Unmarshal(args, &a); err != nil {
-		return nil, nil, qmp.Errorf("%v", err)
-	}
+func (lk *Locked) mergeArgs(a *qapi.BlockDirtyBitmapMerge) (*DirtyBitmap, []*DirtyBitmap, error) {
 	n, dst, err := lk.LookupBitmap(a.Node, a.Target)
 	if err != nil {
 		return nil, nil, err
@@ -145,16 +98,17 @@ func (lk *Locked) mergeArgs(args json.RawMessage) (*DirtyBitmap, []*DirtyBitmap,
 	return dst, srcs, err
 }
 
-// resolveBitmaps finds merge sources, with QEMU's errors.
-func (lk *Locked) resolveBitmaps(n *Node, refs []bitmapRef) ([]*DirtyBitmap, error) {
+// resolveBitmaps finds merge sources, with QEMU's errors: a name alone
+// is a bitmap of the target's node n, {node, name} one anywhere.
+func (lk *Locked) resolveBitmaps(n *Node, refs []qapi.BlockDirtyBitmapOrStr) ([]*DirtyBitmap, error) {
 	out := make([]*DirtyBitmap, 0, len(refs))
 	for _, r := range refs {
-		sn, name := n, r.local
-		if r.external != nil {
-			if sn = lk.Lookup(r.external.Node); sn == nil {
-				return nil, fmt.Errorf("Node '%s' not found", r.external.Node)
+		sn, name := n, qapi.Deref(r.Local)
+		if r.External != nil {
+			if sn = lk.Lookup(r.External.Node); sn == nil {
+				return nil, fmt.Errorf("Node '%s' not found", r.External.Node)
 			}
-			name = r.external.Name
+			name = r.External.Name
 		}
 		b := sn.DirtyBitmap(name)
 		if b == nil {
@@ -165,9 +119,9 @@ func (lk *Locked) resolveBitmaps(n *Node, refs []bitmapRef) ([]*DirtyBitmap, err
 	return out, nil
 }
 
-func (g *Graph) qmpBitmapSHA256(ctx context.Context, args json.RawMessage) (any, error) {
+func (g *Graph) qmpBitmapSHA256(ctx context.Context, a *qapi.BlockDirtyBitmap) (any, error) {
 	return WithLock(g, func(lk *Locked) (any, error) {
-		_, b, err := lk.lookupBitmapArgs(args)
+		_, b, err := lk.LookupBitmap(a.Node, a.Name)
 		if err != nil {
 			return nil, err
 		}

@@ -2,15 +2,15 @@ package blockdev
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 
+	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/qmp"
 )
 
 func registerChainCommands(d *qmp.Dispatcher, g *Graph) {
-	d.Register("change-backing-file", g.qmpChangeBackingFile)
-	d.Register("drop-intermediate", g.qmpDropIntermediate)
+	qmp.RegisterTyped(d, "change-backing-file", g.qmpChangeBackingFile)
+	qmp.RegisterTyped(d, "drop-intermediate", g.qmpDropIntermediate)
 }
 
 // lookupBS finds a node as QEMU's bdrv_lookup_bs does with a device name
@@ -31,15 +31,7 @@ func (lk *Locked) lookupBS(device, node string) (*Node, error) {
 // order, then the image is reopened read-write if need be, its header
 // rewritten (with the image's own format as the backing format, as QEMU
 // writes it) and the image reopened read-only again.
-func (g *Graph) qmpChangeBackingFile(ctx context.Context, args json.RawMessage) (any, error) {
-	var a struct {
-		Device      string `json:"device"`
-		Image       string `json:"image-node-name"`
-		BackingFile string `json:"backing-file"`
-	}
-	if err := json.Unmarshal(args, &a); err != nil {
-		return nil, qmp.Errorf("%v", err)
-	}
+func (g *Graph) qmpChangeBackingFile(ctx context.Context, a *qapi.ChangeBackingFileArgs) (any, error) {
 	return WithLock(g, func(lk *Locked) (any, error) {
 		bs, err := lk.lookupBS(a.Device, a.Device)
 		if err != nil {
@@ -48,7 +40,7 @@ func (g *Graph) qmpChangeBackingFile(ctx context.Context, args json.RawMessage) 
 		if !bs.IsRoot(lk) {
 			return nil, fmt.Errorf("Need a root block node")
 		}
-		image, err := lk.lookupBS("", a.Image)
+		image, err := lk.lookupBS("", a.ImageNodeName)
 		if err != nil {
 			return nil, err
 		}
@@ -86,16 +78,7 @@ func (g *Graph) qmpChangeBackingFile(ctx context.Context, args json.RawMessage) 
 // qmpDropIntermediate is qbmond's drop-intermediate (see DropIntermediate):
 // device is the active layer, top the highest node to drop, base the node
 // that stays below them.
-func (g *Graph) qmpDropIntermediate(ctx context.Context, args json.RawMessage) (any, error) {
-	var a struct {
-		Device      string `json:"device"`
-		Top         string `json:"top"`
-		Base        string `json:"base"`
-		BackingFile string `json:"backing-file"`
-	}
-	if err := json.Unmarshal(args, &a); err != nil {
-		return nil, qmp.Errorf("%v", err)
-	}
+func (g *Graph) qmpDropIntermediate(ctx context.Context, a *qapi.DropIntermediateArgs) (any, error) {
 	return WithLock(g, func(lk *Locked) (any, error) {
 		active, err := lk.lookupBS(a.Device, a.Device)
 		if err != nil {
@@ -115,7 +98,7 @@ func (g *Graph) qmpDropIntermediate(ctx context.Context, args json.RawMessage) (
 		if err := CheckDropUsers(lk, active, top, base); err != nil {
 			return nil, err
 		}
-		if err := lk.DropIntermediate(ctx, active, top, base, a.BackingFile); err != nil {
+		if err := lk.DropIntermediate(ctx, active, top, base, qapi.Deref(a.BackingFile)); err != nil {
 			return nil, err
 		}
 		return struct{}{}, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 
+	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/qmp"
 )
 
@@ -14,34 +15,26 @@ import (
 func RegisterCommands(d *qmp.Dispatcher, g *Graph) {
 	emit := d.Emit
 	g.emit.Store(&emit)
-	d.Register("blockdev-add", g.qmpBlockdevAdd)
-	d.Register("blockdev-del", g.qmpBlockdevDel)
-	d.Register("query-named-block-nodes", g.qmpQueryNamedBlockNodes)
+	qmp.RegisterTyped(d, "blockdev-add", g.qmpBlockdevAdd)
+	qmp.RegisterTyped(d, "blockdev-del", g.qmpBlockdevDel)
+	qmp.RegisterTyped(d, "query-named-block-nodes", g.qmpQueryNamedBlockNodes)
 	d.Register("query-block", g.qmpQueryBlock)
 	d.Register("x-debug-query-block-graph", g.qmpQueryBlockGraph)
-	d.Register("query-blockstats", g.qmpQueryBlockStats)
+	qmp.RegisterTyped(d, "query-blockstats", g.qmpQueryBlockStats)
 	registerBitmapCommands(d, g)
 	registerChainCommands(d, g)
 	registerSnapshotCommands(d, g)
 	registerReopenCommand(d, g)
 }
 
-func (g *Graph) qmpQueryBlockStats(ctx context.Context, args json.RawMessage) (any, error) {
-	var a struct {
-		QueryNodes bool `json:"query-nodes"`
-	}
-	if len(args) > 0 {
-		if err := json.Unmarshal(args, &a); err != nil {
-			return nil, qmp.Errorf("%v", err)
-		}
-	}
+func (g *Graph) qmpQueryBlockStats(ctx context.Context, a *qapi.QueryBlockstatsArgs) (any, error) {
 	return WithLock(g, func(lk *Locked) (any, error) {
-		return lk.QueryBlockStats(a.QueryNodes), nil
+		return lk.QueryBlockStats(qapi.Deref(a.QueryNodes)), nil
 	})
 }
 
-func (g *Graph) qmpBlockdevAdd(ctx context.Context, args json.RawMessage) (any, error) {
-	opts, err := DecodeOptions(args)
+func (g *Graph) qmpBlockdevAdd(ctx context.Context, a *qapi.BlockdevOptions) (any, error) {
+	opts, err := DecodeOptions(*a)
 	if err != nil {
 		return nil, qmp.Errorf("%v", err)
 	}
@@ -53,13 +46,7 @@ func (g *Graph) qmpBlockdevAdd(ctx context.Context, args json.RawMessage) (any, 
 	})
 }
 
-func (g *Graph) qmpBlockdevDel(ctx context.Context, args json.RawMessage) (any, error) {
-	var a struct {
-		NodeName string `json:"node-name"`
-	}
-	if err := json.Unmarshal(args, &a); err != nil {
-		return nil, qmp.Errorf("%v", err)
-	}
+func (g *Graph) qmpBlockdevDel(ctx context.Context, a *qapi.BlockdevDelArgs) (any, error) {
 	return WithLock(g, func(lk *Locked) (any, error) {
 		if err := lk.Delete(ctx, a.NodeName); err != nil {
 			return nil, err
@@ -68,18 +55,12 @@ func (g *Graph) qmpBlockdevDel(ctx context.Context, args json.RawMessage) (any, 
 	})
 }
 
-func (g *Graph) qmpQueryNamedBlockNodes(ctx context.Context, args json.RawMessage) (any, error) {
-	var a struct {
-		Flat bool `json:"flat"`
-	}
-	if err := json.Unmarshal(args, &a); err != nil {
-		return nil, qmp.Errorf("%v", err)
-	}
+func (g *Graph) qmpQueryNamedBlockNodes(ctx context.Context, a *qapi.QueryNamedBlockNodesArgs) (any, error) {
 	return WithLock(g, func(lk *Locked) (any, error) {
 		if err := lk.checkEjected(); err != nil {
 			return nil, err
 		}
-		return lk.QueryNamedBlockNodes(ctx, a.Flat), nil
+		return lk.QueryNamedBlockNodes(ctx, qapi.Deref(a.Flat)), nil
 	})
 }
 

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/qmp"
 )
 
@@ -41,15 +42,16 @@ import (
 // exactly as it was. On success the drivers commit, children first.
 
 func registerReopenCommand(d *qmp.Dispatcher, g *Graph) {
-	d.Register("blockdev-reopen", func(ctx context.Context, args json.RawMessage) (any, error) {
-		var a struct {
-			Options []map[string]any `json:"options"`
-		}
-		if err := decodeJSON(args, &a); err != nil {
-			return nil, qmp.Errorf("%v", err)
+	qmp.RegisterTyped(d, "blockdev-reopen", func(ctx context.Context, a *qapi.BlockdevReopenArgs) (any, error) {
+		// Each node's options stay generic: the drivers read their own.
+		options := make([]map[string]any, len(a.Options))
+		for i, raw := range a.Options {
+			if err := decodeJSON(raw, &options[i]); err != nil {
+				return nil, qmp.Errorf("%v", err)
+			}
 		}
 		return WithLock(g, func(lk *Locked) (any, error) {
-			return struct{}{}, lk.Reopen(ctx, a.Options)
+			return struct{}{}, lk.Reopen(ctx, options)
 		})
 	})
 }

@@ -2,13 +2,13 @@ package blockdev
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 
 	"github.com/rs/zerolog"
 
+	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/qmp"
 )
 
@@ -21,54 +21,40 @@ import (
 // read-only, at abort the parents move back.
 
 func registerSnapshotCommands(d *qmp.Dispatcher, g *Graph) {
-	for _, name := range []string{"blockdev-snapshot", "blockdev-snapshot-sync"} {
-		d.Register(name, func(ctx context.Context, args json.RawMessage) (any, error) {
-			// QEMU runs both as a transaction of one action.
-			return WithLock(g, func(lk *Locked) (any, error) {
-				lk.DrainAll()
-				a, err := lk.PrepareTxAction(ctx, name, args, false)
-				if err != nil {
-					return nil, err
-				}
-				a.Commit()
-				a.Clean()
-				return struct{}{}, nil
-			})
+	// QEMU runs both as a transaction of one action.
+	one := func(ctx context.Context, act *qapi.TransactionAction) (any, error) {
+		return WithLock(g, func(lk *Locked) (any, error) {
+			lk.DrainAll()
+			a, err := lk.PrepareTxAction(ctx, act, false)
+			if err != nil {
+				return nil, err
+			}
+			a.Commit()
+			a.Clean()
+			return struct{}{}, nil
 		})
 	}
-}
-
-type snapshotArgs struct {
-	// blockdev-snapshot
-	Node    string `json:"node"`
-	Overlay string `json:"overlay"`
-	// blockdev-snapshot-sync
-	Device           *string `json:"device"`
-	NodeName         *string `json:"node-name"`
-	SnapshotFile     string  `json:"snapshot-file"`
-	SnapshotNodeName *string `json:"snapshot-node-name"`
-	Format           *string `json:"format"`
-	Mode             *string `json:"mode"`
+	qmp.RegisterTyped(d, "blockdev-snapshot", func(ctx context.Context, a *qapi.BlockdevSnapshot) (any, error) {
+		return one(ctx, &qapi.TransactionAction{Type: qapi.TransactionActionKindBlockdevSnapshot,
+			BlockdevSnapshot: &qapi.BlockdevSnapshotWrapper{Data: *a}})
+	})
+	qmp.RegisterTyped(d, "blockdev-snapshot-sync", func(ctx context.Context, a *qapi.BlockdevSnapshotSync) (any, error) {
+		return one(ctx, &qapi.TransactionAction{Type: qapi.TransactionActionKindBlockdevSnapshotSync,
+			BlockdevSnapshotSync: &qapi.BlockdevSnapshotSyncWrapper{Data: *a}})
+	})
 }
 
 // prepareSnapshot prepares a blockdev-snapshot or blockdev-snapshot-sync
 // action.
-func (lk *Locked) prepareSnapshot(ctx context.Context, typ string, data json.RawMessage) (TxAction, error) {
+func (lk *Locked) prepareSnapshot(ctx context.Context, act *qapi.TransactionAction) (TxAction, error) {
 	g := lk.g
-	var a snapshotArgs
-	if err := json.Unmarshal(data, &a); err != nil {
-		return nil, qmp.Errorf("%v", err)
-	}
 	var device, nodeName string
-	if typ == "blockdev-snapshot" {
-		device, nodeName = a.Node, a.Node
+	a := new(qapi.BlockdevSnapshotSync) // blockdev-snapshot-sync's arguments
+	if act.BlockdevSnapshot != nil {
+		device, nodeName = act.BlockdevSnapshot.Data.Node, act.BlockdevSnapshot.Data.Node
 	} else {
-		if a.Device != nil {
-			device = *a.Device
-		}
-		if a.NodeName != nil {
-			nodeName = *a.NodeName
-		}
+		a = &act.BlockdevSnapshotSync.Data
+		device, nodeName = qapi.Deref(a.Device), qapi.Deref(a.NodeName)
 	}
 	old, err := lk.lookupBS(device, nodeName)
 	if err != nil {
@@ -92,7 +78,7 @@ func (lk *Locked) prepareSnapshot(ctx context.Context, typ string, data json.Raw
 	}
 	var overlay *Node
 	created := false
-	if typ == "blockdev-snapshot-sync" {
+	if act.BlockdevSnapshotSync != nil {
 		format := "qcow2"
 		if a.Format != nil {
 			format = *a.Format
@@ -103,7 +89,7 @@ func (lk *Locked) prepareSnapshot(ctx context.Context, typ string, data json.Raw
 		if a.SnapshotNodeName != nil && lk.Lookup(*a.SnapshotNodeName) != nil {
 			return fail(errors.New("New overlay node-name already in use"))
 		}
-		if a.Mode == nil || *a.Mode != "existing" {
+		if qapi.Deref(a.Mode) != qapi.NewImageModeExisting {
 			if err := CreateImage(ctx, format, a.SnapshotFile, old.Length(), old.Filename(), old.drvName); err != nil {
 				return fail(err)
 			}
@@ -122,7 +108,8 @@ func (lk *Locked) prepareSnapshot(ctx context.Context, typ string, data json.Raw
 		}
 		created = true
 	} else {
-		if overlay, err = lk.lookupBS(a.Overlay, a.Overlay); err != nil {
+		o := act.BlockdevSnapshot.Data.Overlay
+		if overlay, err = lk.lookupBS(o, o); err != nil {
 			return fail(err)
 		}
 	}

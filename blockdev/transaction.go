@@ -2,9 +2,10 @@ package blockdev
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/qbmond/qbmond/qapi"
 )
 
 // The transaction command applies its actions all or nothing: every
@@ -47,34 +48,35 @@ func (f txFunc) Clean() {
 // PrepareTxAction prepares one of the graph's transaction actions.
 // grouped is the transaction's completion-mode: only backups support
 // grouped completion, and the other actions refuse it as QEMU does.
-func (lk *Locked) PrepareTxAction(ctx context.Context, typ string, data json.RawMessage, grouped bool) (TxAction, error) {
+func (lk *Locked) PrepareTxAction(ctx context.Context, act *qapi.TransactionAction, grouped bool) (TxAction, error) {
+	typ := string(act.Type)
 	if grouped && typ != "abort" {
 		return nil, fmt.Errorf("Action '%s' does not support Transaction property completion-mode = grouped", typ)
 	}
 	switch typ {
 	case "blockdev-snapshot", "blockdev-snapshot-sync":
-		return lk.prepareSnapshot(ctx, typ, data)
+		return lk.prepareSnapshot(ctx, act)
 	}
-	t, err := lk.prepareAction(typ, data)
+	t, err := lk.prepareAction(typ, act)
 	if err != nil {
 		return nil, err
 	}
 	return t, nil
 }
 
-func (lk *Locked) prepareAction(typ string, data json.RawMessage) (TxAction, error) {
+func (lk *Locked) prepareAction(typ string, act *qapi.TransactionAction) (TxAction, error) {
 	g := lk.g
 	switch typ {
 	case "abort":
 		return nil, errors.New("Transaction aborted using Abort action")
 	case "block-dirty-bitmap-add":
-		n, b, err := lk.addBitmapArgs(data)
+		n, b, err := lk.addBitmapArgs(&act.BlockDirtyBitmapAdd.Data)
 		if err != nil {
 			return nil, err
 		}
 		return txFunc{onAbort: func() { n.dropBitmap(b, true) }}, nil
 	case "block-dirty-bitmap-merge":
-		dst, srcs, err := lk.mergeArgs(data)
+		dst, srcs, err := lk.mergeArgs(&act.BlockDirtyBitmapMerge.Data)
 		if err != nil {
 			return nil, err
 		}
@@ -105,7 +107,11 @@ func (lk *Locked) prepareAction(typ string, data json.RawMessage) (TxAction, err
 			},
 		}, nil
 	}
-	n, b, err := lk.lookupBitmapArgs(data)
+	w, ok := act.Variant().(*qapi.BlockDirtyBitmapWrapper)
+	if !ok {
+		return nil, fmt.Errorf("Action '%s' is not supported", typ)
+	}
+	n, b, err := lk.LookupBitmap(w.Data.Node, w.Data.Name)
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/qbmond/qbmond/blockdev"
 	"github.com/qbmond/qbmond/internal/lockorder"
 	"github.com/qbmond/qbmond/nbd"
+	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/qmp"
 )
 
@@ -52,12 +53,12 @@ func New(g *blockdev.Graph, d *qmp.Dispatcher, log zerolog.Logger) *Manager {
 
 // RegisterCommands installs the export commands.
 func (m *Manager) RegisterCommands() {
-	m.d.Register("nbd-server-start", m.cmdServerStart)
+	qmp.RegisterTyped(m.d, "nbd-server-start", m.cmdServerStart)
 	m.d.Register("nbd-server-stop", m.cmdServerStop)
-	m.d.Register("block-export-add", m.cmdExportAdd)
-	m.d.Register("block-export-del", m.cmdExportDel)
-	m.d.Register("nbd-server-add", m.cmdServerAdd)
-	m.d.Register("nbd-server-remove", m.cmdServerRemove)
+	qmp.RegisterTyped(m.d, "block-export-add", m.cmdExportAdd)
+	qmp.RegisterTyped(m.d, "block-export-del", m.cmdExportDel)
+	qmp.RegisterTyped(m.d, "nbd-server-add", m.cmdServerAdd)
+	qmp.RegisterTyped(m.d, "nbd-server-remove", m.cmdServerRemove)
 	m.d.Register("query-block-exports", m.cmdQuery)
 }
 
@@ -68,44 +69,13 @@ func (m *Manager) Close() {
 	m.stopLocked()
 }
 
-type socketAddress struct {
-	Type string     `json:"type"`
-	Data socketData `json:"data"`
-}
-
-// socketData holds the members of every SocketAddressLegacy variant.
-type socketData struct {
-	Path     string `json:"path"`
-	Abstract bool   `json:"abstract"`
-	Tight    *bool  `json:"tight"`
-
-	Host      string `json:"host"`
-	Port      string `json:"port"`
-	Numeric   bool   `json:"numeric"`
-	To        *int   `json:"to"`
-	IPv4      *bool  `json:"ipv4"`
-	IPv6      *bool  `json:"ipv6"`
-	KeepAlive bool   `json:"keep-alive"`
-	MPTCP     bool   `json:"mptcp"`
-
-	Str string `json:"str"`
-	CID string `json:"cid"`
-}
-
 // QEMU's defaults for the NBD server's limits.
 const (
 	defaultMaxConnections = 100
 	handshakeTimeout      = 10 * time.Second
 )
 
-func (m *Manager) cmdServerStart(_ context.Context, raw json.RawMessage) (any, error) {
-	var a struct {
-		Addr           socketAddress `json:"addr"`
-		MaxConnections *uint32       `json:"max-connections"`
-	}
-	if err := json.Unmarshal(raw, &a); err != nil {
-		return nil, err
-	}
+func (m *Manager) cmdServerStart(_ context.Context, a *qapi.NBDServerStartArgs) (any, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.srv != nil {
@@ -114,16 +84,16 @@ func (m *Manager) cmdServerStart(_ context.Context, raw json.RawMessage) (any, e
 	var l net.Listener
 	var err error
 	switch a.Addr.Type {
-	case "unix":
-		l, err = listenUnixNBD(a.Addr.Data)
-	case "inet":
-		l, err = listenInetNBD(a.Addr.Data)
-	case "fd":
+	case qapi.SocketAddressTypeUnix:
+		l, err = listenUnixNBD(&a.Addr.Unix.Data)
+	case qapi.SocketAddressTypeInet:
+		l, err = listenInetNBD(&a.Addr.Inet.Data)
+	case qapi.SocketAddressTypeFd:
 		// QSD has no monitor to pass descriptors through (getfd), so no
 		// name or number can name one.
 		return nil, errors.New("only QEMU supports file descriptor passing")
-	case "vsock":
-		err = probeVsockNBD(a.Addr.Data.CID, a.Addr.Data.Port)
+	case qapi.SocketAddressTypeVsock:
+		err = probeVsockNBD(a.Addr.Vsock.Data.CID, a.Addr.Vsock.Data.Port)
 	default:
 		return nil, fmt.Errorf("socket address type '%s' is not supported by qbmond", a.Addr.Type)
 	}
@@ -180,35 +150,21 @@ func (m *Manager) stopLocked() {
 	m.srv, m.serving = nil, nil
 }
 
-type exportArgs struct {
-	Type            string  `json:"type"`
-	ID              string  `json:"id"`
-	NodeName        string  `json:"node-name"`
-	Writable        bool    `json:"writable"`
-	Writethrough    bool    `json:"writethrough"`
-	Name            *string `json:"name"`
-	Description     *string `json:"description"` // nil: none; "" is sent as an empty description
-	AllocationDepth bool    `json:"allocation-depth"`
-	Bitmaps         []any   `json:"bitmaps"`
-
-	// legacy is nbd-server-add: the node is looked up as a device name
-	// too, and a read-only node is exported read-only instead of
-	// refusing writable.
-	legacy bool
-}
-
-func (m *Manager) cmdExportAdd(_ context.Context, raw json.RawMessage) (any, error) {
-	var a exportArgs
-	if err := json.Unmarshal(raw, &a); err != nil {
-		return nil, err
-	}
-	return nil, m.add(a)
+func (m *Manager) cmdExportAdd(_ context.Context, a *qapi.BlockExportOptions) (any, error) {
+	return nil, m.add(a, false)
 }
 
 // add creates an export, checking in QEMU's order: the id, the node, its
 // writability, the permissions, the server, the export name, the
-// permissions again.
-func (m *Manager) add(a exportArgs) error {
+// permissions again. legacy is nbd-server-add: the node is looked up as
+// a device name too, and a read-only node is exported read-only instead of
+// refusing writable.
+func (m *Manager) add(a *qapi.BlockExportOptions, legacy bool) error {
+	opts := a.NBD // the only type of export there is
+	if opts == nil {
+		opts = new(qapi.BlockExportOptionsNbd)
+	}
+	writable := qapi.Deref(a.Writable)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.find(a.ID) != nil {
@@ -217,15 +173,15 @@ func (m *Manager) add(a exportArgs) error {
 	return m.g.Do(func(lk *blockdev.Locked) error {
 		node := lk.Lookup(a.NodeName)
 		if node == nil {
-			if a.legacy {
+			if legacy {
 				return fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.NodeName, a.NodeName)
 			}
 			return fmt.Errorf("Cannot find device='' nor node-name='%s'", a.NodeName)
 		}
-		if a.legacy && node.ReadOnly() {
-			a.Writable = false
+		if legacy && node.ReadOnly() {
+			writable = false
 		}
-		if a.Writable && node.ReadOnly() {
+		if writable && node.ReadOnly() {
 			return errors.New("Cannot export read-only node as writable")
 		}
 		// The export's BlockBackend is attached sharing everything, before
@@ -233,26 +189,26 @@ func (m *Manager) add(a exportArgs) error {
 		// is set up it stops sharing resize (nbd_export_create), a second
 		// step that can conflict in its own right.
 		perm := blockdev.PermConsistentRead
-		if a.Writable {
+		if writable {
 			perm |= blockdev.PermWrite
 		}
 		root, err := lk.AttachRoot(node, "an unnamed block device", perm, blockdev.PermAll)
 		if err != nil {
 			return err
 		}
-		if err := m.checkNBD(a); err != nil {
+		if err := m.checkNBD(a.NodeName, opts); err != nil {
 			lk.DetachRoot(root)
 			return err
 		}
 		name := a.NodeName
-		if a.Name != nil {
-			name = *a.Name
+		if opts.Name != nil {
+			name = *opts.Name
 		}
 		if err := lk.SetRootPerm(root, perm, blockdev.PermAll&^blockdev.PermResize); err != nil {
 			lk.DetachRoot(root)
 			return err
 		}
-		bitmaps, err := m.exportBitmaps(lk, node, a.Bitmaps, a.Writable)
+		bitmaps, err := m.exportBitmaps(lk, node, opts.Bitmaps, writable)
 		if err != nil {
 			lk.DetachRoot(root)
 			return err
@@ -261,10 +217,11 @@ func (m *Manager) add(a exportArgs) error {
 		for i, b := range bitmaps {
 			names[i] = b.Name()
 		}
-		be := &nodeBackend{root: root, writable: a.Writable, writethrough: a.Writethrough, bitmaps: bitmaps}
-		ex := &nbd.Export{Name: name, Backend: be, Writable: a.Writable, AllocationDepth: a.AllocationDepth, Bitmaps: names}
-		if a.Description != nil {
-			ex.Description, ex.DescriptionSet = *a.Description, true
+		be := &nodeBackend{root: root, writable: writable, writethrough: qapi.Deref(a.Writethrough), bitmaps: bitmaps}
+		ex := &nbd.Export{Name: name, Backend: be, Writable: writable, AllocationDepth: qapi.Deref(opts.AllocationDepth), Bitmaps: names}
+		// nil: no description; "" is sent as an empty one.
+		if opts.Description != nil {
+			ex.Description, ex.DescriptionSet = *opts.Description, true
 		}
 		err = m.srv.AddExport(ex)
 		if err != nil {
@@ -282,19 +239,19 @@ func (m *Manager) add(a exportArgs) error {
 // checkNBD checks what the NBD export adds to a block export, as QEMU's
 // nbd_export_create: a running server, and an export name and
 // description within the protocol's limits, the name not yet taken.
-func (m *Manager) checkNBD(a exportArgs) error {
+func (m *Manager) checkNBD(nodeName string, opts *qapi.BlockExportOptionsNbd) error {
 	if m.srv == nil {
 		return errors.New("NBD server not running")
 	}
-	name := a.NodeName
-	if a.Name != nil {
-		name = *a.Name
+	name := nodeName
+	if opts.Name != nil {
+		name = *opts.Name
 	}
 	if len(name) > 4096 {
 		return fmt.Errorf("export name '%s' too long", name)
 	}
-	if a.Description != nil && len(*a.Description) > 4096 {
-		return fmt.Errorf("description '%s' too long", *a.Description)
+	if opts.Description != nil && len(*opts.Description) > 4096 {
+		return fmt.Errorf("description '%s' too long", *opts.Description)
 	}
 	for _, e := range m.exports {
 		if e.name == name {
@@ -309,27 +266,23 @@ func (m *Manager) checkNBD(a exportArgs) error {
 // anywhere; none may be busy or inconsistent, and a read-only export of a
 // writable node only takes bitmaps that do not record (they would change
 // under the client).
-func (m *Manager) exportBitmaps(lk *blockdev.Locked, node *blockdev.Node, refs []any, writable bool) ([]*blockdev.DirtyBitmap, error) {
+func (m *Manager) exportBitmaps(lk *blockdev.Locked, node *blockdev.Node, refs []qapi.BlockDirtyBitmapOrStr, writable bool) ([]*blockdev.DirtyBitmap, error) {
 	var out []*blockdev.DirtyBitmap
 	for _, r := range refs {
 		var b *blockdev.DirtyBitmap
-		switch r := r.(type) {
-		case string:
-			for n := node; n != nil && b == nil; n = n.BackingNode() {
-				b = n.DirtyBitmap(r)
-			}
-			if b == nil {
-				return nil, fmt.Errorf("Bitmap '%s' is not found", r)
-			}
-		case map[string]any:
-			nn, _ := r["node"].(string)
-			name, _ := r["name"].(string)
+		if r.External != nil {
 			var err error
-			if _, b, err = lk.LookupBitmap(nn, name); err != nil {
+			if _, b, err = lk.LookupBitmap(r.External.Node, r.External.Name); err != nil {
 				return nil, err
 			}
-		default:
-			return nil, fmt.Errorf("Invalid parameter type for 'bitmaps', expected: BlockDirtyBitmapOrStr")
+		} else {
+			name := qapi.Deref(r.Local)
+			for n := node; n != nil && b == nil; n = n.BackingNode() {
+				b = n.DirtyBitmap(name)
+			}
+			if b == nil {
+				return nil, fmt.Errorf("Bitmap '%s' is not found", name)
+			}
 		}
 		if err := b.Check(blockdev.CheckAllowReadOnly); err != nil {
 			return nil, err
@@ -351,15 +304,8 @@ func (m *Manager) find(id string) *export {
 	return nil
 }
 
-func (m *Manager) cmdExportDel(_ context.Context, raw json.RawMessage) (any, error) {
-	var a struct {
-		ID   string `json:"id"`
-		Mode string `json:"mode"`
-	}
-	if err := json.Unmarshal(raw, &a); err != nil {
-		return nil, err
-	}
-	return nil, m.del(a.ID, a.Mode)
+func (m *Manager) cmdExportDel(_ context.Context, a *qapi.BlockExportDelArgs) (any, error) {
+	return nil, m.del(a.ID, string(qapi.Deref(a.Mode)))
 }
 
 // disconnectGrace is how long a safe block-export-del waits for clients
@@ -458,38 +404,25 @@ func (m *Manager) finishLocked(e *export) {
 	m.d.Emit("BLOCK_EXPORT_DELETED", map[string]string{"id": e.id})
 }
 
-func (m *Manager) cmdServerAdd(_ context.Context, raw json.RawMessage) (any, error) {
-	var a struct {
-		Device      string  `json:"device"`
-		Name        *string `json:"name"`
-		Description *string `json:"description"`
-		Writable    bool    `json:"writable"`
-		Bitmap      *string `json:"bitmap"`
-	}
-	if err := json.Unmarshal(raw, &a); err != nil {
-		return nil, err
-	}
+// cmdServerAdd is nbd-server-add: block-export-add of an NBD export
+// whose id is its name, with QEMU's legacy lookups (see add).
+func (m *Manager) cmdServerAdd(_ context.Context, a *qapi.NbdServerAddOptions) (any, error) {
 	name := a.Device
 	if a.Name != nil {
 		name = *a.Name
 	}
-	ea := exportArgs{Type: "nbd", ID: name, NodeName: a.Device, Writable: a.Writable,
-		Name: &name, Description: a.Description, legacy: true}
+	opts := &qapi.BlockExportOptionsNbd{}
+	opts.Name, opts.Description = &name, a.Description
 	if a.Bitmap != nil {
-		ea.Bitmaps = []any{*a.Bitmap}
+		opts.Bitmaps = []qapi.BlockDirtyBitmapOrStr{{Local: a.Bitmap}}
 	}
-	return nil, m.add(ea)
+	ea := &qapi.BlockExportOptions{Type: qapi.BlockExportTypeNBD, ID: name, NodeName: a.Device,
+		Writable: a.Writable, NBD: opts}
+	return nil, m.add(ea, true)
 }
 
-func (m *Manager) cmdServerRemove(_ context.Context, raw json.RawMessage) (any, error) {
-	var a struct {
-		Name string `json:"name"`
-		Mode string `json:"mode"`
-	}
-	if err := json.Unmarshal(raw, &a); err != nil {
-		return nil, err
-	}
-	return nil, m.del(a.Name, a.Mode)
+func (m *Manager) cmdServerRemove(_ context.Context, a *qapi.NBDServerRemoveArgs) (any, error) {
+	return nil, m.del(a.Name, string(qapi.Deref(a.Mode)))
 }
 
 // BlockExportInfo is one entry of query-block-exports.

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/qapi"
 )
 
 // The NBD server's listening socket is made the way QEMU's socket layer
@@ -34,9 +35,9 @@ import (
 // sunPathMax is the size of sockaddr_un's sun_path on Linux.
 const sunPathMax = 108
 
-func listenUnixNBD(a socketData) (net.Listener, error) {
+func listenUnixNBD(a *qapi.UnixSocketAddress) (net.Listener, error) {
 	path := a.Path
-	if a.Abstract {
+	if qapi.Deref(a.Abstract) {
 		return listenAbstractNBD(path, a.Tight == nil || *a.Tight)
 	}
 	if len(path) > sunPathMax {
@@ -95,7 +96,7 @@ func listenAbstractNBD(name string, tight bool) (net.Listener, error) {
 
 // inetFamily is the address family ipv4 and ipv6 ask for ("ip" for any),
 // as QEMU's inet_ai_family_from_address.
-func inetFamily(a socketData) string {
+func inetFamily(a *qapi.InetSocketAddress) string {
 	switch {
 	case a.IPv6 != nil && *a.IPv6, a.IPv4 != nil && !*a.IPv4:
 		return "ip6"
@@ -105,7 +106,7 @@ func inetFamily(a socketData) string {
 	return "ip"
 }
 
-func listenInetNBD(a socketData) (net.Listener, error) {
+func listenInetNBD(a *qapi.InetSocketAddress) (net.Listener, error) {
 	resolveErr := func(why string) error {
 		return fmt.Errorf("address resolution failed for %s:%s: %s", a.Host, a.Port, why)
 	}
@@ -119,7 +120,7 @@ func listenInetNBD(a socketData) (net.Listener, error) {
 	var ip net.IP
 	if a.Host != "" {
 		if ip = net.ParseIP(a.Host); ip == nil {
-			if a.Numeric {
+			if qapi.Deref(a.Numeric) {
 				return nil, resolveErr("Name or service not known")
 			}
 			ips, err := net.DefaultResolver.LookupIP(context.Background(), family, a.Host)
@@ -134,10 +135,10 @@ func listenInetNBD(a socketData) (net.Listener, error) {
 	}
 	network := map[string]string{"ip": "tcp", "ip4": "tcp4", "ip6": "tcp6"}[family]
 	var lc net.ListenConfig
-	lc.SetMultipathTCP(a.MPTCP)
+	lc.SetMultipathTCP(qapi.Deref(a.MPTCP))
 	last := port
-	if a.To != nil && *a.To > port && port != 0 {
-		last = *a.To
+	if a.To != nil && int(*a.To) > port && port != 0 {
+		last = int(*a.To)
 	}
 	for p := port; ; p++ {
 		host := ""

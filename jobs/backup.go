@@ -2,13 +2,12 @@ package jobs
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 
 	"github.com/qbmond/qbmond/blockdev"
-	"github.com/qbmond/qbmond/qmp"
+	"github.com/qbmond/qbmond/qapi"
 )
 
 // blockdev-backup and drive-backup: a point-in-time copy of a node into a
@@ -26,31 +25,6 @@ import (
 // always) or gets the successor merged back (nothing is lost: after a
 // failure, never), and with always after a failure the clusters not
 // copied are added back.
-
-// backupArgs are BlockdevBackup's and DriveBackup's members.
-type backupArgs struct {
-	JobID          *string  `json:"job-id"`
-	Device         string   `json:"device"`
-	Target         string   `json:"target"`
-	Sync           string   `json:"sync"`
-	Speed          *int64   `json:"speed"`
-	Bitmap         *string  `json:"bitmap"`
-	BitmapMode     *string  `json:"bitmap-mode"`
-	Compress       *bool    `json:"compress"`
-	OnSourceError  *OnError `json:"on-source-error"`
-	OnTargetError  *OnError `json:"on-target-error"`
-	AutoFinalize   *bool    `json:"auto-finalize"`
-	AutoDismiss    *bool    `json:"auto-dismiss"`
-	FilterNodeName *string  `json:"filter-node-name"`
-	XPerf          *struct {
-		UseCopyRange *bool  `json:"use-copy-range"`
-		MaxWorkers   *int64 `json:"max-workers"`
-		MaxChunk     *int64 `json:"max-chunk"`
-	} `json:"x-perf"`
-	// drive-backup
-	Format *string `json:"format"`
-	Mode   *string `json:"mode"`
-}
 
 // backupJob is a backup's state.
 type backupJob struct {
@@ -77,17 +51,23 @@ type txStep struct {
 // the checks, the copy-before-write filter and the job, created but not
 // started (QEMU's do_backup_common and backup_job_create). The control
 // lock is held too.
-func (m *Manager) prepareBackupLocked(ctx context.Context, lk *blockdev.Locked, typ string, data json.RawMessage, txn *Txn) (*txStep, error) {
-	var a backupArgs
-	if err := json.Unmarshal(data, &a); err != nil {
-		return nil, qmp.Errorf("%v", err)
+func (m *Manager) prepareBackupLocked(ctx context.Context, lk *blockdev.Locked, act *qapi.TransactionAction, txn *Txn) (*txStep, error) {
+	// a is what both actions have; drive is drive-backup's own.
+	var a *qapi.BackupCommon
+	var targetName string
+	var drive *qapi.DriveBackup
+	if act.DriveBackup != nil {
+		drive = &act.DriveBackup.Data
+		a, targetName = &drive.BackupCommon, drive.Target
+	} else {
+		a, targetName = &act.BlockdevBackup.Data.BackupCommon, act.BlockdevBackup.Data.Target
 	}
 	bs := lk.Lookup(a.Device)
 	if bs == nil {
 		return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.Device, a.Device)
 	}
-	if typ == "blockdev-backup" && lk.Lookup(a.Target) == nil {
-		return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.Target, a.Target)
+	if drive == nil && lk.Lookup(targetName) == nil {
+		return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", targetName, targetName)
 	}
 	// The source stays drained until the transaction is over (QEMU's
 	// prepare and clean): jobs on it pause meanwhile, and the new job
@@ -101,15 +81,15 @@ func (m *Manager) prepareBackupLocked(ctx context.Context, lk *blockdev.Locked, 
 	}()
 	var target *blockdev.Node
 	var dropTarget func()
-	if typ == "drive-backup" {
+	if drive != nil {
 		var err error
-		if target, dropTarget, err = openDriveBackupTarget(ctx, lk, bs, &a); err != nil {
+		if target, dropTarget, err = openDriveBackupTarget(ctx, lk, bs, drive); err != nil {
 			return nil, err
 		}
-	} else if target = lk.Lookup(a.Target); target == nil {
-		return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", a.Target, a.Target)
+	} else if target = lk.Lookup(targetName); target == nil {
+		return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", targetName, targetName)
 	}
-	_, spec, err := checkBackup(lk, bs, target, &a)
+	_, spec, err := checkBackup(lk, bs, target, a)
 	if err != nil {
 		if dropTarget != nil {
 			dropTarget()
@@ -140,18 +120,15 @@ func (m *Manager) prepareBackupLocked(ctx context.Context, lk *blockdev.Locked, 
 }
 
 // checkBackup is do_backup_common's checks, then the spec of the job.
-func checkBackup(lk *blockdev.Locked, bs, target *blockdev.Node, a *backupArgs) (*backupJob, BlockSpec, error) {
+func checkBackup(lk *blockdev.Locked, bs, target *blockdev.Node, a *qapi.BackupCommon) (*backupJob, BlockSpec, error) {
 	var spec BlockSpec
-	sync := a.Sync
+	sync := string(a.Sync)
 	if sync == "bitmap" || sync == "incremental" {
 		if a.Bitmap == nil {
 			return nil, spec, fmt.Errorf("must provide a valid bitmap name for '%s' sync mode", sync)
 		}
 	}
-	mode := ""
-	if a.BitmapMode != nil {
-		mode = *a.BitmapMode
-	}
+	mode := string(qapi.Deref(a.BitmapMode))
 	if sync == "incremental" {
 		if a.BitmapMode != nil && mode != "on-success" {
 			return nil, spec, errors.New("Bitmap sync mode must be 'on-success' when using sync mode 'incremental'")
@@ -214,10 +191,10 @@ func checkBackup(lk *blockdev.Locked, bs, target *blockdev.Node, a *backupArgs) 
 	}
 	var onSrc, onTgt OnError = OnErrorReport, OnErrorReport
 	if a.OnSourceError != nil {
-		onSrc = *a.OnSourceError
+		onSrc = OnError(*a.OnSourceError)
 	}
 	if a.OnTargetError != nil {
-		onTgt = *a.OnTargetError
+		onTgt = OnError(*a.OnTargetError)
 	}
 	spec = BlockSpec{
 		Spec: Spec{ID: id, Type: "backup", ManualFinalize: manFin, ManualDismiss: manDis,
@@ -427,8 +404,8 @@ func (bj *backupJob) run(ctx context.Context, j *Job) error {
 // source's format unless format says otherwise, backed by the source's
 // backing file for sync top and by the source itself for sync none. The
 // returned function drops the caller's hold on it.
-func openDriveBackupTarget(ctx context.Context, lk *blockdev.Locked, bs *blockdev.Node, a *backupArgs) (*blockdev.Node, func(), error) {
-	existing := a.Mode != nil && *a.Mode == "existing"
+func openDriveBackupTarget(ctx context.Context, lk *blockdev.Locked, bs *blockdev.Node, a *qapi.DriveBackup) (*blockdev.Node, func(), error) {
+	existing := qapi.Deref(a.Mode) == qapi.NewImageModeExisting
 	format := ""
 	if a.Format != nil {
 		format = *a.Format
@@ -443,7 +420,7 @@ func openDriveBackupTarget(ctx context.Context, lk *blockdev.Locked, bs *blockde
 	switch a.Sync {
 	case "top":
 		if source = bs.SkipFilters().BackingNode(); source == nil {
-			a.Sync = "full"
+			a.Sync = qapi.MirrorSyncModeFull
 		}
 	case "none":
 		source, setBacking = bs, true

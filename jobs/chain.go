@@ -2,12 +2,12 @@ package jobs
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/qmp"
 )
 
@@ -16,19 +16,11 @@ import (
 
 // registerChainJobs installs block-commit and block-stream.
 func (m *Manager) registerChainJobs(d *qmp.Dispatcher, g *blockdev.Graph) {
-	d.Register("block-commit", func(ctx context.Context, raw json.RawMessage) (any, error) {
-		var a commitArgs
-		if err := json.Unmarshal(raw, &a); err != nil {
-			return nil, err
-		}
-		return nil, m.blockCommit(ctx, g, &a)
+	qmp.RegisterTyped(d, "block-commit", func(ctx context.Context, a *qapi.BlockCommitArgs) (any, error) {
+		return nil, m.blockCommit(ctx, g, a)
 	})
-	d.Register("block-stream", func(ctx context.Context, raw json.RawMessage) (any, error) {
-		var a streamArgs
-		if err := json.Unmarshal(raw, &a); err != nil {
-			return nil, err
-		}
-		return nil, m.blockStream(ctx, g, &a)
+	qmp.RegisterTyped(d, "block-stream", func(ctx context.Context, a *qapi.BlockStreamArgs) (any, error) {
+		return nil, m.blockStream(ctx, g, a)
 	})
 }
 

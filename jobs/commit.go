@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/qmp"
 )
 
@@ -21,22 +22,6 @@ import (
 // layers, so the job can forbid everyone else consistent reads of them
 // (their content is not consistent any more once base has been written).
 
-// commitArgs are block-commit's arguments.
-type commitArgs struct {
-	JobID          *string `json:"job-id"`
-	Device         string  `json:"device"`
-	BaseNode       *string `json:"base-node"`
-	Base           *string `json:"base"`
-	TopNode        *string `json:"top-node"`
-	Top            *string `json:"top"`
-	BackingFile    *string `json:"backing-file"`
-	Speed          int64   `json:"speed"`
-	OnError        OnError `json:"on-error"`
-	FilterNodeName *string `json:"filter-node-name"`
-	AutoFinalize   *bool   `json:"auto-finalize"`
-	AutoDismiss    *bool   `json:"auto-dismiss"`
-}
-
 // commitPlan is what block-commit's checks resolved.
 type commitPlan struct {
 	bs, top, base *blockdev.Node
@@ -44,7 +29,7 @@ type commitPlan struct {
 }
 
 // resolveCommit is qmp_block_commit's checks, in QEMU's order.
-func resolveCommit(lk *blockdev.Locked, a *commitArgs) (*commitPlan, error) {
+func resolveCommit(lk *blockdev.Locked, a *qapi.BlockCommitArgs) (*commitPlan, error) {
 	bs := lk.Lookup(a.Device)
 	if bs == nil {
 		// libvirt probes for block-commit with this error class.
@@ -131,7 +116,7 @@ func resolveCommit(lk *blockdev.Locked, a *commitArgs) (*commitPlan, error) {
 }
 
 // blockCommit checks block-commit's arguments and starts the job.
-func (m *Manager) blockCommit(ctx context.Context, g *blockdev.Graph, a *commitArgs) error {
+func (m *Manager) blockCommit(ctx context.Context, g *blockdev.Graph, a *qapi.BlockCommitArgs) error {
 	p, err := blockdev.WithLock(g, func(lk *blockdev.Locked) (*commitPlan, error) { return resolveCommit(lk, a) })
 	if err != nil {
 		return err
@@ -153,8 +138,8 @@ func (m *Manager) blockCommit(ctx context.Context, g *blockdev.Graph, a *commitA
 				Abort:   cj.abort,
 				Clean:   cj.clean,
 			}},
-		Speed:   a.Speed,
-		OnError: a.OnError,
+		Speed:   qapi.Deref(a.Speed),
+		OnError: OnError(qapi.Deref(a.OnError)),
 		Undo:    func(lk *blockdev.Locked, _ *BlockJob) { cj.undo(ctx, lk) },
 		Setup: func(lk *blockdev.Locked, b *BlockJob) error {
 			// The graph may have changed since the checks: resolve again.

@@ -2,24 +2,18 @@ package jobs
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/qapi"
 )
 
 // blockdevCreate is blockdev-create: a job of type "create", finalised
 // automatically but dismissed by the client, as in QEMU, whose progress
 // goes from 0 to 1 of 1 when the driver's create function returns
 // (successful or not).
-func (m *Manager) blockdevCreate(ctx context.Context, g *blockdev.Graph, raw json.RawMessage) error {
-	var a struct {
-		JobID   string          `json:"job-id"`
-		Options json.RawMessage `json:"options"`
-	}
-	if err := json.Unmarshal(raw, &a); err != nil {
-		return err
-	}
+func (m *Manager) blockdevCreate(ctx context.Context, g *blockdev.Graph, a *qapi.BlockdevCreateArgs) error {
+	// The options stay generic: the driver reads its own.
 	opts, err := blockdev.DecodeOptions(a.Options)
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 
 	"github.com/qbmond/qbmond/bitmap"
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/qapi"
 )
 
 // Active commit: block-commit whose top is the active layer, a mirror of
@@ -69,7 +70,7 @@ type stopper interface {
 	Stop()
 }
 
-func (m *Manager) startActiveCommit(ctx context.Context, g *blockdev.Graph, a *commitArgs, id string, manFin, manDis bool) error {
+func (m *Manager) startActiveCommit(ctx context.Context, g *blockdev.Graph, a *qapi.BlockCommitArgs, id string, manFin, manDis bool) error {
 	mj := &mirrorJob{wake: make(chan struct{}, 1), filterName: a.FilterNodeName}
 	mj.cond = sync.NewCond(&mj.mu)
 	_, err := m.StartBlock(ctx, g, BlockSpec{
@@ -86,8 +87,8 @@ func (m *Manager) startActiveCommit(ctx context.Context, g *blockdev.Graph, a *c
 					return force || (st != StatusReady && st != StatusStandby)
 				},
 			}},
-		Speed:   a.Speed,
-		OnError: a.OnError,
+		Speed:   qapi.Deref(a.Speed),
+		OnError: OnError(qapi.Deref(a.OnError)),
 		Before: func(lk *blockdev.Locked, b *BlockJob) error {
 			p, err := resolveCommit(lk, a)
 			if err != nil {

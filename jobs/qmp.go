@@ -5,44 +5,38 @@ import (
 	"encoding/json"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/qmp"
 )
 
 // RegisterCommands installs the job-* commands, query-jobs and
 // blockdev-create (whose jobs create images in g).
 func (m *Manager) RegisterCommands(d *qmp.Dispatcher, g *blockdev.Graph) {
-	byID := func(f func(id string) error) qmp.Handler {
-		return func(_ context.Context, raw json.RawMessage) (any, error) {
-			var a struct {
-				ID string `json:"id"`
-			}
-			if err := json.Unmarshal(raw, &a); err != nil {
-				return nil, err
-			}
-			return nil, f(a.ID)
-		}
-	}
-	d.Register("job-pause", byID(m.Pause))
-	d.Register("job-resume", byID(m.Resume))
-	d.Register("job-cancel", func(ctx context.Context, raw json.RawMessage) (any, error) {
-		var a struct {
-			ID string `json:"id"`
-		}
-		if err := json.Unmarshal(raw, &a); err != nil {
-			return nil, err
-		}
+	qmp.RegisterTyped(d, "job-pause", func(_ context.Context, a *qapi.JobPauseArgs) (any, error) {
+		return nil, m.Pause(a.ID)
+	})
+	qmp.RegisterTyped(d, "job-resume", func(_ context.Context, a *qapi.JobResumeArgs) (any, error) {
+		return nil, m.Resume(a.ID)
+	})
+	qmp.RegisterTyped(d, "job-cancel", func(ctx context.Context, a *qapi.JobCancelArgs) (any, error) {
 		return nil, m.CancelAfterReply(ctx, a.ID, true)
 	})
-	d.Register("job-complete", byID(m.Complete))
-	d.Register("job-finalize", byID(m.Finalize))
-	d.Register("job-dismiss", byID(m.Dismiss))
+	qmp.RegisterTyped(d, "job-complete", func(_ context.Context, a *qapi.JobCompleteArgs) (any, error) {
+		return nil, m.Complete(a.ID)
+	})
+	qmp.RegisterTyped(d, "job-finalize", func(_ context.Context, a *qapi.JobFinalizeArgs) (any, error) {
+		return nil, m.Finalize(a.ID)
+	})
+	qmp.RegisterTyped(d, "job-dismiss", func(_ context.Context, a *qapi.JobDismissArgs) (any, error) {
+		return nil, m.Dismiss(a.ID)
+	})
 	d.Register("query-jobs", func(context.Context, json.RawMessage) (any, error) {
 		return m.Query(), nil
 	})
 	m.registerBlockJobCommands(d)
 	m.registerChainJobs(d, g)
 	m.registerTransaction(d, g)
-	d.Register("blockdev-create", func(ctx context.Context, raw json.RawMessage) (any, error) {
-		return nil, m.blockdevCreate(ctx, g, raw)
+	qmp.RegisterTyped(d, "blockdev-create", func(ctx context.Context, a *qapi.BlockdevCreateArgs) (any, error) {
+		return nil, m.blockdevCreate(ctx, g, a)
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/qapi"
 )
 
 // block-stream copies into the active layer what the layers below it, down
@@ -19,26 +20,11 @@ import (
 // serialised with guest writes (see blockdev.CopyOnRead), so a write is
 // never overwritten by the older data a copy fetched.
 
-// streamArgs are block-stream's arguments.
-type streamArgs struct {
-	JobID          *string `json:"job-id"`
-	Device         string  `json:"device"`
-	Base           *string `json:"base"`
-	BaseNode       *string `json:"base-node"`
-	BackingFile    *string `json:"backing-file"`
-	Bottom         *string `json:"bottom"`
-	Speed          int64   `json:"speed"`
-	OnError        OnError `json:"on-error"`
-	FilterNodeName *string `json:"filter-node-name"`
-	AutoFinalize   *bool   `json:"auto-finalize"`
-	AutoDismiss    *bool   `json:"auto-dismiss"`
-}
-
 // streamPlan is what block-stream's checks resolved.
 type streamPlan struct{ bs, base, bottom *blockdev.Node }
 
 // resolveStream is qmp_block_stream's checks, in QEMU's order.
-func resolveStream(lk *blockdev.Locked, a *streamArgs) (*streamPlan, error) {
+func resolveStream(lk *blockdev.Locked, a *qapi.BlockStreamArgs) (*streamPlan, error) {
 	switch {
 	case a.Base != nil && a.BaseNode != nil:
 		return nil, errors.New("'base' and 'base-node' cannot be specified at the same time")
@@ -93,7 +79,7 @@ func resolveStream(lk *blockdev.Locked, a *streamArgs) (*streamPlan, error) {
 	return p, nil
 }
 
-func (m *Manager) blockStream(ctx context.Context, g *blockdev.Graph, a *streamArgs) error {
+func (m *Manager) blockStream(ctx context.Context, g *blockdev.Graph, a *qapi.BlockStreamArgs) error {
 	err := g.Do(func(lk *blockdev.Locked) error {
 		_, err := resolveStream(lk, a)
 		return err
@@ -111,8 +97,8 @@ func (m *Manager) blockStream(ctx context.Context, g *blockdev.Graph, a *streamA
 		Spec: Spec{ID: id, Type: "stream", ManualFinalize: manFin, ManualDismiss: manDis,
 			Run:   sj.run,
 			Hooks: Hooks{Prepare: sj.prepare, Clean: sj.clean}},
-		Speed:   a.Speed,
-		OnError: a.OnError,
+		Speed:   qapi.Deref(a.Speed),
+		OnError: OnError(qapi.Deref(a.OnError)),
 		Before: func(lk *blockdev.Locked, b *BlockJob) error {
 			p, err := resolveStream(lk, a)
 			if err != nil {

@@ -2,10 +2,10 @@ package jobs
 
 import (
 	"context"
-	"encoding/json"
 	"time"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/qmp"
 )
 
@@ -18,38 +18,22 @@ import (
 // of one action, as in QEMU. The control lock, then the graph lock, are
 // held while the actions prepare and commit.
 
-type txRequest struct {
-	Actions []struct {
-		Type string          `json:"type"`
-		Data json.RawMessage `json:"data"`
-	} `json:"actions"`
-	Properties struct {
-		CompletionMode string `json:"completion-mode"`
-	} `json:"properties"`
-}
-
 func (m *Manager) registerTransaction(d *qmp.Dispatcher, g *blockdev.Graph) {
-	d.Register("transaction", func(ctx context.Context, raw json.RawMessage) (any, error) {
-		var a txRequest
-		if err := json.Unmarshal(raw, &a); err != nil {
-			return nil, qmp.Errorf("%v", err)
-		}
-		return nil, m.transaction(ctx, g, &a)
+	qmp.RegisterTyped(d, "transaction", func(ctx context.Context, a *qapi.TransactionArgs) (any, error) {
+		grouped := a.Properties != nil && qapi.Deref(a.Properties.CompletionMode) == qapi.ActionCompletionModeGrouped
+		return nil, m.transaction(ctx, g, a.Actions, grouped)
 	})
-	for _, name := range []string{"blockdev-backup", "drive-backup"} {
-		d.Register(name, func(ctx context.Context, raw json.RawMessage) (any, error) {
-			var a txRequest
-			a.Actions = append(a.Actions, struct {
-				Type string          `json:"type"`
-				Data json.RawMessage `json:"data"`
-			}{name, raw})
-			return nil, m.transaction(ctx, g, &a)
-		})
-	}
+	qmp.RegisterTyped(d, "blockdev-backup", func(ctx context.Context, a *qapi.BlockdevBackup) (any, error) {
+		return nil, m.transaction(ctx, g, []qapi.TransactionAction{{Type: qapi.TransactionActionKindBlockdevBackup,
+			BlockdevBackup: &qapi.BlockdevBackupWrapper{Data: *a}}}, false)
+	})
+	qmp.RegisterTyped(d, "drive-backup", func(ctx context.Context, a *qapi.DriveBackup) (any, error) {
+		return nil, m.transaction(ctx, g, []qapi.TransactionAction{{Type: qapi.TransactionActionKindDriveBackup,
+			DriveBackup: &qapi.DriveBackupWrapper{Data: *a}}}, false)
+	})
 }
 
-func (m *Manager) transaction(ctx context.Context, g *blockdev.Graph, a *txRequest) error {
-	grouped := a.Properties.CompletionMode == "grouped"
+func (m *Manager) transaction(ctx context.Context, g *blockdev.Graph, actions []qapi.TransactionAction, grouped bool) error {
 	var txn *Txn
 	if grouped {
 		txn = NewTxn()
@@ -71,16 +55,17 @@ func (m *Manager) transaction(ctx context.Context, g *blockdev.Graph, a *txReque
 			}
 			return err
 		}
-		for _, act := range a.Actions {
+		for i := range actions {
+			act := &actions[i]
 			switch act.Type {
-			case "blockdev-backup", "drive-backup":
-				s, err := m.prepareBackupLocked(ctx, lk, act.Type, act.Data, txn)
+			case qapi.TransactionActionKindBlockdevBackup, qapi.TransactionActionKindDriveBackup:
+				s, err := m.prepareBackupLocked(ctx, lk, act, txn)
 				if err != nil {
 					return fail(err)
 				}
 				steps = append(steps, s)
 			default:
-				t, err := lk.PrepareTxAction(ctx, act.Type, act.Data, grouped)
+				t, err := lk.PrepareTxAction(ctx, act, grouped)
 				if err != nil {
 					return fail(err)
 				}

@@ -3,6 +3,8 @@ package qmp
 import (
 	"context"
 	"encoding/json"
+
+	"github.com/qbmond/qbmond/qapi"
 )
 
 // VersionInfo is what the greeting and query-version report: the QEMU
@@ -73,15 +75,13 @@ func RegisterCore(d *Dispatcher, v VersionInfo, quit func()) {
 // still deliver events, and only then sends the reply to quit, so that
 // the reply is the last thing the quitting client reads.
 func RegisterCoreStop(d *Dispatcher, v VersionInfo, stop, quit func()) {
-	d.Register("qmp_capabilities", func(ctx context.Context, args json.RawMessage) (any, error) {
-		var a struct {
-			Enable []string `json:"enable"`
-		}
-		if err := json.Unmarshal(args, &a); err != nil {
-			return nil, err
-		}
+	RegisterTyped(d, "qmp_capabilities", func(ctx context.Context, a *qapi.QmpCapabilitiesArgs) (any, error) {
 		if n, ok := ctx.Value(negotiatorKey{}).(negotiator); ok {
-			if err := n.negotiate(a.Enable); err != nil {
+			enable := make([]string, len(a.Enable))
+			for i, c := range a.Enable {
+				enable[i] = string(c)
+			}
+			if err := n.negotiate(enable); err != nil {
 				return nil, err
 			}
 		}

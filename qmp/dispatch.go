@@ -61,6 +61,7 @@ type Dispatcher struct {
 
 	mu       sync.RWMutex
 	handlers map[string]Handler
+	typed    map[string]bool // registered with RegisterTyped
 	subs     map[*subscriber]struct{}
 }
 
@@ -74,6 +75,7 @@ func NewDispatcher(s Schema, log zerolog.Logger) *Dispatcher {
 		schema:   s,
 		log:      log,
 		handlers: map[string]Handler{},
+		typed:    map[string]bool{},
 		subs:     map[*subscriber]struct{}{},
 	}
 }

@@ -43,6 +43,7 @@ type Schema struct {
 	arrays   map[*typ]*typ
 	entities map[string]*command // commands and events by name
 	order    []*command          // commands and events in definition order
+	named    []*typ              // named types in definition order (GoTypes)
 	empty    *typ                // q_empty
 }
 
@@ -258,6 +259,7 @@ func load(fsys fs.FS, root string) (*Schema, error) {
 			continue
 		}
 		s.types[d.name] = &typ{name: d.name, kind: k, raw: d, pos: d.pos}
+		s.named = append(s.named, s.types[d.name])
 	}
 	// Second pass: resolve the bodies.
 	for _, d := range defs {
@@ -552,6 +554,9 @@ func (l *loader) resolveStruct(t *typ, d *rawDef) error {
 		}
 		if base.tag != nil {
 			return l.errorf(d.pos, "struct %s: base '%s' is a union", t.name, base.name)
+		}
+		if !base.implicit {
+			t.base = base
 		}
 	}
 	raw, ok := d.fields["data"]

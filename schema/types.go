@@ -72,6 +72,7 @@ type typ struct {
 	// object: members holds the base's members first, then the type's own.
 	members     []*member
 	memberIndex map[string]*member
+	base        *typ    // a struct's named base (GoTypes embeds it)
 	tag         *member // unions only
 	variants    []variant
 	variantMap  map[string]*typ // case → variant type; nil type for empty cases

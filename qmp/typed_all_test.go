@@ -1,0 +1,36 @@
+package qmp_test
+
+import (
+	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/exports"
+	"github.com/qbmond/qbmond/jobs"
+	"github.com/qbmond/qbmond/qapi"
+	"github.com/qbmond/qbmond/qmp"
+	"github.com/qbmond/qbmond/schema"
+)
+
+// TestEveryCommandTyped: with every package's commands registered as the
+// daemon registers them, each command that takes arguments has a typed
+// handler, so what a handler reads is the schema's generated type.
+func TestEveryCommandTyped(t *testing.T) {
+	s, err := schema.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := qmp.NewDispatcher(s, zerolog.Nop())
+	qmp.RegisterCore(d, qmp.VersionInfo{Major: 7, Minor: 2}, func() {})
+	schema.RegisterCommands(d, s)
+	g := blockdev.NewGraph(zerolog.Nop())
+	blockdev.RegisterCommands(d, g)
+	exports.New(g, d, zerolog.Nop()).RegisterCommands()
+	jobs.New(d, zerolog.Nop()).RegisterCommands(d, g)
+	for _, c := range d.Commands() {
+		if _, none := qapi.CommandArgs[c]().(*qapi.Empty); !none && !d.Typed(c) {
+			t.Errorf("%s takes arguments but its handler is not registered with qmp.RegisterTyped", c)
+		}
+	}
+}
