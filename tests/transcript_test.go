@@ -41,8 +41,11 @@ import (
 //	qmp defer        as qmp, but events are kept back for the next events
 //	                 directive (replies still show): where a job's events
 //	                 come while later commands run, which depends on timing
-//	events [conn=NAME]
-//	                 output the events kept back and those arrived since
+//	events [conn=NAME] [count=N]
+//	                 output the events kept back and those arrived since;
+//	                 with count, first wait (up to a minute) until N events
+//	                 have come: a job's events arrive when it gets there,
+//	                 which a fixed sleep cannot promise on a loaded machine
 //
 // Any directive can carry only=qbmond or only=qsd to run against one daemon
 // alone; use it where qbmond goes further than QSD or differs on purpose, and
@@ -66,8 +69,10 @@ type transcript struct {
 	conns map[string]*client
 	norm  *normalizer
 	sync  int
-	// deferred holds the rendered events a "qmp defer" kept back.
-	deferred string
+	// deferred holds the rendered events a "qmp defer" kept back, and
+	// deferredN counts them.
+	deferred  string
+	deferredN int
 }
 
 func (s *transcript) run(t *testing.T, td *datadriven.TestData) string {
@@ -121,18 +126,37 @@ func (s *transcript) run(t *testing.T, td *datadriven.TestData) string {
 		}
 		c.send(in + `{"execute": "query-version", "id": "` + id + `"}` + "\n")
 		var out strings.Builder
+		events := 0
 		if td.Cmd == "events" {
 			out.WriteString(s.deferred)
-			s.deferred = ""
+			events = s.deferredN
+			s.deferred, s.deferredN = "", 0
 		}
+		want := 0
+		if td.HasArg("count") {
+			td.ScanArgs(t, "count", &want)
+		}
+		deadline := time.Now().Add(time.Minute)
 		for {
 			v := c.readAny()
 			if v["id"] == id {
-				break
+				if events >= want || time.Now().After(deadline) {
+					break
+				}
+				// Not all there yet: ask again in a moment.
+				time.Sleep(20 * time.Millisecond)
+				s.sync++
+				id = fmt.Sprintf("sync-%d", s.sync)
+				c.send(`{"execute": "query-version", "id": "` + id + `"}` + "\n")
+				continue
 			}
 			if _, ev := v["event"]; ev && td.HasArg("defer") {
 				s.deferred += s.norm.render(v)
+				s.deferredN++
 				continue
+			}
+			if _, ev := v["event"]; ev {
+				events++
 			}
 			out.WriteString(s.norm.render(v))
 		}
