@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/drivers/drivertest"
 )
 
 // testcow is a copy-on-write format for the tests: it allocates 4 KiB
@@ -114,7 +115,7 @@ func TestBackingStatusAbove(t *testing.T) {
 		"backing": "base"}); err != nil {
 		t.Fatal(err)
 	}
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	base, top := lk.Lookup("base"), lk.Lookup("top")
 	bc, err := lk.AttachRoot(base, "test", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
 	if err != nil {
@@ -148,7 +149,7 @@ func TestBackingStatusAbove(t *testing.T) {
 			t.Errorf("at %d: %+v depth %d %v, want %+v", w.off, st, depth, err, w)
 		}
 	}
-	lk, unlock = lockGraph(g)
+	lk, unlock = drivertest.Lock(g)
 	info := top.Info(ctx, lk, false)
 	lk.DetachRoot(bc)
 	lk.DetachRoot(tc)
@@ -177,7 +178,7 @@ func TestBackingFromHeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	top := lk.Lookup("top")
 	info := top.Info(context.Background(), lk, false)
 	var backingRO bool

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/drivers/drivertest"
 )
 
 // Bitmaps record writes that run concurrently with bitmap commands, and
@@ -15,7 +16,7 @@ func TestDirtyBitmapsUnderIO(t *testing.T) {
 	g := newGraph(t)
 	mustAdd(t, g, blockdev.Options{"driver": "testmem", "node-name": "m", "size": int64(1 << 20), "align": int64(1)})
 	mustAdd(t, g, blockdev.Options{"driver": "testmem", "node-name": "other", "size": int64(2 << 20), "align": int64(1)})
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	n := lk.Lookup("m")
 	a, err := n.AddDirtyBitmap(lk, "a", blockdev.BitmapOptions{Granularity: 4096})
 	if err != nil {
@@ -44,7 +45,7 @@ func TestDirtyBitmapsUnderIO(t *testing.T) {
 		}(w)
 	}
 	for i := 0; i < 50; i++ {
-		_, unlock := lockGraph(g)
+		_, unlock := drivertest.Lock(g)
 		if err := b.MergeInto(lk, []*blockdev.DirtyBitmap{a}); err != nil {
 			t.Error(err)
 		}
@@ -63,7 +64,7 @@ func TestDirtyBitmapsUnderIO(t *testing.T) {
 			t.Errorf("b holds more than a could give: %d vs %d", b.Bits().Count(), a.Bits().Count())
 		}
 	}
-	lk, unlock = lockGraph(g)
+	lk, unlock = drivertest.Lock(g)
 	defer func() { unlock() }()
 	if err := b.MergeInto(lk, []*blockdev.DirtyBitmap{o}); err == nil ||
 		err.Error() != "Bitmaps are of different sizes (destination size is 1048576, source size is 2097152) and can't be merged" {

@@ -75,7 +75,7 @@ func layer(name string, backing any, extra ...any) blockdev.Options {
 // edge of node.
 func fillBlock(t *testing.T, g *blockdev.Graph, node string, blk int64, b byte) {
 	t.Helper()
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	c, err := lk.AttachRoot(lk.Lookup(node), "test", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
 	unlock()
 	if err != nil {
@@ -84,13 +84,13 @@ func fillBlock(t *testing.T, g *blockdev.Graph, node string, blk int64, b byte) 
 	if err := c.Write(context.Background(), blk*cowBlock, bytes.Repeat([]byte{b}, cowBlock), 0); err != nil {
 		t.Fatal(err)
 	}
-	lk, unlock = lockGraph(g)
+	lk, unlock = drivertest.Lock(g)
 	lk.DetachRoot(c)
 	unlock()
 }
 
 func chain(g *blockdev.Graph) []string {
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	defer func() { unlock() }()
 	var out []string
 	for n := lk.Lookup("active"); n != nil; n = n.BackingNode() {
@@ -240,7 +240,7 @@ func TestDropIntermediateErrorsChangeNothing(t *testing.T) {
 		}
 		return nil
 	})
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	c := lk.Lookup("active")
 	unlock()
 	if c.Driver().(*chaincow).changes != 0 {
@@ -277,7 +277,7 @@ func TestSetBackingAndCycles(t *testing.T) {
 func TestBlockers(t *testing.T) {
 	g := newGraph(t)
 	mustAdd(t, g, layer("n", nil))
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	n := lk.Lookup("n")
 	r1 := n.AddBlocker(lk, errors.New("first"))
 	r2 := n.AddBlocker(lk, errors.New("second"))
@@ -304,7 +304,7 @@ func TestChainChangesUnderIO(t *testing.T) {
 		fillBlock(t, g, "base", blk, byte(blk+1))
 		fillBlock(t, g, "copy", blk, byte(blk+1))
 	}
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	root, err := lk.AttachRoot(lk.Lookup("active"), "block device 'io'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
 	unlock()
 	if err != nil {
@@ -379,7 +379,7 @@ func TestDrainOverlapParentAfterChild(t *testing.T) {
 	ctx := context.Background()
 	mustAdd(t, g, layer("base", nil))
 	mustAdd(t, g, layer("active", "base"))
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	root, _ := lk.AttachRoot(lk.Lookup("active"), "block device 'io'", blockdev.PermConsistentRead, blockdev.PermAll)
 	unlock()
 	var wg sync.WaitGroup
@@ -404,7 +404,7 @@ func TestDrainOverlapParentAfterChild(t *testing.T) {
 	go func() {
 		defer close(done)
 		for range 200 {
-			lk, unlock := lockGraph(g)
+			lk, unlock := drivertest.Lock(g)
 			u1 := lk.Drain(lk.Lookup("base"))
 			u2 := lk.Drain(lk.Lookup("active"), lk.Lookup("base"))
 			u2()
@@ -428,7 +428,7 @@ func TestReplaceNode(t *testing.T) {
 	mustAdd(t, g, layer("top", "base"))
 	fillBlock(t, g, "base", 0, 0xbb)
 	fillBlock(t, g, "top", 0, 0x77)
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	r1, _ := lk.AttachRoot(lk.Lookup("top"), "export 'a'", blockdev.PermConsistentRead, blockdev.PermAll)
 	r2, _ := lk.AttachRoot(lk.Lookup("top"), "export 'b'", blockdev.PermConsistentRead, blockdev.PermAll)
 	unlock()
@@ -437,7 +437,7 @@ func TestReplaceNode(t *testing.T) {
 		t.Fatalf("before: %v %x", err, buf[0])
 	}
 	// A conflict leaves everything as it was.
-	lk, unlock = lockGraph(g)
+	lk, unlock = drivertest.Lock(g)
 	x, err := lk.AttachRoot(lk.Lookup("base"), "block device 'x'", 0, blockdev.PermConsistentRead|blockdev.PermWriteUnchanged|blockdev.PermResize|blockdev.PermWrite)
 	if err != nil {
 		t.Fatal(err)
@@ -448,7 +448,7 @@ func TestReplaceNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	unlock()
-	lk, unlock = lockGraph(g)
+	lk, unlock = drivertest.Lock(g)
 	err = lk.ReplaceNode(ctx, lk.Lookup("top"), lk.Lookup("base"), r2)
 	unlock()
 	if err != nil {
@@ -460,7 +460,7 @@ func TestReplaceNode(t *testing.T) {
 	if err := r2.Read(ctx, 0, buf); err != nil || buf[0] != 0x77 {
 		t.Errorf("kept edge reads %v %x", err, buf[0])
 	}
-	lk, unlock = lockGraph(g)
+	lk, unlock = drivertest.Lock(g)
 	if r1.Node().Name() != "base" || r2.Node().Name() != "top" {
 		t.Errorf("edges on %s %s", r1.Node().Name(), r2.Node().Name())
 	}
@@ -473,7 +473,7 @@ func TestReplaceNode(t *testing.T) {
 	if err == nil {
 		t.Fatal("conflicting replace succeeded")
 	}
-	lk, unlock = lockGraph(g)
+	lk, unlock = drivertest.Lock(g)
 	if w.Node().Name() != "top" || r2.Node().Name() != "top" || len(lk.Lookup("top").Parents()) != 2 {
 		t.Error("failed replace changed edges")
 	}
@@ -486,7 +486,7 @@ func TestSetReadOnlyReopensFile(t *testing.T) {
 	img := drivertest.Image(t, 1<<20)
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "disk", "read-only": true,
 		"file": map[string]any{"driver": "file", "filename": img}})
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	defer func() { unlock() }()
 	disk := lk.Lookup("disk")
 	file := disk.Children()[0].Node()
@@ -505,7 +505,7 @@ func TestSetReadOnlyReopensFile(t *testing.T) {
 	}
 	unlock()
 	werr := w.Write(ctx, 0, bytes.Repeat([]byte{0x5a}, 512), 0)
-	lk, unlock = lockGraph(g)
+	lk, unlock = drivertest.Lock(g)
 	if werr != nil {
 		t.Fatal(werr)
 	}
@@ -556,7 +556,7 @@ func TestSetReadOnlyKeepsImageLocks(t *testing.T) {
 			return err
 		})
 	}
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	if err := lk.SetReadOnly(ctx, lk.Lookup("disk"), false); err != nil {
 		t.Fatal(err)
 	}
@@ -566,7 +566,7 @@ func TestSetReadOnlyKeepsImageLocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantErr(t, tryWrite(), `Failed to get "write" lock`)
-	lk, unlock = lockGraph(g)
+	lk, unlock = drivertest.Lock(g)
 	lk.DetachRoot(w)
 	err = lk.SetReadOnly(ctx, lk.Lookup("disk"), true)
 	unlock()

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/drivers/drivertest"
 	_ "github.com/qbmond/qbmond/drivers/filter"
 )
 
@@ -44,7 +45,7 @@ func TestAppendAndRemoveFilter(t *testing.T) {
 	if root.Node() != f {
 		t.Fatalf("the root edge is on %s, not on the filter", root.Node().Name())
 	}
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	if f.Filename() != active.Filename() || f.FilterOrCOW() != active || !blockdev.InChain(lk, f, lk.Lookup("base")) ||
 		blockdev.FindOverlay(lk, f, active) != f || f.SkipFilters() != active {
 		t.Errorf("filter %s: file %q (active %q), next %v", f.Name(), f.Filename(), active.Filename(), f.FilterOrCOW())
@@ -73,7 +74,7 @@ func TestAppendAndRemoveFilter(t *testing.T) {
 	if root.Node() != active {
 		t.Fatalf("the root edge is on %s after the removal", root.Node().Name())
 	}
-	lk, unlock = lockGraph(g)
+	lk, unlock = drivertest.Lock(g)
 	defer func() { unlock() }()
 	if lk.Lookup(f.Name()) != nil {
 		t.Errorf("the filter %s is still in the graph", f.Name())
@@ -86,7 +87,7 @@ func TestAppendAndRemoveFilter(t *testing.T) {
 func TestCopyOnReadFilter(t *testing.T) {
 	g, active, root := twoLayers(t)
 	ctx := context.Background()
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	if _, err := active.AddDirtyBitmap(lk, "b0", blockdev.BitmapOptions{Granularity: 4096}); err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +121,7 @@ func TestCopyOnReadFilter(t *testing.T) {
 	if b := active.DirtyBitmap("b0"); b == nil || b.Bits().Count() != 0 {
 		t.Errorf("the copies marked the bitmap: %v", b)
 	}
-	lk, unlock = lockGraph(g)
+	lk, unlock = drivertest.Lock(g)
 	defer func() { unlock() }()
 	if err := lk.RemoveFilter(ctx, f); err != nil {
 		t.Fatal(err)
@@ -139,7 +140,7 @@ func TestCopyOnReadRacingWrites(t *testing.T) {
 func copyOnReadRacingWrites(t *testing.T) {
 	g, active, root := twoLayers(t)
 	ctx := context.Background()
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	f, err := lk.AppendFilter(ctx, active, blockdev.Options{"driver": "copy-on-read", "file": "active"})
 	unlock()
 	if err != nil {
@@ -187,7 +188,7 @@ func copyOnReadRacingWrites(t *testing.T) {
 			t.Errorf("block %d reads %x, its last write was %x", blk, p[0], final[blk])
 		}
 	}
-	lk, unlock = lockGraph(g)
+	lk, unlock = drivertest.Lock(g)
 	defer func() { unlock() }()
 	if err := lk.RemoveFilter(ctx, f); err != nil {
 		t.Fatal(err)

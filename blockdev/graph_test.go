@@ -56,20 +56,20 @@ func newGraph(t testing.TB) *blockdev.Graph {
 
 // add runs blockdev-add under the graph lock.
 func add(g *blockdev.Graph, o blockdev.Options) error {
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	defer unlock()
 	_, err := lk.Add(context.Background(), o)
 	return err
 }
 
 func del(g *blockdev.Graph, name string) error {
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	defer unlock()
 	return lk.Delete(context.Background(), name)
 }
 
 func names(g *blockdev.Graph) []string {
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	defer unlock()
 	var out []string
 	for _, n := range lk.Nodes() {
@@ -136,7 +136,7 @@ func TestAutoNames(t *testing.T) {
 	for i := range 150 {
 		name := "r" + string(rune('a'+i%26)) + strings.Repeat("x", i/26)
 		mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": name, "file": map[string]any{"driver": "file", "filename": img}})
-		lk, unlock := lockGraph(g)
+		lk, unlock := drivertest.Lock(g)
 		f := lk.Lookup(name).Child("file").Node().Name()
 		unlock()
 		if !auto.MatchString(f) {
@@ -191,7 +191,7 @@ func TestImplicitChildSharedByReference(t *testing.T) {
 	g := newGraph(t)
 	img := drivertest.Image(t, 1<<20)
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "a", "file": map[string]any{"driver": "file", "filename": img}})
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	auto := lk.Lookup("a").Child("file").Node().Name()
 	unlock()
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "b", "file": auto})
@@ -227,7 +227,7 @@ func TestAtomicTree(t *testing.T) {
 	if got := strings.Join(names(g), ","); got != "shared" {
 		t.Fatalf("left behind: %s", got)
 	}
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	parents := len(lk.Lookup("shared").Parents())
 	unlock()
 	if parents != 0 {
@@ -250,7 +250,7 @@ func TestPermissionConflicts(t *testing.T) {
 		"Permission conflict on node 'f': permissions 'resize' are both required by node 'q1' (uses node 'f' as 'file' child) and unshared by node 'r1' (uses node 'f' as 'file' child).")
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "r2", "file": "f", "read-only": true})
 
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	defer unlock()
 	f := lk.Lookup("f")
 	var got []string
@@ -284,7 +284,7 @@ func TestPermissionPropagationConflict(t *testing.T) {
 	img := drivertest.Image(t, 1<<20)
 	mustAdd(t, g, blockdev.Options{"driver": "file", "node-name": "f", "filename": img})
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "r", "file": "f"})
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	defer unlock()
 	w, err := lk.AttachRoot(lk.Lookup("f"), "block device 'w'", blockdev.PermWrite, blockdev.PermAll)
 	if err != nil {
@@ -306,7 +306,7 @@ func TestIOUnderGraphChanges(t *testing.T) {
 	g := newGraph(t)
 	img := drivertest.Image(t, 4<<20)
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "disk", "file": map[string]any{"driver": "file", "filename": img}})
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	c, err := lk.AttachRoot(lk.Lookup("disk"), "block device 'io'", blockdev.PermConsistentRead|blockdev.PermWrite, blockdev.PermAll)
 	unlock()
 	if err != nil {
@@ -339,7 +339,7 @@ func TestIOUnderGraphChanges(t *testing.T) {
 	for i := range 200 {
 		name := "n" + strings.Repeat("x", i%20) + string(rune('a'+i%26))
 		_ = add(g, blockdev.Options{"driver": "raw", "node-name": name, "file": "disk"})
-		lk, unlock := lockGraph(g)
+		lk, unlock := drivertest.Lock(g)
 		lk.QueryNamedBlockNodes(ctx, false)
 		lk.QueryBlockGraph()
 		unlock()
@@ -353,7 +353,7 @@ func TestCloseFlushesAndRefusesIO(t *testing.T) {
 	g := blockdev.NewGraph(zerolog.Nop())
 	img := drivertest.Image(t, 1<<20)
 	mustAdd(t, g, blockdev.Options{"driver": "raw", "node-name": "disk", "file": map[string]any{"driver": "file", "filename": img}})
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	c, err := lk.AttachRoot(lk.Lookup("disk"), "block device 'io'", blockdev.PermWrite, blockdev.PermAll)
 	unlock()
 	if err != nil {

@@ -134,7 +134,7 @@ const rw = blockdev.PermConsistentRead | blockdev.PermWrite
 func openRoot(t *testing.T, g *blockdev.Graph, opts blockdev.Options, perm blockdev.Perm) (*blockdev.Node, *blockdev.Child) {
 	t.Helper()
 	mustAdd(t, g, opts)
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	defer unlock()
 	n := lk.Lookup(opts["node-name"].(string))
 	c, err := lk.AttachRoot(n, "block device 'test'", perm, blockdev.PermAll)
@@ -329,7 +329,7 @@ func TestStatsCountRootRequests(t *testing.T) {
 	g := newGraph(t)
 	raw, c := openRoot(t, g, blockdev.Options{"driver": "raw", "node-name": "disk", "discard": "unmap",
 		"file": map[string]any{"driver": "testmem", "node-name": "mem", "size": int64(1 << 20), "align": int64(512)}}, rw)
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	mem := lk.Lookup("mem")
 	unlock()
 	d := mem.Driver().(*memdrv)
@@ -428,7 +428,7 @@ func TestQueryBlockStatsLikeQSD(t *testing.T) {
 	// wr_highest_offset 1100 on both nodes. qbmond counts the root user's
 	// requests on the node it uses, on purpose; the file node below, which
 	// only its parent uses, matches QSD exactly.
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	c, err := lk.AttachRoot(lk.Lookup("disk"), "export 'e0'", rw, blockdev.PermAll)
 	unlock()
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/drivers/drivertest"
 )
 
 // limitdrv is memdrv with a transfer limit (option max-transfer) that
@@ -58,7 +59,7 @@ func TestTransferLimitSplitsAndIsInherited(t *testing.T) {
 	mustAdd(t, g, blockdev.Options{"driver": "testlimit", "node-name": "lim", "size": int64(256 << 10),
 		"align": int64(512), "max-transfer": int64(4096)})
 	top, root := openRoot(t, g, blockdev.Options{"driver": "copy-on-read", "node-name": "cor", "file": "lim"}, rw)
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	lim := lk.Lookup("lim")
 	unlock()
 	if lim.MaxTransfer() != 4096 || top.MaxTransfer() != 4096 {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/drivers/drivertest"
 )
 
 // TestWriteObserverSeesEveryWrite: each write, write-zeroes and discard
@@ -55,7 +56,7 @@ func TestWriteObserverGateAndMove(t *testing.T) {
 	g := newGraph(t)
 	mustAdd(t, g, blockdev.Options{"driver": "testmem", "node-name": "a", "size": int64(64 << 10)})
 	mustAdd(t, g, blockdev.Options{"driver": "testmem", "node-name": "b", "size": int64(64 << 10)})
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	a, b := lk.Lookup("a"), lk.Lookup("b")
 	c, err := lk.AttachRoot(a, "block device 'test'", rw, blockdev.PermAll)
 	unlock()
@@ -73,7 +74,7 @@ func TestWriteObserverGateAndMove(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- c.Write(context.Background(), 0, fill(4096, 7), 0) }()
 	<-waiting
-	lk, unlock = lockGraph(g)
+	lk, unlock = drivertest.Lock(g)
 	err = lk.ReplaceNode(context.Background(), a, b)
 	unlock()
 	if err != nil {

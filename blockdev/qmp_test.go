@@ -291,7 +291,7 @@ func TestReportCorruptionEvent(t *testing.T) {
 	if _, qerr := exec(t, d, "blockdev-add", `{"driver":"null-co","node-name":"n0"}`); qerr != nil {
 		t.Fatal(qerr)
 	}
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	n := lk.Lookup("n0")
 	n.ReportCorruption("L2 table offset 0x5 unaligned", 5, -1, true) // under the graph lock too
 	unlock()

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/drivers/drivertest"
 )
 
 // A root user (an export) keeps its node from blockdev-del with QEMU's
@@ -12,7 +13,7 @@ import (
 func TestRootUser(t *testing.T) {
 	g := newGraph(t)
 	mustAdd(t, g, blockdev.Options{"driver": "null-co", "node-name": "n0"})
-	lk, unlock := lockGraph(g)
+	lk, unlock := drivertest.Lock(g)
 	n := lk.Lookup("n0")
 	root, err := lk.AttachRoot(n, "block device 'e0'", blockdev.PermConsistentRead|blockdev.PermWrite,
 		blockdev.PermConsistentRead|blockdev.PermWrite|blockdev.PermWriteUnchanged)
@@ -22,7 +23,7 @@ func TestRootUser(t *testing.T) {
 	}
 	wantErr(t, del(g, "n0"), "Node n0 is in use")
 
-	lk, unlock = lockGraph(g)
+	lk, unlock = drivertest.Lock(g)
 	gr := lk.QueryBlockGraph()
 	unlock()
 	var backends int
@@ -44,7 +45,7 @@ func TestRootUser(t *testing.T) {
 		t.Errorf("%d block-backend nodes, want 1: %+v", backends, gr.Nodes)
 	}
 
-	lk, unlock = lockGraph(g)
+	lk, unlock = drivertest.Lock(g)
 	lk.DetachRoot(root)
 	unlock()
 	if err := del(g, "n0"); err != nil {
