@@ -67,3 +67,76 @@ func TestQcow2BitmapsInUseAtReopenRW(t *testing.T) {
 	})
 }
 
+// block-dirty-bitmap-merge across the nodes of a qcow2 chain: persistent
+// sources on the backing node (read-only), targets on the active one,
+// alone and in a transaction; counts and sha256 are QSD's, a merge into
+// the read-only backing node is refused with QSD's words, and the images
+// store what QSD stores (reloaded in QSD, the bitmaps are the same).
+func TestQcow2BitmapMergeAcrossChain(t *testing.T) {
+	var images []string
+	diffDaemons(t, func(k kind, dir string) string {
+		sh(t, dir, `qemu-img create -q -f qcow2 base.qcow2 64M
+qemu-img bitmap --add base.qcow2 s0
+qemu-io -f qcow2 -c 'write -P 0x11 0 1M' -c 'write -P 0x12 20M 64k' base.qcow2 >/dev/null
+qemu-img bitmap --add -g 4096 base.qcow2 s1
+qemu-io -f qcow2 -c 'write -P 0x13 40M 12k' base.qcow2 >/dev/null
+qemu-img bitmap --disable base.qcow2 s1
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
+qemu-img bitmap --add top.qcow2 t0
+qemu-io -f qcow2 -c 'write -P 0x21 8M 64k' top.qcow2 >/dev/null`)
+		var tr strings.Builder
+		d := startDaemon(t, k, dir)
+		c := d.connect()
+		addQcow2(t, c, dir, "top", "top.qcow2")
+		var base string
+		for _, n := range c.ok("query-named-block-nodes", map[string]any{"flat": true}).([]any) {
+			m := n.(map[string]any)
+			if m["drv"] == "qcow2" && m["node-name"] != "top" {
+				base = m["node-name"].(string)
+			}
+		}
+		uri := startNBD(t, c, dir, "top")
+		qemuIO(t, uri, []string{"write -P 0x31 30M 128k", "write -P 0x32 63M 4k"})
+		src := func(name string) any { return map[string]any{"node": base, "name": name} }
+		c.ok("block-dirty-bitmap-add", map[string]any{"node": "top", "name": "m0", "persistent": true, "granularity": 16384})
+		c.ok("block-dirty-bitmap-merge", map[string]any{"node": "top", "target": "m0", "bitmaps": []any{src("s0"), "t0"}})
+		fmt.Fprintf(&tr, "merge into base: %s\n", reply(c, "block-dirty-bitmap-merge", map[string]any{"node": base, "target": "s0", "bitmaps": []any{map[string]any{"node": "top", "name": "t0"}}}))
+		act := func(typ string, data map[string]any) any { return map[string]any{"type": typ, "data": data} }
+		c.ok("transaction", map[string]any{"actions": []any{
+			act("block-dirty-bitmap-add", map[string]any{"node": "top", "name": "m1", "persistent": true, "disabled": true}),
+			act("block-dirty-bitmap-merge", map[string]any{"node": "top", "target": "m1", "bitmaps": []any{src("s1"), src("s0")}}),
+			act("block-dirty-bitmap-clear", map[string]any{"node": "top", "name": "t0"}),
+			act("block-dirty-bitmap-merge", map[string]any{"node": "top", "target": "t0", "bitmaps": []any{src("s1")}}),
+		}})
+		// A transaction that fails leaves the targets as they were.
+		r := c.cmd("transaction", map[string]any{"actions": []any{
+			act("block-dirty-bitmap-merge", map[string]any{"node": "top", "target": "m0", "bitmaps": []any{src("s1")}}),
+			act("block-dirty-bitmap-merge", map[string]any{"node": "top", "target": "m1", "bitmaps": []any{src("nosuch")}}),
+		}})
+		fmt.Fprintf(&tr, "failed transaction: %v\n", r["error"])
+		qemuIO(t, uri, []string{"write -P 0x33 50M 64k"})
+		fmt.Fprintf(&tr, "top:\n%sbase:\n%s", qcow2Bitmaps(t, c, "top"), qcow2Bitmaps(t, c, base))
+		d.stop()
+		for _, img := range []string{"base", "top"} {
+			p := filepath.Join(dir, img+".qcow2")
+			fmt.Fprintf(&tr, "%s on disk: %s\n", img, imageBitmaps(t, p))
+			checkClean(t, p, false)
+		}
+		images = append(images, filepath.Join(dir, "top.qcow2"))
+		return tr.String()
+	})
+	// Both daemons' images, reloaded in QSD, hold the same bitmaps.
+	var res []string
+	for _, img := range images {
+		d := startDaemon(t, kindQSD, "")
+		c := d.connect()
+		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "top", "read-only": true,
+			"file": map[string]any{"driver": "file", "filename": img}})
+		res = append(res, qcow2Bitmaps(t, c, "top"))
+		d.stop()
+	}
+	if res[0] != res[1] {
+		t.Fatalf("qbmond's image in QSD:\n%s\nQSD's:\n%s", res[1], res[0])
+	}
+}
+
