@@ -140,3 +140,54 @@ qemu-io -f qcow2 -c 'write -P 0x21 8M 64k' top.qcow2 >/dev/null`)
 	}
 }
 
+// Bitmaps a daemon stored, changed by qemu-img bitmap on the closed image
+// (merge from the image itself and from another one, remove, enable,
+// disable), load in the same daemon again as in QSD: same flags, counts
+// and sha256, and qemu-img check is clean.
+func TestQcow2BitmapsQemuImgAfterDaemon(t *testing.T) {
+	diffDaemons(t, func(k kind, dir string) string {
+		sh(t, dir, `qemu-img create -q -f qcow2 img.qcow2 32M
+qemu-img bitmap --add img.qcow2 old
+qemu-io -f qcow2 -c 'write -P 0x11 1M 64k' img.qcow2 >/dev/null
+qemu-img create -q -f qcow2 other.qcow2 32M
+qemu-img bitmap --add -g 4096 other.qcow2 o0
+qemu-io -f qcow2 -c 'write -P 0x12 10M 8k' -c 'write -P 0x13 31M 1M' other.qcow2 >/dev/null`)
+		img := filepath.Join(dir, "img.qcow2")
+		var tr strings.Builder
+		d := startDaemon(t, k, dir)
+		c := d.connect()
+		addQcow2(t, c, dir, "n0", "img.qcow2")
+		c.ok("block-dirty-bitmap-add", map[string]any{"node": "n0", "name": "a", "persistent": true})
+		c.ok("block-dirty-bitmap-add", map[string]any{"node": "n0", "name": "b", "persistent": true, "granularity": 8192})
+		c.ok("block-dirty-bitmap-add", map[string]any{"node": "n0", "name": "c", "persistent": true, "disabled": true})
+		uri := startNBD(t, c, dir, "n0")
+		qemuIO(t, uri, []string{"write -P 0x21 0 64k", "write -P 0x22 5M 3M", "write -P 0x23 20M 4k"})
+		c.ok("block-dirty-bitmap-disable", map[string]any{"node": "n0", "name": "b"})
+		qemuIO(t, uri, []string{"write -P 0x24 12M 64k"})
+		c.ok("block-dirty-bitmap-merge", map[string]any{"node": "n0", "target": "c", "bitmaps": []any{"old"}})
+		d.stop()
+		fmt.Fprintf(&tr, "stored: %s\n", imageBitmaps(t, img))
+		checkClean(t, img, false)
+		sh(t, dir, `qemu-img bitmap --merge a img.qcow2 c
+qemu-img bitmap --merge o0 -b other.qcow2 -F qcow2 img.qcow2 b
+qemu-img bitmap --remove img.qcow2 old
+qemu-img bitmap --enable img.qcow2 b
+qemu-img bitmap --disable img.qcow2 a
+qemu-img bitmap --add --disable -g 1M img.qcow2 d
+qemu-img bitmap --merge b img.qcow2 d`)
+		fmt.Fprintf(&tr, "after qemu-img: %s\n", imageBitmaps(t, img))
+		checkClean(t, img, false)
+		d = startDaemon(t, k, dir)
+		c = d.connect()
+		addQcow2(t, c, dir, "n0", "img.qcow2")
+		fmt.Fprintf(&tr, "reloaded:\n%s", qcow2Bitmaps(t, c, "n0"))
+		uri = startNBD(t, c, dir, "n0")
+		qemuIO(t, uri, []string{"write -P 0x25 25M 64k"})
+		fmt.Fprintf(&tr, "after a write:\n%s", qcow2Bitmaps(t, c, "n0"))
+		d.stop()
+		fmt.Fprintf(&tr, "stored again: %s\n", imageBitmaps(t, img))
+		checkClean(t, img, false)
+		return tr.String()
+	})
+}
+
