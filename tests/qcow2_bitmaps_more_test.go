@@ -191,3 +191,59 @@ qemu-img bitmap --merge b img.qcow2 d`)
 	})
 }
 
+// NBD export of persistent bitmaps loaded from the image and of one
+// added persistent: nbdinfo --map=qemu:dirty-bitmap:NAME is QSD's, before
+// and after guest writes through the export, and the refusals (a
+// recording bitmap on a read-only export, an inconsistent one) are QSD's.
+func TestQcow2PersistentBitmapNBDMap(t *testing.T) {
+	src := qcow2BitmapImage(t, shortTempDir(t))
+	diffDaemons(t, func(k kind, dir string) string {
+		img := filepath.Join(dir, "img.qcow2")
+		copyFile(t, src, img)
+		var tr strings.Builder
+		d := startDaemon(t, k, dir)
+		c := d.connect()
+		addQcow2(t, c, dir, "n0", "img.qcow2")
+		c.ok("block-dirty-bitmap-add", map[string]any{"node": "n0", "name": "p0", "persistent": true, "granularity": 4096})
+		sock := filepath.Join(dir, "nbd.sock")
+		c.ok("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
+		names := []string{"b0", "b1", "b2", "b3", "p0"}
+		var bms []any
+		for _, n := range names {
+			bms = append(bms, n)
+		}
+		fmt.Fprintf(&tr, "read-only export of a recording bitmap: %s\n", reply(c, "block-export-add", map[string]any{"type": "nbd", "id": "ro", "node-name": "n0", "name": "ro", "bitmaps": []any{"b0"}}))
+		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "e0", "node-name": "n0", "name": "disk", "writable": true, "bitmaps": bms})
+		uri := "nbd+unix:///disk?socket=" + sock
+		maps := func(what string) {
+			for _, n := range names {
+				fmt.Fprintf(&tr, "%s %s:\n%s", what, n, run(t, "nbdinfo", "--map=qemu:dirty-bitmap:"+n, uri))
+			}
+		}
+		maps("loaded")
+		qemuIO(t, uri, []string{"write -P 0x41 128k 4k", "write -P 0x42 301M 700k", "write -z 800M 64k", "discard 1000M 64k", "write -P 0x43 1073741312 512"})
+		maps("after writes")
+		c.ok("block-export-del", map[string]any{"id": "e0"})
+		c.waitEvent(func(ev map[string]any) bool { return ev["event"] == "BLOCK_EXPORT_DELETED" })
+		c.ok("blockdev-del", map[string]any{"node-name": "n0"})
+		fmt.Fprintf(&tr, "stored: %s\n", imageBitmaps(t, img))
+		checkClean(t, img, false)
+		// Reopened, the stored bitmaps export the same map, read-only
+		// too when they are disabled.
+		addQcow2(t, c, dir, "n1", "img.qcow2")
+		c.ok("block-dirty-bitmap-disable", map[string]any{"node": "n1", "name": "p0"})
+		c.ok("block-export-add", map[string]any{"type": "nbd", "id": "e1", "node-name": "n1", "name": "again", "bitmaps": []any{"p0", "b3"}})
+		for _, n := range []string{"p0", "b3"} {
+			fmt.Fprintf(&tr, "reloaded %s:\n%s", n, run(t, "nbdinfo", "--map=qemu:dirty-bitmap:"+n, "nbd+unix:///again?socket="+sock))
+		}
+		d.kill()
+		// Killed: the bitmaps are in use, inconsistent at the next open.
+		d = startDaemon(t, k, dir)
+		c = d.connect()
+		addQcow2(t, c, dir, "n2", "img.qcow2")
+		c.ok("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": sock}}})
+		fmt.Fprintf(&tr, "export of an inconsistent bitmap: %s\n", reply(c, "block-export-add", map[string]any{"type": "nbd", "id": "e2", "node-name": "n2", "writable": true, "bitmaps": []any{"b0"}}))
+		d.stop()
+		return tr.String()
+	})
+}
