@@ -68,6 +68,40 @@ func TestQcow2BitmapsInUseAtReopenRW(t *testing.T) {
 	})
 }
 
+// A passive block-commit makes its read-only base read-write for the job
+// and read-only again at its end: the base's bitmaps are in use on disk
+// while the job runs (QEMU marks them at that reopen) and stored with the
+// committed data marked at the end.
+func TestQcow2BitmapsInUseDuringCommit(t *testing.T) {
+	diffDaemons(t, func(k kind, dir string) string {
+		sh(t, dir, `qemu-img create -q -f qcow2 base.qcow2 16M
+qemu-img bitmap --add base.qcow2 c1
+qemu-img bitmap --add --disable base.qcow2 c0
+qemu-io -f qcow2 -c 'write -P 0x11 0 1M' base.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2
+qemu-io -f qcow2 -c 'write -P 0x22 4M 3M' -c 'write -P 0x23 15M 64k' mid.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2`)
+		var tr strings.Builder
+		d := startDaemon(t, k, dir)
+		c := d.connect()
+		file := func(img string) any { return map[string]any{"driver": "file", "filename": filepath.Join(dir, img)} }
+		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "base", "read-only": true, "file": file("base.qcow2")})
+		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "mid", "read-only": true, "backing": "base", "file": file("mid.qcow2")})
+		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "top", "backing": "mid", "file": file("top.qcow2")})
+		base := filepath.Join(dir, "base.qcow2")
+		fmt.Fprintf(&tr, "before: %s\n", imageBitmaps(t, base))
+		c.ok("block-commit", map[string]any{"job-id": "cm", "device": "top", "top-node": "mid", "base-node": "base", "speed": 1})
+		fmt.Fprintf(&tr, "while committing: %s\n", imageBitmaps(t, base))
+		c.ok("block-job-set-speed", map[string]any{"device": "cm", "speed": 0})
+		c.waitJob("cm", "null")
+		fmt.Fprintf(&tr, "after the job: %s\n%s", imageBitmaps(t, base), qcow2Bitmaps(t, c, "base"))
+		d.stop()
+		fmt.Fprintf(&tr, "at exit: %s\n", imageBitmaps(t, base))
+		checkClean(t, base, false)
+		return tr.String()
+	})
+}
+
 // block-dirty-bitmap-merge across the nodes of a qcow2 chain: persistent
 // sources on the backing node (read-only), targets on the active one,
 // alone and in a transaction; counts and sha256 are QSD's, a merge into
