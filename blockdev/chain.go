@@ -395,6 +395,9 @@ func (lk *Locked) SetReadOnly(ctx context.Context, n *Node, readOnly bool) error
 	}
 	tx.apply()
 	g.log.Debug().Str("node", n.name).Bool("read-only", readOnly).Msg("node reopened")
+	undrainRest()
+	undrainTop()
+	g.commitPost(ctx, states)
 	return nil
 }
 

@@ -68,7 +68,7 @@ import "context"
 //   - requests: WriteFlagger, Aligner, TransferLimiter, CompressedWriter,
 //     FileMapper, FileWriter, DebugEventer, Ejecter;
 //   - size: Truncater, AllocatedSizer;
-//   - reopen: Reopener, OptionReopener;
+//   - reopen: Reopener, OptionReopener, ReopenPoster;
 //   - the graph's shape and permissions: Filter, ChildPermer, PermLocker,
 //     BackingUpdater, BackingChanger;
 //   - names and query views: ProtocolDriver, FileOpener, FilenameRefresher,
@@ -258,6 +258,17 @@ type Reopener interface {
 	ReopenPrepare(ctx context.Context, rs *ReopenState) error
 	ReopenCommit(rs *ReopenState)
 	ReopenAbort(rs *ReopenState)
+}
+
+// ReopenPoster is a Reopener told once a reopen has been committed, the
+// new permissions applied and the nodes' drains ended (QEMU's
+// bdrv_reopen_commit_post; here after the drains, so that the driver's
+// own requests to its children, which a drain would hold, can go). The
+// graph lock is still held. The reopen has happened whatever it returns:
+// an error is logged, as QEMU reports it.
+type ReopenPoster interface {
+	Reopener
+	ReopenCommitPost(ctx context.Context, rs *ReopenState) error
 }
 
 // OptionReopener is a Reopener whose driver options may change on

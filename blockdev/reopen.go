@@ -105,7 +105,12 @@ func (lk *Locked) Reopen(ctx context.Context, options []map[string]any) error {
 		return err
 	}
 	r := newReopenTx(lk, queue)
-	defer r.release()
+	released := false
+	defer func() {
+		if !released {
+			r.release()
+		}
+	}()
 	if err := r.prepare(ctx); err != nil {
 		return r.abort(err)
 	}
@@ -114,7 +119,29 @@ func (lk *Locked) Reopen(ctx context.Context, options []map[string]any) error {
 		return r.abort(err)
 	}
 	r.commit(ctx, tx)
+	released = true
+	r.release()
+	states := make([]*ReopenState, 0, len(queue))
+	for _, e := range queue {
+		if e.prepared {
+			states = append(states, e.rs)
+		}
+	}
+	g.commitPost(ctx, states)
 	return nil
+}
+
+// commitPost tells the drivers that are ReopenPosters, children first as
+// they committed, that their reopen is done.
+func (g *Graph) commitPost(ctx context.Context, states []*ReopenState) {
+	for i := len(states) - 1; i >= 0; i-- {
+		rs := states[i]
+		if p, ok := rs.Node.drv.(ReopenPoster); ok {
+			if err := p.ReopenCommitPost(ctx, rs); err != nil {
+				g.log.Error().Err(err).Str("node", rs.Node.name).Msg("after reopen")
+			}
+		}
+	}
 }
 
 // reopenListed finds the nodes options names, in the order listed; a node

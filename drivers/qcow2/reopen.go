@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 
 	"github.com/qbmond/qbmond/blockdev"
 )
@@ -112,6 +113,26 @@ func (d *Driver) ReopenCommit(rs *blockdev.ReopenState) {
 	d.rbc.resize(st.refBlocks)
 }
 
+// ReopenCommitPost marks the bitmaps in use on disk as soon as a reopen
+// read-write is done, as QEMU does at the reopen itself (not at the first
+// write): from here on their copy in the image is stale. The other
+// auto-clear bits are still cleared before the first write. A guest write
+// that comes first marks them itself (under d.mu, once).
+func (d *Driver) ReopenCommitPost(ctx context.Context, rs *blockdev.ReopenState) error {
+	if rs.ReadOnly || !d.autoclearPending.Load() {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ro || !d.autoclearPending.Load() {
+		return nil
+	}
+	if err := d.markBitmapsInUse(ctx); err != nil {
+		return fmt.Errorf("Failed to make dirty bitmaps writable: %w", err)
+	}
+	return nil
+}
+
 // ReopenAbort leaves everything as it was (an image made consistent on
 // disk stays so; the dirty bit is set again before the next change).
 func (d *Driver) ReopenAbort(rs *blockdev.ReopenState) {
@@ -167,5 +188,6 @@ func (d *Driver) SetBackingChild(c *blockdev.Child) {
 
 var (
 	_ blockdev.OptionReopener = (*Driver)(nil)
+	_ blockdev.ReopenPoster   = (*Driver)(nil)
 	_ blockdev.BackingUpdater = (*Driver)(nil)
 )
