@@ -78,18 +78,6 @@ func (o *Object) Set(k string, v any) {
 	o.vals[k] = v
 }
 
-// Get returns member k.
-func (o *Object) Get(k string) (any, bool) {
-	v, ok := o.vals[k]
-	return v, ok
-}
-
-// Len is the number of members.
-func (o *Object) Len() int { return len(o.keys) }
-
-// Keys returns the members' names in the order they were added.
-func (o *Object) Keys() []string { return slices.Clone(o.keys) }
-
 // MarshalJSON encodes the members in the order they were added, which
 // Append turns into QEMU's order.
 func (o *Object) MarshalJSON() ([]byte, error) {
