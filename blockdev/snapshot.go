@@ -27,12 +27,12 @@ type Snapshot struct {
 	// Overlay is blockdev-snapshot's overlay node.
 	Overlay string
 
-	Sync bool
-	// Format is the new overlay's format (the command's default,
-	// qcow2, already applied),
-	// SnapshotFile its image file, SnapshotNodeName its node-name if
-	// one is given; Existing says the image exists already (mode
-	// existing) and is not created.
+	// Sync makes it blockdev-snapshot-sync's: Format is the new
+	// overlay's format (the command's default, qcow2, already applied),
+	// SnapshotFile its image file, SnapshotNodeName its node-name if one
+	// is given; Existing says the image exists already (mode existing)
+	// and is not created.
+	Sync                 bool
 	Format, SnapshotFile string
 	SnapshotNodeName     *string
 	Existing             bool
