@@ -3,8 +3,6 @@ package blockdev
 import (
 	"fmt"
 	"syscall"
-
-	"github.com/qbmond/qbmond/qmp"
 )
 
 // errEjected fails the requests the block layer answers itself for a
@@ -17,13 +15,13 @@ func (n *Node) ejected() bool {
 	return ok && e.Ejected()
 }
 
-// checkEjected fails query-named-block-nodes as QEMU does when a node
+// CheckEjected fails query-named-block-nodes as QEMU does when a node
 // in the list has lost its driver (the first one, in the list's order).
-func (lk *Locked) checkEjected() error {
+func (lk *Locked) CheckEjected() error {
 	g := lk.g
 	for n := g.tail; n != nil; n = n.prev {
 		if n.ejected() {
-			return qmp.Errorf("Block device %s is ejected", n.name)
+			return fmt.Errorf("Block device %s is ejected", n.name)
 		}
 	}
 	return nil

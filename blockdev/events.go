@@ -39,3 +39,9 @@ func (n *Node) ReportCorruption(msg string, offset, size int64, fatal bool) {
 func (n *Node) Warn(msg string, err error) {
 	n.g.log.Warn().Str("node", n.name).Err(err).Msg(msg)
 }
+
+// SetEmitter sets how the graph sends QMP events (BLOCK_IMAGE_CORRUPTED):
+// the monitor's dispatcher's Emit. Until it is set events are dropped.
+func (g *Graph) SetEmitter(emit func(name string, data any)) {
+	g.emit.Store(&emit)
+}

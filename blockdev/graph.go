@@ -36,7 +36,7 @@ type Graph struct {
 	// paused. Graph lock.
 	drains []*drainRecord
 
-	// emit sends a QMP event (set by RegisterCommands; unset in tests
+	// emit sends a QMP event (set by SetEmitter; unset in tests
 	// that run without a monitor). Atomic: events come from request
 	// paths and from code that holds the graph lock.
 	emit atomic.Pointer[func(name string, data any)]

@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/blockqmp"
 	"github.com/qbmond/qbmond/drivers/drivertest"
 	"github.com/qbmond/qbmond/qmp"
 )
@@ -28,7 +29,7 @@ func (acceptAll) Args(_ string, args any, _ bool) (any, error) { return args, ni
 func newDispatcher(t testing.TB) (*qmp.Dispatcher, *blockdev.Graph) {
 	g := newGraph(t)
 	d := qmp.NewDispatcher(acceptAll{}, zerolog.Nop())
-	blockdev.RegisterCommands(d, g)
+	blockqmp.RegisterCommands(d, g)
 	return d, g
 }
 

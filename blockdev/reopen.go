@@ -10,9 +10,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-
-	"github.com/qbmond/qbmond/qapi"
-	"github.com/qbmond/qbmond/qmp"
 )
 
 // blockdev-reopen (QEMU's qmp_blockdev_reopen and bdrv_reopen_multiple):
@@ -40,21 +37,6 @@ import (
 // the permissions of everything they touch are worked out again; any
 // failure undoes all of it and the drivers abort, so that every node is
 // exactly as it was. On success the drivers commit, children first.
-
-func registerReopenCommand(d *qmp.Dispatcher, g *Graph) {
-	qmp.RegisterTyped(d, "blockdev-reopen", func(ctx context.Context, a *qapi.BlockdevReopenArgs) (any, error) {
-		// Each node's options stay generic: the drivers read their own.
-		options := make([]map[string]any, len(a.Options))
-		for i, raw := range a.Options {
-			if err := decodeJSON(raw, &options[i]); err != nil {
-				return nil, qmp.Errorf("%v", err)
-			}
-		}
-		return WithLock(g, func(lk *Locked) (any, error) {
-			return struct{}{}, lk.Reopen(ctx, options)
-		})
-	})
-}
 
 // genericSettings are the block layer's own options of a node.
 type genericSettings struct {

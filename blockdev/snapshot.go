@@ -7,9 +7,6 @@ import (
 	"os"
 
 	"github.com/rs/zerolog"
-
-	"github.com/qbmond/qbmond/qapi"
-	"github.com/qbmond/qbmond/qmp"
 )
 
 // External snapshots (QEMU's external_snapshot_prepare/commit/abort):
@@ -20,42 +17,32 @@ import (
 // whose backing node the node becomes; at commit the node is made
 // read-only, at abort the parents move back.
 
-func registerSnapshotCommands(d *qmp.Dispatcher, g *Graph) {
-	// QEMU runs both as a transaction of one action.
-	one := func(ctx context.Context, act *qapi.TransactionAction) (any, error) {
-		return WithLock(g, func(lk *Locked) (any, error) {
-			lk.DrainAll()
-			a, err := lk.PrepareTxAction(ctx, act, false)
-			if err != nil {
-				return nil, err
-			}
-			a.Commit()
-			a.Clean()
-			return struct{}{}, nil
-		})
-	}
-	qmp.RegisterTyped(d, "blockdev-snapshot", func(ctx context.Context, a *qapi.BlockdevSnapshot) (any, error) {
-		return one(ctx, &qapi.TransactionAction{Type: qapi.TransactionActionKindBlockdevSnapshot,
-			BlockdevSnapshot: &qapi.BlockdevSnapshotWrapper{Data: *a}})
-	})
-	qmp.RegisterTyped(d, "blockdev-snapshot-sync", func(ctx context.Context, a *qapi.BlockdevSnapshotSync) (any, error) {
-		return one(ctx, &qapi.TransactionAction{Type: qapi.TransactionActionKindBlockdevSnapshotSync,
-			BlockdevSnapshotSync: &qapi.BlockdevSnapshotSyncWrapper{Data: *a}})
-	})
+// Snapshot is an external snapshot to take: blockdev-snapshot's
+// (Overlay names the existing overlay node) or, with Sync,
+// blockdev-snapshot-sync's (the overlay is created and opened).
+type Snapshot struct {
+	// Device and NodeName name the node to snapshot, as QEMU's
+	// bdrv_lookup_bs takes them.
+	Device, NodeName string
+	// Overlay is blockdev-snapshot's overlay node.
+	Overlay string
+
+	// Sync makes it blockdev-snapshot-sync's: Format is the new
+	// overlay's format (the command's default, qcow2, already applied),
+	// SnapshotFile its image file, SnapshotNodeName its node-name if one
+	// is given; Existing says the image exists already (mode existing)
+	// and is not created.
+	Sync                 bool
+	Format, SnapshotFile string
+	SnapshotNodeName     *string
+	Existing             bool
 }
 
-// prepareSnapshot prepares a blockdev-snapshot or blockdev-snapshot-sync
-// action.
-func (lk *Locked) prepareSnapshot(ctx context.Context, act *qapi.TransactionAction) (TxAction, error) {
+// PrepareSnapshot prepares a blockdev-snapshot or blockdev-snapshot-sync
+// action (QEMU runs each command as a transaction of one action).
+func (lk *Locked) PrepareSnapshot(ctx context.Context, s Snapshot) (TxAction, error) {
 	g := lk.g
-	var device, nodeName string
-	a := new(qapi.BlockdevSnapshotSync) // blockdev-snapshot-sync's arguments
-	if act.BlockdevSnapshot != nil {
-		device, nodeName = act.BlockdevSnapshot.Data.Node, act.BlockdevSnapshot.Data.Node
-	} else {
-		a = &act.BlockdevSnapshotSync.Data
-		device, nodeName = qapi.Deref(a.Device), qapi.Deref(a.NodeName)
-	}
+	device, nodeName := s.Device, s.NodeName
 	old, err := lk.lookupBS(device, nodeName)
 	if err != nil {
 		return nil, err
@@ -78,26 +65,23 @@ func (lk *Locked) prepareSnapshot(ctx context.Context, act *qapi.TransactionActi
 	}
 	var overlay *Node
 	created := false
-	if act.BlockdevSnapshotSync != nil {
-		format := "qcow2"
-		if a.Format != nil {
-			format = *a.Format
-		}
-		if nodeName != "" && a.SnapshotNodeName == nil {
+	if s.Sync {
+		format := s.Format
+		if nodeName != "" && s.SnapshotNodeName == nil {
 			return fail(errors.New("New overlay node-name missing"))
 		}
-		if a.SnapshotNodeName != nil && lk.Lookup(*a.SnapshotNodeName) != nil {
+		if s.SnapshotNodeName != nil && lk.Lookup(*s.SnapshotNodeName) != nil {
 			return fail(errors.New("New overlay node-name already in use"))
 		}
-		if qapi.Deref(a.Mode) != qapi.NewImageModeExisting {
-			if err := CreateImage(ctx, format, a.SnapshotFile, old.Length(), old.Filename(), old.drvName); err != nil {
+		if !s.Existing {
+			if err := CreateImage(ctx, format, s.SnapshotFile, old.Length(), old.Filename(), old.drvName); err != nil {
 				return fail(err)
 			}
 		}
 		opts := Options{"driver": format, "backing": nil,
-			"file": map[string]any{"driver": "file", "filename": a.SnapshotFile}}
-		if a.SnapshotNodeName != nil {
-			opts["node-name"] = *a.SnapshotNodeName
+			"file": map[string]any{"driver": "file", "filename": s.SnapshotFile}}
+		if s.SnapshotNodeName != nil {
+			opts["node-name"] = *s.SnapshotNodeName
 		}
 		tx := &openTx{}
 		overlay, err = g.open(ctx, tx, opts, inherited{readOnly: old.ReadOnly(), autoReadOnly: old.autoReadOnly,
@@ -108,8 +92,7 @@ func (lk *Locked) prepareSnapshot(ctx context.Context, act *qapi.TransactionActi
 		}
 		created = true
 	} else {
-		o := act.BlockdevSnapshot.Data.Overlay
-		if overlay, err = lk.lookupBS(o, o); err != nil {
+		if overlay, err = lk.lookupBS(s.Overlay, s.Overlay); err != nil {
 			return fail(err)
 		}
 	}

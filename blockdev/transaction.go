@@ -1,19 +1,12 @@
 package blockdev
 
-import (
-	"context"
-	"errors"
-	"fmt"
-
-	"github.com/qbmond/qbmond/qapi"
-)
-
 // The transaction command applies its actions all or nothing: every
 // action is prepared in order (and takes effect, so later actions see
 // it); if one fails, those prepared are undone newest first, otherwise
 // all are committed. The command itself is the jobs package's (it starts
-// backup jobs); the graph prepares the actions that are its own: abort,
-// the dirty bitmap actions and the snapshots. The graph lock is held
+// backup jobs); blockqmp.PrepareTxAction hands the graph the actions
+// that are its own, the dirty bitmap actions (the Prepare methods here)
+// and the snapshots (PrepareSnapshot). The graph lock is held
 // throughout.
 
 // TxAction is one prepared action of a transaction.
@@ -45,113 +38,111 @@ func (f txFunc) Clean() {
 	}
 }
 
-// PrepareTxAction prepares one of the graph's transaction actions.
-// grouped is the transaction's completion-mode: only backups support
-// grouped completion, and the other actions refuse it as QEMU does.
-func (lk *Locked) PrepareTxAction(ctx context.Context, act *qapi.TransactionAction, grouped bool) (TxAction, error) {
-	typ := string(act.Type)
-	if grouped && typ != "abort" {
-		return nil, fmt.Errorf("Action '%s' does not support Transaction property completion-mode = grouped", typ)
-	}
-	switch typ {
-	case "blockdev-snapshot", "blockdev-snapshot-sync":
-		return lk.prepareSnapshot(ctx, act)
-	}
-	t, err := lk.prepareAction(typ, act)
+// PrepareBitmapAdd prepares block-dirty-bitmap-add as a transaction
+// action: the bitmap is added now and dropped again on abort.
+func (lk *Locked) PrepareBitmapAdd(node, name string, o BitmapOptions) (TxAction, error) {
+	n, b, err := lk.AddBitmap(node, name, o)
 	if err != nil {
 		return nil, err
 	}
-	return t, nil
+	return txFunc{onAbort: func() { n.dropBitmap(b, true) }}, nil
 }
 
-func (lk *Locked) prepareAction(typ string, act *qapi.TransactionAction) (TxAction, error) {
+// PrepareBitmapMerge prepares block-dirty-bitmap-merge as a transaction
+// action (arguments as MergeSources takes them): the merge is done now,
+// and undone on abort without losing the writes recorded since.
+func (lk *Locked) PrepareBitmapMerge(node, target string, refs []BitmapRef) (TxAction, error) {
 	g := lk.g
-	switch typ {
-	case "abort":
-		return nil, errors.New("Transaction aborted using Abort action")
-	case "block-dirty-bitmap-add":
-		n, b, err := lk.addBitmapArgs(&act.BlockDirtyBitmapAdd.Data)
-		if err != nil {
-			return nil, err
+	dst, srcs, err := lk.MergeSources(node, target, refs)
+	if err != nil {
+		return nil, err
+	}
+	shadow, own := dst.startShadow()
+	backup := dst.bits.Copy()
+	if err := dst.MergeInto(lk, srcs); err != nil {
+		if own {
+			dst.shadow.Store(nil)
 		}
-		return txFunc{onAbort: func() { n.dropBitmap(b, true) }}, nil
-	case "block-dirty-bitmap-merge":
-		dst, srcs, err := lk.mergeArgs(&act.BlockDirtyBitmapMerge.Data)
-		if err != nil {
-			return nil, err
-		}
-		shadow, own := dst.startShadow()
-		backup := dst.bits.Copy()
-		if err := dst.MergeInto(lk, srcs); err != nil {
+		return nil, err
+	}
+	return txFunc{
+		onCommit: func() {
 			if own {
 				dst.shadow.Store(nil)
 			}
-			return nil, err
-		}
-		return txFunc{
-			onCommit: func() {
-				if own {
-					dst.shadow.Store(nil)
-				}
-			},
-			onAbort: func() {
-				// Back to the bits before the merge, plus every write
-				// recorded since.
-				dst.bits.Clear()
-				_ = dst.bits.Merge(backup)
-				_ = dst.bits.Merge(shadow)
-				if own {
-					dst.shadow.Store(nil)
-				}
-				g.logSave(dst)
-			},
-		}, nil
-	}
-	w, ok := act.Variant().(*qapi.BlockDirtyBitmapWrapper)
-	if !ok {
-		return nil, fmt.Errorf("Action '%s' is not supported", typ)
-	}
-	n, b, err := lk.LookupBitmap(w.Data.Node, w.Data.Name)
+		},
+		onAbort: func() {
+			// Back to the bits before the merge, plus every write
+			// recorded since.
+			dst.bits.Clear()
+			_ = dst.bits.Merge(backup)
+			_ = dst.bits.Merge(shadow)
+			if own {
+				dst.shadow.Store(nil)
+			}
+			g.logSave(dst)
+		},
+	}, nil
+}
+
+// PrepareBitmapRemove prepares block-dirty-bitmap-remove as a transaction
+// action: the bitmap stays (a later action of the same transaction still
+// finds it, busy) and goes at commit.
+func (lk *Locked) PrepareBitmapRemove(node, name string) (TxAction, error) {
+	g := lk.g
+	n, b, err := lk.LookupBitmap(node, name)
 	if err != nil {
 		return nil, err
 	}
-	switch typ {
-	case "block-dirty-bitmap-remove":
-		// The bitmap stays (a later action of the same transaction
-		// still finds it, busy) and goes at commit.
-		if err := b.Check(CheckBusy | CheckReadOnly); err != nil {
-			return nil, err
-		}
-		b.Acquire()
-		return txFunc{
-			onCommit: func() {
-				b.Release()
-				if err := n.RemoveDirtyBitmap(lk, b.name); err != nil {
-					g.log.Warn().Err(err).Str("bitmap", b.name).Msg("transaction: removing bitmap")
-				}
-			},
-			onAbort: b.Release,
-		}, nil
-	case "block-dirty-bitmap-clear":
-		if err := b.Check(CheckDefault); err != nil {
-			return nil, err
-		}
-		backup := b.bits.Copy()
-		b.bits.Clear()
-		// Undoing a clear puts the old bits back beside those written
-		// since, which only adds bits.
-		return txFunc{
-			onCommit: func() { g.logSave(b) },
-			onAbort:  func() { _ = b.bits.Merge(backup); g.logSave(b) },
-		}, nil
-	case "block-dirty-bitmap-enable", "block-dirty-bitmap-disable":
-		was := b.Recording()
-		if err := b.SetRecording(typ == "block-dirty-bitmap-enable"); err != nil {
-			return nil, err
-		}
-		return txFunc{onAbort: func() { _ = b.SetRecording(was) }}, nil
+	if err := b.Check(CheckBusy | CheckReadOnly); err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("Action '%s' is not supported", typ)
+	b.Acquire()
+	return txFunc{
+		onCommit: func() {
+			b.Release()
+			if err := n.RemoveDirtyBitmap(lk, b.name); err != nil {
+				g.log.Warn().Err(err).Str("bitmap", b.name).Msg("transaction: removing bitmap")
+			}
+		},
+		onAbort: b.Release,
+	}, nil
+}
+
+// PrepareBitmapClear prepares block-dirty-bitmap-clear as a transaction
+// action: the bits are cleared now and put back on abort.
+func (lk *Locked) PrepareBitmapClear(node, name string) (TxAction, error) {
+	g := lk.g
+	_, b, err := lk.LookupBitmap(node, name)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Check(CheckDefault); err != nil {
+		return nil, err
+	}
+	backup := b.bits.Copy()
+	b.bits.Clear()
+	// Undoing a clear puts the old bits back beside those written
+	// since, which only adds bits.
+	return txFunc{
+		onCommit: func() { g.logSave(b) },
+		onAbort:  func() { _ = b.bits.Merge(backup); g.logSave(b) },
+	}, nil
+}
+
+// PrepareBitmapRecording prepares block-dirty-bitmap-enable (on) or
+// block-dirty-bitmap-disable as a transaction action: the bitmap records
+// (or not) from now on, as before on abort.
+func (lk *Locked) PrepareBitmapRecording(node, name string, on bool) (TxAction, error) {
+	_, b, err := lk.LookupBitmap(node, name)
+	if err != nil {
+		return nil, err
+	}
+	was := b.Recording()
+	if err := b.SetRecording(on); err != nil {
+		return nil, err
+	}
+	return txFunc{onAbort: func() { _ = b.SetRecording(was) }}, nil
 }
 
 // logSave has a persistent bitmap's store save it after a transaction

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/blockqmp"
 	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/qmp"
 )
@@ -65,7 +66,7 @@ func (m *Manager) transaction(ctx context.Context, g *blockdev.Graph, actions []
 				}
 				steps = append(steps, s)
 			default:
-				t, err := lk.PrepareTxAction(ctx, act, grouped)
+				t, err := blockqmp.PrepareTxAction(ctx, lk, act, grouped)
 				if err != nil {
 					return fail(err)
 				}

@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/blockqmp"
 	"github.com/qbmond/qbmond/qmp"
 	"github.com/qbmond/qbmond/schema"
 )
@@ -28,7 +29,7 @@ func startServer(t *testing.T) (string, qmp.VersionInfo) {
 	v := qmp.VersionInfo{Major: 7, Minor: 2, Micro: 0, Package: "qbmond test"}
 	qmp.RegisterCore(d, v, func() {})
 	schema.RegisterCommands(d, s)
-	blockdev.RegisterCommands(d, blockdev.NewGraph(zerolog.Nop()))
+	blockqmp.RegisterCommands(d, blockdev.NewGraph(zerolog.Nop()))
 	sock := filepath.Join(t.TempDir(), "q.sock")
 	l, err := qmp.Listen("unix:" + sock)
 	if err != nil {

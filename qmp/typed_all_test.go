@@ -6,6 +6,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/blockqmp"
 	"github.com/qbmond/qbmond/exports"
 	"github.com/qbmond/qbmond/jobs"
 	"github.com/qbmond/qbmond/qapi"
@@ -25,7 +26,7 @@ func TestEveryCommandTyped(t *testing.T) {
 	qmp.RegisterCore(d, qmp.VersionInfo{Major: 7, Minor: 2}, func() {})
 	schema.RegisterCommands(d, s)
 	g := blockdev.NewGraph(zerolog.Nop())
-	blockdev.RegisterCommands(d, g)
+	blockqmp.RegisterCommands(d, g)
 	exports.New(g, d, zerolog.Nop()).RegisterCommands()
 	jobs.New(d, zerolog.Nop()).RegisterCommands(d, g)
 	for _, c := range d.Commands() {

@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/blockqmp"
 	_ "github.com/qbmond/qbmond/drivers/all"
 	"github.com/qbmond/qbmond/exports"
 	"github.com/qbmond/qbmond/jobs"
@@ -131,7 +132,7 @@ func newDaemon(cfg *config, log zerolog.Logger) (*daemon, error) {
 	qmp.RegisterCoreStop(d.disp, vi, d.stopWork, d.requestQuit)
 	schema.RegisterCommands(d.disp, s)
 	d.graph = blockdev.NewGraph(log)
-	blockdev.RegisterCommands(d.disp, d.graph)
+	blockqmp.RegisterCommands(d.disp, d.graph)
 	d.exports = exports.New(d.graph, d.disp, log)
 	d.exports.RegisterCommands()
 	d.jobs = jobs.New(d.disp, log)
