@@ -43,8 +43,15 @@ func (b *Bitmap) MarshalBits() []byte {
 		if at >= len(out) {
 			break
 		}
-		binary.LittleEndian.PutUint64(w[:], b.levels[0][i].Load())
-		copy(out[at:], w[:])
+		v := b.levels[0][i].Load()
+		switch {
+		case v == 0: // out is zeroed already
+		case at+8 <= len(out):
+			binary.LittleEndian.PutUint64(out[at:], v)
+		default:
+			binary.LittleEndian.PutUint64(w[:], v)
+			copy(out[at:], w[:])
+		}
 	}
 	return out
 }
@@ -73,12 +80,20 @@ func UnmarshalBits(size int64, granularity uint64, data []byte) (*Bitmap, error)
 		return nil, &ShortDataError{Want: int64(need), Got: int64(len(data))}
 	}
 	data = data[:need]
-	var w [8]byte
-	for i := 0; len(data) > 0; i++ {
-		n := copy(w[:], data)
-		clear(w[n:])
-		b.levels[0][i].Store(binary.LittleEndian.Uint64(w[:]))
-		data = data[n:]
+	// Whole words straight from data; a new bitmap is clear, so zero
+	// words need no store.
+	words := b.levels[0]
+	i := 0
+	for ; len(data) >= 8; i++ {
+		if v := binary.LittleEndian.Uint64(data); v != 0 {
+			words[i].Store(v)
+		}
+		data = data[8:]
+	}
+	if len(data) > 0 {
+		var w [8]byte
+		copy(w[:], data)
+		words[i].Store(binary.LittleEndian.Uint64(w[:]))
 	}
 	if tail := b.nbits & 63; tail != 0 {
 		last := &b.levels[0][b.nbits>>6]
