@@ -83,26 +83,27 @@ func (d *Driver) readBitmapBits(ctx context.Context, e *bitmapEntry, size int64)
 	if n := bitmapTableSize(uint64(size), e.granBits, d.cs); n != uint64(e.tableSize) || n > maxBitmapTableSize {
 		return nil, fmt.Errorf("Could not read bitmap '%s' from image: Invalid argument", e.name)
 	}
-	granules := (uint64(size) + e.granularity() - 1) >> e.granBits
-	data := make([]byte, (granules+7)/8)
-	for i, v := range t {
-		lo := int64(i) * d.cs
-		if lo >= int64(len(data)) {
-			break
-		}
-		part := data[lo:min(lo+d.cs, int64(len(data)))]
-		switch off := int64(v & bteOffsetMask); {
-		case off != 0:
-			if err := d.readAt(ctx, off, part); err != nil {
-				return nil, fmt.Errorf("Could not read bitmap '%s' from image: %s", e.name, blockdev.Strerror(err))
+	// The clusters are read straight into the bitmap's bits.
+	return bitmap.Fill(size, e.granularity(), func(data []byte) error {
+		for i, v := range t {
+			lo := int64(i) * d.cs
+			if lo >= int64(len(data)) {
+				break
 			}
-		case v&bteAllOnes != 0:
-			for j := range part {
-				part[j] = 0xff
+			part := data[lo:min(lo+d.cs, int64(len(data)))]
+			switch off := int64(v & bteOffsetMask); {
+			case off != 0:
+				if err := d.readAt(ctx, off, part); err != nil {
+					return fmt.Errorf("Could not read bitmap '%s' from image: %s", e.name, blockdev.Strerror(err))
+				}
+			case v&bteAllOnes != 0:
+				for j := range part {
+					part[j] = 0xff
+				}
 			}
 		}
-	}
-	return bitmap.UnmarshalBits(size, e.granularity(), data)
+		return nil
+	})
 }
 
 // loadBitmaps makes every bitmap of the directory a node bitmap, all or
