@@ -183,9 +183,7 @@ func TestQcow2PersistentBitmapsAgainstQSD(t *testing.T) {
 // next open finds them inconsistent, and only removing them works.
 func TestQcow2PersistentBitmapsAfterCrash(t *testing.T) {
 	src := qcow2BitmapImage(t, shortTempDir(t))
-	var res []string
-	for _, k := range []kind{kindQSD, kindQbmond} {
-		dir := shortTempDir(t)
+	diffDaemons(t, func(k kind, dir string) string {
 		img := filepath.Join(dir, "img.qcow2")
 		copyFile(t, src, img)
 		d, _, uri := exportNode(t, k, dir, qcow2Node(img), true, false)
@@ -206,11 +204,8 @@ func TestQcow2PersistentBitmapsAfterCrash(t *testing.T) {
 		fmt.Fprintf(&tr, "on disk after close: %s\n", imageBitmaps(t, img))
 		checkClean(t, img, false)
 		d.stop()
-		res = append(res, tr.String())
-	}
-	if res[0] != res[1] {
-		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
-	}
+		return tr.String()
+	})
 }
 
 // reply renders a command's outcome: "ok" or the error's description.
@@ -227,9 +222,7 @@ func reply(c *client, name string, args any) string {
 // (QEMU marks them at the reopen) and the node's close stores them.
 func TestQcow2PersistentBitmapsReopen(t *testing.T) {
 	src := qcow2BitmapImage(t, shortTempDir(t))
-	var res []string
-	for _, k := range []kind{kindQSD, kindQbmond} {
-		dir := shortTempDir(t)
+	diffDaemons(t, func(k kind, dir string) string {
 		img := filepath.Join(dir, "img.qcow2")
 		copyFile(t, src, img)
 		d := startDaemon(t, k, dir)
@@ -257,11 +250,8 @@ func TestQcow2PersistentBitmapsReopen(t *testing.T) {
 		fmt.Fprintf(&tr, "on disk after close: %s\n", imageBitmaps(t, img))
 		checkClean(t, img, false)
 		d.stop()
-		res = append(res, tr.String())
-	}
-	if res[0] != res[1] {
-		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
-	}
+		return tr.String()
+	})
 }
 
 // QEMU's refusals of block-dirty-bitmap-add persistent on qcow2 nodes,
@@ -305,9 +295,7 @@ func TestQcow2PersistentBitmapErrors(t *testing.T) {
 	t0 := int(binary.BigEndian.Uint64(raw[dirAt:]))
 	broken["tableentry"] = func(b []byte) { b[t0+7] |= 2 }
 	names := []string{"nb0", "nb5", "nb3", "reserved", "diroff", "flags", "type", "extra", "table", "tableentry", "dup"}
-	var res []string
-	for _, k := range []kind{kindQSD, kindQbmond} {
-		dir := shortTempDir(t)
+	diffDaemons(t, func(k kind, dir string) string {
 		d := startDaemon(t, k, dir)
 		c := d.connect()
 		var tr strings.Builder
@@ -342,11 +330,8 @@ func TestQcow2PersistentBitmapErrors(t *testing.T) {
 			fmt.Fprintf(&tr, "open %s: %s\n", n, reply(c, "blockdev-add", o))
 		}
 		d.stop()
-		res = append(res, tr.String())
-	}
-	if res[0] != res[1] {
-		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
-	}
+		return tr.String()
+	})
 }
 
 // Bitmap table entries with the all-ones flag (QEMU never writes them,
@@ -405,9 +390,7 @@ func TestQcow2BitmapAllOnesEntries(t *testing.T) {
 // A daemon that exits with the node open stores its bitmaps.
 func TestQcow2PersistentBitmapsAtExit(t *testing.T) {
 	src := qcow2BitmapImage(t, shortTempDir(t))
-	var res []string
-	for _, k := range []kind{kindQSD, kindQbmond} {
-		dir := shortTempDir(t)
+	diffDaemons(t, func(k kind, dir string) string {
 		img := filepath.Join(dir, "img.qcow2")
 		copyFile(t, src, img)
 		d := startDaemon(t, k, dir)
@@ -429,11 +412,8 @@ func TestQcow2PersistentBitmapsAtExit(t *testing.T) {
 		c.ok("blockdev-add", o)
 		fmt.Fprintf(&tr, "reloaded:\n%s", qcow2Bitmaps(t, c, "n0"))
 		d.stop()
-		res = append(res, tr.String())
-	}
-	if res[0] != res[1] {
-		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
-	}
+		return tr.String()
+	})
 }
 
 // The libvirt checkpoint and push-mode backup flow on a qcow2 disk, in
@@ -444,9 +424,7 @@ func TestQcow2PersistentBitmapsAtExit(t *testing.T) {
 // c1 again. Each backup reads as the guest's disk at its checkpoint, and
 // the bitmaps match QSD's at every step.
 func TestQcow2CheckpointFlow(t *testing.T) {
-	var res []string
-	for _, k := range []kind{kindQSD, kindQbmond} {
-		dir := shortTempDir(t)
+	diffDaemons(t, func(k kind, dir string) string {
 		sh(t, dir, `qemu-img create -q -f qcow2 src.qcow2 8M
 qemu-io -f qcow2 -c 'write -P 0x11 0 3M' -c 'write -P 0x12 5M 1M' src.qcow2 >/dev/null
 qemu-img create -q -f qcow2 full.qcow2 8M
@@ -512,11 +490,8 @@ qemu-img create -q -f qcow2 -b full.qcow2 -F qcow2 inc2.qcow2`)
 		src := filepath.Join(dir, "src.qcow2")
 		fmt.Fprintf(&tr, "on disk at the end: %s\n", imageBitmaps(t, src))
 		checkClean(t, src, false)
-		res = append(res, tr.String())
-	}
-	if res[0] != res[1] {
-		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
-	}
+		return tr.String()
+	})
 }
 
 // Persistent bitmaps of a qcow2 chain through blockdev-snapshot, an
@@ -524,9 +499,7 @@ qemu-img create -q -f qcow2 -b full.qcow2 -F qcow2 inc2.qcow2`)
 // stay on their nodes, record what reaches them, and each image stores
 // its own at close.
 func TestQcow2PersistentBitmapsChain(t *testing.T) {
-	var res []string
-	for _, k := range []kind{kindQSD, kindQbmond} {
-		dir := shortTempDir(t)
+	diffDaemons(t, func(k kind, dir string) string {
 		sh(t, dir, `qemu-img create -q -f qcow2 base.qcow2 8M
 qemu-img bitmap --add base.qcow2 c1
 qemu-io -f qcow2 -c 'write -P 0x11 0 1M' base.qcow2 >/dev/null
@@ -568,11 +541,8 @@ qemu-img create -q -f qcow2 -b ov.qcow2 -F qcow2 ov2.qcow2`)
 			fmt.Fprintf(&tr, "%s on disk: %s\n", img, imageBitmaps(t, p))
 			checkClean(t, p, false)
 		}
-		res = append(res, tr.String())
-	}
-	if res[0] != res[1] {
-		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
-	}
+		return tr.String()
+	})
 }
 
 // A libvirt pull-mode backup from a qcow2 disk whose checkpoint bitmap
@@ -582,9 +552,7 @@ qemu-img create -q -f qcow2 -b ov.qcow2 -F qcow2 ov2.qcow2`)
 // --map of qemu:dirty-bitmap and the fleecing export's content are
 // QSD's, and the export reads the disk as it was at the checkpoint.
 func TestQcow2PullBackupFromStoredCheckpoint(t *testing.T) {
-	var res []string
-	for _, k := range []kind{kindQSD, kindQbmond} {
-		dir := shortTempDir(t)
+	diffDaemons(t, func(k kind, dir string) string {
 		sh(t, dir, `qemu-img create -q -f qcow2 src.qcow2 8M
 qemu-img bitmap --add src.qcow2 c1
 qemu-io -f qcow2 -c 'write -P 0x11 0 1M' -c 'write -P 0x12 3M 100k' -c 'write -z 6M 64k' src.qcow2 >/dev/null
@@ -616,11 +584,8 @@ qemu-img create -q -f qcow2 -b src.qcow2 -F qcow2 fleece.qcow2`)
 		fmt.Fprintf(&tr, "after:\n%s", qcow2Bitmaps(t, c, "src"))
 		d.stop()
 		fmt.Fprintf(&tr, "on disk: %s\n", imageBitmaps(t, filepath.Join(dir, "src.qcow2")))
-		res = append(res, tr.String())
-	}
-	if res[0] != res[1] {
-		t.Fatalf("qbmond:\n%s\nQSD:\n%s", res[1], res[0])
-	}
+		return tr.String()
+	})
 }
 
 // BenchmarkQcow2BitmapsOpenStoreClose opens a 1 TiB qcow2 image with four
