@@ -10,7 +10,7 @@ QBMOND=${1:-bin/qbmond}
 RUNTIME=${RUNTIME:-6}
 command -v fio >/dev/null || { echo "fio is needed: apt-get install -y fio" >&2; exit 1; }
 dir=$(mktemp -d /tmp/qbbm-XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 dd if=/dev/urandom of="$dir/img" bs=1M count=1024 status=none
 
 qmp() { # socket, then JSON lines on stdin

@@ -7,7 +7,7 @@ set -euo pipefail
 QBMOND=${1:-bin/qbmond}
 REPEAT=${REPEAT:-3}
 dir=$(mktemp -d /tmp/qbperf-XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 # A 2 GiB image whose first 1 GiB is data, and 512 MiB to write.
 truncate -s 2G "$dir/img"
 dd if=/dev/urandom of="$dir/img" bs=1M count=1024 conv=notrunc status=none

@@ -9,7 +9,7 @@ QBMOND=${1:-bin/qbmond}
 RUNTIME=${RUNTIME:-8}
 command -v fio >/dev/null || { echo "fio is needed: apt-get install -y fio" >&2; exit 1; }
 dir=$(mktemp -d /tmp/qbq2-XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 
 start() { # kind
 	local sock="$dir/$1.qmp" bin
