@@ -31,6 +31,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"unicode/utf8"
 )
 
 //go:embed qapi/*.json
@@ -105,16 +106,23 @@ var allowedKeys = map[string][]string{
 	"event": {"data", "boxed", "features"},
 }
 
-// stripComments blanks every line whose first non-blank character is '#',
-// keeping line numbers intact for error messages.
+// stripComments blanks, in place, every line whose first non-blank
+// character is '#', keeping line numbers intact for error messages.
 func stripComments(b []byte) []byte {
-	lines := bytes.Split(b, []byte("\n"))
-	for i, l := range lines {
+	for rest := b; len(rest) > 0; {
+		l := rest
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			l, rest = rest[:i], rest[i+1:]
+		} else {
+			rest = nil
+		}
 		if t := bytes.TrimLeft(l, " \t\r"); len(t) > 0 && t[0] == '#' {
-			lines[i] = nil
+			for i := range l {
+				l[i] = ' '
+			}
 		}
 	}
-	return bytes.Join(lines, []byte("\n"))
+	return b
 }
 
 func lineOf(b []byte, off int64) int {
@@ -158,7 +166,7 @@ func readDefs(fsys fs.FS, file string, seen map[string]bool, out *[]*rawDef) err
 					return fmt.Errorf("schema: %s: definition is both %s and %s", pos, def.meta, meta)
 				}
 				def.meta = meta
-				if err := json.Unmarshal(raw, &def.name); err != nil || def.name == "" {
+				if err := decodeString(raw, &def.name); err != nil || def.name == "" {
 					return fmt.Errorf("schema: %s: %s needs a name", pos, meta)
 				}
 			}
@@ -284,7 +292,8 @@ func (l *loader) errorf(pos, format string, a ...any) error {
 // typeRef resolves a type reference: "Name" or ["Name"].
 func (l *loader) typeRef(raw json.RawMessage, pos, what string) (*typ, error) {
 	var name string
-	if err := json.Unmarshal(raw, &name); err == nil {
+	isList := len(raw) > 0 && raw[0] == '['
+	if !isList && decodeString(raw, &name) == nil {
 		t, ok := l.s.types[name]
 		if !ok || name == "q_empty" {
 			return nil, l.errorf(pos, "%s uses unknown type '%s'", what, name)
@@ -300,6 +309,20 @@ func (l *loader) typeRef(raw json.RawMessage, pos, what string) (*typ, error) {
 		return nil, err
 	}
 	return l.s.arrayOf(elem), nil
+}
+
+// namedRef is the type a plain "Name" reference names, or nil when the
+// reference is anything else (typeRef then resolves it or says what is
+// wrong); it spares the common case typeRef's description of the place.
+func (l *loader) namedRef(raw json.RawMessage) *typ {
+	var name string
+	if len(raw) == 0 || raw[0] != '"' || decodeString(raw, &name) != nil {
+		return nil
+	}
+	if t := l.s.types[name]; t != nil && name != "q_empty" {
+		return t
+	}
+	return nil
 }
 
 func mustMarshal(v any) json.RawMessage {
@@ -324,35 +347,105 @@ type kv struct {
 	val json.RawMessage
 }
 
-// orderedObject decodes a JSON object keeping its members' order.
+// orderedObject splits a JSON object into its members, keeping their
+// order; the values are slices of raw.
 func orderedObject(raw json.RawMessage) ([]kv, error) {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, err
+	raw = bytes.TrimLeft(raw, jsonSpace)
+	if len(raw) == 0 {
+		return nil, io.EOF
 	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
+	if raw[0] != '{' {
 		return nil, errors.New("expected an object")
 	}
-	var out []kv
-	seen := map[string]bool{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, err
-		}
-		key := tok.(string)
-		if seen[key] {
-			return nil, fmt.Errorf("duplicate key '%s'", key)
-		}
-		seen[key] = true
-		var val json.RawMessage
-		if err := dec.Decode(&val); err != nil {
-			return nil, err
-		}
-		out = append(out, kv{key, val})
+	if !json.Valid(raw) {
+		return nil, errors.New("invalid JSON object")
 	}
-	return out, nil
+	var out []kv
+	rest := raw[1:]
+	for {
+		rest = bytes.TrimLeft(rest, jsonSpace)
+		if rest[0] == '}' {
+			return out, nil
+		}
+		if rest[0] == ',' {
+			rest = bytes.TrimLeft(rest[1:], jsonSpace)
+		}
+		n := jsonValueLen(rest)
+		var key string
+		if err := decodeString(rest[:n], &key); err != nil {
+			return nil, err
+		}
+		for _, f := range out {
+			if f.key == key {
+				return nil, fmt.Errorf("duplicate key '%s'", key)
+			}
+		}
+		rest = bytes.TrimLeft(rest[n:], jsonSpace)[1:] // the ':'
+		rest = bytes.TrimLeft(rest, jsonSpace)
+		n = jsonValueLen(rest)
+		out = append(out, kv{key, rest[:n:n]})
+		rest = rest[n:]
+	}
+}
+
+// jsonSpace is the white space JSON allows between tokens.
+const jsonSpace = " \t\r\n"
+
+// jsonValueLen is the length of the JSON value at the start of b, which
+// must be valid JSON (checked by the caller).
+func jsonValueLen(b []byte) int {
+	depth, inString := 0, false
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		switch {
+		case inString:
+			switch c {
+			case '\\':
+				i++
+			case '"':
+				inString = false
+				if depth == 0 {
+					return i + 1
+				}
+			}
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[':
+			depth++
+		case c == '}' || c == ']':
+			if depth == 0 {
+				return i // the end of an enclosing scalar's container
+			}
+			depth--
+			if depth == 0 {
+				return i + 1
+			}
+		case depth == 0 && (c == ',' || strings.IndexByte(jsonSpace, c) >= 0):
+			return i
+		}
+	}
+	return len(b)
+}
+
+// decodeString decodes a JSON string; a plain one (no escapes, valid UTF-8)
+// is taken as it is, without encoding/json's allocations.
+func decodeString(raw json.RawMessage, dst *string) error {
+	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' &&
+		bytes.IndexByte(raw[1:n-1], '\\') < 0 && bytes.IndexByte(raw[1:n-1], '"') < 0 &&
+		utf8.Valid(raw) && !hasControl(raw) {
+		*dst = string(raw[1 : n-1])
+		return nil
+	}
+	return json.Unmarshal(raw, dst)
+}
+
+func hasControl(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 {
+			return true
+		}
+	}
+	return false
 }
 
 // features reads a features list: names or {"name": ...} objects.
@@ -400,25 +493,27 @@ func (l *loader) members(raw json.RawMessage, pos, owner string) ([]*member, err
 		if m.name == "" {
 			return nil, l.errorf(pos, "%s: member without a name", owner)
 		}
-		what := fmt.Sprintf("member '%s' of %s", m.name, owner)
+		what := func() string { return fmt.Sprintf("member '%s' of %s", m.name, owner) }
 		ref := f.val
-		var long struct {
-			Type     json.RawMessage `json:"type"`
-			Features json.RawMessage `json:"features"`
-		}
 		if len(ref) > 0 && ref[0] == '{' {
+			var long struct {
+				Type     json.RawMessage `json:"type"`
+				Features json.RawMessage `json:"features"`
+			}
 			dec := json.NewDecoder(bytes.NewReader(ref))
 			dec.DisallowUnknownFields()
 			if err := dec.Decode(&long); err != nil || long.Type == nil {
-				return nil, l.errorf(pos, "%s: expected {\"type\": ..., \"features\": [...]}", what)
+				return nil, l.errorf(pos, "%s: expected {\"type\": ..., \"features\": [...]}", what())
 			}
 			ref = long.Type
 			if m.features, err = l.features(long.Features, pos); err != nil {
 				return nil, err
 			}
 		}
-		if m.typ, err = l.typeRef(ref, pos, what); err != nil {
-			return nil, err
+		if m.typ = l.namedRef(ref); m.typ == nil {
+			if m.typ, err = l.typeRef(ref, pos, what()); err != nil {
+				return nil, err
+			}
 		}
 		out = append(out, m)
 	}
@@ -583,7 +678,7 @@ func (l *loader) resolveUnion(t *typ, d *rawDef) error {
 		return err
 	}
 	var disc string
-	if err := json.Unmarshal(d.fields["discriminator"], &disc); err != nil {
+	if err := decodeString(d.fields["discriminator"], &disc); err != nil {
 		return l.errorf(d.pos, "union %s needs a discriminator", t.name)
 	}
 	tag := t.memberIndex[disc]
@@ -603,9 +698,12 @@ func (l *loader) resolveUnion(t *typ, d *rawDef) error {
 		if _, ok := tag.typ.valueIndex[c.key]; !ok {
 			return l.errorf(d.pos, "union %s: case '%s' is not a value of %s", t.name, c.key, tag.typ.name)
 		}
-		vt, err := l.objectRef(c.val, "", d.pos, fmt.Sprintf("variant '%s' of %s", c.key, t.name))
-		if err != nil {
-			return err
+		vt := l.namedRef(c.val)
+		if vt == nil || vt.kind != kindObject || !vt.resolved {
+			var err error
+			if vt, err = l.objectRef(c.val, "", d.pos, fmt.Sprintf("variant '%s' of %s", c.key, t.name)); err != nil {
+				return err
+			}
 		}
 		if vt.implicit {
 			return l.errorf(d.pos, "union %s: variant '%s' must name a type", t.name, c.key)

@@ -1,0 +1,63 @@
+package schema
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+)
+
+// TestOrderedObject checks the hand-written object splitter against
+// encoding/json: keys with escapes, nested values holding the delimiters
+// in strings, scalars before a closing brace, white space everywhere.
+func TestOrderedObject(t *testing.T) {
+	src := " {\n \"a\" : \"x,}\\\"y\" , \"b\\u0063\\n\":{\"k\":[1,{\"z\":\"]}\"}],\"e\":{}},\"n\":-1.5e3," +
+		"\"t\":true,\"f\":false , \"nul\":null,\"l\":[ ],\"\u00e9\":\"\u00e9\"\t}\r\n"
+	got, err := orderedObject(json.RawMessage(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(src), &want); err != nil {
+		t.Fatal(err)
+	}
+	keys := []string{"a", "bc\n", "n", "t", "f", "nul", "l", "\u00e9"}
+	if len(got) != len(keys) {
+		t.Fatalf("got %d members, want %d: %q", len(got), len(keys), got)
+	}
+	for i, f := range got {
+		if f.key != keys[i] {
+			t.Errorf("member %d is %q, want %q", i, f.key, keys[i])
+		}
+		var g, w any
+		if err := json.Unmarshal(f.val, &g); err != nil {
+			t.Errorf("%s: value %q: %v", f.key, f.val, err)
+		}
+		json.Unmarshal(want[f.key], &w)
+		if !reflect.DeepEqual(g, w) {
+			t.Errorf("%s: value %q, want %q", f.key, f.val, want[f.key])
+		}
+	}
+	for _, tc := range []struct{ src, want string }{
+		{``, "EOF"},
+		{` [1]`, "expected an object"},
+		{`{"a": 1,}`, "invalid JSON object"},
+		{`{"a": 1, "a": 2}`, "duplicate key 'a'"},
+		{`{"a": 1} {}`, "invalid JSON object"},
+	} {
+		if _, err := orderedObject(json.RawMessage(tc.src)); err == nil || err.Error() != tc.want {
+			t.Errorf("%q: error %v, want %q", tc.src, err, tc.want)
+		}
+	}
+}
+
+// TestDecodeString checks the plain-string shortcut against encoding/json.
+func TestDecodeString(t *testing.T) {
+	for _, src := range []string{`"abc"`, `""`, `"a\"b"`, `"\u00e9"`, "\"\xff\"", "\"a\tb\"", `"é"`, `1`, `["a"]`, `"a" "b"`} {
+		var got, want string
+		gerr := decodeString(json.RawMessage(src), &got)
+		werr := json.Unmarshal([]byte(src), &want)
+		if (gerr == nil) != (werr == nil) || got != want {
+			t.Errorf("%q: got %q (%v), encoding/json %q (%v)", src, got, gerr, want, werr)
+		}
+	}
+}
