@@ -61,3 +61,25 @@ func TestDecodeString(t *testing.T) {
 		}
 	}
 }
+
+// TestArrayItems checks the array splitter against encoding/json.
+func TestArrayItems(t *testing.T) {
+	for _, src := range []string{`["a", "b,]"]`, ` [ ] `, `[{"name": "x", "features": ["f"]}, "y" ,1,[2,[3]]]`, `null`} {
+		got, err := arrayItems(json.RawMessage(src))
+		var want []json.RawMessage
+		werr := json.Unmarshal([]byte(src), &want)
+		if err != nil || werr != nil || len(got) != len(want) {
+			t.Fatalf("%s: got %q (%v), encoding/json %q (%v)", src, got, err, want, werr)
+		}
+		for i := range got {
+			if string(got[i]) != string(want[i]) {
+				t.Errorf("%s: item %d is %q, want %q", src, i, got[i], want[i])
+			}
+		}
+	}
+	for _, src := range []string{``, `{}`, `["a",]`, `"a"`} {
+		if _, err := arrayItems(json.RawMessage(src)); err == nil {
+			t.Errorf("%q: no error", src)
+		}
+	}
+}

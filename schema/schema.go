@@ -388,6 +388,25 @@ func orderedObject(raw json.RawMessage) ([]kv, error) {
 	}
 }
 
+// arrayItems splits a JSON array into its elements, slices of raw.
+func arrayItems(raw json.RawMessage) ([]json.RawMessage, error) {
+	raw = bytes.TrimLeft(raw, jsonSpace)
+	if len(raw) == 0 || raw[0] != '[' || !json.Valid(raw) {
+		var items []json.RawMessage
+		return items, json.Unmarshal(raw, &items) // its error, or null
+	}
+	var out []json.RawMessage
+	for rest := bytes.TrimLeft(raw[1:], jsonSpace); rest[0] != ']'; rest = bytes.TrimLeft(rest, jsonSpace) {
+		if rest[0] == ',' {
+			rest = bytes.TrimLeft(rest[1:], jsonSpace)
+		}
+		n := jsonValueLen(rest)
+		out = append(out, rest[:n:n])
+		rest = rest[n:]
+	}
+	return out, nil
+}
+
 // jsonSpace is the white space JSON allows between tokens.
 const jsonSpace = " \t\r\n"
 
@@ -453,14 +472,14 @@ func (l *loader) features(raw json.RawMessage, pos string) ([]string, error) {
 	if raw == nil {
 		return nil, nil
 	}
-	var items []json.RawMessage
-	if err := json.Unmarshal(raw, &items); err != nil {
+	items, err := arrayItems(raw)
+	if err != nil {
 		return nil, l.errorf(pos, "features must be a list")
 	}
 	var out []string
 	for _, it := range items {
 		var name string
-		if err := json.Unmarshal(it, &name); err != nil {
+		if err := decodeString(it, &name); err != nil {
 			var obj struct {
 				Name string `json:"name"`
 			}
@@ -611,14 +630,15 @@ func (l *loader) resolve(t *typ) error {
 }
 
 func (l *loader) resolveEnum(t *typ, d *rawDef) error {
-	var items []json.RawMessage
-	if err := json.Unmarshal(d.fields["data"], &items); err != nil {
+	items, err := arrayItems(d.fields["data"])
+	if err != nil {
 		return l.errorf(d.pos, "enum %s: data must be a list", t.name)
 	}
-	t.valueIndex = map[string]int{}
+	t.valueIndex = make(map[string]int, len(items))
+	t.values = make([]enumValue, 0, len(items))
 	for _, it := range items {
 		var v enumValue
-		if err := json.Unmarshal(it, &v.name); err != nil {
+		if err := decodeString(it, &v.name); err != nil {
 			var obj struct {
 				Name     string          `json:"name"`
 				Features json.RawMessage `json:"features"`
