@@ -53,8 +53,8 @@ func TestOrderedObject(t *testing.T) {
 // TestDecodeString checks the plain-string shortcut against encoding/json.
 func TestDecodeString(t *testing.T) {
 	for _, src := range []string{`"abc"`, `""`, `"a\"b"`, `"\u00e9"`, "\"\xff\"", "\"a\tb\"", `"é"`, `1`, `["a"]`, `"a" "b"`} {
-		var got, want string
-		gerr := decodeString(json.RawMessage(src), &got)
+		var want string
+		got, gerr := decodeString(json.RawMessage(src))
 		werr := json.Unmarshal([]byte(src), &want)
 		if (gerr == nil) != (werr == nil) || got != want {
 			t.Errorf("%q: got %q (%v), encoding/json %q (%v)", src, got, gerr, want, werr)

@@ -166,7 +166,8 @@ func readDefs(fsys fs.FS, file string, seen map[string]bool, out *[]*rawDef) err
 					return fmt.Errorf("schema: %s: definition is both %s and %s", pos, def.meta, meta)
 				}
 				def.meta = meta
-				if err := decodeString(raw, &def.name); err != nil || def.name == "" {
+				var err error
+				if def.name, err = decodeString(raw); err != nil || def.name == "" {
 					return fmt.Errorf("schema: %s: %s needs a name", pos, meta)
 				}
 			}
@@ -231,8 +232,10 @@ func load(fsys fs.FS, root string) (*Schema, error) {
 	if err := readDefs(fsys, root, map[string]bool{}, &defs); err != nil {
 		return nil, err
 	}
+	// Sized once, as growing leaves garbage that an idle daemon never
+	// collects (commands and events leave room for the implicit types).
 	s := &Schema{
-		types:    map[string]*typ{},
+		types:    make(map[string]*typ, len(builtins)+len(defs)),
 		arrays:   map[*typ]*typ{},
 		entities: map[string]*command{},
 	}
@@ -246,7 +249,7 @@ func load(fsys fs.FS, root string) (*Schema, error) {
 	s.types["q_empty"] = s.empty
 
 	// First pass: declare every named type so references may point forward.
-	names := map[string]string{} // name → position of its definition
+	names := make(map[string]string, len(defs)) // name → position of its definition
 	for _, d := range defs {
 		if prev, dup := names[d.name]; dup {
 			return nil, fmt.Errorf("schema: %s: '%s' is already defined at %s", d.pos, d.name, prev)
@@ -291,14 +294,14 @@ func (l *loader) errorf(pos, format string, a ...any) error {
 
 // typeRef resolves a type reference: "Name" or ["Name"].
 func (l *loader) typeRef(raw json.RawMessage, pos, what string) (*typ, error) {
-	var name string
-	isList := len(raw) > 0 && raw[0] == '['
-	if !isList && decodeString(raw, &name) == nil {
-		t, ok := l.s.types[name]
-		if !ok || name == "q_empty" {
-			return nil, l.errorf(pos, "%s uses unknown type '%s'", what, name)
+	if len(raw) == 0 || raw[0] != '[' { // a list is below
+		if name, err := decodeString(raw); err == nil {
+			t, ok := l.s.types[name]
+			if !ok || name == "q_empty" {
+				return nil, l.errorf(pos, "%s uses unknown type '%s'", what, name)
+			}
+			return t, nil
 		}
-		return t, nil
 	}
 	var list []string
 	if err := json.Unmarshal(raw, &list); err != nil || len(list) != 1 {
@@ -315,11 +318,12 @@ func (l *loader) typeRef(raw json.RawMessage, pos, what string) (*typ, error) {
 // reference is anything else (typeRef then resolves it or says what is
 // wrong); it spares the common case typeRef's description of the place.
 func (l *loader) namedRef(raw json.RawMessage) *typ {
-	var name string
-	if len(raw) == 0 || raw[0] != '"' || decodeString(raw, &name) != nil {
+	n := len(raw)
+	if n < 2 || !plainString(raw) {
 		return nil
 	}
-	if t := l.s.types[name]; t != nil && name != "q_empty" {
+	name := raw[1 : n-1]
+	if t := l.s.types[string(name)]; t != nil && string(name) != "q_empty" {
 		return t
 	}
 	return nil
@@ -360,7 +364,7 @@ func orderedObject(raw json.RawMessage) ([]kv, error) {
 	if !json.Valid(raw) {
 		return nil, errors.New("invalid JSON object")
 	}
-	var out []kv
+	out := make([]kv, 0, bytes.Count(raw, []byte{':'})) // at least the members
 	rest := raw[1:]
 	for {
 		rest = bytes.TrimLeft(rest, jsonSpace)
@@ -371,8 +375,8 @@ func orderedObject(raw json.RawMessage) ([]kv, error) {
 			rest = bytes.TrimLeft(rest[1:], jsonSpace)
 		}
 		n := jsonValueLen(rest)
-		var key string
-		if err := decodeString(rest[:n], &key); err != nil {
+		key, err := decodeString(rest[:n])
+		if err != nil {
 			return nil, err
 		}
 		for _, f := range out {
@@ -395,7 +399,7 @@ func arrayItems(raw json.RawMessage) ([]json.RawMessage, error) {
 		var items []json.RawMessage
 		return items, json.Unmarshal(raw, &items) // its error, or null
 	}
-	var out []json.RawMessage
+	out := make([]json.RawMessage, 0, bytes.Count(raw, []byte{','})+1) // at least the items
 	for rest := bytes.TrimLeft(raw[1:], jsonSpace); rest[0] != ']'; rest = bytes.TrimLeft(rest, jsonSpace) {
 		if rest[0] == ',' {
 			rest = bytes.TrimLeft(rest[1:], jsonSpace)
@@ -446,25 +450,30 @@ func jsonValueLen(b []byte) int {
 	return len(b)
 }
 
-// decodeString decodes a JSON string; a plain one (no escapes, valid UTF-8)
-// is taken as it is, without encoding/json's allocations.
-func decodeString(raw json.RawMessage, dst *string) error {
-	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' &&
-		bytes.IndexByte(raw[1:n-1], '\\') < 0 && bytes.IndexByte(raw[1:n-1], '"') < 0 &&
-		utf8.Valid(raw) && !hasControl(raw) {
-		*dst = string(raw[1 : n-1])
-		return nil
+// decodeString decodes a JSON string; a plain one is taken as it is,
+// without encoding/json's allocations.
+func decodeString(raw json.RawMessage) (string, error) {
+	if plainString(raw) {
+		return string(raw[1 : len(raw)-1]), nil
 	}
-	return json.Unmarshal(raw, dst)
+	var s string
+	err := json.Unmarshal(raw, &s)
+	return s, err
 }
 
-func hasControl(b []byte) bool {
-	for _, c := range b {
-		if c < 0x20 {
-			return true
+// plainString tells whether raw is one JSON string without escapes, control
+// characters or invalid UTF-8: its text between the quotes is its value.
+func plainString(raw []byte) bool {
+	n := len(raw)
+	if n < 2 || raw[0] != '"' || raw[n-1] != '"' || !utf8.Valid(raw) {
+		return false
+	}
+	for _, c := range raw[1 : n-1] {
+		if c < 0x20 || c == '"' || c == '\\' {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // features reads a features list: names or {"name": ...} objects.
@@ -478,8 +487,8 @@ func (l *loader) features(raw json.RawMessage, pos string) ([]string, error) {
 	}
 	var out []string
 	for _, it := range items {
-		var name string
-		if err := decodeString(it, &name); err != nil {
+		name, err := decodeString(it)
+		if err != nil {
 			var obj struct {
 				Name string `json:"name"`
 			}
@@ -582,7 +591,11 @@ func (l *loader) objectRef(raw json.RawMessage, implicitName, pos, what string) 
 
 // setMembers flattens base members and own members into t.
 func (l *loader) setMembers(t, base *typ, own []*member) error {
-	t.memberIndex = map[string]*member{}
+	n := len(own)
+	if base != nil {
+		n += len(base.members)
+	}
+	t.memberIndex = make(map[string]*member, n)
 	if base != nil {
 		t.members = append(t.members, base.members...)
 	}
@@ -638,7 +651,7 @@ func (l *loader) resolveEnum(t *typ, d *rawDef) error {
 	t.values = make([]enumValue, 0, len(items))
 	for _, it := range items {
 		var v enumValue
-		if err := decodeString(it, &v.name); err != nil {
+		if v.name, err = decodeString(it); err != nil {
 			var obj struct {
 				Name     string          `json:"name"`
 				Features json.RawMessage `json:"features"`
@@ -697,8 +710,8 @@ func (l *loader) resolveUnion(t *typ, d *rawDef) error {
 	if err := l.setMembers(t, base, nil); err != nil {
 		return err
 	}
-	var disc string
-	if err := decodeString(d.fields["discriminator"], &disc); err != nil {
+	disc, err := decodeString(d.fields["discriminator"])
+	if err != nil {
 		return l.errorf(d.pos, "union %s needs a discriminator", t.name)
 	}
 	tag := t.memberIndex[disc]
