@@ -318,11 +318,10 @@ func (l *loader) typeRef(raw json.RawMessage, pos, what string) (*typ, error) {
 // reference is anything else (typeRef then resolves it or says what is
 // wrong); it spares the common case typeRef's description of the place.
 func (l *loader) namedRef(raw json.RawMessage) *typ {
-	n := len(raw)
-	if n < 2 || !plainString(raw) {
+	if !plainString(raw) {
 		return nil
 	}
-	name := raw[1 : n-1]
+	name := raw[1 : len(raw)-1]
 	if t := l.s.types[string(name)]; t != nil && string(name) != "q_empty" {
 		return t
 	}
@@ -437,7 +436,7 @@ func jsonValueLen(b []byte) int {
 			depth++
 		case c == '}' || c == ']':
 			if depth == 0 {
-				return i // the end of an enclosing scalar's container
+				return i // a scalar ends where its container does
 			}
 			depth--
 			if depth == 0 {
