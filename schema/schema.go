@@ -31,6 +31,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"unicode/utf8"
 )
 
 //go:embed qapi/*.json
@@ -105,16 +106,23 @@ var allowedKeys = map[string][]string{
 	"event": {"data", "boxed", "features"},
 }
 
-// stripComments blanks every line whose first non-blank character is '#',
-// keeping line numbers intact for error messages.
+// stripComments blanks, in place, every line whose first non-blank
+// character is '#', keeping line numbers intact for error messages.
 func stripComments(b []byte) []byte {
-	lines := bytes.Split(b, []byte("\n"))
-	for i, l := range lines {
+	for rest := b; len(rest) > 0; {
+		l := rest
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			l, rest = rest[:i], rest[i+1:]
+		} else {
+			rest = nil
+		}
 		if t := bytes.TrimLeft(l, " \t\r"); len(t) > 0 && t[0] == '#' {
-			lines[i] = nil
+			for i := range l {
+				l[i] = ' '
+			}
 		}
 	}
-	return bytes.Join(lines, []byte("\n"))
+	return b
 }
 
 func lineOf(b []byte, off int64) int {
@@ -158,7 +166,8 @@ func readDefs(fsys fs.FS, file string, seen map[string]bool, out *[]*rawDef) err
 					return fmt.Errorf("schema: %s: definition is both %s and %s", pos, def.meta, meta)
 				}
 				def.meta = meta
-				if err := json.Unmarshal(raw, &def.name); err != nil || def.name == "" {
+				var err error
+				if def.name, err = decodeString(raw); err != nil || def.name == "" {
 					return fmt.Errorf("schema: %s: %s needs a name", pos, meta)
 				}
 			}
@@ -223,8 +232,10 @@ func load(fsys fs.FS, root string) (*Schema, error) {
 	if err := readDefs(fsys, root, map[string]bool{}, &defs); err != nil {
 		return nil, err
 	}
+	// Sized once, as growing leaves garbage that an idle daemon never
+	// collects (commands and events leave room for the implicit types).
 	s := &Schema{
-		types:    map[string]*typ{},
+		types:    make(map[string]*typ, len(builtins)+len(defs)),
 		arrays:   map[*typ]*typ{},
 		entities: map[string]*command{},
 	}
@@ -238,7 +249,7 @@ func load(fsys fs.FS, root string) (*Schema, error) {
 	s.types["q_empty"] = s.empty
 
 	// First pass: declare every named type so references may point forward.
-	names := map[string]string{} // name → position of its definition
+	names := make(map[string]string, len(defs)) // name → position of its definition
 	for _, d := range defs {
 		if prev, dup := names[d.name]; dup {
 			return nil, fmt.Errorf("schema: %s: '%s' is already defined at %s", d.pos, d.name, prev)
@@ -283,13 +294,14 @@ func (l *loader) errorf(pos, format string, a ...any) error {
 
 // typeRef resolves a type reference: "Name" or ["Name"].
 func (l *loader) typeRef(raw json.RawMessage, pos, what string) (*typ, error) {
-	var name string
-	if err := json.Unmarshal(raw, &name); err == nil {
-		t, ok := l.s.types[name]
-		if !ok || name == "q_empty" {
-			return nil, l.errorf(pos, "%s uses unknown type '%s'", what, name)
+	if len(raw) == 0 || raw[0] != '[' { // a list is below
+		if name, err := decodeString(raw); err == nil {
+			t, ok := l.s.types[name]
+			if !ok || name == "q_empty" {
+				return nil, l.errorf(pos, "%s uses unknown type '%s'", what, name)
+			}
+			return t, nil
 		}
-		return t, nil
 	}
 	var list []string
 	if err := json.Unmarshal(raw, &list); err != nil || len(list) != 1 {
@@ -300,6 +312,20 @@ func (l *loader) typeRef(raw json.RawMessage, pos, what string) (*typ, error) {
 		return nil, err
 	}
 	return l.s.arrayOf(elem), nil
+}
+
+// namedRef is the type a plain "Name" reference names, or nil when the
+// reference is anything else (typeRef then resolves it or says what is
+// wrong); it spares the common case typeRef's description of the place.
+func (l *loader) namedRef(raw json.RawMessage) *typ {
+	if !plainString(raw) {
+		return nil
+	}
+	name := raw[1 : len(raw)-1]
+	if t := l.s.types[string(name)]; t != nil && string(name) != "q_empty" {
+		return t
+	}
+	return nil
 }
 
 func mustMarshal(v any) json.RawMessage {
@@ -324,35 +350,129 @@ type kv struct {
 	val json.RawMessage
 }
 
-// orderedObject decodes a JSON object keeping its members' order.
+// orderedObject splits a JSON object into its members, keeping their
+// order; the values are slices of raw.
 func orderedObject(raw json.RawMessage) ([]kv, error) {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, err
+	raw = bytes.TrimLeft(raw, jsonSpace)
+	if len(raw) == 0 {
+		return nil, io.EOF
 	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
+	if raw[0] != '{' {
 		return nil, errors.New("expected an object")
 	}
-	var out []kv
-	seen := map[string]bool{}
-	for dec.More() {
-		tok, err := dec.Token()
+	if !json.Valid(raw) {
+		return nil, errors.New("invalid JSON object")
+	}
+	out := make([]kv, 0, bytes.Count(raw, []byte{':'})) // at least the members
+	rest := raw[1:]
+	for {
+		rest = bytes.TrimLeft(rest, jsonSpace)
+		if rest[0] == '}' {
+			return out, nil
+		}
+		if rest[0] == ',' {
+			rest = bytes.TrimLeft(rest[1:], jsonSpace)
+		}
+		n := jsonValueLen(rest)
+		key, err := decodeString(rest[:n])
 		if err != nil {
 			return nil, err
 		}
-		key := tok.(string)
-		if seen[key] {
-			return nil, fmt.Errorf("duplicate key '%s'", key)
+		for _, f := range out {
+			if f.key == key {
+				return nil, fmt.Errorf("duplicate key '%s'", key)
+			}
 		}
-		seen[key] = true
-		var val json.RawMessage
-		if err := dec.Decode(&val); err != nil {
-			return nil, err
+		rest = bytes.TrimLeft(rest[n:], jsonSpace)[1:] // the ':'
+		rest = bytes.TrimLeft(rest, jsonSpace)
+		n = jsonValueLen(rest)
+		out = append(out, kv{key, rest[:n:n]})
+		rest = rest[n:]
+	}
+}
+
+// arrayItems splits a JSON array into its elements, slices of raw.
+func arrayItems(raw json.RawMessage) ([]json.RawMessage, error) {
+	raw = bytes.TrimLeft(raw, jsonSpace)
+	if len(raw) == 0 || raw[0] != '[' || !json.Valid(raw) {
+		var items []json.RawMessage
+		return items, json.Unmarshal(raw, &items) // its error, or null
+	}
+	out := make([]json.RawMessage, 0, bytes.Count(raw, []byte{','})+1) // at least the items
+	for rest := bytes.TrimLeft(raw[1:], jsonSpace); rest[0] != ']'; rest = bytes.TrimLeft(rest, jsonSpace) {
+		if rest[0] == ',' {
+			rest = bytes.TrimLeft(rest[1:], jsonSpace)
 		}
-		out = append(out, kv{key, val})
+		n := jsonValueLen(rest)
+		out = append(out, rest[:n:n])
+		rest = rest[n:]
 	}
 	return out, nil
+}
+
+// jsonSpace is the white space JSON allows between tokens.
+const jsonSpace = " \t\r\n"
+
+// jsonValueLen is the length of the JSON value at the start of b, which
+// must be valid JSON (checked by the caller).
+func jsonValueLen(b []byte) int {
+	depth, inString := 0, false
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		switch {
+		case inString:
+			switch c {
+			case '\\':
+				i++
+			case '"':
+				inString = false
+				if depth == 0 {
+					return i + 1
+				}
+			}
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[':
+			depth++
+		case c == '}' || c == ']':
+			if depth == 0 {
+				return i // a scalar ends where its container does
+			}
+			depth--
+			if depth == 0 {
+				return i + 1
+			}
+		case depth == 0 && (c == ',' || strings.IndexByte(jsonSpace, c) >= 0):
+			return i
+		}
+	}
+	return len(b)
+}
+
+// decodeString decodes a JSON string; a plain one is taken as it is,
+// without encoding/json's allocations.
+func decodeString(raw json.RawMessage) (string, error) {
+	if plainString(raw) {
+		return string(raw[1 : len(raw)-1]), nil
+	}
+	var s string
+	err := json.Unmarshal(raw, &s)
+	return s, err
+}
+
+// plainString tells whether raw is one JSON string without escapes, control
+// characters or invalid UTF-8: its text between the quotes is its value.
+func plainString(raw []byte) bool {
+	n := len(raw)
+	if n < 2 || raw[0] != '"' || raw[n-1] != '"' || !utf8.Valid(raw) {
+		return false
+	}
+	for _, c := range raw[1 : n-1] {
+		if c < 0x20 || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 // features reads a features list: names or {"name": ...} objects.
@@ -360,14 +480,14 @@ func (l *loader) features(raw json.RawMessage, pos string) ([]string, error) {
 	if raw == nil {
 		return nil, nil
 	}
-	var items []json.RawMessage
-	if err := json.Unmarshal(raw, &items); err != nil {
+	items, err := arrayItems(raw)
+	if err != nil {
 		return nil, l.errorf(pos, "features must be a list")
 	}
 	var out []string
 	for _, it := range items {
-		var name string
-		if err := json.Unmarshal(it, &name); err != nil {
+		name, err := decodeString(it)
+		if err != nil {
 			var obj struct {
 				Name string `json:"name"`
 			}
@@ -400,25 +520,27 @@ func (l *loader) members(raw json.RawMessage, pos, owner string) ([]*member, err
 		if m.name == "" {
 			return nil, l.errorf(pos, "%s: member without a name", owner)
 		}
-		what := fmt.Sprintf("member '%s' of %s", m.name, owner)
+		what := func() string { return fmt.Sprintf("member '%s' of %s", m.name, owner) }
 		ref := f.val
-		var long struct {
-			Type     json.RawMessage `json:"type"`
-			Features json.RawMessage `json:"features"`
-		}
 		if len(ref) > 0 && ref[0] == '{' {
+			var long struct {
+				Type     json.RawMessage `json:"type"`
+				Features json.RawMessage `json:"features"`
+			}
 			dec := json.NewDecoder(bytes.NewReader(ref))
 			dec.DisallowUnknownFields()
 			if err := dec.Decode(&long); err != nil || long.Type == nil {
-				return nil, l.errorf(pos, "%s: expected {\"type\": ..., \"features\": [...]}", what)
+				return nil, l.errorf(pos, "%s: expected {\"type\": ..., \"features\": [...]}", what())
 			}
 			ref = long.Type
 			if m.features, err = l.features(long.Features, pos); err != nil {
 				return nil, err
 			}
 		}
-		if m.typ, err = l.typeRef(ref, pos, what); err != nil {
-			return nil, err
+		if m.typ = l.namedRef(ref); m.typ == nil {
+			if m.typ, err = l.typeRef(ref, pos, what()); err != nil {
+				return nil, err
+			}
 		}
 		out = append(out, m)
 	}
@@ -468,7 +590,11 @@ func (l *loader) objectRef(raw json.RawMessage, implicitName, pos, what string) 
 
 // setMembers flattens base members and own members into t.
 func (l *loader) setMembers(t, base *typ, own []*member) error {
-	t.memberIndex = map[string]*member{}
+	n := len(own)
+	if base != nil {
+		n += len(base.members)
+	}
+	t.memberIndex = make(map[string]*member, n)
 	if base != nil {
 		t.members = append(t.members, base.members...)
 	}
@@ -516,14 +642,15 @@ func (l *loader) resolve(t *typ) error {
 }
 
 func (l *loader) resolveEnum(t *typ, d *rawDef) error {
-	var items []json.RawMessage
-	if err := json.Unmarshal(d.fields["data"], &items); err != nil {
+	items, err := arrayItems(d.fields["data"])
+	if err != nil {
 		return l.errorf(d.pos, "enum %s: data must be a list", t.name)
 	}
-	t.valueIndex = map[string]int{}
+	t.valueIndex = make(map[string]int, len(items))
+	t.values = make([]enumValue, 0, len(items))
 	for _, it := range items {
 		var v enumValue
-		if err := json.Unmarshal(it, &v.name); err != nil {
+		if v.name, err = decodeString(it); err != nil {
 			var obj struct {
 				Name     string          `json:"name"`
 				Features json.RawMessage `json:"features"`
@@ -582,8 +709,8 @@ func (l *loader) resolveUnion(t *typ, d *rawDef) error {
 	if err := l.setMembers(t, base, nil); err != nil {
 		return err
 	}
-	var disc string
-	if err := json.Unmarshal(d.fields["discriminator"], &disc); err != nil {
+	disc, err := decodeString(d.fields["discriminator"])
+	if err != nil {
 		return l.errorf(d.pos, "union %s needs a discriminator", t.name)
 	}
 	tag := t.memberIndex[disc]
@@ -603,9 +730,12 @@ func (l *loader) resolveUnion(t *typ, d *rawDef) error {
 		if _, ok := tag.typ.valueIndex[c.key]; !ok {
 			return l.errorf(d.pos, "union %s: case '%s' is not a value of %s", t.name, c.key, tag.typ.name)
 		}
-		vt, err := l.objectRef(c.val, "", d.pos, fmt.Sprintf("variant '%s' of %s", c.key, t.name))
-		if err != nil {
-			return err
+		vt := l.namedRef(c.val)
+		if vt == nil || vt.kind != kindObject || !vt.resolved {
+			var err error
+			if vt, err = l.objectRef(c.val, "", d.pos, fmt.Sprintf("variant '%s' of %s", c.key, t.name)); err != nil {
+				return err
+			}
 		}
 		if vt.implicit {
 			return l.errorf(d.pos, "union %s: variant '%s' must name a type", t.name, c.key)

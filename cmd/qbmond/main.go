@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -33,18 +32,16 @@ import (
 // the dialect spoken and "qbmond <version>" as the package.
 const version = "0.1.0"
 
+// profiled, set in builds with the cpuprofile tag (profile.go), runs the
+// daemon under a CPU profile when QBMOND_CPUPROFILE names a file.
+var profiled func(run func() int) int
+
 func main() {
-	// QBMOND_CPUPROFILE names a file for a CPU profile of the whole run
-	// (go tool pprof), for performance work.
-	if path := os.Getenv("QBMOND_CPUPROFILE"); path != "" {
-		if f, err := os.Create(path); err == nil && pprof.StartCPUProfile(f) == nil {
-			code := run(os.Args[1:], os.Stdout, os.Stderr)
-			pprof.StopCPUProfile()
-			f.Close()
-			os.Exit(code)
-		}
+	start := func() int { return run(os.Args[1:], os.Stdout, os.Stderr) }
+	if profiled != nil {
+		os.Exit(profiled(start))
 	}
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(start())
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
