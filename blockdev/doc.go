@@ -18,9 +18,11 @@
 //     transaction.go: chain operations (drain, op blockers,
 //     drop-intermediate, set-backing, replace, reopen, snapshots, filters).
 //   - bitmaps.go, bitmapops.go: dirty bitmaps on nodes.
-//   - blockcopy.go: block-copy, the copy engine of the jobs.
 //   - query.go, json.go, qdict.go, events.go: what queries and events
 //     report, in QEMU's shapes and order.
+//
+// Beside it, built on its exported API: blockdev/blockcopy (block-copy,
+// the copy engine of backup and copy-before-write).
 //
 // The graph lock is held only through Graph.Do (or WithLock): the
 // operations that need it are methods of *Locked or take one, so a call
