@@ -10,10 +10,12 @@
 //     ejected.go: the graph, adding and deleting nodes, the driver
 //     registry, nodes whose driver stopped serving them.
 //   - perm.go, permgraph.go, rootperm.go: permissions and image locks.
-//   - io.go, track.go, copyrange.go, copyonread.go, observe.go, stats.go,
-//     debugevent.go: the I/O path (requests, alignment, serialisation,
-//     write observers, statistics, blkdebug's events). It never takes the
-//     graph lock.
+//   - io.go, copyrange.go, copyonread.go, observe.go, stats.go,
+//     debugevent.go: the I/O entry points (requests, admission, bounce
+//     buffers, write observers, what statistics count, blkdebug's events);
+//     the node-free mechanisms they use (request tracker, alignment
+//     arithmetic, counters) are blockdev/internal/iopath's. The I/O path
+//     never takes the graph lock.
 //   - chain.go, chainops.go, freeze.go, reopen.go, snapshot.go, filter.go,
 //     transaction.go: chain operations (drain, op blockers,
 //     drop-intermediate, set-backing, replace, reopen, snapshots, filters).

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 
 	"github.com/qbmond/qbmond/internal/qjson"
+
+	"github.com/qbmond/qbmond/blockdev/internal/iopath"
 )
 
 // Node is one block node of the graph: a driver instance with its options,
@@ -77,7 +79,7 @@ type Node struct {
 	maxTransfer atomic.Int64
 	// trk tracks the modifying requests in flight (nodes with align > 1,
 	// and any node while copy-on-read is enabled on it).
-	trk tracker
+	trk iopath.Tracker
 	// corUsers counts the users that copy on read into the node
 	// (EnableCopyOnRead): while > 0 every modifying request is tracked.
 	corUsers atomic.Int32
@@ -85,7 +87,7 @@ type Node struct {
 	observers  atomic.Pointer[[]*observerEntry]
 	observerMu sync.Mutex // serialises changes of observers
 	// stats are the node's I/O statistics (query-blockstats).
-	stats ioStats
+	stats iopath.Counters
 	// bitmaps are the node's dirty bitmaps.
 	bitmaps bitmapList
 
