@@ -16,15 +16,19 @@
 //     the node-free mechanisms they use (request tracker, alignment
 //     arithmetic, counters) are blockdev/internal/iopath's. The I/O path
 //     never takes the graph lock.
-//   - chain.go, chainops.go, freeze.go, reopen.go, snapshot.go, filter.go,
-//     transaction.go: chain operations (drain, op blockers,
-//     drop-intermediate, set-backing, replace, reopen, snapshots, filters).
+//   - chain.go, freeze.go, reopen.go, snapshot.go, filter.go,
+//     transaction.go: the chain primitives (drain, op blockers, set-backing,
+//     replace, one overlay's backing switch, header rewrite, read-only
+//     switch), reopen, snapshots, filters, chain freezing; the operations
+//     composed of them with QEMU's checks (drop-intermediate,
+//     change-backing-file, chain walks) are blockdev/chain's.
 //   - bitmaps.go, bitmapops.go: dirty bitmaps on nodes.
 //   - query.go, json.go, qdict.go, events.go: what queries and events
 //     report, in QEMU's shapes and order.
 //
-// Beside it, built on its exported API: blockdev/blockcopy (block-copy,
-// the copy engine of backup and copy-before-write).
+// Beside it, built on its exported API: blockdev/chain (chain operations
+// composed of the primitives) and blockdev/blockcopy (block-copy, the copy
+// engine of backup and copy-before-write).
 //
 // The graph lock is held only through Graph.Do (or WithLock): the
 // operations that need it are methods of *Locked or take one, so a call

@@ -54,6 +54,10 @@ func (n *Node) FilterOrCOW() *Node {
 	return nil
 }
 
+// FilterOrCOWChild returns the edge n's chain continues with (see
+// FilterOrCOW), or nil. Caller holds the graph lock.
+func (n *Node) FilterOrCOWChild() *Child { return n.filterOrCOW() }
+
 // IsFilter tells whether n is a filter node.
 func (n *Node) IsFilter() bool { return n.isFilter() }
 

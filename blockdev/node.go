@@ -331,6 +331,10 @@ func (c *Child) Truncate(ctx context.Context, size int64, exact bool) error {
 	return c.node.Load().Truncate(ctx, c, size, exact)
 }
 
+// ParentDesc names the parent of c as QEMU's errors do: "node 'x'" for a
+// node, the user's description for a root user.
+func (c *Child) ParentDesc() string { return c.parentDesc() }
+
 // parentDesc names the parent of c in permission errors, as QEMU does.
 func (c *Child) parentDesc() string {
 	if c.parent != nil {

@@ -43,7 +43,7 @@ type Snapshot struct {
 func (lk *Locked) PrepareSnapshot(ctx context.Context, s Snapshot) (TxAction, error) {
 	g := lk.g
 	device, nodeName := s.Device, s.NodeName
-	old, err := lk.lookupBS(device, nodeName)
+	old, err := lk.LookupBS(device, nodeName)
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +92,7 @@ func (lk *Locked) PrepareSnapshot(ctx context.Context, s Snapshot) (TxAction, er
 		}
 		created = true
 	} else {
-		if overlay, err = lk.lookupBS(s.Overlay, s.Overlay); err != nil {
+		if overlay, err = lk.LookupBS(s.Overlay, s.Overlay); err != nil {
 			return fail(err)
 		}
 	}
