@@ -273,6 +273,10 @@ func (n *Node) Blocker(_ *Locked) error {
 	return fmt.Errorf("Node '%s' is busy: %w", n.name, n.blockers[len(n.blockers)-1].reason)
 }
 
+// OpBlocker is Blocker, then the blocker a parent puts on its backing
+// node (see opBlocker): what an external snapshot checks.
+func (n *Node) OpBlocker(lk *Locked) error { return n.opBlocker(lk) }
+
 // opBlocker is Blocker, then the blocker a parent puts on its backing
 // node: QEMU blocks most operations on a backing node (not commit,
 // stream or backup), an external snapshot among them.

@@ -16,12 +16,14 @@
 //     the node-free mechanisms they use (request tracker, alignment
 //     arithmetic, counters) are blockdev/internal/iopath's. The I/O path
 //     never takes the graph lock.
-//   - chain.go, freeze.go, reopen.go, snapshot.go, filter.go,
+//   - chain.go, freeze.go, reopen.go, filter.go, images.go,
 //     transaction.go: the chain primitives (drain, op blockers, set-backing,
 //     replace, one overlay's backing switch, header rewrite, read-only
-//     switch), reopen, snapshots, filters, chain freezing; the operations
-//     composed of them with QEMU's checks (drop-intermediate,
-//     change-backing-file, chain walks) are blockdev/chain's.
+//     switch), reopen, filter insertion and removal, chain freezing,
+//     opening and creating images for the operations above, transaction
+//     actions; the operations composed of them with QEMU's checks
+//     (drop-intermediate, change-backing-file, external snapshots, chain
+//     walks) are blockdev/chain's.
 //   - bitmaps.go, bitmapops.go: dirty bitmaps on nodes.
 //   - query.go, json.go, qdict.go, events.go: what queries and events
 //     report, in QEMU's shapes and order.

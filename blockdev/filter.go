@@ -58,6 +58,10 @@ func (n *Node) FilterOrCOW() *Node {
 // FilterOrCOW), or nil. Caller holds the graph lock.
 func (n *Node) FilterOrCOWChild() *Child { return n.filterOrCOW() }
 
+// BackingChild returns n's backing (COW) edge, or nil. Caller holds the
+// graph lock.
+func (n *Node) BackingChild() *Child { return n.backing() }
+
 // IsFilter tells whether n is a filter node.
 func (n *Node) IsFilter() bool { return n.isFilter() }
 

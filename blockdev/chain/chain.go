@@ -2,18 +2,19 @@
 // the graph's primitives: walking a chain (InChain, FindOverlay), dropping
 // its intermediate layers (QEMU's bdrv_drop_intermediate and the
 // drop-intermediate command), rewriting an image's backing file reference
-// (change-backing-file), each with QEMU's checks, in QEMU's order, with
-// QEMU's errors. It is built on blockdev's exported API: the edge and
-// header changes it composes (Locked.SwitchBacking, RewriteBackingFile,
-// SetReadOnly, Release, AdoptInheritance) are the core's, atomic and
-// drained there; what to check, which overlays to switch and in which
-// order is decided here. Every function takes the *blockdev.Locked that
-// proves the graph lock is held.
+// (change-backing-file) and external snapshots (blockdev-snapshot and
+// blockdev-snapshot-sync as transaction actions), each with QEMU's checks,
+// in QEMU's order, with QEMU's errors. It is built on blockdev's exported
+// API: the edge and header changes it composes (Locked.SwitchBacking,
+// RewriteBackingFile, SetBacking, ReplaceNode, SetReadOnly, Drain,
+// OpenInherited, Release, AdoptInheritance) are the core's, atomic and
+// drained there; what to check, what to change and in which order is
+// decided here. Every function takes the *blockdev.Locked that proves the
+// graph lock is held.
 //
 // The structural operations that need node internals stay in package
 // blockdev: draining, op blockers, SetBacking, ReplaceNode, filter
-// insertion and removal, external snapshots, reopen and chain freezing
-// (see blockdev/doc.go).
+// insertion and removal, reopen and chain freezing (see blockdev/doc.go).
 package chain
 
 import (
