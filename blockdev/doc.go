@@ -24,7 +24,11 @@
 //     actions; the operations composed of them with QEMU's checks
 //     (drop-intermediate, change-backing-file, external snapshots, chain
 //     walks) are blockdev/chain's.
-//   - bitmaps.go, bitmapops.go: dirty bitmaps on nodes.
+//   - bitmaps.go, bitmapops.go: dirty bitmaps on nodes as the graph sees
+//     them (names, persistence through the driver, the commands' checks
+//     and errors, the graph lock); their bits and recording state
+//     (recording, busy, shadow, successor) and a node's set of them, which
+//     the write path marks, are blockdev/dirty's.
 //   - query.go, json.go, qdict.go, events.go: what queries and events
 //     report, in QEMU's shapes and order.
 //

@@ -2,6 +2,7 @@ package blockdev_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/qbmond/qbmond/blockdev"
@@ -10,7 +11,7 @@ import (
 
 // benchRoot opens a testmem node of the given alignment (0: a null-co node) with a root user
 // (whose requests are counted) for the I/O path benchmarks.
-func benchRoot(b *testing.B, align int64) *blockdev.Child {
+func benchRoot(b *testing.B, align int64, bitmaps int) *blockdev.Child {
 	g := newGraph(b)
 	o := blockdev.Options{"driver": "testmem", "node-name": "mem", "size": int64(4 << 20), "align": align}
 	if align == 0 { // no alignment, no tracking: null-co
@@ -21,7 +22,13 @@ func benchRoot(b *testing.B, align int64) *blockdev.Child {
 	}
 	lk, unlock := drivertest.Lock(g)
 	defer unlock()
-	c, err := lk.AttachRoot(lk.Lookup("mem"), "block device 'bench'", rw, blockdev.PermAll)
+	n := lk.Lookup("mem")
+	for i := range bitmaps {
+		if _, err := n.AddDirtyBitmap(lk, fmt.Sprintf("b%d", i), blockdev.BitmapOptions{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	c, err := lk.AttachRoot(n, "block device 'bench'", rw, blockdev.PermAll)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -31,24 +38,26 @@ func benchRoot(b *testing.B, align int64) *blockdev.Child {
 // The I/O path's cost per request (entry point, admission, tracking,
 // accounting, alignment) over an in-memory driver: aligned and unaligned
 // (read-modify-write) 4 KiB writes and reads; on null-co, the path with
-// no alignment and no tracking.
+// no alignment and no tracking, also with four recording dirty bitmaps.
 func BenchmarkIOPath(b *testing.B) {
 	ctx := context.Background()
 	for _, bc := range []struct {
-		name  string
-		align int64
-		off   int64
-		write bool
+		name    string
+		align   int64
+		off     int64
+		write   bool
+		bitmaps int
 	}{
-		{"NullWrite4k", 0, 4096, true},
-		{"NullRead4k", 0, 4096, false},
-		{"Read4kAlign512", 512, 4096, false},
-		{"Write4kAlign512", 512, 4096, true},
-		{"Write4kUnaligned", 512, 4096 + 100, true},
-		{"Read4kUnaligned", 512, 4096 + 100, false},
+		{"NullWrite4k", 0, 4096, true, 0},
+		{"NullRead4k", 0, 4096, false, 0},
+		{"NullWrite4kBitmaps4", 0, 4096, true, 4},
+		{"Read4kAlign512", 512, 4096, false, 0},
+		{"Write4kAlign512", 512, 4096, true, 0},
+		{"Write4kUnaligned", 512, 4096 + 100, true, 0},
+		{"Read4kUnaligned", 512, 4096 + 100, false, 0},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			c := benchRoot(b, bc.align)
+			c := benchRoot(b, bc.align, bc.bitmaps)
 			p := fill(4096, 7)
 			b.ReportAllocs()
 			b.SetBytes(int64(len(p)))

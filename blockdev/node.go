@@ -7,9 +7,9 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/qbmond/qbmond/internal/qjson"
-
+	"github.com/qbmond/qbmond/blockdev/dirty"
 	"github.com/qbmond/qbmond/blockdev/internal/iopath"
+	"github.com/qbmond/qbmond/internal/qjson"
 )
 
 // Node is one block node of the graph: a driver instance with its options,
@@ -89,7 +89,7 @@ type Node struct {
 	// stats are the node's I/O statistics (query-blockstats).
 	stats iopath.Counters
 	// bitmaps are the node's dirty bitmaps.
-	bitmaps bitmapList
+	bitmaps dirty.Set[*DirtyBitmap]
 
 	// inheritsFrom is the parent the node was opened inline for; it
 	// takes its read-only setting from it on reopen (QEMU's

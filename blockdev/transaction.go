@@ -58,18 +58,18 @@ func (lk *Locked) PrepareBitmapMerge(node, target string, refs []BitmapRef) (TxA
 	if err != nil {
 		return nil, err
 	}
-	shadow, own := dst.startShadow()
+	shadow, own := dst.st.StartShadow()
 	backup := dst.bits.Copy()
 	if err := dst.MergeInto(lk, srcs); err != nil {
 		if own {
-			dst.shadow.Store(nil)
+			dst.st.StopShadow()
 		}
 		return nil, err
 	}
 	return TxFuncs{
 		OnCommit: func() {
 			if own {
-				dst.shadow.Store(nil)
+				dst.st.StopShadow()
 			}
 		},
 		OnAbort: func() {
@@ -79,7 +79,7 @@ func (lk *Locked) PrepareBitmapMerge(node, target string, refs []BitmapRef) (TxA
 			_ = dst.bits.Merge(backup)
 			_ = dst.bits.Merge(shadow)
 			if own {
-				dst.shadow.Store(nil)
+				dst.st.StopShadow()
 			}
 			g.logSave(dst)
 		},
