@@ -219,8 +219,9 @@ func (s *Set[H]) Remove(b *Bitmap) {
 	s.list.Store(&list)
 }
 
-// Move puts b where at is, taking it from its own place (a successor
-// that takes over its bitmap's position).
+// Move puts b where at is, taking it from its own place (a bitmap that
+// takes over its successor's position); nothing happens when b is not in
+// the set.
 func (s *Set[H]) Move(b, at *Bitmap) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -230,6 +231,9 @@ func (s *Set[H]) Move(b, at *Bitmap) {
 		if o.B == b {
 			moved = o
 		}
+	}
+	if moved.B == nil {
+		return // not in the set
 	}
 	list := make([]Entry[H], 0, len(old))
 	for _, o := range old {
