@@ -50,6 +50,8 @@ func TestGraphLockByType(t *testing.T) {
 }`, ""},
 		{"ChainOpWithoutLock", `func f(a, t, b *blockdev.Node) error { return chain.DropIntermediate(context.Background(), a, t, b, "") }`,
 			"not enough arguments in call to chain.DropIntermediate"},
+		{"BitmapStateWithoutLock", `func f(b *blockdev.DirtyBitmap) { b.st.Abdicate() }`,
+			"b.st undefined"},
 		{"ForgedLocked", `func f(g *blockdev.Graph) blockdev.Locked { return blockdev.Locked{g: g} }`,
 			"cannot refer to unexported field g"},
 	}
