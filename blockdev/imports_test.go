@@ -11,10 +11,10 @@ import (
 
 // The core graph package knows nothing of the monitor: its QMP handlers
 // live in blockdev/blockqmp. A non-test file of package blockdev, or of
-// the packages split from it (chain, blockcopy, dirty, internal/iopath), under
-// any build tag, importing qmp, schema or qapi fails. (That
-// internal/iopath, which blockdev imports, does not import blockdev back
-// the compiler checks: it would be a cycle.)
+// the packages split from it (chain, blockcopy, dirty, internal/iopath),
+// under any build tag, importing qmp, schema or qapi fails. (That dirty
+// and internal/iopath, which blockdev imports, do not import blockdev
+// back the compiler checks: it would be a cycle.)
 func TestNoProtocolImports(t *testing.T) {
 	forbidden := map[string]bool{
 		"github.com/qbmond/qbmond/qmp":    true,
