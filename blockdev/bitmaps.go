@@ -4,47 +4,33 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
-	"sync/atomic"
 
 	"github.com/qbmond/qbmond/bitmap"
+	"github.com/qbmond/qbmond/blockdev/dirty"
 )
 
-// DirtyBitmap is a named dirty bitmap of a node: while it records, every
-// write, write-zeroes and discard that passes the node's entry points
-// marks the granules it touches.
+// DirtyBitmap is a dirty bitmap of a node: while it records, every write,
+// write-zeroes and discard that passes the node's entry points marks the
+// granules it touches. Its bits and their recording state (recording,
+// busy, shadow, successor) are package dirty's; what makes it the node's —
+// its name, whether and how the node's driver stores it, the checks and
+// errors of the commands, the graph lock its changes need — is here.
 type DirtyBitmap struct {
-	name       string
-	node       *Node
+	st   *dirty.Bitmap
+	name string
+	node *Node
+	// bits are st's bits (the query views read them here).
 	bits       *bitmap.Bitmap
-	recording  atomic.Bool
-	busy       atomic.Int32 // users such as exports and backup jobs
 	persistent bool
 	readOnly   bool // a persistent bitmap of a read-only node
 	// inconsistent: loaded from storage that was not closed cleanly; it
 	// can only be removed.
 	inconsistent bool
-	// shadow, while a transaction may have to undo a change of the bits,
-	// records the writes made meanwhile so that the undo keeps them.
-	shadow atomic.Pointer[bitmap.Bitmap]
-	// successor, while a backup has the bitmap frozen, records the
-	// writes in its place (an anonymous bitmap of the node, recording
-	// when the bitmap did); see CreateSuccessor.
-	successor atomic.Pointer[DirtyBitmap]
 }
 
-// startShadow makes writes also mark a fresh shadow bitmap and returns it;
-// own is false when a shadow was already running (and is returned).
-func (b *DirtyBitmap) startShadow() (shadow *bitmap.Bitmap, own bool) {
-	if s := b.shadow.Load(); s != nil {
-		return s, false
-	}
-	s, err := bitmap.New(b.bits.Size(), b.bits.Granularity())
-	if err != nil {
-		panic(err) // same size and granularity as a bitmap that exists
-	}
-	b.shadow.Store(s)
-	return s, true
+// newDirtyBitmap is a bitmap of n over bits, recording or not.
+func newDirtyBitmap(n *Node, name string, bits *bitmap.Bitmap, recording bool) *DirtyBitmap {
+	return &DirtyBitmap{st: dirty.New(bits, recording), name: name, node: n, bits: bits}
 }
 
 // Name is the bitmap's name.
@@ -58,15 +44,10 @@ func (b *DirtyBitmap) Bits() *bitmap.Bitmap { return b.bits }
 
 // Recording tells whether writes mark the bitmap (or, while it is frozen,
 // its successor), as QEMU reports it.
-func (b *DirtyBitmap) Recording() bool {
-	if s := b.successor.Load(); s != nil {
-		return s.recording.Load()
-	}
-	return b.recording.Load()
-}
+func (b *DirtyBitmap) Recording() bool { return b.st.Recording() }
 
 // Busy tells whether an operation (an export, a job) uses the bitmap.
-func (b *DirtyBitmap) Busy() bool { return b.busy.Load() > 0 }
+func (b *DirtyBitmap) Busy() bool { return b.st.Busy() }
 
 // Persistent tells whether the node's driver stores the bitmap.
 func (b *DirtyBitmap) Persistent() bool { return b.persistent }
@@ -75,10 +56,10 @@ func (b *DirtyBitmap) Persistent() bool { return b.persistent }
 func (b *DirtyBitmap) Inconsistent() bool { return b.inconsistent }
 
 // Acquire marks the bitmap busy for an operation; Release undoes it.
-func (b *DirtyBitmap) Acquire() { b.busy.Add(1) }
+func (b *DirtyBitmap) Acquire() { b.st.Acquire() }
 
 // Release ends a use Acquire began.
-func (b *DirtyBitmap) Release() { b.busy.Add(-1) }
+func (b *DirtyBitmap) Release() { b.st.Release() }
 
 // BitmapCheck selects the conditions Check refuses, as QEMU's
 // BDRV_BITMAP_* flags do.
@@ -122,23 +103,18 @@ type hintError struct{ msg, hint string }
 func (e *hintError) Error() string { return e.msg }
 func (e *hintError) Hint() string  { return e.hint }
 
-// bitmapList is a node's bitmaps, newest first (as QEMU lists them). The
-// slice is replaced, never changed, so the write path reads it without a
-// lock.
-type bitmapList struct {
-	mu   sync.Mutex // serialises changes
-	list atomic.Pointer[[]*DirtyBitmap]
-}
-
-func (l *bitmapList) load() []*DirtyBitmap {
-	if p := l.list.Load(); p != nil {
-		return *p
-	}
-	return nil
-}
-
 // DirtyBitmaps returns the node's bitmaps, newest first.
-func (n *Node) DirtyBitmaps() []*DirtyBitmap { return n.bitmaps.load() }
+func (n *Node) DirtyBitmaps() []*DirtyBitmap {
+	list := n.bitmaps.Load()
+	if len(list) == 0 {
+		return nil
+	}
+	out := make([]*DirtyBitmap, len(list))
+	for i, e := range list {
+		out[i] = e.H
+	}
+	return out
+}
 
 // DirtyBitmap returns the node's bitmap called name, or nil (anonymous
 // bitmaps have no name to find them by).
@@ -146,9 +122,9 @@ func (n *Node) DirtyBitmap(name string) *DirtyBitmap {
 	if name == "" {
 		return nil
 	}
-	for _, b := range n.bitmaps.load() {
-		if b.name == name {
-			return b
+	for _, e := range n.bitmaps.Load() {
+		if e.H.name == name {
+			return e.H
 		}
 	}
 	return nil
@@ -160,33 +136,17 @@ func (n *Node) DirtyBitmap(name string) *DirtyBitmap {
 // writes mark them when recording. remove takes them off. Caller holds
 // the graph lock (or the node is being opened).
 func (n *Node) AddAnonymousBitmap(bits *bitmap.Bitmap, recording bool) (remove func()) {
-	b := &DirtyBitmap{node: n, bits: bits}
-	b.recording.Store(recording)
+	b := newDirtyBitmap(n, "", bits, recording)
 	n.insertBitmap(b)
 	return func() { _ = n.dropBitmap(b, true) }
 }
 
 // markDirty records a modification of [off, off+length) in every
 // recording bitmap of the node.
-func (n *Node) markDirty(off, length int64) {
-	for _, b := range n.bitmaps.load() {
-		if b.recording.Load() {
-			// The bits first, then the shadow: a shadow installed
-			// before a transaction copies the bits is always seen.
-			b.bits.Set(off, length)
-			if s := b.shadow.Load(); s != nil {
-				s.Set(off, length)
-			}
-		}
-	}
-}
+func (n *Node) markDirty(off, length int64) { n.bitmaps.Mark(off, length) }
 
 // resizeBitmaps follows a change of the node's length.
-func (n *Node) resizeBitmaps() {
-	for _, b := range n.bitmaps.load() {
-		b.bits.Resize(n.Length())
-	}
-}
+func (n *Node) resizeBitmaps() { n.bitmaps.Resize(n.Length()) }
 
 // BitmapOptions are block-dirty-bitmap-add's options.
 type BitmapOptions struct {
@@ -234,8 +194,8 @@ func (n *Node) AddDirtyBitmap(_ *Locked, name string, o BitmapOptions) (*DirtyBi
 	if err != nil {
 		return nil, err
 	}
-	b := &DirtyBitmap{name: name, node: n, bits: bits, persistent: o.Persistent}
-	b.recording.Store(!o.Disabled)
+	b := newDirtyBitmap(n, name, bits, !o.Disabled)
+	b.persistent = o.Persistent
 	if store != nil {
 		if err := store.StoreBitmap(b); err != nil {
 			return nil, err
@@ -249,20 +209,13 @@ func (n *Node) AddDirtyBitmap(_ *Locked, name string, o BitmapOptions) (*DirtyBi
 // opened (persistent; inconsistent when it was not saved cleanly).
 func (oc *OpenContext) LoadDirtyBitmap(name string, bits *bitmap.Bitmap, recording, inconsistent bool) *DirtyBitmap {
 	n := oc.node
-	b := &DirtyBitmap{name: name, node: n, bits: bits, persistent: true, inconsistent: inconsistent, readOnly: n.ReadOnly()}
-	b.recording.Store(recording && !inconsistent)
+	b := newDirtyBitmap(n, name, bits, recording && !inconsistent)
+	b.persistent, b.inconsistent, b.readOnly = true, inconsistent, n.ReadOnly()
 	n.insertBitmap(b)
 	return b
 }
 
-func (n *Node) insertBitmap(b *DirtyBitmap) {
-	n.bitmaps.mu.Lock()
-	defer n.bitmaps.mu.Unlock()
-	old := n.bitmaps.load()
-	list := make([]*DirtyBitmap, 0, len(old)+1)
-	list = append(append(list, b), old...)
-	n.bitmaps.list.Store(&list)
-}
+func (n *Node) insertBitmap(b *DirtyBitmap) { n.bitmaps.Insert(b.st, b) }
 
 // RemoveDirtyBitmap deletes a bitmap (and what the driver stored of it).
 func (n *Node) RemoveDirtyBitmap(_ *Locked, name string) error {
@@ -286,16 +239,7 @@ func (n *Node) dropBitmap(b *DirtyBitmap, force bool) error {
 			}
 		}
 	}
-	n.bitmaps.mu.Lock()
-	defer n.bitmaps.mu.Unlock()
-	old := n.bitmaps.load()
-	list := make([]*DirtyBitmap, 0, len(old))
-	for _, o := range old {
-		if o != b {
-			list = append(list, o)
-		}
-	}
-	n.bitmaps.list.Store(&list)
+	n.bitmaps.Remove(b.st)
 	return nil
 }
 
@@ -332,7 +276,7 @@ func (b *DirtyBitmap) SetRecording(on bool) error {
 			}
 		}
 	}
-	b.recording.Store(on)
+	b.st.SetRecording(on)
 	return nil
 }
 
@@ -352,10 +296,12 @@ func (b *DirtyBitmap) MergeInto(_ *Locked, sources []*DirtyBitmap) error {
 				dst.Size(), s.bits.Size())
 		}
 	}
-	for _, s := range sources {
-		if err := dst.Merge(s.bits); err != nil {
-			return err
-		}
+	states := make([]*dirty.Bitmap, len(sources))
+	for i, s := range sources {
+		states[i] = s.st
+	}
+	if err := b.st.Merge(states...); err != nil {
+		return err
 	}
 	return b.saved()
 }
@@ -368,16 +314,13 @@ func (b *DirtyBitmap) CreateSuccessor(_ *Locked) error {
 	if b.Busy() {
 		return errors.New("Cannot create a successor for a bitmap that is in-use by an operation")
 	}
-	bits, err := bitmap.New(b.bits.Size(), b.bits.Granularity())
+	s, err := b.st.NewSuccessor()
 	if err != nil {
 		return err
 	}
-	s := &DirtyBitmap{node: b.node, bits: bits}
-	s.recording.Store(b.recording.Load())
-	b.node.insertBitmap(s)
-	b.successor.Store(s)
-	b.recording.Store(false)
-	b.Acquire()
+	// Listed first, so that no write goes unmarked.
+	b.node.insertBitmap(&DirtyBitmap{st: s, node: b.node, bits: s.Bits()})
+	b.st.Freeze(s)
 	return nil
 }
 
@@ -385,56 +328,32 @@ func (b *DirtyBitmap) CreateSuccessor(_ *Locked) error {
 // bits become what was written since the freeze (a backup that copied
 // everything the bitmap had).
 func (b *DirtyBitmap) Abdicate(_ *Locked) {
-	s := b.successor.Load()
+	s := b.st.Abdicate()
 	if s == nil {
 		return
 	}
-	b.bits.Clear()
-	// From here writes mark both; the successor's bits, racing writes
-	// included, then go into the bitmap.
-	b.recording.Store(s.recording.Load())
-	_ = b.bits.Merge(s.bits)
 	// In QEMU the successor is the bitmap from now on: the name takes
 	// the successor's place in the node's list (newest first).
-	b.node.moveBitmap(b, s)
+	b.node.bitmaps.Move(b.st, s)
 	b.endFreeze(s)
-}
-
-// moveBitmap puts b where at is in the node's list, taking it from its
-// own place.
-func (n *Node) moveBitmap(b, at *DirtyBitmap) {
-	n.bitmaps.mu.Lock()
-	defer n.bitmaps.mu.Unlock()
-	old := n.bitmaps.load()
-	list := make([]*DirtyBitmap, 0, len(old))
-	for _, o := range old {
-		switch o {
-		case b:
-		case at:
-			list = append(list, b, at)
-		default:
-			list = append(list, o)
-		}
-	}
-	n.bitmaps.list.Store(&list)
 }
 
 // Reclaim ends a freeze keeping everything: the successor's bits are
 // merged back (a backup that failed, or did not mean to change the
 // bitmap).
 func (b *DirtyBitmap) Reclaim(_ *Locked) {
-	s := b.successor.Load()
+	s := b.st.Reclaim()
 	if s == nil {
 		return
 	}
-	b.recording.Store(s.recording.Load())
-	_ = b.bits.Merge(s.bits)
 	b.endFreeze(s)
 }
 
-func (b *DirtyBitmap) endFreeze(s *DirtyBitmap) {
-	b.successor.Store(nil)
-	_ = b.node.dropBitmap(s, true)
+// endFreeze unlists the successor s (anonymous: nothing stores it) and
+// lets the bitmap go.
+func (b *DirtyBitmap) endFreeze(s *dirty.Bitmap) {
+	b.st.Thaw()
+	b.node.bitmaps.Remove(s)
 	b.Release()
 	b.node.g.logSave(b)
 }

@@ -8,14 +8,16 @@ import (
 	"sync"
 )
 
-// Backing-chain graph operations: draining, op blockers, switching nodes
+// Backing-chain graph primitives: draining, op blockers, switching nodes
 // between read-only and read-write, moving edges (backing links, parents
-// of a node replaced by another) and dropping the intermediate layers of a
-// backing chain, modelled on QEMU's bdrv_drain, bdrv_op_block_all,
-// bdrv_reopen_set_read_only, bdrv_set_backing_hd, bdrv_replace_node,
-// bdrv_change_backing_file and bdrv_drop_intermediate. Every function here
-// runs with the graph lock held (the exported ones take the *Locked that
-// proves it).
+// of a node replaced by another, one overlay's switch to a new backing
+// node) and rewriting a header's backing reference, modelled on QEMU's
+// bdrv_drain, bdrv_op_block_all, bdrv_reopen_set_read_only,
+// bdrv_set_backing_hd, bdrv_replace_node and bdrv_change_backing_file.
+// The operations composed of them with QEMU's checks (drop-intermediate,
+// change-backing-file, chain walks) are package blockdev/chain's. Every
+// function here runs with the graph lock held (the exported ones take the
+// *Locked that proves it).
 
 // Drain quiesces the nodes: it waits for their requests in flight and
 // holds new ones until the returned function is called (once; later calls
@@ -245,32 +247,6 @@ func topoOrder(nodes []*Node) []*Node {
 	return out
 }
 
-// FindOverlay returns the node of active's chain whose next node (through
-// filters and backing links) is n: QEMU's bdrv_find_overlay. It returns
-// nil when n is active or not in its chain.
-func FindOverlay(_ *Locked, active, n *Node) *Node {
-	if active == nil || n == nil || active == n {
-		return nil
-	}
-	for cur := active; cur != nil; cur = cur.FilterOrCOW() {
-		if cur.FilterOrCOW() == n {
-			return cur
-		}
-	}
-	return nil
-}
-
-// InChain tells whether n is active or a node of its chain, filters
-// included (QEMU's bdrv_chain_contains).
-func InChain(_ *Locked, active, n *Node) bool {
-	for cur := active; cur != nil; cur = cur.FilterOrCOW() {
-		if cur == n {
-			return true
-		}
-	}
-	return false
-}
-
 type blocker struct{ reason error }
 
 // AddBlocker marks the node as used by an operation (a block job) that
@@ -296,6 +272,10 @@ func (n *Node) Blocker(_ *Locked) error {
 	}
 	return fmt.Errorf("Node '%s' is busy: %w", n.name, n.blockers[len(n.blockers)-1].reason)
 }
+
+// OpBlocker is Blocker, then the blocker a parent puts on its backing
+// node (see opBlocker): what an external snapshot checks.
+func (n *Node) OpBlocker(lk *Locked) error { return n.opBlocker(lk) }
 
 // opBlocker is Blocker, then the blocker a parent puts on its backing
 // node: QEMU blocks most operations on a backing node (not commit,
@@ -478,6 +458,22 @@ func (m *edgeMove) refreshLimits() {
 
 func (m *edgeMove) commit() { m.tx.apply() }
 
+// AdoptInheritance prepares a drop of the layers from top (past the
+// implicit filters above it, as QEMU's bdrv_drop_intermediate takes it)
+// down to base: when base was opened inline for that chain, base inherits
+// from what top inherited from once top is gone. The returned function
+// makes it so (it does nothing otherwise); call it after the drop.
+func (lk *Locked) AdoptInheritance(base, top *Node) (apply func()) {
+	explicitTop := top
+	for explicitTop.implicitFilter && explicitTop.filtered() != nil {
+		explicitTop = explicitTop.filtered().node.Load()
+	}
+	if base == nil || !base.inheritsFromChain(explicitTop) {
+		return func() {}
+	}
+	return func() { base.inheritsFrom = explicitTop.inheritsFrom }
+}
+
 // refreshFilenames works out the file names of n and of every node above
 // it again, after a change of n's backing link or header.
 func (n *Node) refreshFilenames() {
@@ -493,7 +489,7 @@ func (n *Node) refreshFilenames() {
 // node), as QEMU's bdrv_set_backing_hd: permissions are checked first and
 // nothing changes on a conflict or when n's backing link is frozen; n is
 // drained around the change. The image header is not touched (see
-// ChangeBackingFile). A former backing node that nothing holds any more
+// RewriteBackingFile). A former backing node that nothing holds any more
 // closes.
 func (lk *Locked) SetBacking(ctx context.Context, n, base *Node) error {
 	g := lk.g
@@ -549,24 +545,13 @@ func (lk *Locked) SetBacking(ctx context.Context, n, base *Node) error {
 	return nil
 }
 
-// backingRef is what a header records for base: the given name, else
-// base's file name, and base's driver when it is a format node.
-func backingRef(base *Node, filename string) (string, string) {
-	if base == nil {
-		return "", ""
-	}
-	if filename == "" {
-		filename = base.filename
-	}
-	format := ""
-	if _, proto := base.drv.(ProtocolDriver); !proto {
-		format = base.drvName
-	}
-	return filename, format
-}
-
-// changeBacking rewrites n's header without reopening it.
-func (n *Node) changeBacking(ctx context.Context, filename, format string) error {
+// RewriteBackingFile rewrites the backing file reference in n's image
+// header, through its driver's BackingChanger, without reopening n (QEMU's
+// bdrv_change_backing_file), and updates the file names of n and the nodes
+// above it in the query views; the backing node itself stays. A driver
+// without BackingChanger fails with ErrNotSupported. n must be writable
+// (package chain's ChangeBackingFile reopens it read-write for this).
+func (lk *Locked) RewriteBackingFile(ctx context.Context, n *Node, filename, format string) error {
 	bc, ok := n.drv.(BackingChanger)
 	if !ok {
 		return ErrNotSupported
@@ -579,101 +564,19 @@ func (n *Node) changeBacking(ctx context.Context, filename, format string) error
 	return nil
 }
 
-// ChangeBackingFile rewrites the backing file reference in n's image
-// header (QEMU's bdrv_change_backing_file) and updates the node's file
-// names in the query views; the backing node itself stays. A read-only n
-// is reopened read-write for the rewrite and read-only again afterwards,
-// as QEMU's change-backing-file does. A driver without BackingChanger
-// fails with ErrNotSupported.
-func (lk *Locked) ChangeBackingFile(ctx context.Context, n *Node, filename, format string) error {
-	ro := n.ReadOnly()
-	if ro {
-		if err := lk.SetReadOnly(ctx, n, false); err != nil {
-			return err
-		}
-	}
-	err := n.changeBacking(ctx, filename, format)
-	if ro {
-		if rerr := lk.SetReadOnly(ctx, n, true); rerr != nil && err == nil {
-			err = rerr
-		}
-	}
-	return err
-}
-
-// DropIntermediate removes the nodes from top down to (excluding) base from
-// active's backing chain, as QEMU's bdrv_drop_intermediate: the overlay of
-// top gets base as its backing node (nil: none) and its image header names
-// base (backingFile, or base's file name when empty; base's driver as the
-// format when base is a format node). Every other node whose backing node
-// top is (an overlay outside active's chain, such as a node a stream made
-// point at a commit's filter) is switched to base the same way, after
-// active's overlay. The dropped nodes leave the chain: implicit ones
-// close, blockdev-add'ed ones stay until blockdev-del. The checks of an
-// overlay come before its switch, and a failure leaves it as it was; each
-// overlay is drained around its switch and, when read-only, reopened
-// read-write for the header rewrite. Op blockers are not consulted (the
-// job that calls it holds them); the drop-intermediate command checks
-// them.
-func (lk *Locked) DropIntermediate(ctx context.Context, active, top, base *Node, backingFile string) error {
+// SwitchBacking points overlay's backing link at base (nil: removes it)
+// and rewrites overlay's header to name filename and format, all or
+// nothing: the link moves (permissions checked) before the header is
+// rewritten, and a header that cannot be rewritten puts the link back and
+// fails with QEMU's "Could not update backing file link: ...". overlay is
+// drained around the switch. This is one overlay's step of
+// drop-intermediate (package chain); overlay must be writable.
+func (lk *Locked) SwitchBacking(ctx context.Context, overlay, base *Node, filename, format string) error {
 	g := lk.g
-	if err := checkDrop(lk, active, top, base); err != nil {
-		return err
-	}
-	overlays := []*Node{FindOverlay(lk, active, top)}
-	for _, c := range top.parents {
-		if c.parent != nil && c.role&RoleCOW != 0 && c.name == "backing" && !slices.Contains(overlays, c.parent) {
-			overlays = append(overlays, c.parent)
-		}
-	}
-	name, format := backingRef(base, backingFile)
-	// The top QEMU's bdrv_drop_intermediate names is past the implicit
-	// filters above it (a commit's filter).
-	explicitTop := top
-	for explicitTop.implicitFilter && explicitTop.filtered() != nil {
-		explicitTop = explicitTop.filtered().node.Load()
-	}
-	inherit := base != nil && base.inheritsFromChain(explicitTop)
-	for _, overlay := range overlays {
-		if err := lk.dropOverlay(ctx, overlay, base, name, format); err != nil {
-			return err
-		}
-	}
-	if inherit {
-		base.inheritsFrom = explicitTop.inheritsFrom
-	}
-	g.release(top)
-	g.log.Debug().Str("overlay", overlays[0].name).Str("top", top.name).Msg("intermediate nodes dropped")
-	return nil
-}
-
-// dropOverlay is DropIntermediate's switch of one overlay to base.
-func (lk *Locked) dropOverlay(ctx context.Context, overlay, base *Node, name, format string) error {
-	g := lk.g
-	if _, ok := overlay.drv.(BackingChanger); !ok {
-		return fmt.Errorf("Could not update backing file link: %s", Strerror(ErrNotSupported))
-	}
 	bu, canUpdate := overlay.drv.(BackingUpdater)
 	if base == nil && !canUpdate {
 		return fmt.Errorf("Driver '%s' of node '%s' does not support backing files", overlay.drvName, overlay.name)
 	}
-	ro := overlay.ReadOnly()
-	if ro {
-		if err := lk.SetReadOnly(ctx, overlay, false); err != nil {
-			return err
-		}
-	}
-	err := lk.dropLocked(ctx, overlay, base, name, format, bu)
-	if ro {
-		if rerr := lk.SetReadOnly(ctx, overlay, true); rerr != nil {
-			g.log.Warn().Str("node", overlay.name).Err(rerr).Msg("reopening read-only")
-		}
-	}
-	return err
-}
-
-func (lk *Locked) dropLocked(ctx context.Context, overlay, base *Node, name, format string, bu BackingUpdater) error {
-	g := lk.g
 	undrain := lk.Drain(overlay)
 	defer undrain()
 	edge := overlay.backing()
@@ -684,7 +587,7 @@ func (lk *Locked) dropLocked(ctx context.Context, overlay, base *Node, name, for
 			return err
 		}
 	}
-	if err := overlay.changeBacking(ctx, name, format); err != nil {
+	if err := lk.RewriteBackingFile(ctx, overlay, filename, format); err != nil {
 		if m != nil {
 			m.revert()
 		}
@@ -692,7 +595,7 @@ func (lk *Locked) dropLocked(ctx context.Context, overlay, base *Node, name, for
 	}
 	if m != nil {
 		m.commit()
-		if bu != nil {
+		if canUpdate {
 			bu.SetBackingChild(edge)
 		}
 	} else {
@@ -700,53 +603,6 @@ func (lk *Locked) dropLocked(ctx context.Context, overlay, base *Node, name, for
 		bu.SetBackingChild(nil)
 	}
 	overlay.refreshFilenames()
-	return nil
-}
-
-// checkDrop checks that top lies strictly below active and base strictly
-// below top in active's backing chain.
-func checkDrop(lk *Locked, active, top, base *Node) error {
-	if active == nil || top == nil {
-		return errors.New("drop-intermediate: missing node")
-	}
-	if top == active {
-		return fmt.Errorf("Top image file %s is the active layer", top.name)
-	}
-	if !InChain(lk, active, top) {
-		return fmt.Errorf("'%s' is not in this backing file chain", top.name)
-	}
-	if base != nil && (base == top || !InChain(lk, top, base)) {
-		return fmt.Errorf("'%s' is not in this backing file chain", base.name)
-	}
-	return nil
-}
-
-// CheckDropUsers is the drop-intermediate command's check that nothing
-// but the chain uses the nodes to be dropped (from top down to, excluding,
-// base) and that no operation blocks them, active or base.
-func CheckDropUsers(lk *Locked, active, top, base *Node) error {
-	for _, n := range []*Node{active, base} {
-		if n != nil {
-			if err := n.Blocker(lk); err != nil {
-				return err
-			}
-		}
-	}
-	overlay := FindOverlay(lk, active, top)
-	for cur, above := top, overlay; cur != nil && cur != base; cur, above = cur.FilterOrCOW(), cur {
-		if err := cur.Blocker(lk); err != nil {
-			return err
-		}
-		for _, c := range cur.Parents() {
-			if c.parent == above && c == above.filterOrCOW() {
-				continue
-			}
-			if c.parent != nil && c.role&RoleCOW != 0 {
-				return fmt.Errorf("Node '%s' is busy: node is used as backing hd of '%s'", cur.name, c.parent.name)
-			}
-			return fmt.Errorf("Node '%s' is busy: node is used by %s", cur.name, c.parentDesc())
-		}
-	}
 	return nil
 }
 

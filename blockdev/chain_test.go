@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/chain"
 	"github.com/qbmond/qbmond/drivers/drivertest"
 )
 
@@ -89,7 +90,7 @@ func fillBlock(t *testing.T, g *blockdev.Graph, node string, blk int64, b byte) 
 	unlock()
 }
 
-func chain(g *blockdev.Graph) []string {
+func chainNames(g *blockdev.Graph) []string {
 	lk, unlock := drivertest.Lock(g)
 	defer func() { unlock() }()
 	var out []string
@@ -111,24 +112,24 @@ func TestDropIntermediateNamed(t *testing.T) {
 	mustAdd(t, g, layer("mid", "base"))
 	mustAdd(t, g, layer("top", "mid"))
 	mustAdd(t, g, layer("active", "top"))
-	if got := chain(g); !slices.Equal(got, []string{"active", "top", "mid", "base"}) {
+	if got := chainNames(g); !slices.Equal(got, []string{"active", "top", "mid", "base"}) {
 		t.Fatalf("chain %v", got)
 	}
 	var base, active *blockdev.Node
 	err := locked(g, func(lk *blockdev.Locked) error {
 		active, base = lk.Lookup("active"), lk.Lookup("base")
-		if o := blockdev.FindOverlay(lk, active, lk.Lookup("mid")); o == nil || o.Name() != "top" {
+		if o := chain.FindOverlay(lk, active, lk.Lookup("mid")); o == nil || o.Name() != "top" {
 			t.Errorf("overlay of mid: %v", o)
 		}
-		if o := blockdev.FindOverlay(lk, active, active); o != nil {
+		if o := chain.FindOverlay(lk, active, active); o != nil {
 			t.Errorf("overlay of active: %v", o.Name())
 		}
-		return lk.DropIntermediate(ctx, active, lk.Lookup("top"), base, "")
+		return chain.DropIntermediate(ctx, lk, active, lk.Lookup("top"), base, "")
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := chain(g); !slices.Equal(got, []string{"active", "base"}) {
+	if got := chainNames(g); !slices.Equal(got, []string{"active", "base"}) {
 		t.Fatalf("chain after drop %v", got)
 	}
 	name, format := active.Driver().(*chaincow).header()
@@ -157,7 +158,7 @@ func TestDropIntermediateNamed(t *testing.T) {
 		if err := lk.SetBacking(ctx, active, lk.Lookup("m2")); err != nil {
 			return err
 		}
-		return lk.DropIntermediate(ctx, active, lk.Lookup("m2"), base, "rel/base.img")
+		return chain.DropIntermediate(ctx, lk, active, lk.Lookup("m2"), base, "rel/base.img")
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +177,7 @@ func TestDropIntermediateImplicitCloses(t *testing.T) {
 	}
 	err := locked(g, func(lk *blockdev.Locked) error {
 		active := lk.Lookup("active")
-		return lk.DropIntermediate(context.Background(), active, active.BackingNode(), lk.Lookup("base"), "")
+		return chain.DropIntermediate(context.Background(), lk, active, active.BackingNode(), lk.Lookup("base"), "")
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -184,7 +185,7 @@ func TestDropIntermediateImplicitCloses(t *testing.T) {
 	if got := names(g); len(got) != 4 {
 		t.Errorf("nodes after dropping two implicit layers: %v", got)
 	}
-	if got := chain(g); !slices.Equal(got, []string{"active", "base"}) {
+	if got := chainNames(g); !slices.Equal(got, []string{"active", "base"}) {
 		t.Fatalf("chain after drop %v", got)
 	}
 }
@@ -200,10 +201,10 @@ func TestDropIntermediateErrorsChangeNothing(t *testing.T) {
 	drop := func(top, base string) error {
 		return locked(g, func(lk *blockdev.Locked) error {
 			a, tp, b := lk.Lookup("active"), lk.Lookup(top), lk.Lookup(base)
-			if err := blockdev.CheckDropUsers(lk, a, tp, b); err != nil {
+			if err := chain.CheckDropUsers(lk, a, tp, b); err != nil {
 				return err
 			}
-			return lk.DropIntermediate(ctx, a, tp, b, "")
+			return chain.DropIntermediate(ctx, lk, a, tp, b, "")
 		})
 	}
 	wantErr(t, drop("active", "base"), "Top image file active is the active layer")
@@ -228,7 +229,7 @@ func TestDropIntermediateErrorsChangeNothing(t *testing.T) {
 	wantErr(t, del(g, "top"), "Node 'top' is busy: block device is in use by block job: commit")
 	locked(g, func(lk *blockdev.Locked) error { remove(); remove(); return lk.Lookup("top").Blocker(lk) })
 
-	if got := chain(g); !slices.Equal(got, []string{"active", "top", "mid", "base"}) {
+	if got := chainNames(g); !slices.Equal(got, []string{"active", "top", "mid", "base"}) {
 		t.Fatalf("chain after failures %v", got)
 	}
 	locked(g, func(lk *blockdev.Locked) error {
@@ -351,7 +352,7 @@ func TestChainChangesUnderIO(t *testing.T) {
 				if err := lk.SetBacking(ctx, a, lk.Lookup(to)); err != nil {
 					return err
 				}
-				if err := lk.DropIntermediate(ctx, a, lk.Lookup(to), lk.Lookup(from), ""); err != nil {
+				if err := chain.DropIntermediate(ctx, lk, a, lk.Lookup(to), lk.Lookup(from), ""); err != nil {
 					return err
 				}
 				return lk.SetBacking(ctx, lk.Lookup(to), nil)

@@ -323,7 +323,7 @@ type PermLocker interface {
 }
 
 // BackingUpdater is a format driver told when the graph changes its
-// backing link (SetBacking, DropIntermediate, ReplaceNode): c is the
+// backing link (SetBacking, SwitchBacking, ReplaceNode): c is the
 // "backing" edge now (the same edge when only its node changed), nil when
 // the node has no backing node any more. It is called under the graph
 // lock with the node drained. Without it a node can have its backing node

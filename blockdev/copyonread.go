@@ -60,8 +60,8 @@ func (n *Node) copyOnRead(ctx context.Context, from *Child, off int64, p []byte,
 		return nil
 	}
 	s := n.span(off, int64(len(p)))
-	start, end := s.outer()
-	defer n.trk.leave(n.trk.enter(start, end, true))
+	start, end := s.Outer()
+	defer n.trk.Leave(n.trk.Enter(start, end, true))
 	for pos := off; pos < off+int64(len(p)); {
 		seg := p[pos-off:]
 		copyIt := false
@@ -90,7 +90,7 @@ func (n *Node) copyOnRead(ctx context.Context, from *Child, off int64, p []byte,
 			if err := n.readAligned(ctx, n.span(pos, st.Length), seg); err != nil {
 				return err
 			}
-			copyIt = copyIt && n.span(pos, st.Length).aligned()
+			copyIt = copyIt && n.span(pos, st.Length).Aligned()
 		} else if err := n.drvRead(ctx, pos, seg); err != nil {
 			return err
 		}
@@ -109,7 +109,7 @@ func (n *Node) copyOnRead(ctx context.Context, from *Child, off int64, p []byte,
 			if err != nil {
 				return err
 			}
-			n.stats.wrote(pos + st.Length)
+			n.stats.Wrote(pos + st.Length)
 		}
 		pos += st.Length
 	}

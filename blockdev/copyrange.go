@@ -75,7 +75,7 @@ func (n *Node) WriteFromFile(ctx context.Context, from *Child, off, length int64
 		}
 	}()
 	if n.tracking() {
-		defer n.trk.leave(n.trk.enter(off, off+length, false))
+		defer n.trk.Leave(n.trk.Enter(off, off+length, false))
 	}
 	err = fw.WriteFromFile(ctx, off, length, fd, fileOff)
 	if errors.Is(err, ErrNotSupported) {
@@ -83,7 +83,7 @@ func (n *Node) WriteFromFile(ctx context.Context, from *Child, off, length int64
 		return errNoOffload
 	}
 	marked = true
-	n.stats.wrote(off + length)
+	n.stats.Wrote(off + length)
 	return err
 }
 

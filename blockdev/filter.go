@@ -54,6 +54,14 @@ func (n *Node) FilterOrCOW() *Node {
 	return nil
 }
 
+// FilterOrCOWChild returns the edge n's chain continues with (see
+// FilterOrCOW), or nil. Caller holds the graph lock.
+func (n *Node) FilterOrCOWChild() *Child { return n.filterOrCOW() }
+
+// BackingChild returns n's backing (COW) edge, or nil. Caller holds the
+// graph lock.
+func (n *Node) BackingChild() *Child { return n.backing() }
+
 // IsFilter tells whether n is a filter node.
 func (n *Node) IsFilter() bool { return n.isFilter() }
 

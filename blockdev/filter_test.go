@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/chain"
 	"github.com/qbmond/qbmond/drivers/drivertest"
 	_ "github.com/qbmond/qbmond/drivers/filter"
 )
@@ -46,8 +47,8 @@ func TestAppendAndRemoveFilter(t *testing.T) {
 		t.Fatalf("the root edge is on %s, not on the filter", root.Node().Name())
 	}
 	lk, unlock := drivertest.Lock(g)
-	if f.Filename() != active.Filename() || f.FilterOrCOW() != active || !blockdev.InChain(lk, f, lk.Lookup("base")) ||
-		blockdev.FindOverlay(lk, f, active) != f || f.SkipFilters() != active {
+	if f.Filename() != active.Filename() || f.FilterOrCOW() != active || !chain.InChain(lk, f, lk.Lookup("base")) ||
+		chain.FindOverlay(lk, f, active) != f || f.SkipFilters() != active {
 		t.Errorf("filter %s: file %q (active %q), next %v", f.Name(), f.Filename(), active.Filename(), f.FilterOrCOW())
 	}
 	info := f.Info(ctx, lk, false)

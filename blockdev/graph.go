@@ -100,6 +100,28 @@ func (lk *Locked) Lookup(name string) *Node {
 	return nil
 }
 
+// LookupBS finds a node as QEMU's bdrv_lookup_bs does with a device name
+// and a node-name (qbmond has no named block backends, so only the node
+// name can match), with QEMU's error.
+func (lk *Locked) LookupBS(device, node string) (*Node, error) {
+	name := node
+	if name == "" {
+		name = device
+	}
+	if n := lk.Lookup(name); n != nil {
+		return n, nil
+	}
+	return nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", device, node)
+}
+
+// Release closes n if nothing holds it any more: no monitor reference, no
+// parent (an operation that took n out of a chain, such as
+// drop-intermediate, lets it go this way).
+func (lk *Locked) Release(n *Node) { lk.g.release(n) }
+
+// Log is the graph's logger, for the operations built on the graph.
+func (lk *Locked) Log() *zerolog.Logger { return &lk.g.log }
+
 // Find is Lookup with QEMU's error for an unknown node.
 func (lk *Locked) Find(name string) (*Node, error) {
 	if n := lk.Lookup(name); n != nil {

@@ -4,12 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/qbmond/qbmond/blockdev/internal/iopath"
 )
 
 // The I/O entry points. Every request to a node passes one of them: a
 // parent's request through its Child, an export's through its root Child.
 // Each one brackets the driver call with begin and end, which is where the
-// generic request processing lives:
+// generic request processing lives. The node-free mechanisms (the
+// tracker, the alignment arithmetic, the counters) are package
+// blockdev/internal/iopath's; the entry points, which need the node, are
+// here:
 //
 //   - begin: the drain guard (a node never closes under a request), bounds,
 //     read-only and permission checks; refused requests count as invalid.
@@ -20,10 +25,11 @@ import (
 //     lengths (buffers are not aligned in memory).
 //   - tracked requests: on such a node writes, write-zeroes and discards
 //     are tracked; read-modify-write requests are serialising (see
-//     tracker), so concurrent unaligned writes never lose data.
+//     iopath.Tracker), so concurrent unaligned writes never lose data.
 //   - detect-zeroes: an all-zero write becomes write-zeroes (may-unmap with
 //     detect-zeroes=unmap).
-//   - end: accounting (query-blockstats) and the drain guard.
+//   - end: accounting (query-blockstats, iopath.Counters) and the drain
+//     guard.
 
 type opKind uint8
 
@@ -46,7 +52,7 @@ type request struct {
 	offset int64
 	bytes  int64
 	flags  ReqFlags
-	start  int64 // monoNow() at begin, for counted requests
+	start  int64 // iopath.Now() at begin, for counted requests
 	// abandoned: the request did nothing after all (ReadFile found no
 	// file range) and is not counted.
 	abandoned bool
@@ -87,11 +93,13 @@ func (n *Node) begin(r *request) error {
 	if err := n.check(r); err != nil {
 		n.leaveObservers(r)
 		n.io.RUnlock()
-		n.stats.refused(r)
+		if r.counted() {
+			n.stats.Refused(acctOf(r.op))
+		}
 		return err
 	}
 	if r.counted() {
-		r.start = monoNow()
+		r.start = iopath.Now()
 	}
 	return nil
 }
@@ -137,8 +145,8 @@ func (n *Node) check(r *request) error {
 
 // end finishes a request admitted by begin, counting its outcome.
 func (n *Node) end(r *request, err error) {
-	if !r.abandoned {
-		n.stats.done(r, err)
+	if !r.abandoned && r.counted() {
+		n.stats.Done(acctOf(r.op), r.bytes, r.start, err)
 	}
 	switch r.op {
 	case opWrite, opWriteZeroes, opTruncate:
@@ -148,42 +156,8 @@ func (n *Node) end(r *request, err error) {
 	n.io.RUnlock()
 }
 
-// span splits [off, off+length) at the node's alignment: an optional
-// partial head block, an aligned middle [lo, hi) and an optional partial
-// tail block. When the range lies inside one block, that block is the head
-// and there is no middle or tail.
-type span struct {
-	a                int64 // alignment
-	off, end         int64 // the request
-	lo, hi           int64 // aligned middle (empty when lo >= hi)
-	hasHead, hasTail bool
-	headBlock        int64 // start of the head block
-}
-
-func (n *Node) span(off, length int64) span {
-	a := n.align
-	if a < 1 {
-		a = 1
-	}
-	s := span{a: a, off: off, end: off + length}
-	s.lo = (off + a - 1) / a * a
-	s.hi = s.end / a * a
-	s.hasHead = off < s.lo || s.lo > s.hi
-	s.headBlock = off / a * a
-	s.hasTail = s.hi < s.end && s.hi >= s.lo
-	return s
-}
-
-// aligned reports whether the request needs no read-modify-write.
-func (s span) aligned() bool { return !s.hasHead && !s.hasTail }
-
-// outer is the aligned range the request touches.
-func (s span) outer() (start, end int64) {
-	return s.headBlock, (s.end + s.a - 1) / s.a * s.a
-}
-
-// headEnd is where the head block's part of the request ends.
-func (s span) headEnd() int64 { return min(s.headBlock+s.a, s.end) }
+// span splits [off, off+length) at the node's alignment (see iopath.Span).
+func (n *Node) span(off, length int64) iopath.Span { return iopath.Split(n.align, off, length) }
 
 // Read reads len(p) bytes at off into p on behalf of the parent edge from.
 func (n *Node) Read(ctx context.Context, from *Child, off int64, p []byte) (err error) {
@@ -288,31 +262,31 @@ func (n *Node) fileRange(off, length int64) (int, int64, bool) {
 
 // readAligned reads through bounce blocks for the partial head and tail
 // and straight into p for the aligned middle.
-func (n *Node) readAligned(ctx context.Context, s span, p []byte) error {
-	if s.aligned() {
-		return n.drvRead(ctx, s.off, p)
+func (n *Node) readAligned(ctx context.Context, s iopath.Span, p []byte) error {
+	if s.Aligned() {
+		return n.drvRead(ctx, s.Off, p)
 	}
 	var block []byte
-	if s.hasHead {
-		block = make([]byte, s.a)
-		if err := n.drv.Read(ctx, s.headBlock, block); err != nil {
+	if s.HasHead {
+		block = make([]byte, s.A)
+		if err := n.drv.Read(ctx, s.HeadBlock, block); err != nil {
 			return err
 		}
-		copy(p, block[s.off-s.headBlock:s.headEnd()-s.headBlock])
+		copy(p, block[s.Off-s.HeadBlock:s.HeadEnd()-s.HeadBlock])
 	}
-	if s.lo < s.hi {
-		if err := n.drvRead(ctx, s.lo, p[s.lo-s.off:s.hi-s.off]); err != nil {
+	if s.Lo < s.Hi {
+		if err := n.drvRead(ctx, s.Lo, p[s.Lo-s.Off:s.Hi-s.Off]); err != nil {
 			return err
 		}
 	}
-	if s.hasTail {
+	if s.HasTail {
 		if block == nil {
-			block = make([]byte, s.a)
+			block = make([]byte, s.A)
 		}
-		if err := n.drv.Read(ctx, s.hi, block); err != nil {
+		if err := n.drv.Read(ctx, s.Hi, block); err != nil {
 			return err
 		}
-		copy(p[s.hi-s.off:], block[:s.end-s.hi])
+		copy(p[s.Hi-s.Off:], block[:s.End-s.Hi])
 	}
 	return nil
 }
@@ -346,12 +320,12 @@ func (n *Node) Write(ctx context.Context, from *Child, off int64, p []byte, flag
 		return n.writeZeroes(ctx, off, int64(len(p)), zf)
 	}
 	s := n.span(off, int64(len(p)))
-	start, end := s.outer()
+	start, end := s.Outer()
 	if n.tracking() {
-		defer n.trk.leave(n.trk.enter(start, end, !s.aligned()))
+		defer n.trk.Leave(n.trk.Enter(start, end, !s.Aligned()))
 	}
 	wf := flags & n.writeFlags
-	if s.aligned() {
+	if s.Aligned() {
 		n.debugEvent(DbgPwritev)
 		err = n.drvWrite(ctx, off, p, wf)
 		n.debugEvent(DbgPwritevDone)
@@ -362,13 +336,13 @@ func (n *Node) Write(ctx context.Context, from *Child, off int64, p []byte, flag
 		if head, tail, err = n.padRead(ctx, s); err == nil {
 			n.debugEvent(DbgPwritev)
 			err = n.writePads(ctx, s, wf, head, tail, func(dst []byte, at int64) { copy(dst, p[at-off:]) })
-			if err == nil && s.lo < s.hi {
-				err = n.drvWrite(ctx, s.lo, p[s.lo-off:s.hi-off], wf)
+			if err == nil && s.Lo < s.Hi {
+				err = n.drvWrite(ctx, s.Lo, p[s.Lo-off:s.Hi-off], wf)
 			}
 			n.debugEvent(DbgPwritevDone)
 		}
 	}
-	n.stats.wrote(end)
+	n.stats.Wrote(end)
 	if err != nil {
 		return err
 	}
@@ -378,20 +352,20 @@ func (n *Node) Write(ctx context.Context, from *Child, off int64, p []byte, flag
 // padRead reads the blocks holding the partial head and tail of s (nil
 // for a side that is aligned), raising QEMU's pwritev_rmw_* events around
 // the reads. The caller holds a serialising tracked request over them.
-func (n *Node) padRead(ctx context.Context, s span) (head, tail []byte, err error) {
-	headPart, tailPart := s.off%s.a != 0, s.end%s.a != 0
-	if s.hasHead {
+func (n *Node) padRead(ctx context.Context, s iopath.Span) (head, tail []byte, err error) {
+	headPart, tailPart := s.Off%s.A != 0, s.End%s.A != 0
+	if s.HasHead {
 		// The head block; when the request lies inside one block it is
 		// the tail block too, read once.
 		if headPart {
 			n.debugEvent(DbgPwritevRMWHead)
 		}
-		single := !s.hasTail && s.headEnd() == s.end
+		single := !s.HasTail && s.HeadEnd() == s.End
 		if single && tailPart {
 			n.debugEvent(DbgPwritevRMWTail)
 		}
-		head = make([]byte, s.a)
-		if err := n.drv.Read(ctx, s.headBlock, head); err != nil {
+		head = make([]byte, s.A)
+		if err := n.drv.Read(ctx, s.HeadBlock, head); err != nil {
 			return nil, nil, err
 		}
 		if headPart {
@@ -401,10 +375,10 @@ func (n *Node) padRead(ctx context.Context, s span) (head, tail []byte, err erro
 			n.debugEvent(DbgPwritevRMWAfterTail)
 		}
 	}
-	if s.hasTail {
+	if s.HasTail {
 		n.debugEvent(DbgPwritevRMWTail)
-		tail = make([]byte, s.a)
-		if err := n.drv.Read(ctx, s.hi, tail); err != nil {
+		tail = make([]byte, s.A)
+		if err := n.drv.Read(ctx, s.Hi, tail); err != nil {
 			return nil, nil, err
 		}
 		n.debugEvent(DbgPwritevRMWAfterTail)
@@ -415,16 +389,16 @@ func (n *Node) padRead(ctx context.Context, s span) (head, tail []byte, err erro
 // writePads writes back the head and tail blocks padRead read, with fill
 // putting the request's part in (dst is the part of the block the
 // request covers, at its offset at).
-func (n *Node) writePads(ctx context.Context, s span, flags ReqFlags, head, tail []byte, fill func(dst []byte, at int64)) error {
+func (n *Node) writePads(ctx context.Context, s iopath.Span, flags ReqFlags, head, tail []byte, fill func(dst []byte, at int64)) error {
 	if head != nil {
-		fill(head[s.off-s.headBlock:s.headEnd()-s.headBlock], s.off)
-		if err := n.drv.Write(ctx, s.headBlock, head, flags); err != nil {
+		fill(head[s.Off-s.HeadBlock:s.HeadEnd()-s.HeadBlock], s.Off)
+		if err := n.drv.Write(ctx, s.HeadBlock, head, flags); err != nil {
 			return err
 		}
 	}
 	if tail != nil {
-		fill(tail[:s.end-s.hi], s.hi)
-		if err := n.drv.Write(ctx, s.hi, tail, flags); err != nil {
+		fill(tail[:s.End-s.Hi], s.Hi)
+		if err := n.drv.Write(ctx, s.Hi, tail, flags); err != nil {
 			return err
 		}
 	}
@@ -484,17 +458,17 @@ func (n *Node) WriteZeroes(ctx context.Context, from *Child, off, length int64, 
 // writeZeroes is WriteZeroes after admission (also used by detect-zeroes).
 func (n *Node) writeZeroes(ctx context.Context, off, length int64, flags ReqFlags) error {
 	s := n.span(off, length)
-	if !s.aligned() && flags&ReqNoFallback != 0 {
+	if !s.Aligned() && flags&ReqNoFallback != 0 {
 		// The partial blocks could only be zeroed by writing buffers.
 		return ErrNotSupported
 	}
-	start, end := s.outer()
+	start, end := s.Outer()
 	if n.tracking() {
-		defer n.trk.leave(n.trk.enter(start, end, !s.aligned()))
+		defer n.trk.Leave(n.trk.Enter(start, end, !s.Aligned()))
 	}
 	zf := flags&^ReqFUA | flags&n.writeFlags
 	var err error
-	if s.aligned() {
+	if s.Aligned() {
 		n.debugEvent(DbgPwritevZero)
 		err = n.drv.WriteZeroes(ctx, off, length, zf)
 		n.debugEvent(DbgPwritevDone)
@@ -510,9 +484,9 @@ func (n *Node) writeZeroes(ctx context.Context, off, length int64, flags ReqFlag
 				err = n.writePads(ctx, s, wf, head, nil, zero)
 				n.debugEvent(DbgPwritevDone)
 			}
-			if err == nil && s.lo < s.hi {
+			if err == nil && s.Lo < s.Hi {
 				n.debugEvent(DbgPwritevZero)
-				err = n.drv.WriteZeroes(ctx, s.lo, s.hi-s.lo, zf)
+				err = n.drv.WriteZeroes(ctx, s.Lo, s.Hi-s.Lo, zf)
 				n.debugEvent(DbgPwritevDone)
 			}
 			if err == nil && tail != nil {
@@ -522,7 +496,7 @@ func (n *Node) writeZeroes(ctx context.Context, off, length int64, flags ReqFlag
 			}
 		}
 	}
-	n.stats.wrote(end)
+	n.stats.Wrote(end)
 	if err != nil {
 		return err
 	}
@@ -551,16 +525,12 @@ func (n *Node) Discard(ctx context.Context, from *Child, off, length int64) (err
 	defer n.writeGen.Add(1)
 	if n.tracking() {
 		s := n.span(off, length)
-		start, end := s.outer()
-		defer n.trk.leave(n.trk.enter(start, end, false))
+		start, end := s.Outer()
+		defer n.trk.Leave(n.trk.Enter(start, end, false))
 	}
-	if err := n.drv.Discard(ctx, off, length); err != nil {
-		n.stats.discardFailed.Add(1)
-		return err
-	}
-	n.stats.discardOK.Add(1)
-	n.stats.discardBytesOK.Add(length)
-	return nil
+	err = n.drv.Discard(ctx, off, length)
+	n.stats.Discarded(length, err)
+	return err
 }
 
 // Flush makes completed writes stable (nothing with cache.no-flush).

@@ -27,7 +27,7 @@ func TestGraphLockByType(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const header = "package locksnippet\n\nimport (\n\t\"context\"\n\n\t\"github.com/qbmond/qbmond/blockdev\"\n)\n\nvar _ = context.Background\n\n"
+	const header = "package locksnippet\n\nimport (\n\t\"context\"\n\n\t\"github.com/qbmond/qbmond/blockdev\"\n\t\"github.com/qbmond/qbmond/blockdev/chain\"\n)\n\nvar _, _ = context.Background, chain.InChain\n\n"
 	cases := []struct {
 		name, body, want string // want "" : it compiles
 	}{
@@ -45,6 +45,13 @@ func TestGraphLockByType(t *testing.T) {
 			"g.Lookup undefined"},
 		{"BitmapWithoutLock", `func f(n *blockdev.Node) { n.AddDirtyBitmap("b", blockdev.BitmapOptions{}) }`,
 			"not enough arguments in call to n.AddDirtyBitmap"},
+		{"ChainOpUnderLock", `func f(g *blockdev.Graph, a, t, b *blockdev.Node) error {
+	return g.Do(func(lk *blockdev.Locked) error { return chain.DropIntermediate(context.Background(), lk, a, t, b, "") })
+}`, ""},
+		{"ChainOpWithoutLock", `func f(a, t, b *blockdev.Node) error { return chain.DropIntermediate(context.Background(), a, t, b, "") }`,
+			"not enough arguments in call to chain.DropIntermediate"},
+		{"BitmapStateWithoutLock", `func f(b *blockdev.DirtyBitmap) { b.st.Abdicate() }`,
+			"b.st undefined"},
 		{"ForgedLocked", `func f(g *blockdev.Graph) blockdev.Locked { return blockdev.Locked{g: g} }`,
 			"cannot refer to unexported field g"},
 	}

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/qbmond/qbmond/blockdev/dirty"
+	"github.com/qbmond/qbmond/blockdev/internal/iopath"
 	"github.com/qbmond/qbmond/internal/qjson"
 )
 
@@ -77,7 +79,7 @@ type Node struct {
 	maxTransfer atomic.Int64
 	// trk tracks the modifying requests in flight (nodes with align > 1,
 	// and any node while copy-on-read is enabled on it).
-	trk tracker
+	trk iopath.Tracker
 	// corUsers counts the users that copy on read into the node
 	// (EnableCopyOnRead): while > 0 every modifying request is tracked.
 	corUsers atomic.Int32
@@ -85,9 +87,9 @@ type Node struct {
 	observers  atomic.Pointer[[]*observerEntry]
 	observerMu sync.Mutex // serialises changes of observers
 	// stats are the node's I/O statistics (query-blockstats).
-	stats ioStats
+	stats iopath.Counters
 	// bitmaps are the node's dirty bitmaps.
-	bitmaps bitmapList
+	bitmaps dirty.Set[*DirtyBitmap]
 
 	// inheritsFrom is the parent the node was opened inline for; it
 	// takes its read-only setting from it on reopen (QEMU's
@@ -328,6 +330,10 @@ func (c *Child) BlockStatus(ctx context.Context, off, n int64) (BlockStatus, err
 func (c *Child) Truncate(ctx context.Context, size int64, exact bool) error {
 	return c.node.Load().Truncate(ctx, c, size, exact)
 }
+
+// ParentDesc names the parent of c as QEMU's errors do: "node 'x'" for a
+// node, the user's description for a root user.
+func (c *Child) ParentDesc() string { return c.parentDesc() }
 
 // parentDesc names the parent of c in permission errors, as QEMU does.
 func (c *Child) parentDesc() string {

@@ -346,9 +346,9 @@ func (r *reopenTx) commit(ctx context.Context, tx *permTx) {
 		if err := n.refreshLength(ctx); err != nil {
 			g.log.Warn().Err(err).Str("node", n.name).Msg("length after reopen")
 		}
-		for _, b := range n.bitmaps.load() {
-			if b.persistent {
-				b.readOnly = e.readOnly
+		for _, b := range n.bitmaps.Load() {
+			if b.H.persistent {
+				b.H.readOnly = e.readOnly
 			}
 		}
 	}

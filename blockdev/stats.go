@@ -1,26 +1,10 @@
 package blockdev
 
-import (
-	"sync/atomic"
-	"time"
-)
+import "github.com/qbmond/qbmond/blockdev/internal/iopath"
 
-// acctType is a statistics class, like QEMU's BlockAcctType.
-type acctType uint8
-
-const (
-	acctRead acctType = iota
-	acctWrite
-	acctFlush
-	acctUnmap
-	acctNone // not counted (block-status, truncate)
-)
-
-// ioStats are a node's counters. Everything is an atomic: the I/O path
-// takes no lock to count.
-//
-// Like the accounting of a QEMU BlockBackend, the request counters cover
-// only requests from root users (exports and other users attached with
+// A node's counters are an iopath.Counters (node.stats). Like the
+// accounting of a QEMU BlockBackend, the request counters cover only
+// requests from root users (exports and other users attached with
 // AttachRoot), in the bytes the user asked for, and with QEMU's rules for
 // an export's backend (account_invalid and account_failed off): successful
 // requests count operations, bytes and time; failed ones only their
@@ -28,76 +12,25 @@ const (
 // range, read-only, missing permission) only their invalid_* counter.
 // wr_highest_offset, the driver-level discard counters, follow every
 // request the node sees, whoever sends it, as QEMU's node-level fields do.
-type ioStats struct {
-	bytes   [acctNone]atomic.Int64
-	ops     [acctNone]atomic.Int64
-	failed  [acctNone]atomic.Int64
-	invalid [acctNone]atomic.Int64
-	timeNs  [acctNone]atomic.Int64
-	// lastAccess is monoNow()+1 at the last counted completion; 0: never.
-	lastAccess atomic.Int64
-	wrHighest  atomic.Int64
 
-	discardOK, discardFailed, discardBytesOK atomic.Int64
-}
-
-// clockBase anchors monoNow; time.Since uses the monotonic clock.
-var clockBase = time.Now()
-
-func monoNow() int64 { return int64(time.Since(clockBase)) }
-
-func acctOf(op opKind) acctType {
+func acctOf(op opKind) iopath.Class {
 	switch op {
 	case opRead:
-		return acctRead
+		return iopath.Read
 	case opWrite, opWriteZeroes:
-		return acctWrite
+		return iopath.Write
 	case opFlush:
-		return acctFlush
+		return iopath.Flush
 	case opDiscard:
-		return acctUnmap
+		return iopath.Unmap
 	}
-	return acctNone
+	return iopath.None
 }
 
 // counted tells whether r is accounted: it comes from a root user and its
 // kind has counters.
 func (r *request) counted() bool {
-	return r.from != nil && r.from.parent == nil && acctOf(r.op) != acctNone
-}
-
-// refused counts a request refused by begin.
-func (s *ioStats) refused(r *request) {
-	if r.counted() {
-		s.invalid[acctOf(r.op)].Add(1)
-	}
-}
-
-// done counts a completed request that begin admitted.
-func (s *ioStats) done(r *request, err error) {
-	if !r.counted() {
-		return
-	}
-	t := acctOf(r.op)
-	if err != nil {
-		s.failed[t].Add(1)
-		return
-	}
-	now := monoNow()
-	s.bytes[t].Add(r.bytes)
-	s.ops[t].Add(1)
-	s.timeNs[t].Add(now - r.start)
-	s.lastAccess.Store(now + 1)
-}
-
-// wrote raises wr_highest_offset to end.
-func (s *ioStats) wrote(end int64) {
-	for {
-		cur := s.wrHighest.Load()
-		if end <= cur || s.wrHighest.CompareAndSwap(cur, end) {
-			return
-		}
-	}
+	return r.from != nil && r.from.parent == nil && acctOf(r.op) != iopath.None
 }
 
 // BlockDeviceStats is QEMU's BlockDeviceStats.
@@ -155,32 +88,33 @@ type BlockStatsSpecificFile struct {
 // Stats returns the node's statistics in QEMU's shape. idle_time_ns is
 // present once a counted request has completed.
 func (n *Node) Stats() BlockDeviceStats {
-	s := &n.stats
+	s := n.stats.Load()
+	const rd, wr, fl, un = iopath.Read, iopath.Write, iopath.Flush, iopath.Unmap
 	out := BlockDeviceStats{
-		RdBytes:                s.bytes[acctRead].Load(),
-		WrBytes:                s.bytes[acctWrite].Load(),
-		UnmapBytes:             s.bytes[acctUnmap].Load(),
-		RdOperations:           s.ops[acctRead].Load(),
-		WrOperations:           s.ops[acctWrite].Load(),
-		FlushOperations:        s.ops[acctFlush].Load(),
-		UnmapOperations:        s.ops[acctUnmap].Load(),
-		RdTotalTimeNs:          s.timeNs[acctRead].Load(),
-		WrTotalTimeNs:          s.timeNs[acctWrite].Load(),
-		FlushTotalTimeNs:       s.timeNs[acctFlush].Load(),
-		UnmapTotalTimeNs:       s.timeNs[acctUnmap].Load(),
-		WrHighestOffset:        s.wrHighest.Load(),
-		FailedRdOperations:     s.failed[acctRead].Load(),
-		FailedWrOperations:     s.failed[acctWrite].Load(),
-		FailedFlushOperations:  s.failed[acctFlush].Load(),
-		FailedUnmapOperations:  s.failed[acctUnmap].Load(),
-		InvalidRdOperations:    s.invalid[acctRead].Load(),
-		InvalidWrOperations:    s.invalid[acctWrite].Load(),
-		InvalidFlushOperations: s.invalid[acctFlush].Load(),
-		InvalidUnmapOperations: s.invalid[acctUnmap].Load(),
+		RdBytes:                s.Bytes[rd],
+		WrBytes:                s.Bytes[wr],
+		UnmapBytes:             s.Bytes[un],
+		RdOperations:           s.Ops[rd],
+		WrOperations:           s.Ops[wr],
+		FlushOperations:        s.Ops[fl],
+		UnmapOperations:        s.Ops[un],
+		RdTotalTimeNs:          s.TimeNs[rd],
+		WrTotalTimeNs:          s.TimeNs[wr],
+		FlushTotalTimeNs:       s.TimeNs[fl],
+		UnmapTotalTimeNs:       s.TimeNs[un],
+		WrHighestOffset:        s.WrHighest,
+		FailedRdOperations:     s.Failed[rd],
+		FailedWrOperations:     s.Failed[wr],
+		FailedFlushOperations:  s.Failed[fl],
+		FailedUnmapOperations:  s.Failed[un],
+		InvalidRdOperations:    s.Invalid[rd],
+		InvalidWrOperations:    s.Invalid[wr],
+		InvalidFlushOperations: s.Invalid[fl],
+		InvalidUnmapOperations: s.Invalid[un],
 		TimedStats:             []struct{}{},
 	}
-	if last := s.lastAccess.Load(); last != 0 {
-		idle := max(monoNow()-(last-1), 0)
+	if s.HasIdle {
+		idle := s.Idle
 		out.IdleTimeNs = &idle
 	}
 	return out
@@ -192,11 +126,12 @@ func (n *Node) specificStats() any {
 	}
 	switch n.drvName {
 	case "file", "host_device":
+		s := n.stats.Load()
 		return BlockStatsSpecificFile{
 			Driver:          n.drvName,
-			DiscardNbOK:     n.stats.discardOK.Load(),
-			DiscardNbFailed: n.stats.discardFailed.Load(),
-			DiscardBytesOK:  n.stats.discardBytesOK.Load(),
+			DiscardNbOK:     s.DiscardOK,
+			DiscardNbFailed: s.DiscardFailed,
+			DiscardBytesOK:  s.DiscardBytesOK,
 		}
 	}
 	return nil

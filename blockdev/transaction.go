@@ -6,7 +6,7 @@ package blockdev
 // all are committed. The command itself is the jobs package's (it starts
 // backup jobs); blockqmp.PrepareTxAction hands the graph the actions
 // that are its own, the dirty bitmap actions (the Prepare methods here)
-// and the snapshots (PrepareSnapshot). The graph lock is held
+// and the snapshots (package chain's PrepareSnapshot). The graph lock is held
 // throughout.
 
 // TxAction is one prepared action of a transaction.
@@ -18,23 +18,24 @@ type TxAction interface {
 	Clean()
 }
 
-type txFunc struct{ onCommit, onAbort, onClean func() }
+// TxFuncs is a TxAction made of functions; a nil one does nothing.
+type TxFuncs struct{ OnCommit, OnAbort, OnClean func() }
 
-func (f txFunc) Commit() {
-	if f.onCommit != nil {
-		f.onCommit()
+func (f TxFuncs) Commit() {
+	if f.OnCommit != nil {
+		f.OnCommit()
 	}
 }
 
-func (f txFunc) Abort() {
-	if f.onAbort != nil {
-		f.onAbort()
+func (f TxFuncs) Abort() {
+	if f.OnAbort != nil {
+		f.OnAbort()
 	}
 }
 
-func (f txFunc) Clean() {
-	if f.onClean != nil {
-		f.onClean()
+func (f TxFuncs) Clean() {
+	if f.OnClean != nil {
+		f.OnClean()
 	}
 }
 
@@ -45,7 +46,7 @@ func (lk *Locked) PrepareBitmapAdd(node, name string, o BitmapOptions) (TxAction
 	if err != nil {
 		return nil, err
 	}
-	return txFunc{onAbort: func() { n.dropBitmap(b, true) }}, nil
+	return TxFuncs{OnAbort: func() { n.dropBitmap(b, true) }}, nil
 }
 
 // PrepareBitmapMerge prepares block-dirty-bitmap-merge as a transaction
@@ -57,28 +58,28 @@ func (lk *Locked) PrepareBitmapMerge(node, target string, refs []BitmapRef) (TxA
 	if err != nil {
 		return nil, err
 	}
-	shadow, own := dst.startShadow()
+	shadow, own := dst.st.StartShadow()
 	backup := dst.bits.Copy()
 	if err := dst.MergeInto(lk, srcs); err != nil {
 		if own {
-			dst.shadow.Store(nil)
+			dst.st.StopShadow()
 		}
 		return nil, err
 	}
-	return txFunc{
-		onCommit: func() {
+	return TxFuncs{
+		OnCommit: func() {
 			if own {
-				dst.shadow.Store(nil)
+				dst.st.StopShadow()
 			}
 		},
-		onAbort: func() {
+		OnAbort: func() {
 			// Back to the bits before the merge, plus every write
 			// recorded since.
 			dst.bits.Clear()
 			_ = dst.bits.Merge(backup)
 			_ = dst.bits.Merge(shadow)
 			if own {
-				dst.shadow.Store(nil)
+				dst.st.StopShadow()
 			}
 			g.logSave(dst)
 		},
@@ -98,14 +99,14 @@ func (lk *Locked) PrepareBitmapRemove(node, name string) (TxAction, error) {
 		return nil, err
 	}
 	b.Acquire()
-	return txFunc{
-		onCommit: func() {
+	return TxFuncs{
+		OnCommit: func() {
 			b.Release()
 			if err := n.RemoveDirtyBitmap(lk, b.name); err != nil {
 				g.log.Warn().Err(err).Str("bitmap", b.name).Msg("transaction: removing bitmap")
 			}
 		},
-		onAbort: b.Release,
+		OnAbort: b.Release,
 	}, nil
 }
 
@@ -124,9 +125,9 @@ func (lk *Locked) PrepareBitmapClear(node, name string) (TxAction, error) {
 	b.bits.Clear()
 	// Undoing a clear puts the old bits back beside those written
 	// since, which only adds bits.
-	return txFunc{
-		onCommit: func() { g.logSave(b) },
-		onAbort:  func() { _ = b.bits.Merge(backup); g.logSave(b) },
+	return TxFuncs{
+		OnCommit: func() { g.logSave(b) },
+		OnAbort:  func() { _ = b.bits.Merge(backup); g.logSave(b) },
 	}, nil
 }
 
@@ -142,7 +143,7 @@ func (lk *Locked) PrepareBitmapRecording(node, name string, on bool) (TxAction, 
 	if err := b.SetRecording(on); err != nil {
 		return nil, err
 	}
-	return txFunc{onAbort: func() { _ = b.SetRecording(was) }}, nil
+	return TxFuncs{OnAbort: func() { _ = b.SetRecording(was) }}, nil
 }
 
 // logSave has a persistent bitmap's store save it after a transaction

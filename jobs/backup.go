@@ -7,6 +7,7 @@ import (
 	"math"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/blockcopy"
 	"github.com/qbmond/qbmond/qapi"
 )
 
@@ -32,7 +33,7 @@ type backupJob struct {
 	source     *blockdev.Node
 	target     *blockdev.Node
 	cbw        *blockdev.Node
-	bc         *blockdev.BlockCopy
+	bc         *blockcopy.State
 	sync       string
 	bitmap     *blockdev.DirtyBitmap
 	bitmapMode string
@@ -242,7 +243,7 @@ func (bj *backupJob) before(lk *blockdev.Locked, b *BlockJob, filterName *string
 		return fmt.Errorf("Could not create node: %w", err)
 	}
 	bj.cbw = cbw
-	src, ok := cbw.Driver().(interface{ BlockCopy() *blockdev.BlockCopy })
+	src, ok := cbw.Driver().(interface{ BlockCopy() *blockcopy.State })
 	if !ok {
 		return errors.New("copy-before-write: no block copy")
 	}
@@ -369,7 +370,7 @@ func (bj *backupJob) run(ctx context.Context, j *Job) error {
 		}
 		return nil
 	}
-	chunk := int64(blockdev.MaxCopyChunk)
+	chunk := int64(blockcopy.MaxChunk)
 	for {
 		if err := b.RateLimitWait(); err != nil {
 			return err
@@ -387,7 +388,7 @@ func (bj *backupJob) run(ctx context.Context, j *Job) error {
 			if errors.Is(err, context.Canceled) && j.IsCancelled() {
 				return err
 			}
-			var se *blockdev.SourceError
+			var se *blockcopy.SourceError
 			if b.ErrorAction(err, errors.As(err, &se)) == ActionReport {
 				return ioError(err)
 			}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/chain"
 	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/qmp"
 )
@@ -31,7 +32,7 @@ func manualFlags(autoFinalize, autoDismiss *bool) (manualFinalize, manualDismiss
 // chainContains tells whether n is top or lies below it in top's chain,
 // filters included (QEMU's bdrv_chain_contains).
 func chainContains(lk *blockdev.Locked, top, n *blockdev.Node) bool {
-	return blockdev.InChain(lk, top, n)
+	return chain.InChain(lk, top, n)
 }
 
 // chainNext is the next node of n's backing chain that is not a filter

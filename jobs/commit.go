@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/chain"
 	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/qmp"
 )
@@ -383,7 +384,7 @@ func (cj *commitJob) prepare(j *Job) error {
 		if cj.backingFile != nil {
 			bf = *cj.backingFile
 		}
-		if err := lk.DropIntermediate(j.Context(), cj.active, cj.commitTop, cj.base, bf); err != nil {
+		if err := chain.DropIntermediate(j.Context(), lk, cj.active, cj.commitTop, cj.base, bf); err != nil {
 			return err
 		}
 		cj.commitTop = nil // closed with the dropped layers

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/chain"
 	"github.com/qbmond/qbmond/qapi"
 )
 
@@ -299,7 +300,7 @@ func (sj *streamJob) prepare(j *Job) error {
 		if err := lk.SetBacking(ctx, sj.bs, base); err != nil {
 			return err
 		}
-		if err := lk.ChangeBackingFile(ctx, sj.bs, name, format); err != nil {
+		if err := chain.ChangeBackingFile(ctx, lk, sj.bs, name, format); err != nil {
 			return fmt.Errorf("Could not change the backing file: %s", blockdev.Strerror(err))
 		}
 		return nil

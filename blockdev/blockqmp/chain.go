@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/chain"
 	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/qmp"
 )
@@ -14,10 +15,10 @@ func registerChainCommands(d *qmp.Dispatcher, h handlers) {
 }
 
 // changeBackingFile is QEMU's change-backing-file (see
-// blockdev.Locked.ChangeBackingFileByName).
+// chain.ChangeBackingFileByName).
 func (h handlers) changeBackingFile(ctx context.Context, a *qapi.ChangeBackingFileArgs) (any, error) {
 	return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (any, error) {
-		if err := lk.ChangeBackingFileByName(ctx, a.Device, a.ImageNodeName, a.BackingFile); err != nil {
+		if err := chain.ChangeBackingFileByName(ctx, lk, a.Device, a.ImageNodeName, a.BackingFile); err != nil {
 			return nil, err
 		}
 		return struct{}{}, nil
@@ -25,11 +26,11 @@ func (h handlers) changeBackingFile(ctx context.Context, a *qapi.ChangeBackingFi
 }
 
 // dropIntermediate is qbmond's drop-intermediate (see
-// blockdev.Locked.DropIntermediateByName): device is the active layer,
+// chain.DropIntermediateByName): device is the active layer,
 // top the highest node to drop, base the node that stays below them.
 func (h handlers) dropIntermediate(ctx context.Context, a *qapi.DropIntermediateArgs) (any, error) {
 	return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (any, error) {
-		if err := lk.DropIntermediateByName(ctx, a.Device, a.Top, a.Base, qapi.Deref(a.BackingFile)); err != nil {
+		if err := chain.DropIntermediateByName(ctx, lk, a.Device, a.Top, a.Base, qapi.Deref(a.BackingFile)); err != nil {
 			return nil, err
 		}
 		return struct{}{}, nil

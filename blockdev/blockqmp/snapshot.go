@@ -4,12 +4,13 @@ import (
 	"context"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/chain"
 	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/qmp"
 )
 
 // External snapshots: blockdev-snapshot and blockdev-snapshot-sync (see
-// blockdev.Locked.PrepareSnapshot).
+// chain.PrepareSnapshot).
 
 func registerSnapshotCommands(d *qmp.Dispatcher, h handlers) {
 	// QEMU runs both as a transaction of one action.
@@ -37,13 +38,13 @@ func registerSnapshotCommands(d *qmp.Dispatcher, h handlers) {
 
 // snapshot is the snapshot a blockdev-snapshot or blockdev-snapshot-sync
 // action describes.
-func snapshot(act *qapi.TransactionAction) blockdev.Snapshot {
+func snapshot(act *qapi.TransactionAction) chain.Snapshot {
 	if act.BlockdevSnapshot != nil {
 		a := &act.BlockdevSnapshot.Data
-		return blockdev.Snapshot{Device: a.Node, NodeName: a.Node, Overlay: a.Overlay}
+		return chain.Snapshot{Device: a.Node, NodeName: a.Node, Overlay: a.Overlay}
 	}
 	a := &act.BlockdevSnapshotSync.Data
-	s := blockdev.Snapshot{Device: qapi.Deref(a.Device), NodeName: qapi.Deref(a.NodeName), Sync: true,
+	s := chain.Snapshot{Device: qapi.Deref(a.Device), NodeName: qapi.Deref(a.NodeName), Sync: true,
 		Format: "qcow2", SnapshotFile: a.SnapshotFile, SnapshotNodeName: a.SnapshotNodeName,
 		Existing: qapi.Deref(a.Mode) == qapi.NewImageModeExisting}
 	if a.Format != nil {

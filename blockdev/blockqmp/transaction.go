@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/chain"
 	"github.com/qbmond/qbmond/qapi"
 )
 
@@ -22,7 +23,7 @@ func PrepareTxAction(ctx context.Context, lk *blockdev.Locked, act *qapi.Transac
 	}
 	switch typ {
 	case "blockdev-snapshot", "blockdev-snapshot-sync":
-		return lk.PrepareSnapshot(ctx, snapshot(act))
+		return chain.PrepareSnapshot(ctx, lk, snapshot(act))
 	case "abort":
 		return nil, errors.New("Transaction aborted using Abort action")
 	case "block-dirty-bitmap-add":

@@ -9,6 +9,7 @@ import (
 
 	"github.com/qbmond/qbmond/bitmap"
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/blockcopy"
 )
 
 func init() {
@@ -21,7 +22,7 @@ func init() {
 // has them, so that the target keeps the file's content as it was when
 // the filter was inserted (a backup's point in time). Reads pass through.
 // A backup job inserts one above its source and copies the remaining
-// clusters through the same BlockCopy; users may add one with
+// clusters through the same blockcopy.State; users may add one with
 // blockdev-add (target, and optionally bitmap: only its dirty clusters
 // are copied).
 type CBW struct {
@@ -30,7 +31,7 @@ type CBW struct {
 	done          *bitmap.Bitmap // clusters a guest write had copied (QEMU's done_bitmap)
 	unlist        []func()       // take the anonymous bitmaps off their nodes
 	target        *blockdev.Child
-	bc            *blockdev.BlockCopy
+	bc            *blockcopy.State
 	breakSnapshot bool          // on-cbw-error=break-snapshot
 	timeout       time.Duration // cbw-timeout (0: none)
 }
@@ -56,7 +57,7 @@ func (d *CBW) Open(ctx context.Context, oc *blockdev.OpenContext) (err error) {
 			"and it doesn't have a backing file. The default block size of %d bytes is used. If the actual block "+
 			"size of the target exceeds this default, the backup may be unusable", defaultCluster), nil)
 	}
-	if d.bc, err = blockdev.NewBlockCopy(d.child, d.target, cluster, d.child.Length()); err != nil {
+	if d.bc, err = blockcopy.New(d.child, d.target, cluster, d.child.Length()); err != nil {
 		return err
 	}
 	o := oc.Options()
@@ -113,7 +114,7 @@ func (d *CBW) Close() error {
 }
 
 // BlockCopy is the filter's copy state (the backup job copies through it).
-func (d *CBW) BlockCopy() *blockdev.BlockCopy { return d.bc }
+func (d *CBW) BlockCopy() *blockcopy.State { return d.bc }
 
 // copyBefore copies the clusters a write is about to change. A failure
 // fails the write, or, with break-snapshot, breaks the copy instead

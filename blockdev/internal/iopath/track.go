@@ -1,8 +1,8 @@
-package blockdev
+package iopath
 
 import "sync"
 
-// tracker keeps the modifying requests (write, write-zeroes, discard) in
+// Tracker keeps the modifying requests (write, write-zeroes, discard) in
 // flight on a node, like QEMU's tracked requests, so that a
 // read-modify-write cycle never interleaves with another request on the
 // same blocks.
@@ -14,23 +14,23 @@ import "sync"
 // ones, so waits cannot form a cycle, and a serialising request that is
 // waiting already holds its place: later overlapping requests queue behind
 // it rather than starving it.
-type tracker struct {
+type Tracker struct {
 	mu   sync.Mutex
-	reqs []*tracked
+	reqs []*Tracked
 }
 
-// tracked is one request in the tracker.
-type tracked struct {
+// Tracked is one request in the tracker.
+type Tracked struct {
 	start, end int64 // aligned range [start, end)
 	serial     bool
 	done       chan struct{} // closed when the request leaves
 }
 
-// enter adds a request for [start, end) and waits until no earlier
+// Enter adds a request for [start, end) and waits until no earlier
 // overlapping request conflicts with it.
-func (t *tracker) enter(start, end int64, serial bool) *tracked {
-	me := &tracked{start: start, end: end, serial: serial, done: make(chan struct{})}
-	var wait []*tracked
+func (t *Tracker) Enter(start, end int64, serial bool) *Tracked {
+	me := &Tracked{start: start, end: end, serial: serial, done: make(chan struct{})}
+	var wait []*Tracked
 	t.mu.Lock()
 	for _, o := range t.reqs {
 		if (serial || o.serial) && o.start < end && start < o.end {
@@ -45,8 +45,8 @@ func (t *tracker) enter(start, end int64, serial bool) *tracked {
 	return me
 }
 
-// leave removes a request and wakes those waiting for it.
-func (t *tracker) leave(me *tracked) {
+// Leave removes a request and wakes those waiting for it.
+func (t *Tracker) Leave(me *Tracked) {
 	t.mu.Lock()
 	for i, o := range t.reqs {
 		if o == me {

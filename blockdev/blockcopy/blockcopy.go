@@ -1,4 +1,11 @@
-package blockdev
+// Package blockcopy is block-copy, the copy engine of the backup job and
+// the copy-before-write filter: a State copies a source's clusters to a
+// target once each, whoever asks first, and keeps the copy bitmap of what
+// is still to be copied. It is built on blockdev's exported I/O entry
+// points (Child.Read/Write/WriteZeroes, Node.BlockStatusAbove,
+// blockdev.CopyRange) and takes no graph lock; the graph knows nothing of
+// it.
+package blockcopy
 
 import (
 	"context"
@@ -6,9 +13,10 @@ import (
 	"sync"
 
 	"github.com/qbmond/qbmond/bitmap"
+	"github.com/qbmond/qbmond/blockdev"
 )
 
-// BlockCopy copies a source node's data to a target node cluster by
+// State copies a source node's data to a target node cluster by
 // cluster, as QEMU's block-copy does for backup: a copy bitmap says which
 // clusters are still to be copied, and a copy clears their bits. The
 // copy-before-write filter copies the clusters a guest write is about to
@@ -19,8 +27,8 @@ import (
 // What reads as zeroes in the source is written as zeroes (may-unmap) to
 // the target; data goes by copy offload where both ends are files, else
 // through a buffer.
-type BlockCopy struct {
-	src, dst *Child
+type State struct {
+	src, dst *blockdev.Child
 	cluster  int64
 	length   int64
 	bits     *bitmap.Bitmap
@@ -36,7 +44,7 @@ type BlockCopy struct {
 
 // SetCompress has the data written compressed (backup's compress): one
 // cluster per write, through a buffer.
-func (bc *BlockCopy) SetCompress() {
+func (bc *State) SetCompress() {
 	bc.mu.Lock()
 	bc.compress = true
 	bc.mu.Unlock()
@@ -44,7 +52,7 @@ func (bc *BlockCopy) SetCompress() {
 
 // Break marks the copy as broken by err (copy-before-write with
 // break-snapshot): Copy fails with err from now on.
-func (bc *BlockCopy) Break(err error) {
+func (bc *State) Break(err error) {
 	bc.mu.Lock()
 	if bc.broken == nil {
 		bc.broken = err
@@ -53,44 +61,44 @@ func (bc *BlockCopy) Break(err error) {
 }
 
 // Broken returns the error Break recorded, if any.
-func (bc *BlockCopy) Broken() error {
+func (bc *State) Broken() error {
 	bc.mu.Lock()
 	defer bc.mu.Unlock()
 	return bc.broken
 }
 
-// MaxCopyChunk bounds one copy of block-copy (QEMU copies up to 1 MiB at
+// MaxChunk bounds one copy of block-copy (QEMU copies up to 1 MiB at
 // a time through a buffer).
-const MaxCopyChunk = 1 << 20
+const MaxChunk = 1 << 20
 
-// NewBlockCopy prepares copies from src to dst in clusters of cluster
+// New prepares copies from src to dst in clusters of cluster
 // bytes over length bytes; every cluster starts to be copied (callers
 // clear what needs none).
-func NewBlockCopy(src, dst *Child, cluster, length int64) (*BlockCopy, error) {
+func New(src, dst *blockdev.Child, cluster, length int64) (*State, error) {
 	bits, err := bitmap.New(length, uint64(cluster))
 	if err != nil {
 		return nil, err
 	}
 	bits.Set(0, length)
-	return &BlockCopy{src: src, dst: dst, cluster: cluster, length: length, bits: bits,
+	return &State{src: src, dst: dst, cluster: cluster, length: length, bits: bits,
 		inflight: map[int64]chan struct{}{}, runs: map[int64]int64{}}, nil
 }
 
 // ClusterSize returns the copy's cluster size.
-func (bc *BlockCopy) ClusterSize() int64 { return bc.cluster }
+func (bc *State) ClusterSize() int64 { return bc.cluster }
 
 // Bitmap returns the copy bitmap (set: still to copy).
-func (bc *BlockCopy) Bitmap() *bitmap.Bitmap { return bc.bits }
+func (bc *State) Bitmap() *bitmap.Bitmap { return bc.bits }
 
 // SetProgress has f told of every byte copied (the backup job's
 // progress).
-func (bc *BlockCopy) SetProgress(f func(n int64)) {
+func (bc *State) SetProgress(f func(n int64)) {
 	bc.mu.Lock()
 	bc.progress = f
 	bc.mu.Unlock()
 }
 
-// SourceError is an error of BlockCopy's source (its target's errors come
+// SourceError is an error of a copy's source (its target's errors come
 // as TargetErrors): the backup job's on-source-error and on-target-error
 // tell them apart.
 type SourceError struct{ Err error }
@@ -99,10 +107,10 @@ func (e *SourceError) Error() string { return e.Err.Error() }
 func (e *SourceError) Unwrap() error { return e.Err }
 
 // Copy copies the clusters of [off, off+n) that are still to be copied,
-// up to MaxCopyChunk at a time. Clusters being copied by someone else are
+// up to MaxChunk at a time. Clusters being copied by someone else are
 // waited for. On an error the clusters of the failed copy stay to be
 // copied.
-func (bc *BlockCopy) Copy(ctx context.Context, off, n int64) error {
+func (bc *State) Copy(ctx context.Context, off, n int64) error {
 	if err := bc.Broken(); err != nil {
 		return err
 	}
@@ -135,9 +143,9 @@ func (bc *BlockCopy) Copy(ctx context.Context, off, n int64) error {
 }
 
 // claim reserves the run of clusters to copy from d (dirty, not in
-// flight, up to MaxCopyChunk and end), or returns a channel to wait on
+// flight, up to MaxChunk and end), or returns a channel to wait on
 // when the cluster at d is in flight already.
-func (bc *BlockCopy) claim(d, end int64) (int64, int64, chan struct{}) {
+func (bc *State) claim(d, end int64) (int64, int64, chan struct{}) {
 	bc.mu.Lock()
 	defer bc.mu.Unlock()
 	if ch := bc.flightOf(d); ch != nil {
@@ -147,7 +155,7 @@ func (bc *BlockCopy) claim(d, end int64) (int64, int64, chan struct{}) {
 		return d, 0, nil // copied meanwhile
 	}
 	l := bc.cluster
-	for d+l < end && l < MaxCopyChunk && bc.bits.Get(d+l) && bc.flightOf(d+l) == nil {
+	for d+l < end && l < MaxChunk && bc.bits.Get(d+l) && bc.flightOf(d+l) == nil {
 		l += bc.cluster
 	}
 	l = min(l, bc.length-d)
@@ -158,7 +166,7 @@ func (bc *BlockCopy) claim(d, end int64) (int64, int64, chan struct{}) {
 
 // flightOf returns the done channel of the copy in flight that covers
 // the cluster at off, if any. bc.mu held.
-func (bc *BlockCopy) flightOf(off int64) chan struct{} {
+func (bc *State) flightOf(off int64) chan struct{} {
 	for s, ch := range bc.inflight {
 		if off >= s && off < s+bc.runs[s] {
 			return ch
@@ -167,7 +175,7 @@ func (bc *BlockCopy) flightOf(off int64) chan struct{} {
 	return nil
 }
 
-func (bc *BlockCopy) release(start int64, done bool) {
+func (bc *State) release(start int64, done bool) {
 	bc.mu.Lock()
 	l := bc.runs[start]
 	if done && l > 0 {
@@ -187,7 +195,7 @@ func (bc *BlockCopy) release(start int64, done bool) {
 }
 
 // copyRun copies [off, off+n) of the source to the target.
-func (bc *BlockCopy) copyRun(ctx context.Context, off, n int64) error {
+func (bc *State) copyRun(ctx context.Context, off, n int64) error {
 	if n == 0 {
 		return nil
 	}
@@ -198,9 +206,9 @@ func (bc *BlockCopy) copyRun(ctx context.Context, off, n int64) error {
 			return &SourceError{err}
 		}
 		k := min(max(st.Length, 1), end-off)
-		if st.Flags&StatusZero != 0 && st.Flags&StatusData == 0 {
-			if err := bc.dst.WriteZeroes(ctx, off, k, ReqMayUnmap); err != nil {
-				return &TargetError{err}
+		if st.Flags&blockdev.StatusZero != 0 && st.Flags&blockdev.StatusData == 0 {
+			if err := bc.dst.WriteZeroes(ctx, off, k, blockdev.ReqMayUnmap); err != nil {
+				return &blockdev.TargetError{Err: err}
 			}
 		} else if bc.compress {
 			if buf == nil {
@@ -211,14 +219,14 @@ func (bc *BlockCopy) copyRun(ctx context.Context, off, n int64) error {
 				return &SourceError{err}
 			}
 			for i := int64(0); i < k; i += bc.cluster {
-				if err := bc.dst.Write(ctx, off+i, p[i:min(k, i+bc.cluster)], ReqCompressed); err != nil {
-					return &TargetError{err}
+				if err := bc.dst.Write(ctx, off+i, p[i:min(k, i+bc.cluster)], blockdev.ReqCompressed); err != nil {
+					return &blockdev.TargetError{Err: err}
 				}
 			}
 		} else {
-			ok, err := CopyRange(ctx, bc.src, off, bc.dst, off, k)
+			ok, err := blockdev.CopyRange(ctx, bc.src, off, bc.dst, off, k)
 			if err != nil {
-				var te *TargetError
+				var te *blockdev.TargetError
 				if errors.As(err, &te) {
 					return err
 				}
@@ -233,7 +241,7 @@ func (bc *BlockCopy) copyRun(ctx context.Context, off, n int64) error {
 					return &SourceError{err}
 				}
 				if err := bc.dst.Write(ctx, off, p, 0); err != nil {
-					return &TargetError{err}
+					return &blockdev.TargetError{Err: err}
 				}
 			}
 		}
@@ -243,4 +251,4 @@ func (bc *BlockCopy) copyRun(ctx context.Context, off, n int64) error {
 }
 
 // Dirty returns the bytes still to be copied.
-func (bc *BlockCopy) Dirty() int64 { return bc.bits.Count() }
+func (bc *State) Dirty() int64 { return bc.bits.Count() }
