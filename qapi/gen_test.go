@@ -32,6 +32,9 @@ func TestGeneratedIsCurrent(t *testing.T) {
 		if qapi.CommandArgs[c] == nil {
 			t.Errorf("command %s has no arguments type", c)
 		}
+		if qapi.CommandReturns[c] == "" {
+			t.Errorf("command %s has no return type", c)
+		}
 	}
 	if len(qapi.CommandArgs) != len(s.Commands()) {
 		t.Errorf("CommandArgs has %d commands, the schema %d", len(qapi.CommandArgs), len(s.Commands()))

@@ -67,14 +67,27 @@ func errNoBranch(alternate string, b []byte) error {
 	return fmt.Errorf("qapi: %s: no branch takes %s", alternate, b)
 }
 
+// marshal is json.Marshal without HTML escaping: a reply carries '<', '>'
+// and '&' as they are, as QEMU prints them (encoding/json would escape
+// them inside a MarshalJSON method's output, whatever its caller asked).
+func marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte{'\n'}), nil
+}
+
 // marshalUnion writes a union flat: the members of base, then those of
 // variant (nil: none), in one object.
 func marshalUnion(base, variant any) ([]byte, error) {
-	b, err := json.Marshal(base)
+	b, err := marshal(base)
 	if err != nil || variant == nil {
 		return b, err
 	}
-	v, err := json.Marshal(variant)
+	v, err := marshal(variant)
 	if err != nil {
 		return nil, err
 	}
