@@ -19,8 +19,10 @@
 //     drop-intermediate, set-backing, replace, reopen, snapshots, filters).
 //   - bitmaps.go, bitmapops.go: dirty bitmaps on nodes.
 //   - blockcopy.go: block-copy, the copy engine of the jobs.
-//   - query.go, json.go, qdict.go, events.go: what queries and events
-//     report, in QEMU's shapes and order.
+//   - query.go: node file names as QEMU derives them, and the accessors
+//     the query views (in blockqmp) read.
+//   - json.go, qdict.go, events.go: what events report, in QEMU's shapes
+//     and order.
 //
 // The graph lock is held only through Graph.Do (or WithLock): the
 // operations that need it are methods of *Locked or take one, so a call
