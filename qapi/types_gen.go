@@ -14,7 +14,7 @@
 //     (nil: absent), 'any' and the unions left as JSON are nil when absent.
 //   - str is string, bool is bool, number is float64, int and int64 are
 //     int64, the sized integers are their Go types, size is uint64; 'any'
-//     is any (numbers in it are json.Number when qmp.RegisterTyped, a
+//     is any (numbers in it are json.Number when Schema.Decode, a
 //     union or an alternate decodes it).
 //   - An enum is a string type with one constant per value.
 //   - A union is a struct: its base's members, then one pointer per

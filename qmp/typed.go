@@ -1,9 +1,7 @@
 package qmp
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 
 	"github.com/qbmond/qbmond/qapi"
@@ -12,9 +10,9 @@ import (
 // RegisterTyped installs the handler of a command that takes its arguments
 // as the command's generated type A and returns its generated return type
 // R (package qapi): the dispatcher validates the arguments against the
-// schema, with QEMU's messages, and decodes them into a new A, which h
-// receives (never nil; zero fields for members left out). What h returns
-// is the reply's "return" value: R is a pointer to the returned struct, a
+// schema, with QEMU's messages, and decodes them into a new A in the same
+// walk (Schema.Decode), which h receives (never nil; zero fields for
+// members left out). What h returns is the reply's "return" value: R is a pointer to the returned struct, a
 // slice for a list (return an empty slice, not nil, for an empty list),
 // and *qapi.Empty for a command that returns nothing (h returns nil, the
 // reply is {}). A must be the type qapi.CommandArgs gives for name and R
@@ -25,6 +23,13 @@ func RegisterTyped[A, R any](d *Dispatcher, name string, h func(ctx context.Cont
 	d.registerTyped(name, new(A), new(R), func(ctx context.Context, a any) (any, error) {
 		return h(ctx, a.(*A))
 	})
+}
+
+// typedHandler is a command registered with RegisterTyped.
+type typedHandler struct {
+	newArgs func() any // a new value of the arguments' type
+	call    func(context.Context, any) (any, error)
+	none    bool // the command returns nothing: the reply is {}
 }
 
 // registerTyped checks a typed handler's types against the generated
@@ -41,37 +46,13 @@ func (d *Dispatcher) registerTyped(name string, args, ret any, call func(context
 	if got != want {
 		panic(fmt.Sprintf("qmp: command %s returns %s, not %s", name, want, got))
 	}
-	none := want == "*qapi.Empty"
-	d.Register(name, func(ctx context.Context, raw json.RawMessage) (any, error) {
-		a := mk()
-		if err := decodeArgs(raw, a); err != nil {
-			return nil, Errorf("%v", err)
-		}
-		r, err := call(ctx, a)
-		if err != nil || none {
-			return nil, err
-		}
-		return r, nil
-	})
-	d.mu.Lock()
-	d.typed[name] = true
-	d.mu.Unlock()
+	d.register(name, handler{typed: &typedHandler{newArgs: mk, call: call, none: want == "*qapi.Empty"}})
 }
 
 // Typed tells whether the handler of name was registered with
-// RegisterTyped (a test checks that every command taking arguments is).
+// RegisterTyped (a test checks that every command is).
 func (d *Dispatcher) Typed(name string) bool {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	return d.typed[name]
-}
-
-// decodeArgs decodes validated arguments into their generated type. The
-// schema checked them already, so a failure here (an unknown member
-// included) means the generated types are not the schema's.
-func decodeArgs(raw json.RawMessage, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber() // 'any' members keep their numbers exact
-	dec.DisallowUnknownFields()
-	return dec.Decode(v)
+	return d.handlers[name].typed != nil
 }
