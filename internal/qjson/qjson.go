@@ -115,18 +115,11 @@ func marshal(v any) ([]byte, error) {
 // encoding/json's output as the order their members were added in:
 // struct fields in declaration order (declare them in schema order), map
 // keys alphabetically, an *Object's members as added.
+//
+// Most values are printed directly (see appendDirect); the rest go
+// through encoding/json, whose output is then reordered and restyled.
 func Append(dst []byte, v any) ([]byte, error) {
-	raw, err := marshal(v)
-	if err != nil {
-		return dst, err
-	}
-	if bytes.IndexByte(raw, '{') >= 0 {
-		// encoding/json's output is compact and valid: reorder its
-		// objects into a copy, then restyle the whole.
-		var r reorderer
-		raw, _ = r.value(make([]byte, 0, len(raw)), raw)
-	}
-	return restyle(dst, raw), nil
+	return appendDirect(dst, v)
 }
 
 // reorderer rewrites compact JSON with every object's members in QDict
