@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"reflect"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -172,12 +173,21 @@ func newEncoder(t reflect.Type) encoder {
 				k := it.Key().String()
 				ms = append(ms, member{k, Bucket(k), it.Value()})
 			}
-			slices.SortFunc(ms, func(a, b member) int {
-				if a.bucket != b.bucket {
-					return int(a.bucket) - int(b.bucket)
+			less := func(i, j int) bool {
+				if ms[i].bucket != ms[j].bucket {
+					return ms[i].bucket < ms[j].bucket
 				}
-				return strings.Compare(b.key, a.key)
-			})
+				return ms[i].key > ms[j].key
+			}
+			if len(ms) > 12 {
+				sort.Slice(ms, less)
+			} else { // the usual few members: no allocation
+				for i := 1; i < len(ms); i++ {
+					for j := i; j > 0 && less(j, j-1); j-- {
+						ms[j], ms[j-1] = ms[j-1], ms[j]
+					}
+				}
+			}
 			dst = append(dst, '{')
 			var err error
 			for i := range ms {
@@ -229,24 +239,16 @@ func structEncoder(t reflect.Type) encoder {
 	// QAPI adds members in declaration order; QDict walks them by
 	// bucket, the last added first within a bucket. The present members
 	// keep that order among themselves, so one order serves every value.
-	order := make([]int, len(fields))
-	for i := range order {
-		order[i] = i
-	}
-	buckets := make([]uint32, len(fields))
+	names := make([]string, len(fields))
+	byName := make(map[string]field, len(fields))
 	for i, f := range fields {
-		buckets[i] = Bucket(string(f.key))
+		names[i] = string(f.key)
+		byName[names[i]] = f
 	}
-	slices.SortStableFunc(order, func(a, b int) int {
-		if buckets[a] != buckets[b] {
-			return int(buckets[a]) - int(buckets[b])
-		}
-		return b - a
-	})
 	sorted := make([]field, len(fields))
-	for i, j := range order {
-		f := fields[j]
-		f.key = appendQString(nil, string(f.key))
+	for i, name := range Order(names) {
+		f := byName[name]
+		f.key = appendQString(nil, name)
 		f.key = append(f.key, ": "...)
 		f.enc = encoderOf(f.typ)
 		sorted[i] = f

@@ -75,7 +75,7 @@ func TestDirectLikeGeneral(t *testing.T) {
 		nil, true, 0, -7, uint64(1<<63), 1.5, 1e21, 1e-7, json.Number("12345678901234567890"),
 		json.Number(""), json.Number("-0.5e+7"), json.Number("01"), json.Number("1."), json.Number("x"),
 		map[string]json.Number{"b": "1", "a": "-2E3"}, map[string]int(nil), map[string]any{},
-		map[int]string{2: "b", 10: "a"}, map[qapi.JobStatus]bool{"running": true, "null": false},
+		map[int]string{2: "b", 10: "a"}, bigMap(), map[qapi.JobStatus]bool{"running": true, "null": false},
 		[]any{nil, true, 1, "x", map[string]any{"c": 1, "j": 2, "micro": 3, "minor": 4}},
 		qapi.VersionInfo{Qemu: qapi.VersionTriple{Major: 7, Minor: 2, Micro: 22}, Package: "p"},
 		&qapi.VersionInfo{},
@@ -153,4 +153,13 @@ func FuzzDirectLikeGeneral(f *testing.F) {
 			}
 		}
 	})
+}
+
+// bigMap has more members than the direct printer sorts by insertion.
+func bigMap() map[string]any {
+	m := map[string]any{}
+	for i := range 40 {
+		m[strings.Repeat("k", i%7)+string(rune('a'+i))] = i
+	}
+	return m
 }
