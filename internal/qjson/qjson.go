@@ -13,8 +13,12 @@
 // character outside printable ASCII escaped as \uXXXX with upper-case hex
 // (surrogate pairs above the BMP).
 //
-// encoding/json does the encoding; this package reorders its output, since
-// no JSON library can be told QEMU's member order.
+// No JSON library can be told QEMU's member order. Values made of
+// structs, lists, string-keyed maps, strings, booleans and integers (the
+// generated qapi types of the replies) are printed directly, each
+// struct's members in the QDict order worked out once per type (fast.go);
+// anything else is encoded by encoding/json, whose output this package
+// then reorders and restyles. Both ways print the same bytes.
 package qjson
 
 import (
