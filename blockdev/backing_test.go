@@ -8,7 +8,9 @@ import (
 	"testing"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/blockqmp"
 	"github.com/qbmond/qbmond/drivers/drivertest"
+	"github.com/qbmond/qbmond/qapi"
 )
 
 // testcow is a copy-on-write format for the tests: it allocates 4 KiB
@@ -150,15 +152,15 @@ func TestBackingStatusAbove(t *testing.T) {
 		}
 	}
 	lk, unlock = drivertest.Lock(g)
-	info := top.Info(ctx, lk, false)
+	info, ierr := blockqmp.BlockDeviceInfo(ctx, lk, top, false)
 	lk.DetachRoot(bc)
 	lk.DetachRoot(tc)
 	unlock()
 	if err := del(g, "base"); err == nil || err.Error() != "Node 'base' is busy: node is used as backing hd of 'top'" {
 		t.Errorf("deleting a backing node: %v", err)
 	}
-	if info.BackingFileDepth != 1 || info.Image.BackingImage == nil || info.BackingFile != base.Filename() {
-		t.Errorf("info: depth %d backing %q image %+v", info.BackingFileDepth, info.BackingFile, info.Image.BackingImage)
+	if ierr != nil || info.BackingFileDepth != 1 || info.Image.BackingImage == nil || qapi.Deref(info.BackingFile) != base.Filename() {
+		t.Errorf("info: depth %d backing %q image %+v (%v)", info.BackingFileDepth, qapi.Deref(info.BackingFile), info.Image.BackingImage, ierr)
 	}
 }
 
@@ -180,7 +182,7 @@ func TestBackingFromHeader(t *testing.T) {
 	}
 	lk, unlock := drivertest.Lock(g)
 	top := lk.Lookup("top")
-	info := top.Info(context.Background(), lk, false)
+	info, ierr := blockqmp.BlockDeviceInfo(context.Background(), lk, top, false)
 	var backingRO bool
 	for _, c := range top.Children() {
 		if c.Name() == "backing" {
@@ -194,9 +196,11 @@ func TestBackingFromHeader(t *testing.T) {
 	if !backingRO {
 		t.Error("backing node not read-only")
 	}
-	if info.Image.BackingFilename != "base.img" || info.Image.FullBackingFilename != filepath.Join(dir, "base.img") ||
-		info.BackingFile != filepath.Join(dir, "base.img") {
-		t.Errorf("backing names: %q %q %q", info.Image.BackingFilename, info.Image.FullBackingFilename, info.BackingFile)
+	if ierr != nil || qapi.Deref(info.Image.BackingFilename) != "base.img" ||
+		qapi.Deref(info.Image.FullBackingFilename) != filepath.Join(dir, "base.img") ||
+		qapi.Deref(info.BackingFile) != filepath.Join(dir, "base.img") {
+		t.Errorf("backing names: %q %q %q (%v)", qapi.Deref(info.Image.BackingFilename),
+			qapi.Deref(info.Image.FullBackingFilename), qapi.Deref(info.BackingFile), ierr)
 	}
 	err = add(g, blockdev.Options{"driver": "testcow", "node-name": "bad",
 		"file":           map[string]any{"driver": "file", "filename": filepath.Join(dir, "bad.img")},

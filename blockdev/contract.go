@@ -387,8 +387,9 @@ type BackingFiler interface {
 }
 
 // FormatInfoer is a driver with format-specific information for the
-// query views (ImageInfo's format-specific: {"type": ..., "data": ...}),
-// asked when they describe the node.
+// query views (ImageInfo's format-specific), asked when they describe the
+// node. The value is a *qapi.ImageInfoSpecific (blockdev does not name
+// package qapi; blockqmp fails the query on any other type).
 type FormatInfoer interface {
 	FormatSpecific(ctx context.Context) (any, error)
 }
@@ -398,7 +399,9 @@ type FormatInfoer interface {
 // object with "driver" and the driver's members), asked by
 // query-blockstats for each node it reports. Without it, file and
 // host_device nodes report the discards the node passed to the driver, as
-// QEMU's file-posix does, and other drivers report nothing.
+// QEMU's file-posix does, and other drivers report nothing. The value is
+// nil or a *qapi.BlockStatsSpecific (blockqmp fails the query on any
+// other type).
 type SpecificStatser interface {
 	SpecificStats() any
 }

@@ -47,8 +47,10 @@
 //     their lookups by name, and the transaction actions the graph
 //     prepares (the bitmap actions, which undo through the bitmaps'
 //     shadows).
-//   - query.go, json.go, qdict.go, events.go: what queries and events
-//     report, in QEMU's shapes and order.
+//   - query.go: node file names as QEMU derives them, and the accessors
+//     the query views (in blockqmp) read.
+//   - json.go, qdict.go, events.go: what events report, in QEMU's shapes
+//     and order.
 //
 // The graph lock is held only through Graph.Do (or WithLock): the
 // operations that need it, here and in the packages above, are methods of

@@ -10,6 +10,7 @@ import (
 
 	"github.com/qbmond/qbmond/blockdev"
 	"github.com/qbmond/qbmond/blockdev/chain"
+	"github.com/qbmond/qbmond/blockdev/blockqmp"
 	"github.com/qbmond/qbmond/drivers/drivertest"
 	_ "github.com/qbmond/qbmond/drivers/filter"
 )
@@ -51,9 +52,9 @@ func TestAppendAndRemoveFilter(t *testing.T) {
 		chain.FindOverlay(lk, f, active) != f || f.SkipFilters() != active {
 		t.Errorf("filter %s: file %q (active %q), next %v", f.Name(), f.Filename(), active.Filename(), f.FilterOrCOW())
 	}
-	info := f.Info(ctx, lk, false)
-	if info.BackingFileDepth != 2 || info.BackingFile != "" || info.Drv != "mirror_top" {
-		t.Errorf("filter view %+v", info)
+	info, ierr := blockqmp.BlockDeviceInfo(ctx, lk, f, false)
+	if ierr != nil || info.BackingFileDepth != 2 || info.BackingFile != nil || info.Drv != "mirror_top" {
+		t.Errorf("filter view %+v (%v)", info, ierr)
 	}
 	unlock()
 	for _, c := range []struct {

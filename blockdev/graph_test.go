@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/blockqmp"
 	_ "github.com/qbmond/qbmond/drivers/all"
 	"github.com/qbmond/qbmond/drivers/drivertest"
 )
@@ -340,8 +341,8 @@ func TestIOUnderGraphChanges(t *testing.T) {
 		name := "n" + strings.Repeat("x", i%20) + string(rune('a'+i%26))
 		_ = add(g, blockdev.Options{"driver": "raw", "node-name": name, "file": "disk"})
 		lk, unlock := drivertest.Lock(g)
-		lk.QueryNamedBlockNodes(ctx, false)
-		lk.QueryBlockGraph()
+		_, _ = blockqmp.QueryNamedBlockNodes(ctx, lk, false)
+		blockqmp.QueryBlockGraph(lk)
 		unlock()
 		_ = del(g, name)
 	}

@@ -13,7 +13,9 @@ import (
 	"testing"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/blockqmp"
 	"github.com/qbmond/qbmond/drivers/drivertest"
+	"github.com/qbmond/qbmond/qapi"
 )
 
 // memdrv is an in-memory protocol driver with a request alignment. It
@@ -335,7 +337,7 @@ func TestStatsCountRootRequests(t *testing.T) {
 	d := mem.Driver().(*memdrv)
 	ctx := context.Background()
 
-	if s := raw.Stats(); s.IdleTimeNs != nil || s.TimedStats == nil {
+	if s := blockqmp.NodeStats(raw); s.IdleTimeNs != nil || s.TimedStats == nil {
 		t.Fatalf("fresh stats: idle %v, timed_stats %v", s.IdleTimeNs, s.TimedStats)
 	}
 	mustOK := func(err error) {
@@ -370,7 +372,7 @@ func TestStatsCountRootRequests(t *testing.T) {
 	}
 	d.fail.Store(false)
 
-	s := raw.Stats()
+	s := blockqmp.NodeStats(raw)
 	if s.IdleTimeNs == nil || *s.IdleTimeNs < 0 {
 		t.Fatalf("idle_time_ns %v after I/O", s.IdleTimeNs)
 	}
@@ -378,20 +380,20 @@ func TestStatsCountRootRequests(t *testing.T) {
 		t.Fatalf("total times rd %d wr %d", s.RdTotalTimeNs, s.WrTotalTimeNs)
 	}
 	s.IdleTimeNs, s.RdTotalTimeNs, s.WrTotalTimeNs, s.FlushTotalTimeNs, s.UnmapTotalTimeNs = nil, 0, 0, 0, 0
-	want := blockdev.BlockDeviceStats{
+	want := qapi.BlockDeviceStats{
 		RdBytes: 300, WrBytes: 1000 + 4096 + 512, UnmapBytes: 4096,
 		RdOperations: 1, WrOperations: 3, FlushOperations: 1, UnmapOperations: 1,
 		WrHighestOffset:    65536 + 512,
 		FailedWrOperations: 1, FailedFlushOperations: 1,
 		InvalidRdOperations: 1, InvalidUnmapOperations: 1,
-		TimedStats: []struct{}{},
+		TimedStats: []qapi.BlockDeviceTimedStats{},
 	}
 	if fmt.Sprintf("%+v", s) != fmt.Sprintf("%+v", want) {
 		t.Fatalf("stats\n got %+v\nwant %+v", s, want)
 	}
 	// The child sees the parent's requests, uncounted, but tracks its
 	// highest write (aligned: what the driver wrote) as QEMU's nodes do.
-	ms := mem.Stats()
+	ms := blockqmp.NodeStats(mem)
 	if ms.WrOperations != 0 || ms.RdOperations != 0 || ms.IdleTimeNs != nil || ms.WrHighestOffset != 65536+512 {
 		t.Fatalf("child stats %+v", ms)
 	}
@@ -403,7 +405,7 @@ func TestStatsReadOnlyUserIsInvalid(t *testing.T) {
 	if err := c.Write(context.Background(), 0, fill(512, 1), 0); !errors.Is(err, blockdev.ErrReadOnly) {
 		t.Fatalf("write to a read-only node: %v", err)
 	}
-	if s := n.Stats(); s.InvalidWrOperations != 1 || s.WrOperations != 0 || s.IdleTimeNs != nil {
+	if s := blockqmp.NodeStats(n); s.InvalidWrOperations != 1 || s.WrOperations != 0 || s.IdleTimeNs != nil {
 		t.Fatalf("stats %+v", s)
 	}
 }

@@ -1,6 +1,7 @@
 package blockdev_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -25,6 +26,20 @@ type acceptAll struct{}
 func (acceptAll) HasCommand(string) bool                       { return true }
 func (acceptAll) AllowOOB(string) bool                         { return false }
 func (acceptAll) Args(_ string, args any, _ bool) (any, error) { return args, nil }
+
+// Decode decodes the arguments through JSON.
+func (acceptAll) Decode(_ string, args any, _ bool, dst any) error {
+	if args == nil {
+		return nil
+	}
+	b, err := json.Marshal(args)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	return dec.Decode(dst)
+}
 
 func newDispatcher(t testing.TB) (*qmp.Dispatcher, *blockdev.Graph) {
 	g := newGraph(t)

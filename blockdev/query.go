@@ -1,7 +1,6 @@
 package blockdev
 
 import (
-	"context"
 	"fmt"
 	"maps"
 	"slices"
@@ -9,6 +8,10 @@ import (
 
 	"github.com/qbmond/qbmond/internal/qjson"
 )
+
+// The node state the query views (package blockqmp) read beyond the
+// plain accessors: the node's file name as QEMU derives it, its backing
+// node, where its backing file name points.
 
 // refreshFilename works out the node's file name the way QEMU's
 // bdrv_refresh_filename does: the driver's own exact name if it has one; a
@@ -101,62 +104,6 @@ func flattenOption(full *qjson.Object, k string, v any) {
 	}
 }
 
-// BlockDeviceInfo is QEMU's BlockDeviceInfo, one element of
-// query-named-block-nodes.
-type BlockDeviceInfo struct {
-	File             string            `json:"file"`
-	NodeName         string            `json:"node-name,omitempty"`
-	Ro               bool              `json:"ro"`
-	Drv              string            `json:"drv"`
-	BackingFile      string            `json:"backing_file,omitempty"`
-	BackingFileDepth int64             `json:"backing_file_depth"`
-	Encrypted        bool              `json:"encrypted"`
-	DetectZeroes     string            `json:"detect_zeroes"`
-	Bps              int64             `json:"bps"`
-	BpsRd            int64             `json:"bps_rd"`
-	BpsWr            int64             `json:"bps_wr"`
-	Iops             int64             `json:"iops"`
-	IopsRd           int64             `json:"iops_rd"`
-	IopsWr           int64             `json:"iops_wr"`
-	Image            *ImageInfo        `json:"image"`
-	Cache            BlockdevCacheInfo `json:"cache"`
-	WriteThreshold   int64             `json:"write_threshold"`
-	DirtyBitmaps     []BlockDirtyInfo  `json:"dirty-bitmaps,omitempty"`
-}
-
-// BlockDirtyInfo is QEMU's BlockDirtyInfo, one bitmap in the query views.
-type BlockDirtyInfo struct {
-	Name         string `json:"name,omitempty"` // none for anonymous bitmaps
-	Count        int64  `json:"count"`
-	Granularity  uint64 `json:"granularity"`
-	Recording    bool   `json:"recording"`
-	Busy         bool   `json:"busy"`
-	Persistent   bool   `json:"persistent"`
-	Inconsistent bool   `json:"inconsistent,omitempty"`
-}
-
-// BlockdevCacheInfo is QEMU's BlockdevCacheInfo.
-type BlockdevCacheInfo struct {
-	Writeback bool `json:"writeback"`
-	Direct    bool `json:"direct"`
-	NoFlush   bool `json:"no-flush"`
-}
-
-// ImageInfo is QEMU's ImageInfo as query-named-block-nodes fills it.
-type ImageInfo struct {
-	Filename              string     `json:"filename"`
-	Format                string     `json:"format"`
-	DirtyFlag             *bool      `json:"dirty-flag,omitempty"`
-	ActualSize            *int64     `json:"actual-size,omitempty"`
-	VirtualSize           int64      `json:"virtual-size"`
-	ClusterSize           *int64     `json:"cluster-size,omitempty"`
-	BackingFilename       string     `json:"backing-filename,omitempty"`
-	FullBackingFilename   string     `json:"full-backing-filename,omitempty"`
-	BackingFilenameFormat string     `json:"backing-filename-format,omitempty"`
-	BackingImage          *ImageInfo `json:"backing-image,omitempty"`
-	FormatSpecific        any        `json:"format-specific,omitempty"`
-}
-
 // backingOverridden tells whether the node's backing node is not the one
 // its image records (QEMU's bdrv_backing_overridden): another node, or
 // none where the image names one.
@@ -186,189 +133,27 @@ func (n *Node) backing() *Child {
 	return nil
 }
 
-// resolveBacking makes a backing file name recorded in n's image absolute:
-// relative names are relative to the directory of n's primary child.
-func (n *Node) resolveBacking(name string) string {
+// ResolveBacking makes a backing file name recorded in n's image
+// absolute, as QEMU's full-backing-filename: relative names are relative
+// to the directory of n's primary child.
+func (n *Node) ResolveBacking(name string) string {
 	if pc := n.primaryChild(); pc != nil && !strings.HasPrefix(pc.node.Load().filename, "json:") {
 		return combinePath(pc.node.Load().filename, name)
 	}
 	return name
 }
 
-// allocatedSize is ImageInfo's actual-size: the driver's own answer, else
-// its primary child's; ok is false when nobody knows.
-func (n *Node) allocatedSize(ctx context.Context) (int64, bool) {
-	if as, ok := n.drv.(AllocatedSizer); ok {
-		s, err := as.AllocatedSize(ctx)
-		return s, err == nil
-	}
-	if pc := n.primaryChild(); pc != nil {
-		return pc.node.Load().allocatedSize(ctx)
-	}
-	return 0, false
-}
+// PrimaryChild returns the child holding the node's data or the node it
+// filters (the one QEMU's bdrv_primary_child names), or nil.
+func (n *Node) PrimaryChild() *Child { return n.primaryChild() }
 
-// imageInfo builds the node's ImageInfo (without backing-image).
-func (n *Node) imageInfo(ctx context.Context) *ImageInfo {
-	ii := &ImageInfo{Filename: n.filename, Format: n.drvName, VirtualSize: n.Length()}
-	if s, ok := n.allocatedSize(ctx); ok {
-		ii.ActualSize = &s
-	}
-	if di, err := n.drv.Info(ctx); err == nil {
-		dirty := di.Dirty
-		ii.DirtyFlag = &dirty
-		if di.ClusterSize > 0 {
-			cs := di.ClusterSize
-			ii.ClusterSize = &cs
-		}
-	}
-	if bf, ok := n.drv.(BackingFiler); ok {
-		if name, format := bf.BackingFile(); name != "" {
-			ii.BackingFilename = name
-			ii.FullBackingFilename = n.resolveBacking(name)
-			ii.BackingFilenameFormat = format
-		}
-	} else if b := n.backing(); b != nil {
-		ii.BackingFilename = b.node.Load().filename
-		ii.FullBackingFilename = b.node.Load().filename
-		ii.BackingFilenameFormat = b.node.Load().drvName
-	}
-	if fi, ok := n.drv.(FormatInfoer); ok {
-		if spec, err := fi.FormatSpecific(ctx); err == nil && spec != nil {
-			ii.FormatSpecific = spec
-		}
-	}
-	return ii
-}
+// DetectZeroes returns the node's detect-zeroes mode ("off", "on" or
+// "unmap").
+func (n *Node) DetectZeroes() string { return n.detectZeroes }
 
-// Info builds the node's BlockDeviceInfo. Unless flat, the image nests the
-// backing chain's images (backing-image).
-func (n *Node) Info(ctx context.Context, _ *Locked, flat bool) BlockDeviceInfo {
-	info := BlockDeviceInfo{
-		File:         n.filename,
-		NodeName:     n.name,
-		Ro:           n.ReadOnly(),
-		Drv:          n.drvName,
-		DetectZeroes: n.detectZeroes,
-		Image:        n.imageInfo(ctx),
-		Cache:        BlockdevCacheInfo{Writeback: true, Direct: n.cacheDirect, NoFlush: n.noFlush},
-	}
-	if b := n.backing(); b != nil {
-		info.BackingFile = b.node.Load().filename
-	}
-	for _, b := range n.DirtyBitmaps() {
-		info.DirtyBitmaps = append(info.DirtyBitmaps, BlockDirtyInfo{
-			Name: b.name, Recording: b.Recording(), Persistent: b.persistent, Busy: b.Busy(),
-			Granularity: b.bits.Granularity(), Count: b.bits.Count(), Inconsistent: b.inconsistent,
-		})
-	}
-	// As in QEMU, the chain is walked (and backing_file_depth counted)
-	// only for the full view.
-	img := info.Image
-	for b := n.filterOrCOW(); b != nil && !flat; b = b.node.Load().filterOrCOW() {
-		info.BackingFileDepth++
-		img.BackingImage = b.node.Load().imageInfo(ctx)
-		img = img.BackingImage
-	}
-	return info
-}
+// NoFlush tells whether cache.no-flush is on.
+func (n *Node) NoFlush() bool { return n.noFlush }
 
-// QueryNamedBlockNodes is query-named-block-nodes: every node, newest
-// first, as QEMU lists them.
-func (lk *Locked) QueryNamedBlockNodes(ctx context.Context, flat bool) []BlockDeviceInfo {
-	g := lk.g
-	out := make([]BlockDeviceInfo, 0, g.count)
-	for n := g.tail; n != nil; n = n.prev {
-		out = append(out, n.Info(ctx, lk, flat))
-	}
-	return out
-}
-
-// XDbgBlockGraph is x-debug-query-block-graph's reply.
-type XDbgBlockGraph struct {
-	Nodes []XDbgBlockGraphNode `json:"nodes"`
-	Edges []XDbgBlockGraphEdge `json:"edges"`
-}
-
-// XDbgBlockGraphNode is one vertex of XDbgBlockGraph.
-type XDbgBlockGraphNode struct {
-	ID   uint64 `json:"id"`
-	Type string `json:"type"`
-	Name string `json:"name"`
-}
-
-// XDbgBlockGraphEdge is one edge of XDbgBlockGraph.
-type XDbgBlockGraphEdge struct {
-	Parent     uint64   `json:"parent"`
-	Child      uint64   `json:"child"`
-	Name       string   `json:"name"`
-	Perm       []string `json:"perm"`
-	SharedPerm []string `json:"shared-perm"`
-}
-
-// permList names permissions as x-debug-query-block-graph lists them
-// (QEMU builds the list back to front: resize first).
-func permList(p Perm) []string {
-	names := p.Names()
-	slices.Reverse(names)
-	return names
-}
-
-// QueryBlockGraph is x-debug-query-block-graph. Node ids are numbered in
-// the order QEMU meets them (walking nodes oldest first, each node then its
-// children), and both lists come newest first as QEMU prints them.
-func (lk *Locked) QueryBlockGraph() XDbgBlockGraph {
-	g := lk.g
-	ids := make(map[*Node]uint64, g.count)
-	id := func(n *Node) uint64 {
-		if v, ok := ids[n]; ok {
-			return v
-		}
-		v := uint64(len(ids) + 1)
-		ids[n] = v
-		return v
-	}
-	var out XDbgBlockGraph
-	out.Nodes = make([]XDbgBlockGraphNode, 0, g.count)
-	out.Edges = []XDbgBlockGraphEdge{}
-	next := uint64(0)
-	jobs := map[string]uint64{}
-	for n := g.head; n != nil; n = n.next {
-		out.Nodes = append(out.Nodes, XDbgBlockGraphNode{ID: id(n), Type: "block-driver", Name: n.name})
-		for _, c := range n.children {
-			out.Edges = append(out.Edges, XDbgBlockGraphEdge{
-				Parent: id(n), Child: id(c.node.Load()), Name: c.name,
-				Perm: permList(c.Perm()), SharedPerm: permList(c.Shared()),
-			})
-		}
-		// Root users (exports, jobs) appear as QEMU shows its
-		// BlockBackends: an unnamed "block-backend" node with a "root"
-		// edge. Their ids come after every node's.
-		for _, c := range n.parents {
-			if c.parent != nil {
-				continue
-			}
-			var rid uint64
-			if c.job != "" {
-				// A job is one vertex, whatever number of nodes it uses.
-				if rid = jobs[c.job]; rid == 0 {
-					next++
-					rid = uint64(1<<32) + next
-					jobs[c.job] = rid
-					out.Nodes = append(out.Nodes, XDbgBlockGraphNode{ID: rid, Type: "block-job", Name: c.job})
-				}
-			} else {
-				next++
-				rid = uint64(1<<32) + next
-				out.Nodes = append(out.Nodes, XDbgBlockGraphNode{ID: rid, Type: "block-backend", Name: ""})
-			}
-			out.Edges = append(out.Edges, XDbgBlockGraphEdge{
-				Parent: rid, Child: id(n), Name: c.name,
-				Perm: permList(c.Perm()), SharedPerm: permList(c.Shared()),
-			})
-		}
-	}
-	slices.Reverse(out.Nodes)
-	slices.Reverse(out.Edges)
-	return out
-}
+// Job returns the id of the job a root edge belongs to, "" for other
+// edges.
+func (c *Child) Job() string { return c.job }

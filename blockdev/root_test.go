@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/blockqmp"
 	"github.com/qbmond/qbmond/drivers/drivertest"
 )
 
@@ -24,7 +25,7 @@ func TestRootUser(t *testing.T) {
 	wantErr(t, del(g, "n0"), "Node n0 is in use")
 
 	lk, unlock = drivertest.Lock(g)
-	gr := lk.QueryBlockGraph()
+	gr := blockqmp.QueryBlockGraph(lk)
 	unlock()
 	var backends int
 	for _, x := range gr.Nodes {

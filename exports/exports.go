@@ -7,7 +7,6 @@ package exports
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -54,12 +53,12 @@ func New(g *blockdev.Graph, d *qmp.Dispatcher, log zerolog.Logger) *Manager {
 // RegisterCommands installs the export commands.
 func (m *Manager) RegisterCommands() {
 	qmp.RegisterTyped(m.d, "nbd-server-start", m.cmdServerStart)
-	m.d.Register("nbd-server-stop", m.cmdServerStop)
+	qmp.RegisterTyped(m.d, "nbd-server-stop", m.cmdServerStop)
 	qmp.RegisterTyped(m.d, "block-export-add", m.cmdExportAdd)
 	qmp.RegisterTyped(m.d, "block-export-del", m.cmdExportDel)
 	qmp.RegisterTyped(m.d, "nbd-server-add", m.cmdServerAdd)
 	qmp.RegisterTyped(m.d, "nbd-server-remove", m.cmdServerRemove)
-	m.d.Register("query-block-exports", m.cmdQuery)
+	qmp.RegisterTyped(m.d, "query-block-exports", m.cmdQuery)
 }
 
 // Close stops the NBD server and removes every export (shutdown).
@@ -75,7 +74,7 @@ const (
 	handshakeTimeout      = 10 * time.Second
 )
 
-func (m *Manager) cmdServerStart(_ context.Context, a *qapi.NBDServerStartArgs) (any, error) {
+func (m *Manager) cmdServerStart(_ context.Context, a *qapi.NBDServerStartArgs) (*qapi.Empty, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.srv != nil {
@@ -120,7 +119,7 @@ func (m *Manager) cmdServerStart(_ context.Context, a *qapi.NBDServerStartArgs) 
 	return nil, nil
 }
 
-func (m *Manager) cmdServerStop(context.Context, json.RawMessage) (any, error) {
+func (m *Manager) cmdServerStop(context.Context, *qapi.Empty) (*qapi.Empty, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.srv == nil {
@@ -150,7 +149,7 @@ func (m *Manager) stopLocked() {
 	m.srv, m.serving = nil, nil
 }
 
-func (m *Manager) cmdExportAdd(_ context.Context, a *qapi.BlockExportOptions) (any, error) {
+func (m *Manager) cmdExportAdd(_ context.Context, a *qapi.BlockExportOptions) (*qapi.Empty, error) {
 	return nil, m.add(a, false)
 }
 
@@ -304,7 +303,7 @@ func (m *Manager) find(id string) *export {
 	return nil
 }
 
-func (m *Manager) cmdExportDel(_ context.Context, a *qapi.BlockExportDelArgs) (any, error) {
+func (m *Manager) cmdExportDel(_ context.Context, a *qapi.BlockExportDelArgs) (*qapi.Empty, error) {
 	return nil, m.del(a.ID, string(qapi.Deref(a.Mode)))
 }
 
@@ -406,7 +405,7 @@ func (m *Manager) finishLocked(e *export) {
 
 // cmdServerAdd is nbd-server-add: block-export-add of an NBD export
 // whose id is its name, with QEMU's legacy lookups (see add).
-func (m *Manager) cmdServerAdd(_ context.Context, a *qapi.NbdServerAddOptions) (any, error) {
+func (m *Manager) cmdServerAdd(_ context.Context, a *qapi.NbdServerAddOptions) (*qapi.Empty, error) {
 	name := a.Device
 	if a.Name != nil {
 		name = *a.Name
@@ -421,24 +420,16 @@ func (m *Manager) cmdServerAdd(_ context.Context, a *qapi.NbdServerAddOptions) (
 	return nil, m.add(ea, true)
 }
 
-func (m *Manager) cmdServerRemove(_ context.Context, a *qapi.NBDServerRemoveArgs) (any, error) {
+func (m *Manager) cmdServerRemove(_ context.Context, a *qapi.NBDServerRemoveArgs) (*qapi.Empty, error) {
 	return nil, m.del(a.Name, string(qapi.Deref(a.Mode)))
 }
 
-// BlockExportInfo is one entry of query-block-exports.
-type BlockExportInfo struct {
-	ID           string `json:"id"`
-	Type         string `json:"type"`
-	NodeName     string `json:"node-name"`
-	ShuttingDown bool   `json:"shutting-down"`
-}
-
-func (m *Manager) cmdQuery(context.Context, json.RawMessage) (any, error) {
+func (m *Manager) cmdQuery(context.Context, *qapi.Empty) ([]qapi.BlockExportInfo, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]BlockExportInfo, 0, len(m.exports))
+	out := make([]qapi.BlockExportInfo, 0, len(m.exports))
 	for _, e := range m.exports {
-		out = append(out, BlockExportInfo{ID: e.id, Type: "nbd", NodeName: e.root.Node().Name(), ShuttingDown: e.shuttingDown})
+		out = append(out, qapi.BlockExportInfo{ID: e.id, Type: qapi.BlockExportTypeNBD, NodeName: e.root.Node().Name(), ShuttingDown: e.shuttingDown})
 	}
 	return out, nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/qmp"
 )
 
@@ -547,23 +548,6 @@ func (b *BlockJob) IOStatus() string {
 	return b.ioStatus
 }
 
-// BlockJobInfo is one element of query-block-jobs, members in QSD's order.
-type BlockJobInfo struct {
-	Type         string `json:"type"`
-	Device       string `json:"device"`
-	Len          uint64 `json:"len"`
-	Offset       uint64 `json:"offset"`
-	Busy         bool   `json:"busy"`
-	Paused       bool   `json:"paused"`
-	Speed        int64  `json:"speed"`
-	IOStatus     string `json:"io-status"`
-	Ready        bool   `json:"ready"`
-	Status       Status `json:"status"`
-	AutoFinalize bool   `json:"auto-finalize"`
-	AutoDismiss  bool   `json:"auto-dismiss"`
-	Error        string `json:"error,omitempty"`
-}
-
 // blockEvent is the data of BLOCK_JOB_COMPLETED, _CANCELLED and _READY.
 type blockEvent struct {
 	Type   string `json:"type"`
@@ -590,16 +574,24 @@ func (b *BlockJob) eventData(in Info) blockEvent {
 		Speed: b.Speed(), Type: in.Type, Error: in.Error}
 }
 
-func (b *BlockJob) info(in Info) BlockJobInfo {
-	return BlockJobInfo{AutoFinalize: in.AutoFinalize, IOStatus: b.IOStatus(), Device: in.ID,
-		AutoDismiss: in.AutoDismiss, Busy: in.Busy, Len: in.TotalProgress, Offset: in.CurrentProgress,
-		Status: in.Status, Paused: in.Paused, Speed: b.Speed(),
-		Ready: in.Status == StatusReady || in.Status == StatusStandby, Type: in.Type, Error: in.Error}
+func (b *BlockJob) info(in Info) qapi.BlockJobInfo {
+	return qapi.BlockJobInfo{AutoFinalize: in.AutoFinalize, IoStatus: qapi.BlockDeviceIoStatus(b.IOStatus()), Device: in.ID,
+		AutoDismiss: in.AutoDismiss, Busy: in.Busy, Len: int64(in.TotalProgress), Offset: int64(in.CurrentProgress),
+		Status: qapi.JobStatus(in.Status.String()), Paused: in.Paused, Speed: b.Speed(),
+		Ready: in.Status == StatusReady || in.Status == StatusStandby, Type: in.Type, Error: optString(in.Error)}
+}
+
+// optString is an optional string member that is left out when empty.
+func optString(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }
 
 // QueryBlockJobs is query-block-jobs: the block jobs, newest first.
-func (m *Manager) QueryBlockJobs() []BlockJobInfo {
-	out := []BlockJobInfo{}
+func (m *Manager) QueryBlockJobs() []qapi.BlockJobInfo {
+	out := []qapi.BlockJobInfo{}
 	for _, j := range m.Jobs() {
 		if b := BlockJobOf(j); b != nil {
 			out = append(out, b.info(j.Info()))

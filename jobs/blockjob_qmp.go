@@ -2,7 +2,6 @@ package jobs
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 
 	"github.com/qbmond/qbmond/qapi"
@@ -12,7 +11,7 @@ import (
 // registerBlockJobCommands installs query-block-jobs and the block-job-*
 // commands, which find a job by its device name (its id).
 func (m *Manager) registerBlockJobCommands(d *qmp.Dispatcher) {
-	d.Register("query-block-jobs", func(context.Context, json.RawMessage) (any, error) {
+	qmp.RegisterTyped(d, "query-block-jobs", func(context.Context, *qapi.Empty) ([]qapi.BlockJobInfo, error) {
 		return m.QueryBlockJobs(), nil
 	})
 	qmp.RegisterTyped(d, "block-job-set-speed", byDevice(m, func(a *qapi.BlockJobSetSpeedArgs) string { return a.Device },
@@ -54,8 +53,8 @@ func (m *Manager) registerBlockJobCommands(d *qmp.Dispatcher) {
 // byDevice makes the handler of a block-job-* command: the job is found
 // by the name its arguments give (device, or id for finalize and dismiss),
 // then f runs on it.
-func byDevice[A any](m *Manager, device func(*A) string, f func(context.Context, *BlockJob, *A) error) func(context.Context, *A) (any, error) {
-	return func(ctx context.Context, a *A) (any, error) {
+func byDevice[A any](m *Manager, device func(*A) string, f func(context.Context, *BlockJob, *A) error) func(context.Context, *A) (*qapi.Empty, error) {
+	return func(ctx context.Context, a *A) (*qapi.Empty, error) {
 		b, err := m.FindBlockJob(device(a))
 		if err != nil {
 			return nil, err

@@ -94,7 +94,7 @@ func TestBlockJobEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := m.QueryBlockJobs()
-	if len(q) != 1 || q[0].Device != "j" || q[0].Speed != 4096 || q[0].IOStatus != "ok" || q[0].Type != "commit" ||
+	if len(q) != 1 || q[0].Device != "j" || q[0].Speed != 4096 || q[0].IoStatus != "ok" || q[0].Type != "commit" ||
 		q[0].AutoFinalize || !q[0].AutoDismiss || q[0].Ready {
 		t.Fatalf("query-block-jobs %+v", q)
 	}

@@ -17,10 +17,10 @@ import (
 
 // registerChainJobs installs block-commit and block-stream.
 func (m *Manager) registerChainJobs(d *qmp.Dispatcher, g *blockdev.Graph) {
-	qmp.RegisterTyped(d, "block-commit", func(ctx context.Context, a *qapi.BlockCommitArgs) (any, error) {
+	qmp.RegisterTyped(d, "block-commit", func(ctx context.Context, a *qapi.BlockCommitArgs) (*qapi.Empty, error) {
 		return nil, m.blockCommit(ctx, g, a)
 	})
-	qmp.RegisterTyped(d, "block-stream", func(ctx context.Context, a *qapi.BlockStreamArgs) (any, error) {
+	qmp.RegisterTyped(d, "block-stream", func(ctx context.Context, a *qapi.BlockStreamArgs) (*qapi.Empty, error) {
 		return nil, m.blockStream(ctx, g, a)
 	})
 }

@@ -3,6 +3,7 @@ package jobs
 import (
 	"context"
 	"errors"
+	"github.com/qbmond/qbmond/qapi"
 	"sync"
 	"time"
 )
@@ -97,23 +98,28 @@ type Spec struct {
 // fail otherwise: QEMU's strerror(ECANCELED).
 var ErrCanceled = errors.New("Operation canceled")
 
-// Info is a snapshot of a job, what query-jobs lists of it (the members
-// tagged "-" serve query-block-jobs and block job events). The members are
-// in the order QSD prints them.
+// Info is a snapshot of a job: what query-jobs lists of it (as
+// qapi.JobInfo), query-block-jobs and the block job events read.
 type Info struct {
-	ID              string `json:"id"`
-	Type            string `json:"type"`
-	Status          Status `json:"status"`
-	CurrentProgress uint64 `json:"current-progress"`
-	TotalProgress   uint64 `json:"total-progress"`
-	Error           string `json:"error,omitempty"`
+	ID              string
+	Type            string
+	Status          Status
+	CurrentProgress uint64
+	TotalProgress   uint64
+	Error           string // "" when none
 
 	// Failed tells whether the job has an error (Error may be set then).
-	Failed       bool `json:"-"`
-	Busy         bool `json:"-"`
-	Paused       bool `json:"-"` // a pause is requested (QEMU's pause_count > 0)
-	AutoFinalize bool `json:"-"`
-	AutoDismiss  bool `json:"-"`
+	Failed       bool
+	Busy         bool
+	Paused       bool // a pause is requested (QEMU's pause_count > 0)
+	AutoFinalize bool
+	AutoDismiss  bool
+}
+
+// JobInfo is the job's query-jobs entry.
+func (in Info) JobInfo() qapi.JobInfo {
+	return qapi.JobInfo{ID: in.ID, Type: qapi.JobType(in.Type), Status: qapi.JobStatus(in.Status.String()),
+		CurrentProgress: int64(in.CurrentProgress), TotalProgress: int64(in.TotalProgress), Error: optString(in.Error)}
 }
 
 // Job is one job. Its body and the code that made it use its methods;

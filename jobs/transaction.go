@@ -20,15 +20,15 @@ import (
 // held while the actions prepare and commit.
 
 func (m *Manager) registerTransaction(d *qmp.Dispatcher, g *blockdev.Graph) {
-	qmp.RegisterTyped(d, "transaction", func(ctx context.Context, a *qapi.TransactionArgs) (any, error) {
+	qmp.RegisterTyped(d, "transaction", func(ctx context.Context, a *qapi.TransactionArgs) (*qapi.Empty, error) {
 		grouped := a.Properties != nil && qapi.Deref(a.Properties.CompletionMode) == qapi.ActionCompletionModeGrouped
 		return nil, m.transaction(ctx, g, a.Actions, grouped)
 	})
-	qmp.RegisterTyped(d, "blockdev-backup", func(ctx context.Context, a *qapi.BlockdevBackup) (any, error) {
+	qmp.RegisterTyped(d, "blockdev-backup", func(ctx context.Context, a *qapi.BlockdevBackup) (*qapi.Empty, error) {
 		return nil, m.transaction(ctx, g, []qapi.TransactionAction{{Type: qapi.TransactionActionKindBlockdevBackup,
 			BlockdevBackup: &qapi.BlockdevBackupWrapper{Data: *a}}}, false)
 	})
-	qmp.RegisterTyped(d, "drive-backup", func(ctx context.Context, a *qapi.DriveBackup) (any, error) {
+	qmp.RegisterTyped(d, "drive-backup", func(ctx context.Context, a *qapi.DriveBackup) (*qapi.Empty, error) {
 		return nil, m.transaction(ctx, g, []qapi.TransactionAction{{Type: qapi.TransactionActionKindDriveBackup,
 			DriveBackup: &qapi.DriveBackupWrapper{Data: *a}}}, false)
 	})

@@ -6,6 +6,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/qbmond/qbmond/internal/qjson"
 	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/schema"
 )
@@ -31,6 +32,9 @@ func TestGeneratedIsCurrent(t *testing.T) {
 	for _, c := range s.Commands() {
 		if qapi.CommandArgs[c] == nil {
 			t.Errorf("command %s has no arguments type", c)
+		}
+		if qapi.CommandReturns[c] == "" {
+			t.Errorf("command %s has no return type", c)
 		}
 	}
 	if len(qapi.CommandArgs) != len(s.Commands()) {
@@ -75,5 +79,22 @@ func TestUnion(t *testing.T) {
 	var a qapi.SocketAddressLegacy
 	if err := json.Unmarshal([]byte(in), &a); err != nil || a.Fd == nil || a.Fd.Data.Str != "3" {
 		t.Fatalf("got %+v, %v", a, err)
+	}
+}
+
+// TestUnionNoHTMLEscape: printed as replies are, a union's and an
+// alternate's members keep '<', '>' and '&' as they are, as QEMU prints
+// them.
+func TestUnionNoHTMLEscape(t *testing.T) {
+	u := qapi.ImageInfoSpecific{Type: qapi.ImageInfoSpecificKindQcow2, Qcow2: &qapi.ImageInfoSpecificQCow2Wrapper{
+		Data: qapi.ImageInfoSpecificQCow2{Compat: "1.1", Bitmaps: []qapi.Qcow2BitmapInfo{{Name: "<a&b>", Flags: []qapi.Qcow2BitmapInfoFlags{}}}}}}
+	out, err := qjson.Append(nil, u)
+	if err != nil || !bytes.Contains(out, []byte(`"name": "<a&b>"`)) {
+		t.Fatalf("got %s, %v", out, err)
+	}
+	a := qapi.BlockDirtyBitmapOrStr{Local: new(string)}
+	*a.Local = "x<y"
+	if out, err := qjson.Append(nil, []any{a}); err != nil || string(out) != `["x<y"]` {
+		t.Fatalf("alternate: got %s, %v", out, err)
 	}
 }

@@ -1,8 +1,10 @@
 // Package qapi holds the Go types of the QAPI schema (schema/qapi/*.json):
-// every named type and every command's arguments, generated into
-// types_gen.go by cmd/qapigen. A handler registered with qmp.RegisterTyped
-// receives its command's arguments already validated and decoded into
-// them, so the schema and what a handler reads cannot drift apart:
+// every named type, every command's arguments and the name of the type
+// each command returns, generated into types_gen.go by cmd/qapigen. A
+// handler registered with qmp.RegisterTyped receives its command's
+// arguments validated and decoded into them in one walk
+// (schema.Schema.Decode) and returns the command's generated return type,
+// so the schema and what a handler reads or answers cannot drift apart:
 // types_gen.go is checked in, and a test fails when it differs from what
 // the schema generates now. After changing the schema, run go generate.
 //
@@ -52,7 +54,7 @@ func qapiKind(b []byte) byte {
 }
 
 // unmarshal is json.Unmarshal keeping numbers in 'any' members exact
-// (json.Number), as qmp.RegisterTyped decodes them: unions and alternates
+// (json.Number), as schema.Schema.Decode stores them: unions and alternates
 // read their parts with it.
 func unmarshal(b []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -67,14 +69,27 @@ func errNoBranch(alternate string, b []byte) error {
 	return fmt.Errorf("qapi: %s: no branch takes %s", alternate, b)
 }
 
+// marshal is json.Marshal without HTML escaping: a reply carries '<', '>'
+// and '&' as they are, as QEMU prints them (encoding/json would escape
+// them inside a MarshalJSON method's output, whatever its caller asked).
+func marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte{'\n'}), nil
+}
+
 // marshalUnion writes a union flat: the members of base, then those of
 // variant (nil: none), in one object.
 func marshalUnion(base, variant any) ([]byte, error) {
-	b, err := json.Marshal(base)
+	b, err := marshal(base)
 	if err != nil || variant == nil {
 		return b, err
 	}
-	v, err := json.Marshal(variant)
+	v, err := marshal(variant)
 	if err != nil {
 		return nil, err
 	}

@@ -14,7 +14,7 @@
 //     (nil: absent), 'any' and the unions left as JSON are nil when absent.
 //   - str is string, bool is bool, number is float64, int and int64 are
 //     int64, the sized integers are their Go types, size is uint64; 'any'
-//     is any (numbers in it are json.Number when qmp.RegisterTyped, a
+//     is any (numbers in it are json.Number when Schema.Decode, a
 //     union or an alternate decodes it).
 //   - An enum is a string type with one constant per value.
 //   - A union is a struct: its base's members, then one pointer per
@@ -29,6 +29,10 @@
 //   - A command's arguments are <Command>Args when the schema gives them
 //     inline; CommandArgs maps every command to a new value of its
 //     arguments' type (Empty when it takes none).
+//   - CommandReturns maps every command to the name of the Go type its
+//     handler returns (qmp.RegisterTyped checks the handler against it):
+//     a pointer to a returned struct, a slice for a list, *Empty for a
+//     command that returns nothing (its reply is {}).
 //   - Events are not generated.
 
 package qapi
@@ -644,9 +648,9 @@ func (a *Qcow2OverlapChecks) UnmarshalJSON(b []byte) error {
 func (a Qcow2OverlapChecks) MarshalJSON() ([]byte, error) {
 	switch {
 	case a.Flags != nil:
-		return json.Marshal(a.Flags)
+		return marshal(a.Flags)
 	case a.Mode != nil:
-		return json.Marshal(a.Mode)
+		return marshal(a.Mode)
 	}
 	return nil, errNoBranch("Qcow2OverlapChecks", nil)
 }
@@ -845,7 +849,7 @@ func (a BlockdevRef) MarshalJSON() ([]byte, error) {
 	case a.Definition != nil:
 		return a.Definition, nil
 	case a.Reference != nil:
-		return json.Marshal(a.Reference)
+		return marshal(a.Reference)
 	}
 	return nil, errNoBranch("BlockdevRef", nil)
 }
@@ -880,7 +884,7 @@ func (a BlockdevRefOrNull) MarshalJSON() ([]byte, error) {
 	case a.Definition != nil:
 		return a.Definition, nil
 	case a.Reference != nil:
-		return json.Marshal(a.Reference)
+		return marshal(a.Reference)
 	case a.Null:
 		return []byte("null"), nil
 	}
@@ -926,9 +930,9 @@ func (a *BlockDirtyBitmapOrStr) UnmarshalJSON(b []byte) error {
 func (a BlockDirtyBitmapOrStr) MarshalJSON() ([]byte, error) {
 	switch {
 	case a.Local != nil:
-		return json.Marshal(a.Local)
+		return marshal(a.Local)
 	case a.External != nil:
-		return json.Marshal(a.External)
+		return marshal(a.External)
 	}
 	return nil, errNoBranch("BlockDirtyBitmapOrStr", nil)
 }
@@ -2154,4 +2158,61 @@ var CommandArgs = map[string]func() any{
 	"query-commands":                    func() any { return new(Empty) },
 	"quit":                              func() any { return new(Empty) },
 	"query-qmp-schema":                  func() any { return new(Empty) },
+}
+
+// CommandReturns maps every command of the schema to the Go type its
+// handler returns, as fmt's %T prints it (names, not the types: a
+// type no handler returns is not linked in).
+var CommandReturns = map[string]string{
+	"query-block":                       "[]qapi.BlockInfo",
+	"query-named-block-nodes":           "[]qapi.BlockDeviceInfo",
+	"x-debug-query-block-graph":         "*qapi.XDbgBlockGraph",
+	"query-blockstats":                  "[]qapi.BlockStats",
+	"blockdev-add":                      "*qapi.Empty",
+	"blockdev-del":                      "*qapi.Empty",
+	"block-dirty-bitmap-add":            "*qapi.Empty",
+	"block-dirty-bitmap-remove":         "*qapi.Empty",
+	"block-dirty-bitmap-clear":          "*qapi.Empty",
+	"block-dirty-bitmap-enable":         "*qapi.Empty",
+	"block-dirty-bitmap-disable":        "*qapi.Empty",
+	"block-dirty-bitmap-merge":          "*qapi.Empty",
+	"x-debug-block-dirty-bitmap-sha256": "*qapi.BlockDirtyBitmapSha256",
+	"blockdev-create":                   "*qapi.Empty",
+	"change-backing-file":               "*qapi.Empty",
+	"drop-intermediate":                 "*qapi.Empty",
+	"job-pause":                         "*qapi.Empty",
+	"job-resume":                        "*qapi.Empty",
+	"job-cancel":                        "*qapi.Empty",
+	"job-complete":                      "*qapi.Empty",
+	"job-dismiss":                       "*qapi.Empty",
+	"job-finalize":                      "*qapi.Empty",
+	"query-jobs":                        "[]qapi.JobInfo",
+	"query-block-jobs":                  "[]qapi.BlockJobInfo",
+	"block-commit":                      "*qapi.Empty",
+	"block-stream":                      "*qapi.Empty",
+	"block-job-set-speed":               "*qapi.Empty",
+	"block-job-cancel":                  "*qapi.Empty",
+	"block-job-pause":                   "*qapi.Empty",
+	"block-job-resume":                  "*qapi.Empty",
+	"block-job-complete":                "*qapi.Empty",
+	"block-job-dismiss":                 "*qapi.Empty",
+	"block-job-finalize":                "*qapi.Empty",
+	"blockdev-backup":                   "*qapi.Empty",
+	"drive-backup":                      "*qapi.Empty",
+	"blockdev-snapshot":                 "*qapi.Empty",
+	"blockdev-snapshot-sync":            "*qapi.Empty",
+	"blockdev-reopen":                   "*qapi.Empty",
+	"transaction":                       "*qapi.Empty",
+	"nbd-server-start":                  "*qapi.Empty",
+	"nbd-server-stop":                   "*qapi.Empty",
+	"block-export-add":                  "*qapi.Empty",
+	"block-export-del":                  "*qapi.Empty",
+	"nbd-server-add":                    "*qapi.Empty",
+	"nbd-server-remove":                 "*qapi.Empty",
+	"query-block-exports":               "[]qapi.BlockExportInfo",
+	"qmp_capabilities":                  "*qapi.Empty",
+	"query-version":                     "*qapi.VersionInfo",
+	"query-commands":                    "[]qapi.CommandInfo",
+	"quit":                              "*qapi.Empty",
+	"query-qmp-schema":                  "[]qapi.SchemaInfo",
 }

@@ -2,7 +2,6 @@ package qmp
 
 import (
 	"context"
-	"encoding/json"
 
 	"github.com/qbmond/qbmond/qapi"
 )
@@ -14,21 +13,12 @@ type VersionInfo struct {
 	Package             string
 }
 
-// versionReply is query-version's return value, members in QEMU's order.
-type versionReply struct {
-	Qemu struct {
-		Major int `json:"major"`
-		Minor int `json:"minor"`
-		Micro int `json:"micro"`
-	} `json:"qemu"`
-	Package string `json:"package"`
-}
-
-func (v VersionInfo) reply() versionReply {
-	var r versionReply
-	r.Qemu.Micro, r.Qemu.Minor, r.Qemu.Major = v.Micro, v.Minor, v.Major
-	r.Package = v.Package
-	return r
+// reply is query-version's return value.
+func (v VersionInfo) reply() *qapi.VersionInfo {
+	return &qapi.VersionInfo{
+		Qemu:    qapi.VersionTriple{Major: int64(v.Major), Minor: int64(v.Minor), Micro: int64(v.Micro)},
+		Package: v.Package,
+	}
 }
 
 // negotiator is what a QMP session puts in a command's context so that
@@ -75,7 +65,7 @@ func RegisterCore(d *Dispatcher, v VersionInfo, quit func()) {
 // still deliver events, and only then sends the reply to quit, so that
 // the reply is the last thing the quitting client reads.
 func RegisterCoreStop(d *Dispatcher, v VersionInfo, stop, quit func()) {
-	RegisterTyped(d, "qmp_capabilities", func(ctx context.Context, a *qapi.QmpCapabilitiesArgs) (any, error) {
+	RegisterTyped(d, "qmp_capabilities", func(ctx context.Context, a *qapi.QmpCapabilitiesArgs) (*qapi.Empty, error) {
 		if n, ok := ctx.Value(negotiatorKey{}).(negotiator); ok {
 			enable := make([]string, len(a.Enable))
 			for i, c := range a.Enable {
@@ -87,10 +77,10 @@ func RegisterCoreStop(d *Dispatcher, v VersionInfo, stop, quit func()) {
 		}
 		return nil, nil
 	})
-	d.Register("query-version", func(context.Context, json.RawMessage) (any, error) {
+	RegisterTyped(d, "query-version", func(context.Context, *qapi.Empty) (*qapi.VersionInfo, error) {
 		return v.reply(), nil
 	})
-	d.Register("quit", func(ctx context.Context, _ json.RawMessage) (any, error) {
+	RegisterTyped(d, "quit", func(ctx context.Context, _ *qapi.Empty) (*qapi.Empty, error) {
 		if stop != nil {
 			stop()
 		}

@@ -10,9 +10,12 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Handler runs one command. args holds the validated arguments object as
-// JSON (never empty: "{}" when the request had none). The result is marshalled
-// with encoding/json; nil becomes {}.
+// Handler runs one command registered with Register (RegisterTyped is
+// the rule; Register serves query-qmp-schema and tests). args holds the
+// validated arguments object as JSON (never empty: "{}" when the request
+// had none): the dispatcher marshals the checked tree for it, a second
+// pass typed handlers do not pay. The result is marshalled with
+// encoding/json; nil becomes {}.
 type Handler func(ctx context.Context, args json.RawMessage) (any, error)
 
 // Schema is what the dispatcher needs of the QAPI schema (package schema
@@ -30,6 +33,10 @@ type Schema interface {
 	// (command line syntax) and are converted to the schema's types. Errors
 	// carry QEMU's messages.
 	Args(name string, args any, keyval bool) (any, error)
+	// Decode checks the arguments as Args does and, in the same walk,
+	// stores them into dst, a pointer to the command's generated
+	// arguments type (package qapi). Errors are Args'.
+	Decode(name string, args any, keyval bool, dst any) error
 }
 
 // Request is one command as a transport received it.
@@ -60,9 +67,15 @@ type Dispatcher struct {
 	log    zerolog.Logger
 
 	mu       sync.RWMutex
-	handlers map[string]Handler
-	typed    map[string]bool // registered with RegisterTyped
+	handlers map[string]handler
 	subs     map[*subscriber]struct{}
+}
+
+// handler is a registered command: raw (Register) or typed
+// (RegisterTyped).
+type handler struct {
+	raw   Handler
+	typed *typedHandler
 }
 
 type subscriber struct {
@@ -74,8 +87,7 @@ func NewDispatcher(s Schema, log zerolog.Logger) *Dispatcher {
 	return &Dispatcher{
 		schema:   s,
 		log:      log,
-		handlers: map[string]Handler{},
-		typed:    map[string]bool{},
+		handlers: map[string]handler{},
 		subs:     map[*subscriber]struct{}{},
 	}
 }
@@ -83,6 +95,10 @@ func NewDispatcher(s Schema, log zerolog.Logger) *Dispatcher {
 // Register installs the handler of a command. The command must be in the
 // schema: a handler without a schema entry is a programming error.
 func (d *Dispatcher) Register(name string, h Handler) {
+	d.register(name, handler{raw: h})
+}
+
+func (d *Dispatcher) register(name string, h handler) {
 	if !d.schema.HasCommand(name) {
 		panic("qmp: command " + name + " is not in the schema")
 	}
@@ -150,21 +166,34 @@ func (d *Dispatcher) execute(ctx context.Context, req Request) (any, *Error) {
 	if !ok {
 		return nil, NewError(ClassCommandNotFound, "The command %s has not been found", req.Name)
 	}
-	args, err := d.schema.Args(req.Name, req.Args, req.Keyval)
-	if err != nil {
-		e := *AsError(err)
-		e.badArgs = true
-		return nil, &e
-	}
-	raw := emptyObject
-	if args != nil {
-		b, err := json.Marshal(args)
-		if err != nil {
-			return nil, Errorf("%v", err)
+	var (
+		res  any
+		herr error
+	)
+	if t := h.typed; t != nil {
+		a := t.newArgs()
+		if err := d.schema.Decode(req.Name, req.Args, req.Keyval, a); err != nil {
+			return nil, badArgs(err)
 		}
-		raw = b
+		res, herr = t.call(ctx, a)
+		if t.none {
+			res = nil
+		}
+	} else {
+		args, err := d.schema.Args(req.Name, req.Args, req.Keyval)
+		if err != nil {
+			return nil, badArgs(err)
+		}
+		raw := emptyObject
+		if args != nil {
+			b, err := json.Marshal(args)
+			if err != nil {
+				return nil, Errorf("%v", err)
+			}
+			raw = b
+		}
+		res, herr = h.raw(ctx, raw)
 	}
-	res, herr := h(ctx, raw)
 	if herr != nil {
 		return nil, AsError(herr)
 	}
@@ -172,6 +201,13 @@ func (d *Dispatcher) execute(ctx context.Context, req Request) (any, *Error) {
 		res = struct{}{}
 	}
 	return res, nil
+}
+
+// badArgs marks a validation error as one about the arguments.
+func badArgs(err error) *Error {
+	e := *AsError(err)
+	e.badArgs = true
+	return &e
 }
 
 // Emit sends an event to every subscriber, synchronously: when Emit

@@ -2,6 +2,7 @@ package qmp
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -25,6 +26,23 @@ func (f fakeSchema) Args(n string, a any, _ bool) (any, error) {
 		return nil, Errorf("Parameter 'bad' is unexpected")
 	}
 	return a, nil
+}
+
+// Decode decodes the arguments through JSON, refusing members the Go type
+// lacks (the real schema refuses them with QEMU's message first).
+func (f fakeSchema) Decode(n string, a any, k bool, dst any) error {
+	a, err := f.Args(n, a, k)
+	if err != nil || a == nil {
+		return err
+	}
+	b, err := json.Marshal(a)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	dec.DisallowUnknownFields()
+	return dec.Decode(dst)
 }
 
 // testServer returns a server with core commands plus "echo" (returns its

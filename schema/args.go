@@ -2,7 +2,9 @@ package schema
 
 import (
 	"encoding/json"
+	"fmt"
 	"math"
+	"reflect"
 	"strconv"
 	"strings"
 
@@ -27,6 +29,32 @@ import (
 // json.Number or bool, and negative values given for unsigned members wrap
 // to their unsigned value as QEMU stores them. Defaults are not filled in.
 func (s *Schema) Args(name string, args any, keyval bool) (any, error) {
+	m, err := s.visit(name, args, keyval, reflect.Value{})
+	if m == nil {
+		return nil, err
+	}
+	return m, err
+}
+
+// Decode validates the arguments of a command as Args does and, in the
+// same walk, stores them in dst, a pointer to the command's generated
+// arguments type (package qapi, see GoTypes): every check, its order and
+// its message are Args', and each value is stored once checked and
+// normalised, into the field GoTypes made of its member. A union GoTypes
+// leaves as JSON (BlockdevOptions, BlockdevCreateOptions: the drivers
+// read them as generic options) is checked, then marshalled into its
+// json.RawMessage. dst's fields for members left out stay as they are.
+func (s *Schema) Decode(name string, args any, keyval bool, dst any) error {
+	rv := reflect.ValueOf(dst)
+	if rv.Kind() != reflect.Pointer || rv.IsNil() {
+		return fmt.Errorf("schema: Decode of %s needs a non-nil pointer, not %T", name, dst)
+	}
+	_, err := s.visit(name, args, keyval, rv.Elem())
+	return err
+}
+
+// visit checks a command's arguments and fills dst when it is valid.
+func (s *Schema) visit(name string, args any, keyval bool, dst reflect.Value) (map[string]any, error) {
 	c, ok := s.entities[name]
 	if !ok || c.event {
 		return nil, qmp.NewError(qmp.ClassCommandNotFound, "The command %s has not been found", name)
@@ -45,7 +73,7 @@ func (s *Schema) Args(name string, args any, keyval bool) (any, error) {
 	}
 	var stack [8]frame
 	v := visitor{keyval: keyval, stack: stack[:0]}
-	if err := v.object(c.arg, "", false, m); err != nil {
+	if err := v.object(c.arg, "", false, m, dst); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -111,10 +139,18 @@ func (v *visitor) typeError(name string, named bool, expected string) error {
 	return qmp.Errorf("Invalid parameter type for '%s', expected: %s", v.fullName(name, named), expected)
 }
 
-// object checks an object value against an object type.
-func (v *visitor) object(t *typ, name string, named bool, m map[string]any) error {
+// object checks an object value against an object type, and stores it in
+// dst when dst is valid.
+func (v *visitor) object(t *typ, name string, named bool, m map[string]any, dst reflect.Value) error {
+	if dst.IsValid() && dst.Type() == rawMessageType {
+		if err := v.object(t, name, named, m, reflect.Value{}); err != nil {
+			return err
+		}
+		return setRaw(dst, m)
+	}
+	dst = settable(dst)
 	v.stack = append(v.stack, frame{name: name, named: named})
-	used, err := v.members(t, m)
+	used, err := v.members(t, m, dst)
 	if err != nil {
 		return err
 	}
@@ -130,8 +166,9 @@ func (v *visitor) object(t *typ, name string, named bool, m map[string]any) erro
 }
 
 // members checks t's members (and its variant's, for a union) in m and
-// returns how many were present.
-func (v *visitor) members(t *typ, m map[string]any) (int, error) {
+// returns how many were present. With dst valid (a struct of t's Go
+// type), each member is stored in its field.
+func (v *visitor) members(t *typ, m map[string]any, dst reflect.Value) (int, error) {
 	used := 0
 	for _, mem := range t.members {
 		val, ok := m[mem.name]
@@ -142,7 +179,14 @@ func (v *visitor) members(t *typ, m map[string]any) (int, error) {
 			return 0, qmp.Errorf("Parameter '%s' is missing", v.fullName(mem.name, true))
 		}
 		used++
-		nv, changed, err := v.value(mem.typ, mem.name, true, val)
+		var f reflect.Value
+		if dst.IsValid() {
+			var err error
+			if f, err = field(dst, mem.name); err != nil {
+				return 0, err
+			}
+		}
+		nv, changed, err := v.value(mem.typ, mem.name, true, val, f)
 		if err != nil {
 			return 0, err
 		}
@@ -153,7 +197,15 @@ func (v *visitor) members(t *typ, m map[string]any) (int, error) {
 	if t.tag != nil {
 		tv, _ := m[t.tag.name].(string)
 		if vt := t.variantMap[tv]; vt != nil {
-			n, err := v.members(vt, m)
+			var f reflect.Value
+			if dst.IsValid() && len(vt.members) > 0 {
+				var err error
+				if f, err = field(dst, tv); err != nil {
+					return 0, err
+				}
+				f = settable(f)
+			}
+			n, err := v.members(vt, m, f)
 			if err != nil {
 				return 0, err
 			}
@@ -164,10 +216,13 @@ func (v *visitor) members(t *typ, m map[string]any) (int, error) {
 }
 
 // value checks one value; it returns a replacement when normalisation
-// changed it.
-func (v *visitor) value(t *typ, name string, named bool, val any) (any, bool, error) {
+// changed it. With dst valid, the checked value is stored in it.
+func (v *visitor) value(t *typ, name string, named bool, val any, dst reflect.Value) (any, bool, error) {
 	switch t.kind {
 	case kindAny:
+		if dst.IsValid() && val != nil {
+			dst.Set(reflect.ValueOf(jsonNumbers(val)))
+		}
 		return val, false, nil
 	case kindStr, kindEnum:
 		s, ok := val.(string)
@@ -178,11 +233,13 @@ func (v *visitor) value(t *typ, name string, named bool, val any) (any, bool, er
 			}
 			return nil, false, v.typeError(name, named, "string")
 		}
-		if t.kind == kindStr {
-			return val, false, nil
+		if t.kind == kindEnum {
+			if _, ok := t.valueIndex[s]; !ok {
+				return nil, false, qmp.Errorf("Parameter '%s' does not accept value '%s'", bareName(name, named), s)
+			}
 		}
-		if _, ok := t.valueIndex[s]; !ok {
-			return nil, false, qmp.Errorf("Parameter '%s' does not accept value '%s'", bareName(name, named), s)
+		if dst.IsValid() {
+			settable(dst).SetString(s)
 		}
 		return val, false, nil
 	case kindBool:
@@ -195,14 +252,21 @@ func (v *visitor) value(t *typ, name string, named bool, val any) (any, bool, er
 			if !ok {
 				return nil, false, qmp.Errorf("Parameter '%s' expects 'on' or 'off'", v.fullName(name, named))
 			}
+			if dst.IsValid() {
+				settable(dst).SetBool(b)
+			}
 			return b, true, nil
 		}
-		if _, ok := val.(bool); !ok {
+		b, ok := val.(bool)
+		if !ok {
 			return nil, false, v.typeError(name, named, "boolean")
+		}
+		if dst.IsValid() {
+			settable(dst).SetBool(b)
 		}
 		return val, false, nil
 	case kindInt:
-		return v.integer(t.intk, name, named, val)
+		return v.integer(t.intk, name, named, val, dst)
 	case kindNumber:
 		if v.keyval {
 			s, err := v.keyvalString(name, named, val)
@@ -213,16 +277,36 @@ func (v *visitor) value(t *typ, name string, named bool, val any) (any, bool, er
 			if !ok {
 				return nil, false, v.typeError(name, named, "number")
 			}
+			if dst.IsValid() {
+				settable(dst).SetFloat(f)
+			}
 			return json.Number(strconv.FormatFloat(f, 'g', -1, 64)), true, nil
 		}
-		switch val.(type) {
-		case json.Number, float64, int, int64, uint64:
-			return val, false, nil
+		var f float64
+		switch x := val.(type) {
+		case json.Number:
+			f, _ = strconv.ParseFloat(string(x), 64)
+		case float64:
+			f = x
+		case int:
+			f = float64(x)
+		case int64:
+			f = float64(x)
+		case uint64:
+			f = float64(x)
+		default:
+			return nil, false, v.typeError(name, named, "number")
 		}
-		return nil, false, v.typeError(name, named, "number")
+		if dst.IsValid() {
+			settable(dst).SetFloat(f)
+		}
+		return val, false, nil
 	case kindNull:
 		if val != nil {
 			return nil, false, v.typeError(name, named, "null")
+		}
+		if dst.IsValid() {
+			dst.SetBool(true) // an alternate's null branch
 		}
 		return nil, false, nil
 	case kindArray:
@@ -230,11 +314,20 @@ func (v *visitor) value(t *typ, name string, named bool, val any) (any, bool, er
 		if !ok {
 			return nil, false, v.typeError(name, named, "array")
 		}
+		var elems reflect.Value
+		if dst.IsValid() {
+			elems = reflect.MakeSlice(dst.Type(), len(list), len(list))
+			dst.Set(elems)
+		}
 		v.stack = append(v.stack, frame{name: name, named: named, list: true})
 		top := len(v.stack) - 1
 		for i, e := range list {
 			v.stack[top].index = i
-			ne, changed, err := v.value(t.elem, "", false, e)
+			var ed reflect.Value
+			if elems.IsValid() {
+				ed = elems.Index(i)
+			}
+			ne, changed, err := v.value(t.elem, "", false, e, ed)
 			if err != nil {
 				return nil, false, err
 			}
@@ -249,7 +342,7 @@ func (v *visitor) value(t *typ, name string, named bool, val any) (any, bool, er
 		if !ok {
 			return nil, false, v.typeError(name, named, "object")
 		}
-		return val, false, v.object(t, name, named, m)
+		return val, false, v.object(t, name, named, m, dst)
 	case kindAlternate:
 		var branch *typ
 		switch val.(type) {
@@ -269,7 +362,13 @@ func (v *visitor) value(t *typ, name string, named bool, val any) (any, bool, er
 		if branch == nil {
 			return nil, false, qmp.Errorf("Invalid parameter type for '%s', expected: %s", bareName(name, named), t.name)
 		}
-		return v.value(branch, name, named, val)
+		if dst.IsValid() {
+			var err error
+			if dst, err = field(settable(dst), t.branchKey(branch)); err != nil {
+				return nil, false, err
+			}
+		}
+		return v.value(branch, name, named, val, dst)
 	}
 	return nil, false, qmp.Errorf("Internal error: parameter %s invalid", v.fullName(name, named))
 }
@@ -302,7 +401,7 @@ var intLimits = [...]struct {
 // integer checks an integer member: QEMU reads signed types as int64 and
 // unsigned ones as uint64 (negative values wrap), then checks the range of
 // the narrower types.
-func (v *visitor) integer(k intKind, name string, named bool, val any) (any, bool, error) {
+func (v *visitor) integer(k intKind, name string, named bool, val any, dst reflect.Value) (any, bool, error) {
 	var (
 		i       int64
 		u       uint64
@@ -347,6 +446,13 @@ func (v *visitor) integer(k intKind, name string, named bool, val any) (any, boo
 	case intUint8, intUint16, intUint32:
 		if lim := intLimits[k]; u > lim.umax {
 			return nil, false, qmp.Errorf("Parameter '%s' expects %s", bareName(name, named), lim.name)
+		}
+	}
+	if dst.IsValid() {
+		if k.unsigned() || k == intSize {
+			settable(dst).SetUint(u)
+		} else {
+			settable(dst).SetInt(i)
 		}
 	}
 	if !changed {

@@ -11,6 +11,8 @@ import (
 // FuzzArgs feeds random JSON trees and keyval strings to Args: it must
 // never panic, and what it accepts must be accepted again once normalised
 // (keyval results as JSON values, which is how handlers receive them).
+// Decode must give what Args, marshalling and unmarshalling give, errors
+// included.
 func FuzzArgs(f *testing.F) {
 	s := mustLoad(f)
 	commands := s.Commands()
@@ -44,6 +46,7 @@ func FuzzArgs(f *testing.F) {
 					t.Fatalf("normalised %s no longer valid: %v", js, err)
 				}
 			}
+			sameDecode(t, s, cmd, js, jsonTree(t, js), false)
 		}
 		if m, err := keyval.Parse(kv, "driver"); err == nil {
 			if out, err := s.Args(cmd, m, true); err == nil {
@@ -51,6 +54,7 @@ func FuzzArgs(f *testing.F) {
 					t.Fatalf("keyval %q normalised to %v, which is rejected: %v", kv, out, err)
 				}
 			}
+			sameDecode(t, s, cmd, kv, func() any { m, _ := keyval.Parse(kv, "driver"); return m }, true)
 		}
 	})
 }

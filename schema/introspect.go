@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/qbmond/qbmond/qapi"
 	"github.com/qbmond/qbmond/qmp"
 )
 
@@ -17,7 +18,9 @@ import (
 // registered after RegisterCommands are included. query-qmp-schema lists
 // those commands, every event of the schema, and the types they reach, in
 // QEMU's SchemaInfo form. The rendering is cached until the set of
-// registered commands changes.
+// registered commands changes. query-qmp-schema is the one command whose
+// handler does not return its generated type ([]qapi.SchemaInfo): its
+// value is the schema describing itself, rendered once and kept as JSON.
 func RegisterCommands(d *qmp.Dispatcher, s *Schema) {
 	var (
 		mu     sync.Mutex
@@ -38,18 +41,14 @@ func RegisterCommands(d *qmp.Dispatcher, s *Schema) {
 		}
 		return cached, nil
 	})
-	d.Register("query-commands", func(context.Context, json.RawMessage) (any, error) {
+	qmp.RegisterTyped(d, "query-commands", func(context.Context, *qapi.Empty) ([]qapi.CommandInfo, error) {
 		names := d.Commands()
-		out := make([]commandInfo, len(names))
+		out := make([]qapi.CommandInfo, len(names))
 		for i, n := range names {
 			out[i].Name = n
 		}
 		return out, nil
 	})
-}
-
-type commandInfo struct {
-	Name string `json:"name"`
 }
 
 // SchemaInfo entries, one type per meta-type, with QEMU's member names.

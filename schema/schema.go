@@ -777,6 +777,7 @@ func (l *loader) resolveAlternate(t *typ, d *rawDef) error {
 		}
 		t.altKind[jk] = bt
 		t.alts = append(t.alts, bt)
+		t.altKeys = append(t.altKeys, b.key)
 	}
 	return nil
 }

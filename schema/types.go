@@ -79,6 +79,7 @@ type typ struct {
 
 	// alternate
 	alts    []*typ
+	altKeys []string // the branches' names, as alts
 	altKind [numJSONKinds]*typ
 
 	// resolution state

@@ -24,6 +24,7 @@ budget() {
 	"drivers/qbm FuzzParse") echo 120000 ;;
 	"drivers/qcow2 FuzzBitmapDirectory") echo 200000 ;;
 	"drivers/qcow2 FuzzOpen") echo 4000 ;;
+	"internal/qjson FuzzDirectLikeGeneral") echo 60000 ;;
 	"keyval FuzzParse") echo 250000 ;;
 	"nbd FuzzOptions") echo 90000 ;;
 	"nbd FuzzRequests") echo 90000 ;;

@@ -25,9 +25,9 @@ func registerBitmapCommands(d *qmp.Dispatcher, h handlers) {
 	qmp.RegisterTyped(d, "x-debug-block-dirty-bitmap-sha256", h.bitmapSHA256)
 }
 
-func (h handlers) bitmapCmd(f func(*blockdev.Locked, *blockdev.Node, *blockdev.DirtyBitmap) error) func(context.Context, *qapi.BlockDirtyBitmap) (any, error) {
-	return func(ctx context.Context, a *qapi.BlockDirtyBitmap) (any, error) {
-		return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (any, error) {
+func (h handlers) bitmapCmd(f func(*blockdev.Locked, *blockdev.Node, *blockdev.DirtyBitmap) error) func(context.Context, *qapi.BlockDirtyBitmap) (*qapi.Empty, error) {
+	return func(ctx context.Context, a *qapi.BlockDirtyBitmap) (*qapi.Empty, error) {
+		return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (*qapi.Empty, error) {
 			n, b, err := lk.LookupBitmap(a.Node, a.Name)
 			if err != nil {
 				return nil, err
@@ -35,17 +35,17 @@ func (h handlers) bitmapCmd(f func(*blockdev.Locked, *blockdev.Node, *blockdev.D
 			if err := f(lk, n, b); err != nil {
 				return nil, err
 			}
-			return struct{}{}, nil
+			return nil, nil
 		})
 	}
 }
 
-func (h handlers) bitmapAdd(ctx context.Context, a *qapi.BlockDirtyBitmapAdd) (any, error) {
-	return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (any, error) {
+func (h handlers) bitmapAdd(ctx context.Context, a *qapi.BlockDirtyBitmapAdd) (*qapi.Empty, error) {
+	return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (*qapi.Empty, error) {
 		if _, _, err := lk.AddBitmap(a.Node, a.Name, bitmapOptions(a)); err != nil {
 			return nil, err
 		}
-		return struct{}{}, nil
+		return nil, nil
 	})
 }
 
@@ -74,8 +74,8 @@ func bitmapRefs(refs []qapi.BlockDirtyBitmapOrStr) []blockdev.BitmapRef {
 	return out
 }
 
-func (h handlers) bitmapMerge(ctx context.Context, a *qapi.BlockDirtyBitmapMerge) (any, error) {
-	return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (any, error) {
+func (h handlers) bitmapMerge(ctx context.Context, a *qapi.BlockDirtyBitmapMerge) (*qapi.Empty, error) {
+	return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (*qapi.Empty, error) {
 		dst, srcs, err := lk.MergeSources(a.Node, a.Target, bitmapRefs(a.Bitmaps))
 		if err != nil {
 			return nil, err
@@ -83,18 +83,16 @@ func (h handlers) bitmapMerge(ctx context.Context, a *qapi.BlockDirtyBitmapMerge
 		if err := dst.MergeInto(lk, srcs); err != nil {
 			return nil, err
 		}
-		return struct{}{}, nil
+		return nil, nil
 	})
 }
 
-func (h handlers) bitmapSHA256(ctx context.Context, a *qapi.BlockDirtyBitmap) (any, error) {
-	return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (any, error) {
+func (h handlers) bitmapSHA256(ctx context.Context, a *qapi.BlockDirtyBitmap) (*qapi.BlockDirtyBitmapSha256, error) {
+	return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (*qapi.BlockDirtyBitmapSha256, error) {
 		_, b, err := lk.LookupBitmap(a.Node, a.Name)
 		if err != nil {
 			return nil, err
 		}
-		return struct {
-			SHA256 string `json:"sha256"`
-		}{b.SHA256()}, nil
+		return &qapi.BlockDirtyBitmapSha256{SHA256: b.SHA256()}, nil
 	})
 }

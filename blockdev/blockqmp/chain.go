@@ -16,23 +16,23 @@ func registerChainCommands(d *qmp.Dispatcher, h handlers) {
 
 // changeBackingFile is QEMU's change-backing-file (see
 // chain.ChangeBackingFileByName).
-func (h handlers) changeBackingFile(ctx context.Context, a *qapi.ChangeBackingFileArgs) (any, error) {
-	return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (any, error) {
+func (h handlers) changeBackingFile(ctx context.Context, a *qapi.ChangeBackingFileArgs) (*qapi.Empty, error) {
+	return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (*qapi.Empty, error) {
 		if err := chain.ChangeBackingFileByName(ctx, lk, a.Device, a.ImageNodeName, a.BackingFile); err != nil {
 			return nil, err
 		}
-		return struct{}{}, nil
+		return nil, nil
 	})
 }
 
 // dropIntermediate is qbmond's drop-intermediate (see
 // chain.DropIntermediateByName): device is the active layer,
 // top the highest node to drop, base the node that stays below them.
-func (h handlers) dropIntermediate(ctx context.Context, a *qapi.DropIntermediateArgs) (any, error) {
-	return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (any, error) {
+func (h handlers) dropIntermediate(ctx context.Context, a *qapi.DropIntermediateArgs) (*qapi.Empty, error) {
+	return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (*qapi.Empty, error) {
 		if err := chain.DropIntermediateByName(ctx, lk, a.Device, a.Top, a.Base, qapi.Deref(a.BackingFile)); err != nil {
 			return nil, err
 		}
-		return struct{}{}, nil
+		return nil, nil
 	})
 }

@@ -14,8 +14,8 @@ import (
 
 func registerSnapshotCommands(d *qmp.Dispatcher, h handlers) {
 	// QEMU runs both as a transaction of one action.
-	one := func(ctx context.Context, act *qapi.TransactionAction) (any, error) {
-		return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (any, error) {
+	one := func(ctx context.Context, act *qapi.TransactionAction) (*qapi.Empty, error) {
+		return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (*qapi.Empty, error) {
 			lk.DrainAll()
 			a, err := PrepareTxAction(ctx, lk, act, false)
 			if err != nil {
@@ -23,14 +23,14 @@ func registerSnapshotCommands(d *qmp.Dispatcher, h handlers) {
 			}
 			a.Commit()
 			a.Clean()
-			return struct{}{}, nil
+			return nil, nil
 		})
 	}
-	qmp.RegisterTyped(d, "blockdev-snapshot", func(ctx context.Context, a *qapi.BlockdevSnapshot) (any, error) {
+	qmp.RegisterTyped(d, "blockdev-snapshot", func(ctx context.Context, a *qapi.BlockdevSnapshot) (*qapi.Empty, error) {
 		return one(ctx, &qapi.TransactionAction{Type: qapi.TransactionActionKindBlockdevSnapshot,
 			BlockdevSnapshot: &qapi.BlockdevSnapshotWrapper{Data: *a}})
 	})
-	qmp.RegisterTyped(d, "blockdev-snapshot-sync", func(ctx context.Context, a *qapi.BlockdevSnapshotSync) (any, error) {
+	qmp.RegisterTyped(d, "blockdev-snapshot-sync", func(ctx context.Context, a *qapi.BlockdevSnapshotSync) (*qapi.Empty, error) {
 		return one(ctx, &qapi.TransactionAction{Type: qapi.TransactionActionKindBlockdevSnapshotSync,
 			BlockdevSnapshotSync: &qapi.BlockdevSnapshotSyncWrapper{Data: *a}})
 	})
@@ -54,7 +54,7 @@ func snapshot(act *qapi.TransactionAction) chain.Snapshot {
 }
 
 func registerReopenCommand(d *qmp.Dispatcher, h handlers) {
-	qmp.RegisterTyped(d, "blockdev-reopen", func(ctx context.Context, a *qapi.BlockdevReopenArgs) (any, error) {
+	qmp.RegisterTyped(d, "blockdev-reopen", func(ctx context.Context, a *qapi.BlockdevReopenArgs) (*qapi.Empty, error) {
 		// Each node's options stay generic: the drivers read their own.
 		options := make([]map[string]any, len(a.Options))
 		for i, raw := range a.Options {
@@ -64,8 +64,8 @@ func registerReopenCommand(d *qmp.Dispatcher, h handlers) {
 			}
 			options[i] = opts
 		}
-		return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (any, error) {
-			return struct{}{}, lk.Reopen(ctx, options)
+		return blockdev.WithLock(h.g, func(lk *blockdev.Locked) (*qapi.Empty, error) {
+			return nil, lk.Reopen(ctx, options)
 		})
 	})
 }

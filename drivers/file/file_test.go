@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/blockdev/blockqmp"
 	"github.com/qbmond/qbmond/drivers/drivertest"
 	_ "github.com/qbmond/qbmond/drivers/file"
 )
@@ -147,10 +148,10 @@ func TestSparseStatusAndActualSize(t *testing.T) {
 		t.Fatalf("data: %+v %v", st, err)
 	}
 	lk, unlock := drivertest.Lock(g)
-	info := n.Info(ctx, lk, true)
+	info, ierr := blockqmp.BlockDeviceInfo(ctx, lk, n, true)
 	unlock()
-	if info.Image.ActualSize == nil || *info.Image.ActualSize < 64<<10 {
-		t.Fatalf("actual-size after 64 KiB of data: %v", info.Image.ActualSize)
+	if ierr != nil || info.Image.ActualSize == nil || *info.Image.ActualSize < 64<<10 {
+		t.Fatalf("actual-size after 64 KiB of data: %v (%v)", info.Image.ActualSize, ierr)
 	}
 	// Discard punches the hole again.
 	if err := c.Discard(ctx, 1<<20, 64<<10); err != nil {

@@ -26,6 +26,7 @@ import (
 
 	"github.com/qbmond/qbmond/bitmap"
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/qapi"
 )
 
 // bitmapState is the driver's view of the bitmaps in the image.
@@ -542,28 +543,20 @@ func (d *Driver) resizeBitmapsCheck() error {
 	return nil
 }
 
-// Qcow2BitmapInfo is one bitmap of the image as ImageInfoSpecificQCow2
-// lists it (QEMU's Qcow2BitmapInfo).
-type Qcow2BitmapInfo struct {
-	Name        string   `json:"name"`
-	Granularity uint32   `json:"granularity"`
-	Flags       []string `json:"flags"`
-}
-
 // bitmapInfo lists the directory's bitmaps with their flags on disk.
 // Caller holds d.mu.
-func (d *Driver) bitmapInfo() []Qcow2BitmapInfo {
-	var out []Qcow2BitmapInfo
+func (d *Driver) bitmapInfo() []qapi.Qcow2BitmapInfo {
+	var out []qapi.Qcow2BitmapInfo
 	for i := range d.bm.dir {
 		e := &d.bm.dir[i]
-		flags := []string{}
+		flags := []qapi.Qcow2BitmapInfoFlags{}
 		if e.flags&bmeInUse != 0 {
-			flags = append(flags, "in-use")
+			flags = append(flags, qapi.Qcow2BitmapInfoFlagsInUse)
 		}
 		if e.flags&bmeAuto != 0 {
-			flags = append(flags, "auto")
+			flags = append(flags, qapi.Qcow2BitmapInfoFlagsAuto)
 		}
-		out = append(out, Qcow2BitmapInfo{Name: e.name, Granularity: uint32(e.granularity()), Flags: flags})
+		out = append(out, qapi.Qcow2BitmapInfo{Name: e.name, Granularity: uint32(e.granularity()), Flags: flags})
 	}
 	return out
 }

@@ -21,6 +21,7 @@ import (
 	"syscall"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/qapi"
 )
 
 func init() { blockdev.Register("qcow2", format{}) }
@@ -436,33 +437,15 @@ func (d *Driver) Info(ctx context.Context) (blockdev.DriverInfo, error) {
 	return blockdev.DriverInfo{ClusterSize: d.cs, Dirty: d.h.incompat&incDirty != 0}, nil
 }
 
-// FormatSpecificInfo is ImageInfoSpecificQCow2, wrapped as QEMU's
-// ImageInfoSpecific union ({"type": "qcow2", "data": {...}}).
-type FormatSpecificInfo struct {
-	Type string              `json:"type"`
-	Data FormatSpecificQCow2 `json:"data"`
-}
-
-// FormatSpecificQCow2 is ImageInfoSpecificQCow2, members in QEMU's order.
-type FormatSpecificQCow2 struct {
-	Compat          string `json:"compat"`
-	CompressionType string `json:"compression-type"`
-	LazyRefcounts   *bool  `json:"lazy-refcounts,omitempty"`
-	RefcountBits    int    `json:"refcount-bits"`
-	Corrupt         *bool  `json:"corrupt,omitempty"`
-	ExtendedL2      *bool  `json:"extended-l2,omitempty"`
-	// Bitmaps lists the bitmaps of the image's directory (absent when
-	// there are none).
-	Bitmaps []Qcow2BitmapInfo `json:"bitmaps,omitempty"`
-}
-
-// FormatSpecific returns the qcow2 part of ImageInfo.
+// FormatSpecific returns the qcow2 part of ImageInfo, a
+// *qapi.ImageInfoSpecific (see blockdev.FormatInfoer).
 func (d *Driver) FormatSpecific(ctx context.Context) (any, error) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	s := FormatSpecificQCow2{Compat: "0.10", CompressionType: "zlib", RefcountBits: 1 << d.h.refcountOrder}
+	s := qapi.ImageInfoSpecificQCow2{Compat: "0.10", CompressionType: qapi.Qcow2CompressionTypeZlib,
+		RefcountBits: 1 << d.h.refcountOrder}
 	if d.h.compressionType == 1 {
-		s.CompressionType = "zstd"
+		s.CompressionType = qapi.Qcow2CompressionTypeZstd
 	}
 	if d.h.version >= 3 {
 		lazy := d.h.compat&compatLazyRefcounts != 0
@@ -471,7 +454,8 @@ func (d *Driver) FormatSpecific(ctx context.Context) (any, error) {
 		s.Compat, s.LazyRefcounts, s.Corrupt, s.ExtendedL2 = "1.1", &lazy, &corrupt, &ext
 	}
 	s.Bitmaps = d.bitmapInfo()
-	return FormatSpecificInfo{Type: "qcow2", Data: s}, nil
+	return &qapi.ImageInfoSpecific{Type: qapi.ImageInfoSpecificKindQcow2,
+		Qcow2: &qapi.ImageInfoSpecificQCow2Wrapper{Data: s}}, nil
 }
 
 // BackingFileName returns the backing file name and format the image

@@ -13,8 +13,12 @@
 // character outside printable ASCII escaped as \uXXXX with upper-case hex
 // (surrogate pairs above the BMP).
 //
-// encoding/json does the encoding; this package reorders its output, since
-// no JSON library can be told QEMU's member order.
+// No JSON library can be told QEMU's member order. Values made of
+// structs, lists, string-keyed maps, strings, booleans and integers (the
+// generated qapi types of the replies) are printed directly, each
+// struct's members in the QDict order worked out once per type (fast.go);
+// anything else is encoded by encoding/json, whose output this package
+// then reorders and restyles. Both ways print the same bytes.
 package qjson
 
 import (
@@ -115,18 +119,11 @@ func marshal(v any) ([]byte, error) {
 // encoding/json's output as the order their members were added in:
 // struct fields in declaration order (declare them in schema order), map
 // keys alphabetically, an *Object's members as added.
+//
+// Most values are printed directly (see appendDirect); the rest go
+// through encoding/json, whose output is then reordered and restyled.
 func Append(dst []byte, v any) ([]byte, error) {
-	raw, err := marshal(v)
-	if err != nil {
-		return dst, err
-	}
-	if bytes.IndexByte(raw, '{') >= 0 {
-		// encoding/json's output is compact and valid: reorder its
-		// objects into a copy, then restyle the whole.
-		var r reorderer
-		raw, _ = r.value(make([]byte, 0, len(raw)), raw)
-	}
-	return restyle(dst, raw), nil
+	return appendDirect(dst, v)
 }
 
 // reorderer rewrites compact JSON with every object's members in QDict
