@@ -9,8 +9,8 @@ import (
 	"testing"
 
 	"github.com/qbmond/qbmond/blockdev"
-	"github.com/qbmond/qbmond/blockdev/chain"
 	"github.com/qbmond/qbmond/blockdev/blockqmp"
+	"github.com/qbmond/qbmond/blockdev/chain"
 	"github.com/qbmond/qbmond/drivers/drivertest"
 	_ "github.com/qbmond/qbmond/drivers/filter"
 )
