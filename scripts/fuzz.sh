@@ -25,6 +25,7 @@ budget() {
 	"drivers/qcow2 FuzzBitmapDirectory") echo 200000 ;;
 	"drivers/qcow2 FuzzOpen") echo 4000 ;;
 	"keyval FuzzParse") echo 250000 ;;
+	"nbd FuzzClientReply") echo 100000 ;;
 	"nbd FuzzOptions") echo 90000 ;;
 	"nbd FuzzRequests") echo 90000 ;;
 	"qmp FuzzParseJSON") echo 120000 ;;
