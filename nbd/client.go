@@ -145,8 +145,7 @@ func Connect(ctx context.Context, opts ClientOptions) (*Client, error) {
 			return c, nil
 		}
 		left := time.Until(deadline)
-		var he *HandshakeError
-		if deadline.IsZero() || left <= 0 || (errors.As(err, &he) && he.Errno == syscall.EINVAL) {
+		if deadline.IsZero() || left <= 0 {
 			c.cancel()
 			return nil, err
 		}
