@@ -249,6 +249,28 @@ func TestNBDClientOnNbdkitLikeQSD(t *testing.T) {
 	})
 }
 
+// Servers that offer less, and say so in the handshake: no structured
+// replies (so no block status), no write-zeroes, no NBD_OPT_GO
+// (plain newstyle: NBD_OPT_EXPORT_NAME), the oldstyle handshake, and a
+// minimum block size the client must align its requests to.
+func TestNBDClientLesserServersLikeQSD(t *testing.T) {
+	for name, args := range map[string][]string{
+		"no-sr,nozero":     {"--no-sr", "--filter=nozero", "memory", "4M", "zeromode=none"},
+		"newstyle-unfixed": {"--mask-handshake=0", "memory", "4M"},
+		"oldstyle":         {"-o", "memory", "4M"},
+		"minblock-4k":      {"--filter=blocksize-policy", "memory", "4M", "blocksize-minimum=4096", "blocksize-preferred=65536", "blocksize-maximum=1M", "blocksize-error-policy=error"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			diffClients(t, func(t *testing.T, k kind, dir string) string {
+				up := nbdkitServer(t, dir, "mem", args...)
+				// (An oldstyle server refuses the writes.)
+				exec.Command("qemu-io", "-f", "raw", "-c", "write -P 0x5a 64k 128k", "-c", "write -P 0x6b 1m 4k", "nbd+unix:///?socket="+up.sock).Run()
+				return workloadScenario(t, k, dir, up, "nbd+unix:///?socket="+up.sock, nil)
+			})
+		})
+	}
+}
+
 // Errors the server sends (nbdkit's error filter, switched on by files)
 // reach qemu-io through the client's export with their errno.
 func TestNBDClientServerErrorsLikeQSD(t *testing.T) {

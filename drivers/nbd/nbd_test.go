@@ -2,12 +2,16 @@ package nbd_test
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -25,6 +29,11 @@ type mem struct {
 	alloc    []bool
 	dirty    []bool
 	readOnly bool
+	// What the last requests asked for: a write's FUA, write-zeroes'
+	// may-trim (no NO_HOLE flag) and fast-zero, the flushes.
+	fua               bool
+	mayTrim, fastZero bool
+	flushes           int
 }
 
 const blk = 4096
@@ -48,16 +57,18 @@ func (m *mem) mark(off, n int64, alloc bool) {
 		m.dirty[b] = true
 	}
 }
-func (m *mem) WriteAt(_ context.Context, p []byte, off int64, _ bool) error {
+func (m *mem) WriteAt(_ context.Context, p []byte, off int64, fua bool) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.fua = fua
 	copy(m.data[off:], p)
 	m.mark(off, int64(len(p)), true)
 	return nil
 }
-func (m *mem) WriteZeroes(_ context.Context, off, n int64, mayTrim, _ bool) error {
+func (m *mem) WriteZeroes(_ context.Context, off, n int64, mayTrim, fastZero bool) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.mayTrim, m.fastZero = mayTrim, fastZero
 	clear(m.data[off : off+n])
 	m.mark(off, n, !mayTrim)
 	return nil
@@ -65,7 +76,12 @@ func (m *mem) WriteZeroes(_ context.Context, off, n int64, mayTrim, _ bool) erro
 func (m *mem) Trim(ctx context.Context, off, n int64) error {
 	return m.WriteZeroes(ctx, off, n, true, false)
 }
-func (m *mem) Flush(context.Context) error               { return nil }
+func (m *mem) Flush(context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.flushes++
+	return nil
+}
 func (m *mem) Cache(context.Context, int64, int64) error { return nil }
 func (m *mem) run(v []bool, off, n int64) (bool, int64) {
 	b := off / blk
@@ -130,31 +146,84 @@ func nodeOpts(sock string) blockdev.Options {
 		"server": map[string]any{"type": "unix", "path": sock}}
 }
 
+// The conformance suite counts the process's file descriptors around a
+// close: its servers run in child processes (this test binary run again
+// with serverEnv set), whose side of a connection closes in its own time.
+const serverEnv = "QBMOND_NBD_TEST_SERVER"
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(serverEnv); spec != "" {
+		os.Exit(serveChild(spec))
+	}
+	os.Exit(m.Run())
+}
+
+// serveChild serves a 4 MiB memory export "m" on network!address!addrFile
+// (writing the address it got to addrFile) until killed.
+func serveChild(spec string) int {
+	parts := strings.SplitN(spec, "!", 3)
+	if len(parts) != 3 {
+		return 2
+	}
+	network, address, addrFile := parts[0], parts[1], parts[2]
+	l, err := net.Listen(network, address)
+	if err != nil {
+		return 1
+	}
+	if err := os.WriteFile(addrFile+".tmp", []byte(l.Addr().String()), 0o600); err != nil {
+		return 1
+	}
+	if err := os.Rename(addrFile+".tmp", addrFile); err != nil {
+		return 1
+	}
+	s := proto.NewServer(zerolog.Nop())
+	if err := s.AddExport(&proto.Export{Name: "m", Backend: newMem(4 << 20), Writable: true, Bitmaps: []string{"b0"}}); err != nil {
+		return 1
+	}
+	s.Serve(l)
+	return 0
+}
+
+// childServer starts a server process and returns the address it listens on.
+func childServer(t *testing.T, network string) string {
+	t.Helper()
+	dir, err := mkdirShort(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := "127.0.0.1:0"
+	if network == "unix" {
+		addr = filepath.Join(dir, "nbd.sock")
+	}
+	addrFile := filepath.Join(t.TempDir(), "addr")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), serverEnv+"="+network+"!"+addr+"!"+addrFile)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if b, err := os.ReadFile(addrFile); err == nil {
+			return string(b)
+		}
+	}
+	t.Fatal("the server process did not start")
+	return ""
+}
+
 func TestConformance(t *testing.T) {
 	drivertest.Run(t, drivertest.Config{
-		Options: func(t *testing.T) blockdev.Options { return nodeOpts(serve(t, newMem(4<<20), true)) },
+		Options: func(t *testing.T) blockdev.Options { return nodeOpts(childServer(t, "unix")) },
 		Stores:  true,
 	})
 }
 
-// The same over TCP, against a server that takes no FUA, trim, fast zero
-// or block status (structured replies off): the driver emulates or skips.
+// The same over TCP.
 func TestConformanceTCP(t *testing.T) {
 	drivertest.Run(t, drivertest.Config{
 		Options: func(t *testing.T) blockdev.Options {
-			s := proto.NewServer(zerolog.Nop())
-			if err := s.AddExport(&proto.Export{Name: "", Backend: newMem(2 << 20), Writable: true}); err != nil {
-				t.Fatal(err)
-			}
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan struct{})
-			go func() { s.Serve(l); close(done) }()
-			t.Cleanup(func() { s.Close(); <-done })
-			host, port, _ := net.SplitHostPort(l.Addr().String())
-			return blockdev.Options{"driver": "nbd", "server": map[string]any{"type": "inet", "host": host, "port": port}}
+			host, port, _ := net.SplitHostPort(childServer(t, "tcp"))
+			return blockdev.Options{"driver": "nbd", "export": "m", "server": map[string]any{"type": "inet", "host": host, "port": port}}
 		},
 		Stores: true,
 	})
@@ -287,5 +356,38 @@ func TestTruncateAndReopen(t *testing.T) {
 	}
 	if n.Length() != 1<<20 {
 		t.Errorf("length %d", n.Length())
+	}
+}
+
+// The request flags reach the server: FUA on writes, NBD_CMD_FLAG_NO_HOLE
+// unless the write-zeroes may unmap, NBD_CMD_FLAG_FAST_ZERO for
+// ReqNoFallback.
+func TestRequestFlags(t *testing.T) {
+	m := newMem(1 << 20)
+	_, _, c := drivertest.Open(t, nodeOpts(serve(t, m, true)), drivertest.RootPerm)
+	ctx := t.Context()
+	state := func() string {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return fmt.Sprintf("fua=%v mayTrim=%v fastZero=%v flushes=%d", m.fua, m.mayTrim, m.fastZero, m.flushes)
+	}
+	for _, tc := range []struct {
+		do   func() error
+		want string
+	}{
+		{func() error { return c.Write(ctx, 0, make([]byte, 4096), blockdev.ReqFUA) }, "fua=true mayTrim=false fastZero=false flushes=0"},
+		{func() error { return c.Write(ctx, 0, make([]byte, 4096), 0) }, "fua=false mayTrim=false fastZero=false flushes=0"},
+		{func() error { return c.WriteZeroes(ctx, 0, 65536, blockdev.ReqMayUnmap) }, "fua=false mayTrim=true fastZero=false flushes=0"},
+		{func() error { return c.WriteZeroes(ctx, 0, 65536, blockdev.ReqNoFallback) }, "fua=false mayTrim=false fastZero=true flushes=0"},
+		// FUA on write-zeroes: the server flushes after it.
+		{func() error { return c.WriteZeroes(ctx, 0, 65536, blockdev.ReqFUA) }, "fua=false mayTrim=false fastZero=false flushes=1"},
+		{func() error { return c.Flush(ctx) }, "fua=false mayTrim=false fastZero=false flushes=2"},
+	} {
+		if err := tc.do(); err != nil {
+			t.Fatal(err)
+		}
+		if got := state(); got != tc.want {
+			t.Errorf("got %s, want %s", got, tc.want)
+		}
 	}
 }
