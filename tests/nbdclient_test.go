@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -516,4 +517,174 @@ func TestNBDClientReconnectLikeQSD(t *testing.T) {
 		fmt.Fprintf(&tr, "server back: %s\n", last)
 		return tr.String()
 	})
+}
+
+// badServer serves a 1 MiB export of zeroes (said to be data) on
+// dir/bad.sock (fixed
+// newstyle, structured replies, base:allocation) and answers a read at
+// 512 KiB wrongly, as mode says; everything else it answers properly.
+func badServer(t *testing.T, dir, mode string) string {
+	t.Helper()
+	sock := filepath.Join(dir, "bad.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				badServe(c, mode)
+			}()
+		}
+	}()
+	return sock
+}
+
+func badServe(c net.Conn, mode string) {
+	const size = 1 << 20
+	greet := nbe.AppendUint64(nil, 0x4e42444d41474943)
+	greet = nbe.AppendUint64(greet, nbdOptMagic)
+	greet = nbe.AppendUint16(greet, 3)
+	if _, err := c.Write(greet); err != nil {
+		return
+	}
+	var b [4]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		return
+	}
+	optReply := func(opt, typ uint32, data []byte) {
+		p := nbe.AppendUint64(nil, nbdRepMagic)
+		p = nbe.AppendUint32(p, opt)
+		p = nbe.AppendUint32(p, typ)
+		p = nbe.AppendUint32(p, uint32(len(data)))
+		c.Write(append(p, data...))
+	}
+	for done := false; !done; {
+		var h [16]byte
+		if _, err := io.ReadFull(c, h[:]); err != nil {
+			return
+		}
+		opt := nbe.Uint32(h[8:])
+		if _, err := io.CopyN(io.Discard, c, int64(nbe.Uint32(h[12:]))); err != nil {
+			return
+		}
+		switch opt {
+		case 10: // SET_META_CONTEXT: the client's only query is base:allocation
+			optReply(opt, 4, append(nbe.AppendUint32(nil, 1), "base:allocation"...))
+			optReply(opt, 1, nil)
+		case 7: // GO
+			info := nbe.AppendUint16(nil, 0)
+			info = nbe.AppendUint64(info, size)
+			info = nbe.AppendUint16(info, 1|4|32|64) // flags, flush, trim, write zeroes
+			optReply(opt, 3, info)
+			optReply(opt, 1, nil)
+			done = true
+		default:
+			optReply(opt, 1, nil)
+		}
+	}
+	chunk := func(flags, typ uint16, cookie uint64, payload []byte) []byte {
+		p := nbe.AppendUint32(nil, nbdChunkMagic)
+		p = nbe.AppendUint16(p, flags)
+		p = nbe.AppendUint16(p, typ)
+		p = nbe.AppendUint64(p, cookie)
+		p = nbe.AppendUint32(p, uint32(len(payload)))
+		return append(p, payload...)
+	}
+	for {
+		var h [28]byte
+		if _, err := io.ReadFull(c, h[:]); err != nil {
+			return
+		}
+		typ, cookie, off, n := nbe.Uint16(h[6:]), nbe.Uint64(h[8:]), nbe.Uint64(h[16:]), nbe.Uint32(h[24:])
+		switch typ {
+		case 1: // write
+			io.CopyN(io.Discard, c, int64(n))
+		case 2:
+			return
+		}
+		if typ == 0 && off == 512<<10 {
+			switch mode {
+			case "truncated reply":
+				c.Write(chunk(1, 1, cookie, nil)[:12])
+				return
+			case "truncated data":
+				p := chunk(1, 1, cookie, nil)
+				nbe.PutUint32(p[16:], n+8)
+				c.Write(append(p, nbe.AppendUint64(nil, off)...))
+				return
+			case "wrong cookie":
+				c.Write(chunk(1, 0, cookie+99, nil))
+			case "oversized chunk":
+				// (QSD reads the offset before it checks the length.)
+				p := chunk(1, 1, cookie, nbe.AppendUint64(nil, off))
+				nbe.PutUint32(p[16:], 64<<20)
+				c.Write(p)
+			case "chunk outside the request":
+				c.Write(chunk(1, 2, cookie, nbe.AppendUint32(nbe.AppendUint64(nil, off+4096), n)))
+			case "bad magic":
+				c.Write(make([]byte, 20))
+			case "error with errno 0":
+				c.Write(chunk(1, 32769, cookie, make([]byte, 6)))
+			}
+			continue
+		}
+		switch typ {
+		case 0: // read: all a hole
+			c.Write(chunk(1, 2, cookie, nbe.AppendUint32(nbe.AppendUint64(nil, off), n)))
+		case 7: // block status: all data (so that reads come)
+			p := nbe.AppendUint32(nil, 1)
+			p = nbe.AppendUint32(p, n)
+			p = nbe.AppendUint32(p, 0)
+			c.Write(chunk(1, 5, cookie, p))
+		default: // a simple reply: success
+			p := nbe.AppendUint32(nil, nbdSimpleMagic)
+			p = nbe.AppendUint32(p, 0)
+			c.Write(nbe.AppendUint64(p, cookie))
+		}
+	}
+}
+
+// Servers that break the protocol on one read: that read fails, nothing
+// hangs or crashes, and what the node does next (a server that broke the
+// protocol is not connected to again) is what QSD's does.
+func TestNBDClientBadServersLikeQSD(t *testing.T) {
+	for _, mode := range []string{"truncated reply", "truncated data", "wrong cookie", "oversized chunk",
+		"chunk outside the request", "bad magic", "error with errno 0"} {
+		t.Run(mode, func(t *testing.T) {
+			diffClients(t, func(t *testing.T, k kind, dir string) string {
+				sock := badServer(t, dir, mode)
+				d := startDaemon(t, k, dir)
+				c := d.connect()
+				uri := clientNode(t, c, dir, upstream{sock: sock, export: "x"}, nil)
+				var tr strings.Builder
+				for _, l := range qemuIOResults(t, uri, "read -P 0 0 4k", "write -P 1 8k 4k") {
+					fmt.Fprintf(&tr, "%s\n", l)
+				}
+				done := make(chan []string, 1)
+				go func() { done <- qemuIOResults(t, uri, "read 512k 4k") }()
+				select {
+				case r := <-done:
+					fmt.Fprintf(&tr, "%s\n", r[0])
+				case <-time.After(20 * time.Second):
+					t.Fatalf("%s: the read hangs", k)
+				}
+				if !strings.HasPrefix(mode, "truncated") {
+					// (After a lost connection, the client connects again
+					// in its own time.)
+					for _, l := range qemuIOResults(t, uri, "read 0 4k") {
+						fmt.Fprintf(&tr, "then %s\n", l)
+					}
+				}
+				c.ok("query-named-block-nodes", nil)
+				return tr.String()
+			})
+		})
+	}
 }
