@@ -688,3 +688,49 @@ func TestNBDClientBadServersLikeQSD(t *testing.T) {
 		})
 	}
 }
+
+// Storage migration's destination side, read back: QSD mirrors a disk
+// into an export of qbmond (QSD's nbd node as the mirror's target), with
+// guest writes during the copy; qbmond reads the result back through an
+// nbd node of its own on that export, and it equals the source.
+func TestNBDClientReadsBackQSDMirror(t *testing.T) {
+	const size = 16 << 20
+	qdir, bdir := shortTempDir(t), shortTempDir(t)
+	target := filepath.Join(bdir, "target.img")
+	run(t, "qemu-img", "create", "-q", "-f", "raw", target, fmt.Sprint(size))
+	src := filepath.Join(qdir, "src.img")
+	run(t, "qemu-img", "create", "-q", "-f", "raw", src, fmt.Sprint(size))
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x31 0 3m", "-c", "write -P 0x32 9m 1m", src)
+
+	b := startDaemon(t, kindQbmond, bdir).connect()
+	b.ok("blockdev-add", map[string]any{"driver": "raw", "node-name": "t",
+		"file": map[string]any{"driver": "file", "filename": target}})
+	bsock := filepath.Join(bdir, "nbd.sock")
+	b.ok("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": bsock}}})
+	b.ok("block-export-add", map[string]any{"type": "nbd", "id": "t", "node-name": "t", "writable": true})
+
+	q := startDaemon(t, kindQSD, qdir).connect()
+	q.ok("blockdev-add", map[string]any{"driver": "raw", "node-name": "src",
+		"file": map[string]any{"driver": "file", "filename": src}})
+	qsock := filepath.Join(qdir, "nbd.sock")
+	q.ok("nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": qsock}}})
+	q.ok("block-export-add", map[string]any{"type": "nbd", "id": "src", "node-name": "src", "writable": true})
+	q.ok("blockdev-add", map[string]any{"driver": "nbd", "node-name": "dst", "export": "t",
+		"server": map[string]any{"type": "unix", "path": bsock}})
+	q.ok("blockdev-mirror", map[string]any{"job-id": "m0", "device": "src", "target": "dst", "sync": "full"})
+	qemuIO(t, "nbd+unix:///src?socket="+qsock, []string{"write -P 0x33 1m 64k", "write -P 0x34 12m 2m"})
+	q.waitEvent(func(ev map[string]any) bool { return ev["event"] == "BLOCK_JOB_READY" })
+	qemuIO(t, "nbd+unix:///src?socket="+qsock, []string{"write -P 0x35 5m 512k", "write -z 9m 64k"})
+	q.ok("block-job-cancel", map[string]any{"device": "m0"})
+	q.waitEvent(func(ev map[string]any) bool { return ev["event"] == "BLOCK_JOB_COMPLETED" })
+	q.ok("blockdev-del", map[string]any{"node-name": "dst"})
+	want := contentSum(t, "nbd+unix:///src?socket="+qsock)
+
+	// qbmond reads the copy through an nbd node on its own export.
+	b.ok("blockdev-add", map[string]any{"driver": "nbd", "node-name": "back", "export": "t", "read-only": true,
+		"server": map[string]any{"type": "unix", "path": bsock}})
+	b.ok("block-export-add", map[string]any{"type": "nbd", "id": "back", "node-name": "back"})
+	if got := contentSum(t, "nbd+unix:///back?socket="+bsock); got != want {
+		t.Fatalf("read back through the nbd node: %s, the source: %s", got, want)
+	}
+}
