@@ -192,16 +192,19 @@ func diffClients(t *testing.T, scenario func(t *testing.T, k kind, dir string) s
 }
 
 // workloadScenario is the common scenario: an nbd node on up, the
-// workload through its export, the node's query view and map, the
+// workload (ops, clientWorkload by default) through its export, the node's query view and map, the
 // content the upstream ends with (read through upURI).
-func workloadScenario(t *testing.T, k kind, dir string, up upstream, upURI string, extra map[string]any) string {
+func workloadScenario(t *testing.T, k kind, dir string, up upstream, upURI string, extra map[string]any, ops ...string) string {
 	t.Helper()
 	c := startDaemon(t, k, dir).connect()
 	uri := clientNode(t, c, dir, up, extra)
 	repl := strings.NewReplacer(dir, "$DIR")
 	var tr strings.Builder
 	fmt.Fprintf(&tr, "node: %s\n", nodeView(t, c, "nc", repl))
-	for _, l := range qemuIOResults(t, uri, clientWorkload...) {
+	if ops == nil {
+		ops = clientWorkload
+	}
+	for _, l := range qemuIOResults(t, uri, ops...) {
 		fmt.Fprintf(&tr, "%s\n", l)
 	}
 	fmt.Fprintf(&tr, "map through the node:\n%s", imageMap(t, uri))
@@ -252,21 +255,31 @@ func TestNBDClientOnNbdkitLikeQSD(t *testing.T) {
 
 // Servers that offer less, and say so in the handshake: no structured
 // replies (so no block status), no write-zeroes, no NBD_OPT_GO
-// (plain newstyle: NBD_OPT_EXPORT_NAME), the oldstyle handshake, and a
-// minimum block size the client must align its requests to.
+// (plain newstyle: NBD_OPT_EXPORT_NAME), the oldstyle handshake, a
+// minimum block size the client must align its requests to, and a size
+// that is not a whole number of sectors.
 func TestNBDClientLesserServersLikeQSD(t *testing.T) {
 	for name, args := range map[string][]string{
 		"no-sr,nozero":     {"--no-sr", "--filter=nozero", "memory", "4M", "zeromode=none"},
 		"newstyle-unfixed": {"--mask-handshake=0", "memory", "4M"},
 		"oldstyle":         {"-o", "memory", "4M"},
+		"size-1000":        {"memory", "1000"},
 		"minblock-4k":      {"--filter=blocksize-policy", "memory", "4M", "blocksize-minimum=4096", "blocksize-preferred=65536", "blocksize-maximum=1M", "blocksize-error-policy=error"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			diffClients(t, func(t *testing.T, k kind, dir string) string {
 				up := nbdkitServer(t, dir, "mem", args...)
-				// (An oldstyle server refuses the writes.)
+				// (An oldstyle server refuses the writes, a small one
+				// has no room for them.)
 				exec.Command("qemu-io", "-f", "raw", "-c", "write -P 0x5a 64k 128k", "-c", "write -P 0x6b 1m 4k", "nbd+unix:///?socket="+up.sock).Run()
-				return workloadScenario(t, k, dir, up, "nbd+unix:///?socket="+up.sock, nil)
+				var ops []string
+				if name == "size-1000" {
+					// The node is a sector long; the server's last 24
+					// bytes are past its end.
+					ops = []string{"write -P 7 0 512", "write -P 8 512 512", "write -P 9 512 488",
+						"read -P 7 0 512", "read -P 9 512 488", "read 0 1024", "write -z 0 1024", "write -z 0 512", "read -P 0 0 512"}
+				}
+				return workloadScenario(t, k, dir, up, "nbd+unix:///?socket="+up.sock, nil, ops...)
 			})
 		})
 	}
