@@ -403,6 +403,8 @@ func TestNBDClientOpenErrorsLikeQSD(t *testing.T) {
 			{"server": map[string]any{"type": "inet", "host": "127.0.0.1", "port": "1"}, "export": "up"},
 			{"server": map[string]any{"type": "inet", "host": "127.0.0.1", "port": "no-such-service"}, "export": "up"},
 			{"server": map[string]any{"type": "vsock", "cid": "x", "port": "1"}},
+			{"server": map[string]any{"type": "vsock", "cid": "3", "port": "x"}},
+			{"server": map[string]any{"type": "vsock", "cid": "2", "port": "10809"}},
 			{"server": map[string]any{"type": "fd", "str": "3"}},
 			{"server": unix(up.sock), "export": "up", "tls-creds": "tls0"},
 			{"server": unix(up.sock), "export": long},
