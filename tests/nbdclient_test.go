@@ -749,3 +749,38 @@ func TestNBDClientReadsBackQSDMirror(t *testing.T) {
 		t.Fatalf("read back through the nbd node: %s, the source: %s", got, want)
 	}
 }
+
+// open-timeout: blockdev-add keeps trying to connect for that long. A
+// server that is not there by then fails the open with the connection's
+// error; one that comes up meanwhile is used.
+func TestNBDClientOpenTimeoutLikeQSD(t *testing.T) {
+	diffClients(t, func(t *testing.T, k kind, dir string) string {
+		c := startDaemon(t, k, dir).connect()
+		sock := filepath.Join(dir, "late.sock")
+		var tr strings.Builder
+		start := time.Now()
+		_, d := c.fail("blockdev-add", map[string]any{"driver": "nbd", "node-name": "n0", "open-timeout": 2,
+			"server": map[string]any{"type": "unix", "path": sock}})
+		fmt.Fprintf(&tr, "no server: %s (after the timeout: %v)\n", strings.ReplaceAll(d, dir, "$DIR"), time.Since(start) > 1500*time.Millisecond)
+		// The server comes up a second after blockdev-add starts.
+		cmd := exec.Command(requireTool(t, "nbdkit"), "--foreground", "--exit-with-parent", "-U", sock, "memory", "1M")
+		t.Cleanup(func() {
+			if cmd.Process != nil {
+				cmd.Process.Kill()
+				cmd.Wait()
+			}
+		})
+		started := make(chan error, 1)
+		go func() {
+			time.Sleep(time.Second)
+			started <- cmd.Start()
+		}()
+		r := c.cmd("blockdev-add", map[string]any{"driver": "nbd", "node-name": "n1", "open-timeout": 10,
+			"server": map[string]any{"type": "unix", "path": sock}})
+		if err := <-started; err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&tr, "server a second late: %v\n", r)
+		return tr.String()
+	})
+}
