@@ -132,9 +132,15 @@ func Connect(ctx context.Context, opts ClientOptions) (*Client, error) {
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	var deadline time.Time
 	if opts.OpenTimeout > 0 {
+		// The timeout also bounds an attempt that hangs (a server that
+		// accepts and says nothing).
 		deadline = time.Now().Add(opts.OpenTimeout)
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
 	}
 	wait := time.Second
+	var last error // the error to report: the last attempt's not cut short
 	for {
 		cc, err := c.dial(ctx)
 		if err == nil {
@@ -144,10 +150,13 @@ func Connect(ctx context.Context, opts ClientOptions) (*Client, error) {
 			go cc.readLoop()
 			return c, nil
 		}
+		if last == nil || deadline.IsZero() || time.Now().Before(deadline) {
+			last = err
+		}
 		left := time.Until(deadline)
 		if deadline.IsZero() || left <= 0 {
 			c.cancel()
-			return nil, err
+			return nil, last
 		}
 		t := time.NewTimer(min(wait, left))
 		select {
@@ -155,7 +164,11 @@ func Connect(ctx context.Context, opts ClientOptions) (*Client, error) {
 		case <-ctx.Done():
 			t.Stop()
 			c.cancel()
-			return nil, err
+			return nil, last
+		}
+		if time.Until(deadline) <= 0 {
+			c.cancel()
+			return nil, last
 		}
 		wait = min(wait*2, 16*time.Second)
 	}

@@ -400,3 +400,28 @@ func TestClientOutOfOrderChunks(t *testing.T) {
 		t.Fatalf("read %q", buf)
 	}
 }
+
+// A server that accepts and never answers the handshake: the open gives up
+// at open-timeout.
+func TestClientOpenTimeoutSilentServer(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "silent.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	start := time.Now()
+	_, err = Connect(t.Context(), ClientOptions{Dial: unixDialer(sock), OpenTimeout: time.Second})
+	if err == nil || time.Since(start) > 5*time.Second {
+		t.Fatalf("open: %v after %v", err, time.Since(start))
+	}
+}
