@@ -4,8 +4,8 @@
 GO       ?= go
 BIN      := bin/qbmond
 # Tools the tests run, and the Debian packages that provide them.
-TOOLS    := qemu-storage-daemon qemu-img qemu-io socat nbdinfo nbdcopy
-DEBS     := qemu-system-common qemu-utils socat libnbd-bin
+TOOLS    := qemu-storage-daemon qemu-img qemu-io socat nbdinfo nbdcopy nbdkit
+DEBS     := qemu-system-common qemu-utils socat libnbd-bin nbdkit
 FUZZSCALE ?= 1
 SOCK     := $(if $(XDG_RUNTIME_DIR),$(XDG_RUNTIME_DIR)/qbmond/qmp.sock,/tmp/qbmond-$(shell id -u)/qmp.sock)
 

@@ -371,6 +371,8 @@ type FilenameRefresher interface {
 
 // StrongOptioner lists the driver options that change what the node
 // presents and so belong in its json: pseudo file name (raw: offset, size).
+// A member of an object option may be named on its own ("server.port"),
+// where the order QEMU adds members in matters to the name's text.
 // The graph asks whenever it works out the node's file name (see
 // FilenameRefresher).
 type StrongOptioner interface {

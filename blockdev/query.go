@@ -34,7 +34,7 @@ func (n *Node) refreshFilename() {
 	}
 	if so, ok := n.drv.(StrongOptioner); ok {
 		for _, k := range so.StrongOptions() {
-			if v, ok := n.drvOpts[k]; ok {
+			if v, ok := nestedOption(n.drvOpts, k); ok {
 				flattenOption(full, k, v)
 				strong = true
 			}

@@ -1,9 +1,12 @@
-// Package nbd implements a Network Block Device server (fixed newstyle
-// handshake, structured replies, metadata contexts) as described by the
-// public NBD protocol document (NetworkBlockDevice/nbd, doc/proto.md).
+// Package nbd implements both sides of the Network Block Device protocol
+// as described by the public NBD protocol document (NetworkBlockDevice/nbd,
+// doc/proto.md): a server (fixed newstyle handshake, structured replies,
+// metadata contexts; Server) and a client (Connect, Client) that shares
+// its constants and reply formats.
 //
 // The package does not know about the block graph: an export serves a
-// Backend, and the caller adapts its nodes to that interface.
+// Backend, and the caller adapts its nodes to that interface; the nbd
+// block driver (drivers/nbd) wraps a Client.
 package nbd
 
 import "context"

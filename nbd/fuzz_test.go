@@ -1,9 +1,12 @@
 package nbd
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
+	"sync"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -90,4 +93,57 @@ func FuzzRequests(f *testing.F) {
 	f.Add(cat(req(cmdWrite, 0, 1, 0, 1<<20, []byte("short")), req(77, 0xffff, 2, 1<<63, 1<<31, nil)))
 	f.Add(req(cmdWrite, 0, 1, 0, 40<<20, nil))
 	f.Fuzz(func(t *testing.T, data []byte) { feed(t, cat(handshakePrefix, data)) })
+}
+
+// FuzzClientReply feeds a client, after a regular handshake, whatever
+// replies data holds while three requests wait (a read, a block status
+// and a flush, cookies 1 to 3 in some order), then hangs up. Every
+// request must return: no panic, no hang.
+func FuzzClientReply(f *testing.F) {
+	status := be.AppendUint32(nil, 7)
+	status = be.AppendUint32(status, 512)
+	status = be.AppendUint32(status, stateHole)
+	for c := uint64(1); c <= 3; c++ {
+		var seed []byte
+		seed = append(seed, chunkMsgBytes(c, replyFlagDone, replyTypeBlockStatus, status)...)
+		seed = append(seed, chunkMsgBytes(c%3+1, replyFlagDone, replyTypeOffsetData, append(be.AppendUint64(nil, 0), make([]byte, 4096)...))...)
+		seed = append(seed, simpleHeader(c%2+1, 0)...)
+		f.Add(seed)
+	}
+	f.Add(chunkMsgBytes(1, replyFlagDone, replyTypeError, []byte{0, 0, 0, 5, 0, 2, 'n', 'o'}))
+	f.Add(chunkMsgBytes(2, 0, replyTypeOffsetHole, be.AppendUint32(be.AppendUint64(nil, 512), 512)))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cli, srv := net.Pipe()
+		go func() {
+			defer srv.Close()
+			if fakeHandshake(srv) != nil {
+				return
+			}
+			go io.Copy(io.Discard, srv)
+			srv.Write(data)
+		}()
+		dialed := false
+		c, err := Connect(t.Context(), ClientOptions{MetaContext: ctxBaseAllocation,
+			Dial: func(ctx context.Context) (net.Conn, error) {
+				if dialed {
+					return nil, errors.New("no more connections")
+				}
+				dialed = true
+				return cli, nil
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for _, req := range []func() error{
+			func() error { return c.Read(t.Context(), 0, make([]byte, 4096)) },
+			func() error { _, err := c.BlockStatus(t.Context(), 0, 1<<20); return err },
+			func() error { return c.Flush(t.Context()) },
+		} {
+			wg.Add(1)
+			go func() { defer wg.Done(); _ = req() }()
+		}
+		wg.Wait()
+		c.Close()
+	})
 }

@@ -529,6 +529,7 @@ const (
 	BlockdevDriverCopyOnRead      BlockdevDriver = "copy-on-read"
 	BlockdevDriverFile            BlockdevDriver = "file"
 	BlockdevDriverHostDevice      BlockdevDriver = "host_device"
+	BlockdevDriverNBD             BlockdevDriver = "nbd"
 	BlockdevDriverNullAio         BlockdevDriver = "null-aio"
 	BlockdevDriverNullCo          BlockdevDriver = "null-co"
 	BlockdevDriverQbm             BlockdevDriver = "qbm"
@@ -579,6 +580,17 @@ type BlockdevOptionsFile struct {
 	AioMaxBatch        *int64              `json:"aio-max-batch,omitempty"`
 	DropCache          *bool               `json:"drop-cache,omitempty"`
 	XCheckCacheDropped *bool               `json:"x-check-cache-dropped,omitempty"`
+}
+
+// BlockdevOptionsNbd is the QAPI struct BlockdevOptionsNbd.
+type BlockdevOptionsNbd struct {
+	Server         SocketAddress `json:"server"`
+	Export         *string       `json:"export,omitempty"`
+	TlsCreds       *string       `json:"tls-creds,omitempty"`
+	TlsHostname    *string       `json:"tls-hostname,omitempty"`
+	XDirtyBitmap   *string       `json:"x-dirty-bitmap,omitempty"`
+	ReconnectDelay *uint32       `json:"reconnect-delay,omitempty"`
+	OpenTimeout    *uint32       `json:"open-timeout,omitempty"`
 }
 
 // BlockdevOptionsNull is the QAPI struct BlockdevOptionsNull.
@@ -1499,6 +1511,62 @@ func (u *SocketAddressLegacy) Variant() any {
 // MarshalJSON writes the base's members, then the variant's, in one object.
 func (u SocketAddressLegacy) MarshalJSON() ([]byte, error) {
 	type base SocketAddressLegacy
+	return marshalUnion(base(u), u.Variant())
+}
+
+// SocketAddress is the QAPI union SocketAddress: the base's members, then one field per
+// variant, set for the one its discriminator 'type' names.
+type SocketAddress struct {
+	Type  SocketAddressType   `json:"type"`
+	Inet  *InetSocketAddress  `json:"-"`
+	Unix  *UnixSocketAddress  `json:"-"`
+	Vsock *VsockSocketAddress `json:"-"`
+	Fd    *String             `json:"-"`
+}
+
+// UnmarshalJSON reads the base's members, then the variant's.
+func (u *SocketAddress) UnmarshalJSON(b []byte) error {
+	type base SocketAddress
+	*u = SocketAddress{}
+	if err := unmarshal(b, (*base)(u)); err != nil {
+		return err
+	}
+	switch u.Type {
+	case SocketAddressTypeInet:
+		u.Inet = new(InetSocketAddress)
+		return unmarshal(b, u.Inet)
+	case SocketAddressTypeUnix:
+		u.Unix = new(UnixSocketAddress)
+		return unmarshal(b, u.Unix)
+	case SocketAddressTypeVsock:
+		u.Vsock = new(VsockSocketAddress)
+		return unmarshal(b, u.Vsock)
+	case SocketAddressTypeFd:
+		u.Fd = new(String)
+		return unmarshal(b, u.Fd)
+	}
+	return nil
+}
+
+// Variant is the variant the tag names (a pointer to its type), nil
+// when it has no members.
+func (u *SocketAddress) Variant() any {
+	switch {
+	case u.Type == SocketAddressTypeInet && u.Inet != nil:
+		return u.Inet
+	case u.Type == SocketAddressTypeUnix && u.Unix != nil:
+		return u.Unix
+	case u.Type == SocketAddressTypeVsock && u.Vsock != nil:
+		return u.Vsock
+	case u.Type == SocketAddressTypeFd && u.Fd != nil:
+		return u.Fd
+	}
+	return nil
+}
+
+// MarshalJSON writes the base's members, then the variant's, in one object.
+func (u SocketAddress) MarshalJSON() ([]byte, error) {
+	type base SocketAddress
 	return marshalUnion(base(u), u.Variant())
 }
 

@@ -218,8 +218,8 @@ func TestIntrospect(t *testing.T) {
 	}
 	// Enums have values and members.
 	drv := byName[add["members"].([]any)[0].(map[string]any)["type"].(string)]
-	if marshal(t, drv["values"]) != `["blkdebug","copy-before-write","copy-on-read","file","host_device","null-aio","null-co","qbm","qcow2","raw"]` ||
-		marshal(t, drv["members"]) != `[{"name":"blkdebug"},{"name":"copy-before-write"},{"name":"copy-on-read"},{"name":"file"},{"name":"host_device"},{"name":"null-aio"},{"name":"null-co"},{"name":"qbm"},{"name":"qcow2"},{"name":"raw"}]` {
+	if marshal(t, drv["values"]) != `["blkdebug","copy-before-write","copy-on-read","file","host_device","nbd","null-aio","null-co","qbm","qcow2","raw"]` ||
+		marshal(t, drv["members"]) != `[{"name":"blkdebug"},{"name":"copy-before-write"},{"name":"copy-on-read"},{"name":"file"},{"name":"host_device"},{"name":"nbd"},{"name":"null-aio"},{"name":"null-co"},{"name":"qbm"},{"name":"qcow2"},{"name":"raw"}]` {
 		t.Errorf("BlockdevDriver = %v", drv)
 	}
 

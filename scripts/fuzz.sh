@@ -26,6 +26,7 @@ budget() {
 	"drivers/qcow2 FuzzOpen") echo 4000 ;;
 	"internal/qjson FuzzDirectLikeGeneral") echo 60000 ;;
 	"keyval FuzzParse") echo 250000 ;;
+	"nbd FuzzClientReply") echo 100000 ;;
 	"nbd FuzzOptions") echo 90000 ;;
 	"nbd FuzzRequests") echo 90000 ;;
 	"qmp FuzzParseJSON") echo 120000 ;;

@@ -643,10 +643,12 @@ func honestyProbes() map[string]honestyProbe {
 	}
 	for rel, values := range map[string][]any{"numeric": {true}, "to": {65535}, "ipv4": {true}, "ipv6": {false},
 		"keep-alive": {true}, "mptcp": {true, false}} {
-		p["nbd-server-start.addr(inet).data."+rel] = withServer(cmdProbe("nbd-server-start", inet, "addr.data."+rel, restart, values...))
+		// InetSocketAddress is walked first under blockdev-add's nbd
+		// driver; its probes there try the server's members too.
+		p["blockdev-add(nbd).server(inet)."+rel] = withServer(cmdProbe("nbd-server-start", inet, "addr.data."+rel, restart, values...))
 	}
 	for rel, values := range map[string][]any{"abstract": {true, false}, "tight": {true, false}} {
-		p["nbd-server-start.addr(unix).data."+rel] = withServer(cmdProbe("nbd-server-start", unixAddr, "addr.data."+rel, restart, values...))
+		p["blockdev-add(nbd).server(unix)."+rel] = withServer(cmdProbe("nbd-server-start", unixAddr, "addr.data."+rel, restart, values...))
 	}
 	p["nbd-server-start.max-connections"] = withServer(cmdProbe("nbd-server-start", unixAddr, "max-connections", restart, 2))
 	exportBase := func(e *honestyEnv, k kind) map[string]any {
@@ -685,7 +687,66 @@ func honestyProbes() map[string]honestyProbe {
 		e.c[k].ok("nbd-server-add", a)
 		return errDesc(e.c[k].cmd("nbd-server-remove", map[string]any{"name": a["name"], "mode": v}))
 	}}
+
+	// The nbd driver, each daemon a client of the other's server.
+	for rel, values := range map[string][]any{
+		"export": {"$export"}, "tls-creds": {"t0"}, "tls-hostname": {"h"},
+		"x-dirty-bitmap": {"qemu:dirty-bitmap:bd"}, "reconnect-delay": {1}, "open-timeout": {1},
+		"server(unix).abstract": {true, false}, "server(unix).tight": {true, false},
+		"server(inet).numeric": {true}, "server(inet).to": {65535}, "server(inet).ipv4": {true},
+		"server(inet).ipv6": {false}, "server(inet).keep-alive": {true}, "server(inet).mptcp": {true, false},
+	} {
+		key := "blockdev-add(nbd)." + rel
+		inner := nbdProbe(rel, values...)
+		if server, ok := p[key]; ok {
+			// The socket address members: as server (above), then as client.
+			serverTry := server.try
+			inner.try = func(e *honestyEnv, k kind, v any) string {
+				if d := serverTry(e, k, v); d != "" {
+					return d
+				}
+				return nbdProbe(rel).try(e, k, v)
+			}
+			if len(server.values) > 0 {
+				inner.values = server.values
+			}
+		}
+		p[key] = inner
+	}
 	return p
+}
+
+// nbdProbe tries a member of the nbd driver on a node reading an export
+// of hr (bitmap bd offered) that the other daemon adds for the try; the
+// server is its NBD server, or for inet members 127.0.0.1:1 (nothing
+// listens: both daemons fail to connect alike). "$export" stands for the
+// export's name.
+func nbdProbe(rel string, values ...any) honestyProbe {
+	return honestyProbe{values: values, try: func(e *honestyEnv, k kind, v any) string {
+		other := kindQSD
+		if k == kindQSD {
+			other = kindQbmond
+		}
+		n := e.next()
+		name := fmt.Sprintf("hb%d", n)
+		e.c[other].ok("block-export-add", map[string]any{"type": "nbd", "id": name, "node-name": "hr", "name": name, "bitmaps": []any{"bd"}})
+		defer e.c[other].ok("block-export-del", map[string]any{"id": name})
+		server := map[string]any{"type": "unix", "path": e.file(other, "nbd.sock")}
+		if strings.HasPrefix(rel, "server(inet)") {
+			server = map[string]any{"type": "inet", "host": "127.0.0.1", "port": "1"}
+		}
+		o := map[string]any{"driver": "nbd", "node-name": name, "read-only": true, "export": name, "server": server}
+		if v == "$export" {
+			v = name
+		}
+		setMember(o, strings.NewReplacer("(unix)", "", "(inet)", "").Replace(rel), v)
+		c := e.c[k]
+		if d := errDesc(c.cmd("blockdev-add", o)); d != "" {
+			return d
+		}
+		c.ok("blockdev-del", map[string]any{"node-name": name})
+		return ""
+	}}
 }
 
 // coveredElsewhere are advertised members other tests exercise on both

@@ -8,6 +8,7 @@ import (
 	_ "github.com/qbmond/qbmond/drivers/blkdebug" // blkdebug
 	_ "github.com/qbmond/qbmond/drivers/file"     // file
 	_ "github.com/qbmond/qbmond/drivers/filter"   // copy-on-read, commit_top, mirror_top
+	_ "github.com/qbmond/qbmond/drivers/nbd"      // nbd
 	_ "github.com/qbmond/qbmond/drivers/null"     // null-co, null-aio
 	_ "github.com/qbmond/qbmond/drivers/qbm"      // qbm
 	_ "github.com/qbmond/qbmond/drivers/qcow2"    // qcow2
