@@ -9,12 +9,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/drivers/internal/statuscache"
 )
 
 func init() {
@@ -53,48 +53,7 @@ type Driver struct {
 	// bsc remembers the last data extent SEEK_DATA/SEEK_HOLE found, so
 	// that sequential reads through an export (which ask for the status
 	// of every range they read) do not pay two lseek calls each.
-	bsc statusCache
-}
-
-// statusCache is a one-extent block-status cache, the idea of QEMU's
-// per-node cache: a range known to hold data stays data until the node
-// zeroes, discards or shrinks part of it (a plain write can only turn a
-// hole into data, which the cache never claims to know about).
-type statusCache struct {
-	mu         sync.Mutex
-	gen        uint64 // bumped by every invalidation
-	start, end int64  // the cached data extent; empty when start == end
-}
-
-// lookup reports whether off lies in the cached data extent and, if so,
-// how many bytes from off are data. It also returns the generation a
-// later fill must match.
-func (c *statusCache) lookup(off int64) (int64, uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if off >= c.start && off < c.end {
-		return c.end - off, c.gen
-	}
-	return 0, c.gen
-}
-
-// fill records [start, end) as data unless an invalidation happened since
-// the lookup that returned gen (the lseek results may predate it).
-func (c *statusCache) fill(gen uint64, start, end int64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.gen == gen {
-		c.start, c.end = start, end
-	}
-}
-
-// invalidate forgets the cached extent; call it after a request that may
-// have turned data into holes completes.
-func (c *statusCache) invalidate() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.gen++
-	c.start, c.end = 0, 0
+	bsc statuscache.Cache
 }
 
 // Open opens the file. Options: filename (required), aio, aio-max-batch,
@@ -323,7 +282,7 @@ func (d *Driver) size() (int64, error) {
 // else with FALLOC_FL_ZERO_RANGE, else (without ReqNoFallback) by writing
 // zero buffers.
 func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.ReqFlags) error {
-	defer d.bsc.invalidate()
+	defer d.bsc.Forget()
 	if flags&blockdev.ReqMayUnmap != 0 {
 		err := unix.Fallocate(d.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
 		if err == nil {
@@ -365,7 +324,7 @@ func (d *Driver) extendTo(end int64) error {
 
 // Discard punches a hole; file systems without hole punching ignore it.
 func (d *Driver) Discard(ctx context.Context, off, n int64) error {
-	defer d.bsc.invalidate()
+	defer d.bsc.Forget()
 	err := unix.Fallocate(d.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
 	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
 		return nil
@@ -387,7 +346,7 @@ func (d *Driver) Flush(ctx context.Context) error {
 // the part past the end of the file) read as zeroes. Data extents are
 // cached (see statusCache).
 func (d *Driver) BlockStatus(ctx context.Context, off, n int64) (blockdev.BlockStatus, error) {
-	cached, gen := d.bsc.lookup(off)
+	cached, gen := d.bsc.Lookup(off)
 	if cached > 0 {
 		return blockdev.BlockStatus{Flags: blockdev.StatusData, Length: min(cached, n)}, nil
 	}
@@ -404,7 +363,7 @@ func (d *Driver) BlockStatus(ctx context.Context, off, n int64) (blockdev.BlockS
 	if err != nil || hole <= off {
 		return blockdev.BlockStatus{Flags: blockdev.StatusData, Length: n}, nil
 	}
-	d.bsc.fill(gen, off, hole)
+	d.bsc.Fill(gen, off, hole)
 	return blockdev.BlockStatus{Flags: blockdev.StatusData, Length: min(hole-off, n)}, nil
 }
 
@@ -439,7 +398,7 @@ func (d *Driver) AllocatedSize(ctx context.Context) (int64, error) {
 // host_device: growing it fails, and so does any change when exact; a
 // smaller size is otherwise accepted and changes nothing.
 func (d *Driver) Truncate(ctx context.Context, size int64, exact bool) error {
-	defer d.bsc.invalidate()
+	defer d.bsc.Forget()
 	if !d.device {
 		return unix.Ftruncate(d.fd, size)
 	}

@@ -69,7 +69,7 @@ func (d *Driver) ReopenCommit(rs *blockdev.ReopenState) {
 		_ = d.applyLocks(d.locks.perm, ^d.locks.shared, true)
 	}
 	unix.Close(old)
-	d.bsc.invalidate()
+	d.bsc.Forget()
 }
 
 // ReopenAbort closes the descriptor ReopenPrepare opened.

@@ -16,13 +16,13 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/qbmond/qbmond/blockdev"
+	"github.com/qbmond/qbmond/drivers/internal/statuscache"
 	proto "github.com/qbmond/qbmond/nbd"
 )
 
@@ -47,49 +47,7 @@ type Driver struct {
 	// bsc remembers the last data extent the server reported, as QEMU
 	// does for protocol nodes (its block-status cache): a status asked
 	// inside it is answered without a request.
-	bsc statusCache
-}
-
-// statusCache is a one-extent block-status cache: a range known to hold
-// data stays data until the node zeroes or discards part of it (a plain
-// write can only turn a hole into data, which the cache never claims).
-type statusCache struct {
-	mu         sync.Mutex
-	gen        uint64 // bumped by every invalidation
-	start, end int64  // the cached data extent; empty when start == end
-}
-
-// lookup reports how many bytes from off are known data, and the
-// generation a later fill must match.
-func (c *statusCache) lookup(off int64) (int64, uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if off >= c.start && off < c.end {
-		return c.end - off, c.gen
-	}
-	return 0, c.gen
-}
-
-// fill records [start, end) as data unless an invalidation happened since
-// the lookup that returned gen.
-func (c *statusCache) fill(gen uint64, start, end int64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.gen == gen {
-		c.start, c.end = start, end
-	}
-}
-
-// invalidate forgets the cached extent if it overlaps [off, off+n); called
-// once a request that may have turned data there into holes or zeroes
-// completes.
-func (c *statusCache) invalidate(off, n int64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.gen++ // a status being asked meanwhile may predate the request
-	if off < c.end && c.start < off+n {
-		c.start, c.end = 0, 0
-	}
+	bsc statuscache.Cache
 }
 
 // maxNameLen is the longest string NBD carries.
@@ -370,7 +328,7 @@ func (d *Driver) SupportedWriteFlags() blockdev.ReqFlags { return blockdev.ReqFU
 // (refused when the server cannot zero fast, as QEMU does). A server
 // without write-zeroes gets zero buffers, unless ReqNoFallback.
 func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.ReqFlags) error {
-	defer d.bsc.invalidate(off, n)
+	defer d.bsc.ForgetRange(off, n)
 	noFallback := flags&blockdev.ReqNoFallback != 0
 	fua := flags&blockdev.ReqFUA != 0
 	if !d.info.CanWriteZeroes() || noFallback && !d.info.CanFastZero() {
@@ -400,7 +358,7 @@ func (d *Driver) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.R
 
 // Discard sends NBD_CMD_TRIM when the server takes it.
 func (d *Driver) Discard(ctx context.Context, off, n int64) error {
-	defer d.bsc.invalidate(off, n)
+	defer d.bsc.ForgetRange(off, n)
 	if !d.info.CanTrim() {
 		return nil
 	}
@@ -422,7 +380,7 @@ func (d *Driver) BlockStatus(ctx context.Context, off, n int64) (blockdev.BlockS
 	if off >= d.info.Size {
 		return blockdev.BlockStatus{Flags: blockdev.StatusZero, Length: n}, nil
 	}
-	cached, gen := d.bsc.lookup(off)
+	cached, gen := d.bsc.Lookup(off)
 	if cached > 0 {
 		return blockdev.BlockStatus{Flags: blockdev.StatusData, Length: min(cached, n)}, nil
 	}
@@ -439,7 +397,7 @@ func (d *Driver) BlockStatus(ctx context.Context, off, n int64) (blockdev.BlockS
 		st.Flags |= blockdev.StatusZero
 	}
 	if st.Flags == blockdev.StatusData {
-		d.bsc.fill(gen, off, off+e.Length)
+		d.bsc.Fill(gen, off, off+e.Length)
 	}
 	return st, nil
 }
