@@ -112,7 +112,7 @@ func (m *Manager) startMirror(ctx context.Context, g *blockdev.Graph, mj *mirror
 			if err := bs.Blocker(lk); err != nil {
 				return err
 			}
-			if err := target.Blocker(lk); err != nil {
+			if err := target.OpBlocker(lk); err != nil {
 				return err
 			}
 			sync := p.sync
@@ -125,7 +125,7 @@ func (m *Manager) startMirror(ctx context.Context, g *blockdev.Graph, mj *mirror
 				if to == nil {
 					return fmt.Errorf("Failed to find node with node-name='%s'", mj.replaces)
 				}
-				if err := to.Blocker(lk); err != nil {
+				if err := to.OpBlocker(lk); err != nil {
 					return err
 				}
 				if !canReplace(bs, to) {

@@ -1,0 +1,367 @@
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// blockdev-mirror against qemu-storage-daemon: the 3-layer chain of
+// layerScript with its active layer l2 exported over NBD, mirrored into a
+// target node while qemu-io writes through the export; the replies, job
+// events, graph afterwards, image headers and target allocation compared
+// with QSD's, and the bytes judged by qemu-img compare against the
+// reference chain that received the same writes.
+
+// mirrorWrites are the guest's writes while a throttled mirror runs:
+// data over copied and not yet copied areas, zeroes, an unaligned tail.
+var mirrorWrites = []string{"write -P 0xa1 64k 64k", "write -P 0xa2 5M 1M", "write -z 1M 64k",
+	"write -z -u 2M 64k", "write -P 0xa3 8384512 4096"}
+
+// mirrorLateWrites land while the mirror is READY.
+var mirrorLateWrites = []string{"write -P 0xb1 100000 5000", "write -P 0xb2 3M 128k", "write -P 0xb3 6M 512k"}
+
+// bgWrites runs cmds with qemu-io through the export at uri in the
+// background and applies them to the reference chain ref; the returned
+// function waits for both and fails the test on an error.
+func bgWrites(t *testing.T, uri, ref string, cmds []string) (wait func()) {
+	t.Helper()
+	requireTool(t, "qemu-io")
+	done := make(chan error, 1)
+	go func() {
+		args := []string{"-f", "raw"}
+		for _, c := range cmds {
+			args = append(args, "-c", c)
+		}
+		out, err := exec.Command("qemu-io", append(args, uri)...).CombinedOutput()
+		if err == nil && strings.Contains(string(out), "failed") {
+			err = fmt.Errorf("qemu-io: %s", out)
+		}
+		done <- err
+	}()
+	return func() {
+		t.Helper()
+		if err := <-done; err != nil {
+			t.Fatalf("qemu-io through the export: %v", err)
+		}
+		args := []string{"-f", "qcow2"}
+		for _, c := range cmds {
+			args = append(args, "-c", c)
+		}
+		run(t, "qemu-io", append(args, ref)...)
+	}
+}
+
+// mapOf is qemu-img map of a qcow2 image without its backing chain:
+// where the target holds data, zeroes or nothing.
+func mapOf(t *testing.T, img string) string {
+	t.Helper()
+	out := run(t, "qemu-img", "map", "--output=json", "-f", "qcow2", img)
+	var ents []map[string]any
+	if err := json.Unmarshal([]byte(out), &ents); err != nil {
+		t.Fatalf("qemu-img map %s: %v\n%s", img, err, out)
+	}
+	// Extents are merged where only the host offsets split them (they
+	// depend on the order the clusters were written in).
+	type ext struct {
+		start, length float64
+		data, zero    any
+	}
+	var list []ext
+	for _, e := range ents {
+		if e["depth"] != float64(0) {
+			continue
+		}
+		x := ext{e["start"].(float64), e["length"].(float64), e["data"], e["zero"]}
+		if n := len(list); n > 0 && list[n-1].data == x.data && list[n-1].zero == x.zero &&
+			list[n-1].start+list[n-1].length == x.start {
+			list[n-1].length += x.length
+			continue
+		}
+		list = append(list, x)
+	}
+	var b strings.Builder
+	for _, x := range list {
+		fmt.Fprintf(&b, "%.0f+%.0f data=%v zero=%v\n", x.start, x.length, x.data, x.zero)
+	}
+	return b.String()
+}
+
+// contentSum is the SHA-256 of what the qcow2 image img reads.
+func contentSum(t *testing.T, dir, img string) string {
+	t.Helper()
+	raw := filepath.Join(dir, "content.raw")
+	run(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", img, raw)
+	return strings.Fields(run(t, "sha256sum", raw))[0]
+}
+
+// mirrorChain makes the layers and a target tgt.qcow2 of their size
+// (backed by l1.qcow2 when backed), starts a daemon of kind k, opens the
+// layers, exports l2 and adds the target as node tgt with opts; it
+// returns the daemon, its client and the export's URI.
+func mirrorChain(t *testing.T, k kind, dir string, backed bool, opts map[string]any) (*daemon, *client, string) {
+	t.Helper()
+	d, c := startLayers(t, k, dir, 3)
+	if backed {
+		sh(t, dir, "qemu-img create -q -f qcow2 -b l1.qcow2 -F qcow2 tgt.qcow2 8M\n")
+	} else {
+		sh(t, dir, "qemu-img create -q -f qcow2 tgt.qcow2 8M\n")
+	}
+	uri := startNBD(t, c, dir, "l2")
+	o := map[string]any{"driver": "qcow2", "node-name": "tgt",
+		"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "tgt.qcow2")}}
+	if backed {
+		o["backing"] = "l1"
+	} else {
+		o["backing"] = nil
+	}
+	for k, v := range opts {
+		o[k] = v
+	}
+	c.ok("blockdev-add", o)
+	return d, c, uri
+}
+
+// recordJobs notes query-block-jobs without the progress members, which
+// depend on timing.
+func (o *jobOutcome) recordJobs(c *client) {
+	c.t.Helper()
+	r := c.cmd("query-block-jobs", nil)
+	list, _ := r["return"].([]any)
+	for _, x := range list {
+		m := x.(map[string]any)
+		delete(m, "len")
+		delete(m, "offset")
+	}
+	b, _ := json.Marshal(r["return"])
+	o.replies = append(o.replies, "query-block-jobs: "+string(b))
+}
+
+// TestBlockdevMirrorArgsLikeQSD tries blockdev-mirror's argument checks,
+// in QEMU's order, and the refusals while a mirror runs: the same error
+// classes and messages as QSD, and a job that fails at its start
+// (target of another size) with the same events.
+func TestBlockdevMirrorArgsLikeQSD(t *testing.T) {
+	compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
+		d, c, _ := mirrorChain(t, k, dir, false, nil)
+		sh(t, dir, "qemu-img create -q -f qcow2 small.qcow2 4M\n")
+		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "small",
+			"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "small.qcow2")}})
+		for _, a := range []map[string]any{
+			{"device": "nope", "target": "tgt", "sync": "full"},
+			{"device": "l2", "target": "nope", "sync": "full"},
+			{"device": "l1", "target": "tgt", "sync": "full"},
+			{"device": "l2", "target": "tgt", "sync": "full"},
+			{"job-id": "m0", "device": "l2", "target": "tgt", "sync": "full", "granularity": 256},
+			{"job-id": "m0", "device": "l2", "target": "tgt", "sync": "full", "granularity": 128 << 20},
+			{"job-id": "m0", "device": "l2", "target": "tgt", "sync": "full", "granularity": 3000},
+			{"job-id": "m0", "device": "l2", "target": "tgt", "sync": "incremental"},
+			{"job-id": "m0", "device": "l2", "target": "tgt", "sync": "bitmap"},
+			{"job-id": "m0", "device": "l2", "target": "tgt", "sync": "full", "buf-size": -1},
+			{"job-id": "m0", "device": "l2", "target": "l2", "sync": "full"},
+			{"job-id": "m0", "device": "l2", "target": "tgt", "sync": "full", "replaces": "nope"},
+			{"job-id": "m0", "device": "l2", "target": "tgt", "sync": "full", "replaces": "small"},
+			{"job-id": "m0", "device": "l2", "target": "tgt", "sync": "full", "replaces": "l1"},
+			{"job-id": "m0", "device": "l2", "target": "tgt", "sync": "full", "filter-node-name": "tgt"},
+			{"job-id": "m0", "device": "l2", "target": "tgt", "sync": "full", "speed": -1},
+			{"job-id": "1x", "device": "l2", "target": "tgt", "sync": "full"},
+			{"job-id": "m0", "device": "l2", "target": "l0", "sync": "full"},
+		} {
+			o.record(c, "blockdev-mirror", a)
+		}
+		// A target of another size fails once the job runs.
+		o.record(c, "blockdev-mirror", map[string]any{"job-id": "m0", "device": "l2", "target": "small", "sync": "full"})
+		c.waitJob("m0", "null")
+		// While a mirror runs: the source and target are taken.
+		o.start(c, "blockdev-mirror", map[string]any{"job-id": "m1", "device": "l2", "target": "tgt", "sync": "full",
+			"speed": 4096, "filter-node-name": "mt"})
+		for _, v := range []struct {
+			cmd  string
+			args map[string]any
+		}{
+			{"blockdev-mirror", map[string]any{"job-id": "m2", "device": "l2", "target": "small", "sync": "full"}},
+			{"blockdev-mirror", map[string]any{"job-id": "m1", "device": "mt", "target": "small", "sync": "full"}},
+			{"blockdev-mirror", map[string]any{"job-id": "m2", "device": "small", "target": "tgt", "sync": "full"}},
+			{"blockdev-del", map[string]any{"node-name": "tgt"}},
+			{"blockdev-del", map[string]any{"node-name": "mt"}},
+			{"job-complete", map[string]any{"id": "m1"}},
+			{"block-job-complete", map[string]any{"device": "m1"}},
+		} {
+			o.record(c, v.cmd, v.args)
+		}
+		o.recordJobs(c)
+		o.record(c, "block-job-cancel", map[string]any{"device": "m1"})
+		c.waitJob("m1", "null")
+		o.events = c.jobEvents("len", "offset")
+		o.graph = graphView(t, c, dir)
+		o.finish(t, d, dir, 3)
+	})
+}
+
+// TestBlockdevMirrorLikeQSD mirrors the active layer with sync full, top
+// (into a target backed by l1, the source's backing node) and none, while
+// qemu-io writes through the export: throttled first, then at full speed
+// with writes racing the copy, then READY with more writes, then
+// job-complete: the export moves to the target, which then holds what the
+// guest sees (for sync none: what the guest wrote while the job ran).
+func TestBlockdevMirrorLikeQSD(t *testing.T) {
+	for _, sync := range []string{"full", "top", "none"} {
+		t.Run(sync, func(t *testing.T) {
+			compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
+				d, c, uri := mirrorChain(t, k, dir, sync == "top", nil)
+				ref := filepath.Join(dir, "ref", "l2.qcow2")
+				o.start(c, "blockdev-mirror", map[string]any{"job-id": "m0", "device": "l2", "target": "tgt",
+					"sync": sync, "speed": 65536})
+				qemuIOWrites(t, uri, ref, mirrorWrites)
+				o.record(c, "block-job-set-speed", map[string]any{"device": "m0", "speed": 0})
+				wait := bgWrites(t, uri, ref, []string{"write -P 0xc1 0 1M", "write -P 0xc2 4M 2M", "write -z 7M 64k"})
+				c.waitJob("m0", "ready")
+				wait()
+				qemuIOWrites(t, uri, ref, mirrorLateWrites)
+				o.recordJobs(c)
+				o.record(c, "job-complete", map[string]any{"id": "m0"})
+				c.waitJob("m0", "null")
+				o.events = c.jobEvents("len", "offset")
+				o.record(c, "query-block-exports", nil)
+				o.graph = graphView(t, c, dir)
+				tgt := filepath.Join(dir, "tgt.qcow2")
+				if sync != "none" {
+					identical(t, ref, uri, "-f", "qcow2", "-F", "raw")
+				}
+				o.finish(t, d, dir, 3)
+				o.headerOf(t, dir, "tgt.qcow2")
+				if sync != "none" {
+					identical(t, ref, tgt)
+				} else {
+					// Only what the guest wrote while the job ran, copied
+					// from the source: the same bytes and allocation as
+					// QSD's target.
+					o.headers = append(o.headers, mapOf(t, tgt), contentSum(t, dir, tgt))
+				}
+			})
+		})
+	}
+}
+
+// TestBlockdevMirrorCopiesLikeQSD mirrors without guest writes, so that
+// the progress is exact: sync full into a plain target (every granule
+// copied, zeroes written as zeroes) and into one opened with
+// discard=unmap (zeroed first, then only what the chain allocates), sync
+// top, and a granularity and buffer of their own. The events with their
+// len and offset, and the target's allocation, match QSD's.
+func TestBlockdevMirrorCopiesLikeQSD(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		backed bool
+		opts   map[string]any
+		args   map[string]any
+	}{
+		{"full", false, nil, map[string]any{"sync": "full"}},
+		{"full-unmap", false, map[string]any{"discard": "unmap"}, map[string]any{"sync": "full"}},
+		{"top", true, nil, map[string]any{"sync": "top"}},
+		{"granularity", false, nil, map[string]any{"sync": "full", "granularity": 4096, "buf-size": 65536}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
+				d, c, uri := mirrorChain(t, k, dir, tc.backed, tc.opts)
+				args := map[string]any{"job-id": "m0", "device": "l2", "target": "tgt"}
+				for k, v := range tc.args {
+					args[k] = v
+				}
+				o.start(c, "blockdev-mirror", args)
+				c.waitJob("m0", "ready")
+				o.record(c, "query-block-jobs", nil)
+				o.record(c, "block-job-cancel", map[string]any{"device": "m0"})
+				c.waitJob("m0", "null")
+				o.events = c.jobEvents()
+				o.graph = graphView(t, c, dir)
+				identical(t, filepath.Join(dir, "ref", "l2.qcow2"), uri, "-f", "qcow2", "-F", "raw")
+				o.finish(t, d, dir, 3)
+				o.headerOf(t, dir, "tgt.qcow2")
+				o.headers = append(o.headers, mapOf(t, filepath.Join(dir, "tgt.qcow2")))
+				identical(t, filepath.Join(dir, "ref", "l2.qcow2"), filepath.Join(dir, "tgt.qcow2"))
+			})
+		})
+	}
+}
+
+// TestBlockdevMirrorControlLikeQSD: a cancel before READY (CANCELLED,
+// the graph as before), pause and resume with set-speed, and a cancel
+// after READY (COMPLETED, no pivot, the target a consistent copy).
+func TestBlockdevMirrorControlLikeQSD(t *testing.T) {
+	compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
+		d, c, uri := mirrorChain(t, k, dir, false, nil)
+		ref := filepath.Join(dir, "ref", "l2.qcow2")
+		o.start(c, "blockdev-mirror", map[string]any{"job-id": "m0", "device": "l2", "target": "tgt",
+			"sync": "full", "speed": 4096, "auto-dismiss": false})
+		o.record(c, "block-job-cancel", map[string]any{"device": "m0"})
+		c.waitJob("m0", "concluded")
+		o.recordJobs(c)
+		o.record(c, "job-dismiss", map[string]any{"id": "m0"})
+		c.waitJob("m0", "null")
+		o.graph = append(o.graph, graphView(t, c, dir)...)
+
+		o.start(c, "blockdev-mirror", map[string]any{"job-id": "m1", "device": "l2", "target": "tgt",
+			"sync": "full", "speed": 4096, "filter-node-name": "mt"})
+		o.record(c, "block-job-pause", map[string]any{"device": "m1"})
+		c.waitJob("m1", "paused")
+		o.recordJobs(c)
+		o.record(c, "block-job-cancel", map[string]any{"device": "m1"})
+		o.record(c, "block-job-set-speed", map[string]any{"device": "m1", "speed": 8192})
+		qemuIOWrites(t, uri, ref, mirrorWrites)
+		o.record(c, "block-job-resume", map[string]any{"device": "m1"})
+		c.waitJob("m1", "running")
+		o.record(c, "block-job-set-speed", map[string]any{"device": "m1", "speed": 0})
+		c.waitJob("m1", "ready")
+		qemuIOWrites(t, uri, ref, mirrorLateWrites)
+		o.record(c, "job-pause", map[string]any{"id": "m1"})
+		c.waitJob("m1", "standby")
+		o.recordJobs(c)
+		o.record(c, "job-resume", map[string]any{"id": "m1"})
+		c.waitJob("m1", "ready")
+		o.record(c, "block-job-cancel", map[string]any{"device": "m1"})
+		c.waitJob("m1", "null")
+		o.events = c.jobEvents("len", "offset")
+		o.graph = append(o.graph, graphView(t, c, dir)...)
+		identical(t, ref, uri, "-f", "qcow2", "-F", "raw")
+		o.finish(t, d, dir, 3)
+		o.headerOf(t, dir, "tgt.qcow2")
+		identical(t, ref, filepath.Join(dir, "tgt.qcow2"))
+	})
+}
+
+// TestBlockdevMirrorReplacesLikeQSD mirrors a copy-on-read filter over
+// l2 with replaces=l2: at job-complete the target takes l2's place below
+// the filter, which stays exported.
+func TestBlockdevMirrorReplacesLikeQSD(t *testing.T) {
+	compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
+		sh(t, dir, layerScript(3)+"qemu-img create -q -f qcow2 tgt.qcow2 8M\n")
+		d := startDaemon(t, k, dir)
+		c := d.connect()
+		addLayers(t, c, dir, 3)
+		c.ok("blockdev-add", map[string]any{"driver": "copy-on-read", "node-name": "cor", "file": "l2"})
+		c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "tgt", "backing": nil,
+			"file": map[string]any{"driver": "file", "filename": filepath.Join(dir, "tgt.qcow2")}})
+		uri := startNBD(t, c, dir, "cor")
+		ref := filepath.Join(dir, "ref", "l2.qcow2")
+		o.record(c, "blockdev-mirror", map[string]any{"job-id": "m0", "device": "l2", "target": "tgt", "sync": "full"})
+		o.start(c, "blockdev-mirror", map[string]any{"job-id": "m0", "device": "cor", "target": "tgt",
+			"sync": "full", "replaces": "l2"})
+		qemuIOWrites(t, uri, ref, mirrorWrites)
+		c.waitJob("m0", "ready")
+		qemuIOWrites(t, uri, ref, mirrorLateWrites)
+		o.record(c, "blockdev-del", map[string]any{"node-name": "l2"})
+		o.record(c, "job-complete", map[string]any{"id": "m0"})
+		c.waitJob("m0", "null")
+		o.events = c.jobEvents("len", "offset")
+		o.record(c, "query-block-exports", nil)
+		o.graph = graphView(t, c, dir)
+		identical(t, ref, uri, "-f", "qcow2", "-F", "raw")
+		o.finish(t, d, dir, 3)
+		o.headerOf(t, dir, "tgt.qcow2")
+		identical(t, ref, filepath.Join(dir, "tgt.qcow2"))
+	})
+}
