@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"strings"
 
 	"github.com/qbmond/qbmond/blockdev"
 	"github.com/qbmond/qbmond/qapi"
@@ -17,6 +19,9 @@ import (
 func (m *Manager) registerMirror(d *qmp.Dispatcher, g *blockdev.Graph) {
 	qmp.RegisterTyped(d, "blockdev-mirror", func(ctx context.Context, a *qapi.BlockdevMirrorArgs) (any, error) {
 		return nil, m.blockdevMirror(ctx, g, a)
+	})
+	qmp.RegisterTyped(d, "drive-mirror", func(ctx context.Context, a *qapi.DriveMirror) (any, error) {
+		return nil, m.driveMirror(ctx, g, a)
 	})
 }
 
@@ -163,8 +168,143 @@ func canReplace(bs, to *blockdev.Node) bool {
 	return false
 }
 
+// driveMirror is QEMU's qmp_drive_mirror: the target image created (in
+// the source's format unless format says otherwise; for sync top backed by
+// the source's backing file, for sync none by the source) or, with mode
+// existing, opened as it is; then the same job as blockdev-mirror. The
+// target's backing chain is attached when the job ends: the source's, or
+// for mode existing the one the image header names.
+func (m *Manager) driveMirror(ctx context.Context, g *blockdev.Graph, a *qapi.DriveMirror) error {
+	p := &mirrorParams{jobID: a.JobID, replaces: a.Replaces, sync: a.Sync, speed: a.Speed,
+		granularity: a.Granularity, bufSize: a.BufSize, onSourceError: a.OnSourceError,
+		onTargetError: a.OnTargetError, unmap: a.Unmap, copyMode: a.CopyMode,
+		autoFinalize: a.AutoFinalize, autoDismiss: a.AutoDismiss}
+	mj := newMirrorJob("mirror")
+	var hold *blockdev.Child
+	defer func() {
+		if hold != nil {
+			g.Do(func(lk *blockdev.Locked) error {
+				lk.DetachRoot(hold) // the job holds the target now, or nothing does
+				return nil
+			})
+		}
+	}()
+	return m.startMirror(ctx, g, mj, p, func(lk *blockdev.Locked) (bs, target *blockdev.Node, err error) {
+		if bs, err = getRootBS(lk, a.Device); err != nil {
+			return nil, nil, err
+		}
+		if err := bs.Blocker(lk); err != nil {
+			return nil, nil, err
+		}
+		mode := qapi.NewImageModeAbsolutePaths
+		if a.Mode != nil {
+			mode = *a.Mode
+		}
+		existing := mode == qapi.NewImageModeExisting
+		format := ""
+		if a.Format != nil {
+			format = *a.Format
+		} else if !existing {
+			format = bs.DriverName()
+		}
+		targetBacking := bs.SkipFilters().BackingNode()
+		if targetBacking == nil && p.sync == qapi.MirrorSyncModeTop {
+			p.sync = qapi.MirrorSyncModeFull
+		}
+		if p.sync == qapi.MirrorSyncModeNone {
+			targetBacking = bs
+		}
+		if a.Replaces != nil && a.NodeName == nil {
+			return nil, nil, errors.New("a node-name must be provided when replacing a named node of the graph")
+		}
+		mj.backing = backingSource
+		if existing {
+			mj.backing = backingOpen
+		}
+		switch {
+		case existing:
+		case p.sync == qapi.MirrorSyncModeFull || targetBacking == nil:
+			err = blockdev.CreateImage(ctx, format, a.Target, bs.Length(), "", "")
+		default:
+			b := skipImplicitFilters(targetBacking)
+			err = blockdev.CreateImage(ctx, format, a.Target, bs.Length(), b.Filename(), b.DriverName())
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		if format == "" {
+			if format, err = blockdev.ProbeFormat(a.Target); err != nil {
+				return nil, nil, err
+			}
+		}
+		opts := blockdev.Options{"driver": format, "backing": nil,
+			"file": map[string]any{"driver": "file", "filename": a.Target}}
+		if format == "raw" {
+			delete(opts, "backing")
+		}
+		if a.NodeName != nil {
+			opts["node-name"] = *a.NodeName
+		}
+		if bs.DiscardUnmap() {
+			opts["discard"] = "unmap"
+		}
+		if target, hold, err = lk.OpenHeld(ctx, opts, "drive-mirror"); err != nil {
+			return nil, nil, err
+		}
+		// A new image reads as zeroes already.
+		mj.zeroTarget = p.sync == qapi.MirrorSyncModeFull && existing
+		return bs, target, nil
+	})
+}
+
+// skipImplicitFilters is QEMU's bdrv_skip_implicit_filters: n below the
+// filters the graph inserted itself (those without a node name of the
+// user's).
+func skipImplicitFilters(n *blockdev.Node) *blockdev.Node {
+	for n != nil && n.ImplicitFilter() {
+		n = n.FilterOrCOW()
+	}
+	return n
+}
+
 // openTargetBacking opens the backing chain the target's image header
-// names (drive-mirror with mode existing).
+// names and attaches it (QEMU's bdrv_open_backing_file), for drive-mirror
+// with mode existing.
 func (mj *mirrorJob) openTargetBacking(ctx context.Context, lk *blockdev.Locked) error {
-	return nil
+	t := mj.target.SkipFilters()
+	if t.BackingNode() != nil {
+		return nil
+	}
+	bf, ok := t.Driver().(blockdev.BackingFiler)
+	if !ok {
+		return nil
+	}
+	name, format := bf.BackingFile()
+	if name == "" {
+		return nil
+	}
+	// A relative name is relative to the directory of the image's file
+	// (QEMU's bdrv_dirname goes down to the protocol node).
+	path := name
+	if !filepath.IsAbs(path) {
+		base := t.Filename()
+		if f := t.Child("file"); f != nil {
+			base = f.Node().Filename()
+		}
+		path = base[:strings.LastIndex(base, "/")+1] + name
+	}
+	if format == "" {
+		var err error
+		if format, err = blockdev.ProbeFormat(path); err != nil {
+			return err
+		}
+	}
+	b, hold, err := lk.OpenHeld(ctx, blockdev.Options{"driver": format, "read-only": true,
+		"file": map[string]any{"driver": "file", "filename": path}}, "drive-mirror")
+	if err != nil {
+		mj.b.log.Error().Err(err).Msg("mirror: cannot open the target's backing file")
+		return err
+	}
+	defer lk.DetachRoot(hold)
+	return lk.SetBacking(ctx, t, b)
 }

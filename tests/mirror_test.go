@@ -3,6 +3,7 @@ package tests
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -138,6 +139,14 @@ func (o *jobOutcome) recordJobs(c *client) {
 	}
 	b, _ := json.Marshal(r["return"])
 	o.replies = append(o.replies, "query-block-jobs: "+string(b))
+}
+
+// recordExports notes query-block-exports with automatic node names
+// numbered as graphView numbers them.
+func (o *jobOutcome) recordExports(c *client, dir string) {
+	c.t.Helper()
+	b, _ := json.Marshal(c.ok("query-block-exports", nil))
+	o.replies = append(o.replies, "query-block-exports: "+newNormalizer(dir).text(string(b)))
 }
 
 // TestBlockdevMirrorArgsLikeQSD tries blockdev-mirror's argument checks,
@@ -363,5 +372,102 @@ func TestBlockdevMirrorReplacesLikeQSD(t *testing.T) {
 		o.finish(t, d, dir, 3)
 		o.headerOf(t, dir, "tgt.qcow2")
 		identical(t, ref, filepath.Join(dir, "tgt.qcow2"))
+	})
+}
+
+// TestDriveMirrorLikeQSD runs drive-mirror as blockdev-mirror's scenario
+// does, the target made by the daemon: a new image of the source's format
+// (sync full), one backed by the source's backing file (top) or by the
+// source itself (none), raw by format, and an existing image whose
+// header's backing chain is opened when the job ends (mode existing, here
+// cancelled after READY, so without pivot). The created images' headers,
+// the graph and the events match QSD's.
+func TestDriveMirrorLikeQSD(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		args     map[string]any
+		img      string
+		complete bool
+	}{
+		{"full", map[string]any{"sync": "full"}, "tgt.qcow2", true},
+		{"top", map[string]any{"sync": "top", "node-name": "tgt"}, "tgt.qcow2", true},
+		{"none", map[string]any{"sync": "none"}, "tgt.qcow2", true},
+		{"raw", map[string]any{"sync": "full", "format": "raw", "unmap": false}, "tgt.raw", true},
+		{"existing", map[string]any{"sync": "top", "mode": "existing", "node-name": "tgt"}, "tgt.qcow2", false},
+		{"existing-absolute", map[string]any{"sync": "top", "mode": "existing", "format": "qcow2"}, "tgt.qcow2", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
+				d, c := startLayers(t, k, dir, 3)
+				switch tc.name {
+				case "existing":
+					sh(t, dir, "qemu-img create -q -f qcow2 -b l1.qcow2 -F qcow2 tgt.qcow2 8M\n")
+				case "existing-absolute":
+					sh(t, dir, "qemu-img create -q -f qcow2 -b \"$PWD/l1.qcow2\" -F qcow2 tgt.qcow2 8M\n")
+				}
+				uri := startNBD(t, c, dir, "l2")
+				ref := filepath.Join(dir, "ref", "l2.qcow2")
+				img := filepath.Join(dir, tc.img)
+				args := map[string]any{"job-id": "m0", "device": "l2", "target": img, "speed": 65536}
+				for k, v := range tc.args {
+					args[k] = v
+				}
+				o.start(c, "drive-mirror", args)
+				qemuIOWrites(t, uri, ref, mirrorWrites)
+				o.graph = append(o.graph, graphView(t, c, dir)...)
+				o.record(c, "block-job-set-speed", map[string]any{"device": "m0", "speed": 0})
+				c.waitJob("m0", "ready")
+				qemuIOWrites(t, uri, ref, mirrorLateWrites)
+				if tc.complete {
+					o.record(c, "job-complete", map[string]any{"id": "m0"})
+				} else {
+					o.record(c, "block-job-cancel", map[string]any{"device": "m0"})
+				}
+				c.waitJob("m0", "null")
+				o.events = c.jobEvents("len", "offset")
+				o.recordExports(c, dir)
+				o.graph = append(o.graph, "--")
+				o.graph = append(o.graph, graphView(t, c, dir)...)
+				identical(t, ref, uri, "-f", "qcow2", "-F", "raw")
+				o.finish(t, d, dir, 3)
+				if tc.img == "tgt.raw" {
+					identical(t, ref, img, "-f", "qcow2", "-F", "raw")
+					return
+				}
+				o.headerOf(t, dir, tc.img)
+				identical(t, ref, img)
+			})
+		})
+	}
+}
+
+// TestDriveMirrorArgsLikeQSD tries drive-mirror's own checks: the
+// replaces without node-name, unknown formats, a missing existing image,
+// a node-name taken, and which of them leave an image file behind.
+func TestDriveMirrorArgsLikeQSD(t *testing.T) {
+	compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
+		d, c := startLayers(t, k, dir, 3)
+		tgt := func(n string) string { return filepath.Join(dir, n) }
+		for _, a := range []map[string]any{
+			{"job-id": "m0", "device": "nope", "target": tgt("a.qcow2"), "sync": "full"},
+			{"job-id": "m0", "device": "l1", "target": tgt("a.qcow2"), "sync": "full"},
+			{"job-id": "m0", "device": "l2", "target": tgt("b.qcow2"), "sync": "full", "replaces": "l2"},
+			{"job-id": "m0", "device": "l2", "target": tgt("c.img"), "sync": "full", "format": "nope"},
+			{"job-id": "m0", "device": "l2", "target": tgt("d.qcow2"), "sync": "full", "mode": "existing"},
+			{"job-id": "m0", "device": "l2", "target": tgt("e.qcow2"), "sync": "full", "node-name": "l0"},
+			{"job-id": "m0", "device": "l2", "target": tgt("f.qcow2"), "sync": "full", "granularity": 1000},
+			{"job-id": "m0", "device": "l2", "target": tgt("g.qcow2"), "sync": "incremental"},
+			{"job-id": "m0", "device": "l2", "target": tgt("h.qcow2"), "sync": "full", "replaces": "l1",
+				"node-name": "n1"},
+			{"device": "l2", "target": tgt("i.qcow2"), "sync": "full"},
+		} {
+			o.record(c, "drive-mirror", a)
+		}
+		o.graph = graphView(t, c, dir)
+		o.finish(t, d, dir, 3)
+		for _, n := range []string{"a.qcow2", "b.qcow2", "c.img", "d.qcow2", "e.qcow2", "f.qcow2", "g.qcow2", "h.qcow2", "i.qcow2"} {
+			_, err := os.Stat(tgt(n))
+			o.headers = append(o.headers, fmt.Sprintf("%s exists: %v", n, err == nil))
+		}
 	})
 }
