@@ -471,3 +471,82 @@ func TestDriveMirrorArgsLikeQSD(t *testing.T) {
 		}
 	})
 }
+
+// TestMirrorErrorPoliciesLikeQSD fails one read of the source or one
+// write to the target (blkdebug, EIO or ENOSPC, once) during a
+// blockdev-mirror with each on-source-error / on-target-error policy:
+// report ends the job with the error, ignore goes on (the range is copied
+// again), stop and enospc-on-ENOSPC pause the job with io-status failed
+// or nospace until job-resume. BLOCK_JOB_ERROR, the job's states and the
+// target's content match QSD's.
+func TestMirrorErrorPoliciesLikeQSD(t *testing.T) {
+	for _, tc := range []struct {
+		name, side, policy string
+		errno              int
+	}{
+		{"target-stop-eio", "target", "stop", 5},
+		{"target-report-eio", "target", "report", 5},
+		{"target-ignore-eio", "target", "ignore", 5},
+		{"target-enospc-enospc", "target", "enospc", 28},
+		{"target-enospc-eio", "target", "enospc", 5},
+		{"source-stop-eio", "source", "stop", 5},
+		{"source-report-eio", "source", "report", 5},
+		{"source-ignore-eio", "source", "ignore", 5},
+		{"source-auto-eio", "source", "auto", 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
+				backupSource(t, dir, "tgt.qcow2")
+				d := startDaemon(t, k, dir)
+				c := d.connect()
+				event := "read_aio"
+				if tc.side == "target" {
+					event = "write_aio"
+				}
+				src := map[string]any{"driver": "file", "filename": filepath.Join(dir, "src.qcow2")}
+				tgt := map[string]any{"driver": "file", "filename": filepath.Join(dir, "tgt.qcow2")}
+				bd := map[string]any{"driver": "blkdebug",
+					"inject-error": []any{map[string]any{"event": event, "errno": tc.errno, "once": true}}}
+				if tc.side == "source" {
+					bd["image"], src = src, bd
+				} else {
+					bd["image"], tgt = tgt, bd
+				}
+				c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "src", "file": src})
+				c.ok("blockdev-add", map[string]any{"driver": "qcow2", "node-name": "tgt", "file": tgt})
+				startNBD(t, c, dir, "src")
+				ref := filepath.Join(dir, "ref.raw")
+				run(t, "qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", filepath.Join(dir, "src.qcow2"), ref)
+				args := map[string]any{"job-id": "m0", "device": "src", "target": "tgt", "sync": "full"}
+				args["on-"+tc.side+"-error"] = tc.policy
+				o.start(c, "blockdev-mirror", args)
+				stops := tc.policy == "stop" || (tc.policy == "enospc" && tc.errno == 28)
+				fails := !stops && tc.policy != "ignore"
+				switch {
+				case stops:
+					c.waitEvent(func(ev map[string]any) bool { return ev["event"] == "BLOCK_JOB_ERROR" })
+					c.waitJob("m0", "paused")
+					o.recordJobs(c)
+					o.record(c, "job-resume", map[string]any{"id": "m0"})
+					c.waitJob("m0", "ready")
+					o.record(c, "block-job-cancel", map[string]any{"device": "m0"})
+				case !fails:
+					c.waitJob("m0", "ready")
+					o.record(c, "block-job-cancel", map[string]any{"device": "m0"})
+				}
+				c.waitJob("m0", "null")
+				o.events = c.jobEvents("len", "offset")
+				o.graph = graphView(t, c, dir)
+				d.stop()
+				o.headerOf(t, dir, "src.qcow2")
+				// A failed cluster allocation may leak the cluster: as
+				// in QSD's image, or not.
+				o.headers = append(o.headers, fmt.Sprintf("tgt.qcow2: check %d",
+					checkClean(t, filepath.Join(dir, "tgt.qcow2"), true)))
+				if !fails {
+					sameAs(t, ref, filepath.Join(dir, "tgt.qcow2"))
+				}
+			})
+		})
+	}
+}
