@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/qbmond/qbmond/bitmap"
@@ -68,6 +69,14 @@ type mirrorJob struct {
 	zeroTarget  bool // the target is zeroed (or fully copied) first
 	replaces    string
 	backing     backingMode
+	// writeBlocking: copy-mode write-blocking, guest writes are copied to
+	// the target before they complete (once active is set: after the
+	// initial dirty map, while the job has not failed or been cancelled).
+	writeBlocking bool
+	active        atomic.Bool
+	failed        atomic.Bool // an active copy failed with the report policy
+	failErr       error       // its error (under mu)
+	copyMu        sync.Mutex  // serialises the job's copies and active writes
 
 	// Set by job-complete: the node whose place the target takes, and the
 	// blocker on it.
@@ -107,6 +116,11 @@ func newMirrorJob(typ string) *mirrorJob {
 type stopper interface {
 	SetCommit()
 	Stop()
+}
+
+// activeSetter is mirror_top's hook for write-blocking mode.
+type activeSetter interface {
+	SetActiveWrite(func(ctx context.Context, kind int, off, n int64, data []byte, flags blockdev.ReqFlags, err error))
 }
 
 func (m *Manager) startActiveCommit(ctx context.Context, g *blockdev.Graph, a *qapi.BlockCommitArgs, id string, manFin, manDis bool) error {
@@ -258,7 +272,65 @@ func (mj *mirrorJob) setup(ctx context.Context, lk *blockdev.Locked, b *BlockJob
 		}
 	}
 	mj.removeObs = mj.mirrorTop.AddWriteObserver(blockdev.WriteObserver{Enter: mj.enter, Leave: mj.leave})
+	if a, ok := mj.mirrorTop.Driver().(activeSetter); ok && mj.writeBlocking {
+		a.SetActiveWrite(mj.activeWrite)
+	}
 	return nil
+}
+
+// activeWrite is QEMU 7.2's write-blocking path (bdrv_mirror_top_do_write
+// and do_sync_target_write), run once the source has done a guest
+// request. While the job copies actively the request goes to the target
+// too before it completes, and the whole granules it covers are clean;
+// an unaligned end in a granule that is dirty anyway is left to the
+// background copy. Otherwise the range becomes dirty.
+func (mj *mirrorJob) activeWrite(ctx context.Context, kind int, off, n int64, data []byte, flags blockdev.ReqFlags, err error) {
+	j := mj.b.j
+	if !mj.active.Load() || mj.failed.Load() || j.IsCancelled() {
+		mj.dirty.Set(off, n)
+		return
+	}
+	if err != nil {
+		return
+	}
+	mj.copyMu.Lock()
+	defer mj.copyMu.Unlock()
+	gran := mj.granularity
+	base, end := off, off+n
+	if off%gran != 0 && mj.dirty.Get(off) {
+		off = (off/gran + 1) * gran
+	}
+	if end%gran != 0 && end > off && mj.dirty.Get(end-1) {
+		end = end / gran * gran
+	}
+	if end <= off {
+		return
+	}
+	if a, b := (off+gran-1)/gran*gran, end/gran*gran; a < b {
+		mj.dirty.Reset(a, b-a)
+	}
+	j.IncreaseProgressRemaining(uint64(end - off))
+	switch kind {
+	case 0:
+		err = mj.targetC.Write(ctx, off, data[off-base:end-base], flags)
+	case 1:
+		err = mj.targetC.WriteZeroes(ctx, off, end-off, flags)
+	default:
+		err = mj.targetC.Discard(ctx, off, end-off)
+	}
+	if err == nil {
+		j.ProgressUpdate(uint64(end - off))
+		return
+	}
+	mj.dirty.Set(off, end-off)
+	if mj.b.ErrorAction(err, false) == ActionReport {
+		mj.mu.Lock()
+		if mj.failErr == nil {
+			mj.failErr = err
+		}
+		mj.mu.Unlock()
+		mj.failed.Store(true)
+	}
 }
 
 // undoSetup takes away what a failed before and setup did.
@@ -323,7 +395,9 @@ func (mj *mirrorJob) enter(ctx context.Context) error {
 
 // leave marks the written range to be copied again.
 func (mj *mirrorJob) leave(off, length int64) {
-	mj.dirty.Set(off, length)
+	if !mj.writeBlocking {
+		mj.dirty.Set(off, length)
+	}
 	mj.mu.Lock()
 	mj.inflight--
 	if mj.inflight == 0 {
@@ -408,6 +482,7 @@ func (mj *mirrorJob) run(ctx context.Context, j *Job) error {
 	if err := mj.dirtyInit(ctx, j, length); err != nil || j.IsCancelled() {
 		return err
 	}
+	mj.active.Store(true)
 	return mj.loop(ctx, j)
 }
 
@@ -481,6 +556,12 @@ func (mj *mirrorJob) loop(ctx context.Context, j *Job) error {
 	ready := false
 	lastPause := time.Now()
 	for {
+		if mj.failed.Load() {
+			mj.mu.Lock()
+			err := mj.failErr
+			mj.mu.Unlock()
+			return ioError(err)
+		}
 		if err := j.PausePoint(); err != nil {
 			return err
 		}
@@ -572,6 +653,11 @@ func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
 		zflags = blockdev.ReqMayUnmap
 	}
 	for off < end {
+		if mj.writeBlocking {
+			// No active write may land between this copy's read and
+			// write (QEMU's in-flight conflicts).
+			mj.copyMu.Lock()
+		}
 		st, err := mj.statusOf(ctx, off, end-off)
 		n := st.Length
 		data := err != nil || st.Flags&blockdev.StatusData != 0
@@ -609,6 +695,9 @@ func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
 			} else if _, target := err.(*blockdev.TargetError); target {
 				inSource = false
 			}
+		}
+		if mj.writeBlocking {
+			mj.copyMu.Unlock()
 		}
 		if err != nil {
 			mj.dirty.Set(off, end-off)
@@ -676,6 +765,9 @@ func (mj *mirrorJob) exit(j *Job, abort bool) error {
 		ctx := j.Context()
 		if mj.removeObs != nil {
 			mj.removeObs()
+		}
+		if a, ok := mj.mirrorTop.Driver().(activeSetter); ok && mj.writeBlocking {
+			a.SetActiveWrite(nil)
 		}
 		mj.b.DropNode(lk, mj.targetC)
 		if s, ok := mj.mirrorTop.Driver().(stopper); ok {

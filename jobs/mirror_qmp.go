@@ -91,9 +91,7 @@ func (m *Manager) startMirror(ctx context.Context, g *blockdev.Graph, mj *mirror
 		gran = int64(*p.granularity)
 	}
 	mj.granularity = gran
-	if qapi.Deref(p.copyMode) == qapi.MirrorCopyModeWriteBlocking {
-		return errors.New("copy-mode write-blocking is not supported")
-	}
+	mj.writeBlocking = qapi.Deref(p.copyMode) == qapi.MirrorCopyModeWriteBlocking
 	manFin, manDis := manualFlags(p.autoFinalize, p.autoDismiss)
 	onSrc, onTgt := OnErrorReport, OnErrorReport
 	if p.onSourceError != nil {

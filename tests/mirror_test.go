@@ -217,13 +217,20 @@ func TestBlockdevMirrorArgsLikeQSD(t *testing.T) {
 // job-complete: the export moves to the target, which then holds what the
 // guest sees (for sync none: what the guest wrote while the job ran).
 func TestBlockdevMirrorLikeQSD(t *testing.T) {
-	for _, sync := range []string{"full", "top", "none"} {
-		t.Run(sync, func(t *testing.T) {
+	for _, tc := range []struct{ name, sync, mode string }{
+		{"full", "full", "background"},
+		{"top", "top", "background"},
+		{"none", "none", "background"},
+		{"full-write-blocking", "full", "write-blocking"},
+		{"top-write-blocking", "top", "write-blocking"},
+	} {
+		sync := tc.sync
+		t.Run(tc.name, func(t *testing.T) {
 			compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
 				d, c, uri := mirrorChain(t, k, dir, sync == "top", nil)
 				ref := filepath.Join(dir, "ref", "l2.qcow2")
 				o.start(c, "blockdev-mirror", map[string]any{"job-id": "m0", "device": "l2", "target": "tgt",
-					"sync": sync, "speed": 65536})
+					"sync": sync, "speed": 65536, "copy-mode": tc.mode})
 				qemuIOWrites(t, uri, ref, mirrorWrites)
 				o.record(c, "block-job-set-speed", map[string]any{"device": "m0", "speed": 0})
 				wait := bgWrites(t, uri, ref, []string{"write -P 0xc1 0 1M", "write -P 0xc2 4M 2M", "write -z 7M 64k"})
@@ -546,6 +553,38 @@ func TestMirrorErrorPoliciesLikeQSD(t *testing.T) {
 				if !fails {
 					sameAs(t, ref, filepath.Join(dir, "tgt.qcow2"))
 				}
+			})
+		})
+	}
+}
+
+// TestMirrorWriteBlockingLikeQSD: once a write-blocking mirror is READY,
+// guest writes reach the target before they complete, even with the job
+// paused (STANDBY): the whole granules they cover, not the partial ones
+// at their ends, which stay for the background copy. A forced cancel
+// then leaves exactly that in the target; the progress counts the
+// granules copied actively. All as in QSD.
+func TestMirrorWriteBlockingLikeQSD(t *testing.T) {
+	for _, mode := range []string{"write-blocking", "background"} {
+		t.Run(mode, func(t *testing.T) {
+			compareLikeQSD(t, func(k kind, o *jobOutcome, dir string) {
+				d, c, uri := mirrorChain(t, k, dir, false, nil)
+				o.start(c, "blockdev-mirror", map[string]any{"job-id": "m0", "device": "l2", "target": "tgt",
+					"sync": "full", "copy-mode": mode})
+				c.waitJob("m0", "ready")
+				o.record(c, "job-pause", map[string]any{"id": "m0"})
+				c.waitJob("m0", "standby")
+				qemuIO(t, uri, []string{"write -P 0xd1 1M 128k", "write -P 0xd2 100000 5000",
+					"write -P 0xd3 3080192 200000", "write -z 4M 64k", "write -z 6000000 70000"})
+				o.record(c, "query-block-jobs", nil)
+				o.record(c, "block-job-cancel", map[string]any{"device": "m0", "force": true})
+				c.waitJob("m0", "null")
+				o.events = c.jobEvents()
+				o.graph = graphView(t, c, dir)
+				o.finish(t, d, dir, 3)
+				o.headerOf(t, dir, "tgt.qcow2")
+				tgt := filepath.Join(dir, "tgt.qcow2")
+				o.headers = append(o.headers, mapOf(t, tgt), contentSum(t, dir, tgt))
 			})
 		})
 	}
