@@ -466,12 +466,24 @@ func (mj *mirrorJob) completing() bool {
 
 // run is QEMU's mirror_run: the sizes, the initial dirty map, then
 // iterations until the job is completed or cancelled.
-func (mj *mirrorJob) run(ctx context.Context, j *Job) error {
-	j.Background()
+//
+// QEMU runs the job in the starting command's coroutine until its first
+// request that waits: j.Background() comes before the first I/O that
+// reads or writes data, so that a mirror with nothing to copy is READY
+// before the command replies, as there.
+func (mj *mirrorJob) run(ctx context.Context, j *Job) (err error) {
+	defer func() {
+		if err != nil {
+			// A failure ends the job after the reply (QEMU's job_exit
+			// runs in a bottom half).
+			j.Background()
+		}
+	}()
 	length := mj.srcC.Length()
 	if tl := mj.targetC.Length(); mj.commit && mj.base == mj.target {
 		// An active commit grows the base to the top's size.
 		if tl < length {
+			j.Background()
 			if err := mj.targetC.Truncate(ctx, length, false); err != nil {
 				return ioError(err)
 			}
@@ -496,6 +508,7 @@ func (mj *mirrorJob) dirtyInit(ctx context.Context, j *Job, length int64) error 
 			mj.dirty.Set(0, length)
 			return nil
 		}
+		j.Background()
 		flags := blockdev.ReqFlags(0)
 		if mj.unmap {
 			flags = blockdev.ReqMayUnmap
@@ -520,6 +533,9 @@ func (mj *mirrorJob) dirtyInit(ctx context.Context, j *Job, length int64) error 
 	if mj.none {
 		return nil
 	}
+	// QEMU's scan waits for metadata reads (QSD replies before an active
+	// commit of an empty layer is READY).
+	j.Background()
 	for off := int64(0); off < length; {
 		if err := b.RateLimitSleep(); err != nil {
 			return err
@@ -573,6 +589,7 @@ func (mj *mirrorJob) loop(ctx context.Context, j *Job) error {
 		cnt := mj.dirty.Count()
 		j.SetProgressRemaining(uint64(cnt))
 		if cnt != 0 && time.Since(lastPause) < mirrorSlice && b.IOStatus() == "ok" {
+			j.Background()
 			if err := mj.iteration(ctx, j); err != nil {
 				return err
 			}
@@ -581,6 +598,7 @@ func (mj *mirrorJob) loop(ctx context.Context, j *Job) error {
 		if cnt == 0 {
 			if !ready {
 				if err := mj.targetC.Flush(ctx); err != nil {
+					j.Background()
 					if b.ErrorAction(err, false) == ActionReport {
 						return ioError(err)
 					}
@@ -596,6 +614,7 @@ func (mj *mirrorJob) loop(ctx context.Context, j *Job) error {
 			// Hold writes back and wait for those in flight: if they
 			// changed nothing more, the target is the source's exact
 			// copy, and the writes stay held until the graph switch.
+			j.Background()
 			mj.closeGate()
 			if mj.dirty.Count() == 0 {
 				if err := mj.targetC.Flush(ctx); err == nil {
@@ -607,6 +626,7 @@ func (mj *mirrorJob) loop(ctx context.Context, j *Job) error {
 		}
 		// Once READY the job keeps up without a speed limit, idling for
 		// a slice (or until a write) when there is nothing to copy.
+		j.Background()
 		var err error
 		switch {
 		case ready && !shouldComplete && cnt == 0:
