@@ -293,6 +293,10 @@ func (n *Node) opBlocker(lk *Locked) error {
 	return nil
 }
 
+// OpBlocker is the blocker of the operations a backing node's parent
+// blocks too (mirror target, replace), as opBlocker.
+func (n *Node) OpBlocker(lk *Locked) error { return n.opBlocker(lk) }
+
 // reopenSet is n followed by the nodes that inherit their read-only
 // setting from it: children (not backing ones) opened inline for it that
 // do not set read-only themselves, and theirs in turn (QEMU's

@@ -40,7 +40,7 @@ var (
 	repeat    = flag.Int("repeat", 3, "runs per workload; the best is kept")
 	dataGiB   = flag.Int("data", 1, "GiB of data to commit")
 	where     = flag.String("dir", os.TempDir(), "directory for the images (/dev/shm takes the disk out)")
-	workloads = flag.String("run", "commit,backup,incremental,latency", "workloads to run, comma-separated: commit, backup, incremental, latency")
+	workloads = flag.String("run", "commit,backup,incremental,latency", "workloads to run, comma-separated: commit, backup, incremental, latency, mirror")
 )
 
 const virtualSize = 4 << 30
@@ -316,6 +316,9 @@ func main() {
 	rate := func(d time.Duration) float64 { return mib / d.Seconds() }
 	if want["commit"] {
 		commit(root, rate)
+	}
+	if want["mirror"] {
+		mirrorTable(root, rate)
 	}
 	if want["backup"] || want["incremental"] || want["latency"] {
 		tmpl := filepath.Join(root, "backup")
