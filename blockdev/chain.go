@@ -274,7 +274,8 @@ func (n *Node) Blocker(_ *Locked) error {
 }
 
 // OpBlocker is Blocker, then the blocker a parent puts on its backing
-// node (see opBlocker): what an external snapshot checks.
+// node (see opBlocker): what an external snapshot, a mirror target and a
+// replaced node check.
 func (n *Node) OpBlocker(lk *Locked) error { return n.opBlocker(lk) }
 
 // opBlocker is Blocker, then the blocker a parent puts on its backing
@@ -292,10 +293,6 @@ func (n *Node) opBlocker(lk *Locked) error {
 	}
 	return nil
 }
-
-// OpBlocker is the blocker of the operations a backing node's parent
-// blocks too (mirror target, replace), as opBlocker.
-func (n *Node) OpBlocker(lk *Locked) error { return n.opBlocker(lk) }
 
 // reopenSet is n followed by the nodes that inherit their read-only
 // setting from it: children (not backing ones) opened inline for it that

@@ -92,7 +92,7 @@ func mapOf(t *testing.T, img string) string {
 }
 
 // contentSum is the SHA-256 of what the qcow2 image img reads.
-func contentSum(t *testing.T, dir, img string) string {
+func imageContentSum(t *testing.T, dir, img string) string {
 	t.Helper()
 	raw := filepath.Join(dir, "content.raw")
 	run(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", img, raw)
@@ -255,7 +255,7 @@ func TestBlockdevMirrorLikeQSD(t *testing.T) {
 					// Only what the guest wrote while the job ran, copied
 					// from the source: the same bytes and allocation as
 					// QSD's target.
-					o.headers = append(o.headers, mapOf(t, tgt), contentSum(t, dir, tgt))
+					o.headers = append(o.headers, mapOf(t, tgt), imageContentSum(t, dir, tgt))
 				}
 			})
 		})
@@ -584,7 +584,7 @@ func TestMirrorWriteBlockingLikeQSD(t *testing.T) {
 				o.finish(t, d, dir, 3)
 				o.headerOf(t, dir, "tgt.qcow2")
 				tgt := filepath.Join(dir, "tgt.qcow2")
-				o.headers = append(o.headers, mapOf(t, tgt), contentSum(t, dir, tgt))
+				o.headers = append(o.headers, mapOf(t, tgt), imageContentSum(t, dir, tgt))
 			})
 		})
 	}
