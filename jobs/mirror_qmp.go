@@ -17,10 +17,10 @@ import (
 // blockdev_mirror_common and mirror.c's mirror_start), in its order.
 
 func (m *Manager) registerMirror(d *qmp.Dispatcher, g *blockdev.Graph) {
-	qmp.RegisterTyped(d, "blockdev-mirror", func(ctx context.Context, a *qapi.BlockdevMirrorArgs) (any, error) {
+	qmp.RegisterTyped(d, "blockdev-mirror", func(ctx context.Context, a *qapi.BlockdevMirrorArgs) (*qapi.Empty, error) {
 		return nil, m.blockdevMirror(ctx, g, a)
 	})
-	qmp.RegisterTyped(d, "drive-mirror", func(ctx context.Context, a *qapi.DriveMirror) (any, error) {
+	qmp.RegisterTyped(d, "drive-mirror", func(ctx context.Context, a *qapi.DriveMirror) (*qapi.Empty, error) {
 		return nil, m.driveMirror(ctx, g, a)
 	})
 }

@@ -2320,6 +2320,8 @@ var CommandReturns = map[string]string{
 	"blockdev-snapshot":                 "*qapi.Empty",
 	"blockdev-snapshot-sync":            "*qapi.Empty",
 	"blockdev-reopen":                   "*qapi.Empty",
+	"blockdev-mirror":                   "*qapi.Empty",
+	"drive-mirror":                      "*qapi.Empty",
 	"transaction":                       "*qapi.Empty",
 	"nbd-server-start":                  "*qapi.Empty",
 	"nbd-server-stop":                   "*qapi.Empty",
