@@ -117,6 +117,11 @@ func storageMigration(t *testing.T, src, dst kind) string {
 	sc.ok("block-job-cancel", map[string]any{"device": "m0"})
 	sc.waitJob("m0", "null")
 	fmt.Fprintf(&tr, "events:\n%s\n", strings.Join(sc.jobEvents("len", "offset"), "\n"))
+	for _, ev := range sc.events {
+		if d, _ := ev["data"].(map[string]any); ev["event"] == "BLOCK_JOB_COMPLETED" {
+			fmt.Fprintf(&tr, "completed with offset = len: %v\n", fmt.Sprint(d["offset"]) == fmt.Sprint(d["len"]))
+		}
+	}
 	fmt.Fprintf(&tr, "graph after:\n%s\n", norm.Replace(strings.Join(graphView(t, sc, sdir), "\n")))
 	sc.ok("blockdev-del", map[string]any{"node-name": "tgt"})
 	closeExport(t, sc, "src")
