@@ -274,7 +274,8 @@ func (n *Node) Blocker(_ *Locked) error {
 }
 
 // OpBlocker is Blocker, then the blocker a parent puts on its backing
-// node (see opBlocker): what an external snapshot checks.
+// node (see opBlocker): what an external snapshot, a mirror target and a
+// replaced node check.
 func (n *Node) OpBlocker(lk *Locked) error { return n.opBlocker(lk) }
 
 // opBlocker is Blocker, then the blocker a parent puts on its backing

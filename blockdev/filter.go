@@ -65,6 +65,10 @@ func (n *Node) BackingChild() *Child { return n.backing() }
 // IsFilter tells whether n is a filter node.
 func (n *Node) IsFilter() bool { return n.isFilter() }
 
+// ImplicitFilter tells whether n is a filter a job inserted without a
+// node name of the user's (QEMU's implicit node).
+func (n *Node) ImplicitFilter() bool { return n.implicitFilter }
+
 // SkipFilters returns the first node at or below n that is not a filter
 // (QEMU's bdrv_skip_filters). Caller holds the graph lock.
 func (n *Node) SkipFilters() *Node {

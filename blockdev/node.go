@@ -130,6 +130,10 @@ func (n *Node) ReadOnly() bool { return n.readOnly.Load() }
 // CacheDirect tells whether cache.direct is on.
 func (n *Node) CacheDirect() bool { return n.cacheDirect }
 
+// DiscardUnmap tells whether the node passes discards down (discard=unmap,
+// QEMU's BDRV_O_UNMAP). Read it with the graph lock held.
+func (n *Node) DiscardUnmap() bool { return n.discard == "unmap" }
+
 // Length returns the node's length in bytes. Like QEMU 7.2 it is the
 // driver's length rounded up to a multiple of 512.
 func (n *Node) Length() int64 { return n.length.Load() }

@@ -317,6 +317,7 @@ func (j *Job) PausePoint() error {
 	m := j.m
 	m.mu.Lock()
 	if j.pauseCount == 0 || j.forceCancel {
+		j.busy = true // after Ready
 		m.mu.Unlock()
 		return j.ctx.Err()
 	}
@@ -387,6 +388,10 @@ func (j *Job) Ready() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.transitionLocked(j, StatusReady)
+	// QEMU's mirror goes from READY straight to its sleep without
+	// yielding, so nobody sees it busy in between: the body is shown idle
+	// until its next sleep or pause point.
+	j.busy = false
 	if j.hooks.OnReady != nil {
 		j.hooks.OnReady(j.infoLocked())
 	}

@@ -556,8 +556,14 @@ func (m *Manager) cancelCtl(j *Job, force bool) (finish func()) {
 		gate = make(chan struct{})
 		j.endGate = gate
 	}
+	wasPaused := j.paused
 	j.kickLocked()
 	m.mu.Unlock()
+	if forced && wasPaused {
+		// QEMU enters a paused job's coroutine from the cancel command:
+		// it leaves its pause (back to RUNNING or READY) before the reply.
+		j.waitFor(settleWait, func() bool { return !j.paused || isClosed(j.bodyDone) })
+	}
 	switch {
 	case gate != nil:
 		return func() {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/qbmond/qbmond/bitmap"
@@ -41,15 +43,45 @@ const (
 )
 
 type mirrorJob struct {
-	b            *BlockJob
-	top, base    *blockdev.Node
-	mirrorTop    *blockdev.Node
-	topC, baseC  *blockdev.Child
-	layers       int
-	baseReadOnly bool
-	unfreeze     func() // lets go of the links from mirrorTop to base
-	removeObs    func()
-	filterName   *string
+	b *BlockJob
+	// src is the node mirrored (an active commit's top), target the copy
+	// (its base); base is where the initial copy stops (sync top, commit:
+	// the layers above it are copied; nil: the whole chain).
+	src, target, base *blockdev.Node
+	// commit: the target is in the source's backing chain (QEMU's
+	// target_is_backing): the job shares writes and consistent reads of
+	// the layers in between and freezes them.
+	commit         bool
+	none           bool // sync none: no initial copy
+	mirrorTop      *blockdev.Node
+	srcC, targetC  *blockdev.Child
+	layers         int // layers from src down to base (0: the whole chain)
+	targetReadOnly bool
+	unfreeze       func() // lets go of the links from mirrorTop to target
+	removeObs      func()
+	filterName     *string
+	typ            string // the job type, for log messages
+
+	// The job's parameters, QEMU's (0: the default).
+	granularity int64
+	bufSize     int64
+	unmap       bool
+	zeroTarget  bool // the target is zeroed (or fully copied) first
+	replaces    string
+	backing     backingMode
+	// writeBlocking: copy-mode write-blocking, guest writes are copied to
+	// the target before they complete (once active is set: after the
+	// initial dirty map, while the job has not failed or been cancelled).
+	writeBlocking bool
+	active        atomic.Bool
+	failed        atomic.Bool // an active copy failed with the report policy
+	failErr       error       // its error (under mu)
+	copyMu        sync.Mutex  // serialises the job's copies and active writes
+
+	// Set by job-complete: the node whose place the target takes, and the
+	// blocker on it.
+	toReplace      *blockdev.Node
+	unblockReplace func()
 
 	dirty  *bitmap.Bitmap
 	cursor int64  // where the next iteration looks for dirty data
@@ -64,17 +96,55 @@ type mirrorJob struct {
 	exited   bool          // the graph is back to normal (exitCommon ran)
 }
 
+// backingMode is what happens to the target's backing chain when the job
+// ends without failing (QEMU's BlockMirrorBackingMode).
+type backingMode int
+
+const (
+	backingLeave  backingMode = iota // as it is
+	backingSource                    // the source's base (or, for sync none, the source)
+	backingOpen                      // opened from the target's image header
+)
+
+func newMirrorJob(typ string) *mirrorJob {
+	mj := &mirrorJob{wake: make(chan struct{}, 1), typ: typ, bufSize: mirrorBufSize, unmap: true}
+	mj.cond = sync.NewCond(&mj.mu)
+	return mj
+}
+
 // stopper is the part of the mirror_top driver the job uses.
 type stopper interface {
 	SetCommit()
 	Stop()
 }
 
+// activeSetter is mirror_top's hook for write-blocking mode.
+type activeSetter interface {
+	SetActiveWrite(func(ctx context.Context, kind int, off, n int64, data []byte, flags blockdev.ReqFlags, err error))
+}
+
 func (m *Manager) startActiveCommit(ctx context.Context, g *blockdev.Graph, a *qapi.BlockCommitArgs, id string, manFin, manDis bool) error {
-	mj := &mirrorJob{wake: make(chan struct{}, 1), filterName: a.FilterNodeName}
-	mj.cond = sync.NewCond(&mj.mu)
-	_, err := m.StartBlock(ctx, g, BlockSpec{
-		Spec: Spec{ID: id, Type: "commit", ManualFinalize: manFin, ManualDismiss: manDis,
+	mj := newMirrorJob("commit")
+	mj.filterName = a.FilterNodeName
+	_, err := m.StartBlock(ctx, g, mj.spec(ctx, id, manFin, manDis, qapi.Deref(a.Speed),
+		OnError(qapi.Deref(a.OnError)), "",
+		func(lk *blockdev.Locked, b *BlockJob) error {
+			p, err := resolveCommit(lk, a)
+			if err != nil {
+				return err
+			}
+			mj.src, mj.target, mj.base, mj.commit = p.top, p.base, p.base, true
+			return mj.before(ctx, lk, b)
+		}))
+	return err
+}
+
+// spec is the BlockSpec of a mirror job; before resolves the nodes and
+// calls mj.before.
+func (mj *mirrorJob) spec(ctx context.Context, id string, manFin, manDis bool, speed int64, onErr, onTarget OnError,
+	before func(lk *blockdev.Locked, b *BlockJob) error) BlockSpec {
+	return BlockSpec{
+		Spec: Spec{ID: id, Type: mj.typ, ManualFinalize: manFin, ManualDismiss: manDis,
 			Run: mj.run, DrainsOnExit: true,
 			Hooks: Hooks{
 				Prepare:  func(j *Job) error { return mj.exit(j, false) },
@@ -87,46 +157,51 @@ func (m *Manager) startActiveCommit(ctx context.Context, g *blockdev.Graph, a *q
 					return force || (st != StatusReady && st != StatusStandby)
 				},
 			}},
-		Speed:   qapi.Deref(a.Speed),
-		OnError: OnError(qapi.Deref(a.OnError)),
-		Before: func(lk *blockdev.Locked, b *BlockJob) error {
-			p, err := resolveCommit(lk, a)
-			if err != nil {
-				return err
-			}
-			return mj.before(ctx, lk, b, p.top, p.base)
-		},
-		Setup: func(lk *blockdev.Locked, b *BlockJob) error { return mj.setup(ctx, lk, b) },
-		Undo:  func(lk *blockdev.Locked, _ *BlockJob) { mj.undoSetup(ctx, lk) },
-	})
-	return err
+		Speed:         speed,
+		OnError:       onErr,
+		OnTargetError: onTarget,
+		Before:        before,
+		Setup:         func(lk *blockdev.Locked, b *BlockJob) error { return mj.setup(ctx, lk, b) },
+		Undo:          func(lk *blockdev.Locked, _ *BlockJob) { mj.undoSetup(ctx, lk) },
+	}
 }
 
-// before is QEMU's commit_active_start and the start of mirror_start_job:
-// base made writable and the mirror_top filter put above the active
-// layer, before the job exists.
-func (mj *mirrorJob) before(ctx context.Context, lk *blockdev.Locked, b *BlockJob, top, base *blockdev.Node) error {
-	mj.b, mj.top, mj.base = b, top, base
-	if base.ReadOnly() {
-		if err := lk.SetReadOnly(ctx, base, false); err != nil {
+// before is the start of QEMU's mirror_start_job (for an active commit,
+// commit_active_start first makes the base writable): the checks, and the
+// mirror_top filter put above the source, before the job exists.
+func (mj *mirrorJob) before(ctx context.Context, lk *blockdev.Locked, b *BlockJob) error {
+	mj.b = b
+	src, target := mj.src, mj.target
+	if mj.commit && target.ReadOnly() {
+		if err := lk.SetReadOnly(ctx, target, false); err != nil {
 			return err
 		}
-		mj.baseReadOnly = true
+		mj.targetReadOnly = true
 	}
-	if top.SkipFilters() == base.SkipFilters() {
+	if mj.bufSize < 0 {
+		return errors.New("Invalid parameter 'buf-size'")
+	}
+	if mj.bufSize == 0 {
+		mj.bufSize = mirrorBufSize
+	}
+	if src.SkipFilters() == target.SkipFilters() {
 		return errors.New("Can't mirror node into itself")
 	}
-	opts := blockdev.Options{"driver": "mirror_top", "backing": top.Name(), "read-only": false}
+	if !mj.commit {
+		// QEMU's target_is_backing.
+		mj.commit = chainContains(lk, src, target)
+	}
+	opts := blockdev.Options{"driver": "mirror_top", "backing": src.Name(), "read-only": false}
 	if mj.filterName != nil {
 		opts["node-name"] = *mj.filterName
 	}
 	var err error
-	if mj.mirrorTop, err = lk.AppendFilter(ctx, top, opts); err != nil {
+	if mj.mirrorTop, err = lk.AppendFilter(ctx, src, opts); err != nil {
 		return err
 	}
 	// So that it can always be taken out again.
 	mj.mirrorTop.SetNeverFreeze(lk)
-	if s, ok := mj.mirrorTop.Driver().(stopper); ok {
+	if s, ok := mj.mirrorTop.Driver().(stopper); ok && mj.commit {
 		s.SetCommit()
 		if err := lk.RefreshPerms(mj.mirrorTop); err != nil {
 			return err
@@ -139,52 +214,123 @@ func (mj *mirrorJob) before(ctx context.Context, lk *blockdev.Locked, b *BlockJo
 // with QEMU's permissions and the write observer. On failure StartBlock
 // calls undoSetup.
 func (mj *mirrorJob) setup(ctx context.Context, lk *blockdev.Locked, b *BlockJob) error {
-	top, base := mj.top, mj.base
+	src, target := mj.src, mj.target
 	if err := b.Created(lk, mj.mirrorTop, blockdev.PermConsistentRead,
 		blockdev.PermConsistentRead|blockdev.PermWriteUnchanged|blockdev.PermWrite); err != nil {
 		return err
 	}
+	perm, shared := blockdev.PermWrite, blockdev.PermWriteUnchanged
+	if mj.commit {
+		if target.Length() < src.Length() {
+			perm |= blockdev.PermResize
+		}
+		shared |= blockdev.PermConsistentRead | blockdev.PermWrite
+	} else if chainContains(lk, src, target.SkipFilters()) {
+		return errors.New("Cannot mirror to a filter on top of a node in the source's backing chain")
+	}
 	var err error
-	perm := blockdev.PermWrite
-	if base.Length() < top.Length() {
-		perm |= blockdev.PermResize
-	}
-	if mj.baseC, err = b.AddBackend(lk, base, perm,
-		blockdev.PermWriteUnchanged|blockdev.PermConsistentRead|blockdev.PermWrite); err != nil {
+	if mj.targetC, err = b.AddBackend(lk, target, perm, shared); err != nil {
 		return err
 	}
-	gran := bitmap.DefaultGranularity(0)
-	if di, err := base.Driver().Info(ctx); err == nil {
-		gran = bitmap.DefaultGranularity(di.ClusterSize)
+	gran := uint64(mj.granularity)
+	if gran == 0 {
+		gran = bitmap.DefaultGranularity(0)
+		if di, err := target.Driver().Info(ctx); err == nil {
+			gran = bitmap.DefaultGranularity(di.ClusterSize)
+		}
 	}
-	if mj.dirty, err = bitmap.New(top.Length(), gran); err != nil {
+	mj.granularity = int64(gran)
+	mj.bufSize = (mj.bufSize + mj.granularity - 1) / mj.granularity * mj.granularity
+	if mj.dirty, err = bitmap.New(src.Length(), gran); err != nil {
 		return err
 	}
-	if mj.topC, err = b.AddNode(lk, top, "source", 0,
+	if mj.srcC, err = b.AddNode(lk, src, "source", 0,
 		blockdev.PermWriteUnchanged|blockdev.PermWrite|blockdev.PermConsistentRead); err != nil {
 		return err
 	}
-	if _, err := b.AddNode(lk, base, "target", 0, blockdev.PermAll); err != nil {
+	if _, err := b.AddNode(lk, target, "target", 0, blockdev.PermAll); err != nil {
 		return err
 	}
-	mj.layers = layersBetween(top, base)
-	filteredBase := findOverlay(top, base).BackingNode()
-	shared := blockdev.PermWriteUnchanged | blockdev.PermWrite
-	for it := top.FilterOrCOW(); it != nil && it != base; it = it.FilterOrCOW() {
-		if it == filteredBase {
-			shared |= blockdev.PermConsistentRead
+	if mj.base != nil {
+		mj.layers = layersBetween(src, mj.base)
+	}
+	if mj.commit {
+		filteredTarget := findOverlay(src, target).BackingNode()
+		shared := blockdev.PermWriteUnchanged | blockdev.PermWrite
+		for it := src.FilterOrCOW(); it != nil && it != target; it = it.FilterOrCOW() {
+			if it == filteredTarget {
+				shared |= blockdev.PermConsistentRead
+			}
+			if _, err := b.AddNode(lk, it, "intermediate node", 0, shared); err != nil {
+				return err
+			}
 		}
-		if _, err := b.AddNode(lk, it, "intermediate node", 0, shared); err != nil {
+		// The links from the filter down to the target stay as they are
+		// until the job ends.
+		if mj.unfreeze, err = lk.FreezeChain(mj.mirrorTop, target); err != nil {
 			return err
 		}
 	}
-	// The links from the filter down to base stay as they are until the
-	// job ends.
-	if mj.unfreeze, err = lk.FreezeChain(mj.mirrorTop, base); err != nil {
-		return err
-	}
 	mj.removeObs = mj.mirrorTop.AddWriteObserver(blockdev.WriteObserver{Enter: mj.enter, Leave: mj.leave})
+	if a, ok := mj.mirrorTop.Driver().(activeSetter); ok && mj.writeBlocking {
+		a.SetActiveWrite(mj.activeWrite)
+	}
 	return nil
+}
+
+// activeWrite is QEMU 7.2's write-blocking path (bdrv_mirror_top_do_write
+// and do_sync_target_write), run once the source has done a guest
+// request. While the job copies actively the request goes to the target
+// too before it completes, and the whole granules it covers are clean;
+// an unaligned end in a granule that is dirty anyway is left to the
+// background copy. Otherwise the range becomes dirty.
+func (mj *mirrorJob) activeWrite(ctx context.Context, kind int, off, n int64, data []byte, flags blockdev.ReqFlags, err error) {
+	j := mj.b.j
+	if !mj.active.Load() || mj.failed.Load() || j.IsCancelled() {
+		mj.dirty.Set(off, n)
+		return
+	}
+	if err != nil {
+		return
+	}
+	mj.copyMu.Lock()
+	defer mj.copyMu.Unlock()
+	gran := mj.granularity
+	base, end := off, off+n
+	if off%gran != 0 && mj.dirty.Get(off) {
+		off = (off/gran + 1) * gran
+	}
+	if end%gran != 0 && end > off && mj.dirty.Get(end-1) {
+		end = end / gran * gran
+	}
+	if end <= off {
+		return
+	}
+	if a, b := (off+gran-1)/gran*gran, end/gran*gran; a < b {
+		mj.dirty.Reset(a, b-a)
+	}
+	j.IncreaseProgressRemaining(uint64(end - off))
+	switch kind {
+	case 0:
+		err = mj.targetC.Write(ctx, off, data[off-base:end-base], flags)
+	case 1:
+		err = mj.targetC.WriteZeroes(ctx, off, end-off, flags)
+	default:
+		err = mj.targetC.Discard(ctx, off, end-off)
+	}
+	if err == nil {
+		j.ProgressUpdate(uint64(end - off))
+		return
+	}
+	mj.dirty.Set(off, end-off)
+	if mj.b.ErrorAction(err, false) == ActionReport {
+		mj.mu.Lock()
+		if mj.failErr == nil {
+			mj.failErr = err
+		}
+		mj.mu.Unlock()
+		mj.failed.Store(true)
+	}
 }
 
 // undoSetup takes away what a failed before and setup did.
@@ -195,7 +341,7 @@ func (mj *mirrorJob) undoSetup(ctx context.Context, lk *blockdev.Locked) {
 	mj.thaw(lk)
 	mj.b.release(lk)
 	mj.dropFilter(ctx, lk)
-	mj.restoreBase(ctx, lk)
+	mj.restoreTarget(ctx, lk)
 }
 
 // dropFilter stops the filter forwarding and takes it out of the graph,
@@ -212,7 +358,7 @@ func (mj *mirrorJob) dropFilter(ctx context.Context, lk *blockdev.Locked) {
 	if s, ok := f.Driver().(stopper); ok {
 		s.Stop()
 		if err := lk.RefreshPerms(f); err != nil {
-			mj.b.log.Error().Err(err).Msg("commit: mirror_top permissions")
+			mj.b.log.Error().Err(err).Msg(mj.typ + ": mirror_top permissions")
 		}
 	}
 	mj.b.DropFilter(ctx, lk, f)
@@ -226,11 +372,12 @@ func (mj *mirrorJob) thaw(lk *blockdev.Locked) {
 	}
 }
 
-func (mj *mirrorJob) restoreBase(ctx context.Context, lk *blockdev.Locked) {
-	if mj.baseReadOnly {
-		mj.baseReadOnly = false
-		if err := lk.SetReadOnly(ctx, mj.base, true); err != nil {
-			mj.b.log.Warn().Err(err).Str("node", mj.base.Name()).Msg("commit: cannot make the base read-only again")
+// restoreTarget makes an active commit's base read-only again.
+func (mj *mirrorJob) restoreTarget(ctx context.Context, lk *blockdev.Locked) {
+	if mj.targetReadOnly {
+		mj.targetReadOnly = false
+		if err := lk.SetReadOnly(ctx, mj.target, true); err != nil {
+			mj.b.log.Warn().Err(err).Str("node", mj.target.Name()).Msg(mj.typ + ": cannot make the base read-only again")
 		}
 	}
 }
@@ -248,7 +395,9 @@ func (mj *mirrorJob) enter(ctx context.Context) error {
 
 // leave marks the written range to be copied again.
 func (mj *mirrorJob) leave(off, length int64) {
-	mj.dirty.Set(off, length)
+	if !mj.writeBlocking {
+		mj.dirty.Set(off, length)
+	}
 	mj.mu.Lock()
 	mj.inflight--
 	if mj.inflight == 0 {
@@ -278,9 +427,27 @@ func (mj *mirrorJob) openGate() {
 	mj.mu.Unlock()
 }
 
+// completeReq is job-complete (QEMU's mirror_complete): the node to
+// replace, when there is one, is looked up and blocked now.
 func (mj *mirrorJob) completeReq(j *Job) error {
 	if st := j.Status(); st != StatusReady && st != StatusStandby {
 		return fmt.Errorf("The active block job '%s' cannot be completed", j.ID())
+	}
+	if mj.replaces != "" {
+		err := mj.b.Graph().Do(func(lk *blockdev.Locked) error {
+			n := lk.Lookup(mj.replaces)
+			if n == nil {
+				return fmt.Errorf("Node name '%s' not found", mj.replaces)
+			}
+			if mj.unblockReplace == nil {
+				mj.unblockReplace = n.AddBlocker(lk, errors.New("block device is in use by block-job-complete"))
+			}
+			mj.toReplace = n
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 	}
 	mj.mu.Lock()
 	mj.complete = true
@@ -297,37 +464,120 @@ func (mj *mirrorJob) completing() bool {
 	return mj.complete
 }
 
-// run is QEMU's mirror_run for an active commit: the initial dirty map,
-// then iterations until the job is completed or cancelled.
-func (mj *mirrorJob) run(ctx context.Context, j *Job) error {
-	j.Background()
+// run is QEMU's mirror_run: the sizes, the initial dirty map, then
+// iterations until the job is completed or cancelled.
+//
+// QEMU runs the job in the starting command's coroutine until its first
+// request that waits: j.Background() comes before the first I/O that
+// reads or writes data, so that a mirror with nothing to copy is READY
+// before the command replies, as there.
+func (mj *mirrorJob) run(ctx context.Context, j *Job) (err error) {
+	defer func() {
+		if err != nil {
+			// A failure ends the job after the reply (QEMU's job_exit
+			// runs in a bottom half).
+			j.Background()
+		}
+	}()
+	length := mj.srcC.Length()
+	if tl := mj.targetC.Length(); mj.commit && mj.base == mj.target {
+		// An active commit grows the base to the top's size.
+		if tl < length {
+			j.Background()
+			if err := mj.targetC.Truncate(ctx, length, false); err != nil {
+				return ioError(err)
+			}
+		}
+	} else if tl != length {
+		return errors.New("Source and target image have different sizes")
+	}
+	if err := mj.dirtyInit(ctx, j, length); err != nil || j.IsCancelled() {
+		return err
+	}
+	mj.active.Store(true)
+	return mj.loop(ctx, j)
+}
+
+// dirtyInit is QEMU's mirror_dirty_init: the target zeroed first when it
+// must be (or, when it cannot be zeroed cheaply, everything marked to be
+// copied), then what the layers above base allocate marked.
+func (mj *mirrorJob) dirtyInit(ctx context.Context, j *Job, length int64) error {
 	b := mj.b
-	length := mj.topC.Length()
-	if mj.baseC.Length() < length {
-		if err := mj.baseC.Truncate(ctx, length, false); err != nil {
-			return ioError(err)
+	if mj.zeroTarget {
+		if !mj.canZeroWithUnmap() {
+			mj.dirty.Set(0, length)
+			return nil
+		}
+		j.Background()
+		flags := blockdev.ReqFlags(0)
+		if mj.unmap {
+			flags = blockdev.ReqMayUnmap
+		}
+		step := int64(math.MaxInt32) / mj.granularity * mj.granularity
+		for off := int64(0); off < length; off += step {
+			if err := b.RateLimitSleep(); err != nil {
+				return err
+			}
+			if j.IsCancelled() {
+				return nil
+			}
+			n := min(step, length-off)
+			if err := mj.targetC.WriteZeroes(ctx, off, n, flags); err != nil {
+				// QEMU's initial zeroing ignores the error here; the
+				// copy that follows writes every byte anyway.
+				mj.dirty.Set(0, length)
+				return nil
+			}
 		}
 	}
-	// What the layers above base allocate is to be copied.
+	if mj.none {
+		return nil
+	}
+	// QEMU's scan waits for metadata reads (QSD replies before an active
+	// commit of an empty layer is READY).
+	j.Background()
 	for off := int64(0); off < length; {
 		if err := b.RateLimitSleep(); err != nil {
 			return err
 		}
-		st, depth, err := mj.top.BlockStatusAbove(ctx, mj.topC, off, length-off)
+		if j.IsCancelled() {
+			return nil
+		}
+		st, depth, err := mj.src.BlockStatusAbove(ctx, mj.srcC, off, length-off)
 		if err != nil {
 			return ioError(err)
 		}
 		if st.Length <= 0 {
 			break
 		}
-		if depth >= 1 && depth <= mj.layers {
+		if depth >= 1 && (mj.layers == 0 || depth <= mj.layers) {
 			mj.dirty.Set(off, st.Length)
 		}
 		off += st.Length
 	}
+	return nil
+}
+
+// canZeroWithUnmap is QEMU's bdrv_can_write_zeroes_with_unmap for the
+// target: writable, opened with discard=unmap, and of a format that zeroes
+// by deallocating (qcow2).
+func (mj *mirrorJob) canZeroWithUnmap() bool {
+	t := mj.target
+	return !t.ReadOnly() && t.DiscardUnmap() && t.DriverName() == "qcow2"
+}
+
+// loop is the main loop of mirror_run.
+func (mj *mirrorJob) loop(ctx context.Context, j *Job) error {
+	b := mj.b
 	ready := false
 	lastPause := time.Now()
 	for {
+		if mj.failed.Load() {
+			mj.mu.Lock()
+			err := mj.failErr
+			mj.mu.Unlock()
+			return ioError(err)
+		}
 		if err := j.PausePoint(); err != nil {
 			return err
 		}
@@ -339,6 +589,7 @@ func (mj *mirrorJob) run(ctx context.Context, j *Job) error {
 		cnt := mj.dirty.Count()
 		j.SetProgressRemaining(uint64(cnt))
 		if cnt != 0 && time.Since(lastPause) < mirrorSlice && b.IOStatus() == "ok" {
+			j.Background()
 			if err := mj.iteration(ctx, j); err != nil {
 				return err
 			}
@@ -346,7 +597,8 @@ func (mj *mirrorJob) run(ctx context.Context, j *Job) error {
 		shouldComplete := false
 		if cnt == 0 {
 			if !ready {
-				if err := mj.baseC.Flush(ctx); err != nil {
+				if err := mj.targetC.Flush(ctx); err != nil {
+					j.Background()
 					if b.ErrorAction(err, false) == ActionReport {
 						return ioError(err)
 					}
@@ -360,11 +612,12 @@ func (mj *mirrorJob) run(ctx context.Context, j *Job) error {
 		}
 		if cnt == 0 && shouldComplete {
 			// Hold writes back and wait for those in flight: if they
-			// changed nothing more, base is the active layer's exact
+			// changed nothing more, the target is the source's exact
 			// copy, and the writes stay held until the graph switch.
+			j.Background()
 			mj.closeGate()
 			if mj.dirty.Count() == 0 {
-				if err := mj.baseC.Flush(ctx); err == nil {
+				if err := mj.targetC.Flush(ctx); err == nil {
 					return nil
 				}
 			}
@@ -373,6 +626,7 @@ func (mj *mirrorJob) run(ctx context.Context, j *Job) error {
 		}
 		// Once READY the job keeps up without a speed limit, idling for
 		// a slice (or until a write) when there is nothing to copy.
+		j.Background()
 		var err error
 		switch {
 		case ready && !shouldComplete && cnt == 0:
@@ -390,13 +644,14 @@ func (mj *mirrorJob) run(ctx context.Context, j *Job) error {
 
 // iteration copies one run of dirty granules, starting at the first one
 // at or after the cursor (QEMU's mirror_iteration): the run's bits are
-// cleared, then it is copied in requests of up to mirrorMaxIO, what reads
-// as zeroes written as zeroes. A failed request marks its range dirty
-// again.
+// cleared, then it is copied in requests of up to a sixteenth of the
+// buffer (at least mirrorMaxIO), what reads as zeroes written as zeroes,
+// what is neither data nor zeroes discarded. A failed request marks its
+// range dirty again.
 func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
 	b := mj.b
 	length := mj.dirty.Size()
-	gran := int64(mj.dirty.Granularity())
+	gran := mj.granularity
 	off, run, ok := mj.dirty.NextDirtyArea(mj.cursor, -1)
 	if !ok {
 		if off, run, ok = mj.dirty.NextDirtyArea(0, -1); !ok {
@@ -409,41 +664,60 @@ func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
 	if a := off % gran; a != 0 {
 		off, run = off-a, run+a
 	}
-	run = min(run, mirrorBufSize)
+	run = min(run, mj.bufSize)
+	maxIO := max(mj.bufSize/16, mirrorMaxIO)
 	mj.dirty.Reset(off, run)
 	end := off + run
+	zflags := blockdev.ReqFlags(0)
+	if mj.unmap {
+		zflags = blockdev.ReqMayUnmap
+	}
 	for off < end {
+		if mj.writeBlocking {
+			// No active write may land between this copy's read and
+			// write (QEMU's in-flight conflicts).
+			mj.copyMu.Lock()
+		}
 		st, err := mj.statusOf(ctx, off, end-off)
 		n := st.Length
 		data := err != nil || st.Flags&blockdev.StatusData != 0
 		if data {
-			n = min(n, mirrorMaxIO)
+			n = min(n, maxIO)
 		}
 		if n -= n % gran; n < gran {
 			n = gran
+			data = true
 		}
 		n = min(n, length-off)
-		zero := err == nil && !data && st.Flags&blockdev.StatusZero != 0
+		zero := !data && st.Flags&blockdev.StatusZero != 0
 		inSource := true
-		if zero {
+		switch {
+		case err != nil:
+		case zero:
 			inSource = false
-			err = mj.baseC.WriteZeroes(ctx, off, n, blockdev.ReqMayUnmap)
-		} else if err == nil {
+			err = mj.targetC.WriteZeroes(ctx, off, n, zflags)
+		case !data:
+			inSource = false
+			err = mj.targetC.Discard(ctx, off, n)
+		default:
 			// By copy offload where both ends are files, else through
 			// the buffer.
 			var ok bool
-			if ok, err = blockdev.CopyRange(ctx, mj.topC, off, mj.baseC, off, n); !ok && err == nil {
+			if ok, err = blockdev.CopyRange(ctx, mj.srcC, off, mj.targetC, off, n); !ok && err == nil {
 				if int64(cap(mj.buf)) < n {
 					mj.buf = make([]byte, n)
 				}
 				p := mj.buf[:n]
-				if err = mj.topC.Read(ctx, off, p); err == nil {
+				if err = mj.srcC.Read(ctx, off, p); err == nil {
 					inSource = false
-					err = mj.baseC.Write(ctx, off, p, 0)
+					err = mj.targetC.Write(ctx, off, p, 0)
 				}
 			} else if _, target := err.(*blockdev.TargetError); target {
 				inSource = false
 			}
+		}
+		if mj.writeBlocking {
+			mj.copyMu.Unlock()
 		}
 		if err != nil {
 			mj.dirty.Set(off, end-off)
@@ -457,7 +731,7 @@ func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
 			return nil
 		}
 		j.ProgressUpdate(uint64(n))
-		if !zero {
+		if data || !mj.canZeroWithUnmap() {
 			b.Processed(n)
 		}
 		off += n
@@ -466,10 +740,10 @@ func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
 	return nil
 }
 
-// statusOf is the status of the active layer's view at off: data, zeroes
-// or neither (what the chain has there).
+// statusOf is the status of the source's view at off: data, zeroes or
+// neither (what the chain has there).
 func (mj *mirrorJob) statusOf(ctx context.Context, off, n int64) (blockdev.BlockStatus, error) {
-	st, _, err := mj.top.BlockStatusAbove(ctx, mj.topC, off, n)
+	st, _, err := mj.src.BlockStatusAbove(ctx, mj.srcC, off, n)
 	if err == nil && st.Length <= 0 {
 		st.Length = n
 	}
@@ -494,9 +768,11 @@ func (mj *mirrorJob) waitWork(j *Job) error {
 }
 
 // exit is QEMU's mirror_exit_common, for prepare (abort false) and abort:
-// the filter stops forwarding; when the job was completed and has not
-// failed, every parent of the active layer moves to base; then the job's
-// edges go, the filter leaves the graph and the writes held back go on.
+// the filter stops forwarding; the target's backing chain is set up as
+// the job's backing mode says; when the job was completed and has not
+// failed, every parent of the source (or of the node to replace) moves to
+// the target; then the job's edges go, the filter leaves the graph and
+// the writes held back go on.
 func (mj *mirrorJob) exit(j *Job, abort bool) error {
 	g := mj.b.Graph()
 	defer mj.openGate()
@@ -510,28 +786,66 @@ func (mj *mirrorJob) exit(j *Job, abort bool) error {
 		if mj.removeObs != nil {
 			mj.removeObs()
 		}
-		mj.b.DropNode(lk, mj.baseC)
+		if a, ok := mj.mirrorTop.Driver().(activeSetter); ok && mj.writeBlocking {
+			a.SetActiveWrite(nil)
+		}
+		mj.b.DropNode(lk, mj.targetC)
 		if s, ok := mj.mirrorTop.Driver().(stopper); ok {
 			s.Stop()
 			if err := lk.RefreshPerms(mj.mirrorTop); err != nil {
-				mj.b.log.Error().Err(err).Msg("commit: mirror_top permissions")
+				mj.b.log.Error().Err(err).Msg(mj.typ + ": mirror_top permissions")
 			}
 		}
 		var err error
+		if !abort {
+			err = mj.setTargetBacking(ctx, lk)
+		}
 		if mj.completing() && !abort && !j.IsCancelled() {
-			if ro := mj.top.ReadOnly(); ro != mj.base.ReadOnly() {
-				if rerr := lk.SetReadOnly(ctx, mj.base, ro); rerr != nil {
-					mj.b.log.Warn().Err(rerr).Str("node", mj.base.Name()).Msg("commit: base read-only state")
+			to := mj.src
+			if mj.toReplace != nil {
+				to = mj.toReplace
+			}
+			if ro := to.ReadOnly(); ro != mj.target.ReadOnly() {
+				if rerr := lk.SetReadOnly(ctx, mj.target, ro); rerr != nil {
+					mj.b.log.Warn().Err(rerr).Str("node", mj.target.Name()).Msg(mj.typ + ": target read-only state")
 				}
 			}
-			if err = lk.ReplaceNode(ctx, mj.top, mj.base); err != nil {
-				mj.b.log.Error().Err(err).Msg("commit: the pivot failed")
+			if rerr := lk.ReplaceNode(ctx, to, mj.target); rerr != nil {
+				mj.b.log.Error().Err(rerr).Msg(mj.typ + ": the pivot failed")
+				err = rerr
 			} else {
-				mj.baseReadOnly = false // base is the active layer now
+				mj.targetReadOnly = false // the target is the active layer now
 			}
+		}
+		if mj.unblockReplace != nil {
+			mj.unblockReplace()
+			mj.unblockReplace = nil
 		}
 		mj.b.release(lk)
 		mj.dropFilter(context.Background(), lk)
 		return err
 	})
+}
+
+// setTargetBacking gives the target its backing chain when the job ends
+// without failing: the source's base (sync none: the source itself), or
+// the one its image header names.
+func (mj *mirrorJob) setTargetBacking(ctx context.Context, lk *blockdev.Locked) error {
+	switch mj.backing {
+	case backingSource:
+		backing := mj.base
+		if mj.none {
+			backing = mj.src
+		}
+		t := mj.target.SkipFilters()
+		if t.BackingNode() != backing {
+			if err := lk.SetBacking(ctx, t, backing); err != nil {
+				mj.b.log.Error().Err(err).Msg(mj.typ + ": cannot set the target's backing node")
+				return err
+			}
+		}
+	case backingOpen:
+		return mj.openTargetBacking(ctx, lk)
+	}
+	return nil
 }

@@ -39,6 +39,7 @@ func (m *Manager) RegisterCommands(d *qmp.Dispatcher, g *blockdev.Graph) {
 	})
 	m.registerBlockJobCommands(d)
 	m.registerChainJobs(d, g)
+	m.registerMirror(d, g)
 	m.registerTransaction(d, g)
 	qmp.RegisterTyped(d, "blockdev-create", func(ctx context.Context, a *qapi.BlockdevCreateArgs) (*qapi.Empty, error) {
 		return nil, m.blockdevCreate(ctx, g, a)

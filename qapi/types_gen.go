@@ -1218,6 +1218,36 @@ type BlockdevSnapshotSync struct {
 	Mode             *NewImageMode `json:"mode,omitempty"`
 }
 
+// MirrorCopyMode is the QAPI enum MirrorCopyMode.
+type MirrorCopyMode string
+
+// Values of MirrorCopyMode.
+const (
+	MirrorCopyModeBackground    MirrorCopyMode = "background"
+	MirrorCopyModeWriteBlocking MirrorCopyMode = "write-blocking"
+)
+
+// DriveMirror is the QAPI struct DriveMirror.
+type DriveMirror struct {
+	JobID         *string          `json:"job-id,omitempty"`
+	Device        string           `json:"device"`
+	Target        string           `json:"target"`
+	Format        *string          `json:"format,omitempty"`
+	NodeName      *string          `json:"node-name,omitempty"`
+	Replaces      *string          `json:"replaces,omitempty"`
+	Sync          MirrorSyncMode   `json:"sync"`
+	Mode          *NewImageMode    `json:"mode,omitempty"`
+	Speed         *int64           `json:"speed,omitempty"`
+	Granularity   *uint32          `json:"granularity,omitempty"`
+	BufSize       *int64           `json:"buf-size,omitempty"`
+	OnSourceError *BlockdevOnError `json:"on-source-error,omitempty"`
+	OnTargetError *BlockdevOnError `json:"on-target-error,omitempty"`
+	Unmap         *bool            `json:"unmap,omitempty"`
+	CopyMode      *MirrorCopyMode  `json:"copy-mode,omitempty"`
+	AutoFinalize  *bool            `json:"auto-finalize,omitempty"`
+	AutoDismiss   *bool            `json:"auto-dismiss,omitempty"`
+}
+
 // Abort is the QAPI struct Abort.
 type Abort struct {
 }
@@ -2143,6 +2173,24 @@ type BlockdevReopenArgs struct {
 	Options []BlockdevOptions `json:"options"`
 }
 
+// BlockdevMirrorArgs is the arguments of blockdev-mirror.
+type BlockdevMirrorArgs struct {
+	JobID          *string          `json:"job-id,omitempty"`
+	Device         string           `json:"device"`
+	Target         string           `json:"target"`
+	Replaces       *string          `json:"replaces,omitempty"`
+	Sync           MirrorSyncMode   `json:"sync"`
+	Speed          *int64           `json:"speed,omitempty"`
+	Granularity    *uint32          `json:"granularity,omitempty"`
+	BufSize        *int64           `json:"buf-size,omitempty"`
+	OnSourceError  *BlockdevOnError `json:"on-source-error,omitempty"`
+	OnTargetError  *BlockdevOnError `json:"on-target-error,omitempty"`
+	FilterNodeName *string          `json:"filter-node-name,omitempty"`
+	CopyMode       *MirrorCopyMode  `json:"copy-mode,omitempty"`
+	AutoFinalize   *bool            `json:"auto-finalize,omitempty"`
+	AutoDismiss    *bool            `json:"auto-dismiss,omitempty"`
+}
+
 // TransactionArgs is the arguments of transaction.
 type TransactionArgs struct {
 	Actions    []TransactionAction    `json:"actions"`
@@ -2213,6 +2261,8 @@ var CommandArgs = map[string]func() any{
 	"blockdev-snapshot":                 func() any { return new(BlockdevSnapshot) },
 	"blockdev-snapshot-sync":            func() any { return new(BlockdevSnapshotSync) },
 	"blockdev-reopen":                   func() any { return new(BlockdevReopenArgs) },
+	"blockdev-mirror":                   func() any { return new(BlockdevMirrorArgs) },
+	"drive-mirror":                      func() any { return new(DriveMirror) },
 	"transaction":                       func() any { return new(TransactionArgs) },
 	"nbd-server-start":                  func() any { return new(NBDServerStartArgs) },
 	"nbd-server-stop":                   func() any { return new(Empty) },
@@ -2270,6 +2320,8 @@ var CommandReturns = map[string]string{
 	"blockdev-snapshot":                 "*qapi.Empty",
 	"blockdev-snapshot-sync":            "*qapi.Empty",
 	"blockdev-reopen":                   "*qapi.Empty",
+	"blockdev-mirror":                   "*qapi.Empty",
+	"drive-mirror":                      "*qapi.Empty",
 	"transaction":                       "*qapi.Empty",
 	"nbd-server-start":                  "*qapi.Empty",
 	"nbd-server-stop":                   "*qapi.Empty",

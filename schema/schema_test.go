@@ -37,6 +37,7 @@ func TestLoadCommands(t *testing.T) {
 		"query-block-jobs", "block-commit", "block-stream", "block-job-set-speed", "block-job-cancel",
 		"block-job-pause", "block-job-resume", "block-job-complete", "block-job-dismiss", "block-job-finalize",
 		"blockdev-backup", "drive-backup", "blockdev-snapshot", "blockdev-snapshot-sync", "blockdev-reopen",
+		"blockdev-mirror", "drive-mirror",
 		"transaction",
 		"nbd-server-start", "nbd-server-stop",
 		"block-export-add", "block-export-del", "nbd-server-add", "nbd-server-remove",

@@ -585,6 +585,7 @@ func honestyProbes() map[string]honestyProbe {
 			p[cmd+"."+rel] = backupProbe(cmd, rel, values...)
 		}
 	}
+	mirrorProbes(p)
 	p["drive-backup.format"] = backupProbe("drive-backup", "format", "raw", "qcow2")
 	p["drive-backup.mode"] = backupProbe("drive-backup", "mode")
 	for rel, values := range map[string][]any{"device": {"$node"}, "node-name": {"$node"},

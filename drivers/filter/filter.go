@@ -186,6 +186,54 @@ type MirrorTop struct {
 	passThrough
 	stopped atomic.Bool
 	commit  atomic.Bool
+	active  atomic.Pointer[ActiveWriteFunc]
+}
+
+// The kinds of request an ActiveWriteFunc sees.
+const (
+	ActiveWrite = iota
+	ActiveZeroes
+	ActiveDiscard
+)
+
+// ActiveWriteFunc is told of every write, write-zeroes (kind ActiveZeroes)
+// and discard once the source has done it (err is its outcome), before
+// the request completes: a write-blocking mirror copies it to its target
+// there. data is the written buffer (nil but for writes).
+type ActiveWriteFunc = func(ctx context.Context, kind int, off, n int64, data []byte, flags blockdev.ReqFlags, err error)
+
+// SetActiveWrite installs fn (nil removes it).
+func (d *MirrorTop) SetActiveWrite(fn ActiveWriteFunc) {
+	if fn == nil {
+		d.active.Store(nil)
+		return
+	}
+	d.active.Store(&fn)
+}
+
+func (d *MirrorTop) after(ctx context.Context, kind int, off, n int64, data []byte, flags blockdev.ReqFlags, err error) error {
+	if fn := d.active.Load(); fn != nil && !d.stopped.Load() {
+		(*fn)(ctx, kind, off, n, data, flags, err)
+	}
+	return err
+}
+
+// Write writes to the source, then tells the active-write hook.
+func (d *MirrorTop) Write(ctx context.Context, off int64, b []byte, flags blockdev.ReqFlags) error {
+	err := d.child.Write(ctx, off, b, flags)
+	return d.after(ctx, ActiveWrite, off, int64(len(b)), b, flags, err)
+}
+
+// WriteZeroes zeroes on the source, then tells the active-write hook.
+func (d *MirrorTop) WriteZeroes(ctx context.Context, off, n int64, flags blockdev.ReqFlags) error {
+	err := d.child.WriteZeroes(ctx, off, n, flags)
+	return d.after(ctx, ActiveZeroes, off, n, nil, flags, err)
+}
+
+// Discard discards on the source, then tells the active-write hook.
+func (d *MirrorTop) Discard(ctx context.Context, off, n int64) error {
+	err := d.child.Discard(ctx, off, n)
+	return d.after(ctx, ActiveDiscard, off, n, nil, 0, err)
 }
 
 // Open attaches the "backing" child.

@@ -208,6 +208,9 @@ func (d *Driver) allocWrite(ctx context.Context, vc int64, old []uint64, in int6
 	}
 	writeEvents()
 	if err := d.file.Write(ctx, at, buf, 0); err != nil {
+		// The clusters go back, as QEMU's qcow2_alloc_cluster_abort
+		// frees them (or leak, when even that fails).
+		_ = d.addRefcount(ctx, host/d.cs, m, -1, false)
 		return err
 	}
 	return d.linkNew(ctx, vc, host, old)

@@ -15,6 +15,11 @@
 // Backups (backup.go): full and incremental blockdev-backup of a 4 GiB
 // qcow2 image holding 1 GiB, and the latency of guest writes through NBD
 // while a backup runs. -run picks workloads, e.g. -run backup,latency.
+//
+// Mirrors (mirror.go, nbdmirror.go): into a new local qcow2 with
+// job-complete (blockcopy), and over NBD into the other daemon's export
+// with block-job-cancel at READY (storage migration), each daemon as the
+// source against each as the destination (-run nbdmirror).
 package main
 
 import (
@@ -40,7 +45,7 @@ var (
 	repeat    = flag.Int("repeat", 3, "runs per workload; the best is kept")
 	dataGiB   = flag.Int("data", 1, "GiB of data to commit")
 	where     = flag.String("dir", os.TempDir(), "directory for the images (/dev/shm takes the disk out)")
-	workloads = flag.String("run", "commit,backup,incremental,latency", "workloads to run, comma-separated: commit, backup, incremental, latency")
+	workloads = flag.String("run", "commit,backup,incremental,latency", "workloads to run, comma-separated: commit, backup, incremental, latency, mirror, nbdmirror")
 )
 
 const virtualSize = 4 << 30
@@ -316,6 +321,12 @@ func main() {
 	rate := func(d time.Duration) float64 { return mib / d.Seconds() }
 	if want["commit"] {
 		commit(root, rate)
+	}
+	if want["mirror"] {
+		mirrorTable(root, rate)
+	}
+	if want["nbdmirror"] {
+		nbdMirrorTable(root, rate)
 	}
 	if want["backup"] || want["incremental"] || want["latency"] {
 		tmpl := filepath.Join(root, "backup")
