@@ -21,8 +21,8 @@ func (m *Manager) RegisterCommands(d *qmp.Dispatcher, g *blockdev.Graph) {
 	qmp.RegisterTyped(d, "job-cancel", func(ctx context.Context, a *qapi.JobCancelArgs) (any, error) {
 		return nil, m.CancelAfterReply(ctx, a.ID, true)
 	})
-	qmp.RegisterTyped(d, "job-complete", func(_ context.Context, a *qapi.JobCompleteArgs) (any, error) {
-		return nil, m.Complete(a.ID)
+	qmp.RegisterTyped(d, "job-complete", func(ctx context.Context, a *qapi.JobCompleteArgs) (any, error) {
+		return nil, m.CompleteAfterReply(ctx, a.ID)
 	})
 	qmp.RegisterTyped(d, "job-finalize", func(_ context.Context, a *qapi.JobFinalizeArgs) (any, error) {
 		return nil, m.Finalize(a.ID)
