@@ -43,7 +43,9 @@ func (m *Manager) registerBlockJobCommands(d *qmp.Dispatcher) {
 	qmp.RegisterTyped(d, "block-job-resume", byDevice(m, func(a *qapi.BlockJobResumeArgs) string { return a.Device },
 		func(_ context.Context, b *BlockJob, _ *qapi.BlockJobResumeArgs) error { return b.j.UserResume() }))
 	qmp.RegisterTyped(d, "block-job-complete", byDevice(m, func(a *qapi.BlockJobCompleteArgs) string { return a.Device },
-		func(_ context.Context, b *BlockJob, _ *qapi.BlockJobCompleteArgs) error { return b.j.UserComplete() }))
+		func(ctx context.Context, b *BlockJob, _ *qapi.BlockJobCompleteArgs) error {
+			return b.j.UserCompleteAfterReply(ctx)
+		}))
 	qmp.RegisterTyped(d, "block-job-finalize", byDevice(m, func(a *qapi.BlockJobFinalizeArgs) string { return a.ID },
 		func(_ context.Context, b *BlockJob, _ *qapi.BlockJobFinalizeArgs) error { return b.j.UserFinalize() }))
 	qmp.RegisterTyped(d, "block-job-dismiss", byDevice(m, func(a *qapi.BlockJobDismissArgs) string { return a.ID },

@@ -378,6 +378,68 @@ func (m *Manager) CancelAfterReply(ctx context.Context, id string, force bool) e
 // Complete is job-complete.
 func (m *Manager) Complete(id string) error { return m.withJob(id, (*Job).userCompleteCtl) }
 
+// CompleteAfterReply is job-complete as the command runs it: a job that
+// drains on its way out (QEMU's mirror) ends in a bottom half there, so
+// its result waits until the command has replied.
+func (m *Manager) CompleteAfterReply(ctx context.Context, id string) error {
+	var finish func()
+	err := m.withJob(id, func(j *Job) (err error) {
+		finish, err = j.completeGatedCtl()
+		return err
+	})
+	if finish != nil {
+		qmp.AfterReply(ctx, finish)
+	}
+	return err
+}
+
+// UserCompleteAfterReply is CompleteAfterReply on j (block-job-complete).
+func (j *Job) UserCompleteAfterReply(ctx context.Context) error {
+	var finish func()
+	err := j.ctlDo(func() (err error) {
+		finish, err = j.completeGatedCtl()
+		return err
+	})
+	if finish != nil {
+		qmp.AfterReply(ctx, finish)
+	}
+	return err
+}
+
+// completeGatedCtl is userCompleteCtl with the body's result held back
+// for a job that drains on exit; finish lets it go.
+func (j *Job) completeGatedCtl() (finish func(), err error) {
+	if !j.drainsOnExit {
+		return nil, j.userCompleteCtl()
+	}
+	m := j.m
+	m.mu.Lock()
+	var gate chan struct{}
+	if j.endGate == nil {
+		gate = make(chan struct{})
+		j.endGate = gate
+	}
+	m.mu.Unlock()
+	if err := j.userCompleteCtl(); err != nil {
+		if gate != nil {
+			m.mu.Lock()
+			if j.endGate == gate {
+				j.endGate = nil
+			}
+			m.mu.Unlock()
+			close(gate)
+		}
+		return nil, err
+	}
+	if gate == nil {
+		return nil, nil
+	}
+	return func() {
+		close(gate)
+		m.waitEnd(j, false)
+	}, nil
+}
+
 // Finalize is job-finalize.
 func (m *Manager) Finalize(id string) error { return m.withJob(id, (*Job).userFinalizeCtl) }
 

@@ -14,26 +14,33 @@ import (
 	"github.com/qbmond/qbmond/qapi"
 )
 
-// Active commit: block-commit whose top is the active layer, a mirror of
-// the active layer into base, as QEMU runs it (a mirror job of type
-// "commit", QEMU's commit_active_start and mirror.c). A mirror_top filter
-// goes above the active layer, so that every guest write passes it: the
-// job first copies what the layers above base allocate, then keeps
-// copying what writes change; once nothing is left to copy it is READY
-// and stays in sync. job-complete switches every parent of the active
-// layer over to base (the pivot); a cancel while READY ends the job
-// without the switch.
+// The mirror job, QEMU's mirror.c: blockdev-mirror and drive-mirror
+// (mirror_qmp.go), and active commit, block-commit whose top is the active
+// layer, a mirror of the active layer into its base (a job of type
+// "commit", QEMU's commit_active_start). A mirror_top filter goes above
+// the source, so that every guest write passes it: the job first copies
+// what the source's chain allocates (down to base for sync top and
+// commit, nothing for sync none; with the target zeroed first, or
+// everything, when it must be), then keeps copying what writes change;
+// once nothing is left to copy it is READY and stays in sync.
+// job-complete switches every parent of the source (or of the node named
+// by replaces) over to the target (the pivot); a cancel while READY ends
+// the job without the switch, the target a consistent copy.
 //
 // What writes change is learnt from a write observer on the filter, which
-// marks the written range dirty once the write has finished. For the
-// pivot the observer also holds new writes back (QEMU drains the source):
-// the job waits until the writes in flight are over and copies the last
-// dirty ranges; then the graph is switched, and the writes held back go
-// to the node the filter's parents use now.
+// marks the written range dirty once the write has finished (in
+// write-blocking mode the filter's active-write hook copies the write to
+// the target instead, see activeWrite). For the pivot the observer also
+// holds new writes back (QEMU drains the source): the job waits until the
+// writes in flight are over and copies the last dirty ranges; then the
+// graph is switched, and the writes held back go to the node the filter's
+// parents use now.
 
 // The job's sizes, QEMU's: the dirty bitmap's granularity is the target's
-// cluster size within [4 KiB, 64 KiB]; one iteration copies a run of
-// dirty granules of up to mirrorBufSize in requests of up to mirrorMaxIO;
+// cluster size within [4 KiB, 64 KiB] (unless granularity says otherwise);
+// one iteration copies a run of dirty granules of up to the buffer size
+// (mirrorBufSize unless buf-size says otherwise) in requests of up to a
+// sixteenth of it, at least mirrorMaxIO;
 // the job goes on without sleeping for the speed limit for up to
 // mirrorSlice at a time.
 const (

@@ -20,8 +20,8 @@ func (m *Manager) RegisterCommands(d *qmp.Dispatcher, g *blockdev.Graph) {
 	qmp.RegisterTyped(d, "job-cancel", func(ctx context.Context, a *qapi.JobCancelArgs) (*qapi.Empty, error) {
 		return nil, m.CancelAfterReply(ctx, a.ID, true)
 	})
-	qmp.RegisterTyped(d, "job-complete", func(_ context.Context, a *qapi.JobCompleteArgs) (*qapi.Empty, error) {
-		return nil, m.Complete(a.ID)
+	qmp.RegisterTyped(d, "job-complete", func(ctx context.Context, a *qapi.JobCompleteArgs) (*qapi.Empty, error) {
+		return nil, m.CompleteAfterReply(ctx, a.ID)
 	})
 	qmp.RegisterTyped(d, "job-finalize", func(_ context.Context, a *qapi.JobFinalizeArgs) (*qapi.Empty, error) {
 		return nil, m.Finalize(a.ID)
