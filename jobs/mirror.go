@@ -47,6 +47,8 @@ const (
 	mirrorBufSize = 16 << 20
 	mirrorMaxIO   = 1 << 20
 	mirrorSlice   = 100 * time.Millisecond
+	// mirrorMaxInFlight bounds the requests an iteration has in flight.
+	mirrorMaxInFlight = 16
 )
 
 type mirrorJob struct {
@@ -83,7 +85,13 @@ type mirrorJob struct {
 	active        atomic.Bool
 	failed        atomic.Bool // an active copy failed with the report policy
 	failErr       error       // its error (under mu)
-	copyMu        sync.Mutex  // serialises the job's copies and active writes
+	copyMu        sync.Mutex  // serialises the job's active writes
+
+	// The ranges the job's copies and active writes hold in
+	// write-blocking mode (lockRange).
+	rangeMu   sync.Mutex
+	rangeCond *sync.Cond
+	ranges    [][2]int64
 
 	// Set by job-complete: the node whose place the target takes, and the
 	// blocker on it.
@@ -91,8 +99,8 @@ type mirrorJob struct {
 	unblockReplace func()
 
 	dirty  *bitmap.Bitmap
-	cursor int64  // where the next iteration looks for dirty data
-	buf    []byte // for copies that cannot be offloaded
+	cursor int64       // where the next iteration looks for dirty data
+	bufs   chan []byte // the buffers for copies in flight (mirrorSlots)
 
 	mu       sync.Mutex
 	cond     *sync.Cond // signalled when in-flight writes end or the gate opens
@@ -116,6 +124,7 @@ const (
 func newMirrorJob(typ string) *mirrorJob {
 	mj := &mirrorJob{wake: make(chan struct{}, 1), typ: typ, bufSize: mirrorBufSize, unmap: true}
 	mj.cond = sync.NewCond(&mj.mu)
+	mj.rangeCond = sync.NewCond(&mj.rangeMu)
 	return mj
 }
 
@@ -297,13 +306,18 @@ func (mj *mirrorJob) activeWrite(ctx context.Context, kind int, off, n int64, da
 		mj.dirty.Set(off, n)
 		return
 	}
-	if err != nil {
+	if err != nil || n <= 0 {
 		return
 	}
 	mj.copyMu.Lock()
 	defer mj.copyMu.Unlock()
 	gran := mj.granularity
 	base, end := off, off+n
+	// Wait for the job's copies of the granules written (one that read
+	// the source before this write must not land on the target after it).
+	held := off / gran * gran
+	mj.lockRange(held, (end+gran-1)/gran*gran)
+	defer mj.unlockRange(held)
 	if off%gran != 0 && mj.dirty.Get(off) {
 		off = (off/gran + 1) * gran
 	}
@@ -653,8 +667,12 @@ func (mj *mirrorJob) loop(ctx context.Context, j *Job) error {
 // at or after the cursor (QEMU's mirror_iteration): the run's bits are
 // cleared, then it is copied in requests of up to a sixteenth of the
 // buffer (at least mirrorMaxIO), what reads as zeroes written as zeroes,
-// what is neither data nor zeroes discarded. A failed request marks its
-// range dirty again.
+// what is neither data nor zeroes discarded. As in QEMU the requests run
+// concurrently, up to mirrorMaxInFlight of them and no more than the
+// buffer size in all (see mirrorSlots), each with a buffer of the job's
+// pool; the iteration ends when all of them have. A failed request marks
+// its range dirty again, and so does what was not started after it; the
+// first failure by offset decides the error action.
 func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
 	b := mj.b
 	length := mj.dirty.Size()
@@ -679,11 +697,37 @@ func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
 	if mj.unmap {
 		zflags = blockdev.ReqMayUnmap
 	}
-	for off < end {
+	if mj.bufs == nil {
+		mj.bufs = make(chan []byte, mirrorSlots(mj.bufSize, maxIO))
+		for range cap(mj.bufs) {
+			mj.bufs <- nil
+		}
+	}
+	var (
+		wg       sync.WaitGroup
+		failMu   sync.Mutex
+		fail     error
+		failOff  int64 = math.MaxInt64
+		failSrc  bool
+		anyFail  atomic.Bool
+		canUnmap = mj.canZeroWithUnmap()
+	)
+	failed := func(at int64, err error, inSource bool) {
+		failMu.Lock()
+		if at < failOff {
+			fail, failOff, failSrc = err, at, inSource
+		}
+		failMu.Unlock()
+		anyFail.Store(true)
+	}
+	for off < end && !anyFail.Load() {
+		buf := <-mj.bufs
 		if mj.writeBlocking {
-			// No active write may land between this copy's read and
-			// write (QEMU's in-flight conflicts).
-			mj.copyMu.Lock()
+			// No active write may land between this copy's block
+			// status, read and write (QEMU's in-flight conflicts):
+			// the rest of the run is held while its status is asked,
+			// then the request's range until it is done.
+			mj.lockRange(off, end)
 		}
 		st, err := mj.statusOf(ctx, off, end-off)
 		n := st.Length
@@ -696,55 +740,133 @@ func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
 			data = true
 		}
 		n = min(n, length-off)
-		zero := !data && st.Flags&blockdev.StatusZero != 0
-		inSource := true
-		switch {
-		case err != nil:
-		case zero:
-			inSource = false
-			err = mj.targetC.WriteZeroes(ctx, off, n, zflags)
-		case !data:
-			inSource = false
-			err = mj.targetC.Discard(ctx, off, n)
-		default:
-			// By copy offload where both ends are files, else through
-			// the buffer.
-			var ok bool
-			if ok, err = blockdev.CopyRange(ctx, mj.srcC, off, mj.targetC, off, n); !ok && err == nil {
-				if int64(cap(mj.buf)) < n {
-					mj.buf = make([]byte, n)
-				}
-				p := mj.buf[:n]
-				if err = mj.srcC.Read(ctx, off, p); err == nil {
-					inSource = false
-					err = mj.targetC.Write(ctx, off, p, 0)
-				}
-			} else if _, target := err.(*blockdev.TargetError); target {
-				inSource = false
+		if err != nil {
+			if mj.writeBlocking {
+				mj.unlockRange(off)
 			}
+			mj.bufs <- buf
+			failed(off, err, true)
+			break
 		}
 		if mj.writeBlocking {
-			mj.copyMu.Unlock()
+			mj.shrinkRange(off, off+n)
 		}
-		if err != nil {
-			mj.dirty.Set(off, end-off)
-			mj.cursor = off
-			if errors.Is(err, context.Canceled) && j.IsCancelled() {
-				return err
+		zero := !data && st.Flags&blockdev.StatusZero != 0
+		wg.Add(1)
+		go func(off, n int64, buf []byte) {
+			defer wg.Done()
+			inSource := true
+			var err error
+			switch {
+			case zero:
+				inSource = false
+				err = mj.targetC.WriteZeroes(ctx, off, n, zflags)
+			case !data:
+				inSource = false
+				err = mj.targetC.Discard(ctx, off, n)
+			default:
+				// By copy offload where both ends are files, else
+				// through the buffer.
+				var ok bool
+				if ok, err = blockdev.CopyRange(ctx, mj.srcC, off, mj.targetC, off, n); !ok && err == nil {
+					if int64(cap(buf)) < n {
+						buf = make([]byte, n)
+					}
+					p := buf[:n]
+					if err = mj.srcC.Read(ctx, off, p); err == nil {
+						inSource = false
+						err = mj.targetC.Write(ctx, off, p, 0)
+					}
+				} else if _, target := err.(*blockdev.TargetError); target {
+					inSource = false
+				}
 			}
-			if b.ErrorAction(err, inSource) == ActionReport {
-				return ioError(err)
+			if mj.writeBlocking {
+				mj.unlockRange(off)
 			}
-			return nil
-		}
-		j.ProgressUpdate(uint64(n))
-		if data || !mj.canZeroWithUnmap() {
-			b.Processed(n)
-		}
+			mj.bufs <- buf
+			if err != nil {
+				mj.dirty.Set(off, n)
+				failed(off, err, inSource)
+				return
+			}
+			j.ProgressUpdate(uint64(n))
+			if data || !canUnmap {
+				b.Processed(n)
+			}
+		}(off, n, buf)
 		off += n
 	}
-	mj.cursor = end
+	wg.Wait()
+	if fail == nil {
+		mj.cursor = end
+		return nil
+	}
+	if off < end {
+		mj.dirty.Set(off, end-off) // not started
+	}
+	mj.cursor = failOff
+	if errors.Is(fail, context.Canceled) && j.IsCancelled() {
+		return fail
+	}
+	if b.ErrorAction(fail, failSrc) == ActionReport {
+		return ioError(fail)
+	}
 	return nil
+}
+
+// mirrorSlots is how many requests an iteration keeps in flight: as many
+// requests of maxIO as the buffer holds, at least one and at most
+// mirrorMaxInFlight (QEMU's MAX_IN_FLIGHT).
+func mirrorSlots(bufSize, maxIO int64) int {
+	return int(max(1, min(mirrorMaxInFlight, bufSize/maxIO)))
+}
+
+// lockRange waits until no copy or active write of the job holds a range
+// overlapping [off, end), then holds it (write-blocking mode: QEMU's
+// in-flight bitmap, against the active writes' conflicts).
+func (mj *mirrorJob) lockRange(off, end int64) {
+	mj.rangeMu.Lock()
+	defer mj.rangeMu.Unlock()
+	for mj.rangeBusy(off, end) {
+		mj.rangeCond.Wait()
+	}
+	mj.ranges = append(mj.ranges, [2]int64{off, end})
+}
+
+func (mj *mirrorJob) rangeBusy(off, end int64) bool {
+	for _, r := range mj.ranges {
+		if r[0] < end && off < r[1] {
+			return true
+		}
+	}
+	return false
+}
+
+// shrinkRange makes the range held from off end at end.
+func (mj *mirrorJob) shrinkRange(off, end int64) {
+	mj.rangeMu.Lock()
+	defer mj.rangeMu.Unlock()
+	for i := range mj.ranges {
+		if mj.ranges[i][0] == off {
+			mj.ranges[i][1] = end
+			break
+		}
+	}
+	mj.rangeCond.Broadcast()
+}
+
+// unlockRange lets go of the range held from off.
+func (mj *mirrorJob) unlockRange(off int64) {
+	mj.rangeMu.Lock()
+	defer mj.rangeMu.Unlock()
+	for i, r := range mj.ranges {
+		if r[0] == off {
+			mj.ranges = append(mj.ranges[:i], mj.ranges[i+1:]...)
+			break
+		}
+	}
+	mj.rangeCond.Broadcast()
 }
 
 // statusOf is the status of the source's view at off: data, zeroes or
