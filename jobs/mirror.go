@@ -87,11 +87,17 @@ type mirrorJob struct {
 	failErr       error       // its error (under mu)
 	copyMu        sync.Mutex  // serialises the job's active writes
 
-	// The ranges the job's copies and active writes hold in
-	// write-blocking mode (lockRange).
+	// The ranges the job's copies and active writes hold (lockRange),
+	// and the copies in flight: how many, their bytes, and the first
+	// failure by offset (opErr, opErrOff, opErrSrc: it was the source's).
 	rangeMu   sync.Mutex
 	rangeCond *sync.Cond
 	ranges    [][2]int64
+	opsN      int
+	opsBytes  int64
+	opErr     error
+	opErrOff  int64
+	opErrSrc  bool
 
 	// Set by job-complete: the node whose place the target takes, and the
 	// blocker on it.
@@ -172,6 +178,9 @@ func (mj *mirrorJob) spec(ctx context.Context, id string, manFin, manDis bool, s
 					st := j.Status()
 					return force || (st != StatusReady && st != StatusStandby)
 				},
+				// As QEMU's mirror_pause, a pause waits for the copies
+				// in flight.
+				Pause: func(*Job) { mj.waitOps() },
 			}},
 		Speed:         speed,
 		OnError:       onErr,
@@ -516,6 +525,7 @@ func (mj *mirrorJob) run(ctx context.Context, j *Job) (err error) {
 		return err
 	}
 	mj.active.Store(true)
+	defer mj.waitOps()
 	return mj.loop(ctx, j)
 }
 
@@ -599,6 +609,9 @@ func (mj *mirrorJob) loop(ctx context.Context, j *Job) error {
 			mj.mu.Unlock()
 			return ioError(err)
 		}
+		if err := mj.settle(j, false); err != nil {
+			return err
+		}
 		if err := j.PausePoint(); err != nil {
 			return err
 		}
@@ -608,14 +621,26 @@ func (mj *mirrorJob) loop(ctx context.Context, j *Job) error {
 		// The count from before this pass's iteration decides, as in
 		// QEMU: what an iteration copied is waited for first.
 		cnt := mj.dirty.Count()
-		j.SetProgressRemaining(uint64(cnt))
+		j.SetProgressRemaining(uint64(cnt + mj.bytesInFlight()))
 		if cnt != 0 && time.Since(lastPause) < mirrorSlice && b.IOStatus() == "ok" {
 			j.Background()
 			if err := mj.iteration(ctx, j); err != nil {
 				return err
 			}
+			if err := mj.settle(j, false); err != nil {
+				return err
+			}
 		}
 		shouldComplete := false
+		if cnt == 0 && mj.opsPending() {
+			// In sync only once the copies in flight are done (and
+			// none failed).
+			j.Background()
+			if err := mj.settle(j, true); err != nil {
+				return err
+			}
+			continue
+		}
 		if cnt == 0 {
 			if !ready {
 				if err := mj.targetC.Flush(ctx); err != nil {
@@ -668,13 +693,13 @@ func (mj *mirrorJob) loop(ctx context.Context, j *Job) error {
 // cleared, then it is copied in requests of up to a sixteenth of the
 // buffer (at least mirrorMaxIO), what reads as zeroes written as zeroes,
 // what is neither data nor zeroes discarded. As in QEMU the requests run
-// concurrently, up to mirrorMaxInFlight of them and no more than the
-// buffer size in all (see mirrorSlots), each with a buffer of the job's
-// pool; the iteration ends when all of them have. A failed request marks
-// its range dirty again, and so does what was not started after it; the
-// first failure by offset decides the error action.
+// concurrently and go on after the iteration, up to mirrorMaxInFlight of
+// them and no more than the buffer size in all (see mirrorSlots), each
+// with a buffer of the job's pool; one waits for those in flight on an
+// overlapping range (lockRange). A failed request marks its range dirty
+// again, and so does what was not started after it; settle acts on the
+// failure.
 func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
-	b := mj.b
 	length := mj.dirty.Size()
 	gran := mj.granularity
 	off, run, ok := mj.dirty.NextDirtyArea(mj.cursor, -1)
@@ -693,6 +718,7 @@ func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
 	maxIO := max(mj.bufSize/16, mirrorMaxIO)
 	mj.dirty.Reset(off, run)
 	end := off + run
+	mj.cursor = end
 	zflags := blockdev.ReqFlags(0)
 	if mj.unmap {
 		zflags = blockdev.ReqMayUnmap
@@ -703,32 +729,15 @@ func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
 			mj.bufs <- nil
 		}
 	}
-	var (
-		wg       sync.WaitGroup
-		failMu   sync.Mutex
-		fail     error
-		failOff  int64 = math.MaxInt64
-		failSrc  bool
-		anyFail  atomic.Bool
-		canUnmap = mj.canZeroWithUnmap()
-	)
-	failed := func(at int64, err error, inSource bool) {
-		failMu.Lock()
-		if at < failOff {
-			fail, failOff, failSrc = err, at, inSource
-		}
-		failMu.Unlock()
-		anyFail.Store(true)
-	}
-	for off < end && !anyFail.Load() {
+	canUnmap := mj.canZeroWithUnmap()
+	for off < end && !mj.opsFailed() {
 		buf := <-mj.bufs
-		if mj.writeBlocking {
-			// No active write may land between this copy's block
-			// status, read and write (QEMU's in-flight conflicts):
-			// the rest of the run is held while its status is asked,
-			// then the request's range until it is done.
-			mj.lockRange(off, end)
-		}
+		// No active write may land between a copy's block status,
+		// read and write, nor may two copies of a range overlap
+		// (QEMU's in-flight conflicts): the rest of the run is held
+		// while its status is asked, then the request's range until
+		// it is done.
+		mj.lockRange(off, end)
 		st, err := mj.statusOf(ctx, off, end-off)
 		n := st.Length
 		data := err != nil || st.Flags&blockdev.StatusData != 0
@@ -741,20 +750,21 @@ func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
 		}
 		n = min(n, length-off)
 		if err != nil {
-			if mj.writeBlocking {
-				mj.unlockRange(off)
-			}
+			mj.unlockRange(off)
 			mj.bufs <- buf
-			failed(off, err, true)
+			mj.opStart(0)
+			mj.opDone(off, 0, err, true)
 			break
 		}
-		if mj.writeBlocking {
-			mj.shrinkRange(off, off+n)
-		}
+		mj.shrinkRange(off, off+n)
 		zero := !data && st.Flags&blockdev.StatusZero != 0
-		wg.Add(1)
+		if data || !canUnmap {
+			// For the speed limit when it is started, as in QEMU
+			// (the requests go on while the job sleeps).
+			mj.b.Processed(n)
+		}
+		mj.opStart(n)
 		go func(off, n int64, buf []byte) {
-			defer wg.Done()
 			inSource := true
 			var err error
 			switch {
@@ -781,38 +791,95 @@ func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
 					inSource = false
 				}
 			}
-			if mj.writeBlocking {
-				mj.unlockRange(off)
-			}
+			mj.unlockRange(off)
 			mj.bufs <- buf
 			if err != nil {
 				mj.dirty.Set(off, n)
-				failed(off, err, inSource)
-				return
+			} else {
+				j.ProgressUpdate(uint64(n))
 			}
-			j.ProgressUpdate(uint64(n))
-			if data || !canUnmap {
-				b.Processed(n)
-			}
+			mj.opDone(off, n, err, inSource)
 		}(off, n, buf)
 		off += n
 	}
-	wg.Wait()
-	if fail == nil {
-		mj.cursor = end
-		return nil
-	}
 	if off < end {
-		mj.dirty.Set(off, end-off) // not started
-	}
-	mj.cursor = failOff
-	if errors.Is(fail, context.Canceled) && j.IsCancelled() {
-		return fail
-	}
-	if b.ErrorAction(fail, failSrc) == ActionReport {
-		return ioError(fail)
+		mj.dirty.Set(off, end-off) // not started after a failure
 	}
 	return nil
+}
+
+// settle acts on a failed copy once those in flight are done (with wait,
+// it waits for them anyway): the cursor goes back to the first failure,
+// and the error policy decides, as QEMU's mirror_error_action.
+func (mj *mirrorJob) settle(j *Job, wait bool) error {
+	if !wait && !mj.opsFailed() {
+		return nil
+	}
+	mj.waitOps()
+	mj.rangeMu.Lock()
+	err, off, inSource := mj.opErr, mj.opErrOff, mj.opErrSrc
+	mj.opErr = nil
+	mj.rangeMu.Unlock()
+	if err == nil {
+		return nil
+	}
+	mj.cursor = off
+	if errors.Is(err, context.Canceled) && j.IsCancelled() {
+		return err
+	}
+	if mj.b.ErrorAction(err, inSource) == ActionReport {
+		return ioError(err)
+	}
+	return nil
+}
+
+func (mj *mirrorJob) opStart(n int64) {
+	mj.rangeMu.Lock()
+	mj.opsN++
+	mj.opsBytes += n
+	mj.rangeMu.Unlock()
+}
+
+// opDone ends a copy of n bytes at off; err is its failure.
+func (mj *mirrorJob) opDone(off, n int64, err error, inSource bool) {
+	mj.rangeMu.Lock()
+	defer mj.rangeMu.Unlock()
+	mj.opsN--
+	mj.opsBytes -= n
+	if err != nil && (mj.opErr == nil || off < mj.opErrOff) {
+		mj.opErr, mj.opErrOff, mj.opErrSrc = err, off, inSource
+	}
+	mj.rangeCond.Broadcast()
+}
+
+// waitOps waits until no copy is in flight.
+func (mj *mirrorJob) waitOps() {
+	mj.rangeMu.Lock()
+	defer mj.rangeMu.Unlock()
+	for mj.opsN > 0 {
+		mj.rangeCond.Wait()
+	}
+}
+
+// opsFailed tells whether a copy failed (and settle has not acted on it).
+func (mj *mirrorJob) opsFailed() bool {
+	mj.rangeMu.Lock()
+	defer mj.rangeMu.Unlock()
+	return mj.opErr != nil
+}
+
+// opsPending tells whether copies are in flight or one failed.
+func (mj *mirrorJob) opsPending() bool {
+	mj.rangeMu.Lock()
+	defer mj.rangeMu.Unlock()
+	return mj.opsN > 0 || mj.opErr != nil
+}
+
+// bytesInFlight is what the copies in flight copy.
+func (mj *mirrorJob) bytesInFlight() int64 {
+	mj.rangeMu.Lock()
+	defer mj.rangeMu.Unlock()
+	return mj.opsBytes
 }
 
 // mirrorSlots is how many requests an iteration keeps in flight: as many
