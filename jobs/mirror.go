@@ -47,6 +47,8 @@ const (
 	mirrorBufSize = 16 << 20
 	mirrorMaxIO   = 1 << 20
 	mirrorSlice   = 100 * time.Millisecond
+	// mirrorMaxInFlight bounds the requests an iteration has in flight.
+	mirrorMaxInFlight = 16
 )
 
 type mirrorJob struct {
@@ -83,7 +85,19 @@ type mirrorJob struct {
 	active        atomic.Bool
 	failed        atomic.Bool // an active copy failed with the report policy
 	failErr       error       // its error (under mu)
-	copyMu        sync.Mutex  // serialises the job's copies and active writes
+	copyMu        sync.Mutex  // serialises the job's active writes
+
+	// The ranges the job's copies and active writes hold (lockRange),
+	// and the copies in flight: how many, their bytes, and the first
+	// failure by offset (opErr, opErrOff, opErrSrc: it was the source's).
+	rangeMu   sync.Mutex
+	rangeCond *sync.Cond
+	ranges    [][2]int64
+	opsN      int
+	opsBytes  int64
+	opErr     error
+	opErrOff  int64
+	opErrSrc  bool
 
 	// Set by job-complete: the node whose place the target takes, and the
 	// blocker on it.
@@ -91,8 +105,8 @@ type mirrorJob struct {
 	unblockReplace func()
 
 	dirty  *bitmap.Bitmap
-	cursor int64  // where the next iteration looks for dirty data
-	buf    []byte // for copies that cannot be offloaded
+	cursor int64       // where the next iteration looks for dirty data
+	bufs   chan []byte // the buffers for copies in flight (mirrorSlots)
 
 	mu       sync.Mutex
 	cond     *sync.Cond // signalled when in-flight writes end or the gate opens
@@ -116,6 +130,7 @@ const (
 func newMirrorJob(typ string) *mirrorJob {
 	mj := &mirrorJob{wake: make(chan struct{}, 1), typ: typ, bufSize: mirrorBufSize, unmap: true}
 	mj.cond = sync.NewCond(&mj.mu)
+	mj.rangeCond = sync.NewCond(&mj.rangeMu)
 	return mj
 }
 
@@ -163,6 +178,9 @@ func (mj *mirrorJob) spec(ctx context.Context, id string, manFin, manDis bool, s
 					st := j.Status()
 					return force || (st != StatusReady && st != StatusStandby)
 				},
+				// As QEMU's mirror_pause, a pause waits for the copies
+				// in flight.
+				Pause: func(*Job) { mj.waitOps() },
 			}},
 		Speed:         speed,
 		OnError:       onErr,
@@ -297,13 +315,18 @@ func (mj *mirrorJob) activeWrite(ctx context.Context, kind int, off, n int64, da
 		mj.dirty.Set(off, n)
 		return
 	}
-	if err != nil {
+	if err != nil || n <= 0 {
 		return
 	}
 	mj.copyMu.Lock()
 	defer mj.copyMu.Unlock()
 	gran := mj.granularity
 	base, end := off, off+n
+	// Wait for the job's copies of the granules written (one that read
+	// the source before this write must not land on the target after it).
+	held := off / gran * gran
+	mj.lockRange(held, (end+gran-1)/gran*gran)
+	defer mj.unlockRange(held)
 	if off%gran != 0 && mj.dirty.Get(off) {
 		off = (off/gran + 1) * gran
 	}
@@ -502,6 +525,7 @@ func (mj *mirrorJob) run(ctx context.Context, j *Job) (err error) {
 		return err
 	}
 	mj.active.Store(true)
+	defer mj.waitOps()
 	return mj.loop(ctx, j)
 }
 
@@ -585,6 +609,9 @@ func (mj *mirrorJob) loop(ctx context.Context, j *Job) error {
 			mj.mu.Unlock()
 			return ioError(err)
 		}
+		if err := mj.settle(j, false); err != nil {
+			return err
+		}
 		if err := j.PausePoint(); err != nil {
 			return err
 		}
@@ -594,14 +621,26 @@ func (mj *mirrorJob) loop(ctx context.Context, j *Job) error {
 		// The count from before this pass's iteration decides, as in
 		// QEMU: what an iteration copied is waited for first.
 		cnt := mj.dirty.Count()
-		j.SetProgressRemaining(uint64(cnt))
+		j.SetProgressRemaining(uint64(cnt + mj.bytesInFlight()))
 		if cnt != 0 && time.Since(lastPause) < mirrorSlice && b.IOStatus() == "ok" {
 			j.Background()
 			if err := mj.iteration(ctx, j); err != nil {
 				return err
 			}
+			if err := mj.settle(j, false); err != nil {
+				return err
+			}
 		}
 		shouldComplete := false
+		if cnt == 0 && mj.opsPending() {
+			// In sync only once the copies in flight are done (and
+			// none failed).
+			j.Background()
+			if err := mj.settle(j, true); err != nil {
+				return err
+			}
+			continue
+		}
 		if cnt == 0 {
 			if !ready {
 				if err := mj.targetC.Flush(ctx); err != nil {
@@ -653,10 +692,14 @@ func (mj *mirrorJob) loop(ctx context.Context, j *Job) error {
 // at or after the cursor (QEMU's mirror_iteration): the run's bits are
 // cleared, then it is copied in requests of up to a sixteenth of the
 // buffer (at least mirrorMaxIO), what reads as zeroes written as zeroes,
-// what is neither data nor zeroes discarded. A failed request marks its
-// range dirty again.
+// what is neither data nor zeroes discarded. As in QEMU the requests run
+// concurrently and go on after the iteration, up to mirrorMaxInFlight of
+// them and no more than the buffer size in all (see mirrorSlots), each
+// with a buffer of the job's pool; one waits for those in flight on an
+// overlapping range (lockRange). A failed request marks its range dirty
+// again, and so does what was not started after it; settle acts on the
+// failure.
 func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
-	b := mj.b
 	length := mj.dirty.Size()
 	gran := mj.granularity
 	off, run, ok := mj.dirty.NextDirtyArea(mj.cursor, -1)
@@ -675,16 +718,26 @@ func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
 	maxIO := max(mj.bufSize/16, mirrorMaxIO)
 	mj.dirty.Reset(off, run)
 	end := off + run
+	mj.cursor = end
 	zflags := blockdev.ReqFlags(0)
 	if mj.unmap {
 		zflags = blockdev.ReqMayUnmap
 	}
-	for off < end {
-		if mj.writeBlocking {
-			// No active write may land between this copy's read and
-			// write (QEMU's in-flight conflicts).
-			mj.copyMu.Lock()
+	if mj.bufs == nil {
+		mj.bufs = make(chan []byte, mirrorSlots(mj.bufSize, maxIO))
+		for range cap(mj.bufs) {
+			mj.bufs <- nil
 		}
+	}
+	canUnmap := mj.canZeroWithUnmap()
+	for off < end && !mj.opsFailed() {
+		buf := <-mj.bufs
+		// No active write may land between a copy's block status,
+		// read and write, nor may two copies of a range overlap
+		// (QEMU's in-flight conflicts): the rest of the run is held
+		// while its status is asked, then the request's range until
+		// it is done.
+		mj.lockRange(off, end)
 		st, err := mj.statusOf(ctx, off, end-off)
 		n := st.Length
 		data := err != nil || st.Flags&blockdev.StatusData != 0
@@ -696,55 +749,191 @@ func (mj *mirrorJob) iteration(ctx context.Context, j *Job) error {
 			data = true
 		}
 		n = min(n, length-off)
-		zero := !data && st.Flags&blockdev.StatusZero != 0
-		inSource := true
-		switch {
-		case err != nil:
-		case zero:
-			inSource = false
-			err = mj.targetC.WriteZeroes(ctx, off, n, zflags)
-		case !data:
-			inSource = false
-			err = mj.targetC.Discard(ctx, off, n)
-		default:
-			// By copy offload where both ends are files, else through
-			// the buffer.
-			var ok bool
-			if ok, err = blockdev.CopyRange(ctx, mj.srcC, off, mj.targetC, off, n); !ok && err == nil {
-				if int64(cap(mj.buf)) < n {
-					mj.buf = make([]byte, n)
-				}
-				p := mj.buf[:n]
-				if err = mj.srcC.Read(ctx, off, p); err == nil {
-					inSource = false
-					err = mj.targetC.Write(ctx, off, p, 0)
-				}
-			} else if _, target := err.(*blockdev.TargetError); target {
-				inSource = false
-			}
-		}
-		if mj.writeBlocking {
-			mj.copyMu.Unlock()
-		}
 		if err != nil {
-			mj.dirty.Set(off, end-off)
-			mj.cursor = off
-			if errors.Is(err, context.Canceled) && j.IsCancelled() {
-				return err
-			}
-			if b.ErrorAction(err, inSource) == ActionReport {
-				return ioError(err)
-			}
-			return nil
+			mj.unlockRange(off)
+			mj.bufs <- buf
+			mj.opStart(0)
+			mj.opDone(off, 0, err, true)
+			break
 		}
-		j.ProgressUpdate(uint64(n))
-		if data || !mj.canZeroWithUnmap() {
-			b.Processed(n)
+		mj.shrinkRange(off, off+n)
+		zero := !data && st.Flags&blockdev.StatusZero != 0
+		if data || !canUnmap {
+			// For the speed limit when it is started, as in QEMU
+			// (the requests go on while the job sleeps).
+			mj.b.Processed(n)
 		}
+		mj.opStart(n)
+		go func(off, n int64, buf []byte) {
+			inSource := true
+			var err error
+			switch {
+			case zero:
+				inSource = false
+				err = mj.targetC.WriteZeroes(ctx, off, n, zflags)
+			case !data:
+				inSource = false
+				err = mj.targetC.Discard(ctx, off, n)
+			default:
+				// By copy offload where both ends are files, else
+				// through the buffer.
+				var ok bool
+				if ok, err = blockdev.CopyRange(ctx, mj.srcC, off, mj.targetC, off, n); !ok && err == nil {
+					if int64(cap(buf)) < n {
+						buf = make([]byte, n)
+					}
+					p := buf[:n]
+					if err = mj.srcC.Read(ctx, off, p); err == nil {
+						inSource = false
+						err = mj.targetC.Write(ctx, off, p, 0)
+					}
+				} else if _, target := err.(*blockdev.TargetError); target {
+					inSource = false
+				}
+			}
+			mj.unlockRange(off)
+			mj.bufs <- buf
+			if err != nil {
+				mj.dirty.Set(off, n)
+			} else {
+				j.ProgressUpdate(uint64(n))
+			}
+			mj.opDone(off, n, err, inSource)
+		}(off, n, buf)
 		off += n
 	}
-	mj.cursor = end
+	if off < end {
+		mj.dirty.Set(off, end-off) // not started after a failure
+	}
 	return nil
+}
+
+// settle acts on a failed copy once those in flight are done (with wait,
+// it waits for them anyway): the cursor goes back to the first failure,
+// and the error policy decides, as QEMU's mirror_error_action.
+func (mj *mirrorJob) settle(j *Job, wait bool) error {
+	if !wait && !mj.opsFailed() {
+		return nil
+	}
+	mj.waitOps()
+	mj.rangeMu.Lock()
+	err, off, inSource := mj.opErr, mj.opErrOff, mj.opErrSrc
+	mj.opErr = nil
+	mj.rangeMu.Unlock()
+	if err == nil {
+		return nil
+	}
+	mj.cursor = off
+	if errors.Is(err, context.Canceled) && j.IsCancelled() {
+		return err
+	}
+	if mj.b.ErrorAction(err, inSource) == ActionReport {
+		return ioError(err)
+	}
+	return nil
+}
+
+func (mj *mirrorJob) opStart(n int64) {
+	mj.rangeMu.Lock()
+	mj.opsN++
+	mj.opsBytes += n
+	mj.rangeMu.Unlock()
+}
+
+// opDone ends a copy of n bytes at off; err is its failure.
+func (mj *mirrorJob) opDone(off, n int64, err error, inSource bool) {
+	mj.rangeMu.Lock()
+	defer mj.rangeMu.Unlock()
+	mj.opsN--
+	mj.opsBytes -= n
+	if err != nil && (mj.opErr == nil || off < mj.opErrOff) {
+		mj.opErr, mj.opErrOff, mj.opErrSrc = err, off, inSource
+	}
+	mj.rangeCond.Broadcast()
+}
+
+// waitOps waits until no copy is in flight.
+func (mj *mirrorJob) waitOps() {
+	mj.rangeMu.Lock()
+	defer mj.rangeMu.Unlock()
+	for mj.opsN > 0 {
+		mj.rangeCond.Wait()
+	}
+}
+
+// opsFailed tells whether a copy failed (and settle has not acted on it).
+func (mj *mirrorJob) opsFailed() bool {
+	mj.rangeMu.Lock()
+	defer mj.rangeMu.Unlock()
+	return mj.opErr != nil
+}
+
+// opsPending tells whether copies are in flight or one failed.
+func (mj *mirrorJob) opsPending() bool {
+	mj.rangeMu.Lock()
+	defer mj.rangeMu.Unlock()
+	return mj.opsN > 0 || mj.opErr != nil
+}
+
+// bytesInFlight is what the copies in flight copy.
+func (mj *mirrorJob) bytesInFlight() int64 {
+	mj.rangeMu.Lock()
+	defer mj.rangeMu.Unlock()
+	return mj.opsBytes
+}
+
+// mirrorSlots is how many requests an iteration keeps in flight: as many
+// requests of maxIO as the buffer holds, at least one and at most
+// mirrorMaxInFlight (QEMU's MAX_IN_FLIGHT).
+func mirrorSlots(bufSize, maxIO int64) int {
+	return int(max(1, min(mirrorMaxInFlight, bufSize/maxIO)))
+}
+
+// lockRange waits until no copy or active write of the job holds a range
+// overlapping [off, end), then holds it (write-blocking mode: QEMU's
+// in-flight bitmap, against the active writes' conflicts).
+func (mj *mirrorJob) lockRange(off, end int64) {
+	mj.rangeMu.Lock()
+	defer mj.rangeMu.Unlock()
+	for mj.rangeBusy(off, end) {
+		mj.rangeCond.Wait()
+	}
+	mj.ranges = append(mj.ranges, [2]int64{off, end})
+}
+
+func (mj *mirrorJob) rangeBusy(off, end int64) bool {
+	for _, r := range mj.ranges {
+		if r[0] < end && off < r[1] {
+			return true
+		}
+	}
+	return false
+}
+
+// shrinkRange makes the range held from off end at end.
+func (mj *mirrorJob) shrinkRange(off, end int64) {
+	mj.rangeMu.Lock()
+	defer mj.rangeMu.Unlock()
+	for i := range mj.ranges {
+		if mj.ranges[i][0] == off {
+			mj.ranges[i][1] = end
+			break
+		}
+	}
+	mj.rangeCond.Broadcast()
+}
+
+// unlockRange lets go of the range held from off.
+func (mj *mirrorJob) unlockRange(off int64) {
+	mj.rangeMu.Lock()
+	defer mj.rangeMu.Unlock()
+	for i, r := range mj.ranges {
+		if r[0] == off {
+			mj.ranges = append(mj.ranges[:i], mj.ranges[i+1:]...)
+			break
+		}
+	}
+	mj.rangeCond.Broadcast()
 }
 
 // statusOf is the status of the source's view at off: data, zeroes or
