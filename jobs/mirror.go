@@ -68,6 +68,7 @@ type mirrorJob struct {
 	targetReadOnly bool
 	unfreeze       func() // lets go of the links from mirrorTop to target
 	removeObs      func()
+	unlistDirty    func() // takes the job's bitmap off the source's list
 	filterName     *string
 	typ            string // the job type, for log messages
 
@@ -297,6 +298,14 @@ func (mj *mirrorJob) setup(ctx context.Context, lk *blockdev.Locked, b *BlockJob
 		}
 	}
 	mj.removeObs = mj.mirrorTop.AddWriteObserver(blockdev.WriteObserver{Enter: mj.enter, Leave: mj.leave})
+	// QEMU 7.2 keeps the job's dirty bitmap on the source node, where
+	// query-named-block-nodes lists it (anonymous, not busy) until the job
+	// ends. It records the source's writes, as the filter's observer does,
+	// except in write-blocking mode, where activeWrite alone decides which
+	// granules a write leaves dirty (a recording bitmap would mark the
+	// partial granules first, and activeWrite would then leave them to
+	// the background copy).
+	mj.unlistDirty = src.AddAnonymousBitmap(mj.dirty, !mj.writeBlocking)
 	if a, ok := mj.mirrorTop.Driver().(activeSetter); ok && mj.writeBlocking {
 		a.SetActiveWrite(mj.activeWrite)
 	}
@@ -369,6 +378,7 @@ func (mj *mirrorJob) undoSetup(ctx context.Context, lk *blockdev.Locked) {
 		return
 	}
 	mj.thaw(lk)
+	mj.unlist()
 	mj.b.release(lk)
 	mj.dropFilter(ctx, lk)
 	mj.restoreTarget(ctx, lk)
@@ -392,6 +402,15 @@ func (mj *mirrorJob) dropFilter(ctx context.Context, lk *blockdev.Locked) {
 		}
 	}
 	mj.b.DropFilter(ctx, lk, f)
+}
+
+// unlist takes the job's bitmap off the source's list, once. Caller
+// holds the graph lock.
+func (mj *mirrorJob) unlist() {
+	if mj.unlistDirty != nil {
+		mj.unlistDirty()
+		mj.unlistDirty = nil
+	}
 }
 
 // thaw unfreezes the links the job froze, if it did.
@@ -982,6 +1001,7 @@ func (mj *mirrorJob) exit(j *Job, abort bool) error {
 		if mj.removeObs != nil {
 			mj.removeObs()
 		}
+		mj.unlist()
 		if a, ok := mj.mirrorTop.Driver().(activeSetter); ok && mj.writeBlocking {
 			a.SetActiveWrite(nil)
 		}
