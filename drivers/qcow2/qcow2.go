@@ -183,6 +183,12 @@ func (d *Driver) check() error {
 // readAt reads metadata from the image file, with zeroes past its end (as
 // QEMU's file driver returns them).
 func (d *Driver) readAt(ctx context.Context, off int64, p []byte) error {
+	if off < 0 {
+		// A table entry with the top bit set (refcount table entries keep
+		// it in their offset): QEMU's block layer refuses the read of a
+		// negative offset, and the request fails with EIO.
+		return fmt.Errorf("offset is negative: %d: %w", off, syscall.EIO)
+	}
 	end := d.file.Length()
 	if off >= end {
 		clear(p)
