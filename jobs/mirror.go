@@ -297,15 +297,15 @@ func (mj *mirrorJob) setup(ctx context.Context, lk *blockdev.Locked, b *BlockJob
 			return err
 		}
 	}
-	mj.removeObs = mj.mirrorTop.AddWriteObserver(blockdev.WriteObserver{Enter: mj.enter, Leave: mj.leave})
 	// QEMU 7.2 keeps the job's dirty bitmap on the source node, where
 	// query-named-block-nodes lists it (anonymous, not busy) until the job
-	// ends. It records the source's writes, as the filter's observer does,
-	// except in write-blocking mode, where activeWrite alone decides which
+	// ends. It records the source's writes once they are done (so the
+	// observer below only gates them), except in write-blocking mode, where activeWrite alone decides which
 	// granules a write leaves dirty (a recording bitmap would mark the
 	// partial granules first, and activeWrite would then leave them to
 	// the background copy).
 	mj.unlistDirty = src.AddAnonymousBitmap(mj.dirty, !mj.writeBlocking)
+	mj.removeObs = mj.mirrorTop.AddWriteObserver(blockdev.WriteObserver{Enter: mj.enter, Leave: mj.leave})
 	if a, ok := mj.mirrorTop.Driver().(activeSetter); ok && mj.writeBlocking {
 		a.SetActiveWrite(mj.activeWrite)
 	}
@@ -442,11 +442,10 @@ func (mj *mirrorJob) enter(ctx context.Context) error {
 	return nil
 }
 
-// leave marks the written range to be copied again.
+// leave counts a write out and wakes the job: the source's recording
+// bitmap (mj.dirty, listed on the source in setup) has marked the range
+// already; in write-blocking mode activeWrite decided about it.
 func (mj *mirrorJob) leave(off, length int64) {
-	if !mj.writeBlocking {
-		mj.dirty.Set(off, length)
-	}
 	mj.mu.Lock()
 	mj.inflight--
 	if mj.inflight == 0 {
