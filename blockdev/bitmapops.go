@@ -72,4 +72,4 @@ func (lk *Locked) resolveBitmaps(n *Node, refs []BitmapRef) ([]*DirtyBitmap, err
 
 // SHA256 returns the SHA-256 of the bitmap's bits, hex-encoded
 // (x-debug-block-dirty-bitmap-sha256).
-func (b *DirtyBitmap) SHA256() string { return b.bits.SHA256() }
+func (b *DirtyBitmap) SHA256() string { return b.st.Bits().SHA256() }

@@ -16,11 +16,9 @@ import (
 // its name, whether and how the node's driver stores it, the checks and
 // errors of the commands, the graph lock its changes need — is here.
 type DirtyBitmap struct {
-	st   *dirty.Bitmap
-	name string
-	node *Node
-	// bits are st's bits (the query views read them here).
-	bits       *bitmap.Bitmap
+	st         *dirty.Bitmap
+	name       string
+	node       *Node
 	persistent bool
 	readOnly   bool // a persistent bitmap of a read-only node
 	// inconsistent: loaded from storage that was not closed cleanly; it
@@ -30,7 +28,7 @@ type DirtyBitmap struct {
 
 // newDirtyBitmap is a bitmap of n over bits, recording or not.
 func newDirtyBitmap(n *Node, name string, bits *bitmap.Bitmap, recording bool) *DirtyBitmap {
-	return &DirtyBitmap{st: dirty.New(bits, recording), name: name, node: n, bits: bits}
+	return &DirtyBitmap{st: dirty.New(bits, recording), name: name, node: n}
 }
 
 // Name is the bitmap's name.
@@ -40,7 +38,7 @@ func (b *DirtyBitmap) Name() string { return b.name }
 func (b *DirtyBitmap) Node() *Node { return b.node }
 
 // Bits returns the bitmap's current bits.
-func (b *DirtyBitmap) Bits() *bitmap.Bitmap { return b.bits }
+func (b *DirtyBitmap) Bits() *bitmap.Bitmap { return b.st.Bits() }
 
 // Recording tells whether writes mark the bitmap (or, while it is frozen,
 // its successor), as QEMU reports it.
@@ -248,7 +246,7 @@ func (b *DirtyBitmap) Clear(_ *Locked) error {
 	if err := b.Check(CheckDefault); err != nil {
 		return err
 	}
-	b.bits.Clear()
+	b.st.Bits().Clear()
 	return b.saved()
 }
 
@@ -286,14 +284,14 @@ func (b *DirtyBitmap) MergeInto(_ *Locked, sources []*DirtyBitmap) error {
 	if err := b.Check(CheckDefault); err != nil {
 		return err
 	}
-	dst := b.bits
+	dst := b.st.Bits()
 	for _, s := range sources {
 		if err := s.Check(CheckAllowReadOnly); err != nil {
 			return err
 		}
-		if s.bits.Size() != dst.Size() {
+		if s.st.Bits().Size() != dst.Size() {
 			return fmt.Errorf("Bitmaps are of different sizes (destination size is %d, source size is %d) and can't be merged",
-				dst.Size(), s.bits.Size())
+				dst.Size(), s.st.Bits().Size())
 		}
 	}
 	states := make([]*dirty.Bitmap, len(sources))
@@ -319,7 +317,7 @@ func (b *DirtyBitmap) CreateSuccessor(_ *Locked) error {
 		return err
 	}
 	// Listed first, so that no write goes unmarked.
-	b.node.insertBitmap(&DirtyBitmap{st: s, node: b.node, bits: s.Bits()})
+	b.node.insertBitmap(&DirtyBitmap{st: s, node: b.node})
 	b.st.Freeze(s)
 	return nil
 }
@@ -362,6 +360,6 @@ func (b *DirtyBitmap) endFreeze(s *dirty.Bitmap) {
 // bitmap whatever its state (a backup putting back what it did not copy)
 // and has a persistent bitmap saved.
 func (b *DirtyBitmap) MergeBits(bits *bitmap.Bitmap) {
-	_ = b.bits.Merge(bits)
+	_ = b.st.Bits().Merge(bits)
 	b.node.g.logSave(b)
 }

@@ -59,7 +59,7 @@ func (lk *Locked) PrepareBitmapMerge(node, target string, refs []BitmapRef) (TxA
 		return nil, err
 	}
 	shadow, own := dst.st.StartShadow()
-	backup := dst.bits.Copy()
+	backup := dst.st.Bits().Copy()
 	if err := dst.MergeInto(lk, srcs); err != nil {
 		if own {
 			dst.st.StopShadow()
@@ -75,9 +75,9 @@ func (lk *Locked) PrepareBitmapMerge(node, target string, refs []BitmapRef) (TxA
 		OnAbort: func() {
 			// Back to the bits before the merge, plus every write
 			// recorded since.
-			dst.bits.Clear()
-			_ = dst.bits.Merge(backup)
-			_ = dst.bits.Merge(shadow)
+			dst.st.Bits().Clear()
+			_ = dst.st.Bits().Merge(backup)
+			_ = dst.st.Bits().Merge(shadow)
 			if own {
 				dst.st.StopShadow()
 			}
@@ -121,13 +121,13 @@ func (lk *Locked) PrepareBitmapClear(node, name string) (TxAction, error) {
 	if err := b.Check(CheckDefault); err != nil {
 		return nil, err
 	}
-	backup := b.bits.Copy()
-	b.bits.Clear()
+	backup := b.st.Bits().Copy()
+	b.st.Bits().Clear()
 	// Undoing a clear puts the old bits back beside those written
 	// since, which only adds bits.
 	return TxFuncs{
 		OnCommit: func() { g.logSave(b) },
-		OnAbort:  func() { _ = b.bits.Merge(backup); g.logSave(b) },
+		OnAbort:  func() { _ = b.st.Bits().Merge(backup); g.logSave(b) },
 	}, nil
 }
 
